@@ -50,7 +50,9 @@ pub struct ActivateContext {
 /// them by setting DEVICE_NEEDS_RESET.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    #[error("the driver did not set up queue {0}; it must make every queue ready before DRIVER_OK")]
+    #[error(
+        "the driver did not set up queue {0}; it must make every queue ready before DRIVER_OK"
+    )]
     QueueNotReady(usize),
     #[error("device activation failed: {0}")]
     Device(String),
