@@ -1,0 +1,416 @@
+//! Semantic request, response, event and action types of the xpmem domain.
+//!
+//! These are deliberately *not* wire structures: the virtio-xpmem device model decodes
+//! guest requests into [`Request`] values, feeds them to [`crate::Domain::handle`], and turns
+//! the returned [`Action`]s into virtqueue completions, event-queue writes and aperture
+//! `mmap`s. Every request and event of `virtio-spec/OUTLINE.md` has a counterpart here.
+
+use std::collections::BTreeSet;
+
+/// Size of a page on the wire and in the apertures.
+pub const PAGE_SIZE: u64 = 4096;
+/// `log2(PAGE_SIZE)`.
+pub const PAGE_SHIFT: u32 = 12;
+/// `XPMEM_MAXADDR_SIZE`: a MAKE size meaning "to the end of the user address space".
+pub const XPMEM_MAXADDR_SIZE: u64 = u64::MAX;
+/// `XPMEM_PERMIT_MODE`: the only supported permit type.
+pub const XPMEM_PERMIT_MODE: u32 = 0x1;
+/// `XPMEM_RDONLY` (GET flags and ATTACH flags).
+pub const XPMEM_RDONLY: u32 = 0x1;
+/// `XPMEM_RDWR` (GET flags).
+pub const XPMEM_RDWR: u32 = 0x2;
+
+/// Identifies one VM inside a domain. Must be below [`crate::MAX_VM_ID`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmId(pub u32);
+
+/// Opaque non-zero process token chosen by a guest driver (one per process using
+/// `/dev/xpmem`). Ownership checks compare `(VmId, OwnerToken)` pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnerToken(pub u64);
+
+/// Opaque value chosen by the caller of [`crate::Domain::handle`] to match a (possibly
+/// deferred) [`Action::Respond`] with its request, typically the descriptor chain head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestTag(pub u64);
+
+/// A guest-physical address range `[start, start + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpaRange {
+    /// First byte (must be page aligned).
+    pub start: u64,
+    /// Length in bytes (must be a non-zero multiple of [`PAGE_SIZE`]).
+    pub len: u64,
+}
+
+/// What the domain needs to know about a VM when it joins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Guest-physical RAM ranges. RESOLVE_REPLY page addresses must fall inside them.
+    pub ram: Vec<GpaRange>,
+    /// Size of shared-memory region 0 (read-write import aperture) in pages.
+    pub rw_aperture_pages: u64,
+    /// Size of shared-memory region 1 (read-only import aperture) in pages; 0 if absent.
+    pub ro_aperture_pages: u64,
+}
+
+/// Which VMs may import (GET) segments exported by which VMs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ImportPolicy {
+    /// Every VM may import from every VM (the default).
+    #[default]
+    AllToAll,
+    /// Only the listed `(importer, exporter)` pairs may import. A VM may always import
+    /// from itself, listed or not.
+    Allow(BTreeSet<(VmId, VmId)>),
+}
+
+impl ImportPolicy {
+    /// Whether `importer` may GET segments exported by `exporter`.
+    pub fn allows(&self, importer: VmId, exporter: VmId) -> bool {
+        importer == exporter
+            || match self {
+                ImportPolicy::AllToAll => true,
+                ImportPolicy::Allow(pairs) => pairs.contains(&(importer, exporter)),
+            }
+    }
+}
+
+/// Domain-wide configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainConfig {
+    /// Key material for segment/permit/attachment id generation. Pass a random value in
+    /// production (ids are then not guessable across domains) and a constant in tests.
+    pub seed: u64,
+    /// Import policy checked at GET.
+    pub policy: ImportPolicy,
+    /// Milliseconds an importer has to acknowledge an INVALIDATE event before its slots are
+    /// revoked by force (advertised as `invalidate_deadline_ms` in config space).
+    pub invalidate_deadline_ms: u64,
+    /// Upper bound of a FAULT prefetch window in pages (advertised as `max_fault_pages`).
+    pub max_fault_pages: u32,
+    /// Exclusive upper bound of guest user virtual addresses (x86-64 4-level paging:
+    /// `1 << 47`). MAKE ranges must lie below it; size [`XPMEM_MAXADDR_SIZE`] extends to it.
+    pub user_addr_limit: u64,
+}
+
+impl Default for DomainConfig {
+    /// Defaults with a fixed seed: override `seed` with a random value in production.
+    fn default() -> Self {
+        DomainConfig {
+            seed: 0x5eed_5eed_5eed_5eed,
+            policy: ImportPolicy::AllToAll,
+            invalidate_deadline_ms: 1000,
+            max_fault_pages: 64,
+            user_addr_limit: 1 << 47,
+        }
+    }
+}
+
+/// Which import aperture (virtio shared memory region) an attachment lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Window {
+    /// Shared memory region 0: read-write aperture.
+    Rw,
+    /// Shared memory region 1: read-only aperture (`KVM_MEM_READONLY` memslot).
+    Ro,
+}
+
+impl Window {
+    /// The virtio shared memory region id (`shm_id` in the ATTACH response).
+    pub fn shm_id(self) -> u32 {
+        match self {
+            Window::Rw => 0,
+            Window::Ro => 1,
+        }
+    }
+}
+
+/// A decoded guest request. `owner` is the request header's process token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// 1 MAKE: export `[vaddr, vaddr + size)` of the owner's address space.
+    Make {
+        owner: OwnerToken,
+        vaddr: u64,
+        size: u64,
+        permit_type: u32,
+        permit_value: u64,
+        uid: u32,
+        gid: u32,
+    },
+    /// 2 REMOVE: withdraw a segment (owner only). Importers are revoked at once.
+    Remove { owner: OwnerToken, segid: i64 },
+    /// 3 GET: obtain a permit (apid) for a segment. `uid`/`gid` are the requester's.
+    Get {
+        owner: OwnerToken,
+        segid: i64,
+        flags: u32,
+        permit_type: u32,
+        permit_value: u64,
+        uid: u32,
+        gid: u32,
+    },
+    /// 4 RELEASE: drop a permit (owner only); detaches its attachments.
+    Release { owner: OwnerToken, apid: i64 },
+    /// 5 ATTACH: reserve aperture pages for `[offset, offset + size)` of the segment.
+    Attach {
+        owner: OwnerToken,
+        apid: i64,
+        offset: u64,
+        size: u64,
+        flags: u32,
+    },
+    /// 6 DETACH: unmap and free an attachment (owner only).
+    Detach { owner: OwnerToken, attach_id: u64 },
+    /// 7 FAULT (importer): map pages `page_index..` of an attachment (deferred).
+    Fault {
+        owner: OwnerToken,
+        attach_id: u64,
+        page_index: u64,
+        npages: u32,
+    },
+    /// 8 RESOLVE_REPLY (exporter): page addresses for a RESOLVE event, or its failure.
+    /// `Err` carries the status the exporter reported (any non-OK status).
+    ResolveReply {
+        resolve_id: u64,
+        result: Result<Vec<u64>, Status>,
+    },
+    /// 9 INVALIDATE (exporter): `[vaddr, vaddr + len)` of a segment is going away (deferred).
+    Invalidate {
+        owner: OwnerToken,
+        segid: i64,
+        vaddr: u64,
+        len: u64,
+    },
+    /// 10 INVALIDATE_ACK (importer).
+    InvalidateAck { invalidation_id: u64 },
+    /// 11 RELEASE_OWNER: the process token is gone; drop everything it holds.
+    ReleaseOwner { owner: OwnerToken },
+}
+
+impl Request {
+    /// The protocol opcode of this request (OUTLINE numbering).
+    pub fn opcode(&self) -> u32 {
+        match self {
+            Request::Make { .. } => 1,
+            Request::Remove { .. } => 2,
+            Request::Get { .. } => 3,
+            Request::Release { .. } => 4,
+            Request::Attach { .. } => 5,
+            Request::Detach { .. } => 6,
+            Request::Fault { .. } => 7,
+            Request::ResolveReply { .. } => 8,
+            Request::Invalidate { .. } => 9,
+            Request::InvalidateAck { .. } => 10,
+            Request::ReleaseOwner { .. } => 11,
+        }
+    }
+}
+
+/// Protocol status codes other than OK (OUTLINE "Status codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
+#[repr(u32)]
+pub enum Status {
+    /// 1: malformed or out-of-range request field.
+    #[error("invalid argument: a field is malformed, misaligned or out of range")]
+    Invalid = 1,
+    /// 2: no such segid/apid/attachment/id.
+    #[error("no such segment, permit, attachment or id")]
+    NoEnt = 2,
+    /// 3: permission denied or not the owner.
+    #[error("permission denied: not the owner, mode bits or domain policy forbid it")]
+    Perm = 3,
+    /// 4: aperture or table full.
+    #[error("no space left in the import aperture or a domain table")]
+    NoSpc = 4,
+    /// 5: unknown opcode or unsupported feature.
+    #[error("operation not supported by this device")]
+    Unsupported = 5,
+    /// 6: the exporter could not resolve the pages.
+    #[error("the exporter could not resolve the pages")]
+    Fault = 6,
+    /// 7: the pages were revoked (deadline, segment removed).
+    #[error("the pages were revoked")]
+    Revoked = 7,
+    /// 8: the exporting VM is gone.
+    #[error("the exporting VM is gone")]
+    Gone = 8,
+}
+
+impl Status {
+    /// The wire value of this status.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Decodes a non-zero wire status; `None` for 0 (OK) and unknown values.
+    pub fn from_code(code: u32) -> Option<Status> {
+        Some(match code {
+            1 => Status::Invalid,
+            2 => Status::NoEnt,
+            3 => Status::Perm,
+            4 => Status::NoSpc,
+            5 => Status::Unsupported,
+            6 => Status::Fault,
+            7 => Status::Revoked,
+            8 => Status::Gone,
+            _ => return None,
+        })
+    }
+}
+
+/// Body of a successful response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// Requests whose response has no body (REMOVE, RELEASE, DETACH, RESOLVE_REPLY,
+    /// INVALIDATE, INVALIDATE_ACK, RELEASE_OWNER).
+    Empty,
+    /// MAKE.
+    Segid(i64),
+    /// GET.
+    Apid(i64),
+    /// ATTACH: the reserved range is `aperture_page * PAGE_SIZE` bytes into `window`.
+    Attached {
+        attach_id: u64,
+        window: Window,
+        aperture_page: u64,
+    },
+    /// FAULT: `mapped` pages starting at the faulting page are now mapped (>= 1).
+    Mapped(u32),
+}
+
+/// Why an importer's pages were revoked (REVOKED event `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum RevokeReason {
+    /// 1: the importer did not acknowledge an invalidation before the deadline.
+    Deadline = 1,
+    /// 2: the exporter removed the segment.
+    SegmentRemoved = 2,
+    /// 3: the exporting VM went away (reset or exit).
+    ExporterGone = 3,
+}
+
+/// An event for a VM's event queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// 1 RESOLVE (to the exporter): resolve `npages` pages from `vaddr` of `segid`.
+    Resolve {
+        resolve_id: u64,
+        segid: i64,
+        vaddr: u64,
+        npages: u32,
+        write: bool,
+    },
+    /// 2 INVALIDATE (to an importer): zap user mappings of the pages, then ack.
+    Invalidate {
+        invalidation_id: u64,
+        attach_id: u64,
+        page_index: u64,
+        npages: u64,
+    },
+    /// 3 REVOKED (to an importer): the pages are gone for good; later FAULTs fail.
+    Revoked {
+        attach_id: u64,
+        page_index: u64,
+        npages: u64,
+        reason: RevokeReason,
+    },
+}
+
+/// Something the device model must do, in the order returned. In particular, `Unmap`
+/// actions must be applied before any `Respond` that follows them in the same batch (an
+/// exporter's INVALIDATE completes only after the importer pages are gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Complete request `tag` of `vm`.
+    Respond {
+        vm: VmId,
+        tag: RequestTag,
+        result: Result<ResponseBody, Status>,
+    },
+    /// Queue an event for `vm`'s event queue.
+    PostEvent { vm: VmId, event: Event },
+    /// Map `npages` pages of `exporter` RAM starting at `exporter_gpa` into `importer`'s
+    /// `window` at `aperture_page` (`MAP_FIXED|MAP_SHARED` of the exporter's memfd).
+    Map {
+        importer: VmId,
+        window: Window,
+        aperture_page: u64,
+        exporter: VmId,
+        exporter_gpa: u64,
+        npages: u64,
+        writable: bool,
+    },
+    /// Replace `npages` aperture pages of `importer`'s `window` with the filler.
+    Unmap {
+        importer: VmId,
+        window: Window,
+        aperture_page: u64,
+        npages: u64,
+    },
+}
+
+/// Snapshot of the domain's bookkeeping. "Held" counters describe live state and are all
+/// zero once every VM has been removed; the others are cumulative.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// VMs currently joined.
+    pub vms: u64,
+    /// Live segments.
+    pub segments: u64,
+    /// Live permits (apids), including ones whose segment is gone.
+    pub permits: u64,
+    /// Live attachments, including revoked ones not yet detached.
+    pub attachments: u64,
+    /// Importer aperture pages currently mapped to exporter memory.
+    pub mapped_pages: u64,
+    /// Reverse-map entries (one per mapped importer page).
+    pub rmap_entries: u64,
+    /// FAULT requests not yet answered.
+    pub pending_faults: u64,
+    /// RESOLVE events not yet answered by the exporter.
+    pub pending_resolves: u64,
+    /// Exporter INVALIDATE requests not yet answered.
+    pub pending_invalidations: u64,
+    /// Importer INVALIDATE events not yet acknowledged (or revoked).
+    pub pending_invalidation_targets: u64,
+    /// Aperture pages reserved by attachments (both windows, all VMs).
+    pub aperture_pages_reserved: u64,
+    /// Cumulative: events posted.
+    pub events_posted: u64,
+    /// Cumulative: RESOLVE events posted.
+    pub resolves_issued: u64,
+    /// Cumulative: RESOLVE_REPLYs discarded because an invalidation raced them.
+    pub resolves_stale: u64,
+    /// Cumulative: RESOLVE_REPLYs rejected as invalid (bad gpa, wrong count).
+    pub resolves_rejected: u64,
+    /// Cumulative: exporter INVALIDATE requests accepted.
+    pub invalidations_started: u64,
+    /// Cumulative: exporter INVALIDATE requests answered OK.
+    pub invalidations_completed: u64,
+    /// Cumulative: importer targets revoked by force at the deadline.
+    pub invalidations_forced: u64,
+    /// Cumulative: Map actions emitted.
+    pub map_actions: u64,
+    /// Cumulative: Unmap actions emitted.
+    pub unmap_actions: u64,
+}
+
+impl Counters {
+    /// Whether every "held" counter is zero (nothing leaked).
+    pub fn nothing_held(&self) -> bool {
+        self.vms == 0
+            && self.segments == 0
+            && self.permits == 0
+            && self.attachments == 0
+            && self.mapped_pages == 0
+            && self.rmap_entries == 0
+            && self.pending_faults == 0
+            && self.pending_resolves == 0
+            && self.pending_invalidations == 0
+            && self.pending_invalidation_targets == 0
+            && self.aperture_pages_reserved == 0
+    }
+}
