@@ -1,1 +1,5 @@
-//! Placeholder; being written.
+//! virtio-xpmem device model and import aperture.
+
+pub mod aperture;
+
+pub use xpmem_domain::VmId;
