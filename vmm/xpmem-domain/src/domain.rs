@@ -1,15 +1,25 @@
 //! The domain state machine.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::aperture::ApertureAllocator;
+use crate::ids::{IdCipher, IdKind};
 use crate::types::*;
 
 /// VM ids must be below this value (they are encoded into object ids).
 pub const MAX_VM_ID: u32 = 1 << crate::ids::VM_BITS;
-/// How often one FAULT is resolved again after invalidations raced its resolution.
+/// How often one FAULT is resolved before it fails with [`Status::Fault`] (invalidations
+/// racing the resolution cause re-resolves).
 pub const MAX_RESOLVE_ATTEMPTS: u32 = 8;
+/// Guest-physical addresses must be below this (the reverse map packs `(vm, pfn)` in 64 bits).
+pub const MAX_GPA: u64 = 1 << 56;
+/// Apertures are limited to this many pages per window (reverse-map entries pack the page
+/// index of an attachment in 32 bits).
+pub const MAX_APERTURE_PAGES: u64 = 1 << 32;
 
 /// Errors of VM management calls (guest requests never produce these; they get a
 /// [`Status`] in their response instead).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DomainError {
     /// The VM id is already joined.
     #[error("VM {0:?} is already part of the xpmem domain; remove it first or pick another id")]
@@ -17,23 +27,210 @@ pub enum DomainError {
     /// The VM id is too large.
     #[error("VM id {0:?} is too large; xpmem domain VM ids must be below {MAX_VM_ID}")]
     VmIdTooLarge(VmId),
-    /// A RAM range is empty, not page aligned, overflows, or overlaps another.
-    #[error("RAM range {start:#x}+{len:#x} of VM {vm:?} is empty, not page aligned, overflows or overlaps another range")]
+    /// A RAM range is empty, not page aligned, too high, or overlaps another.
+    #[error("RAM range {start:#x}+{len:#x} of VM {vm:?} is empty, not page aligned, ends above {MAX_GPA:#x} or overlaps another range")]
     BadRamRange { vm: VmId, start: u64, len: u64 },
+    /// An aperture is larger than supported.
+    #[error("import aperture of VM {vm:?} has {pages} pages; at most {MAX_APERTURE_PAGES} are supported")]
+    ApertureTooLarge { vm: VmId, pages: u64 },
     /// The VM is not joined.
-    #[error("VM {0:?} is not part of the xpmem domain")]
+    #[error("VM {0:?} is not part of the xpmem domain; add it with add_vm first")]
     UnknownVm(VmId),
+}
+
+/// One importer page mapping exporter memory, as reported by [`Domain::mappings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mapping {
+    /// Exporting VM.
+    pub exporter: VmId,
+    /// Exporter guest-physical page address.
+    pub exporter_gpa: u64,
+    /// Importing VM.
+    pub importer: VmId,
+    /// Importer aperture window.
+    pub window: Window,
+    /// Page within the window.
+    pub aperture_page: u64,
+    /// Attachment the slot belongs to.
+    pub attach_id: u64,
+}
+
+// Slot encoding in `Attachment::slots`: empty, revoked, or `gpa | SLOT_MAPPED`.
+const SLOT_EMPTY: u64 = 0;
+const SLOT_REVOKED: u64 = 2;
+const SLOT_MAPPED: u64 = 1;
+
+fn slot_gpa(slot: u64) -> Option<u64> {
+    (slot & SLOT_MAPPED != 0).then_some(slot & !(PAGE_SIZE - 1))
+}
+
+struct VmState {
+    /// RAM ranges as sorted, non-overlapping `(start, end)`.
+    ram: Vec<(u64, u64)>,
+    rw: ApertureAllocator,
+    ro: ApertureAllocator,
+    next_counter: u64,
+}
+
+impl VmState {
+    fn ram_contains_page(&self, gpa: u64) -> bool {
+        let idx = self.ram.partition_point(|&(start, _)| start <= gpa);
+        idx > 0 && {
+            let (_, end) = self.ram[idx - 1];
+            gpa.checked_add(PAGE_SIZE).is_some_and(|e| e <= end)
+        }
+    }
+
+    fn aperture(&mut self, w: Window) -> &mut ApertureAllocator {
+        match w {
+            Window::Rw => &mut self.rw,
+            Window::Ro => &mut self.ro,
+        }
+    }
+}
+
+struct Segment {
+    vm: VmId,
+    owner: OwnerToken,
+    vaddr: u64,
+    size: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    attachments: BTreeSet<u64>,
+    invalidations: BTreeSet<u64>,
+}
+
+struct Permit {
+    vm: VmId,
+    owner: OwnerToken,
+    segid: i64,
+    exporter: VmId,
+    writable: bool,
+    attachments: BTreeSet<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum AttState {
+    Live,
+    SegmentRemoved,
+    ExporterGone,
+}
+
+struct Attachment {
+    id: u64,
+    importer: VmId,
+    owner: OwnerToken,
+    apid: i64,
+    segid: i64,
+    exporter: VmId,
+    /// Exporter virtual address of page 0.
+    vaddr: u64,
+    window: Window,
+    aperture_page: u64,
+    writable: bool,
+    state: AttState,
+    /// One entry per page: `SLOT_EMPTY`, `SLOT_REVOKED` or `gpa | SLOT_MAPPED`.
+    slots: Vec<u64>,
+}
+
+impl Attachment {
+    fn npages(&self) -> u64 {
+        self.slots.len() as u64
+    }
+}
+
+enum FaultState {
+    Resolving {
+        resolve_id: u64,
+        npages: u64,
+        stale: bool,
+    },
+    Parked,
+    Idle,
+}
+
+struct PendingFault {
+    importer: VmId,
+    tag: RequestTag,
+    attach_id: u64,
+    page_index: u64,
+    /// Prefetch window in pages, already clamped.
+    want: u64,
+    attempts: u32,
+    state: FaultState,
+}
+
+struct Invalidation {
+    exporter: VmId,
+    tag: RequestTag,
+    segid: i64,
+    start: u64,
+    end: u64,
+    deadline: u64,
+    targets: BTreeSet<u64>,
+}
+
+struct InvTarget {
+    inv: u64,
+    importer: VmId,
+    attach_id: u64,
+    page_index: u64,
+    npages: u64,
+}
+
+/// Reverse-map key: `(exporter vm, exporter pfn)` packed into 64 bits.
+fn rmap_key(exporter: VmId, gpa: u64) -> u64 {
+    (u64::from(exporter.0) << 44) | (gpa >> PAGE_SHIFT)
 }
 
 /// The xpmem domain. See the crate documentation.
 pub struct Domain {
     cfg: DomainConfig,
+    ids: IdCipher,
+    vms: BTreeMap<VmId, VmState>,
+    segments: HashMap<i64, Segment>,
+    permits: HashMap<i64, Permit>,
+    /// Attachments in a slab; reverse-map entries name them by slab index.
+    slab: Vec<Option<Attachment>>,
+    slab_free: Vec<u32>,
+    attach_index: HashMap<u64, u32>,
+    /// Reverse map: `(rmap_key, slab index << 32 | page index)`. 16 bytes per mapped page
+    /// plus B-tree node overhead.
+    rmap: BTreeSet<(u64, u64)>,
+    faults: BTreeMap<u64, PendingFault>,
+    /// resolve_id -> fault key.
+    resolves: HashMap<u64, u64>,
+    invalidations: BTreeMap<u64, Invalidation>,
+    targets: BTreeMap<u64, InvTarget>,
+    next_serial: u64,
+    mapped_pages: u64,
+    stats: Counters,
 }
+
+type Out = Vec<Action>;
 
 impl Domain {
     /// Creates an empty domain.
     pub fn new(cfg: DomainConfig) -> Self {
-        Domain { cfg }
+        Domain {
+            ids: IdCipher::new(cfg.seed),
+            cfg,
+            vms: BTreeMap::new(),
+            segments: HashMap::new(),
+            permits: HashMap::new(),
+            slab: Vec::new(),
+            slab_free: Vec::new(),
+            attach_index: HashMap::new(),
+            rmap: BTreeSet::new(),
+            faults: BTreeMap::new(),
+            resolves: HashMap::new(),
+            invalidations: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            next_serial: 1,
+            mapped_pages: 0,
+            stats: Counters::default(),
+        }
     }
 
     /// The configuration the domain was created with.
@@ -41,47 +238,1312 @@ impl Domain {
         &self.cfg
     }
 
+    /// Decodes the exporting VM of a segment id (whether or not the segment still exists);
+    /// `None` if `segid` cannot have been issued by this domain.
+    pub fn segid_vm(&self, segid: i64) -> Option<VmId> {
+        self.ids.decode(IdKind::Segment, segid).map(|(vm, _)| vm)
+    }
+
     /// A VM joins (device activation). Its apertures start empty.
     pub fn add_vm(&mut self, vm: VmId, spec: VmSpec) -> Result<(), DomainError> {
-        let _ = (vm, spec);
-        todo!()
+        if vm.0 >= MAX_VM_ID {
+            return Err(DomainError::VmIdTooLarge(vm));
+        }
+        if self.vms.contains_key(&vm) {
+            return Err(DomainError::DuplicateVm(vm));
+        }
+        for pages in [spec.rw_aperture_pages, spec.ro_aperture_pages] {
+            if pages > MAX_APERTURE_PAGES {
+                return Err(DomainError::ApertureTooLarge { vm, pages });
+            }
+        }
+        let mut ram = Vec::with_capacity(spec.ram.len());
+        for r in &spec.ram {
+            let bad = DomainError::BadRamRange {
+                vm,
+                start: r.start,
+                len: r.len,
+            };
+            let end = r.start.checked_add(r.len).ok_or_else(|| bad.clone())?;
+            if r.len == 0 || r.start % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0 || end > MAX_GPA {
+                return Err(bad);
+            }
+            ram.push((r.start, end));
+        }
+        ram.sort_unstable();
+        for w in ram.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(DomainError::BadRamRange {
+                    vm,
+                    start: w[1].0,
+                    len: w[1].1 - w[1].0,
+                });
+            }
+        }
+        self.vms.insert(
+            vm,
+            VmState {
+                ram,
+                rw: ApertureAllocator::new(spec.rw_aperture_pages),
+                ro: ApertureAllocator::new(spec.ro_aperture_pages),
+                next_counter: 0,
+            },
+        );
+        Ok(())
     }
 
     /// A VM leaves (device reset or VM exit), at any moment. Returns the actions for the
-    /// remaining VMs: revocations of their imports from `vm`, failed FAULTs (GONE) and
-    /// completed INVALIDATEs that were only waiting for `vm`.
+    /// remaining VMs: revocations of their imports from `vm` (Unmap + REVOKED with reason
+    /// [`RevokeReason::ExporterGone`]), their FAULTs on `vm`'s segments failing with
+    /// [`Status::Gone`], and INVALIDATEs of other exporters that were only waiting for `vm`
+    /// to acknowledge, now answered. Nothing is emitted towards `vm` itself: its apertures
+    /// and queues are torn down by the device. `vm`'s own pending requests are dropped.
     pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) -> Result<Vec<Action>, DomainError> {
-        let _ = (vm, now_ms);
-        todo!()
+        let _ = now_ms;
+        if self.vms.remove(&vm).is_none() {
+            return Err(DomainError::UnknownVm(vm));
+        }
+        let mut out = Vec::new();
+        // Its own pending FAULTs are dropped with their resolves.
+        let own_faults: Vec<u64> = self
+            .faults
+            .iter()
+            .filter(|(_, f)| f.importer == vm)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in own_faults {
+            self.drop_fault(k);
+        }
+        // Its exporter invalidations are dropped (nobody to answer).
+        let own_invs: Vec<u64> = self
+            .invalidations
+            .iter()
+            .filter(|(_, i)| i.exporter == vm)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in own_invs {
+            self.drop_invalidation(k);
+        }
+        // Invalidation targets waiting for it count as acknowledged.
+        let own_targets: Vec<u64> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.importer == vm)
+            .map(|(&k, _)| k)
+            .collect();
+        for t in own_targets {
+            self.finish_target(t, false, &mut out);
+        }
+        // Its attachments and permits.
+        let own_atts: Vec<u64> = self
+            .attach_index
+            .keys()
+            .copied()
+            .filter(|id| self.att(*id).is_some_and(|a| a.importer == vm))
+            .collect();
+        for a in own_atts {
+            self.detach_internal(a, &mut out);
+        }
+        let own_permits: Vec<i64> = self
+            .permits
+            .iter()
+            .filter(|(_, p)| p.vm == vm)
+            .map(|(&k, _)| k)
+            .collect();
+        for p in own_permits {
+            self.release_internal(p, &mut out);
+        }
+        // Its segments: importers are revoked.
+        let own_segs: Vec<i64> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.vm == vm)
+            .map(|(&k, _)| k)
+            .collect();
+        for s in own_segs {
+            self.remove_segment(s, RevokeReason::ExporterGone, &mut out);
+        }
+        Ok(out)
     }
 
     /// Handles one guest request of `vm`. The request's own response is either among the
-    /// returned actions or deferred (FAULT, INVALIDATE) to a later call.
+    /// returned actions or deferred (FAULT, INVALIDATE) to a later call. Requests from a VM
+    /// that is not joined are answered with [`Status::NoEnt`].
     pub fn handle(&mut self, vm: VmId, tag: RequestTag, req: Request, now_ms: u64) -> Vec<Action> {
-        let _ = (vm, tag, req, now_ms);
-        todo!()
+        let mut out = Vec::new();
+        if !self.vms.contains_key(&vm) {
+            out.push(Action::Respond {
+                vm,
+                tag,
+                result: Err(Status::NoEnt),
+            });
+            return out;
+        }
+        let result = match req {
+            Request::Make {
+                owner,
+                vaddr,
+                size,
+                permit_type,
+                permit_value,
+                uid,
+                gid,
+            } => self.make(vm, owner, vaddr, size, permit_type, permit_value, uid, gid),
+            Request::Remove { owner, segid } => self.remove(vm, owner, segid, &mut out),
+            Request::Get {
+                owner,
+                segid,
+                flags,
+                permit_type,
+                permit_value: _,
+                uid,
+                gid,
+            } => self.get(vm, owner, segid, flags, permit_type, uid, gid),
+            Request::Release { owner, apid } => self.release(vm, owner, apid, &mut out),
+            Request::Attach {
+                owner,
+                apid,
+                offset,
+                size,
+                flags,
+            } => self.attach(vm, owner, apid, offset, size, flags),
+            Request::Detach { owner, attach_id } => self.detach(vm, owner, attach_id, &mut out),
+            Request::Fault {
+                owner,
+                attach_id,
+                page_index,
+                npages,
+            } => self.fault(vm, tag, owner, attach_id, page_index, npages, &mut out),
+            Request::ResolveReply { resolve_id, result } => {
+                self.resolve_reply(vm, resolve_id, result, &mut out)
+            }
+            Request::Invalidate {
+                owner,
+                segid,
+                vaddr,
+                len,
+            } => self.invalidate(vm, tag, owner, segid, vaddr, len, now_ms, &mut out),
+            Request::InvalidateAck { invalidation_id } => {
+                self.invalidate_ack(vm, invalidation_id, &mut out)
+            }
+            Request::ReleaseOwner { owner } => self.release_owner(vm, owner, &mut out),
+        };
+        if let Some(result) = result {
+            self.respond(vm, tag, result, &mut out);
+        }
+        out
     }
 
-    /// Advances time: forces invalidations whose deadline has passed.
+    /// Advances time: every pending INVALIDATE whose deadline is `<= now_ms` is completed by
+    /// force; importers that did not acknowledge lose the pages (Unmap + REVOKED with reason
+    /// [`RevokeReason::Deadline`]) and later FAULTs of them fail with [`Status::Revoked`].
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
-        let _ = now_ms;
-        todo!()
+        let mut out = Vec::new();
+        let due: Vec<u64> = self
+            .invalidations
+            .iter()
+            .filter(|(_, i)| i.deadline <= now_ms)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in due {
+            let targets: Vec<u64> = match self.invalidations.get(&k) {
+                Some(inv) => inv.targets.iter().copied().collect(),
+                None => continue,
+            };
+            for t in targets {
+                self.finish_target(t, true, &mut out);
+            }
+        }
+        out
     }
 
     /// The earliest pending deadline (ms), if any: call [`Domain::tick`] then.
     pub fn next_deadline(&self) -> Option<u64> {
-        todo!()
+        self.invalidations.values().map(|i| i.deadline).min()
     }
 
     /// Snapshot of the counters.
     pub fn counters(&self) -> Counters {
-        todo!()
+        let mut c = self.stats.clone();
+        c.vms = self.vms.len() as u64;
+        c.segments = self.segments.len() as u64;
+        c.permits = self.permits.len() as u64;
+        c.attachments = self.attach_index.len() as u64;
+        c.mapped_pages = self.mapped_pages;
+        c.rmap_entries = self.rmap.len() as u64;
+        c.pending_faults = self.faults.len() as u64;
+        c.pending_resolves = self.resolves.len() as u64;
+        c.pending_invalidations = self.invalidations.len() as u64;
+        c.pending_invalidation_targets = self.targets.len() as u64;
+        c.aperture_pages_reserved = self
+            .vms
+            .values()
+            .map(|v| v.rw.reserved() + v.ro.reserved())
+            .sum();
+        c
     }
 
-    /// Importer slots mapping exporter page `gpa` of `exporter`, as
-    /// `(importer, window, aperture_page, attach_id)`.
-    pub fn rmap_lookup(&self, exporter: VmId, gpa: u64) -> Vec<(VmId, Window, u64, u64)> {
-        let _ = (exporter, gpa);
-        todo!()
+    /// Importer slots mapping exporter page `gpa` of `exporter` (reverse-map lookup).
+    pub fn rmap_lookup(&self, exporter: VmId, gpa: u64) -> Vec<Mapping> {
+        let key = rmap_key(exporter, gpa & !(PAGE_SIZE - 1));
+        self.rmap
+            .range((key, 0)..=(key, u64::MAX))
+            .filter_map(|&(_, e)| self.rmap_entry_mapping(exporter, e))
+            .collect()
+    }
+
+    /// Every mapping in the reverse map (for tests and diagnostics).
+    pub fn mappings(&self) -> Vec<Mapping> {
+        self.rmap
+            .iter()
+            .filter_map(|&(key, e)| self.rmap_entry_mapping(VmId((key >> 44) as u32), e))
+            .collect()
+    }
+
+    /// Approximate heap bytes used by the reverse map (entries plus B-tree node overhead).
+    pub fn rmap_heap_bytes_estimate(&self) -> u64 {
+        // std's B-tree leaves hold up to 11 elements; nodes are kept at least half full.
+        let entry = std::mem::size_of::<(u64, u64)>() as u64;
+        let leaf = 11 * entry + 16;
+        let leaves = self.rmap.len().div_ceil(8) as u64;
+        leaves * leaf
+    }
+
+    /// Verifies internal consistency (reverse map vs. slots, counters, aperture accounting,
+    /// cross references). Meant for tests; cost is linear in the domain's size.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut mapped = 0u64;
+        let mut reserved: BTreeMap<(VmId, Window), u64> = BTreeMap::new();
+        for (&id, &idx) in &self.attach_index {
+            let a = self
+                .slab
+                .get(idx as usize)
+                .and_then(|s| s.as_ref())
+                .ok_or(format!("attachment {id:#x} index {idx} empty"))?;
+            if a.id != id {
+                return Err(format!("attachment {id:#x} slab mismatch"));
+            }
+            if !self.vms.contains_key(&a.importer) {
+                return Err(format!("attachment {id:#x} of removed importer"));
+            }
+            *reserved.entry((a.importer, a.window)).or_default() += a.npages();
+            if a.state == AttState::Live {
+                let seg = self
+                    .segments
+                    .get(&a.segid)
+                    .ok_or(format!("live attachment {id:#x} without segment"))?;
+                if !seg.attachments.contains(&id) {
+                    return Err(format!("segment does not list attachment {id:#x}"));
+                }
+            }
+            let p = self
+                .permits
+                .get(&a.apid)
+                .ok_or(format!("attachment {id:#x} without permit"))?;
+            if !p.attachments.contains(&id) {
+                return Err(format!("permit does not list attachment {id:#x}"));
+            }
+            for (i, &s) in a.slots.iter().enumerate() {
+                if let Some(gpa) = slot_gpa(s) {
+                    mapped += 1;
+                    let e = (u64::from(idx) << 32) | i as u64;
+                    if !self.rmap.contains(&(rmap_key(a.exporter, gpa), e)) {
+                        return Err(format!("slot {i} of {id:#x} mapped but not in rmap"));
+                    }
+                    if a.state != AttState::Live {
+                        return Err(format!("revoked attachment {id:#x} has mapped slot"));
+                    }
+                }
+            }
+        }
+        if mapped != self.mapped_pages || mapped != self.rmap.len() as u64 {
+            return Err(format!(
+                "mapped slots {mapped}, counter {}, rmap {}",
+                self.mapped_pages,
+                self.rmap.len()
+            ));
+        }
+        for (&vm, st) in &self.vms {
+            for w in [Window::Rw, Window::Ro] {
+                let r = match w {
+                    Window::Rw => st.rw.reserved(),
+                    Window::Ro => st.ro.reserved(),
+                };
+                if r != reserved.get(&(vm, w)).copied().unwrap_or(0) {
+                    return Err(format!("aperture accounting of {vm:?} {w:?} off"));
+                }
+            }
+        }
+        for (&k, f) in &self.faults {
+            if let FaultState::Resolving { resolve_id, .. } = f.state {
+                if self.resolves.get(&resolve_id) != Some(&k) {
+                    return Err(format!("fault {k} resolve {resolve_id} not indexed"));
+                }
+            }
+        }
+        if self.resolves.len()
+            != self
+                .faults
+                .values()
+                .filter(|f| matches!(f.state, FaultState::Resolving { .. }))
+                .count()
+        {
+            return Err("dangling resolves".into());
+        }
+        let mut ntargets = 0;
+        for (k, inv) in &self.invalidations {
+            if inv.targets.is_empty() {
+                return Err(format!("invalidation {k} without targets still pending"));
+            }
+            for t in &inv.targets {
+                match self.targets.get(t) {
+                    Some(tt) if tt.inv == *k => ntargets += 1,
+                    _ => return Err(format!("target {t} of invalidation {k} missing")),
+                }
+            }
+        }
+        if ntargets != self.targets.len() {
+            return Err("orphan invalidation targets".into());
+        }
+        Ok(())
+    }
+
+    // ----- helpers -----
+
+    fn respond(
+        &mut self,
+        vm: VmId,
+        tag: RequestTag,
+        result: Result<ResponseBody, Status>,
+        out: &mut Out,
+    ) {
+        if self.vms.contains_key(&vm) {
+            out.push(Action::Respond { vm, tag, result });
+        }
+    }
+
+    fn post(&mut self, vm: VmId, event: Event, out: &mut Out) {
+        if self.vms.contains_key(&vm) {
+            self.stats.events_posted += 1;
+            out.push(Action::PostEvent { vm, event });
+        }
+    }
+
+    fn serial(&mut self) -> u64 {
+        let s = self.next_serial;
+        self.next_serial += 1;
+        s
+    }
+
+    fn new_id(&mut self, kind: IdKind, vm: VmId) -> Option<i64> {
+        let st = self.vms.get_mut(&vm)?;
+        if st.next_counter >= (1 << 42) {
+            return None;
+        }
+        let c = st.next_counter;
+        st.next_counter += 1;
+        Some(self.ids.encode(kind, vm, c))
+    }
+
+    fn att(&self, id: u64) -> Option<&Attachment> {
+        let idx = *self.attach_index.get(&id)?;
+        self.slab.get(idx as usize)?.as_ref()
+    }
+
+    fn att_mut(&mut self, id: u64) -> Option<&mut Attachment> {
+        let idx = *self.attach_index.get(&id)?;
+        self.slab.get_mut(idx as usize)?.as_mut()
+    }
+
+    fn rmap_entry_mapping(&self, exporter: VmId, e: u64) -> Option<Mapping> {
+        let idx = (e >> 32) as usize;
+        let page = e & 0xffff_ffff;
+        let a = self.slab.get(idx)?.as_ref()?;
+        let gpa = slot_gpa(*a.slots.get(page as usize)?)?;
+        Some(Mapping {
+            exporter,
+            exporter_gpa: gpa,
+            importer: a.importer,
+            window: a.window,
+            aperture_page: a.aperture_page + page,
+            attach_id: a.id,
+        })
+    }
+
+    /// Clears mapped slots `[lo, hi)` of an attachment (dropping rmap entries) and emits
+    /// coalesced Unmap actions; with `revoke`, every slot in the range becomes revoked.
+    fn clear_slots(&mut self, attach_id: u64, lo: u64, hi: u64, revoke: bool, out: &mut Out) {
+        let Some(&idx) = self.attach_index.get(&attach_id) else {
+            return;
+        };
+        let Some(a) = self.slab.get_mut(idx as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let hi = hi.min(a.npages());
+        let (importer, window, base, exporter) =
+            (a.importer, a.window, a.aperture_page, a.exporter);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut removed = 0u64;
+        for i in lo..hi {
+            let s = a.slots[i as usize];
+            if let Some(gpa) = slot_gpa(s) {
+                self.rmap
+                    .remove(&(rmap_key(exporter, gpa), (u64::from(idx) << 32) | i));
+                removed += 1;
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n == i => *n += 1,
+                    _ => runs.push((i, 1)),
+                }
+            }
+            if revoke {
+                a.slots[i as usize] = SLOT_REVOKED;
+            } else if s != SLOT_REVOKED {
+                a.slots[i as usize] = SLOT_EMPTY;
+            }
+        }
+        self.mapped_pages -= removed;
+        if self.vms.contains_key(&importer) {
+            for (start, n) in runs {
+                self.stats.unmap_actions += 1;
+                out.push(Action::Unmap {
+                    importer,
+                    window,
+                    aperture_page: base + start,
+                    npages: n,
+                });
+            }
+        }
+    }
+
+    /// Whether an invalidation of segment `segid` is pending over `[start, end)` (vaddrs).
+    fn invalidation_overlaps(&self, segid: i64, start: u64, end: u64) -> bool {
+        self.segments.get(&segid).is_some_and(|s| {
+            s.invalidations.iter().any(|k| {
+                self.invalidations
+                    .get(k)
+                    .is_some_and(|i| i.start < end && start < i.end)
+            })
+        })
+    }
+
+    fn drop_fault(&mut self, key: u64) -> Option<PendingFault> {
+        let f = self.faults.remove(&key)?;
+        if let FaultState::Resolving { resolve_id, .. } = f.state {
+            self.resolves.remove(&resolve_id);
+        }
+        Some(f)
+    }
+
+    fn fail_fault(&mut self, key: u64, status: Status, out: &mut Out) {
+        if let Some(f) = self.drop_fault(key) {
+            self.respond(f.importer, f.tag, Err(status), out);
+        }
+    }
+
+    /// (Re-)evaluates a pending FAULT: answers it, parks it behind an invalidation, or
+    /// issues a RESOLVE to the exporter.
+    fn run_fault(&mut self, key: u64, out: &mut Out) {
+        let Some(f) = self.faults.get(&key) else {
+            return;
+        };
+        let (attach_id, page_index, want, attempts) =
+            (f.attach_id, f.page_index, f.want, f.attempts);
+        let Some(a) = self.att(attach_id) else {
+            self.fail_fault(key, Status::NoEnt, out);
+            return;
+        };
+        match a.state {
+            AttState::Live => {}
+            AttState::SegmentRemoved => return self.fail_fault(key, Status::Revoked, out),
+            AttState::ExporterGone => return self.fail_fault(key, Status::Gone, out),
+        }
+        let first = a.slots[page_index as usize];
+        if first == SLOT_REVOKED {
+            return self.fail_fault(key, Status::Revoked, out);
+        }
+        let end = (page_index + want).min(a.npages());
+        if first != SLOT_EMPTY {
+            let n = (page_index..end)
+                .take_while(|&i| slot_gpa(a.slots[i as usize]).is_some())
+                .count() as u32;
+            if let Some(f) = self.drop_fault(key) {
+                self.respond(f.importer, f.tag, Ok(ResponseBody::Mapped(n)), out);
+            }
+            return;
+        }
+        let n = (page_index..end)
+            .take_while(|&i| a.slots[i as usize] == SLOT_EMPTY)
+            .count() as u64;
+        let vaddr = a.vaddr + page_index * PAGE_SIZE;
+        let (segid, exporter, write) = (a.segid, a.exporter, a.writable);
+        if self.invalidation_overlaps(segid, vaddr, vaddr + n * PAGE_SIZE) {
+            if let Some(f) = self.faults.get_mut(&key) {
+                f.state = FaultState::Parked;
+            }
+            return;
+        }
+        if attempts >= MAX_RESOLVE_ATTEMPTS {
+            return self.fail_fault(key, Status::Fault, out);
+        }
+        let resolve_id = self.serial();
+        if let Some(f) = self.faults.get_mut(&key) {
+            f.attempts += 1;
+            f.state = FaultState::Resolving {
+                resolve_id,
+                npages: n,
+                stale: false,
+            };
+        }
+        self.resolves.insert(resolve_id, key);
+        self.stats.resolves_issued += 1;
+        self.post(
+            exporter,
+            Event::Resolve {
+                resolve_id,
+                segid,
+                vaddr,
+                // n <= max_fault_pages, a u32.
+                npages: n as u32,
+                write,
+            },
+            out,
+        );
+    }
+
+    /// Completes an importer target: on ack, its slots in range are unmapped (they may be
+    /// faulted again later); when forced, they are unmapped and revoked for good.
+    fn finish_target(&mut self, t: u64, forced: bool, out: &mut Out) {
+        let Some(target) = self.targets.remove(&t) else {
+            return;
+        };
+        let lo = target.page_index;
+        let hi = lo + target.npages;
+        if self.att(target.attach_id).is_some() {
+            self.clear_slots(target.attach_id, lo, hi, forced, out);
+            if forced {
+                self.stats.invalidations_forced += 1;
+                self.post(
+                    target.importer,
+                    Event::Revoked {
+                        attach_id: target.attach_id,
+                        page_index: lo,
+                        npages: target.npages,
+                        reason: RevokeReason::Deadline,
+                    },
+                    out,
+                );
+            }
+        }
+        let done = match self.invalidations.get_mut(&target.inv) {
+            Some(inv) => {
+                inv.targets.remove(&t);
+                inv.targets.is_empty()
+            }
+            None => false,
+        };
+        if done {
+            self.complete_invalidation(target.inv, out);
+        }
+    }
+
+    /// Answers an exporter INVALIDATE whose targets are all done, then lets FAULTs parked
+    /// behind it proceed.
+    fn complete_invalidation(&mut self, k: u64, out: &mut Out) {
+        let Some(inv) = self.invalidations.remove(&k) else {
+            return;
+        };
+        debug_assert!(inv.targets.is_empty());
+        if let Some(seg) = self.segments.get_mut(&inv.segid) {
+            seg.invalidations.remove(&k);
+        }
+        self.stats.invalidations_completed += 1;
+        self.respond(inv.exporter, inv.tag, Ok(ResponseBody::Empty), out);
+        self.unpark(inv.segid, out);
+    }
+
+    fn unpark(&mut self, segid: i64, out: &mut Out) {
+        let parked: Vec<u64> = self
+            .faults
+            .iter()
+            .filter(|(_, f)| matches!(f.state, FaultState::Parked))
+            .filter(|(_, f)| self.att(f.attach_id).is_some_and(|a| a.segid == segid))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in parked {
+            self.run_fault(k, out);
+        }
+    }
+
+    /// Drops an invalidation without answering (its exporter is gone).
+    fn drop_invalidation(&mut self, k: u64) {
+        if let Some(inv) = self.invalidations.remove(&k) {
+            for t in inv.targets {
+                self.targets.remove(&t);
+            }
+            if let Some(seg) = self.segments.get_mut(&inv.segid) {
+                seg.invalidations.remove(&k);
+            }
+        }
+    }
+
+    /// Removes a segment: importers are revoked at once, pending INVALIDATEs of it are
+    /// answered (nothing is mapped any more), FAULTs on it fail.
+    fn remove_segment(&mut self, segid: i64, reason: RevokeReason, out: &mut Out) {
+        let Some(seg) = self.segments.remove(&segid) else {
+            return;
+        };
+        let (state, status) = match reason {
+            RevokeReason::ExporterGone => (AttState::ExporterGone, Status::Gone),
+            _ => (AttState::SegmentRemoved, Status::Revoked),
+        };
+        for &aid in &seg.attachments {
+            let Some(a) = self.att(aid) else { continue };
+            let (importer, npages) = (a.importer, a.npages());
+            self.clear_slots(aid, 0, npages, true, out);
+            if let Some(a) = self.att_mut(aid) {
+                a.state = state;
+            }
+            self.post(
+                importer,
+                Event::Revoked {
+                    attach_id: aid,
+                    page_index: 0,
+                    npages,
+                    reason,
+                },
+                out,
+            );
+        }
+        let faults: Vec<u64> = self
+            .faults
+            .iter()
+            .filter(|(_, f)| seg.attachments.contains(&f.attach_id))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in faults {
+            self.fail_fault(k, status, out);
+        }
+        for k in seg.invalidations {
+            if let Some(inv) = self.invalidations.get_mut(&k) {
+                for t in std::mem::take(&mut inv.targets) {
+                    self.targets.remove(&t);
+                }
+            }
+            if self.invalidations.contains_key(&k) {
+                self.complete_invalidation(k, out);
+            }
+        }
+    }
+
+    fn detach_internal(&mut self, attach_id: u64, out: &mut Out) {
+        let Some(a) = self.att(attach_id) else { return };
+        let npages = a.npages();
+        // Targets on it count as acknowledged: its slots are about to be unmapped.
+        let targets: Vec<u64> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.attach_id == attach_id)
+            .map(|(&k, _)| k)
+            .collect();
+        self.clear_slots(attach_id, 0, npages, false, out);
+        for t in targets {
+            self.finish_target(t, false, out);
+        }
+        let faults: Vec<u64> = self
+            .faults
+            .iter()
+            .filter(|(_, f)| f.attach_id == attach_id)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in faults {
+            self.fail_fault(k, Status::NoEnt, out);
+        }
+        let Some(idx) = self.attach_index.remove(&attach_id) else {
+            return;
+        };
+        let Some(a) = self.slab.get_mut(idx as usize).and_then(|s| s.take()) else {
+            return;
+        };
+        self.slab_free.push(idx);
+        if let Some(st) = self.vms.get_mut(&a.importer) {
+            st.aperture(a.window).free(a.aperture_page, a.npages());
+        }
+        if let Some(seg) = self.segments.get_mut(&a.segid) {
+            seg.attachments.remove(&attach_id);
+        }
+        if let Some(p) = self.permits.get_mut(&a.apid) {
+            p.attachments.remove(&attach_id);
+        }
+    }
+
+    fn release_internal(&mut self, apid: i64, out: &mut Out) {
+        let Some(p) = self.permits.get(&apid) else {
+            return;
+        };
+        let atts: Vec<u64> = p.attachments.iter().copied().collect();
+        for a in atts {
+            self.detach_internal(a, out);
+        }
+        self.permits.remove(&apid);
+    }
+
+    // ----- requests -----
+
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        vaddr: u64,
+        size: u64,
+        permit_type: u32,
+        permit_value: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Option<Result<ResponseBody, Status>> {
+        Some((|| {
+            if owner.0 == 0 || permit_type != XPMEM_PERMIT_MODE || permit_value > 0o777 {
+                return Err(Status::Invalid);
+            }
+            let limit = self.cfg.user_addr_limit;
+            if vaddr % PAGE_SIZE != 0 || vaddr >= limit {
+                return Err(Status::Invalid);
+            }
+            let size = if size == XPMEM_MAXADDR_SIZE {
+                (limit - vaddr) & !(PAGE_SIZE - 1)
+            } else {
+                size
+            };
+            let end = vaddr.checked_add(size).ok_or(Status::Invalid)?;
+            if size == 0 || size % PAGE_SIZE != 0 || end > limit {
+                return Err(Status::Invalid);
+            }
+            let segid = self.new_id(IdKind::Segment, vm).ok_or(Status::NoSpc)?;
+            self.segments.insert(
+                segid,
+                Segment {
+                    vm,
+                    owner,
+                    vaddr,
+                    size,
+                    mode: permit_value as u32,
+                    uid,
+                    gid,
+                    attachments: BTreeSet::new(),
+                    invalidations: BTreeSet::new(),
+                },
+            );
+            Ok(ResponseBody::Segid(segid))
+        })())
+    }
+
+    fn remove(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        segid: i64,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let seg = match self.segments.get(&segid) {
+            Some(s) => s,
+            None => return Some(Err(Status::NoEnt)),
+        };
+        if seg.vm != vm || seg.owner != owner {
+            return Some(Err(Status::Perm));
+        }
+        self.remove_segment(segid, RevokeReason::SegmentRemoved, out);
+        Some(Ok(ResponseBody::Empty))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn get(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        segid: i64,
+        flags: u32,
+        permit_type: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Option<Result<ResponseBody, Status>> {
+        Some((|| {
+            if owner.0 == 0 || permit_type != XPMEM_PERMIT_MODE {
+                return Err(Status::Invalid);
+            }
+            let writable = match flags {
+                XPMEM_RDONLY => false,
+                XPMEM_RDWR => true,
+                _ => return Err(Status::Invalid),
+            };
+            let seg = self.segments.get(&segid).ok_or(Status::NoEnt)?;
+            if !self.cfg.policy.allows(vm, seg.vm) {
+                return Err(Status::Perm);
+            }
+            // IPC-style: the owner's bits if the uid matches, else the group's if the gid
+            // matches, else the others'. There is no root override across VMs.
+            let bits = if uid == seg.uid {
+                seg.mode >> 6
+            } else if gid == seg.gid {
+                seg.mode >> 3
+            } else {
+                seg.mode
+            } & 0o7;
+            let need = if writable { 0o6 } else { 0o4 };
+            if bits & need != need {
+                return Err(Status::Perm);
+            }
+            let exporter = seg.vm;
+            let apid = self.new_id(IdKind::Permit, vm).ok_or(Status::NoSpc)?;
+            self.permits.insert(
+                apid,
+                Permit {
+                    vm,
+                    owner,
+                    segid,
+                    exporter,
+                    writable,
+                    attachments: BTreeSet::new(),
+                },
+            );
+            Ok(ResponseBody::Apid(apid))
+        })())
+    }
+
+    fn release(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        apid: i64,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let p = match self.permits.get(&apid) {
+            Some(p) => p,
+            None => return Some(Err(Status::NoEnt)),
+        };
+        if p.vm != vm || p.owner != owner {
+            return Some(Err(Status::Perm));
+        }
+        self.release_internal(apid, out);
+        Some(Ok(ResponseBody::Empty))
+    }
+
+    fn attach(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        apid: i64,
+        offset: u64,
+        size: u64,
+        flags: u32,
+    ) -> Option<Result<ResponseBody, Status>> {
+        Some((|| {
+            let p = self.permits.get(&apid).ok_or(Status::NoEnt)?;
+            if p.vm != vm || p.owner != owner {
+                return Err(Status::Perm);
+            }
+            if flags & !XPMEM_RDONLY != 0 {
+                return Err(Status::Invalid);
+            }
+            let rdonly = flags & XPMEM_RDONLY != 0;
+            if !rdonly && !p.writable {
+                return Err(Status::Perm);
+            }
+            let (segid, exporter) = (p.segid, p.exporter);
+            let seg = match self.segments.get(&segid) {
+                Some(s) => s,
+                None if !self.vms.contains_key(&exporter) => return Err(Status::Gone),
+                None => return Err(Status::NoEnt),
+            };
+            let end = offset.checked_add(size).ok_or(Status::Invalid)?;
+            if size == 0 || offset % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || end > seg.size {
+                return Err(Status::Invalid);
+            }
+            let vaddr = seg.vaddr + offset;
+            let npages = size / PAGE_SIZE;
+            let window = if rdonly { Window::Ro } else { Window::Rw };
+            let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
+            let aperture_page = st.aperture(window).alloc(npages).ok_or(Status::NoSpc)?;
+            let id = match self.new_id(IdKind::Attachment, vm) {
+                Some(id) => id as u64,
+                None => {
+                    if let Some(st) = self.vms.get_mut(&vm) {
+                        st.aperture(window).free(aperture_page, npages);
+                    }
+                    return Err(Status::NoSpc);
+                }
+            };
+            let a = Attachment {
+                id,
+                importer: vm,
+                owner,
+                apid,
+                segid,
+                exporter,
+                vaddr,
+                window,
+                aperture_page,
+                writable: !rdonly,
+                state: AttState::Live,
+                // npages <= aperture pages <= MAX_APERTURE_PAGES, so this fits usize.
+                slots: vec![SLOT_EMPTY; npages as usize],
+            };
+            let idx = match self.slab_free.pop() {
+                Some(i) => {
+                    self.slab[i as usize] = Some(a);
+                    i
+                }
+                None => {
+                    self.slab.push(Some(a));
+                    (self.slab.len() - 1) as u32
+                }
+            };
+            self.attach_index.insert(id, idx);
+            if let Some(s) = self.segments.get_mut(&segid) {
+                s.attachments.insert(id);
+            }
+            if let Some(p) = self.permits.get_mut(&apid) {
+                p.attachments.insert(id);
+            }
+            Ok(ResponseBody::Attached {
+                attach_id: id,
+                window,
+                aperture_page,
+            })
+        })())
+    }
+
+    fn detach(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        attach_id: u64,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let a = match self.att(attach_id) {
+            Some(a) => a,
+            None => return Some(Err(Status::NoEnt)),
+        };
+        if a.importer != vm || a.owner != owner {
+            return Some(Err(Status::Perm));
+        }
+        self.detach_internal(attach_id, out);
+        Some(Ok(ResponseBody::Empty))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fault(
+        &mut self,
+        vm: VmId,
+        tag: RequestTag,
+        owner: OwnerToken,
+        attach_id: u64,
+        page_index: u64,
+        npages: u32,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let a = match self.att(attach_id) {
+            Some(a) => a,
+            None => return Some(Err(Status::NoEnt)),
+        };
+        if a.importer != vm || a.owner != owner {
+            return Some(Err(Status::Perm));
+        }
+        if npages == 0 || page_index >= a.npages() {
+            return Some(Err(Status::Invalid));
+        }
+        let want = u64::from(npages.min(self.cfg.max_fault_pages.max(1)));
+        let key = self.serial();
+        self.faults.insert(
+            key,
+            PendingFault {
+                importer: vm,
+                tag,
+                attach_id,
+                page_index,
+                want,
+                attempts: 0,
+                state: FaultState::Idle,
+            },
+        );
+        self.run_fault(key, out);
+        None
+    }
+
+    fn resolve_reply(
+        &mut self,
+        vm: VmId,
+        resolve_id: u64,
+        result: Result<Vec<u64>, Status>,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let Some(&key) = self.resolves.get(&resolve_id) else {
+            return Some(Err(Status::NoEnt));
+        };
+        let Some(f) = self.faults.get(&key) else {
+            self.resolves.remove(&resolve_id);
+            return Some(Err(Status::NoEnt));
+        };
+        let (attach_id, page_index) = (f.attach_id, f.page_index);
+        let (asked, stale) = match f.state {
+            FaultState::Resolving { npages, stale, .. } => (npages, stale),
+            _ => return Some(Err(Status::NoEnt)),
+        };
+        let Some(a) = self.att(attach_id) else {
+            self.fail_fault(key, Status::NoEnt, out);
+            return Some(Err(Status::NoEnt));
+        };
+        if a.exporter != vm {
+            // Only the exporter that was asked may answer; the resolve stays pending.
+            return Some(Err(Status::Perm));
+        }
+        let (exporter, segid, vaddr) = (a.exporter, a.segid, a.vaddr + page_index * PAGE_SIZE);
+        self.resolves.remove(&resolve_id);
+        if let Some(f) = self.faults.get_mut(&key) {
+            f.state = FaultState::Idle;
+        }
+        let gpas = match result {
+            Err(_) => {
+                self.fail_fault(key, Status::Fault, out);
+                return Some(Ok(ResponseBody::Empty));
+            }
+            Ok(g) => g,
+        };
+        let valid = !gpas.is_empty()
+            && gpas.len() as u64 <= asked
+            && self.vms.get(&exporter).is_some_and(|st| {
+                gpas.iter()
+                    .all(|&g| g % PAGE_SIZE == 0 && st.ram_contains_page(g))
+            });
+        if !valid {
+            self.stats.resolves_rejected += 1;
+            self.fail_fault(key, Status::Fault, out);
+            return Some(Err(Status::Invalid));
+        }
+        if stale || self.invalidation_overlaps(segid, vaddr, vaddr + asked * PAGE_SIZE) {
+            // An invalidation raced this resolution: the addresses may already be stale.
+            self.stats.resolves_stale += 1;
+            self.run_fault(key, out);
+            return Some(Ok(ResponseBody::Empty));
+        }
+        self.map_pages(attach_id, page_index, &gpas, out);
+        self.run_fault(key, out);
+        Some(Ok(ResponseBody::Empty))
+    }
+
+    /// Maps `gpas` into empty slots from `page_index`, emitting coalesced Map actions.
+    fn map_pages(&mut self, attach_id: u64, page_index: u64, gpas: &[u64], out: &mut Out) {
+        let Some(&idx) = self.attach_index.get(&attach_id) else {
+            return;
+        };
+        let Some(a) = self.slab.get_mut(idx as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let (importer, window, base, exporter, writable) = (
+            a.importer,
+            a.window,
+            a.aperture_page,
+            a.exporter,
+            a.writable,
+        );
+        // (first page, first gpa, count)
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        let mut added = 0;
+        for (i, &gpa) in gpas.iter().enumerate() {
+            let page = page_index + i as u64;
+            let Some(slot) = a.slots.get_mut(page as usize) else {
+                break;
+            };
+            if *slot != SLOT_EMPTY {
+                continue;
+            }
+            *slot = gpa | SLOT_MAPPED;
+            self.rmap
+                .insert((rmap_key(exporter, gpa), (u64::from(idx) << 32) | page));
+            added += 1;
+            match runs.last_mut() {
+                Some((p, g, n)) if *p + *n == page && *g + *n * PAGE_SIZE == gpa => *n += 1,
+                _ => runs.push((page, gpa, 1)),
+            }
+        }
+        self.mapped_pages += added;
+        for (page, gpa, n) in runs {
+            self.stats.map_actions += 1;
+            out.push(Action::Map {
+                importer,
+                window,
+                aperture_page: base + page,
+                exporter,
+                exporter_gpa: gpa,
+                npages: n,
+                writable,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invalidate(
+        &mut self,
+        vm: VmId,
+        tag: RequestTag,
+        owner: OwnerToken,
+        segid: i64,
+        vaddr: u64,
+        len: u64,
+        now_ms: u64,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let _ = owner;
+        let seg = match self.segments.get(&segid) {
+            Some(s) => s,
+            None => return Some(Err(Status::NoEnt)),
+        };
+        if seg.vm != vm {
+            return Some(Err(Status::Perm));
+        }
+        let Some(end) = vaddr.checked_add(len) else {
+            return Some(Err(Status::Invalid));
+        };
+        if len == 0 || vaddr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Some(Err(Status::Invalid));
+        }
+        let start = vaddr.max(seg.vaddr);
+        let end = end.min(seg.vaddr + seg.size);
+        let atts: Vec<u64> = seg.attachments.iter().copied().collect();
+        self.stats.invalidations_started += 1;
+        if start >= end {
+            self.stats.invalidations_completed += 1;
+            return Some(Ok(ResponseBody::Empty));
+        }
+        let k = self.serial();
+        // Resolutions in flight over the range may return addresses being invalidated.
+        for f in self.faults.values_mut() {
+            if let FaultState::Resolving { npages, stale, .. } = &mut f.state {
+                if let Some(&idx) = self.attach_index.get(&f.attach_id) {
+                    if let Some(Some(a)) = self.slab.get(idx as usize) {
+                        let fs = a.vaddr + f.page_index * PAGE_SIZE;
+                        let fe = fs + *npages * PAGE_SIZE;
+                        if a.segid == segid && fs < end && start < fe {
+                            *stale = true;
+                        }
+                    }
+                }
+            }
+        }
+        let mut targets = BTreeSet::new();
+        let mut events = Vec::new();
+        for aid in atts {
+            let Some(a) = self.att(aid) else { continue };
+            let a_end = a.vaddr + a.npages() * PAGE_SIZE;
+            if a.vaddr >= end || start >= a_end {
+                continue;
+            }
+            let lo = (start.max(a.vaddr) - a.vaddr) / PAGE_SIZE;
+            let hi = (end.min(a_end) - a.vaddr) / PAGE_SIZE;
+            let mapped = |i: &u64| slot_gpa(a.slots[*i as usize]).is_some();
+            let Some(first) = (lo..hi).find(mapped) else {
+                continue;
+            };
+            let last = (lo..hi).rev().find(mapped).unwrap_or(first);
+            let importer = a.importer;
+            let t = self.serial();
+            self.targets.insert(
+                t,
+                InvTarget {
+                    inv: k,
+                    importer,
+                    attach_id: aid,
+                    page_index: first,
+                    npages: last - first + 1,
+                },
+            );
+            targets.insert(t);
+            events.push((
+                importer,
+                Event::Invalidate {
+                    invalidation_id: t,
+                    attach_id: aid,
+                    page_index: first,
+                    npages: last - first + 1,
+                },
+            ));
+        }
+        if targets.is_empty() {
+            self.stats.invalidations_completed += 1;
+            return Some(Ok(ResponseBody::Empty));
+        }
+        if let Some(s) = self.segments.get_mut(&segid) {
+            s.invalidations.insert(k);
+        }
+        self.invalidations.insert(
+            k,
+            Invalidation {
+                exporter: vm,
+                tag,
+                segid,
+                start,
+                end,
+                deadline: now_ms.saturating_add(self.cfg.invalidate_deadline_ms),
+                targets,
+            },
+        );
+        for (importer, ev) in events {
+            self.post(importer, ev, out);
+        }
+        None
+    }
+
+    fn invalidate_ack(
+        &mut self,
+        vm: VmId,
+        invalidation_id: u64,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        match self.targets.get(&invalidation_id) {
+            Some(t) if t.importer == vm => {
+                self.finish_target(invalidation_id, false, out);
+                Some(Ok(ResponseBody::Empty))
+            }
+            // Late, duplicate or foreign acknowledgements change nothing.
+            _ => Some(Err(Status::NoEnt)),
+        }
+    }
+
+    fn release_owner(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        out: &mut Out,
+    ) -> Option<Result<ResponseBody, Status>> {
+        let atts: Vec<u64> = self
+            .attach_index
+            .keys()
+            .copied()
+            .filter(|id| {
+                self.att(*id)
+                    .is_some_and(|a| a.importer == vm && a.owner == owner)
+            })
+            .collect();
+        for a in atts {
+            self.detach_internal(a, out);
+        }
+        let permits: Vec<i64> = self
+            .permits
+            .iter()
+            .filter(|(_, p)| p.vm == vm && p.owner == owner)
+            .map(|(&k, _)| k)
+            .collect();
+        for p in permits {
+            self.release_internal(p, out);
+        }
+        let segs: Vec<i64> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.vm == vm && s.owner == owner)
+            .map(|(&k, _)| k)
+            .collect();
+        for s in segs {
+            self.remove_segment(s, RevokeReason::SegmentRemoved, out);
+        }
+        Some(Ok(ResponseBody::Empty))
     }
 }

@@ -26,5 +26,7 @@ mod domain;
 mod ids;
 mod types;
 
-pub use domain::{Domain, DomainError, MAX_RESOLVE_ATTEMPTS, MAX_VM_ID};
+pub use domain::{
+    Domain, DomainError, Mapping, MAX_APERTURE_PAGES, MAX_GPA, MAX_RESOLVE_ATTEMPTS, MAX_VM_ID,
+};
 pub use types::*;
