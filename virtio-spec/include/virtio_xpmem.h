@@ -34,8 +34,7 @@
 #define VIRTIO_XPMEM_PAGE_SHIFT			12
 #define VIRTIO_XPMEM_PAGE_SIZE			4096
 #define VIRTIO_XPMEM_MAX_PAGES			512	/* per FAULT/RESOLVE */
-#define VIRTIO_XPMEM_MAX_VM_ID			0x7fff
-#define VIRTIO_XPMEM_ID_VM_SHIFT		48	/* vm id in segid/apid */
+#define VIRTIO_XPMEM_MAXADDR_SIZE		0xffffffffffffffffULL	/* MAKE: to the end */
 #define VIRTIO_XPMEM_EVENT_SIZE			40	/* largest event */
 
 /* Request opcodes (struct virtio_xpmem_req_hdr.opcode). */

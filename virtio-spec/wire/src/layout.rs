@@ -75,7 +75,7 @@ macro_rules! wire_struct {
 wire_struct! {
     /// Device configuration space (read-only for the driver).
     VirtioXpmemConfig = "virtio_xpmem_config", size 24, {
-        /// Id of this VM in the xpmem domain (1..=`VIRTIO_XPMEM_MAX_VM_ID`).
+        /// Id of this VM in the xpmem domain (informational, non-zero).
         vm_id: Le32,
         /// Size in bytes of the largest event; eventq buffers must be at least this big.
         event_size: Le32,

@@ -62,10 +62,9 @@ wire_consts! {
     /// Hard upper bound of `npages` in FAULT, RESOLVE and RESOLVE_REPLY; the
     /// device announces its own (smaller or equal) bound in `max_fault_pages`.
     VIRTIO_XPMEM_MAX_PAGES: u32 = 512;
-    /// Largest VM id; VM ids are 1..=this.
-    VIRTIO_XPMEM_MAX_VM_ID: u32 = 0x7fff;
-    /// segids and apids carry the VM id in bits 48..=62.
-    VIRTIO_XPMEM_ID_VM_SHIFT: u32 = 48;
+    /// MAKE `size` meaning "up to the end of the user address space"
+    /// (XPMEM_MAXADDR_SIZE); the device bounds it (see the spec, MAKE).
+    VIRTIO_XPMEM_MAXADDR_SIZE: u64 = u64::MAX;
     /// Size of the largest event (header + body); eventq buffers need at
     /// least `event_size` bytes from config space, which is never less.
     VIRTIO_XPMEM_EVENT_SIZE: u32 = 40;
@@ -200,11 +199,6 @@ impl RevokeReason {
 /// True if `v` is a multiple of [`VIRTIO_XPMEM_PAGE_SIZE`].
 pub const fn is_page_aligned(v: u64) -> bool {
     v & (VIRTIO_XPMEM_PAGE_SIZE - 1) == 0
-}
-
-/// The VM id encoded in a segid or apid (bits 48..=62).
-pub const fn id_vm(id: u64) -> u32 {
-    ((id >> VIRTIO_XPMEM_ID_VM_SHIFT) as u32) & VIRTIO_XPMEM_MAX_VM_ID
 }
 
 /// True if `id` is a possible segid/apid/attach_id/resolve_id/

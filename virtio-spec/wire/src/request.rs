@@ -120,11 +120,14 @@ pub enum Access {
 }
 
 /// A validated request. Addresses and sizes are in bytes; every range is
-/// page aligned, non-empty and does not wrap.
+/// page aligned, non-empty and does not wrap (MAKE may instead use
+/// [`VIRTIO_XPMEM_MAXADDR_SIZE`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Make {
         vaddr: u64,
+        /// Page aligned and non-zero, or [`VIRTIO_XPMEM_MAXADDR_SIZE`]
+        /// ("to the end of the user address space").
         size: u64,
         /// IPC mode bits, at most 0o777.
         mode: u32,
@@ -272,7 +275,16 @@ impl Request {
             VIRTIO_XPMEM_REQ_MAKE => {
                 let b: MakeReq = body("MAKE", body_bytes)?;
                 let (vaddr, size) = (b.vaddr.to_native(), b.size.to_native());
-                range("vaddr", vaddr, "size", size)?;
+                if size == VIRTIO_XPMEM_MAXADDR_SIZE {
+                    if !is_page_aligned(vaddr) {
+                        return Err(WireError::Misaligned {
+                            field: "vaddr",
+                            value: vaddr,
+                        });
+                    }
+                } else {
+                    range("vaddr", vaddr, "size", size)?;
+                }
                 permit_type(b.permit_type.to_native())?;
                 let mode = b.permit_value.to_native();
                 if mode & !VIRTIO_XPMEM_PERMIT_MODE_MASK != 0 {
@@ -798,11 +810,21 @@ mod tests {
             parse_edited(&m, |b| put_u64(b, 8, 4097)),
             Err(WireError::Misaligned { field: "size", .. })
         ));
-        // XPMEM_MAXADDR_SIZE must be converted by the driver; on the wire it
-        // is misaligned.
+        // XPMEM_MAXADDR_SIZE is the one size that is not page aligned.
         assert!(matches!(
             parse_edited(&m, |b| put_u64(b, 8, u64::MAX)),
+            Ok(Request::Make { size: u64::MAX, .. })
+        ));
+        assert!(matches!(
+            parse_edited(&m, |b| put_u64(b, 8, u64::MAX - 1)),
             Err(WireError::Misaligned { field: "size", .. })
+        ));
+        assert!(matches!(
+            parse_edited(&m, |b| {
+                put_u64(b, 0, 0x10);
+                put_u64(b, 8, u64::MAX);
+            }),
+            Err(WireError::Misaligned { field: "vaddr", .. })
         ));
         assert!(matches!(
             parse_edited(&m, |b| {
