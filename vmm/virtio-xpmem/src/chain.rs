@@ -1,0 +1,181 @@
+//! Splitting and validating guest descriptor chains.
+//!
+//! Everything here treats the guest as hostile: descriptor addresses and
+//! lengths are checked against guest RAM (and kept out of the VM's own
+//! aperture windows) before a single byte is read or written, the number of
+//! descriptors and the size of the device-readable part are bounded, and the
+//! direction order (all device-readable descriptors before all
+//! device-writable ones) is enforced.
+
+use std::ops::Deref;
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Most descriptors accepted in one chain. A chain that loops is cut by the
+/// queue's own TTL (queue size); anything above this bound is rejected.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 32;
+
+/// Largest device-readable part of a request: header, RESOLVE_REPLY body and
+/// the largest page list.
+pub const MAX_REQUEST_BYTES: usize = core::mem::size_of::<virtio_xpmem_wire::ReqHeader>()
+    + core::mem::size_of::<virtio_xpmem_wire::ResolveReplyReq>()
+    + 8 * virtio_xpmem_wire::VIRTIO_XPMEM_MAX_PAGES as usize;
+
+/// Why a descriptor chain was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("descriptor chain has more than {MAX_CHAIN_DESCRIPTORS} descriptors (or loops); the driver must send shorter chains")]
+    TooManyDescriptors,
+    #[error("a device-readable descriptor follows a device-writable one; put the request before the response buffer")]
+    WrongDirectionOrder,
+    #[error("descriptor {addr:#x}+{len:#x} is not inside guest RAM")]
+    OutsideGuestMemory { addr: u64, len: u32 },
+    #[error("descriptor {addr:#x}+{len:#x} overlaps the device's import aperture; use guest RAM buffers")]
+    InAperture { addr: u64, len: u32 },
+    #[error("device-readable part exceeds {MAX_REQUEST_BYTES} bytes")]
+    RequestTooLarge,
+    #[error("eventq buffer contains a device-readable descriptor; eventq buffers must be device-writable only")]
+    ReadableEventBuffer,
+    #[error("reading the request from guest memory failed: {0}")]
+    Read(String),
+}
+
+/// A device-writable buffer of a chain.
+pub type WritableBuf = (GuestAddress, u32);
+
+/// The validated parts of a chain.
+#[derive(Debug, Default)]
+pub struct SplitChain {
+    /// Device-readable bytes, in chain order.
+    pub readable: Vec<u8>,
+    /// Device-writable buffers, in chain order.
+    pub writable: Vec<WritableBuf>,
+}
+
+impl SplitChain {
+    /// Total capacity of the device-writable part.
+    pub fn writable_len(&self) -> u64 {
+        self.writable.iter().map(|&(_, l)| u64::from(l)).sum()
+    }
+}
+
+/// A rejected chain: why, and the device-writable buffers that are
+/// themselves valid (so an INVALID status can still be written).
+#[derive(Debug)]
+pub struct RejectedChain {
+    pub error: ChainError,
+    pub writable: Vec<WritableBuf>,
+}
+
+fn overlaps(addr: u64, len: u32, forbidden: &[(u64, u64)]) -> bool {
+    let end = addr.saturating_add(u64::from(len));
+    forbidden
+        .iter()
+        .any(|&(base, flen)| addr < base.saturating_add(flen) && base < end)
+}
+
+fn check_buffer(
+    mem: &GuestMemoryMmap,
+    forbidden: &[(u64, u64)],
+    addr: GuestAddress,
+    len: u32,
+) -> Result<(), ChainError> {
+    if overlaps(addr.0, len, forbidden) {
+        return Err(ChainError::InAperture { addr: addr.0, len });
+    }
+    let in_ram = addr.0.checked_add(u64::from(len)).is_some()
+        && GuestMemoryBackend::check_range(mem, addr, len as usize);
+    if !in_ram {
+        return Err(ChainError::OutsideGuestMemory { addr: addr.0, len });
+    }
+    Ok(())
+}
+
+/// Splits a requestq (or, with `writable_only`, an eventq) chain into its
+/// device-readable bytes and device-writable buffers, validating
+/// everything. `forbidden` lists guest-physical ranges no buffer may touch
+/// (the VM's aperture windows).
+pub fn split_chain<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    forbidden: &[(u64, u64)],
+    writable_only: bool,
+) -> Result<SplitChain, RejectedChain>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    let mut readable_descs: Vec<WritableBuf> = Vec::new();
+    let mut writable: Vec<WritableBuf> = Vec::new();
+    let mut readable_len = 0usize;
+    let mut error: Option<ChainError> = None;
+    for (count, desc) in chain.enumerate() {
+        if count >= MAX_CHAIN_DESCRIPTORS {
+            error.get_or_insert(ChainError::TooManyDescriptors);
+            break;
+        }
+        let (addr, len) = (desc.addr(), desc.len());
+        if len == 0 {
+            continue;
+        }
+        let valid = check_buffer(mem, forbidden, addr, len);
+        if desc.is_write_only() {
+            match valid {
+                Ok(()) => writable.push((addr, len)),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+            continue;
+        }
+        if writable_only {
+            error.get_or_insert(ChainError::ReadableEventBuffer);
+        } else if !writable.is_empty() {
+            error.get_or_insert(ChainError::WrongDirectionOrder);
+        } else if let Err(e) = valid {
+            error.get_or_insert(e);
+        } else {
+            readable_len = readable_len.saturating_add(len as usize);
+            if readable_len > MAX_REQUEST_BYTES {
+                error.get_or_insert(ChainError::RequestTooLarge);
+            }
+            readable_descs.push((addr, len));
+        }
+    }
+    if let Some(error) = error {
+        return Err(RejectedChain { error, writable });
+    }
+    let mut readable = vec![0u8; readable_len];
+    let mut at = 0;
+    for (addr, len) in readable_descs {
+        let len = len as usize;
+        if let Err(e) = mem.read_slice(&mut readable[at..at + len], addr) {
+            return Err(RejectedChain {
+                error: ChainError::Read(e.to_string()),
+                writable,
+            });
+        }
+        at += len;
+    }
+    Ok(SplitChain { readable, writable })
+}
+
+/// Writes `bytes` across the device-writable buffers. Returns the number of
+/// bytes written, or `None` if they do not fit or a write failed.
+pub fn write_to_buffers(mem: &GuestMemoryMmap, bufs: &[WritableBuf], bytes: &[u8]) -> Option<u32> {
+    let capacity: u64 = bufs.iter().map(|&(_, l)| u64::from(l)).sum();
+    if (bytes.len() as u64) > capacity {
+        return None;
+    }
+    let mut at = 0usize;
+    for &(addr, len) in bufs {
+        if at == bytes.len() {
+            break;
+        }
+        let n = (len as usize).min(bytes.len() - at);
+        mem.write_slice(&bytes[at..at + n], addr).ok()?;
+        at += n;
+    }
+    u32::try_from(at).ok()
+}

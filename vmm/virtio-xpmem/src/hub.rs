@@ -1,0 +1,824 @@
+//! The hub shared by every virtio-xpmem device of a monitor.
+//!
+//! # Locking
+//!
+//! There are two kinds of mutex: the hub's `state` (the domain, the aperture
+//! backend and the endpoint registry) and one `Endpoint` mutex per VM (its
+//! queues, guest memory, deferred chains and event backlog). The order is
+//! always **`state` first, then at most one endpoint at a time**:
+//!
+//! - requestq processing takes `state`, then its own endpoint to pop one
+//!   chain, releases the endpoint, calls the domain and routes the actions,
+//!   locking each target endpoint in turn (never two at once);
+//! - the deadline timer takes `state`, then endpoints one at a time;
+//! - an eventq notification takes only its own endpoint;
+//! - nothing takes `state` while holding an endpoint.
+//!
+//! So no cycle is possible. The transport calls the device with its own lock
+//! held, which puts "transport of VM A" before `state`; the hub in turn
+//! raises interrupts of *other* VMs through [`VirtioInterrupt::trigger`],
+//! which therefore must not take VM B's transport lock (the virtio-mmio
+//! transport's interrupt is an atomic status word plus an eventfd).
+//! Requests are processed one chain per `state` acquisition, so a guest
+//! flooding its requestq cannot starve the other VMs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use virtio_mmio_transport::{InterruptReason, VirtioInterrupt};
+use virtio_queue::{Queue, QueueT};
+use virtio_xpmem_wire as wire;
+use vm_memory::GuestMemoryMmap;
+use xpmem_domain::{
+    Action, Counters, Domain, DomainConfig, DomainError, GpaRange, ImportPolicy, Mapping,
+    RequestTag, VmId, VmSpec,
+};
+
+use crate::aperture::{
+    ApertureBackend, ApertureError, ApertureWindows, MmapAperture, VmRamLayout, PAGE_SIZE,
+};
+use crate::chain::{split_chain, write_to_buffers, WritableBuf};
+use crate::convert;
+
+/// Errors of hub and VM management (not of guest requests, which get a
+/// status instead).
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("VM id {0:?} is out of range; virtio-xpmem VM ids are 1..{max}", max = xpmem_domain::MAX_VM_ID)]
+    BadVmId(VmId),
+    #[error("VM {0:?} already has a virtio-xpmem device on this hub")]
+    DuplicateVm(VmId),
+    #[error("import aperture: {0}")]
+    Aperture(#[from] ApertureError),
+    #[error("xpmem domain: {0}")]
+    Domain(#[from] DomainError),
+    #[error("cannot start the xpmem deadline timer thread: {0}")]
+    Timer(std::io::Error),
+}
+
+/// Configuration of a hub (one per monitor).
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// How long an importer has to acknowledge an invalidation before its
+    /// slots are revoked by force.
+    pub invalidate_deadline: Duration,
+    /// Which VMs may import from which.
+    pub policy: ImportPolicy,
+    /// Key for id generation: pass a random value in production.
+    pub seed: u64,
+    /// Largest FAULT prefetch window in pages (at most
+    /// [`wire::VIRTIO_XPMEM_MAX_PAGES`]).
+    pub max_fault_pages: u32,
+    /// Events kept per VM while its eventq has no buffers; further events
+    /// are dropped (and counted). The forced-revocation deadline still
+    /// bounds a dropped INVALIDATE.
+    pub max_pending_events: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            invalidate_deadline: Duration::from_millis(1000),
+            policy: ImportPolicy::AllToAll,
+            seed: 0x5eed_5eed_5eed_5eed,
+            max_fault_pages: 64,
+            max_pending_events: 4096,
+        }
+    }
+}
+
+/// Source of "now" in milliseconds for the domain.
+#[derive(Clone, Debug)]
+pub enum HubClock {
+    /// Milliseconds since the hub was created; a timer thread ticks the
+    /// domain at each deadline.
+    Monotonic,
+    /// Time set by the caller (tests, benchmarks); no timer thread: call
+    /// [`XpmemHub::tick`].
+    Manual(ManualClock),
+}
+
+/// A clock the caller advances.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// Current time in ms.
+    pub fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// Advances the clock by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+/// Per-device counters (cumulative unless noted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// requestq chains popped.
+    pub chains: u64,
+    /// Chains rejected before reaching the domain (malformed chain or request).
+    pub rejected: u64,
+    /// Requests handed to the domain.
+    pub dispatched: u64,
+    /// Responses written (including rejections).
+    pub responses: u64,
+    /// Events written to eventq buffers.
+    pub events_delivered: u64,
+    /// Events dropped because the backlog was full.
+    pub events_dropped: u64,
+    /// eventq buffers returned unused because they were invalid or too small.
+    pub bad_event_buffers: u64,
+    /// Events waiting for eventq buffers (current value).
+    pub events_backlog: u64,
+    /// Deferred requests waiting for their response (current value).
+    pub pending_requests: u64,
+}
+
+/// Hub-wide aperture counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApertureStats {
+    pub map_actions: u64,
+    pub unmap_actions: u64,
+    pub mmap_calls: u64,
+    pub pages_mapped: u64,
+    pub pages_unmapped: u64,
+    pub map_failures: u64,
+    pub unmap_failures: u64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going
+    // rather than turning one bug into a monitor-wide panic cascade.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct PendingChain {
+    head: u16,
+    opcode: u32,
+    writable: Vec<WritableBuf>,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    reqq: Queue,
+    evq: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// What popping one requestq chain produced.
+pub(crate) enum Popped {
+    /// Nothing available (or the device is not active).
+    Empty,
+    /// The chain was rejected and already answered.
+    Rejected,
+    /// A valid request for the domain.
+    Request(RequestTag, xpmem_domain::Request),
+}
+
+/// One VM's device-side queue state.
+pub(crate) struct Endpoint {
+    vm: VmId,
+    forbidden: [(u64, u64); 2],
+    active: Option<Active>,
+    pending: HashMap<u64, PendingChain>,
+    next_tag: u64,
+    events: VecDeque<Vec<u8>>,
+    max_pending_events: usize,
+    stats: DeviceStats,
+}
+
+impl Endpoint {
+    fn signal_used(active: &mut Active, event_queue: bool) {
+        let q = if event_queue {
+            &mut active.evq
+        } else {
+            &mut active.reqq
+        };
+        if q.needs_notification(&active.mem).unwrap_or(true) {
+            if let Err(e) = active.interrupt.trigger(InterruptReason::UsedBuffer) {
+                log::warn!("virtio-xpmem: cannot raise the used-buffer interrupt: {e}");
+            }
+        }
+    }
+
+    /// Writes `resp` into `writable` (or as much of the header as fits for
+    /// an error) and returns the chain to the driver.
+    fn finish_chain(&mut self, head: u16, writable: &[WritableBuf], resp: wire::Response) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let bytes = resp.to_bytes();
+        let mut len = write_to_buffers(&active.mem, writable, &bytes);
+        if len.is_none() && resp.status != wire::Status::Ok {
+            // An error answer only needs the status header.
+            let hdr = core::mem::size_of::<wire::RespHeader>();
+            len = write_to_buffers(&active.mem, writable, &bytes[..hdr]);
+        }
+        if let Err(e) = active.reqq.add_used(&active.mem, head, len.unwrap_or(0)) {
+            log::warn!(
+                "virtio-xpmem: VM {:?}: cannot return a requestq chain: {e}",
+                self.vm
+            );
+            return;
+        }
+        self.stats.responses += 1;
+        Self::signal_used(active, false);
+    }
+
+    /// Pops and validates the next requestq chain.
+    pub(crate) fn pop_request(&mut self) -> Popped {
+        let Some(active) = self.active.as_mut() else {
+            return Popped::Empty;
+        };
+        let mem = active.mem.clone();
+        let Some(chain) = active.reqq.pop_descriptor_chain(&mem) else {
+            return Popped::Empty;
+        };
+        self.stats.chains += 1;
+        let head = chain.head_index();
+        let reject = |this: &mut Self, writable: &[WritableBuf], opcode: u32, status| {
+            this.stats.rejected += 1;
+            this.finish_chain(head, writable, wire::Response::error(opcode, status));
+            Popped::Rejected
+        };
+        let split = match split_chain(chain, &mem, &self.forbidden, false) {
+            Ok(s) => s,
+            Err(r) => {
+                log::debug!(
+                    "virtio-xpmem: VM {:?}: bad request chain: {}",
+                    self.vm,
+                    r.error
+                );
+                return reject(self, &r.writable, 0, wire::Status::Invalid);
+            }
+        };
+        let opcode = split
+            .readable
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        // Refuse before the domain acts if the answer could not be delivered.
+        if split.writable_len() < wire::response_size(opcode) as u64 {
+            return reject(self, &split.writable, 0, wire::Status::Invalid);
+        }
+        let (hdr, req) = match wire::parse_request(&split.readable) {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!("virtio-xpmem: VM {:?}: rejected request: {e}", self.vm);
+                return reject(self, &split.writable, opcode, e.status());
+            }
+        };
+        let Some(req) = convert::request_to_domain(hdr.owner, req) else {
+            return reject(self, &split.writable, opcode, wire::Status::Invalid);
+        };
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        self.pending.insert(
+            tag,
+            PendingChain {
+                head,
+                opcode,
+                writable: split.writable,
+            },
+        );
+        self.stats.dispatched += 1;
+        Popped::Request(RequestTag(tag), req)
+    }
+
+    /// Completes a request the domain answered.
+    fn respond(
+        &mut self,
+        tag: RequestTag,
+        result: Result<xpmem_domain::ResponseBody, xpmem_domain::Status>,
+    ) {
+        // A missing tag means the device was reset since: nothing to do.
+        if let Some(p) = self.pending.remove(&tag.0) {
+            let resp = convert::response_to_wire(p.opcode, result);
+            self.finish_chain(p.head, &p.writable, resp);
+        }
+    }
+
+    /// Queues an event and delivers what the eventq has room for.
+    fn post_event(&mut self, bytes: Vec<u8>) {
+        if self.active.is_none() {
+            return;
+        }
+        if self.events.len() >= self.max_pending_events {
+            self.stats.events_dropped += 1;
+            log::warn!(
+                "virtio-xpmem: VM {:?}: event backlog full ({} events); the driver does not refill eventq, dropping an event",
+                self.vm,
+                self.events.len()
+            );
+        } else {
+            self.events.push_back(bytes);
+        }
+        self.flush_events();
+    }
+
+    /// Delivers queued events into available eventq buffers.
+    pub(crate) fn flush_events(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let mut used = false;
+        while let Some(ev) = self.events.front() {
+            let Some(chain) = active.evq.pop_descriptor_chain(&mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let written = match split_chain(chain, &mem, &self.forbidden, true) {
+                Ok(split) => write_to_buffers(&mem, &split.writable, ev),
+                Err(r) => {
+                    log::debug!(
+                        "virtio-xpmem: VM {:?}: bad eventq buffer: {}",
+                        self.vm,
+                        r.error
+                    );
+                    None
+                }
+            };
+            match written {
+                Some(len) => {
+                    self.events.pop_front();
+                    self.stats.events_delivered += 1;
+                    if let Err(e) = active.evq.add_used(&mem, head, len) {
+                        log::warn!(
+                            "virtio-xpmem: VM {:?}: cannot return an eventq buffer: {e}",
+                            self.vm
+                        );
+                    }
+                }
+                None => {
+                    self.stats.bad_event_buffers += 1;
+                    if let Err(e) = active.evq.add_used(&mem, head, 0) {
+                        log::warn!(
+                            "virtio-xpmem: VM {:?}: cannot return an eventq buffer: {e}",
+                            self.vm
+                        );
+                    }
+                }
+            }
+            used = true;
+        }
+        if used {
+            Self::signal_used(active, true);
+        }
+    }
+
+    fn deactivate(&mut self) {
+        self.active = None;
+        self.pending.clear();
+        self.events.clear();
+    }
+
+    pub(crate) fn stats(&self) -> DeviceStats {
+        let mut s = self.stats.clone();
+        s.events_backlog = self.events.len() as u64;
+        s.pending_requests = self.pending.len() as u64;
+        s
+    }
+}
+
+struct HubState {
+    domain: Domain,
+    aperture: Box<dyn ApertureBackend>,
+    endpoints: HashMap<VmId, Arc<Mutex<Endpoint>>>,
+    /// VMs currently joined to the domain (device active).
+    joined: HashMap<VmId, ()>,
+    stats: ApertureStats,
+}
+
+impl HubState {
+    fn endpoint(&self, vm: VmId) -> Option<Arc<Mutex<Endpoint>>> {
+        self.endpoints.get(&vm).cloned()
+    }
+
+    /// Applies domain actions in order. See the module docs for locking.
+    fn route(&mut self, actions: Vec<Action>) {
+        // Importers whose Map failed in this batch: their FAULT answer
+        // (which follows the Maps) becomes an error.
+        let mut failed_maps: Vec<VmId> = Vec::new();
+        for action in actions {
+            match action {
+                Action::Respond { vm, tag, result } => {
+                    let result = match result {
+                        Ok(xpmem_domain::ResponseBody::Mapped(_)) if failed_maps.contains(&vm) => {
+                            Err(xpmem_domain::Status::Fault)
+                        }
+                        other => other,
+                    };
+                    if let Some(ep) = self.endpoint(vm) {
+                        lock(&ep).respond(tag, result);
+                    }
+                }
+                Action::PostEvent { vm, event } => {
+                    if let Some(ep) = self.endpoint(vm) {
+                        lock(&ep).post_event(convert::event_to_wire(&event).to_bytes());
+                    }
+                }
+                Action::Map {
+                    importer,
+                    window,
+                    aperture_page,
+                    exporter,
+                    exporter_gpa,
+                    npages,
+                    writable,
+                } => {
+                    self.stats.map_actions += 1;
+                    match self.aperture.map(
+                        importer,
+                        window,
+                        aperture_page,
+                        exporter,
+                        exporter_gpa,
+                        npages,
+                        writable,
+                    ) {
+                        Ok(s) => {
+                            self.stats.mmap_calls += s.mmap_calls;
+                            self.stats.pages_mapped += s.pages;
+                        }
+                        Err(e) => {
+                            self.stats.map_failures += 1;
+                            log::error!("virtio-xpmem: mapping {npages} pages of VM {exporter:?} into VM {importer:?}: {e}");
+                            failed_maps.push(importer);
+                        }
+                    }
+                }
+                Action::Unmap {
+                    importer,
+                    window,
+                    aperture_page,
+                    npages,
+                } => {
+                    self.stats.unmap_actions += 1;
+                    match self.aperture.unmap(importer, window, aperture_page, npages) {
+                        Ok(s) => {
+                            self.stats.mmap_calls += s.mmap_calls;
+                            self.stats.pages_unmapped += s.pages;
+                        }
+                        Err(e) => {
+                            self.stats.unmap_failures += 1;
+                            log::error!("virtio-xpmem: revoking {npages} aperture pages of VM {importer:?}: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct TimerCtl {
+    flags: Mutex<(bool, bool)>, // (shutdown, kicked)
+    cv: Condvar,
+}
+
+impl TimerCtl {
+    fn kick(&self) {
+        lock(&self.flags).1 = true;
+        self.cv.notify_one();
+    }
+}
+
+/// The hub: one xpmem domain, one aperture backend, all VMs' devices.
+pub struct XpmemHub {
+    state: Mutex<HubState>,
+    cfg: HubConfig,
+    clock: HubClock,
+    start: Instant,
+    timer: Arc<TimerCtl>,
+    timer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl XpmemHub {
+    /// A hub with the real [`MmapAperture`] and a deadline timer thread.
+    pub fn new(cfg: HubConfig) -> Result<Arc<Self>, HubError> {
+        Self::with_backend(cfg, Box::new(MmapAperture::new()), HubClock::Monotonic)
+    }
+
+    /// A hub with a chosen aperture backend and clock. With
+    /// [`HubClock::Monotonic`] a timer thread ticks the domain; with
+    /// [`HubClock::Manual`] the caller calls [`XpmemHub::tick`].
+    pub fn with_backend(
+        cfg: HubConfig,
+        aperture: Box<dyn ApertureBackend>,
+        clock: HubClock,
+    ) -> Result<Arc<Self>, HubError> {
+        let max_fault_pages = cfg.max_fault_pages.clamp(1, wire::VIRTIO_XPMEM_MAX_PAGES);
+        let dcfg = DomainConfig {
+            seed: cfg.seed,
+            policy: cfg.policy.clone(),
+            invalidate_deadline_ms: u64::try_from(cfg.invalidate_deadline.as_millis())
+                .unwrap_or(u64::MAX),
+            max_fault_pages,
+            ..DomainConfig::default()
+        };
+        let mut cfg = cfg;
+        cfg.max_fault_pages = max_fault_pages;
+        let hub = Arc::new(Self {
+            state: Mutex::new(HubState {
+                domain: Domain::new(dcfg),
+                aperture,
+                endpoints: HashMap::new(),
+                joined: HashMap::new(),
+                stats: ApertureStats::default(),
+            }),
+            cfg,
+            clock: clock.clone(),
+            start: Instant::now(),
+            timer: Arc::new(TimerCtl {
+                flags: Mutex::new((false, false)),
+                cv: Condvar::new(),
+            }),
+            timer_thread: Mutex::new(None),
+        });
+        if let HubClock::Monotonic = clock {
+            let weak = Arc::downgrade(&hub);
+            let ctl = hub.timer.clone();
+            let handle = std::thread::Builder::new()
+                .name("xpmem-deadline".into())
+                .spawn(move || timer_loop(weak, ctl))
+                .map_err(HubError::Timer)?;
+            *lock(&hub.timer_thread) = Some(handle);
+        }
+        Ok(hub)
+    }
+
+    /// The configuration (after clamping).
+    pub fn config(&self) -> &HubConfig {
+        &self.cfg
+    }
+
+    fn now_ms(&self) -> u64 {
+        match &self.clock {
+            HubClock::Monotonic => {
+                u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }
+            HubClock::Manual(c) => c.now_ms(),
+        }
+    }
+
+    /// Creates the virtio-xpmem device of VM `vm`: `ram` is its guest RAM
+    /// (memfd-backed, for exporting), `windows` its two aperture windows
+    /// (register them as memslots; the ro one with `KVM_MEM_READONLY`).
+    pub fn add_vm(
+        self: &Arc<Self>,
+        vm: VmId,
+        ram: VmRamLayout,
+        windows: ApertureWindows,
+    ) -> Result<crate::XpmemDevice, HubError> {
+        if vm.0 == 0 || vm.0 >= xpmem_domain::MAX_VM_ID {
+            return Err(HubError::BadVmId(vm));
+        }
+        let mut st = lock(&self.state);
+        if st.endpoints.contains_key(&vm) {
+            return Err(HubError::DuplicateVm(vm));
+        }
+        let spec = VmSpec {
+            ram: ram
+                .regions()
+                .iter()
+                .map(|r| GpaRange {
+                    start: r.guest_base,
+                    len: r.len,
+                })
+                .collect(),
+            rw_aperture_pages: windows.rw.len() / PAGE_SIZE,
+            ro_aperture_pages: windows.ro.len() / PAGE_SIZE,
+        };
+        let forbidden = [
+            (windows.rw.guest_base(), windows.rw.len()),
+            (windows.ro.guest_base(), windows.ro.len()),
+        ];
+        let regions = vec![
+            virtio_mmio_transport::SharedMemoryRegion {
+                id: wire::VIRTIO_XPMEM_SHM_RW,
+                guest_base: windows.rw.guest_base(),
+                len: windows.rw.len(),
+            },
+            virtio_mmio_transport::SharedMemoryRegion {
+                id: wire::VIRTIO_XPMEM_SHM_RO,
+                guest_base: windows.ro.guest_base(),
+                len: windows.ro.len(),
+            },
+        ];
+        st.aperture.add_vm(vm, ram, windows)?;
+        let ep = Arc::new(Mutex::new(Endpoint {
+            vm,
+            forbidden,
+            active: None,
+            pending: HashMap::new(),
+            next_tag: 1,
+            events: VecDeque::new(),
+            max_pending_events: self.cfg.max_pending_events,
+            stats: DeviceStats::default(),
+        }));
+        st.endpoints.insert(vm, ep.clone());
+        let config = wire::VirtioXpmemConfig {
+            vm_id: vm.0.into(),
+            event_size: wire::VIRTIO_XPMEM_EVENT_SIZE.into(),
+            max_fault_pages: self.cfg.max_fault_pages.into(),
+            reserved: 0.into(),
+            invalidate_deadline_ms: u64::try_from(self.cfg.invalidate_deadline.as_millis())
+                .unwrap_or(u64::MAX)
+                .into(),
+        };
+        Ok(crate::XpmemDevice::new(
+            self.clone(),
+            vm,
+            ep,
+            config,
+            regions,
+            spec,
+        ))
+    }
+
+    /// Joins the VM to the domain and takes the queues (driver set DRIVER_OK).
+    pub(crate) fn activate(
+        &self,
+        vm: VmId,
+        spec: VmSpec,
+        mem: GuestMemoryMmap,
+        reqq: Queue,
+        evq: Queue,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), HubError> {
+        let mut st = lock(&self.state);
+        let ep = st
+            .endpoint(vm)
+            .ok_or(HubError::Aperture(ApertureError::UnknownVm(vm)))?;
+        if st.joined.contains_key(&vm) {
+            // Activated twice without a reset: start over cleanly.
+            self.leave_locked(&mut st, vm);
+        }
+        st.domain.add_vm(vm, spec)?;
+        st.joined.insert(vm, ());
+        let mut ep = lock(&ep);
+        ep.deactivate();
+        ep.active = Some(Active {
+            mem,
+            reqq,
+            evq,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    /// Removes `vm` from the domain, routes the consequences to the other
+    /// VMs and revokes everything in the VM's own windows.
+    fn leave_locked(&self, st: &mut HubState, vm: VmId) {
+        if st.joined.remove(&vm).is_some() {
+            match st.domain.remove_vm(vm, self.now_ms()) {
+                Ok(actions) => st.route(actions),
+                Err(e) => log::error!("virtio-xpmem: removing VM {vm:?} from the domain: {e}"),
+            }
+        }
+        if let Err(e) = st.aperture.revoke_all(vm) {
+            log::error!("virtio-xpmem: revoking the aperture of VM {vm:?}: {e}");
+        }
+        if let Some(ep) = st.endpoint(vm) {
+            lock(&ep).deactivate();
+        }
+    }
+
+    /// Device reset: leave the domain, drop queues and deferred chains.
+    pub(crate) fn reset_vm(&self, vm: VmId) {
+        let mut st = lock(&self.state);
+        self.leave_locked(&mut st, vm);
+    }
+
+    /// Device gone: reset, then forget the VM.
+    pub(crate) fn remove_vm(&self, vm: VmId) {
+        let mut st = lock(&self.state);
+        self.leave_locked(&mut st, vm);
+        st.endpoints.remove(&vm);
+        if let Err(e) = st.aperture.remove_vm(vm) {
+            log::error!("virtio-xpmem: unregistering VM {vm:?} from the aperture: {e}");
+        }
+    }
+
+    /// Handles every available requestq chain of `vm`.
+    pub(crate) fn process_requests(&self, vm: VmId) {
+        loop {
+            let mut st = lock(&self.state);
+            let Some(ep) = st.endpoint(vm) else {
+                return;
+            };
+            let popped = lock(&ep).pop_request();
+            match popped {
+                Popped::Empty => break,
+                Popped::Rejected => {}
+                Popped::Request(tag, req) => {
+                    let now = self.now_ms();
+                    let actions = st.domain.handle(vm, tag, req, now);
+                    st.route(actions);
+                }
+            }
+        }
+        self.timer.kick();
+    }
+
+    /// Runs the domain's deadline processing now (the timer thread calls
+    /// this; with a manual clock, tests and benchmarks do).
+    pub fn tick(&self) {
+        let mut st = lock(&self.state);
+        let actions = st.domain.tick(self.now_ms());
+        st.route(actions);
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        lock(&self.state).domain.next_deadline()
+    }
+
+    /// Snapshot of the domain counters.
+    pub fn counters(&self) -> Counters {
+        lock(&self.state).domain.counters()
+    }
+
+    /// Snapshot of the aperture counters.
+    pub fn aperture_stats(&self) -> ApertureStats {
+        lock(&self.state).stats.clone()
+    }
+
+    /// Snapshot of one device's counters.
+    pub fn device_stats(&self, vm: VmId) -> Option<DeviceStats> {
+        let st = lock(&self.state);
+        let ep = st.endpoint(vm)?;
+        let s = lock(&ep).stats();
+        Some(s)
+    }
+
+    /// Importer slots mapping exporter page `gpa` (see
+    /// [`Domain::rmap_lookup`]).
+    pub fn rmap_lookup(&self, exporter: VmId, gpa: u64) -> Vec<Mapping> {
+        lock(&self.state).domain.rmap_lookup(exporter, gpa)
+    }
+
+    /// The domain's estimate of the heap bytes its reverse map uses.
+    pub fn rmap_heap_bytes(&self) -> u64 {
+        lock(&self.state).domain.rmap_heap_bytes_estimate()
+    }
+
+    /// Runs the domain's internal consistency checks (tests).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        lock(&self.state).domain.check_invariants()
+    }
+}
+
+impl Drop for XpmemHub {
+    fn drop(&mut self) {
+        lock(&self.timer.flags).0 = true;
+        self.timer.cv.notify_all();
+        if let Some(h) = lock(&self.timer_thread).take() {
+            // The last reference may be dropped by the timer thread itself.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// Longest sleep of the timer thread when no deadline is pending.
+const TIMER_IDLE: Duration = Duration::from_millis(1000);
+
+fn timer_loop(hub: Weak<XpmemHub>, ctl: Arc<TimerCtl>) {
+    loop {
+        let wait = {
+            let Some(hub) = hub.upgrade() else {
+                return;
+            };
+            let now = hub.now_ms();
+            match hub.next_deadline() {
+                Some(d) if d <= now => {
+                    hub.tick();
+                    continue;
+                }
+                Some(d) => Duration::from_millis(d - now).min(TIMER_IDLE),
+                None => TIMER_IDLE,
+            }
+        };
+        let mut flags = lock(&ctl.flags);
+        if flags.0 {
+            return;
+        }
+        if !flags.1 {
+            flags = ctl
+                .cv
+                .wait_timeout(flags, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        if flags.0 {
+            return;
+        }
+        flags.1 = false;
+    }
+}
