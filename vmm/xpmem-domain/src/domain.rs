@@ -69,7 +69,6 @@ struct VmState {
     ram: Vec<(u64, u64)>,
     rw: ApertureAllocator,
     ro: ApertureAllocator,
-    next_counter: u64,
 }
 
 impl VmState {
@@ -203,6 +202,8 @@ pub struct Domain {
     resolves: HashMap<u64, u64>,
     invalidations: BTreeMap<u64, Invalidation>,
     targets: BTreeMap<u64, InvTarget>,
+    /// Per-VM id counters; kept after a VM leaves so that ids are never reused.
+    id_counters: BTreeMap<VmId, u64>,
     next_serial: u64,
     mapped_pages: u64,
     stats: Counters,
@@ -227,6 +228,7 @@ impl Domain {
             resolves: HashMap::new(),
             invalidations: BTreeMap::new(),
             targets: BTreeMap::new(),
+            id_counters: BTreeMap::new(),
             next_serial: 1,
             mapped_pages: 0,
             stats: Counters::default(),
@@ -286,7 +288,6 @@ impl Domain {
                 ram,
                 rw: ApertureAllocator::new(spec.rw_aperture_pages),
                 ro: ApertureAllocator::new(spec.ro_aperture_pages),
-                next_counter: 0,
             },
         );
         Ok(())
@@ -636,12 +637,13 @@ impl Domain {
     }
 
     fn new_id(&mut self, kind: IdKind, vm: VmId) -> Option<i64> {
-        let st = self.vms.get_mut(&vm)?;
-        if st.next_counter >= (1 << 42) {
+        // Counters survive remove_vm: ids of a VM's earlier incarnation never come back.
+        let ctr = self.id_counters.entry(vm).or_insert(0);
+        if *ctr >= crate::ids::MAX_COUNTER {
             return None;
         }
-        let c = st.next_counter;
-        st.next_counter += 1;
+        let c = *ctr;
+        *ctr += 1;
         Some(self.ids.encode(kind, vm, c))
     }
 

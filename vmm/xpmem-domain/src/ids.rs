@@ -9,6 +9,8 @@ use crate::types::VmId;
 
 /// Bits of the per-VM counter inside an id.
 const COUNTER_BITS: u32 = 42;
+/// Number of ids of one kind a VM can be issued.
+pub(crate) const MAX_COUNTER: u64 = 1 << COUNTER_BITS;
 /// Bits of the VM number inside an id.
 pub(crate) const VM_BITS: u32 = 20;
 const HALF_BITS: u32 = (COUNTER_BITS + VM_BITS) / 2;
