@@ -112,8 +112,9 @@ where
     let mut error: Option<ChainError> = None;
     for (count, desc) in chain.enumerate() {
         if count >= MAX_CHAIN_DESCRIPTORS {
+            // Keep walking (the queue's TTL bounds it) only to find a
+            // writable buffer for the INVALID status.
             error.get_or_insert(ChainError::TooManyDescriptors);
-            break;
         }
         let (addr, len) = (desc.addr(), desc.len());
         if len == 0 {

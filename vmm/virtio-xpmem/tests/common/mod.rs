@@ -1,0 +1,444 @@
+//! A model of the guest driver: speaks the virtio-xpmem protocol over
+//! virtio-queue's mock split queues in memfd-backed fake guest RAM, so the
+//! bytes really flow through the aperture.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
+use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout, PAGE_SIZE};
+use virtio_xpmem_device::{VmId, XpmemDevice, XpmemHub};
+use virtio_xpmem_wire as wire;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+
+pub const RAM_SIZE: usize = 16 << 20;
+pub const QSIZE: u16 = 64;
+pub const REQQ_ADDR: u64 = 0x0;
+pub const EVQ_ADDR: u64 = 0x4000;
+/// Request slot k: readable at SLOT_BASE + k * SLOT_STRIDE, writable 0x1800 later.
+pub const SLOT_BASE: u64 = 0x10_0000;
+pub const SLOT_STRIDE: u64 = 0x2000;
+pub const RESP_OFF: u64 = 0x1800;
+pub const NSLOTS: u16 = QSIZE / 2;
+pub const EVBUF_BASE: u64 = 0x20_0000;
+pub const EVBUF_LEN: u32 = 64;
+/// Exported "user" memory of the model lives here.
+pub const USER_GPA: u64 = 0x40_0000;
+pub const APERTURE_RW_GPA: u64 = 0x1_0000_0000;
+pub const APERTURE_RO_GPA: u64 = 0x1_1000_0000;
+pub const APERTURE_LEN: u64 = 4 << 20;
+
+pub fn memfd(len: usize) -> File {
+    // SAFETY: valid C string; no memory side effects.
+    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: fresh fd owned by nobody else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(len as u64).unwrap();
+    f
+}
+
+/// memfd-backed guest RAM at guest-physical 0.
+pub fn guest_ram() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(0),
+        RAM_SIZE,
+        Some(FileOffset::new(memfd(RAM_SIZE), 0)),
+    )])
+    .unwrap()
+}
+
+#[derive(Default)]
+pub struct CountingInterrupt(pub AtomicU64);
+
+impl VirtioInterrupt for CountingInterrupt {
+    fn trigger(&self, _reason: InterruptReason) -> std::io::Result<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Driver side of one split queue. The descriptor table is managed through
+/// virtio-queue's `MockSplitQueue`; the avail and used rings are laid out
+/// here because the mock (0.18) places its used ring `len` bytes (not
+/// `2 * len`) after the avail ring start, so with more than ~len/2
+/// outstanding buffers the two rings overlap.
+pub struct DriverQueue<'a> {
+    pub mock: MockSplitQueue<'a, GuestMemoryMmap>,
+    mem: &'a GuestMemoryMmap,
+    desc_addr: u64,
+    avail_addr: u64,
+    used_addr: u64,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl<'a> DriverQueue<'a> {
+    pub fn new(mem: &'a GuestMemoryMmap, addr: u64) -> Self {
+        let mock = MockSplitQueue::create(mem, GuestAddress(addr), QSIZE);
+        let avail_addr = addr + 16 * u64::from(QSIZE);
+        let used_addr = (avail_addr + 6 + 2 * u64::from(QSIZE) + 3) & !3;
+        // Rings start zeroed (flags, idx).
+        mem.write_slice(&[0u8; 6 + 2 * QSIZE as usize], GuestAddress(avail_addr))
+            .unwrap();
+        mem.write_slice(&[0u8; 6 + 8 * QSIZE as usize], GuestAddress(used_addr))
+            .unwrap();
+        Self {
+            mock,
+            mem,
+            desc_addr: addr,
+            avail_addr,
+            used_addr,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_size(QSIZE);
+        q.try_set_desc_table_address(GuestAddress(self.desc_addr))
+            .unwrap();
+        q.try_set_avail_ring_address(GuestAddress(self.avail_addr))
+            .unwrap();
+        q.try_set_used_ring_address(GuestAddress(self.used_addr))
+            .unwrap();
+        q.set_ready(true);
+        q
+    }
+
+    /// Writes descriptor `index` = (addr, len, flags, next).
+    pub fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = SplitDescriptor::new(addr, len, flags, next);
+        self.mock
+            .desc_table()
+            .store(index, RawDescriptor::from(d))
+            .unwrap();
+    }
+
+    /// Writes a chain of (addr, len, writable) at consecutive indices from
+    /// `first` and makes it available.
+    pub fn add_chain(&mut self, first: u16, bufs: &[(u64, u32, bool)]) {
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let idx = first + i as u16;
+            let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            self.set_desc(idx, addr, len, flags, idx + 1);
+        }
+        self.make_available(first);
+    }
+
+    /// Puts head `head` in the available ring.
+    pub fn make_available(&mut self, head: u16) {
+        let avail = self.avail_addr;
+        let slot = avail + 4 + u64::from(self.avail_idx % QSIZE) * 2;
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx.to_le(), GuestAddress(avail + 2))
+            .unwrap();
+    }
+
+    /// New used elements since the last call: (head, len).
+    pub fn take_used(&mut self) -> Vec<(u16, u32)> {
+        let used = self.used_addr;
+        let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let e = used + 4 + u64::from(self.used_seen % QSIZE) * 8;
+            let id: u32 = self.mem.read_obj(GuestAddress(e)).unwrap();
+            let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).unwrap();
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// A completed request: status and response body bytes.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub used_len: u32,
+    pub status: u32,
+    pub body: Vec<u8>,
+}
+
+impl Completion {
+    pub fn u64_at(&self, off: usize) -> u64 {
+        u64::from_le_bytes(self.body[off..off + 8].try_into().unwrap())
+    }
+    pub fn u32_at(&self, off: usize) -> u32 {
+        u32::from_le_bytes(self.body[off..off + 4].try_into().unwrap())
+    }
+}
+
+/// The guest driver model of one VM.
+pub struct Guest<'a> {
+    pub vm: VmId,
+    pub mem: &'a GuestMemoryMmap,
+    pub reqq: DriverQueue<'a>,
+    pub evq: DriverQueue<'a>,
+    pub dev: XpmemDevice,
+    pub windows: ApertureWindows,
+    pub irq: Arc<CountingInterrupt>,
+    free_slots: Vec<u16>,
+    /// head -> (slot, response length)
+    outstanding: HashMap<u16, (u16, u32)>,
+    pub done: HashMap<u16, Completion>,
+    pub events: Vec<wire::Event>,
+    pub owner: u64,
+    event_buffers: u16,
+}
+
+impl<'a> Guest<'a> {
+    /// Creates the VM's device on `hub`, activates it and stocks eventq.
+    pub fn new(hub: &Arc<XpmemHub>, vm: u32, mem: &'a GuestMemoryMmap) -> Self {
+        Self::with_event_buffers(hub, vm, mem, QSIZE)
+    }
+
+    /// Like `new`, stocking only `nbufs` eventq buffers.
+    pub fn with_event_buffers(
+        hub: &Arc<XpmemHub>,
+        vm: u32,
+        mem: &'a GuestMemoryMmap,
+        nbufs: u16,
+    ) -> Self {
+        let windows =
+            ApertureWindows::reserve(APERTURE_RW_GPA, APERTURE_LEN, APERTURE_RO_GPA, APERTURE_LEN)
+                .unwrap();
+        let layout = VmRamLayout::from_guest_memory(mem).unwrap();
+        let dev = hub.add_vm(VmId(vm), layout, windows.clone()).unwrap();
+        let mut g = Self {
+            vm: VmId(vm),
+            mem,
+            reqq: DriverQueue::new(mem, REQQ_ADDR),
+            evq: DriverQueue::new(mem, EVQ_ADDR),
+            dev,
+            windows,
+            irq: Arc::new(CountingInterrupt::default()),
+            free_slots: (0..NSLOTS).rev().collect(),
+            outstanding: HashMap::new(),
+            done: HashMap::new(),
+            events: Vec::new(),
+            owner: 0x1000 + u64::from(vm),
+            event_buffers: nbufs,
+        };
+        g.activate();
+        g
+    }
+
+    pub fn activate(&mut self) {
+        let features = self.dev.device_features();
+        self.dev
+            .activate(ActivateContext {
+                mem: self.mem.clone(),
+                queues: vec![self.reqq.queue(), self.evq.queue()],
+                interrupt: self.irq.clone(),
+                acked_features: features,
+            })
+            .unwrap();
+        for k in 0..self.event_buffers {
+            self.evq
+                .add_chain(k, &[(EVBUF_BASE + u64::from(k) * 0x100, EVBUF_LEN, true)]);
+        }
+        self.dev.queue_notify(0);
+        self.dev.queue_notify(1);
+    }
+
+    /// Device reset by the driver, then a fresh driver initialisation.
+    pub fn reset_and_reactivate(&mut self) {
+        self.dev.reset();
+        self.reqq = DriverQueue::new(self.mem, REQQ_ADDR);
+        self.evq = DriverQueue::new(self.mem, EVQ_ADDR);
+        self.free_slots = (0..NSLOTS).rev().collect();
+        self.outstanding.clear();
+        self.done.clear();
+        self.events.clear();
+        self.activate();
+    }
+
+    /// Submits request bytes with a response buffer of `resp_len`; returns the head.
+    pub fn submit(&mut self, req: &[u8], resp_len: u32) -> u16 {
+        let slot = self.free_slots.pop().expect("out of request slots");
+        let base = SLOT_BASE + u64::from(slot) * SLOT_STRIDE;
+        self.mem.write_slice(req, GuestAddress(base)).unwrap();
+        let resp = base + RESP_OFF;
+        // Poison the response buffer so a missing write is visible.
+        self.mem
+            .write_slice(&[0xee; 0x100], GuestAddress(resp))
+            .unwrap();
+        let head = slot * 2;
+        self.reqq.add_chain(
+            head,
+            &[(base, req.len() as u32, false), (resp, resp_len, true)],
+        );
+        self.outstanding.insert(head, (slot, resp_len));
+        self.dev.queue_notify(0);
+        head
+    }
+
+    /// Collects completions and events (refilling eventq).
+    pub fn poll(&mut self) {
+        for (head, len) in self.reqq.take_used() {
+            let (slot, resp_len) = self
+                .outstanding
+                .remove(&head)
+                .unwrap_or_else(|| panic!("VM {:?}: unknown used head {head}", self.vm));
+            let resp = SLOT_BASE + u64::from(slot) * SLOT_STRIDE + RESP_OFF;
+            let mut bytes = vec![0u8; resp_len.min(0x100) as usize];
+            self.mem.read_slice(&mut bytes, GuestAddress(resp)).unwrap();
+            let status = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+            self.done.insert(
+                head,
+                Completion {
+                    used_len: len,
+                    status,
+                    body: bytes[8..].to_vec(),
+                },
+            );
+            self.free_slots.push(slot);
+        }
+        let mut refill = false;
+        for (head, len) in self.evq.take_used() {
+            let addr = EVBUF_BASE + u64::from(head) * 0x100;
+            let mut bytes = vec![0u8; len as usize];
+            self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            self.events
+                .push(wire::Event::parse(&bytes).unwrap_or_else(|e| {
+                    panic!("device wrote a malformed event {e}: head {head} len {len}")
+                }));
+            self.evq.make_available(head);
+            refill = true;
+        }
+        if refill {
+            self.dev.queue_notify(1);
+        }
+    }
+
+    /// Takes the completion of `head`, if it completed.
+    pub fn completion(&mut self, head: u16) -> Option<Completion> {
+        self.poll();
+        self.done.remove(&head)
+    }
+
+    /// Submits a request and expects an immediate completion.
+    pub fn call(&mut self, req: wire::Request) -> Completion {
+        let opcode = req.opcode();
+        let head = self.submit(
+            &req.to_bytes(self.owner),
+            wire::response_size(opcode) as u32,
+        );
+        self.completion(head)
+            .unwrap_or_else(|| panic!("VM {:?}: opcode {opcode} did not complete", self.vm))
+    }
+
+    /// Takes all events received so far.
+    pub fn take_events(&mut self) -> Vec<wire::Event> {
+        self.poll();
+        std::mem::take(&mut self.events)
+    }
+
+    /// Host view of the guest's aperture window (as the guest would see it).
+    pub fn aperture_read(&self, shm_id: u32, offset: u64, len: usize) -> Vec<u8> {
+        let w = if shm_id == 0 {
+            &self.windows.rw
+        } else {
+            &self.windows.ro
+        };
+        assert!(offset + len as u64 <= w.len());
+        let mut v = vec![0u8; len];
+        // SAFETY: inside the window, which is always mapped readable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (w.host_addr() + offset) as *const u8,
+                v.as_mut_ptr(),
+                len,
+            )
+        };
+        v
+    }
+
+    pub fn aperture_write(&self, offset: u64, bytes: &[u8]) {
+        let w = &self.windows.rw;
+        assert!(offset + bytes.len() as u64 <= w.len());
+        // SAFETY: inside the rw window, mapped writable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (w.host_addr() + offset) as *mut u8,
+                bytes.len(),
+            )
+        };
+    }
+
+    pub fn ram_read(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(gpa)).unwrap();
+        v
+    }
+
+    pub fn mem_write(&self, gpa: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(gpa)).unwrap();
+    }
+
+    pub fn ram_fill(&self, gpa: u64, val: u8, len: usize) {
+        self.mem
+            .write_slice(&vec![val; len], GuestAddress(gpa))
+            .unwrap();
+    }
+}
+
+/// The exporter side of the model: user vaddr -> gpa page table, answering
+/// RESOLVE events. Pages are deliberately scattered (reverse order).
+pub struct ExporterModel {
+    pub vaddr: u64,
+    pub npages: u64,
+}
+
+impl ExporterModel {
+    pub fn gpa_of(&self, vaddr: u64) -> u64 {
+        let i = (vaddr - self.vaddr) / PAGE_SIZE;
+        assert!(i < self.npages);
+        USER_GPA + (self.npages - 1 - i) * PAGE_SIZE
+    }
+
+    /// Answers every RESOLVE among `events`; returns the other events.
+    pub fn answer_resolves(&self, g: &mut Guest<'_>, events: Vec<wire::Event>) -> Vec<wire::Event> {
+        let mut rest = Vec::new();
+        for ev in events {
+            match ev {
+                wire::Event::Resolve {
+                    resolve_id,
+                    vaddr,
+                    npages,
+                    ..
+                } => {
+                    let gpas = (0..u64::from(npages))
+                        .map(|i| self.gpa_of(vaddr + i * PAGE_SIZE))
+                        .collect();
+                    let c = g.call(wire::Request::ResolveReply {
+                        resolve_id,
+                        status: wire::Status::Ok,
+                        gpas,
+                    });
+                    assert_eq!(c.status, 0, "RESOLVE_REPLY rejected");
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+}

@@ -1,0 +1,463 @@
+//! Multi-VM scenarios through the device model: a driver model per VM over
+//! mock split queues, memfd-backed guest RAM and the real MmapAperture.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use virtio_xpmem_device::aperture::{FILLER_BYTE, PAGE_SIZE};
+use virtio_xpmem_device::{HubClock, HubConfig, ManualClock, XpmemHub};
+use virtio_xpmem_wire as wire;
+
+const SEG_VADDR: u64 = 0x7f00_0000_0000;
+const SEG_PAGES: u64 = 16;
+
+fn manual_hub(deadline_ms: u64) -> (std::sync::Arc<XpmemHub>, ManualClock) {
+    let clock = ManualClock::default();
+    let hub = XpmemHub::with_backend(
+        HubConfig {
+            invalidate_deadline: Duration::from_millis(deadline_ms),
+            ..HubConfig::default()
+        },
+        Box::new(virtio_xpmem_device::aperture::MmapAperture::new()),
+        HubClock::Manual(clock.clone()),
+    )
+    .unwrap();
+    (hub, clock)
+}
+
+/// Exporter `a` makes a segment of SEG_PAGES pages; returns (segid, model).
+fn make_segment(a: &mut Guest<'_>) -> (u64, ExporterModel) {
+    let model = ExporterModel {
+        vaddr: SEG_VADDR,
+        npages: SEG_PAGES,
+    };
+    for i in 0..SEG_PAGES {
+        a.ram_fill(
+            model.gpa_of(SEG_VADDR + i * PAGE_SIZE),
+            0x10 + i as u8,
+            PAGE_SIZE as usize,
+        );
+    }
+    let c = a.call(wire::Request::Make {
+        vaddr: SEG_VADDR,
+        size: SEG_PAGES * PAGE_SIZE,
+        mode: 0o666,
+        uid: 1000,
+        gid: 1000,
+    });
+    assert_eq!(c.status, 0, "MAKE failed");
+    (c.u64_at(0), model)
+}
+
+/// Importer gets and attaches the whole segment; returns (apid, attach_id, aperture offset, shm id).
+fn get_attach(b: &mut Guest<'_>, segid: u64, read_only: bool) -> (u64, u64, u64, u32) {
+    let c = b.call(wire::Request::Get {
+        segid,
+        access: if read_only {
+            wire::Access::ReadOnly
+        } else {
+            wire::Access::ReadWrite
+        },
+        uid: 1000,
+        gid: 1000,
+    });
+    assert_eq!(c.status, 0, "GET failed");
+    let apid = c.u64_at(0);
+    let c = b.call(wire::Request::Attach {
+        apid,
+        offset: 0,
+        size: SEG_PAGES * PAGE_SIZE,
+        read_only,
+    });
+    assert_eq!(c.status, 0, "ATTACH failed");
+    (apid, c.u64_at(0), c.u64_at(8), c.u32_at(16))
+}
+
+/// Importer faults `npages` from `page`; the exporter model resolves.
+fn fault(
+    b: &mut Guest<'_>,
+    a: &mut Guest<'_>,
+    model: &ExporterModel,
+    attach_id: u64,
+    page: u64,
+    npages: u32,
+    write: bool,
+) -> Completion {
+    let req = wire::Request::Fault {
+        attach_id,
+        page_index: page,
+        npages,
+        write,
+    };
+    let head = b.submit(
+        &req.to_bytes(b.owner),
+        wire::response_size(req.opcode()) as u32,
+    );
+    assert!(
+        b.completion(head).is_none(),
+        "FAULT must wait for the exporter"
+    );
+    let evs = a.take_events();
+    assert!(
+        evs.iter().any(|e| matches!(e, wire::Event::Resolve { .. })),
+        "exporter got no RESOLVE: {evs:?}"
+    );
+    let rest = model.answer_resolves(a, evs);
+    assert!(rest.is_empty());
+    b.completion(head)
+        .expect("FAULT not completed after RESOLVE_REPLY")
+}
+
+#[test]
+fn three_vms_full_lifecycle() {
+    let (hub, _clock) = manual_hub(1000);
+    let (ma, mb, mc) = (guest_ram(), guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let mut c = Guest::new(&hub, 3, &mc);
+
+    let (segid, model) = make_segment(&mut a);
+    let (apid_b, att_b, off_b, shm_b) = get_attach(&mut b, segid, false);
+    assert_eq!(shm_b, 0);
+    let (_apid_c, att_c, off_c, shm_c) = get_attach(&mut c, segid, true);
+    assert_eq!(shm_c, 1);
+
+    // Before any fault the aperture shows the filler.
+    assert!(b
+        .aperture_read(0, off_b, 64)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+
+    // B faults pages 0..4 for write, C faults page 0..2 read-only.
+    let f = fault(&mut b, &mut a, &model, att_b, 0, 4, true);
+    assert_eq!(f.status, 0);
+    let mapped = f.u32_at(0);
+    assert!((1..=4).contains(&mapped), "mapped {mapped}");
+    let f = fault(&mut c, &mut a, &model, att_c, 0, 2, false);
+    assert_eq!(f.status, 0);
+
+    // Bytes flow: B and C see A's page contents (scattered gpas).
+    for i in 0..u64::from(mapped) {
+        let v = b.aperture_read(0, off_b + i * PAGE_SIZE, PAGE_SIZE as usize);
+        assert!(v.iter().all(|&x| x == 0x10 + i as u8), "page {i}");
+    }
+    assert!(c.aperture_read(1, off_c, 16).iter().all(|&x| x == 0x10));
+    // B writes through the aperture, A sees it in its RAM; A writes, B sees it.
+    b.aperture_write(off_b + 100, b"hello from B");
+    let gpa0 = model.gpa_of(SEG_VADDR);
+    assert_eq!(a.ram_read(gpa0 + 100, 12), b"hello from B");
+    a.ram_fill(gpa0 + 200, 0x5c, 8);
+    assert_eq!(b.aperture_read(0, off_b + 200, 8), vec![0x5c; 8]);
+    assert_eq!(c.aperture_read(1, off_c + 200, 8), vec![0x5c; 8]);
+
+    let counters = hub.counters();
+    assert!(counters.rmap_entries > u64::from(mapped), "{counters:?}");
+
+    // A invalidates page 0: both importers get INVALIDATE, ack, then A's request completes.
+    let inv = wire::Request::Invalidate {
+        segid,
+        vaddr: SEG_VADDR,
+        len: PAGE_SIZE,
+    };
+    let head = a.submit(
+        &inv.to_bytes(a.owner),
+        wire::response_size(inv.opcode()) as u32,
+    );
+    assert!(
+        a.completion(head).is_none(),
+        "INVALIDATE must wait for the importers"
+    );
+    for imp in [&mut b, &mut c] {
+        let evs = imp.take_events();
+        let ids: Vec<u64> = evs
+            .iter()
+            .filter_map(|e| match e {
+                wire::Event::Invalidate {
+                    invalidation_id,
+                    page_index,
+                    ..
+                } => {
+                    assert_eq!(*page_index, 0);
+                    Some(*invalidation_id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "{evs:?}");
+        assert!(a.completion(head).is_none(), "completed before every ack");
+        let ack = imp.call(wire::Request::InvalidateAck {
+            invalidation_id: ids[0],
+        });
+        assert_eq!(ack.status, 0);
+    }
+    let done = a
+        .completion(head)
+        .expect("INVALIDATE not completed after all acks");
+    assert_eq!(done.status, 0);
+    // Page 0 is gone from both apertures; A's later data never shows.
+    a.ram_fill(gpa0, 0x99, PAGE_SIZE as usize);
+    assert!(b
+        .aperture_read(0, off_b, PAGE_SIZE as usize)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    assert!(c
+        .aperture_read(1, off_c, PAGE_SIZE as usize)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    if mapped > 1 {
+        // Page 1 still shared.
+        assert_eq!(b.aperture_read(0, off_b + PAGE_SIZE, 1), vec![0x11]);
+    }
+    hub.check_invariants().unwrap();
+
+    // Teardown: B detaches and releases, C drops its owner, A removes.
+    assert_eq!(b.call(wire::Request::Detach { attach_id: att_b }).status, 0);
+    assert!(b
+        .aperture_read(0, off_b + PAGE_SIZE, 16)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    assert_eq!(b.call(wire::Request::Release { apid: apid_b }).status, 0);
+    assert_eq!(c.call(wire::Request::ReleaseOwner).status, 0);
+    assert_eq!(a.call(wire::Request::Remove { segid }).status, 0);
+    let counters = hub.counters();
+    assert_eq!(counters.segments, 0, "{counters:?}");
+    assert_eq!(counters.permits, 0, "{counters:?}");
+    assert_eq!(counters.attachments, 0, "{counters:?}");
+    assert_eq!(counters.rmap_entries, 0, "{counters:?}");
+    assert_eq!(counters.mapped_pages, 0, "{counters:?}");
+    hub.check_invariants().unwrap();
+    let st = hub.aperture_stats();
+    assert_eq!(st.map_failures + st.unmap_failures, 0, "{st:?}");
+
+    drop((a, b, c));
+    assert!(hub.counters().nothing_held(), "{:?}", hub.counters());
+}
+
+#[test]
+fn importer_that_never_acks_is_revoked_at_the_deadline() {
+    let (hub, clock) = manual_hub(100);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, model) = make_segment(&mut a);
+    let (_apid, att, off, _shm) = get_attach(&mut b, segid, false);
+    let f = fault(&mut b, &mut a, &model, att, 0, 1, true);
+    assert_eq!(f.status, 0);
+    assert_eq!(b.aperture_read(0, off, 1), vec![0x10]);
+
+    let inv = wire::Request::Invalidate {
+        segid,
+        vaddr: SEG_VADDR,
+        len: SEG_PAGES * PAGE_SIZE,
+    };
+    let head = a.submit(
+        &inv.to_bytes(a.owner),
+        wire::response_size(inv.opcode()) as u32,
+    );
+    let evs = b.take_events();
+    let late_id = evs
+        .iter()
+        .find_map(|e| match e {
+            wire::Event::Invalidate {
+                invalidation_id, ..
+            } => Some(*invalidation_id),
+            _ => None,
+        })
+        .expect("no INVALIDATE event");
+    // B ignores it. Before the deadline nothing happens.
+    clock.advance(99);
+    hub.tick();
+    assert!(a.completion(head).is_none());
+    assert_eq!(b.aperture_read(0, off, 1), vec![0x10], "revoked too early");
+    clock.advance(2);
+    hub.tick();
+    let done = a
+        .completion(head)
+        .expect("INVALIDATE not completed at the deadline");
+    assert_eq!(done.status, 0);
+    // B's slot shows the filler, never A's later data.
+    a.ram_fill(model.gpa_of(SEG_VADDR), 0x77, PAGE_SIZE as usize);
+    assert!(b
+        .aperture_read(0, off, PAGE_SIZE as usize)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    let evs = b.take_events();
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            wire::Event::Revoked {
+                reason: wire::RevokeReason::Deadline,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    assert_eq!(hub.counters().invalidations_forced, 1);
+    // A late ack is answered (not OK: the invalidation is over) and harmless.
+    let late = b.call(wire::Request::InvalidateAck {
+        invalidation_id: late_id,
+    });
+    assert_ne!(late.status, 0);
+    assert!(b
+        .aperture_read(0, off, 64)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    hub.check_invariants().unwrap();
+}
+
+#[test]
+fn deadline_timer_thread_revokes_without_manual_ticks() {
+    let hub = XpmemHub::new(HubConfig {
+        invalidate_deadline: Duration::from_millis(30),
+        ..HubConfig::default()
+    })
+    .unwrap();
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, model) = make_segment(&mut a);
+    let (_apid, att, off, _shm) = get_attach(&mut b, segid, false);
+    assert_eq!(fault(&mut b, &mut a, &model, att, 0, 1, true).status, 0);
+    let inv = wire::Request::Invalidate {
+        segid,
+        vaddr: SEG_VADDR,
+        len: PAGE_SIZE,
+    };
+    let head = a.submit(
+        &inv.to_bytes(a.owner),
+        wire::response_size(inv.opcode()) as u32,
+    );
+    // Wait (generously) for the timer thread; this is a liveness check, not a timing one.
+    let mut done = None;
+    for _ in 0..1000 {
+        done = a.completion(head);
+        if done.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(done.expect("timer thread never revoked").status, 0);
+    assert!(b
+        .aperture_read(0, off, 64)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+}
+
+#[test]
+fn exporter_reset_revokes_importers() {
+    let (hub, _clock) = manual_hub(1000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, model) = make_segment(&mut a);
+    let (_apid, att, off, _shm) = get_attach(&mut b, segid, false);
+    assert_eq!(fault(&mut b, &mut a, &model, att, 0, 2, true).status, 0);
+    a.reset_and_reactivate();
+    assert!(b
+        .aperture_read(0, off, 2 * PAGE_SIZE as usize)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    let evs = b.take_events();
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            wire::Event::Revoked {
+                reason: wire::RevokeReason::ExporterGone,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    // A later FAULT fails instead of hanging.
+    let req = wire::Request::Fault {
+        attach_id: att,
+        page_index: 0,
+        npages: 1,
+        write: false,
+    };
+    let head = b.submit(
+        &req.to_bytes(b.owner),
+        wire::response_size(req.opcode()) as u32,
+    );
+    let c = b
+        .completion(head)
+        .expect("FAULT on a gone exporter must complete");
+    assert_ne!(c.status, 0);
+    hub.check_invariants().unwrap();
+}
+
+#[test]
+fn events_wait_for_eventq_buffers_and_the_backlog_is_bounded() {
+    let clock = ManualClock::default();
+    let hub = XpmemHub::with_backend(
+        HubConfig {
+            max_pending_events: 8,
+            ..HubConfig::default()
+        },
+        Box::new(virtio_xpmem_device::aperture::MmapAperture::new()),
+        HubClock::Manual(clock),
+    )
+    .unwrap();
+    let (ma, mb) = (guest_ram(), guest_ram());
+    // The exporter stocks only 4 eventq buffers.
+    let mut a = Guest::with_event_buffers(&hub, 1, &ma, 4);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, _model) = make_segment(&mut a);
+    let (_apid, att, _off, _shm) = get_attach(&mut b, segid, false);
+    // 10 FAULTs on distinct pages: 10 RESOLVE events for A.
+    for i in 0..10 {
+        let req = wire::Request::Fault {
+            attach_id: att,
+            page_index: i,
+            npages: 1,
+            write: false,
+        };
+        b.submit(
+            &req.to_bytes(b.owner),
+            wire::response_size(req.opcode()) as u32,
+        );
+    }
+    let st = hub.device_stats(a.vm).unwrap();
+    assert_eq!(st.events_delivered, 4, "{st:?}");
+    assert_eq!(st.events_backlog, 6, "{st:?}");
+    // A collects and refills: the backlog drains in order of arrival.
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(a.take_events());
+    }
+    assert_eq!(got.len(), 10);
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|e| match e {
+            wire::Event::Resolve { resolve_id, .. } => *resolve_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 10, "duplicate events: {ids:?}");
+    assert_eq!(hub.device_stats(a.vm).unwrap().events_backlog, 0);
+
+    // With the buffers withheld, the backlog stops at max_pending_events.
+    let mc = guest_ram();
+    let mut c = Guest::with_event_buffers(&hub, 3, &mc, 0);
+    let (segid_c, _m) = make_segment(&mut c);
+    let (_apid, att_c, _off, _shm) = get_attach(&mut b, segid_c, false);
+    for i in 0..12 {
+        let req = wire::Request::Fault {
+            attach_id: att_c,
+            page_index: i,
+            npages: 1,
+            write: false,
+        };
+        b.submit(
+            &req.to_bytes(b.owner),
+            wire::response_size(req.opcode()) as u32,
+        );
+    }
+    let st = hub.device_stats(c.vm).unwrap();
+    assert_eq!(st.events_backlog, 8, "{st:?}");
+    assert_eq!(st.events_dropped, 4, "{st:?}");
+}
