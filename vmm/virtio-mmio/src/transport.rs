@@ -1,6 +1,6 @@
 //! The virtio-mmio v2 register file and device status state machine.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -24,6 +24,24 @@ pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// Vendor ID reported to the driver ("XPMM"); drivers do not interpret it.
 pub const MMIO_VENDOR_ID: u32 = 0x4d4d_5058;
+
+/// Guest-triggered warnings logged at warn level per transport; later ones go
+/// to debug level, so a hostile driver cannot flood the host's log.
+const MAX_GUEST_WARNINGS: u64 = 32;
+
+macro_rules! guest_warn {
+    ($self:ident, $($arg:tt)+) => {{
+        let n = $self.guest_warnings.fetch_add(1, Ordering::Relaxed);
+        if n < MAX_GUEST_WARNINGS {
+            warn!($($arg)+);
+        } else {
+            if n == MAX_GUEST_WARNINGS {
+                warn!("virtio-mmio: too many guest-triggered warnings; further ones are logged at debug level");
+            }
+            debug!($($arg)+);
+        }
+    }};
+}
 
 /// Errors creating a transport.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +100,7 @@ pub struct MmioTransport<D: VirtioDevice + ?Sized = dyn VirtioDevice> {
     queue_sel: u32,
     shm_sel: u32,
     activated: bool,
+    guest_warnings: AtomicU64,
 }
 
 impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
@@ -127,6 +146,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             queue_sel: 0,
             shm_sel: 0,
             activated: false,
+            guest_warnings: AtomicU64::new(0),
         })
     }
 
@@ -177,7 +197,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             return;
         }
         if data.len() != 4 || offset & 3 != 0 {
-            warn!(
+            guest_warn!(self,
                 "virtio-mmio: {}-byte read at register offset {:#x} ignored; registers are 32-bit aligned",
                 data.len(),
                 offset
@@ -193,14 +213,15 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= regs::CONFIG {
             if self.device_status & status::FAILED != 0 {
-                warn!("virtio-mmio: config write after FAILED ignored");
+                guest_warn!(self, "virtio-mmio: config write after FAILED ignored");
                 return;
             }
             self.device.write_config(offset - regs::CONFIG, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
+            guest_warn!(
+                self,
                 "virtio-mmio: {}-byte write at register offset {:#x} ignored; registers are 32-bit",
                 data.len(),
                 offset
@@ -208,7 +229,10 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             return;
         };
         if offset & 3 != 0 {
-            warn!("virtio-mmio: unaligned write at offset {offset:#x} ignored");
+            guest_warn!(
+                self,
+                "virtio-mmio: unaligned write at offset {offset:#x} ignored"
+            );
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
@@ -224,7 +248,8 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         }
         match u16::try_from(index) {
             Ok(i) if usize::from(i) < self.queues.len() => self.device.queue_notify(i),
-            _ => warn!(
+            _ => guest_warn!(
+                self,
                 "virtio-mmio: notify for nonexistent queue {index} ignored (device has {})",
                 self.queues.len()
             ),
@@ -255,7 +280,10 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             }
             regs::CONFIG_GENERATION => self.config_generation.load(Ordering::SeqCst),
             _ => {
-                warn!("virtio-mmio: read of write-only or reserved register {offset:#x}");
+                guest_warn!(
+                    self,
+                    "virtio-mmio: read of write-only or reserved register {offset:#x}"
+                );
                 0
             }
         }
@@ -298,14 +326,14 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             }
             regs::STATUS => self.write_status(value),
             regs::SHM_SEL => self.shm_sel = value,
-            _ => warn!("virtio-mmio: write of {value:#x} to read-only or reserved register {offset:#x} ignored"),
+            _ => guest_warn!(self, "virtio-mmio: write of {value:#x} to read-only or reserved register {offset:#x} ignored"),
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         let s = self.device_status;
         if s & status::DRIVER == 0 || s & (status::FEATURES_OK | status::FAILED) != 0 {
-            warn!("virtio-mmio: DriverFeatures write in status {s:#x} ignored; features are written after DRIVER and before FEATURES_OK");
+            guest_warn!(self, "virtio-mmio: DriverFeatures write in status {s:#x} ignored; features are written after DRIVER and before FEATURES_OK");
             return;
         }
         match self.driver_features_sel {
@@ -319,7 +347,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             }
             sel => {
                 if value != 0 {
-                    warn!("virtio-mmio: driver acknowledges features {value:#x} in nonexistent word {sel}; ignored");
+                    guest_warn!(self, "virtio-mmio: driver acknowledges features {value:#x} in nonexistent word {sel}; ignored");
                 }
             }
         }
@@ -330,24 +358,25 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         if s & status::FEATURES_OK == 0
             || s & (status::DRIVER_OK | status::FAILED | status::DEVICE_NEEDS_RESET) != 0
         {
-            warn!("virtio-mmio: queue register {offset:#x} write in status {s:#x} ignored; queues are configured after FEATURES_OK and before DRIVER_OK");
+            guest_warn!(self, "virtio-mmio: queue register {offset:#x} write in status {s:#x} ignored; queues are configured after FEATURES_OK and before DRIVER_OK");
             return;
         }
         let sel = self.queue_sel;
         let Some(queue) = self.queues.get_mut(sel as usize) else {
-            warn!(
+            guest_warn!(
+                self,
                 "virtio-mmio: queue register {offset:#x} write for nonexistent queue {sel} ignored"
             );
             return;
         };
         if offset != regs::QUEUE_READY && queue.ready() {
-            warn!("virtio-mmio: queue {sel} register {offset:#x} written while the queue is ready; ignored");
+            guest_warn!(self, "virtio-mmio: queue {sel} register {offset:#x} written while the queue is ready; ignored");
             return;
         }
         match offset {
             regs::QUEUE_NUM => match u16::try_from(value) {
                 Ok(size) if queue.try_set_size(size).is_ok() => {}
-                _ => warn!(
+                _ => guest_warn!(self,
                     "virtio-mmio: queue {sel} size {value} rejected (maximum {}, must be a power of two)",
                     queue.max_size()
                 ),
@@ -355,7 +384,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             regs::QUEUE_READY => match value {
                 0 => queue.set_ready(false),
                 1 => queue.set_ready(true),
-                _ => warn!("virtio-mmio: QueueReady value {value} ignored; only 0 and 1 are valid"),
+                _ => guest_warn!(self, "virtio-mmio: QueueReady value {value} ignored; only 0 and 1 are valid"),
             },
             regs::QUEUE_DESC_LOW => queue.set_desc_table_address(Some(value), None),
             regs::QUEUE_DESC_HIGH => queue.set_desc_table_address(None, Some(value)),
@@ -374,15 +403,21 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         }
         let old = self.device_status;
         if value & old != old & !status::DEVICE_NEEDS_RESET {
-            warn!("virtio-mmio: status write {value:#x} clears bits of {old:#x}; only a write of 0 (reset) may do that; ignored");
+            guest_warn!(self, "virtio-mmio: status write {value:#x} clears bits of {old:#x}; only a write of 0 (reset) may do that; ignored");
             return;
         }
         if value & status::DEVICE_NEEDS_RESET & !old != 0 {
-            warn!("virtio-mmio: the driver may not set DEVICE_NEEDS_RESET; bit ignored");
+            guest_warn!(
+                self,
+                "virtio-mmio: the driver may not set DEVICE_NEEDS_RESET; bit ignored"
+            );
         }
         if value & status::FAILED != 0 {
             if old & status::FAILED == 0 {
-                warn!("virtio-mmio: driver set FAILED; the device stays inert until reset");
+                guest_warn!(
+                    self,
+                    "virtio-mmio: driver set FAILED; the device stays inert until reset"
+                );
             }
             self.device_status = old | status::FAILED;
             return;
@@ -394,14 +429,14 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         }
         if value & status::DRIVER != 0 && new & status::DRIVER == 0 {
             if new & status::ACKNOWLEDGE == 0 {
-                warn!("virtio-mmio: DRIVER before ACKNOWLEDGE ignored");
+                guest_warn!(self, "virtio-mmio: DRIVER before ACKNOWLEDGE ignored");
             } else {
                 new |= status::DRIVER;
             }
         }
         if value & status::FEATURES_OK != 0 && new & status::FEATURES_OK == 0 {
             if new & status::DRIVER == 0 {
-                warn!("virtio-mmio: FEATURES_OK before DRIVER ignored");
+                guest_warn!(self, "virtio-mmio: FEATURES_OK before DRIVER ignored");
             } else if self.features_acceptable() {
                 new |= status::FEATURES_OK;
                 let event_idx = self.driver_features & VIRTIO_F_RING_EVENT_IDX != 0;
@@ -409,7 +444,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
                     q.set_event_idx(event_idx);
                 }
             } else {
-                warn!(
+                guest_warn!(self,
                     "virtio-mmio: FEATURES_OK refused: driver features {:#x} are not a subset of device features {:#x} or lack VERSION_1",
                     self.driver_features,
                     self.device.device_features()
@@ -419,9 +454,12 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         self.device_status = new;
         if value & status::DRIVER_OK != 0 && new & status::DRIVER_OK == 0 {
             if new & status::FEATURES_OK == 0 {
-                warn!("virtio-mmio: DRIVER_OK before FEATURES_OK ignored");
+                guest_warn!(self, "virtio-mmio: DRIVER_OK before FEATURES_OK ignored");
             } else if new & status::DEVICE_NEEDS_RESET != 0 {
-                warn!("virtio-mmio: DRIVER_OK while the device needs reset ignored");
+                guest_warn!(
+                    self,
+                    "virtio-mmio: DRIVER_OK while the device needs reset ignored"
+                );
             } else {
                 self.activate();
             }
@@ -451,7 +489,10 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
                 }
             }
             Err(e) => {
-                warn!("virtio-mmio: device activation failed, setting DEVICE_NEEDS_RESET: {e}");
+                guest_warn!(
+                    self,
+                    "virtio-mmio: device activation failed, setting DEVICE_NEEDS_RESET: {e}"
+                );
                 self.device_status |= status::DEVICE_NEEDS_RESET;
                 if let Err(e) = self.interrupt.trigger(InterruptReason::ConfigChange) {
                     warn!("virtio-mmio: cannot signal DEVICE_NEEDS_RESET to the guest: {e}");

@@ -28,6 +28,24 @@ pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
 
+/// Guest-triggered warnings logged at warn level per device; later ones go to
+/// debug level, so a hostile driver cannot flood the host's log.
+const MAX_GUEST_WARNINGS: u64 = 32;
+
+macro_rules! guest_warn {
+    ($self:ident, $($arg:tt)+) => {{
+        $self.guest_warnings += 1;
+        if $self.guest_warnings <= MAX_GUEST_WARNINGS {
+            warn!($($arg)+);
+        } else {
+            if $self.guest_warnings == MAX_GUEST_WARNINGS + 1 {
+                warn!("virtio-rng: too many guest-triggered warnings; further ones are logged at debug level");
+            }
+            debug!($($arg)+);
+        }
+    }};
+}
+
 /// Errors of the entropy device.
 #[derive(Debug, thiserror::Error)]
 pub enum RngError {
@@ -101,6 +119,7 @@ pub struct Rng {
     active: Option<Active>,
     buf: Vec<u8>,
     stats: RngStats,
+    guest_warnings: u64,
 }
 
 impl Default for Rng {
@@ -122,6 +141,7 @@ impl Rng {
             active: None,
             buf: Vec::new(),
             stats: RngStats::default(),
+            guest_warnings: 0,
         }
     }
 
@@ -154,7 +174,7 @@ impl Rng {
                         n
                     }
                     Err(e) => {
-                        warn!("virtio-rng: request {head} refused: {e}");
+                        guest_warn!(self, "virtio-rng: request {head} refused: {e}");
                         self.stats.rejected += 1;
                         0
                     }
@@ -236,7 +256,7 @@ impl VirtioDevice for Rng {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
+        guest_warn!(self,
             "virtio-rng: {}-byte config write at {offset:#x} ignored; the device has no config space",
             data.len()
         );
@@ -259,7 +279,10 @@ impl VirtioDevice for Rng {
 
     fn queue_notify(&mut self, index: u16) {
         if index != 0 {
-            warn!("virtio-rng: notify for nonexistent queue {index} ignored");
+            guest_warn!(
+                self,
+                "virtio-rng: notify for nonexistent queue {index} ignored"
+            );
             return;
         }
         match self.process_queue() {
