@@ -1,1 +1,45 @@
-fn main() {}
+//! `xpmem-vmm`: see `xpmem-vmm --help`.
+
+use std::process::ExitCode;
+
+use xpmem_vmm::cli::{self, Command, USAGE};
+use xpmem_vmm::monitor;
+
+/// Exit status for command-line and configuration errors.
+const EXIT_USAGE: u8 = 2;
+/// Exit status when the VMs could not be set up.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("xpmem-vmm: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match command {
+        Command::Help => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("xpmem-vmm {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(config) => config,
+    };
+    match monitor::run(&config) {
+        Ok(outcome) => {
+            let code = outcome.exit_code();
+            if code != 0 {
+                eprintln!("xpmem-vmm: exiting with status {code}");
+            }
+            ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE))
+        }
+        Err(e) => {
+            eprintln!("xpmem-vmm: error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Command-line parsing: either `--config FILE` or the flags of one VM.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError, SizeSpec, VmSpec, XpmemSettings};
+
+pub const USAGE: &str = "\
+usage: xpmem-vmm --config FILE
+       xpmem-vmm --name NAME --memory SIZE --kernel PATH [options]
+
+Launches one or more KVM guests. With --config, every [[vm]] table of the TOML
+file is started; otherwise one VM is described by flags:
+
+  --name NAME            VM name (prefixes its console lines)
+  --vcpus N              number of vCPUs (default 1)
+  --memory SIZE          guest RAM, e.g. 1024M or 1G (a bare number is MiB)
+  --kernel PATH          bzImage or ELF vmlinux
+  --initrd PATH          initramfs
+  --cmdline STRING       appended to the default kernel command line
+  --console stdout|file:PATH
+                         where the serial console goes (default stdout)
+  --aperture-rw SIZE     read-write import aperture window (default 1G)
+  --aperture-ro SIZE     read-only import aperture window (default 256M)
+  -h, --help             print this help
+  -V, --version          print the version
+";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("unknown argument {0:?}; see --help")]
+    Unknown(String),
+    #[error("{0} needs a value; see --help")]
+    MissingValue(String),
+    #[error("{0} given twice")]
+    Repeated(String),
+    #[error("--config cannot be combined with VM flags such as {0}")]
+    ConfigAndFlags(String),
+    #[error("missing {0}; give --config FILE or describe a VM with --name, --memory and --kernel")]
+    MissingFlag(&'static str),
+    #[error("--vcpus {0:?} is not a number")]
+    BadNumber(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+#[derive(Default)]
+struct Flags {
+    config: Option<PathBuf>,
+    name: Option<String>,
+    vcpus: Option<String>,
+    memory: Option<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    cmdline: Option<String>,
+    console: Option<String>,
+    aperture_rw: Option<String>,
+    aperture_ro: Option<String>,
+    first_vm_flag: Option<String>,
+}
+
+fn set(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), CliError> {
+    if slot.replace(value).is_some() {
+        return Err(CliError::Repeated(flag.to_string()));
+    }
+    Ok(())
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
+    let mut flags = Flags::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            _ => {}
+        }
+        let slot = match flag.as_str() {
+            "--config" => None,
+            "--name" => Some(&mut flags.name),
+            "--vcpus" => Some(&mut flags.vcpus),
+            "--memory" => Some(&mut flags.memory),
+            "--kernel" => Some(&mut flags.kernel),
+            "--initrd" => Some(&mut flags.initrd),
+            "--cmdline" => Some(&mut flags.cmdline),
+            "--console" => Some(&mut flags.console),
+            "--aperture-rw" => Some(&mut flags.aperture_rw),
+            "--aperture-ro" => Some(&mut flags.aperture_ro),
+            _ => return Err(CliError::Unknown(arg)),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| CliError::MissingValue(flag.clone()))?,
+        };
+        match slot {
+            None => {
+                if flags.config.replace(PathBuf::from(value)).is_some() {
+                    return Err(CliError::Repeated(flag));
+                }
+            }
+            Some(slot) => {
+                set(slot, &flag, value)?;
+                flags.first_vm_flag.get_or_insert(flag);
+            }
+        }
+    }
+
+    if let Some(path) = flags.config {
+        if let Some(flag) = flags.first_vm_flag {
+            return Err(CliError::ConfigAndFlags(flag));
+        }
+        return Ok(Command::Run(Config::from_file(&path)?));
+    }
+
+    let name = flags.name.ok_or(CliError::MissingFlag("--name"))?;
+    let memory = flags.memory.ok_or(CliError::MissingFlag("--memory"))?;
+    let kernel = flags.kernel.ok_or(CliError::MissingFlag("--kernel"))?;
+    let vcpus = match flags.vcpus {
+        None => 1,
+        Some(v) => v.parse().map_err(|_| CliError::BadNumber(v))?,
+    };
+    let spec = VmSpec {
+        name,
+        vcpus,
+        memory: SizeSpec::Text(memory),
+        kernel: PathBuf::from(kernel),
+        initrd: flags.initrd.map(PathBuf::from),
+        cmdline: flags.cmdline,
+        console: flags.console,
+        stdin: None,
+        aperture_rw: flags.aperture_rw.map(SizeSpec::Text),
+        aperture_ro: flags.aperture_ro.map(SizeSpec::Text),
+    };
+    Ok(Command::Run(Config::from_specs(
+        XpmemSettings::default(),
+        &[spec],
+        Path::new(""),
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Console;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn one_vm_from_flags() {
+        let Command::Run(c) = parse(args(
+            "--name a --vcpus 2 --memory 1024M --kernel bz --initrd rd.gz --console=file:/tmp/a.log",
+        ))
+        .unwrap() else {
+            panic!("expected Run")
+        };
+        let vm = &c.vms[0];
+        assert_eq!(vm.name, "a");
+        assert_eq!(vm.vcpus, 2);
+        assert_eq!(vm.memory, 1 << 30);
+        assert_eq!(vm.kernel, PathBuf::from("bz"));
+        assert_eq!(vm.initrd, Some(PathBuf::from("rd.gz")));
+        assert_eq!(vm.console, Console::File(PathBuf::from("/tmp/a.log")));
+    }
+
+    #[test]
+    fn cmdline_with_spaces() {
+        let mut a = args("--name a --memory 256 --kernel k --cmdline");
+        a.push("quiet loglevel=3".to_string());
+        let Command::Run(c) = parse(a).unwrap() else {
+            panic!("expected Run")
+        };
+        assert!(c.vms[0].kernel_cmdline().ends_with(" quiet loglevel=3"));
+        // The only stdout VM reads stdin.
+        assert!(c.vms[0].stdin);
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(args("--help")), Ok(Command::Help));
+        assert_eq!(parse(args("--name a -V")), Ok(Command::Version));
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            parse(args("--bogus")),
+            Err(CliError::Unknown("--bogus".into()))
+        );
+        assert_eq!(
+            parse(args("--name")),
+            Err(CliError::MissingValue("--name".into()))
+        );
+        assert_eq!(
+            parse(args("--name a --name b")),
+            Err(CliError::Repeated("--name".into()))
+        );
+        assert_eq!(
+            parse(args("--config x.toml --vcpus 2")),
+            Err(CliError::ConfigAndFlags("--vcpus".into()))
+        );
+        assert_eq!(parse(args("")), Err(CliError::MissingFlag("--name")));
+        assert_eq!(
+            parse(args("--name a --kernel k")),
+            Err(CliError::MissingFlag("--memory"))
+        );
+        assert_eq!(
+            parse(args("--name a --memory 256 --kernel k --vcpus x")),
+            Err(CliError::BadNumber("x".into()))
+        );
+        assert!(matches!(
+            parse(args("--name a --memory 256 --kernel k --vcpus 0")),
+            Err(CliError::Config(ConfigError::BadVcpus { .. }))
+        ));
+        assert!(matches!(
+            parse(args("--config /nonexistent/x.toml")),
+            Err(CliError::Config(ConfigError::Read { .. }))
+        ));
+    }
+}

@@ -1,0 +1,5 @@
+//! Legacy platform devices every VM has.
+
+pub mod acpi_pm;
+pub mod i8042;
+pub mod serial;

@@ -1,0 +1,185 @@
+//! Runs every VM of a configuration until they have all ended or the
+//! monitor is told to stop.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use thiserror::Error;
+use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub};
+
+use crate::config::Config;
+use crate::kvm::{self, KvmError};
+use crate::layout::MIB;
+use crate::lifecycle::ExitReason;
+use crate::signals;
+use crate::terminal::RawModeGuard;
+use crate::vcpu;
+use crate::vm::{RunningVm, Shared, Vm, VmError};
+
+/// Used when the config does not set `xpmem.invalidate_deadline_ms`.
+pub const DEFAULT_INVALIDATE_DEADLINE_MS: u64 = 1000;
+
+#[derive(Debug, Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("VM {name}: {source}")]
+    Vm { name: String, source: VmError },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot create the xpmem domain: {0}")]
+    Hub(#[from] HubError),
+    #[error("cannot wait for VM events: {0}")]
+    Poll(std::io::Error),
+}
+
+/// How the run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every VM ended by itself; `clean` if all powered off or rebooted.
+    AllEnded { clean: bool },
+    /// SIGINT/SIGTERM stopped the VMs.
+    Interrupted(i32),
+}
+
+impl Outcome {
+    /// The process exit status: 0 for a clean end, 1 if a VM failed,
+    /// 128 + signal number when stopped by a signal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::AllEnded { clean: true } => 0,
+            Outcome::AllEnded { clean: false } => 1,
+            Outcome::Interrupted(signo) => 128 + signo,
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: `seed` is valid for 8 bytes of writes.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != 8 {
+        // Ids stay unique without randomness; they only become guessable.
+        log::warn!("getrandom failed; xpmem ids use a time-based key");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return now.as_nanos() as u64;
+    }
+    u64::from_le_bytes(seed)
+}
+
+fn report(name: &str, reason: &ExitReason, ran: Duration) {
+    eprintln!(
+        "xpmem-vmm: VM {name}: {reason} after {:.2} s",
+        ran.as_secs_f64()
+    );
+}
+
+/// Builds all VMs (so bad input fails before any guest runs), starts them,
+/// and waits.
+pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
+    let kvm = kvm::open(&kvm::device_path())?;
+    vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
+    let signal_evt = signals::install().map_err(MonitorError::Signals)?;
+
+    let deadline = config
+        .xpmem
+        .invalidate_deadline_ms
+        .unwrap_or(DEFAULT_INVALIDATE_DEADLINE_MS);
+    let shared = Shared {
+        xpmem: XpmemHub::new(HubConfig {
+            invalidate_deadline: Duration::from_millis(deadline),
+            seed: random_seed(),
+            ..HubConfig::default()
+        })?,
+    };
+
+    let mut built = Vec::with_capacity(config.vms.len());
+    for (index, cfg) in config.vms.iter().enumerate() {
+        let vm_error = |source| MonitorError::Vm {
+            name: cfg.name.clone(),
+            source,
+        };
+        let id = u32::try_from(index + 1).map(VmId).map_err(|_| {
+            vm_error(VmError::Device {
+                name: "xpmem",
+                reason: "too many VMs".into(),
+            })
+        })?;
+        built.push(Vm::new(&kvm, cfg, id, &shared, config.stdout_consoles()).map_err(vm_error)?);
+    }
+
+    let _raw_terminal = if config.vms.iter().any(|v| v.stdin) {
+        RawModeGuard::enable().unwrap_or_else(|e| {
+            log::warn!("cannot put the terminal in raw mode: {e}");
+            None
+        })
+    } else {
+        None
+    };
+
+    let mut running: Vec<RunningVm> = Vec::with_capacity(built.len());
+    for (vm, cfg) in built.into_iter().zip(&config.vms) {
+        eprintln!(
+            "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {})",
+            cfg.name,
+            cfg.kernel.display(),
+            cfg.vcpus,
+            cfg.memory / MIB,
+            cfg.console
+        );
+        // On error the VMs already in `running` are stopped when it drops.
+        running.push(vm.start().map_err(|source| MonitorError::Vm {
+            name: cfg.name.clone(),
+            source,
+        })?);
+    }
+
+    let mut clean = true;
+    while !running.is_empty() {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(signal_evt.as_raw_fd())
+            .chain(running.iter().map(|vm| vm.exit_event().as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(MonitorError::Poll(err));
+        }
+        if fds[0].revents != 0 {
+            let signo = signals::received().unwrap_or(libc::SIGTERM);
+            eprintln!(
+                "xpmem-vmm: received {}, stopping {} VM(s)",
+                signals::name(signo),
+                running.len()
+            );
+            for mut vm in running.drain(..) {
+                let (reason, ran) = vm.stop(ExitReason::Stopped);
+                report(vm.name(), &reason, ran);
+            }
+            return Ok(Outcome::Interrupted(signo));
+        }
+        let mut index = 0;
+        while index < running.len() {
+            if running[index].exit_requested() {
+                let mut vm = running.swap_remove(index);
+                // The reason recorded by the guest wins over this placeholder.
+                let (reason, ran) = vm.stop(ExitReason::Stopped);
+                report(vm.name(), &reason, ran);
+                clean &= reason.is_clean();
+            } else {
+                index += 1;
+            }
+        }
+    }
+    Ok(Outcome::AllEnded { clean })
+}

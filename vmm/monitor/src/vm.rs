@@ -1,0 +1,563 @@
+//! One VM: construction (memory, irqchip, devices, ACPI, boot state) and
+//! the running VM (vCPU threads plus an event thread).
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use virtio_mmio_transport::{MmioTransport, VirtioDevice, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
+use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout};
+use virtio_xpmem_device::{VmId, XpmemHub};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_acpi::{AcpiConfig, MmioDeviceInfo};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{self, cpu, BootSpec};
+use crate::bus::{lock, Bus, BusDevice, BusError};
+use crate::config::{Console, VmConfig};
+use crate::devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::serial::{ConsoleSink, SerialDevice, SERIAL_BASE, SERIAL_LEN};
+use crate::layout::{MemoryLayout, MmioSlot, KVM_TSS_ADDR, SERIAL_GSI};
+use crate::lifecycle::{ExitHandle, ExitReason};
+use crate::memory::{set_memslot, GuestRam};
+use crate::vcpu::{self, VcpuContext};
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("{want} vCPUs requested but KVM on this host allows at most {max} per VM")]
+    TooManyVcpus { want: u8, max: usize },
+    #[error("KVM {what} failed: {err}")]
+    Kvm {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] crate::boot::BootError),
+    #[error(transparent)]
+    Cpu(#[from] crate::boot::cpu::CpuError),
+    #[error("cannot build ACPI tables: {0}")]
+    Acpi(#[from] vmm_acpi::AcpiError),
+    #[error("ACPI tables end at {0:#x}, beyond the BIOS area reserved for them")]
+    AcpiTooLarge(u64),
+    #[error("cannot write ACPI tables to guest memory: {0}")]
+    AcpiWrite(vm_memory::GuestMemoryError),
+    #[error("cannot create virtio device {name}: {reason}")]
+    Device { name: &'static str, reason: String },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot create console file {path}: {err}")]
+    ConsoleFile { path: PathBuf, err: std::io::Error },
+    #[error("cannot create an eventfd: {0} (check the open file limit)")]
+    EventFd(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |err| VmError::Kvm { what, err }
+}
+
+/// Objects shared by all VMs of the monitor.
+pub struct Shared {
+    /// The xpmem domain every VM's virtio-xpmem device joins.
+    pub xpmem: Arc<XpmemHub>,
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data)
+    }
+}
+
+type SharedTransport = Arc<Mutex<MmioTransport>>;
+
+/// A queue notification eventfd (ioeventfd on QueueNotify) and its target.
+struct Notifier {
+    evt: EventFd,
+    transport: SharedTransport,
+    queue: u32,
+}
+
+/// A VM that is built but not started.
+pub struct Vm {
+    name: String,
+    vcpus: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    notifiers: Vec<Notifier>,
+    exit: Arc<ExitHandle>,
+    stdin: bool,
+    // Drop order matters: the VM fd (and with it every memslot) must go
+    // before the memory it points at.
+    _vm_fd: VmFd,
+    _transports: Vec<SharedTransport>,
+    _apertures: ApertureWindows,
+    _ram: GuestRam,
+}
+
+impl Vm {
+    /// Builds VM `id` from `cfg`: everything is set up and loaded, no vCPU runs yet.
+    pub fn new(
+        kvm: &Kvm,
+        cfg: &VmConfig,
+        id: VmId,
+        shared: &Shared,
+        stdout_consoles: usize,
+    ) -> Result<Self, VmError> {
+        let max = kvm.get_max_vcpus();
+        if usize::from(cfg.vcpus) > max {
+            return Err(VmError::TooManyVcpus {
+                want: cfg.vcpus,
+                max,
+            });
+        }
+        let layout = MemoryLayout::new(cfg.memory, cfg.aperture_rw, cfg.aperture_ro)?;
+
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let ram = GuestRam::new(&cfg.name, &layout)?;
+        let next_slot = ram.register(&vm_fd)?;
+
+        // The import aperture: two windows above RAM, their own memslots.
+        let apertures = ApertureWindows::reserve(
+            layout.aperture_rw.guest_base,
+            layout.aperture_rw.size,
+            layout.aperture_ro.guest_base,
+            layout.aperture_ro.size,
+        )
+        .map_err(|e| VmError::Device {
+            name: "xpmem aperture",
+            reason: e.to_string(),
+        })?;
+        for (offset, window, readonly) in [(0, &apertures.rw, false), (1, &apertures.ro, true)] {
+            // SAFETY: `apertures` owns the host mapping and is dropped after
+            // `vm_fd` (field order of `Vm`), so it outlives the memslot.
+            unsafe {
+                set_memslot(
+                    &vm_fd,
+                    next_slot + offset,
+                    window.guest_base(),
+                    window.len(),
+                    window.host_addr(),
+                    readonly,
+                )
+            }?;
+        }
+
+        let exit = Arc::new(ExitHandle::new().map_err(VmError::EventFd)?);
+        let mut pio = Bus::new();
+        let sink = match &cfg.console {
+            // Several VMs on stdout: write whole lines so they never interleave.
+            Console::Stdout => ConsoleSink::stdout(&cfg.name, stdout_consoles == 1),
+            Console::File(path) => ConsoleSink::file(path).map_err(|err| VmError::ConsoleFile {
+                path: path.clone(),
+                err,
+            })?,
+        };
+        let serial = Arc::new(Mutex::new(
+            SerialDevice::new(sink).map_err(VmError::EventFd)?,
+        ));
+        vm_fd
+            .register_irqfd(lock(&serial).irqfd(), SERIAL_GSI)
+            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        pio.insert(u64::from(SERIAL_BASE), SERIAL_LEN, serial.clone())?;
+        pio.insert(
+            u64::from(I8042_BASE),
+            I8042_LEN,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        )?;
+        pio.insert(
+            u64::from(ACPI_PM_BASE),
+            ACPI_PM_LEN,
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+        )?;
+
+        // virtio devices, in slot order. Adding a device is one entry here.
+        let xpmem = shared
+            .xpmem
+            .add_vm(
+                id,
+                VmRamLayout::from_guest_memory(&ram.mem).map_err(|e| VmError::Device {
+                    name: "xpmem",
+                    reason: e.to_string(),
+                })?,
+                apertures.clone(),
+            )
+            .map_err(|e| VmError::Device {
+                name: "xpmem",
+                reason: e.to_string(),
+            })?;
+        let devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![
+            ("rng", Box::new(virtio_rng_device::Rng::new())),
+            ("xpmem", Box::new(xpmem)),
+        ];
+
+        let mut mmio = Bus::new();
+        let mut slots = Vec::new();
+        let mut transports = Vec::new();
+        let mut notifiers = Vec::new();
+        for (index, (name, device)) in devices.into_iter().enumerate() {
+            let slot = MemoryLayout::mmio_slot(index)?;
+            let (transport, queue_notifiers) =
+                attach_virtio(&vm_fd, &mut mmio, slot, name, device, &ram)?;
+            notifiers.extend(queue_notifiers);
+            transports.push(transport);
+            slots.push(slot);
+        }
+
+        // ACPI tables describe the CPUs (MADT) and the virtio-mmio devices (DSDT).
+        let tables = vmm_acpi::build_tables(
+            &AcpiConfig {
+                num_cpus: cfg.vcpus,
+                virtio_mmio: slots
+                    .iter()
+                    .map(|s| MmioDeviceInfo {
+                        base: s.base,
+                        len: s.size,
+                        gsi: s.gsi,
+                    })
+                    .collect(),
+                // KVM's default routing wires ISA IRQ n to IOAPIC pin n.
+                irq0_to_gsi2: false,
+            },
+            vmm_acpi::RSDP_GPA,
+        )?;
+        if tables.end_gpa > vmm_acpi::BIOS_AREA_END {
+            return Err(VmError::AcpiTooLarge(tables.end_gpa));
+        }
+        for blob in &tables.blobs {
+            ram.mem
+                .write_slice(&blob.bytes, GuestAddress(blob.gpa))
+                .map_err(VmError::AcpiWrite)?;
+        }
+
+        let cmdline = cfg.kernel_cmdline();
+        let entry = boot::load(
+            &ram.mem,
+            &layout,
+            &BootSpec {
+                kernel: &cfg.kernel,
+                initrd: cfg.initrd.as_deref(),
+                cmdline: &cmdline,
+                acpi_rsdp: Some(tables.rsdp_gpa),
+            },
+        )?;
+
+        let supported: CpuId = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        for index in 0..cfg.vcpus {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            cpu::setup_common(&vcpu, index, cfg.vcpus, &supported)?;
+            if index == 0 {
+                cpu::setup_boot_vcpu(&vcpu, &entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        Ok(Vm {
+            name: cfg.name.clone(),
+            vcpus,
+            pio,
+            mmio,
+            serial,
+            notifiers,
+            exit,
+            stdin: cfg.stdin,
+            _vm_fd: vm_fd,
+            _transports: transports,
+            _apertures: apertures,
+            _ram: ram,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts the vCPU threads and the event thread.
+    pub fn start(mut self) -> Result<RunningVm, VmError> {
+        let started = Instant::now();
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        let loop_stop = stop.try_clone().map_err(VmError::EventFd)?;
+        let events = EventLoop {
+            stop: loop_stop,
+            notifiers: std::mem::take(&mut self.notifiers),
+            stdin: self.stdin.then(|| self.serial.clone()),
+        };
+        let mut running = RunningVm {
+            name: self.name.clone(),
+            exit: self.exit.clone(),
+            serial: self.serial.clone(),
+            vcpu_threads: Vec::new(),
+            event_thread: None,
+            stop,
+            started,
+            vm: None,
+        };
+        running.event_thread = Some(
+            std::thread::Builder::new()
+                .name(format!("{}-events", self.name))
+                .spawn(move || events.run())
+                .map_err(VmError::Thread)?,
+        );
+        for (index, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let ctx = VcpuContext {
+                id: index as u8,
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                exit: self.exit.clone(),
+            };
+            match std::thread::Builder::new()
+                .name(format!("{}-vcpu{index}", self.name))
+                .spawn(move || vcpu::run(vcpu, ctx))
+            {
+                Ok(handle) => running.vcpu_threads.push(handle),
+                Err(err) => {
+                    running.vm = Some(self);
+                    running.stop(ExitReason::Error(format!(
+                        "cannot start vCPU thread: {err}"
+                    )));
+                    return Err(VmError::Thread(err));
+                }
+            }
+        }
+        running.vm = Some(self);
+        Ok(running)
+    }
+}
+
+/// Wraps `device` in a virtio-mmio transport at `slot`: MMIO bus entry,
+/// irqfd on the slot's GSI, one ioeventfd per queue on QueueNotify.
+fn attach_virtio(
+    vm_fd: &VmFd,
+    mmio: &mut Bus,
+    slot: MmioSlot,
+    name: &'static str,
+    device: Box<dyn VirtioDevice>,
+    ram: &GuestRam,
+) -> Result<(SharedTransport, Vec<Notifier>), VmError> {
+    let queues = device.queue_max_sizes().len();
+    let transport = MmioTransport::new(device, ram.mem.clone()).map_err(|e| VmError::Device {
+        name,
+        reason: e.to_string(),
+    })?;
+    vm_fd
+        .register_irqfd(transport.irqfd(), slot.gsi)
+        .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+    let transport = Arc::new(Mutex::new(transport));
+    let mut notifiers = Vec::with_capacity(queues);
+    for queue in 0..queues {
+        let queue = u32::try_from(queue).map_err(|_| VmError::Device {
+            name,
+            reason: "too many queues".into(),
+        })?;
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        // The datamatch is a u32: KVM matches 4-byte writes of the queue index.
+        vm_fd
+            .register_ioevent(
+                &evt,
+                &IoEventAddress::Mmio(slot.base + NOTIFY_REG_OFFSET),
+                queue,
+            )
+            .map_err(kvm_err("KVM_IOEVENTFD"))?;
+        notifiers.push(Notifier {
+            evt,
+            transport: transport.clone(),
+            queue,
+        });
+    }
+    mmio.insert(slot.base, MMIO_DEVICE_SIZE, transport.clone())?;
+    Ok((transport, notifiers))
+}
+
+/// Per-VM thread forwarding queue notifications and terminal input.
+struct EventLoop {
+    stop: EventFd,
+    notifiers: Vec<Notifier>,
+    /// Set when this VM's serial port reads the monitor's stdin.
+    stdin: Option<Arc<Mutex<SerialDevice>>>,
+}
+
+/// How long to wait before retrying when the guest's receive FIFO is full.
+const STDIN_RETRY: Duration = Duration::from_millis(10);
+
+impl EventLoop {
+    fn run(self) {
+        let mut stdin_open = self.stdin.is_some();
+        loop {
+            // Only read the terminal when the UART can take the bytes, so
+            // typed-ahead input waits instead of being dropped.
+            let room = match (&self.stdin, stdin_open) {
+                (Some(serial), true) => lock(serial).input_room() > 0,
+                _ => false,
+            };
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.notifiers.len() + 2);
+            fds.push(pollfd(self.stop.as_raw_fd()));
+            fds.extend(self.notifiers.iter().map(|n| pollfd(n.evt.as_raw_fd())));
+            if room {
+                fds.push(pollfd(libc::STDIN_FILENO));
+            }
+            let timeout = if stdin_open && !room {
+                STDIN_RETRY.as_millis() as i32
+            } else {
+                -1
+            };
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs
+            // that lives across the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("event loop: poll failed: {err}");
+                return;
+            }
+            if fds[0].revents != 0 {
+                return;
+            }
+            for (notifier, fd) in self.notifiers.iter().zip(&fds[1..]) {
+                if fd.revents & libc::POLLIN != 0 && notifier.evt.read().is_ok() {
+                    lock(&notifier.transport).queue_notify(notifier.queue);
+                }
+            }
+            if room {
+                if let (Some(serial), Some(fd)) = (&self.stdin, fds.last()) {
+                    if fd.revents != 0 {
+                        stdin_open = forward_stdin(serial);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Reads what stdin has (at most what the FIFO takes) into the UART.
+/// Returns false once stdin is closed.
+fn forward_stdin(serial: &Mutex<SerialDevice>) -> bool {
+    let room = lock(serial).input_room();
+    let mut buf = [0u8; 64];
+    let want = room.min(buf.len());
+    // SAFETY: `buf` is valid for `want` bytes of writes.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), want) };
+    match n {
+        0 => false,
+        n if n < 0 => {
+            let err = std::io::Error::last_os_error();
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+            )
+        }
+        n => {
+            lock(serial).enqueue_input(&buf[..n as usize]);
+            true
+        }
+    }
+}
+
+/// A VM whose threads run.
+pub struct RunningVm {
+    name: String,
+    exit: Arc<ExitHandle>,
+    serial: Arc<Mutex<SerialDevice>>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    event_thread: Option<JoinHandle<()>>,
+    stop: EventFd,
+    started: Instant,
+    /// Kept alive until every thread has stopped.
+    vm: Option<Vm>,
+}
+
+/// How often stopped vCPU threads are re-kicked until they leave KVM_RUN.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+impl RunningVm {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Readable when the VM asks to end.
+    pub fn exit_event(&self) -> &EventFd {
+        self.exit.event()
+    }
+
+    pub fn exit_requested(&self) -> bool {
+        self.exit.is_requested()
+    }
+
+    /// Stops the VM (recording `reason` unless it already ended), joins its
+    /// threads and releases it. Returns the reason it ended and its run time.
+    pub fn stop(&mut self, reason: ExitReason) -> (ExitReason, Duration) {
+        self.exit.request(reason);
+        let ran = self.started.elapsed();
+        // A vCPU may be blocked in KVM_RUN (halted, or an AP waiting for
+        // SIPI); a signal makes KVM_RUN return. A kick that lands just
+        // before the thread enters KVM_RUN is lost, so kick until it exits.
+        for thread in self.vcpu_threads.drain(..) {
+            while !thread.is_finished() {
+                vcpu::kick(&thread);
+                std::thread::sleep(KICK_INTERVAL);
+            }
+            // The thread has finished: join cannot block. A panicked vCPU
+            // thread has already been reported by the panic hook.
+            let _ = thread.join();
+        }
+        let _ = self.stop.write(1);
+        if let Some(thread) = self.event_thread.take() {
+            let _ = thread.join();
+        }
+        lock(&self.serial).flush();
+        self.vm = None;
+        let reason = self
+            .exit
+            .reason()
+            .unwrap_or_else(|| ExitReason::Error("no exit reason recorded".into()));
+        (reason, ran)
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if self.vm.is_some() {
+            self.stop(ExitReason::Stopped);
+        }
+    }
+}
