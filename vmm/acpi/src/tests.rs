@@ -337,3 +337,98 @@ fn iasl_disassembles_tables() {
         eprintln!("iasl output kept in {}", dir.display());
     }
 }
+
+/// Output sections of `acpiexec -b "evaluate X; ..."`, keyed by the path.
+fn acpiexec_sections(out: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Vec::new();
+    for line in out.lines() {
+        if let Some(path) = line.strip_prefix("Evaluating ") {
+            v.push((path.trim().to_string(), String::new()));
+        } else if let Some((_, text)) = v.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    v
+}
+
+/// Bytes of the hex dump lines ("    0000: 86 09 ...  // ....") of a section.
+fn hex_dump_bytes(text: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some((off, rest)) = line.split_once(": ") else {
+            continue;
+        };
+        if off.len() != 4 || !off.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let hex = rest.split("//").next().unwrap_or("");
+        bytes.extend(
+            hex.split_whitespace()
+                .map(|h| u8::from_str_radix(h, 16).unwrap()),
+        );
+    }
+    bytes
+}
+
+/// Loads the DSDT into ACPICA's reference AML interpreter and evaluates the
+/// objects Linux uses, when acpiexec is installed (acpica-tools).
+#[test]
+fn acpiexec_evaluates_dsdt_objects() {
+    if std::process::Command::new("acpiexec")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: acpiexec_evaluates_dsdt_objects because acpiexec is not installed (apt-get install acpica-tools)");
+        return;
+    }
+    let mut c = cfg(1, 3);
+    c.virtio_mmio[1].gsi = 17;
+    let t = build_tables(&c, RSDP_GPA).unwrap();
+    let path = std::env::temp_dir().join(format!("vmm-acpi-dsdt-{}.dat", std::process::id()));
+    std::fs::write(&path, &blob(&t, "DSDT").bytes).unwrap();
+    let mut script = String::from("evaluate \\_S5_");
+    for i in 0..c.virtio_mmio.len() {
+        for obj in ["_HID", "_UID", "_CRS"] {
+            script.push_str(&format!("; evaluate \\_SB.V{i:03X}.{obj}"));
+        }
+    }
+    let out = std::process::Command::new("acpiexec")
+        .arg("-b")
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "acpiexec failed:\n{log}");
+    let sections = acpiexec_sections(&log);
+    let get = |p: &str| {
+        sections
+            .iter()
+            .find(|(k, _)| k == p)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{p} not evaluated:\n{log}"))
+    };
+    let s5 = get("\\_S5_");
+    assert!(s5.contains("[Package] Contains 4 Elements"), "{s5}");
+    assert!(s5.contains("[Integer] = 0000000000000005"), "{s5}");
+    for (i, d) in c.virtio_mmio.iter().enumerate() {
+        let hid = get(&format!("\\_SB.V{i:03X}._HID"));
+        assert!(hid.contains("\"LNRO0005\""), "{hid}");
+        let uid = get(&format!("\\_SB.V{i:03X}._UID"));
+        assert!(uid.contains(&format!("[Integer] = {i:016X}")), "{uid}");
+        let crs = hex_dump_bytes(get(&format!("\\_SB.V{i:03X}._CRS")));
+        let mut want = vec![0x86, 0x09, 0x00, 0x01];
+        want.extend_from_slice(&(d.base as u32).to_le_bytes());
+        want.extend_from_slice(&(d.len as u32).to_le_bytes());
+        want.extend_from_slice(&[0x89, 0x06, 0x00, 0x03, 0x01]);
+        want.extend_from_slice(&d.gsi.to_le_bytes());
+        want.extend_from_slice(&[0x79, 0x00]); // end tag
+        assert_eq!(crs, want, "device {i} _CRS");
+    }
+    assert!(!log.contains("AE_"), "acpiexec reported an error:\n{log}");
+}
