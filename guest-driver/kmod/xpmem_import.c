@@ -1,0 +1,735 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * virtio-xpmem guest driver: the importer side.
+ *
+ * An attachment is a VMA over a private pseudo file (one inode per
+ * attachment, so unmap_mapping_pages() on that inode reaches exactly the
+ * attachment's VMAs, wherever they were split or moved). The VMA is
+ * VM_PFNMAP|VM_IO (no struct pages behind it) and VM_DONTCOPY (not
+ * inherited by fork; VM_IO also refuses MADV_DOFORK). Its pages are aperture
+ * pages of a virtio shared memory region, inserted by the fault handler with
+ * the VMA's own write-back protection; probe reserved WB for the window.
+ *
+ * A read fault asks the device for the pages without write access and maps
+ * them read-only: a later write goes through pfn_mkwrite, which asks again
+ * with FAULT_F_WRITE so the exporter breaks copy-on-write first.
+ *
+ * Races with invalidation: the event handler bumps att->seq, then zaps. The
+ * fault handler samples att->seq before asking the device and re-checks it
+ * after inserting its PTEs (full barriers on both sides), zapping what it
+ * inserted if an invalidation ran meanwhile. So a PTE never outlives an
+ * acknowledged INVALIDATE.
+ */
+
+#include <linux/bitmap.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/fs_context.h>
+#include <linux/mm.h>
+#include <linux/mman.h>
+#include <linux/module.h>
+#include <linux/mount.h>
+#include <linux/pseudo_fs.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+
+#include "xpmem_priv.h"
+
+#define XPMEMFS_MAGIC	0x78706d65	/* "xpme" */
+
+unsigned int prefetch_pages = 16;
+module_param(prefetch_pages, uint, 0644);
+MODULE_PARM_DESC(prefetch_pages,
+		 "Pages requested per importer fault, the faulting page first (default 16, capped by the device's max_fault_pages)");
+
+static struct vfsmount *xpmem_mnt;
+
+static int xpmem_fs_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, XPMEMFS_MAGIC) ? 0 : -ENOMEM;
+}
+
+/* No .owner: the kernel-internal mount must not pin the module. */
+static struct file_system_type xpmem_fs_type = {
+	.name = "xpmem",
+	.init_fs_context = xpmem_fs_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
+int xpmem_fs_init(void)
+{
+	xpmem_mnt = kern_mount(&xpmem_fs_type);
+	return PTR_ERR_OR_ZERO(xpmem_mnt);
+}
+
+void xpmem_fs_exit(void)
+{
+	kern_unmount(xpmem_mnt);
+}
+
+static void xpmem_att_free(struct kref *ref)
+{
+	struct xpmem_att *att = container_of(ref, struct xpmem_att, ref);
+
+	atomic64_sub(att->nmapped, &xpmem_stats.pages_mapped);
+	atomic64_dec(&xpmem_stats.attachments);
+	kvfree(att->mapped);
+	iput(att->inode);
+	xpmem_dev_put(att->xd);
+	kfree(att);
+}
+
+static void xpmem_att_put(struct xpmem_att *att)
+{
+	kref_put(&att->ref, xpmem_att_free);
+}
+
+static struct xpmem_att *xpmem_att_lookup(struct xpmem_dev *xd, u64 id)
+{
+	struct xpmem_att *att;
+
+	xa_lock(&xd->atts);
+	att = xa_load(&xd->atts, id);
+	if (att && !kref_get_unless_zero(&att->ref))
+		att = NULL;
+	xa_unlock(&xd->atts);
+	return att;
+}
+
+/* Record pages the device reports mapped; returns nothing, keeps counts. */
+static void xpmem_att_mark(struct xpmem_att *att, u64 idx, u64 n, bool set)
+{
+	u64 i, changed = 0;
+
+	spin_lock(&att->map_lock);
+	for (i = idx; i < idx + n; i++) {
+		if (set)
+			changed += !__test_and_set_bit(i, att->mapped);
+		else
+			changed += __test_and_clear_bit(i, att->mapped);
+	}
+	if (set) {
+		att->nmapped += changed;
+		atomic64_add(changed, &xpmem_stats.pages_mapped);
+	} else {
+		att->nmapped -= changed;
+		atomic64_sub(changed, &xpmem_stats.pages_mapped);
+	}
+	spin_unlock(&att->map_lock);
+}
+
+/* Remove every user PTE of pages [idx, idx + n) of the attachment. */
+static void xpmem_att_zap(struct xpmem_att *att, u64 idx, u64 n)
+{
+	if (idx >= att->npages)
+		return;
+	n = min(n, att->npages - idx);
+	atomic_inc(&att->seq);
+	smp_mb__after_atomic();
+	unmap_mapping_pages(att->inode->i_mapping, idx, n, false);
+	xpmem_att_mark(att, idx, n, false);
+}
+
+static void xpmem_detach_send(struct xpmem_dev *xd, u64 token, u64 attach_id)
+{
+	struct xpmem_req *req = xpmem_req_alloc(GFP_KERNEL);
+	u32 status;
+	int err;
+
+	if (!req)
+		return;
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_DETACH, token,
+		       sizeof(req->out.body.detach), 0);
+	req->out.body.detach.attach_id = cpu_to_le64(attach_id);
+	err = xpmem_req_call(xd, req);
+	status = xpmem_req_status(req, 0);
+	xpmem_req_put(req);
+	if (!err && status != VIRTIO_XPMEM_S_OK &&
+	    status != VIRTIO_XPMEM_S_NOENT)
+		pr_warn_ratelimited("xpmem: DETACH %#llx failed: status %u\n",
+				    attach_id, status);
+}
+
+/*
+ * End an attachment: no more faults (SIGBUS), no user PTEs, and the device
+ * told (unless the owner's RELEASE_OWNER already dropped it). Idempotent.
+ */
+static void xpmem_att_detach(struct xpmem_att *att)
+{
+	struct xpmem_dev *xd = att->xd;
+	bool send;
+
+	mutex_lock(&xd->att_list_lock);
+	if (att->owner) {
+		list_del_init(&att->node);
+		att->owner = NULL;
+	}
+	send = !att->detach_sent;
+	att->detach_sent = true;
+	WRITE_ONCE(att->dead, true);
+	mutex_unlock(&xd->att_list_lock);
+
+	xa_cmpxchg(&xd->atts, att->attach_id, att, NULL, 0);
+	xpmem_att_zap(att, 0, att->npages);
+	if (send)
+		xpmem_detach_send(xd, att->token, att->attach_id);
+}
+
+static int xpmem_att_file_release(struct inode *inode, struct file *file)
+{
+	struct xpmem_att *att = file->private_data;
+
+	xpmem_att_detach(att);
+	xpmem_att_put(att);
+	return 0;
+}
+
+/* Ask the device to map @n pages from @idx; returns pages mapped or -errno. */
+static int xpmem_att_request(struct xpmem_att *att, u64 idx, u32 n, bool write)
+{
+	struct xpmem_dev *xd = att->xd;
+	struct xpmem_req *req;
+	u32 status, mapped = 0;
+	int err;
+
+	req = xpmem_req_alloc(GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_FAULT, att->token,
+		       sizeof(req->out.body.fault), sizeof(req->in.body.fault));
+	req->out.body.fault.attach_id = cpu_to_le64(att->attach_id);
+	req->out.body.fault.page_index = cpu_to_le64(idx);
+	req->out.body.fault.npages = cpu_to_le32(n);
+	req->out.body.fault.flags =
+		cpu_to_le32(write ? VIRTIO_XPMEM_FAULT_F_WRITE : 0);
+
+	if (down_killable(&xd->long_sem)) {
+		xpmem_req_put(req);
+		return -EINTR;
+	}
+	atomic64_inc(&xpmem_stats.faults);
+	atomic64_inc(&xpmem_stats.faults_inflight);
+	err = xpmem_req_submit(xd, req);
+	if (!err)
+		err = xpmem_req_wait(req, true);
+	atomic64_dec(&xpmem_stats.faults_inflight);
+	up(&xd->long_sem);
+	if (!err) {
+		status = xpmem_req_status(req, sizeof(req->in.body.fault));
+		err = xpmem_status_to_errno(status);
+		mapped = min(le32_to_cpu(req->in.body.fault.mapped), n);
+	}
+	xpmem_req_put(req);
+	if (err)
+		return err;
+	if (mapped) {
+		xpmem_att_mark(att, idx, mapped, true);
+		atomic64_add(mapped, &xpmem_stats.fault_pages);
+	}
+	return mapped;
+}
+
+static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct xpmem_att *att = vma->vm_private_data;
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
+	unsigned long pfn, addr = vmf->address;
+	u64 idx = vmf->pgoff;
+	pgprot_t prot;
+	vm_fault_t ret;
+	int seq, i, n;
+
+	if (READ_ONCE(att->dead) || idx >= att->npages ||
+	    (write && att->rdonly))
+		goto sigbus;
+
+	n = max(1u, min(READ_ONCE(prefetch_pages), att->xd->max_fault_pages));
+	n = min_t(u64, n, att->npages - idx);
+	n = min_t(u64, n, (vma->vm_end - addr) >> PAGE_SHIFT);
+
+	seq = atomic_read(&att->seq);
+	smp_rmb();
+	n = xpmem_att_request(att, idx, n, write);
+	if (n < 0) {
+		if (n == -ENOMEM)
+			return VM_FAULT_OOM;
+		goto sigbus;
+	}
+	if (!n)
+		return VM_FAULT_NOPAGE;	/* device asks for a retry */
+
+	/* Read faults map read-only: writes come back via pfn_mkwrite. */
+	prot = write ? vma->vm_page_prot :
+		       vm_get_page_prot(vma->vm_flags & ~VM_WRITE);
+	pfn = PHYS_PFN(att->base) + idx;
+	for (i = 0; i < n; i++) {
+		ret = vmf_insert_pfn_prot(vma, addr + i * PAGE_SIZE, pfn + i,
+					  prot);
+		if (ret != VM_FAULT_NOPAGE) {
+			if (!i)
+				return ret;
+			n = i;
+			break;
+		}
+	}
+
+	smp_mb();
+	if (atomic_read(&att->seq) != seq)
+		zap_vma_ptes(vma, addr, (unsigned long)n << PAGE_SHIFT);
+	return VM_FAULT_NOPAGE;
+
+sigbus:
+	atomic64_inc(&xpmem_stats.fault_sigbus);
+	return VM_FAULT_SIGBUS;
+}
+
+/* First write to a page mapped read-only by a read fault. */
+static vm_fault_t xpmem_att_pfn_mkwrite(struct vm_fault *vmf)
+{
+	struct xpmem_att *att = vmf->vma->vm_private_data;
+	int seq, n;
+
+	if (READ_ONCE(att->dead) || att->rdonly || vmf->pgoff >= att->npages)
+		goto sigbus;
+	seq = atomic_read(&att->seq);
+	smp_rmb();
+	n = xpmem_att_request(att, vmf->pgoff, 1, true);
+	if (n < 0) {
+		if (n == -ENOMEM)
+			return VM_FAULT_OOM;
+		goto sigbus;
+	}
+	smp_mb();
+	if (!n || atomic_read(&att->seq) != seq) {
+		/* Invalidated meanwhile: drop the PTE and fault again. */
+		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
+		return VM_FAULT_NOPAGE;
+	}
+	return 0;	/* the core makes the PTE writable */
+
+sigbus:
+	atomic64_inc(&xpmem_stats.fault_sigbus);
+	return VM_FAULT_SIGBUS;
+}
+
+static int xpmem_att_mremap(struct vm_area_struct *vma)
+{
+	return -EINVAL;	/* attachments stay where they were attached */
+}
+
+static const struct vm_operations_struct xpmem_vm_ops = {
+	.fault = xpmem_att_fault,
+	.pfn_mkwrite = xpmem_att_pfn_mkwrite,
+	.mremap = xpmem_att_mremap,
+};
+
+static int xpmem_att_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct xpmem_att *att = file->private_data;
+
+	/* Only xpmem_ioctl_attach() can reach this (the fd is never installed). */
+	if (vma->vm_pgoff || vma_pages(vma) > att->npages)
+		return -EINVAL;
+	vma->vm_flags |= VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP |
+			 VM_DONTCOPY;
+	if (att->rdonly)
+		vma->vm_flags &= ~(VM_WRITE | VM_MAYWRITE);
+	vma->vm_ops = &xpmem_vm_ops;
+	vma->vm_private_data = att;
+	return 0;
+}
+
+static const struct file_operations xpmem_att_fops = {
+	.owner = THIS_MODULE,
+	.mmap = xpmem_att_mmap,
+	.release = xpmem_att_file_release,
+};
+
+long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
+		     struct xpmem_cmd_get __user *uarg)
+{
+	struct xpmem_cmd_get cmd;
+	struct xpmem_permit *perm;
+	struct xpmem_req *req;
+	u32 status;
+	u64 apid;
+	int err;
+
+	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
+		return -EFAULT;
+	if (cmd.flags != XPMEM_RDONLY && cmd.flags != XPMEM_RDWR)
+		return -EINVAL;
+	if (cmd.permit_type != XPMEM_PERMIT_MODE || cmd.permit_value)
+		return -EINVAL;
+	if (cmd.segid <= 0)
+		return -EINVAL;
+
+	perm = kzalloc(sizeof(*perm), GFP_KERNEL);
+	req = xpmem_req_alloc(GFP_KERNEL);
+	if (!perm || !req) {
+		kfree(perm);
+		kfree(req);
+		return -ENOMEM;
+	}
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_GET, owner->token,
+		       sizeof(req->out.body.get), sizeof(req->in.body.get));
+	req->out.body.get.segid = cpu_to_le64(cmd.segid);
+	req->out.body.get.flags = cpu_to_le32(cmd.flags == XPMEM_RDONLY ?
+					      VIRTIO_XPMEM_GET_RDONLY :
+					      VIRTIO_XPMEM_GET_RDWR);
+	req->out.body.get.permit_type = cpu_to_le32(VIRTIO_XPMEM_PERMIT_MODE);
+	req->out.body.get.uid =
+		cpu_to_le32(from_kuid_munged(&init_user_ns, current_euid()));
+	req->out.body.get.gid =
+		cpu_to_le32(from_kgid_munged(&init_user_ns, current_egid()));
+	err = xpmem_req_call(xd, req);
+	status = xpmem_req_status(req, sizeof(req->in.body.get));
+	apid = le64_to_cpu(req->in.body.get.apid);
+	xpmem_req_put(req);
+	if (!err)
+		err = xpmem_status_to_errno(status);
+	if (!err && (s64)apid <= 0)
+		err = -EIO;
+	if (err) {
+		kfree(perm);
+		return err;
+	}
+
+	perm->apid = apid;
+	perm->rdonly = cmd.flags == XPMEM_RDONLY;
+	mutex_lock(&owner->lock);
+	list_add(&perm->node, &owner->permits);
+	mutex_unlock(&owner->lock);
+	atomic64_inc(&xpmem_stats.permits);
+
+	/* On failure the permit stays recorded and goes with its owner. */
+	if (put_user((s64)apid, &uarg->apid))
+		return -EFAULT;
+	return 0;
+}
+
+long xpmem_ioctl_release(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			 struct xpmem_cmd_release __user *uarg)
+{
+	struct xpmem_permit *perm, *found = NULL;
+	struct xpmem_req *req;
+	s64 apid;
+	u32 status;
+	int err;
+
+	if (get_user(apid, &uarg->apid))
+		return -EFAULT;
+	if (apid <= 0)
+		return -EINVAL;
+
+	req = xpmem_req_alloc(GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_RELEASE, owner->token,
+		       sizeof(req->out.body.release), 0);
+	req->out.body.release.apid = cpu_to_le64(apid);
+	err = xpmem_req_call(xd, req);
+	status = xpmem_req_status(req, 0);
+	xpmem_req_put(req);
+	if (!err)
+		err = xpmem_status_to_errno(status);
+
+	mutex_lock(&owner->lock);
+	list_for_each_entry(perm, &owner->permits, node) {
+		if (perm->apid == apid) {
+			found = perm;
+			break;
+		}
+	}
+	/* Released, or the device no longer knows it: forget it. */
+	if (found && (!err || err == -ENOENT))
+		list_del(&found->node);
+	else
+		found = NULL;
+	mutex_unlock(&owner->lock);
+	if (found) {
+		kfree(found);
+		atomic64_dec(&xpmem_stats.permits);
+	}
+	return err;
+}
+
+static struct file *xpmem_att_file(struct xpmem_att *att)
+{
+	struct inode *inode;
+	struct file *file;
+
+	inode = alloc_anon_inode(xpmem_mnt->mnt_sb);
+	if (IS_ERR(inode))
+		return ERR_CAST(inode);
+	/* The attachment keeps the inode (and its mapping) until it is freed. */
+	ihold(inode);
+	att->inode = inode;
+	/* alloc_file_pseudo() does not take the fops owner's reference. */
+	__module_get(THIS_MODULE);
+	file = alloc_file_pseudo(inode, xpmem_mnt, "xpmem-attachment",
+				 att->rdonly ? O_RDONLY : O_RDWR,
+				 &xpmem_att_fops);
+	if (IS_ERR(file)) {
+		module_put(THIS_MODULE);
+		iput(inode);
+		return file;
+	}
+	file->private_data = att;
+	return file;
+}
+
+long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_attach __user *uarg)
+{
+	struct xpmem_cmd_attach cmd;
+	struct xpmem_permit *perm;
+	unsigned long off_in_page, len, addr;
+	bool rdonly;
+	u64 attach_id, aoff, npages;
+	struct xpmem_att *att;
+	struct xpmem_req *req;
+	struct file *file;
+	u32 status, shm_id;
+	int err, sid;
+
+	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
+		return -EFAULT;
+	if (cmd.apid <= 0 || cmd.offset < 0 || !cmd.size ||
+	    (cmd.flags & ~XPMEM_RDONLY) || !PAGE_ALIGNED(cmd.vaddr))
+		return -EINVAL;
+	/*
+	 * Like XPMEM, a permit got with XPMEM_RDONLY gives read-only
+	 * attachments; flags may also ask for read-only explicitly.
+	 */
+	rdonly = cmd.flags & XPMEM_RDONLY;
+	mutex_lock(&owner->lock);
+	list_for_each_entry(perm, &owner->permits, node) {
+		if (perm->apid == cmd.apid) {
+			rdonly |= perm->rdonly;
+			break;
+		}
+	}
+	mutex_unlock(&owner->lock);
+	sid = rdonly ? VIRTIO_XPMEM_SHM_RO : VIRTIO_XPMEM_SHM_RW;
+	if (!xd->shm[sid].present)
+		return sid == VIRTIO_XPMEM_SHM_RO ? -EOPNOTSUPP : -ENODEV;
+
+	off_in_page = cmd.offset & ~PAGE_MASK;
+	if (cmd.size > xd->shm[sid].len)
+		return -ENOMEM;
+	len = PAGE_ALIGN(cmd.size + off_in_page);
+	if (len > xd->shm[sid].len)
+		return -ENOMEM;
+	npages = len >> PAGE_SHIFT;
+
+	req = xpmem_req_alloc(GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_ATTACH, owner->token,
+		       sizeof(req->out.body.attach),
+		       sizeof(req->in.body.attach));
+	req->out.body.attach.apid = cpu_to_le64(cmd.apid);
+	req->out.body.attach.offset = cpu_to_le64(cmd.offset - off_in_page);
+	req->out.body.attach.size = cpu_to_le64(len);
+	req->out.body.attach.flags = cpu_to_le32(sid == VIRTIO_XPMEM_SHM_RO ?
+					VIRTIO_XPMEM_ATTACH_F_RDONLY : 0);
+	err = xpmem_req_call(xd, req);
+	status = xpmem_req_status(req, sizeof(req->in.body.attach));
+	attach_id = le64_to_cpu(req->in.body.attach.attach_id);
+	aoff = le64_to_cpu(req->in.body.attach.aperture_offset);
+	shm_id = le32_to_cpu(req->in.body.attach.shm_id);
+	xpmem_req_put(req);
+	if (err)
+		return err;
+	err = xpmem_status_to_errno(status);
+	if (err)
+		return err;
+	if (!attach_id || shm_id != sid || !PAGE_ALIGNED(aoff) ||
+	    aoff > xd->shm[sid].len || len > xd->shm[sid].len - aoff) {
+		dev_warn_ratelimited(&xd->vdev->dev,
+				     "ATTACH reply out of range (id %#llx, region %u, offset %#llx)\n",
+				     attach_id, shm_id, aoff);
+		err = -EIO;
+		goto err_detach;
+	}
+
+	err = -ENOMEM;
+	att = kzalloc(sizeof(*att), GFP_KERNEL);
+	if (!att)
+		goto err_detach;
+	att->mapped = kvcalloc(BITS_TO_LONGS(npages), sizeof(long),
+			       GFP_KERNEL);
+	if (!att->mapped) {
+		kfree(att);
+		goto err_detach;
+	}
+	kref_init(&att->ref);
+	INIT_LIST_HEAD(&att->node);
+	spin_lock_init(&att->map_lock);
+	atomic_set(&att->seq, 0);
+	att->xd = xd;
+	kref_get(&xd->ref);
+	att->attach_id = attach_id;
+	att->token = owner->token;
+	att->npages = npages;
+	att->base = xd->shm[sid].addr + aoff;
+	att->rdonly = sid == VIRTIO_XPMEM_SHM_RO;
+	atomic64_inc(&xpmem_stats.attachments);
+
+	file = xpmem_att_file(att);
+	if (IS_ERR(file)) {
+		err = PTR_ERR(file);
+		att->detach_sent = true;
+		xpmem_detach_send(xd, owner->token, attach_id);
+		xpmem_att_put(att);	/* iput(NULL) is a no-op */
+		return err;
+	}
+
+	/* From here on, the file's release detaches. */
+	err = xa_insert(&xd->atts, attach_id, att, GFP_KERNEL);
+	if (err) {
+		fput(file);
+		return err == -EBUSY ? -EIO : err;
+	}
+	mutex_lock(&xd->att_list_lock);
+	att->owner = owner;
+	list_add(&att->node, &owner->atts);
+	mutex_unlock(&xd->att_list_lock);
+
+	addr = vm_mmap(file, cmd.vaddr, len,
+		       PROT_READ | (att->rdonly ? 0 : PROT_WRITE),
+		       MAP_SHARED | (cmd.vaddr ? MAP_FIXED : 0), 0);
+	fput(file);	/* the VMA holds the file now, or nothing does */
+	if (IS_ERR_VALUE(addr))
+		return (long)addr;
+	att->uaddr = addr;
+
+	if (put_user((u64)(addr + off_in_page), &uarg->vaddr)) {
+		vm_munmap(addr, len);
+		return -EFAULT;
+	}
+	return 0;
+
+err_detach:
+	xpmem_detach_send(xd, owner->token, attach_id);
+	return err;
+}
+
+long xpmem_ioctl_detach(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_detach __user *uarg)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	unsigned long start, end, astart, aend;
+	struct xpmem_att *att;
+	bool whole = true;
+	u64 vaddr;
+
+	if (get_user(vaddr, &uarg->vaddr))
+		return -EFAULT;
+	if (!mm)
+		return -EINVAL;
+
+	mmap_read_lock(mm);
+	vma = vma_lookup(mm, vaddr);
+	if (!vma || vma->vm_ops != &xpmem_vm_ops) {
+		mmap_read_unlock(mm);
+		return -EINVAL;
+	}
+	att = vma->vm_private_data;
+	if (att->token != owner->token) {
+		mmap_read_unlock(mm);
+		return -EACCES;
+	}
+	kref_get(&att->ref);
+	start = vma->vm_start;
+	end = vma->vm_end;
+	/* Unmap the whole original range if it still holds only this attachment. */
+	astart = att->uaddr;
+	aend = astart + (att->npages << PAGE_SHIFT);
+	for (vma = find_vma(mm, astart); vma && vma->vm_start < aend;
+	     vma = find_vma(mm, vma->vm_end)) {
+		if (vma->vm_private_data != att || vma->vm_ops != &xpmem_vm_ops) {
+			whole = false;
+			break;
+		}
+	}
+	mmap_read_unlock(mm);
+
+	xpmem_att_detach(att);
+	if (whole)
+		vm_munmap(astart, aend - astart);
+	else
+		vm_munmap(start, end - start);
+	xpmem_att_put(att);
+	return 0;
+}
+
+/* The owner is going away: its attachments die (SIGBUS), PTEs go now. */
+void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner)
+{
+	struct xpmem_att *att, *tmp;
+	LIST_HEAD(dead);
+
+	mutex_lock(&xd->att_list_lock);
+	list_for_each_entry_safe(att, tmp, &owner->atts, node) {
+		list_del(&att->node);
+		att->owner = NULL;
+		/* RELEASE_OWNER drops it on the device side. */
+		att->detach_sent = true;
+		WRITE_ONCE(att->dead, true);
+		kref_get(&att->ref);
+		list_add(&att->node, &dead);
+	}
+	mutex_unlock(&xd->att_list_lock);
+
+	list_for_each_entry_safe(att, tmp, &dead, node) {
+		list_del_init(&att->node);
+		xa_cmpxchg(&xd->atts, att->attach_id, att, NULL, 0);
+		xpmem_att_zap(att, 0, att->npages);
+		xpmem_att_put(att);
+	}
+}
+
+void xpmem_handle_invalidate(struct xpmem_evbuf *eb,
+			     const struct virtio_xpmem_invalidate_event *ev)
+{
+	struct xpmem_dev *xd = eb->xd;
+	struct xpmem_req *req = &eb->reply;
+	struct xpmem_att *att;
+	u64 token = xd->drv_token;
+
+	atomic64_inc(&xpmem_stats.inval_recv);
+	atomic64_inc(&xpmem_stats.inval_recv_inflight);
+	att = xpmem_att_lookup(xd, le64_to_cpu(ev->attach_id));
+	if (att) {
+		token = att->token;
+		xpmem_att_zap(att, le64_to_cpu(ev->page_index),
+			      le64_to_cpu(ev->npages));
+		xpmem_att_put(att);
+	}
+	/* Acknowledge even unknown attachments: nothing of them is mapped. */
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_INVALIDATE_ACK, token,
+		       sizeof(req->out.body.invalidate_ack), 0);
+	req->out.body.invalidate_ack.invalidation_id = ev->invalidation_id;
+	xpmem_req_call(xd, req);
+	atomic64_dec(&xpmem_stats.inval_recv_inflight);
+}
+
+void xpmem_handle_revoked(struct xpmem_dev *xd,
+			  const struct virtio_xpmem_revoked_event *ev)
+{
+	struct xpmem_att *att;
+
+	atomic64_inc(&xpmem_stats.revoked_recv);
+	att = xpmem_att_lookup(xd, le64_to_cpu(ev->attach_id));
+	if (!att)
+		return;
+	/* Later faults on these pages get REVOKED/GONE from the device. */
+	xpmem_att_zap(att, le64_to_cpu(ev->page_index),
+		      le64_to_cpu(ev->npages));
+	xpmem_att_put(att);
+}

@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * virtio-xpmem guest driver: private definitions.
+ *
+ * Locking order (outer to inner):
+ *   owner->lock (mutex) -> seg->lock (mutex) -> xd->reqq_lock (spinlock)
+ *   xd->att_list_lock (mutex) is never held while sending a request.
+ * The exporter's mmap_lock is taken only by the resolve worker, never while
+ * holding seg->lock. The importer fault handler runs under the importer's
+ * mmap_lock and holds no driver lock while waiting for the device.
+ *
+ * Reclaim safety: the invalidate callback of a segment can be entered from
+ * direct reclaim of any task. Everything it needs is preallocated: the
+ * INVALIDATE request is embedded in the segment (one in flight per segment,
+ * serialised by seg->lock), and the INVALIDATE_ACK of an importer is embedded
+ * in the event buffer that carried the INVALIDATE event. So no allocation
+ * can recurse into the notifier while seg->lock is held, and an importer in
+ * the same guest can always acknowledge. Long-lived requests (FAULT,
+ * INVALIDATE) are limited to a part of the request ring so that the
+ * acknowledgements and resolve replies they wait for always find room.
+ */
+#ifndef _XPMEM_PRIV_H
+#define _XPMEM_PRIV_H
+
+#include <linux/completion.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/mmu_notifier.h>
+#include <linux/mutex.h>
+#include <linux/semaphore.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+
+#include <virtio_xpmem.h>
+
+#include "xpmem_uapi.h"
+
+#define XPMEM_NR_EVENT_BUFS	64
+#define XPMEM_MAX_EVENT_SIZE	4096
+
+/* One request chain on the requestq. */
+struct xpmem_req {
+	struct kref ref;
+	struct completion done;
+	bool embedded;		/* part of a longer-lived object: never kfree'd */
+	int err;		/* transport error (-ENODEV), 0 otherwise */
+	u32 resp_len;		/* bytes written by the device */
+	unsigned int out_len;	/* bytes of @out sent */
+	unsigned int in_len;	/* bytes of @in offered */
+	void *extra;		/* optional second readable buffer */
+	unsigned int extra_len;
+	struct {
+		struct virtio_xpmem_req_hdr hdr;
+		union {
+			struct virtio_xpmem_make_req make;
+			struct virtio_xpmem_remove_req remove;
+			struct virtio_xpmem_get_req get;
+			struct virtio_xpmem_release_req release;
+			struct virtio_xpmem_attach_req attach;
+			struct virtio_xpmem_detach_req detach;
+			struct virtio_xpmem_fault_req fault;
+			struct virtio_xpmem_resolve_reply_req resolve_reply;
+			struct virtio_xpmem_invalidate_req invalidate;
+			struct virtio_xpmem_invalidate_ack_req invalidate_ack;
+		} body;
+	} out;
+	struct {
+		struct virtio_xpmem_resp_hdr hdr;
+		union {
+			struct virtio_xpmem_make_resp make;
+			struct virtio_xpmem_get_resp get;
+			struct virtio_xpmem_attach_resp attach;
+			struct virtio_xpmem_fault_resp fault;
+		} body;
+	} in;
+};
+
+/* An eventq buffer; the work item handles the event it carries. */
+struct xpmem_evbuf {
+	struct work_struct work;
+	struct xpmem_dev *xd;
+	struct xpmem_req reply;	/* INVALIDATE_ACK / fallback RESOLVE_REPLY */
+	u32 len;		/* bytes written by the device */
+	u8 data[];
+};
+
+struct xpmem_dev {
+	struct kref ref;
+	struct virtio_device *vdev;
+	struct virtqueue *reqq;
+	struct virtqueue *evq;
+	spinlock_t reqq_lock;	/* reqq add/get, @broken */
+	spinlock_t evq_lock;	/* evq add/get */
+	wait_queue_head_t reqq_wait;	/* room in reqq, or broken */
+	struct semaphore long_sem;	/* bounds FAULT + INVALIDATE in flight */
+	bool broken;		/* removed or reset: fail everything */
+	u64 drv_token;		/* owner token for replies without an owner */
+
+	u32 vm_id;
+	u32 event_size;
+	u32 max_fault_pages;
+	u64 deadline_ms;
+
+	struct {
+		bool present;
+		u64 addr;
+		u64 len;
+		void *wb;	/* memremap(WB): reserves the WB memtype */
+	} shm[2];
+
+	struct xpmem_evbuf *evbufs[XPMEM_NR_EVENT_BUFS];
+	unsigned int evbuf_size;
+	struct workqueue_struct *evwq;	/* event handling, WQ_MEM_RECLAIM */
+	struct workqueue_struct *reswq;	/* resolves (may fault pages) */
+
+	struct xarray segs;	/* segid -> struct xpmem_seg */
+	struct xarray atts;	/* attach_id -> struct xpmem_att */
+	struct mutex att_list_lock;
+};
+
+/* A process (thread group) using one open file of /dev/xpmem. */
+struct xpmem_owner {
+	struct list_head node;	/* in xpmem_file.owners */
+	pid_t tgid;
+	u64 token;
+	struct mutex lock;	/* segs, permits */
+	struct list_head segs;
+	struct list_head permits;
+	struct list_head atts;	/* under xd->att_list_lock */
+};
+
+struct xpmem_file {
+	struct mutex lock;
+	struct list_head owners;
+	struct xpmem_dev *xd;	/* bound on first device use, holds a ref */
+};
+
+struct xpmem_permit {
+	struct list_head node;
+	u64 apid;
+	bool rdonly;		/* got with XPMEM_RDONLY: attach read-only */
+};
+
+/* An exported range of an exporter's address space. */
+struct xpmem_seg {
+	struct kref ref;
+	struct list_head node;	/* in owner->segs */
+	struct xpmem_dev *xd;
+	u64 segid;		/* 0 once removed; under @lock */
+	u64 token;		/* owner token of the exporter */
+	unsigned long vaddr;
+	unsigned long size;
+	struct mm_struct *mm;	/* mmgrab'd */
+	struct mmu_interval_notifier notifier;
+	struct mutex lock;	/* ordering of RESOLVE_REPLY vs INVALIDATE */
+	unsigned long res_lo;	/* hull of resolved addresses, under @lock */
+	unsigned long res_hi;
+	bool notifier_live;
+	struct xpmem_req inv_req;	/* preallocated INVALIDATE */
+};
+
+/* An importer's attachment, backed by one pseudo file/inode. */
+struct xpmem_att {
+	struct kref ref;
+	struct xpmem_dev *xd;
+	struct xpmem_owner *owner;	/* under xd->att_list_lock */
+	struct list_head node;		/* in owner->atts */
+	u64 attach_id;
+	u64 token;
+	u64 npages;
+	phys_addr_t base;	/* guest-physical start of its aperture */
+	bool rdonly;
+	bool dead;		/* detached/revoked owner: SIGBUS */
+	bool detach_sent;
+	unsigned long uaddr;	/* start of the original mapping */
+	atomic_t seq;		/* bumped before every zap */
+	struct inode *inode;	/* ihold'd: mapping stays valid */
+	spinlock_t map_lock;	/* @mapped, @nmapped */
+	unsigned long *mapped;	/* pages the device reported mapped */
+	u64 nmapped;
+};
+
+/* Counters shown in /proc/xpmem/stats. */
+struct xpmem_stats {
+	atomic64_t owners;
+	atomic64_t segments;
+	atomic64_t permits;
+	atomic64_t attachments;
+	atomic64_t pages_mapped;	/* importer pages mapped by the device */
+	atomic64_t inval_sent_inflight;
+	atomic64_t inval_recv_inflight;
+	atomic64_t resolves_inflight;
+	atomic64_t faults_inflight;
+	atomic64_t inval_sent;
+	atomic64_t inval_skipped;
+	atomic64_t inval_recv;
+	atomic64_t revoked_recv;
+	atomic64_t resolves;
+	atomic64_t resolved_pages;
+	atomic64_t resolve_failures;
+	atomic64_t faults;
+	atomic64_t fault_pages;
+	atomic64_t fault_sigbus;
+};
+
+extern struct xpmem_stats xpmem_stats;
+extern unsigned int prefetch_pages;
+
+/* xpmem_main.c */
+u64 xpmem_new_token(void);
+
+/* xpmem_virtio.c */
+int xpmem_virtio_init(void);
+void xpmem_virtio_exit(void);
+struct xpmem_dev *xpmem_dev_get(void);
+void xpmem_dev_put(struct xpmem_dev *xd);
+struct xpmem_req *xpmem_req_alloc(gfp_t gfp);
+void xpmem_req_init(struct xpmem_req *req, u32 opcode, u64 owner,
+		    unsigned int body_len, unsigned int resp_body_len);
+void xpmem_req_put(struct xpmem_req *req);
+int xpmem_req_submit(struct xpmem_dev *xd, struct xpmem_req *req);
+int xpmem_req_wait(struct xpmem_req *req, bool killable);
+int xpmem_req_call(struct xpmem_dev *xd, struct xpmem_req *req);
+int xpmem_status_to_errno(u32 status);
+u32 xpmem_req_status(const struct xpmem_req *req, unsigned int need_body);
+
+/* xpmem_export.c */
+long xpmem_ioctl_make(struct xpmem_dev *xd, struct xpmem_owner *owner,
+		      struct xpmem_cmd_make __user *uarg);
+long xpmem_ioctl_remove(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_remove __user *uarg);
+void xpmem_seg_teardown(struct xpmem_seg *seg);
+void xpmem_handle_resolve(struct xpmem_evbuf *eb,
+			  const struct virtio_xpmem_resolve_event *ev);
+
+/* xpmem_import.c */
+int xpmem_fs_init(void);
+void xpmem_fs_exit(void);
+long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
+		     struct xpmem_cmd_get __user *uarg);
+long xpmem_ioctl_release(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			 struct xpmem_cmd_release __user *uarg);
+long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_attach __user *uarg);
+long xpmem_ioctl_detach(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_detach __user *uarg);
+void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner);
+void xpmem_handle_invalidate(struct xpmem_evbuf *eb,
+			     const struct virtio_xpmem_invalidate_event *ev);
+void xpmem_handle_revoked(struct xpmem_dev *xd,
+			  const struct virtio_xpmem_revoked_event *ev);
+
+#endif /* _XPMEM_PRIV_H */

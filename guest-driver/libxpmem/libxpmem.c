@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+/*
+ * libxpmem: the XPMEM user library over /dev/xpmem. Every call returns -1
+ * (or (void *)-1 for xpmem_attach) with errno set on failure, like the
+ * public library. The device is opened on first use and stays open; the
+ * descriptor is close-on-exec and shared by threads (and, after fork, by the
+ * child, which the driver treats as a separate owner).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "xpmem.h"
+
+_Static_assert(offsetof(struct xpmem_cmd_make, segid) == 32, "make ABI");
+_Static_assert(offsetof(struct xpmem_cmd_get, apid) == 24, "get ABI");
+_Static_assert(offsetof(struct xpmem_cmd_attach, flags) == 36, "attach ABI");
+_Static_assert(sizeof(struct xpmem_cmd_attach) == 40, "attach ABI");
+
+static atomic_int xpmem_fd = -1;
+
+static int xpmem_dev(void)
+{
+	int fd = atomic_load(&xpmem_fd);
+	int expected = -1;
+
+	if (fd >= 0)
+		return fd;
+	fd = open(XPMEM_DEV_PATH, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (!atomic_compare_exchange_strong(&xpmem_fd, &expected, fd)) {
+		close(fd);	/* another thread won the race */
+		fd = expected;
+	}
+	return fd;
+}
+
+static int xpmem_ioctl(unsigned long cmd, void *arg)
+{
+	int fd = xpmem_dev();
+
+	if (fd < 0)
+		return -1;
+	return ioctl(fd, cmd, arg);
+}
+
+int xpmem_version(void)
+{
+	return xpmem_ioctl(XPMEM_CMD_VERSION, NULL);
+}
+
+xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type,
+			 void *permit_value)
+{
+	struct xpmem_cmd_make cmd = {
+		.vaddr = (__u64)(uintptr_t)vaddr,
+		.size = size,
+		.permit_type = permit_type,
+		.permit_value = (__u64)(uintptr_t)permit_value,
+	};
+
+	if (xpmem_ioctl(XPMEM_CMD_MAKE, &cmd) == -1)
+		return -1;
+	return cmd.segid;
+}
+
+int xpmem_remove(xpmem_segid_t segid)
+{
+	struct xpmem_cmd_remove cmd = { .segid = segid };
+
+	return xpmem_ioctl(XPMEM_CMD_REMOVE, &cmd) == -1 ? -1 : 0;
+}
+
+xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type,
+		       void *permit_value)
+{
+	struct xpmem_cmd_get cmd = {
+		.segid = segid,
+		.flags = flags,
+		.permit_type = permit_type,
+		.permit_value = (__u64)(uintptr_t)permit_value,
+	};
+
+	if (xpmem_ioctl(XPMEM_CMD_GET, &cmd) == -1)
+		return -1;
+	return cmd.apid;
+}
+
+int xpmem_release(xpmem_apid_t apid)
+{
+	struct xpmem_cmd_release cmd = { .apid = apid };
+
+	return xpmem_ioctl(XPMEM_CMD_RELEASE, &cmd) == -1 ? -1 : 0;
+}
+
+void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr)
+{
+	struct xpmem_cmd_attach cmd = {
+		.apid = addr.apid,
+		.offset = addr.offset,
+		.size = size,
+		.vaddr = (__u64)(uintptr_t)vaddr,
+		.fd = -1,
+		.flags = 0,
+	};
+
+	if (xpmem_ioctl(XPMEM_CMD_ATTACH, &cmd) == -1)
+		return (void *)-1;
+	return (void *)(uintptr_t)cmd.vaddr;
+}
+
+int xpmem_detach(void *vaddr)
+{
+	struct xpmem_cmd_detach cmd = { .vaddr = (__u64)(uintptr_t)vaddr };
+
+	return xpmem_ioctl(XPMEM_CMD_DETACH, &cmd) == -1 ? -1 : 0;
+}
