@@ -70,7 +70,8 @@ fn compile_and_run(std: &str) -> String {
         .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}` (set CC): {e}"));
     assert!(
         out.status.success(),
-        "compiling virtio_xpmem.h with {cc} -std={std} failed:\n{}",
+        "compiling virtio_xpmem.h with {cc} -std={std} failed (it needs <linux/types.h> \
+         from linux-libc-dev):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let run = Command::new(&exe).output().unwrap();
