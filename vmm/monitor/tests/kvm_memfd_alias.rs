@@ -2,23 +2,30 @@
 //!
 //! The import aperture relies on this: guest RAM is a `MAP_SHARED` memfd
 //! mapping registered as a memslot, and when the monitor maps a page of a
-//! *different* memfd over part of that host mapping with
+//! *different* memfd over part of a memslot's host mapping with
 //! `mmap(MAP_FIXED | MAP_SHARED)`, the guest sees the new page at once, with
 //! no memslot change (KVM's MMU notifier zaps the stale stage-2 / shadow
-//! entry). This test proves it on whatever `/dev/kvm` the host has, with a
-//! tiny hand-made guest that reads a word from a data page, reports it on an
-//! I/O port and writes the word + 1 back next to it:
+//! entry). These tests prove it on whatever `/dev/kvm` the host has, with a
+//! tiny hand-made guest that reads a word, reports it on an I/O port and
+//! writes the word + 1 to a second address.
 //!
+//! `guest_sees_memfd_page_mapped_over_its_ram`:
 //! 1. the guest sees memfd A's value and its write lands in memfd A;
 //! 2. after memfd B's page is mapped over the data page, the guest sees B's
 //!    value, its write lands in memfd B and memfd A is untouched;
 //! 3. after A's page is mapped back (what revocation does with a filler),
 //!    the guest sees A again.
 //!
-//! The guest is tried first in 64-bit long mode with paging (what `kvm_pvm`
-//! needs), then in real mode; the mode used is printed. When `/dev/kvm` is
-//! missing or cannot run any guest, the test prints `SKIPPED: ...` and passes,
-//! unless `XPMEM_REQUIRE_KVM=1`, in which case it fails.
+//! `two_vms_share_a_page_through_an_aperture_memslot`: the real import path.
+//! VM B has an aperture memslot above its RAM backed by a filler memfd; a page
+//! of VM A's RAM memfd is mapped into it; each guest sees the other's writes;
+//! mapping the filler back revokes the access. A `KVM_MEM_READONLY` aperture
+//! slot lets B read A's page while B's writes exit to the monitor as MMIO.
+//!
+//! The guest is tried first in 64-bit long mode with paging, then in real
+//! mode; the mode used is printed. When `/dev/kvm` is missing or cannot run
+//! any guest, the tests print `SKIPPED: ...` and pass, unless
+//! `XPMEM_REQUIRE_KVM=1`, in which case they fail.
 
 use std::fs::File;
 use std::io;
@@ -56,32 +63,39 @@ enum GuestMode {
     Real16,
 }
 
-/// 64-bit code: mov eax,[DATA]; mov dx,0x10; out dx,eax; inc eax;
-/// mov [DATA+4],eax; mov dx,0x11; out dx,al; hlt; jmp hlt.
-const CODE_LONG: &[u8] = &[
-    0x8b, 0x04, 0x25, 0x00, 0x90, 0x00, 0x00, // mov eax, [0x9000]
-    0x66, 0xba, 0x10, 0x00, // mov dx, 0x10
-    0xef, // out dx, eax
-    0xff, 0xc0, // inc eax
-    0x89, 0x04, 0x25, 0x04, 0x90, 0x00, 0x00, // mov [0x9004], eax
-    0x66, 0xba, 0x11, 0x00, // mov dx, 0x11
-    0xee, // out dx, al
-    0xf4, // hlt
-    0xeb, 0xfd, // jmp hlt
-];
-
-/// The same program in 16-bit real mode (0x66 selects 32-bit operands).
-const CODE_REAL: &[u8] = &[
-    0x66, 0xa1, 0x00, 0x90, // mov eax, [0x9000]
-    0xba, 0x10, 0x00, // mov dx, 0x10
-    0x66, 0xef, // out dx, eax
-    0x66, 0x40, // inc eax
-    0x66, 0xa3, 0x04, 0x90, // mov [0x9004], eax
-    0xba, 0x11, 0x00, // mov dx, 0x11
-    0xee, // out dx, al
-    0xf4, // hlt
-    0xeb, 0xfd, // jmp hlt
-];
+/// The guest program: `mov eax,[read]; out 0x10,eax; inc eax;
+/// mov [write],eax; out 0x11,al; hlt; jmp hlt`.
+fn program(mode: GuestMode, read: u32, write: u32) -> Vec<u8> {
+    let mut c = Vec::new();
+    match mode {
+        GuestMode::Long64 => {
+            c.extend_from_slice(&[0x8b, 0x04, 0x25]); // mov eax, [disp32]
+            c.extend_from_slice(&read.to_le_bytes());
+            c.extend_from_slice(&[0x66, 0xba, 0x10, 0x00]); // mov dx, 0x10
+            c.push(0xef); // out dx, eax
+            c.extend_from_slice(&[0xff, 0xc0]); // inc eax
+            c.extend_from_slice(&[0x89, 0x04, 0x25]); // mov [disp32], eax
+            c.extend_from_slice(&write.to_le_bytes());
+            c.extend_from_slice(&[0x66, 0xba, 0x11, 0x00]); // mov dx, 0x11
+        }
+        GuestMode::Real16 => {
+            // 0x66 selects 32-bit operands; addresses are 16-bit (DS base 0).
+            let (Ok(read), Ok(write)) = (u16::try_from(read), u16::try_from(write)) else {
+                panic!("real-mode test program addresses must be below 64 KiB");
+            };
+            c.extend_from_slice(&[0x66, 0xa1]); // mov eax, [moffs16]
+            c.extend_from_slice(&read.to_le_bytes());
+            c.extend_from_slice(&[0xba, 0x10, 0x00]); // mov dx, 0x10
+            c.extend_from_slice(&[0x66, 0xef]); // out dx, eax
+            c.extend_from_slice(&[0x66, 0x40]); // inc eax
+            c.extend_from_slice(&[0x66, 0xa3]); // mov [moffs16], eax
+            c.extend_from_slice(&write.to_le_bytes());
+            c.extend_from_slice(&[0xba, 0x11, 0x00]); // mov dx, 0x11
+        }
+    }
+    c.extend_from_slice(&[0xee, 0xf4, 0xeb, 0xfd]); // out dx, al; hlt; jmp hlt
+    c
+}
 
 /// Skips (or fails, with XPMEM_REQUIRE_KVM=1) when KVM cannot be used here.
 fn skip(reason: &str) {
@@ -189,21 +203,20 @@ fn pread_u32(file: &File, offset: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// Writes page tables (identity map of the first 2 MiB), a GDT and the code.
-fn write_guest_image(mem: &Mapping, mode: GuestMode) {
+/// Writes page tables (identity map of the first 8 MiB with 2 MiB pages,
+/// covering RAM and the aperture slots) and a GDT.
+fn write_guest_image(mem: &Mapping) {
     let q = |v: u64| v.to_le_bytes();
     mem.write(PML4 as usize, &q(PDPT | 0x3)); // present, writable
     mem.write(PDPT as usize, &q(PD | 0x3));
-    mem.write(PD as usize, &q(0x83)); // 2 MiB page at 0, present, writable
-                                      // GDT: null, 64-bit code (0x08), data (0x10).
+    for i in 0..4u64 {
+        // 2 MiB page, present, writable.
+        mem.write(PD as usize + 8 * i as usize, &q((i << 21) | 0x83));
+    }
+    // GDT: null, 64-bit code (0x08), data (0x10).
     mem.write(GDT as usize, &q(0));
     mem.write(GDT as usize + 8, &q(0x00af_9b00_0000_ffff));
     mem.write(GDT as usize + 16, &q(0x00cf_9300_0000_ffff));
-    let code = match mode {
-        GuestMode::Long64 => CODE_LONG,
-        GuestMode::Real16 => CODE_REAL,
-    };
-    mem.write(CODE as usize, code);
 }
 
 fn setup_vcpu(vcpu: &VcpuFd, mode: GuestMode) -> Result<(), String> {
@@ -319,23 +332,37 @@ impl Drop for Watchdog {
     }
 }
 
-/// Runs the guest program once from the start; returns the value it
-/// reported, or a description of what went wrong.
-fn run_guest(vcpu: &mut VcpuFd, mode: GuestMode) -> Result<u32, String> {
-    setup_vcpu(vcpu, mode)?;
+/// What one run of the guest program did.
+#[derive(Debug, Default)]
+struct RunResult {
+    /// The word the guest read.
+    reported: u32,
+    /// Writes that KVM turned into MMIO exits (e.g. into a read-only slot).
+    mmio_writes: Vec<(u64, Vec<u8>)>,
+}
+
+/// Loads the program (reading `read`, writing `write`) and runs it once from
+/// the start.
+fn run_guest(vm: &mut Vm, read: u32, write: u32) -> Result<RunResult, String> {
+    vm.ram.write(CODE as usize, &program(vm.mode, read, write));
+    setup_vcpu(&vm.vcpu, vm.mode)?;
     let _watchdog = Watchdog::start(RUN_TIMEOUT);
-    let mut reported = None;
+    let mut result = RunResult::default();
+    let mut reported = false;
     for _ in 0..64 {
-        match vcpu.run() {
+        match vm.vcpu.run() {
             Ok(VcpuExit::IoOut(PORT_VALUE, data)) => {
                 let bytes: [u8; 4] = data
                     .try_into()
                     .map_err(|_| format!("{}-byte OUT on port 0x10, expected 4", data.len()))?;
-                reported = Some(u32::from_le_bytes(bytes));
+                result.reported = u32::from_le_bytes(bytes);
+                reported = true;
             }
+            Ok(VcpuExit::IoOut(PORT_DONE, _)) if reported => return Ok(result),
             Ok(VcpuExit::IoOut(PORT_DONE, _)) => {
-                return reported.ok_or_else(|| "guest finished without reporting".to_string());
+                return Err("guest finished without reporting".into())
             }
+            Ok(VcpuExit::MmioWrite(addr, data)) => result.mmio_writes.push((addr, data.to_vec())),
             Ok(VcpuExit::Hlt) => return Err("guest halted before finishing".into()),
             Ok(exit) => return Err(format!("unexpected exit {exit:?}")),
             Err(e) if e.errno() == libc::EINTR => {
@@ -348,49 +375,87 @@ fn run_guest(vcpu: &mut VcpuFd, mode: GuestMode) -> Result<u32, String> {
 }
 
 struct Vm {
-    _vm: VmFd,
+    vm: VmFd,
     vcpu: VcpuFd,
+    mode: GuestMode,
     ram_fd: File,
     ram: Mapping,
+    /// Extra memslots (apertures), kept alive as long as the VM.
+    slots: Vec<Mapping>,
 }
 
-fn create_vm(kvm: &Kvm, mode: GuestMode) -> Result<Vm, String> {
-    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-    let ram_fd = memfd("guest-ram", MEM_SIZE).map_err(|e| format!("memfd_create: {e}"))?;
-    let ram = Mapping::new(&ram_fd, MEM_SIZE).map_err(|e| format!("mmap: {e}"))?;
-    write_guest_image(&ram, mode);
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: ram.addr as u64,
-    };
-    // SAFETY: the region is the live mapping owned by the returned `Vm`,
-    // which also owns (and drops after) the VM fd.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-    let vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-    Ok(Vm {
-        _vm: vm,
-        vcpu,
-        ram_fd,
-        ram,
-    })
+impl Vm {
+    fn new(kvm: &Kvm, mode: GuestMode) -> Result<Vm, String> {
+        let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+        let ram_fd = memfd("guest-ram", MEM_SIZE).map_err(|e| format!("memfd_create: {e}"))?;
+        let ram = Mapping::new(&ram_fd, MEM_SIZE).map_err(|e| format!("mmap: {e}"))?;
+        write_guest_image(&ram);
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        let mut this = Vm {
+            vm,
+            vcpu,
+            mode,
+            ram_fd,
+            ram,
+            slots: Vec::new(),
+        };
+        let addr = this.ram.addr as u64;
+        this.add_slot(0, 0, MEM_SIZE, addr, 0)?;
+        Ok(this)
+    }
+
+    fn add_slot(
+        &mut self,
+        slot: u32,
+        gpa: u64,
+        len: usize,
+        host: u64,
+        flags: u32,
+    ) -> Result<(), String> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: len as u64,
+            userspace_addr: host,
+        };
+        // SAFETY: `host` is a live mapping of `len` bytes owned by this `Vm`
+        // (`ram` or an entry of `slots`), dropped only after the VM fd.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION slot {slot}: {e}"))
+    }
+
+    /// Registers `len` bytes of `backing` (a filler) as an aperture memslot.
+    fn add_aperture(
+        &mut self,
+        slot: u32,
+        gpa: u64,
+        backing: &File,
+        len: usize,
+        flags: u32,
+    ) -> Result<usize, String> {
+        let map = Mapping::new(backing, len).map_err(|e| format!("mmap aperture: {e}"))?;
+        let host = map.addr as u64;
+        self.slots.push(map);
+        self.add_slot(slot, gpa, len, host, flags)?;
+        Ok(self.slots.len() - 1)
+    }
 }
 
-/// Finds a guest mode this KVM runs; returns the VM with the first run done.
-fn first_working_mode(kvm: &Kvm) -> Result<(Vm, GuestMode), String> {
+/// Finds a guest mode this KVM runs; returns the VM with the first run done
+/// (the guest read VALUE_A at DATA and wrote VALUE_A + 1 at DATA + 4).
+fn first_working_mode(kvm: &Kvm) -> Result<Vm, String> {
     let mut failures = Vec::new();
     for mode in [GuestMode::Long64, GuestMode::Real16] {
-        let mut vm = create_vm(kvm, mode)?;
+        let mut vm = Vm::new(kvm, mode)?;
         vm.ram.write(DATA as usize, &VALUE_A.to_le_bytes());
-        match run_guest(&mut vm.vcpu, mode) {
-            Ok(v) if v == VALUE_A => return Ok((vm, mode)),
-            Ok(v) => failures.push(format!(
-                "{mode:?}: guest read {v:#x}, expected {VALUE_A:#x}"
+        match run_guest(&mut vm, DATA as u32, DATA as u32 + 4) {
+            Ok(r) if r.reported == VALUE_A => return Ok(vm),
+            Ok(r) => failures.push(format!(
+                "{mode:?}: guest read {:#x}, expected {VALUE_A:#x}",
+                r.reported
             )),
             Err(e) => failures.push(format!("{mode:?}: {e}")),
         }
@@ -398,29 +463,34 @@ fn first_working_mode(kvm: &Kvm) -> Result<(Vm, GuestMode), String> {
     Err(failures.join("; "))
 }
 
+/// Opens KVM and installs the kick handler, or says why the tests skip.
+fn open_kvm() -> Result<Kvm, String> {
+    let kvm = Kvm::new().map_err(|e| format!("/dev/kvm cannot be opened ({e})"))?;
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+        .map_err(|e| format!("cannot install the vCPU kick signal handler ({e})"))?;
+    Ok(kvm)
+}
+
 #[test]
 fn guest_sees_memfd_page_mapped_over_its_ram() {
-    let kvm = match Kvm::new() {
+    let kvm = match open_kvm() {
         Ok(k) => k,
-        Err(e) => return skip(&format!("/dev/kvm cannot be opened ({e})")),
+        Err(e) => return skip(&e),
     };
     let sync_mmu = kvm.check_extension_raw(kvm_bindings::KVM_CAP_SYNC_MMU.into());
     eprintln!(
         "kvm_memfd_alias: KVM API {}, KVM_CAP_SYNC_MMU={sync_mmu}",
         kvm.get_api_version()
     );
-    if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler) {
-        return skip(&format!(
-            "cannot install the vCPU kick signal handler ({e})"
-        ));
-    }
-    let (mut vm, mode) = match first_working_mode(&kvm) {
+    let mut vm = match first_working_mode(&kvm) {
         Ok(x) => x,
         Err(e) => return skip(&format!("this KVM runs no tiny test guest ({e})")),
     };
-    eprintln!("kvm_memfd_alias: guest mode {mode:?} works");
+    eprintln!("kvm_memfd_alias: guest mode {:?} works", vm.mode);
+    let (read, write) = (DATA as u32, DATA as u32 + 4);
 
-    // 1. Baseline: the guest reads and writes memfd A.
+    // 1. Baseline: the guest read memfd A (checked by first_working_mode)
+    //    and its write landed in memfd A.
     assert_eq!(pread_u32(&vm.ram_fd, DATA + 4), VALUE_A + 1);
 
     // 2. Map a page of memfd B over the data page of the memslot's mapping.
@@ -428,7 +498,9 @@ fn guest_sees_memfd_page_mapped_over_its_ram() {
     other.write_all_at(&VALUE_B.to_le_bytes(), 0).unwrap();
     vm.ram.map_page_over(DATA as usize, &other, 0).unwrap();
     assert_eq!(vm.ram.read_u32(DATA as usize), VALUE_B);
-    let seen = run_guest(&mut vm.vcpu, mode).expect("guest run after aliasing");
+    let seen = run_guest(&mut vm, read, write)
+        .expect("guest run after aliasing")
+        .reported;
     assert_eq!(
         seen, VALUE_B,
         "the guest still sees the old page after MAP_FIXED over its memslot"
@@ -447,17 +519,125 @@ fn guest_sees_memfd_page_mapped_over_its_ram() {
 
     // 3. Map memfd A's own page back (revocation) and check again.
     vm.ram_fd
-        .write_all_at(&(VALUE_A ^ 0xffff_ffff).to_le_bytes(), DATA)
+        .write_all_at(&(!VALUE_A).to_le_bytes(), DATA)
         .unwrap();
     vm.ram
         .map_page_over(DATA as usize, &vm.ram_fd, DATA as usize)
         .unwrap();
-    let seen = run_guest(&mut vm.vcpu, mode).expect("guest run after unaliasing");
-    assert_eq!(seen, VALUE_A ^ 0xffff_ffff);
+    let seen = run_guest(&mut vm, read, write)
+        .expect("guest run after unaliasing")
+        .reported;
+    assert_eq!(seen, !VALUE_A);
     assert_eq!(
         pread_u32(&other, 4),
         VALUE_B + 1,
         "the guest wrote into the page after it was unmapped"
     );
     eprintln!("kvm_memfd_alias: after mapping the original page back the guest saw it again");
+}
+
+/// Guest-physical base of the read-write aperture slot (right above RAM).
+const APERTURE_RW: u64 = MEM_SIZE as u64;
+/// Guest-physical base of the read-only aperture slot.
+const APERTURE_RO: u64 = APERTURE_RW + APERTURE_LEN as u64;
+const APERTURE_LEN: usize = 2 << 20;
+
+/// The import aperture between two VMs: a page of VM A's RAM memfd is mapped
+/// into a separate aperture memslot of VM B (first backed by a filler), both
+/// guests see each other's writes, and mapping the filler back revokes it.
+/// A `KVM_MEM_READONLY` aperture slot lets B read the page while its writes
+/// exit to the monitor instead of reaching A's memory.
+#[test]
+fn two_vms_share_a_page_through_an_aperture_memslot() {
+    let kvm = match open_kvm() {
+        Ok(k) => k,
+        Err(e) => return skip(&e),
+    };
+    // The aperture lies above 64 KiB, out of reach of the real-mode program.
+    let mut a = match Vm::new(&kvm, GuestMode::Long64) {
+        Ok(vm) => vm,
+        Err(e) => return skip(&format!("cannot create a VM ({e})")),
+    };
+    a.ram.write(DATA as usize, &VALUE_A.to_le_bytes());
+    match run_guest(&mut a, DATA as u32, DATA as u32 + 4) {
+        Ok(r) if r.reported == VALUE_A => {}
+        other => {
+            return skip(&format!(
+                "this KVM does not run the 64-bit test guest ({other:?})"
+            ))
+        }
+    }
+    let mut b = Vm::new(&kvm, GuestMode::Long64).unwrap();
+    let filler = memfd("aperture-filler", APERTURE_LEN).unwrap();
+    let rw = b
+        .add_aperture(1, APERTURE_RW, &filler, APERTURE_LEN, 0)
+        .unwrap();
+
+    // Before any attachment B reads the filler (zeros).
+    assert_eq!(
+        run_guest(&mut b, APERTURE_RW as u32, APERTURE_RW as u32 + 8)
+            .unwrap()
+            .reported,
+        0
+    );
+
+    // Attach: A's page DATA into B's aperture page 0.
+    b.slots[rw]
+        .map_page_over(0, &a.ram_fd, DATA as usize)
+        .unwrap();
+    // B reads what A's guest wrote (VALUE_A + 1 at DATA + 4) and writes + 1.
+    let r = run_guest(&mut b, APERTURE_RW as u32 + 4, APERTURE_RW as u32 + 8).unwrap();
+    assert_eq!(r.reported, VALUE_A + 1, "B does not see A's guest write");
+    // A's guest sees B's guest write.
+    let r = run_guest(&mut a, DATA as u32 + 8, DATA as u32 + 12).unwrap();
+    assert_eq!(r.reported, VALUE_A + 2, "A does not see B's guest write");
+    eprintln!("kvm_memfd_alias: two VMs exchanged data through an aperture memslot");
+
+    // Revoke: map the filler back; B no longer reaches A's page.
+    b.slots[rw].map_page_over(0, &filler, 0).unwrap();
+    let r = run_guest(&mut b, APERTURE_RW as u32 + 12, APERTURE_RW as u32 + 16).unwrap();
+    assert_eq!(r.reported, 0, "B still reads A's page after revocation");
+    assert_eq!(
+        pread_u32(&a.ram_fd, DATA + 16),
+        0,
+        "B wrote into A after revocation"
+    );
+
+    // Read-only aperture.
+    if kvm.check_extension_raw(kvm_bindings::KVM_CAP_READONLY_MEM.into()) <= 0 {
+        eprintln!(
+            "kvm_memfd_alias: KVM_CAP_READONLY_MEM is not offered; read-only aperture part not run"
+        );
+        return;
+    }
+    let ro_filler = memfd("aperture-ro-filler", APERTURE_LEN).unwrap();
+    let ro = b
+        .add_aperture(
+            2,
+            APERTURE_RO,
+            &ro_filler,
+            APERTURE_LEN,
+            kvm_bindings::KVM_MEM_READONLY,
+        )
+        .unwrap();
+    b.slots[ro]
+        .map_page_over(0, &a.ram_fd, DATA as usize)
+        .unwrap();
+    let r = run_guest(&mut b, APERTURE_RO as u32 + 8, APERTURE_RO as u32 + 0x20).unwrap();
+    assert_eq!(
+        r.reported,
+        VALUE_A + 2,
+        "B does not read A's page through the read-only slot"
+    );
+    assert_eq!(
+        r.mmio_writes,
+        vec![(APERTURE_RO + 0x20, (VALUE_A + 3).to_le_bytes().to_vec())],
+        "a write into the read-only slot must exit to the monitor"
+    );
+    assert_eq!(
+        pread_u32(&a.ram_fd, DATA + 0x20),
+        0,
+        "the read-only slot let B write A's page"
+    );
+    eprintln!("kvm_memfd_alias: read-only aperture slot: reads see A's page, writes exit as MMIO");
 }
