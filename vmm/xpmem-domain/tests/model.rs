@@ -85,6 +85,15 @@ enum Op {
     AddVm {
         vm: usize,
     },
+    /// Make + Get + Attach + Fault + good Reply in one go (correct identities), so that
+    /// sequences reach mapped states often.
+    Share {
+        exp: usize,
+        imp: usize,
+        page: u64,
+        npages: u64,
+        rdonly: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -108,7 +117,9 @@ fn op() -> impl Strategy<Value = Op> {
         10 => (0..150u64).prop_map(|ms| Op::Tick { ms }),
         5 => (vm.clone(), ow.clone()).prop_map(|(vm, owner)| Op::ReleaseOwner { vm, owner }),
         1 => vm.clone().prop_map(|vm| Op::RemoveVm { vm }),
-        2 => vm.prop_map(|vm| Op::AddVm { vm }),
+        2 => vm.clone().prop_map(|vm| Op::AddVm { vm }),
+        10 => (vm.clone(), vm, 0..8u64, 1..24u64, any::<bool>())
+            .prop_map(|(exp, imp, page, npages, rdonly)| Op::Share { exp, imp, page, npages, rdonly }),
     ]
 }
 
@@ -140,7 +151,7 @@ struct Sim {
     permits: Vec<(i64, VmId, OwnerToken, i64)>,
     atts: Vec<AttInfo>,
     /// (exporter, resolve_id, npages)
-    resolves: Vec<(VmId, u64, u32)>,
+    resolves: Vec<(VmId, u64, Vec<u64>)>,
     /// (importer, invalidation_id)
     targets: Vec<(VmId, u64)>,
     /// Requests sent and not answered yet.
@@ -149,7 +160,9 @@ struct Sim {
     model: BTreeMap<(VmId, Window, u64), (VmId, u64)>,
     /// Attachment pages revoked by REVOKED events: (attach_id, page).
     revoked: BTreeSet<(u64, u64)>,
-    epoch: u64,
+    /// Exporter page-table versions: (segid, vaddr page) -> version, bumped when an
+    /// invalidation of the page starts (the exporter changes the PTE then).
+    pt_version: BTreeMap<(i64, u64), u64>,
 }
 
 fn pick<T: Clone>(v: &[T], i: usize) -> Option<T> {
@@ -179,7 +192,7 @@ impl Sim {
             pending: BTreeMap::new(),
             model: BTreeMap::new(),
             revoked: BTreeSet::new(),
-            epoch: 0,
+            pt_version: BTreeMap::new(),
         }
     }
 
@@ -198,7 +211,11 @@ impl Sim {
         req: Request,
         kind: Pending,
     ) -> Result<Option<Result<ResponseBody, Status>>, TestCaseError> {
+        let dbg = format!("{vm:?} {req:?}");
         let (tag, acts) = self.h.send(vm, req);
+        if std::env::var("MODEL_TRACE").is_ok() {
+            eprintln!("{dbg}\n    -> {acts:?}");
+        }
         let res = response(&acts, vm, tag);
         if !self.present.contains(&vm) {
             prop_assert_eq!(
@@ -238,7 +255,14 @@ impl Sim {
                         let page = aperture_page + i;
                         let att = self.att_of_page(*importer, *window, page);
                         prop_assert!(att.is_some(), "Map outside any attachment");
-                        let id = att.map(|a| (a.id, page - a.ap)).unwrap();
+                        let att = att.unwrap();
+                        let id = (att.id, page - att.ap);
+                        let va = att.vaddr + (page - att.ap) * P;
+                        prop_assert_eq!(
+                            exporter_gpa + i * P,
+                            self.pt(att.segid, va),
+                            "mapped a stale exporter page (resolution raced an invalidation)"
+                        );
                         prop_assert!(!self.revoked.contains(&id), "revoked page mapped again");
                         let prev = self.model.insert(
                             (*importer, *window, page),
@@ -263,10 +287,17 @@ impl Sim {
                     prop_assert!(self.present.contains(vm), "event to a removed VM");
                     match event {
                         Event::Resolve {
-                            resolve_id, npages, ..
+                            resolve_id,
+                            npages,
+                            segid,
+                            vaddr,
+                            ..
                         } => {
                             prop_assert!(*npages >= 1 && *npages <= 8);
-                            self.resolves.push((*vm, *resolve_id, *npages));
+                            let gpas = (0..u64::from(*npages))
+                                .map(|k| self.pt(*segid, vaddr + k * P))
+                                .collect();
+                            self.resolves.push((*vm, *resolve_id, gpas));
                         }
                         Event::Invalidate {
                             invalidation_id, ..
@@ -360,8 +391,17 @@ impl Sim {
         Ok(())
     }
 
-    fn gpa_for(&self, vaddr_page: u64) -> u64 {
-        RAM0 + ((vaddr_page + self.epoch * 5) % 64) * P
+    /// The exporter's current page table: segment vaddr -> gpa. Even segids map
+    /// contiguously (coalescable), odd ones scattered.
+    fn pt(&self, segid: i64, vaddr: u64) -> u64 {
+        let page = vaddr / P;
+        let v = self.pt_version.get(&(segid, page)).copied().unwrap_or(0);
+        let n = if segid % 2 == 0 {
+            (segid as u64 % 1000) + page + v * 17
+        } else {
+            (segid as u64 ^ page.wrapping_mul(0x9e37_79b9) ^ v.wrapping_mul(0x85eb_ca6b)) >> 3
+        };
+        RAM0 + (n % (RAM0_LEN / P)) * P
     }
 
     fn remove_vm(&mut self, vm: VmId) -> Result<(), TestCaseError> {
@@ -371,15 +411,15 @@ impl Sim {
             .remove_vm(vm, self.h.now)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         self.present.remove(&vm);
-        self.apply(&acts)?;
-        // The device tears the VM's apertures down itself; it got no Unmap actions.
+        // The device tears the VM's apertures down itself; it gets no Unmap actions.
         self.model.retain(|&(imp, _, _), _| imp != vm);
+        self.apply(&acts)?;
         prop_assert!(
             self.model.values().all(|&(exp, _)| exp != vm),
             "importer still maps memory of a removed VM"
         );
         self.pending.retain(|&(v, _), _| v != vm);
-        self.resolves.retain(|&(v, _, _)| v != vm);
+        self.resolves.retain(|(v, _, _)| *v != vm);
         self.targets.retain(|&(v, _)| v != vm);
         self.atts.retain(|a| a.vm != vm);
         Ok(())
@@ -560,16 +600,15 @@ impl Sim {
                     return Ok(());
                 }
                 let i = resolve % self.resolves.len();
-                let (exp, rid, n) = self.resolves[i];
-                let seg_page = self.epoch; // vary gpas between epochs
-                let _ = seg_page;
+                let (exp, rid, snap) = self.resolves[i].clone();
+                let n = snap.len();
                 let result = match kind {
                     0 => Err(Status::Fault),
-                    1 => Ok(vec![RAM0 + 3; n as usize]), // unaligned: rejected
-                    2 => Ok(vec![RAM1 + RAM1_LEN; n as usize]), // outside RAM: rejected
-                    3 => Ok((0..u64::from(n)).map(|k| self.gpa_for(k * 3)).collect()), // scattered
-                    4 => Ok(vec![self.gpa_for(0)]),      // short
-                    _ => Ok((0..u64::from(n)).map(|k| self.gpa_for(rid + k)).collect()),
+                    1 => Ok(vec![RAM0 + 3; n]), // unaligned: rejected
+                    2 => Ok(vec![RAM1 + RAM1_LEN; n]), // outside RAM: rejected
+                    3 => Ok(snap[..1].to_vec()), // scattered
+                    4 => Ok(vec![RAM0; n + 1]), // short
+                    _ => Ok(snap),
                 };
                 let from = if kind == 9 { VMS[vm] } else { exp };
                 let r = self.send(
@@ -594,8 +633,10 @@ impl Sim {
             }
             Op::Invalidate { seg, page, npages } => {
                 if let Some((segid, exp, owner, vaddr, _)) = pick(&self.segs, seg) {
-                    self.epoch += 1;
                     let start = vaddr + page * P;
+                    for p in start / P..start / P + npages {
+                        *self.pt_version.entry((segid, p)).or_default() += 1;
+                    }
                     let req = Request::Invalidate {
                         owner,
                         segid,
@@ -653,6 +694,65 @@ impl Sim {
                     self.remove_vm(VMS[vm])?;
                 }
             }
+            Op::Share {
+                exp,
+                imp,
+                page,
+                npages,
+                rdonly,
+            } => {
+                let before = self.segs.len();
+                self.step(&Op::Make {
+                    vm: exp,
+                    owner: 0,
+                    page,
+                    npages,
+                    mode: 0o666,
+                })?;
+                if self.segs.len() == before {
+                    return Ok(());
+                }
+                let seg = self.segs.len() - 1;
+                let before = self.permits.len();
+                self.step(&Op::Get {
+                    vm: imp,
+                    owner: 0,
+                    seg,
+                    rdwr: !rdonly,
+                })?;
+                if self.permits.len() == before {
+                    return Ok(());
+                }
+                let permit = self.permits.len() - 1;
+                let before = self.atts.len();
+                self.step(&Op::Attach {
+                    vm: imp,
+                    owner: 0,
+                    permit,
+                    page: 0,
+                    npages,
+                    rdonly,
+                })?;
+                if self.atts.len() == before {
+                    return Ok(());
+                }
+                let att = self.atts.len() - 1;
+                let before = self.resolves.len();
+                self.step(&Op::Fault {
+                    vm: imp,
+                    owner: 0,
+                    att,
+                    page: 0,
+                    npages: 8,
+                })?;
+                if self.resolves.len() > before {
+                    self.step(&Op::Reply {
+                        resolve: self.resolves.len() - 1,
+                        kind: 15,
+                        vm: exp,
+                    })?;
+                }
+            }
             Op::AddVm { vm } => {
                 if !self.present.contains(&VMS[vm]) {
                     self.h
@@ -670,8 +770,7 @@ impl Sim {
     /// nothing is pending: every deferred request must then have been answered.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         for _ in 0..200 {
-            if let Some((exp, rid, n)) = self.resolves.pop() {
-                let gpas = (0..u64::from(n)).map(|k| self.gpa_for(k)).collect();
+            if let Some((exp, rid, gpas)) = self.resolves.pop() {
                 self.send(
                     exp,
                     Request::ResolveReply {
