@@ -499,7 +499,7 @@ fn hostile_resolve_replies_are_rejected() {
         vec![RAM0 + 1],        // unaligned
         vec![RAM0 + RAM0_LEN], // just past RAM0
         vec![RAM1 - P],        // hole between ranges
-        vec![RAM1 + RAM1_LEN - P, u64::MAX & !(P - 1)],
+        vec![RAM1 + RAM1_LEN - P, !(P - 1)],
         vec![],     // empty
         vec![0; 5], // more than asked (4)
     ];
@@ -562,7 +562,7 @@ fn invalidate_without_importers_completes_at_once() {
     assert_eq!(response(&acts, A, tag), Some(Err(Status::Invalid)));
     let (tag, acts) = h.invalidate(A, s, 0x10000, 0);
     assert_eq!(response(&acts, A, tag), Some(Err(Status::Invalid)));
-    let (tag, acts) = h.invalidate(A, s, u64::MAX & !(P - 1), 2 * P);
+    let (tag, acts) = h.invalidate(A, s, !(P - 1), 2 * P);
     assert_eq!(response(&acts, A, tag), Some(Err(Status::Invalid)));
     let (tag, acts) = h.invalidate(B, s, 0x10000, P);
     assert_eq!(response(&acts, B, tag), Some(Err(Status::Perm)));
@@ -970,4 +970,17 @@ fn everything_is_released_when_all_vms_leave() {
     let c = h.d.counters();
     assert!(c.nothing_held(), "{c:?}");
     assert!(h.d.mappings().is_empty());
+}
+
+#[test]
+fn ids_are_not_reused_when_a_vm_comes_back() {
+    let mut h = H::new();
+    let old = h.make(A, 0, 4 * P, 0o666);
+    let apid = h.apid(B, old, XPMEM_RDWR);
+    h.remove_vm(A);
+    h.d.add_vm(A, spec()).unwrap();
+    let new = h.make(A, 0, 4 * P, 0o666);
+    assert_ne!(old, new);
+    // B's permit for the old incarnation's segment does not reach the new segment.
+    assert_eq!(h.attach(B, apid, 0, P, 0), Err(Status::NoEnt));
 }
