@@ -512,3 +512,114 @@ fn hostile_queue_writes_never_panic() {
         }
     }
 }
+
+mod hostile_sequences {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Read(u64, usize),
+        Write(u64, Vec<u8>),
+        Notify(u32),
+        Trigger(bool),
+    }
+
+    /// Offsets that hit real registers most of the time.
+    fn offset() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => (0u64..0x40).prop_map(|r| r * 4),
+            1 => 0u64..0x220,
+            1 => any::<u64>(),
+        ]
+    }
+
+    /// Values that are interesting for the status and queue registers.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => (0u32..16).prop_map(|v| v.to_le_bytes().to_vec()),
+            2 => prop::sample::select(vec![0x1u32, 0x3, 0xb, 0xf, 0x80, 0x40, 0x1_0000, 0x2_0000])
+                .prop_map(|v| v.to_le_bytes().to_vec()),
+            2 => any::<u32>().prop_map(|v| v.to_le_bytes().to_vec()),
+            1 => prop::collection::vec(any::<u8>(), 0..9),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (offset(), prop::sample::select(vec![1usize, 2, 4, 8])).prop_map(|(o, w)| Op::Read(o, w)),
+            6 => (offset(), value()).prop_map(|(o, v)| Op::Write(o, v)),
+            1 => (0u32..4).prop_map(Op::Notify),
+            1 => any::<bool>().prop_map(Op::Trigger),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary register traffic never panics and keeps the transport's
+        /// invariants: the device is active exactly when DRIVER_OK is set,
+        /// it only sees notifications for its queues while active, every
+        /// activation carries both queues, features a subset of the offer
+        /// including VERSION_1.
+        #[test]
+        fn register_traffic_keeps_invariants(
+            prelude in 0u8..3,
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let (mut t, rec) = transport();
+            // Start some sequences from a negotiated or running device, so
+            // the traffic also hits the later states.
+            match prelude {
+                1 => prop_assert!(negotiate(&mut t, DEV_FEATURES)),
+                2 => {
+                    full_init(&mut t);
+                    prop_assert!(t.is_activated());
+                }
+                _ => {}
+            }
+            let mut notified_while_active = 0usize;
+            for op in ops {
+                match op {
+                    Op::Read(o, w) => {
+                        let mut b = vec![0u8; w];
+                        t.read(o, &mut b);
+                    }
+                    Op::Write(o, v) => t.write(o, &v),
+                    Op::Notify(q) => {
+                        let active = t.is_activated();
+                        t.queue_notify(q);
+                        if active && q < 2 {
+                            notified_while_active += 1;
+                        }
+                    }
+                    Op::Trigger(cfg) => {
+                        let reason = if cfg {
+                            InterruptReason::ConfigChange
+                        } else {
+                            InterruptReason::UsedBuffer
+                        };
+                        t.interrupt().trigger(reason).unwrap();
+                    }
+                }
+                let s = t.device_status();
+                prop_assert_eq!(t.is_activated(), s & status::DRIVER_OK != 0);
+                prop_assert_eq!(t.is_activated(), t.device().held.is_some());
+                prop_assert_eq!(t.interrupt_status() & !3, 0);
+                if s & status::FEATURES_OK != 0 {
+                    prop_assert_eq!(t.driver_features() & !DEV_FEATURES, 0);
+                    prop_assert_ne!(t.driver_features() & VIRTIO_F_VERSION_1, 0);
+                }
+            }
+            let r = rec.lock().unwrap();
+            for (queues, features) in &r.activations {
+                prop_assert_eq!(*queues, 2);
+                prop_assert_eq!(features & !DEV_FEATURES, 0);
+            }
+            // Direct notifies while active reach the device (plus MMIO
+            // notifies and the kicks after each activation).
+            prop_assert!(r.notifies.len() >= notified_while_active);
+            prop_assert!(r.notifies.iter().all(|&q| q < 2));
+        }
+    }
+}
