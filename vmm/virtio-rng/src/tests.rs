@@ -4,7 +4,7 @@ use std::sync::Arc;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 
@@ -253,4 +253,36 @@ fn activate_refuses_wrong_queue_count() {
     });
     assert!(matches!(r, Err(ActivateError::Device(_))));
     assert!(!rng.is_active());
+}
+
+/// With VIRTIO_F_RING_EVENT_IDX the device interrupts only when the driver's
+/// used_event index asks for it.
+#[test]
+fn event_idx_suppresses_unwanted_interrupts() {
+    for (used_event, want_irqs) in [(0u16, 1usize), (5, 0)] {
+        let mem = mem();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(&[desc(BUF, 8, W, 0)], 0).unwrap();
+        // used_event lives after the 16 available ring entries.
+        let used_event_addr = vq.avail_addr().unchecked_add(4 + 2 * 16);
+        mem.write_obj(used_event, used_event_addr).unwrap();
+        let mut queue = vq.create_queue::<Queue>().unwrap();
+        queue.set_event_idx(true);
+        let irq = Arc::new(CountingInterrupt::default());
+        let mut rng = Rng::with_source(Box::new(Sequence(0)));
+        rng.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![queue],
+            interrupt: irq.clone(),
+            acked_features: VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX,
+        })
+        .unwrap();
+        rng.queue_notify(0);
+        assert_eq!(vq.used().idx().load(), 1);
+        assert_eq!(
+            irq.0.load(Ordering::SeqCst),
+            want_irqs,
+            "used_event {used_event}"
+        );
+    }
 }
