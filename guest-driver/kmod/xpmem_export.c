@@ -54,13 +54,23 @@ static struct xpmem_seg *xpmem_seg_lookup(struct xpmem_dev *xd, u64 segid)
 	return seg;
 }
 
+/* The part of [start, end) that was handed to the device; under seg->lock. */
+static bool xpmem_seg_clip(struct xpmem_seg *seg, unsigned long *start,
+			   unsigned long *end)
+{
+	*start = max3(*start, seg->vaddr, seg->res_lo);
+	*end = min3(*end, seg->vaddr + seg->size, seg->res_hi);
+	return seg->segid && *start < *end;
+}
+
 static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 				 const struct mmu_notifier_range *range,
 				 unsigned long cur_seq)
 {
 	struct xpmem_seg *seg = container_of(mni, struct xpmem_seg, notifier);
 	struct xpmem_req *req = &seg->inv_req;
-	unsigned long start, end;
+	struct xpmem_dev *xd = seg->xd;
+	unsigned long start = range->start, end = range->end;
 	u32 status;
 	int err;
 
@@ -72,15 +82,30 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 	if (!mmu_notifier_range_blockable(range))
 		return false;
 
+	/*
+	 * Bump the sequence first: a resolve that looked pages up before this
+	 * point will not send them (it checks under seg->lock), so a range
+	 * that was never handed out needs no INVALIDATE (spec 8.8.1, 8.9).
+	 */
 	mutex_lock(&seg->lock);
 	mmu_interval_set_seq(mni, cur_seq);
-
-	start = max3(range->start, seg->vaddr, seg->res_lo);
-	end = min3(range->end, seg->vaddr + seg->size, seg->res_hi);
-	if (start >= end || !seg->segid) {
-		/* No page of this range was ever handed to the device. */
-		atomic64_inc(&xpmem_stats.inval_skipped);
+	if (!xpmem_seg_clip(seg, &start, &end)) {
 		mutex_unlock(&seg->lock);
+		atomic64_inc(&xpmem_stats.inval_skipped);
+		return true;
+	}
+	mutex_unlock(&seg->lock);
+
+	/* deferred_sem before seg->lock: resolves never wait for it. */
+	down(&xd->deferred_sem);
+	mutex_lock(&seg->lock);
+	start = range->start;
+	end = range->end;
+	if (!xpmem_seg_clip(seg, &start, &end)) {
+		/* Another invalidation covered it meanwhile. */
+		mutex_unlock(&seg->lock);
+		up(&xd->deferred_sem);
+		atomic64_inc(&xpmem_stats.inval_skipped);
 		return true;
 	}
 	if (start <= seg->res_lo && end >= seg->res_hi) {
@@ -96,8 +121,8 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 
 	atomic64_inc(&xpmem_stats.inval_sent);
 	atomic64_inc(&xpmem_stats.inval_sent_inflight);
-	/* Uninterruptible: the page must not be freed before the ack. */
-	err = xpmem_req_call(seg->xd, req);
+	/* Uninterruptible: the page must not be freed before completion. */
+	err = xpmem_req_call(xd, req);
 	atomic64_dec(&xpmem_stats.inval_sent_inflight);
 	if (!err) {
 		status = xpmem_req_status(req, 0);
@@ -107,6 +132,7 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 					    seg->segid, status);
 	}
 	mutex_unlock(&seg->lock);
+	up(&xd->deferred_sem);
 	return true;
 }
 
@@ -114,16 +140,15 @@ static const struct mmu_interval_notifier_ops xpmem_seg_ops = {
 	.invalidate = xpmem_seg_invalidate,
 };
 
-/* Send a RESOLVE_REPLY without pages (failure) from the event buffer. */
-static void xpmem_resolve_fail(struct xpmem_dev *xd, struct xpmem_req *req,
-			       u64 token, u64 resolve_id, u32 status)
+/* Fill a RESOLVE_REPLY without pages (failure). */
+static void xpmem_resolve_fail_init(struct xpmem_req *req, u64 token,
+				    u64 resolve_id, u32 status)
 {
 	xpmem_req_init(req, VIRTIO_XPMEM_REQ_RESOLVE_REPLY, token,
 		       sizeof(req->out.body.resolve_reply), 0);
 	req->out.body.resolve_reply.resolve_id = cpu_to_le64(resolve_id);
 	req->out.body.resolve_reply.npages = 0;
 	req->out.body.resolve_reply.status = cpu_to_le32(status);
-	xpmem_req_call(xd, req);
 	atomic64_inc(&xpmem_stats.resolve_failures);
 }
 
@@ -273,7 +298,8 @@ static void xpmem_resolve_work(struct work_struct *work)
 	goto out;
 
 fail:
-	xpmem_resolve_fail(xd, req, token, job->resolve_id, status);
+	xpmem_resolve_fail_init(req, token, job->resolve_id, status);
+	xpmem_req_call(xd, req);
 out:
 	kfree(gpas);
 	kfree(pfns);
@@ -290,7 +316,7 @@ out:
  * handed to the resolve workqueue; the job is allocated without reclaim, and
  * if that fails the resolve is refused with the buffer's own request.
  */
-void xpmem_handle_resolve(struct xpmem_evbuf *eb,
+bool xpmem_handle_resolve(struct xpmem_evbuf *eb,
 			  const struct virtio_xpmem_resolve_event *ev)
 {
 	struct xpmem_dev *xd = eb->xd;
@@ -298,10 +324,12 @@ void xpmem_handle_resolve(struct xpmem_evbuf *eb,
 
 	job = kmalloc(sizeof(*job), GFP_NOWAIT | __GFP_NOWARN);
 	if (!job) {
-		xpmem_resolve_fail(xd, &eb->reply, xd->drv_token,
-				   le64_to_cpu(ev->resolve_id),
-				   VIRTIO_XPMEM_S_FAULT);
-		return;
+		/* Refuse it; the buffer returns when the reply completes. */
+		xpmem_resolve_fail_init(&eb->reply, xd->drv_token,
+					le64_to_cpu(ev->resolve_id),
+					VIRTIO_XPMEM_S_FAULT);
+		eb->reply.on_done = xpmem_evbuf_reply_done;
+		return !xpmem_req_submit(xd, &eb->reply);
 	}
 	INIT_WORK(&job->work, xpmem_resolve_work);
 	job->xd = xd;
@@ -313,6 +341,7 @@ void xpmem_handle_resolve(struct xpmem_evbuf *eb,
 	job->flags = le32_to_cpu(ev->flags);
 	job->reply.embedded = true;
 	queue_work(xd->reswq, &job->work);
+	return false;
 }
 
 /*

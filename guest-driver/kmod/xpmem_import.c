@@ -10,15 +10,16 @@
  * pages of a virtio shared memory region, inserted by the fault handler with
  * the VMA's own write-back protection; probe reserved WB for the window.
  *
- * A read fault asks the device for the pages without write access and maps
- * them read-only: a later write goes through pfn_mkwrite, which asks again
- * with FAULT_F_WRITE so the exporter breaks copy-on-write first.
+ * FAULT carries FAULT_F_WRITE for write accesses; the device resolves pages of
+ * read-write attachments for writing in any case (breaking copy-on-write in
+ * the exporter), so they are mapped writable at the first fault.
  *
- * Races with invalidation: the event handler bumps att->seq, then zaps. The
- * fault handler samples att->seq before asking the device and re-checks it
- * after inserting its PTEs (full barriers on both sides), zapping what it
- * inserted if an invalidation ran meanwhile. So a PTE never outlives an
- * acknowledged INVALIDATE.
+ * Races with invalidation: the event handler bumps att->seq under att->lock,
+ * then zaps. The fault handler samples att->seq before it sends FAULT and
+ * inserts the PTEs under att->lock only if att->seq is unchanged (page tables
+ * are allocated beforehand, so nothing sleeps under the spinlock). So a slot
+ * is never mapped from a FAULT answer that predates an INVALIDATE or REVOKED
+ * event (spec 8.7.1), and no PTE outlives an acknowledged INVALIDATE.
  */
 
 #include <linux/bitmap.h>
@@ -97,38 +98,49 @@ static struct xpmem_att *xpmem_att_lookup(struct xpmem_dev *xd, u64 id)
 	return att;
 }
 
-/* Record pages the device reports mapped; returns nothing, keeps counts. */
-static void xpmem_att_mark(struct xpmem_att *att, u64 idx, u64 n, bool set)
+/* Track pages the device reports mapped (for /proc); under att->lock. */
+static void xpmem_att_mark_locked(struct xpmem_att *att, u64 idx, u64 n)
 {
-	u64 i, changed = 0;
+	u64 i, set = 0;
 
-	spin_lock(&att->map_lock);
-	for (i = idx; i < idx + n; i++) {
-		if (set)
-			changed += !__test_and_set_bit(i, att->mapped);
-		else
-			changed += __test_and_clear_bit(i, att->mapped);
-	}
-	if (set) {
-		att->nmapped += changed;
-		atomic64_add(changed, &xpmem_stats.pages_mapped);
-	} else {
-		att->nmapped -= changed;
-		atomic64_sub(changed, &xpmem_stats.pages_mapped);
-	}
-	spin_unlock(&att->map_lock);
+	for (i = idx; i < idx + n; i++)
+		set += !__test_and_set_bit(i, att->mapped);
+	att->nmapped += set;
+	atomic64_add(set, &xpmem_stats.pages_mapped);
 }
 
-/* Remove every user PTE of pages [idx, idx + n) of the attachment. */
-static void xpmem_att_zap(struct xpmem_att *att, u64 idx, u64 n)
+static void xpmem_att_unmark_locked(struct xpmem_att *att, u64 idx, u64 n)
+{
+	u64 i, cleared = 0;
+
+	for (i = find_next_bit(att->mapped, idx + n, idx); i < idx + n;
+	     i = find_next_bit(att->mapped, idx + n, i + 1)) {
+		__clear_bit(i, att->mapped);
+		cleared++;
+	}
+	att->nmapped -= cleared;
+	atomic64_sub(cleared, &xpmem_stats.pages_mapped);
+}
+
+/*
+ * Remove every user PTE of pages [idx, idx + n) of the attachment (and, with
+ * @kill, make later faults SIGBUS). Bumping att->seq under att->lock first
+ * stops a fault handler that is about to insert PTEs from a FAULT answered
+ * before this invalidation. unmap_mapping_pages() takes i_mmap_rwsem, not
+ * any mmap_lock, and flushes the TLBs before returning.
+ */
+static void xpmem_att_zap(struct xpmem_att *att, u64 idx, u64 n, bool kill)
 {
 	if (idx >= att->npages)
 		return;
 	n = min(n, att->npages - idx);
-	atomic_inc(&att->seq);
-	smp_mb__after_atomic();
+	spin_lock(&att->lock);
+	att->seq++;
+	if (kill)
+		att->dead = true;
+	xpmem_att_unmark_locked(att, idx, n);
+	spin_unlock(&att->lock);
 	unmap_mapping_pages(att->inode->i_mapping, idx, n, false);
-	xpmem_att_mark(att, idx, n, false);
 }
 
 static void xpmem_detach_send(struct xpmem_dev *xd, u64 token, u64 attach_id)
@@ -167,11 +179,11 @@ static void xpmem_att_detach(struct xpmem_att *att)
 	}
 	send = !att->detach_sent;
 	att->detach_sent = true;
-	WRITE_ONCE(att->dead, true);
 	mutex_unlock(&xd->att_list_lock);
 
 	xa_cmpxchg(&xd->atts, att->attach_id, att, NULL, 0);
-	xpmem_att_zap(att, 0, att->npages);
+	/* Spec 8.6.1: no process mapping may survive the DETACH. */
+	xpmem_att_zap(att, 0, att->npages, true);
 	if (send)
 		xpmem_detach_send(xd, att->token, att->attach_id);
 }
@@ -204,7 +216,7 @@ static int xpmem_att_request(struct xpmem_att *att, u64 idx, u32 n, bool write)
 	req->out.body.fault.flags =
 		cpu_to_le32(write ? VIRTIO_XPMEM_FAULT_F_WRITE : 0);
 
-	if (down_killable(&xd->long_sem)) {
+	if (down_killable(&xd->deferred_sem)) {
 		xpmem_req_put(req);
 		return -EINTR;
 	}
@@ -214,7 +226,7 @@ static int xpmem_att_request(struct xpmem_att *att, u64 idx, u32 n, bool write)
 	if (!err)
 		err = xpmem_req_wait(req, true);
 	atomic64_dec(&xpmem_stats.faults_inflight);
-	up(&xd->long_sem);
+	up(&xd->deferred_sem);
 	if (!err) {
 		status = xpmem_req_status(req, sizeof(req->in.body.fault));
 		err = xpmem_status_to_errno(status);
@@ -223,11 +235,13 @@ static int xpmem_att_request(struct xpmem_att *att, u64 idx, u32 n, bool write)
 	xpmem_req_put(req);
 	if (err)
 		return err;
-	if (mapped) {
-		xpmem_att_mark(att, idx, mapped, true);
-		atomic64_add(mapped, &xpmem_stats.fault_pages);
-	}
+	atomic64_add(mapped, &xpmem_stats.fault_pages);
 	return mapped;
+}
+
+static int xpmem_pte_noop(pte_t *pte, unsigned long addr, void *data)
+{
+	return 0;
 }
 
 static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
@@ -237,20 +251,22 @@ static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	unsigned long pfn, addr = vmf->address;
 	u64 idx = vmf->pgoff;
-	pgprot_t prot;
-	vm_fault_t ret;
-	int seq, i, n;
+	vm_fault_t ret = VM_FAULT_NOPAGE;
+	bool dead;
+	int i, n;
+	u32 seq;
 
-	if (READ_ONCE(att->dead) || idx >= att->npages ||
-	    (write && att->rdonly))
+	spin_lock(&att->lock);
+	seq = att->seq;
+	dead = att->dead;
+	spin_unlock(&att->lock);
+	if (dead || idx >= att->npages || (write && att->rdonly))
 		goto sigbus;
 
 	n = max(1u, min(READ_ONCE(prefetch_pages), att->xd->max_fault_pages));
 	n = min_t(u64, n, att->npages - idx);
 	n = min_t(u64, n, (vma->vm_end - addr) >> PAGE_SHIFT);
 
-	seq = atomic_read(&att->seq);
-	smp_rmb();
 	n = xpmem_att_request(att, idx, n, write);
 	if (n < 0) {
 		if (n == -ENOMEM)
@@ -258,56 +274,39 @@ static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 		goto sigbus;
 	}
 	if (!n)
-		return VM_FAULT_NOPAGE;	/* device asks for a retry */
+		return VM_FAULT_NOPAGE;	/* nothing mapped: fault again */
 
-	/* Read faults map read-only: writes come back via pfn_mkwrite. */
-	prot = write ? vma->vm_page_prot :
-		       vm_get_page_prot(vma->vm_flags & ~VM_WRITE);
+	/*
+	 * Page tables first (this may sleep), so that the PTEs can then be
+	 * inserted under att->lock, atomically with the check that no
+	 * INVALIDATE or REVOKED event arrived since the FAULT was sent.
+	 * mmap_lock is held: the tables cannot go away in between.
+	 */
+	if (apply_to_page_range(vma->vm_mm, addr,
+				(unsigned long)n << PAGE_SHIFT, xpmem_pte_noop,
+				NULL))
+		return VM_FAULT_OOM;
+
+	/*
+	 * A read-write attachment is always resolved for writing by the
+	 * exporter (spec 8.7), so its pages are mapped writable at once.
+	 */
 	pfn = PHYS_PFN(att->base) + idx;
+	spin_lock(&att->lock);
+	if (att->seq != seq || att->dead) {
+		spin_unlock(&att->lock);
+		return VM_FAULT_NOPAGE;	/* invalidated meanwhile: re-FAULT */
+	}
 	for (i = 0; i < n; i++) {
 		ret = vmf_insert_pfn_prot(vma, addr + i * PAGE_SIZE, pfn + i,
-					  prot);
-		if (ret != VM_FAULT_NOPAGE) {
-			if (!i)
-				return ret;
-			n = i;
+					  vma->vm_page_prot);
+		if (ret != VM_FAULT_NOPAGE)
 			break;
-		}
 	}
-
-	smp_mb();
-	if (atomic_read(&att->seq) != seq)
-		zap_vma_ptes(vma, addr, (unsigned long)n << PAGE_SHIFT);
-	return VM_FAULT_NOPAGE;
-
-sigbus:
-	atomic64_inc(&xpmem_stats.fault_sigbus);
-	return VM_FAULT_SIGBUS;
-}
-
-/* First write to a page mapped read-only by a read fault. */
-static vm_fault_t xpmem_att_pfn_mkwrite(struct vm_fault *vmf)
-{
-	struct xpmem_att *att = vmf->vma->vm_private_data;
-	int seq, n;
-
-	if (READ_ONCE(att->dead) || att->rdonly || vmf->pgoff >= att->npages)
-		goto sigbus;
-	seq = atomic_read(&att->seq);
-	smp_rmb();
-	n = xpmem_att_request(att, vmf->pgoff, 1, true);
-	if (n < 0) {
-		if (n == -ENOMEM)
-			return VM_FAULT_OOM;
-		goto sigbus;
-	}
-	smp_mb();
-	if (!n || atomic_read(&att->seq) != seq) {
-		/* Invalidated meanwhile: drop the PTE and fault again. */
-		zap_vma_ptes(vmf->vma, vmf->address, PAGE_SIZE);
-		return VM_FAULT_NOPAGE;
-	}
-	return 0;	/* the core makes the PTE writable */
+	if (i)
+		xpmem_att_mark_locked(att, idx, i);
+	spin_unlock(&att->lock);
+	return i ? VM_FAULT_NOPAGE : ret;
 
 sigbus:
 	atomic64_inc(&xpmem_stats.fault_sigbus);
@@ -321,7 +320,6 @@ static int xpmem_att_mremap(struct vm_area_struct *vma)
 
 static const struct vm_operations_struct xpmem_vm_ops = {
 	.fault = xpmem_att_fault,
-	.pfn_mkwrite = xpmem_att_pfn_mkwrite,
 	.mremap = xpmem_att_mremap,
 };
 
@@ -568,8 +566,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	}
 	kref_init(&att->ref);
 	INIT_LIST_HEAD(&att->node);
-	spin_lock_init(&att->map_lock);
-	atomic_set(&att->seq, 0);
+	spin_lock_init(&att->lock);
 	att->xd = xd;
 	kref_get(&xd->ref);
 	att->attach_id = attach_id;
@@ -680,7 +677,6 @@ void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner)
 		att->owner = NULL;
 		/* RELEASE_OWNER drops it on the device side. */
 		att->detach_sent = true;
-		WRITE_ONCE(att->dead, true);
 		kref_get(&att->ref);
 		list_add(&att->node, &dead);
 	}
@@ -689,12 +685,39 @@ void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner)
 	list_for_each_entry_safe(att, tmp, &dead, node) {
 		list_del_init(&att->node);
 		xa_cmpxchg(&xd->atts, att->attach_id, att, NULL, 0);
-		xpmem_att_zap(att, 0, att->npages);
+		xpmem_att_zap(att, 0, att->npages, true);
 		xpmem_att_put(att);
 	}
 }
 
-void xpmem_handle_invalidate(struct xpmem_evbuf *eb,
+/* The device is going away: every attachment dies, its PTEs go now. */
+void xpmem_kill_all_atts(struct xpmem_dev *xd)
+{
+	struct xpmem_att *att;
+	unsigned long id;
+
+	xa_for_each(&xd->atts, id, att) {
+		/* Take the reference under xa_lock: @att may be going away. */
+		att = xpmem_att_lookup(xd, id);
+		if (!att)
+			continue;
+		xpmem_att_zap(att, 0, att->npages, true);
+		xpmem_att_put(att);
+	}
+}
+
+/*
+ * INVALIDATE event: zap, then acknowledge. The ACK is not waited for (spec
+ * 8.8.1: the exporter may be this VM); the event buffer goes back to eventq
+ * when the ACK completes. Returns true if the buffer was handed over.
+ */
+static void xpmem_ack_done(struct xpmem_req *req)
+{
+	atomic64_dec(&xpmem_stats.inval_recv_inflight);
+	xpmem_evbuf_reply_done(req);
+}
+
+bool xpmem_handle_invalidate(struct xpmem_evbuf *eb,
 			     const struct virtio_xpmem_invalidate_event *ev)
 {
 	struct xpmem_dev *xd = eb->xd;
@@ -703,20 +726,24 @@ void xpmem_handle_invalidate(struct xpmem_evbuf *eb,
 	u64 token = xd->drv_token;
 
 	atomic64_inc(&xpmem_stats.inval_recv);
-	atomic64_inc(&xpmem_stats.inval_recv_inflight);
 	att = xpmem_att_lookup(xd, le64_to_cpu(ev->attach_id));
 	if (att) {
 		token = att->token;
 		xpmem_att_zap(att, le64_to_cpu(ev->page_index),
-			      le64_to_cpu(ev->npages));
+			      le64_to_cpu(ev->npages), false);
 		xpmem_att_put(att);
 	}
-	/* Acknowledge even unknown attachments: nothing of them is mapped. */
+	/* Acknowledge unknown attachments too: nothing of them is mapped. */
 	xpmem_req_init(req, VIRTIO_XPMEM_REQ_INVALIDATE_ACK, token,
 		       sizeof(req->out.body.invalidate_ack), 0);
 	req->out.body.invalidate_ack.invalidation_id = ev->invalidation_id;
-	xpmem_req_call(xd, req);
-	atomic64_dec(&xpmem_stats.inval_recv_inflight);
+	req->on_done = xpmem_ack_done;
+	atomic64_inc(&xpmem_stats.inval_recv_inflight);
+	if (xpmem_req_submit(xd, req)) {
+		atomic64_dec(&xpmem_stats.inval_recv_inflight);
+		return false;
+	}
+	return true;
 }
 
 void xpmem_handle_revoked(struct xpmem_dev *xd,
@@ -730,6 +757,6 @@ void xpmem_handle_revoked(struct xpmem_dev *xd,
 		return;
 	/* Later faults on these pages get REVOKED/GONE from the device. */
 	xpmem_att_zap(att, le64_to_cpu(ev->page_index),
-		      le64_to_cpu(ev->npages));
+		      le64_to_cpu(ev->npages), false);
 	xpmem_att_put(att);
 }

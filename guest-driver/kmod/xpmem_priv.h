@@ -3,7 +3,8 @@
  * virtio-xpmem guest driver: private definitions.
  *
  * Locking order (outer to inner):
- *   owner->lock (mutex) -> seg->lock (mutex) -> xd->reqq_lock (spinlock)
+ *   owner->lock (mutex) -> xd->deferred_sem -> seg->lock (mutex)
+ *     -> xd->reqq_lock (spinlock) -> xd->evq_lock (spinlock)
  *   xd->att_list_lock (mutex) is never held while sending a request.
  * The exporter's mmap_lock is taken only by the resolve worker, never while
  * holding seg->lock. The importer fault handler runs under the importer's
@@ -15,9 +16,11 @@
  * serialised by seg->lock), and the INVALIDATE_ACK of an importer is embedded
  * in the event buffer that carried the INVALIDATE event. So no allocation
  * can recurse into the notifier while seg->lock is held, and an importer in
- * the same guest can always acknowledge. Long-lived requests (FAULT,
- * INVALIDATE) are limited to a part of the request ring so that the
- * acknowledgements and resolve replies they wait for always find room.
+ * the same guest can always acknowledge. The ACK is not waited for: its
+ * completion re-posts the event buffer. Deferred requests (FAULT,
+ * INVALIDATE) are limited to half of the request ring (deferred_sem, always
+ * taken before seg->lock) so that the acknowledgements and resolve replies
+ * they wait for always find room.
  */
 #ifndef _XPMEM_PRIV_H
 #define _XPMEM_PRIV_H
@@ -54,6 +57,8 @@ struct xpmem_req {
 	unsigned int in_len;	/* bytes of @in offered */
 	void *extra;		/* optional second readable buffer */
 	unsigned int extra_len;
+	/* Called (in interrupt context) after completion, if set. */
+	void (*on_done)(struct xpmem_req *req);
 	struct {
 		struct virtio_xpmem_req_hdr hdr;
 		union {
@@ -97,7 +102,11 @@ struct xpmem_dev {
 	spinlock_t reqq_lock;	/* reqq add/get, @broken */
 	spinlock_t evq_lock;	/* evq add/get */
 	wait_queue_head_t reqq_wait;	/* room in reqq, or broken */
-	struct semaphore long_sem;	/* bounds FAULT + INVALIDATE in flight */
+	/*
+	 * Bounds the deferred requests (FAULT, INVALIDATE) in flight so that
+	 * they hold at most half of requestq's descriptors (spec 8.1.1).
+	 */
+	struct semaphore deferred_sem;
 	bool broken;		/* removed or reset: fail everything */
 	u64 drv_token;		/* owner token for replies without an owner */
 
@@ -175,12 +184,17 @@ struct xpmem_att {
 	u64 npages;
 	phys_addr_t base;	/* guest-physical start of its aperture */
 	bool rdonly;
-	bool dead;		/* detached/revoked owner: SIGBUS */
-	bool detach_sent;
+	bool detach_sent;	/* under xd->att_list_lock */
 	unsigned long uaddr;	/* start of the original mapping */
-	atomic_t seq;		/* bumped before every zap */
 	struct inode *inode;	/* ihold'd: mapping stays valid */
-	spinlock_t map_lock;	/* @mapped, @nmapped */
+	/*
+	 * @lock orders PTE insertion against invalidation: the fault handler
+	 * inserts only under @lock and only if @seq did not change since it
+	 * sent its FAULT; invalidation bumps @seq under @lock, then zaps.
+	 */
+	spinlock_t lock;
+	u32 seq;
+	bool dead;		/* detached or owner gone: SIGBUS */
 	unsigned long *mapped;	/* pages the device reported mapped */
 	u64 nmapped;
 };
@@ -226,6 +240,7 @@ void xpmem_req_put(struct xpmem_req *req);
 int xpmem_req_submit(struct xpmem_dev *xd, struct xpmem_req *req);
 int xpmem_req_wait(struct xpmem_req *req, bool killable);
 int xpmem_req_call(struct xpmem_dev *xd, struct xpmem_req *req);
+void xpmem_evbuf_reply_done(struct xpmem_req *req);
 int xpmem_status_to_errno(u32 status);
 u32 xpmem_req_status(const struct xpmem_req *req, unsigned int need_body);
 
@@ -235,7 +250,7 @@ long xpmem_ioctl_make(struct xpmem_dev *xd, struct xpmem_owner *owner,
 long xpmem_ioctl_remove(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			struct xpmem_cmd_remove __user *uarg);
 void xpmem_seg_teardown(struct xpmem_seg *seg);
-void xpmem_handle_resolve(struct xpmem_evbuf *eb,
+bool xpmem_handle_resolve(struct xpmem_evbuf *eb,
 			  const struct virtio_xpmem_resolve_event *ev);
 
 /* xpmem_import.c */
@@ -250,8 +265,9 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 long xpmem_ioctl_detach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			struct xpmem_cmd_detach __user *uarg);
 void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner);
-void xpmem_handle_invalidate(struct xpmem_evbuf *eb,
+bool xpmem_handle_invalidate(struct xpmem_evbuf *eb,
 			     const struct virtio_xpmem_invalidate_event *ev);
+void xpmem_kill_all_atts(struct xpmem_dev *xd);
 void xpmem_handle_revoked(struct xpmem_dev *xd,
 			  const struct virtio_xpmem_revoked_event *ev);
 

@@ -73,6 +73,7 @@ void xpmem_req_init(struct xpmem_req *req, u32 opcode, u64 owner,
 	req->resp_len = 0;
 	req->extra = NULL;
 	req->extra_len = 0;
+	req->on_done = NULL;
 	memset(&req->out, 0, sizeof(req->out));
 	memset(&req->in, 0, sizeof(req->in));
 	req->out.hdr.opcode = cpu_to_le32(opcode);
@@ -217,6 +218,8 @@ static void xpmem_reqq_done(struct virtqueue *vq)
 			/* Never trust the length beyond what was offered. */
 			req->resp_len = min_t(u32, len, req->in_len);
 			complete(&req->done);
+			if (req->on_done)
+				req->on_done(req);
 			xpmem_req_put(req);
 		}
 	} while (!virtqueue_enable_cb(vq));
@@ -270,6 +273,7 @@ static void xpmem_event_work(struct work_struct *work)
 	struct xpmem_dev *xd = eb->xd;
 	const struct virtio_xpmem_event_hdr *hdr = (const void *)eb->data;
 	const void *body = eb->data + sizeof(*hdr);
+	bool replying = false;
 	u32 blen, type;
 
 	if (eb->len < sizeof(*hdr)) {
@@ -283,12 +287,12 @@ static void xpmem_event_work(struct work_struct *work)
 	case VIRTIO_XPMEM_EVT_RESOLVE:
 		if (blen < sizeof(struct virtio_xpmem_resolve_event))
 			goto short_body;
-		xpmem_handle_resolve(eb, body);
+		replying = xpmem_handle_resolve(eb, body);
 		break;
 	case VIRTIO_XPMEM_EVT_INVALIDATE:
 		if (blen < sizeof(struct virtio_xpmem_invalidate_event))
 			goto short_body;
-		xpmem_handle_invalidate(eb, body);
+		replying = xpmem_handle_invalidate(eb, body);
 		break;
 	case VIRTIO_XPMEM_EVT_REVOKED:
 		if (blen < sizeof(struct virtio_xpmem_revoked_event))
@@ -305,7 +309,17 @@ short_body:
 	dev_warn_ratelimited(&xd->vdev->dev, "event %u too short (%u bytes)\n",
 			     type, eb->len);
 repost:
-	xpmem_evbuf_post(xd, eb);
+	/* A buffer whose reply is in flight returns when the reply completes. */
+	if (!replying)
+		xpmem_evbuf_post(xd, eb);
+}
+
+/* Completion of an event buffer's own reply (interrupt context). */
+void xpmem_evbuf_reply_done(struct xpmem_req *req)
+{
+	struct xpmem_evbuf *eb = container_of(req, struct xpmem_evbuf, reply);
+
+	xpmem_evbuf_post(eb->xd, eb);
 }
 
 static int xpmem_read_config(struct xpmem_dev *xd)
@@ -402,6 +416,7 @@ static int xpmem_probe(struct virtio_device *vdev)
 	struct virtqueue *vqs[VIRTIO_XPMEM_NUM_QUEUES];
 	struct xpmem_dev *xd;
 	unsigned int i, nbufs;
+	unsigned long flags;
 	int err;
 
 	if (!vdev->config->get) {
@@ -443,9 +458,18 @@ static int xpmem_probe(struct virtio_device *vdev)
 		goto err_shm;
 	xd->reqq = vqs[VIRTIO_XPMEM_QUEUE_REQUEST];
 	xd->evq = vqs[VIRTIO_XPMEM_QUEUE_EVENT];
-	/* Up to 3 descriptors per request: keep FAULTs to a quarter. */
-	sema_init(&xd->long_sem,
-		  max(1u, virtqueue_get_vring_size(xd->reqq) / 12));
+	/*
+	 * FAULT and INVALIDATE use 2 descriptors each: a quarter of the ring
+	 * in requests keeps half of the descriptors for everything else,
+	 * which needs at most 3 (RESOLVE_REPLY) + 2 (INVALIDATE_ACK).
+	 */
+	if (virtqueue_get_vring_size(xd->reqq) < 10) {
+		dev_err(&vdev->dev, "requestq too small (%u)\n",
+			virtqueue_get_vring_size(xd->reqq));
+		err = -EINVAL;
+		goto err_vqs;
+	}
+	sema_init(&xd->deferred_sem, virtqueue_get_vring_size(xd->reqq) / 4);
 
 	err = -ENOMEM;
 	xd->evwq = alloc_workqueue("xpmem_event",
@@ -471,9 +495,13 @@ static int xpmem_probe(struct virtio_device *vdev)
 		xd->evbufs[i] = eb;
 	}
 
-	virtio_device_ready(vdev);
+	/* Spec 7: eventq is filled before DRIVER_OK, and kicked after. */
 	for (i = 0; i < nbufs; i++)
 		xpmem_evbuf_post(xd, xd->evbufs[i]);
+	virtio_device_ready(vdev);
+	spin_lock_irqsave(&xd->evq_lock, flags);
+	virtqueue_kick(xd->evq);
+	spin_unlock_irqrestore(&xd->evq_lock, flags);
 
 	mutex_lock(&xpmem_cur_lock);
 	xpmem_cur = xd;
@@ -517,6 +545,9 @@ static void xpmem_remove(struct virtio_device *vdev)
 		xpmem_cur = NULL;
 	mutex_unlock(&xpmem_cur_lock);
 
+	/* Spec 8.11.1: no process mapping of a slot survives the reset. */
+	xpmem_kill_all_atts(xd);
+
 	spin_lock_irqsave(&xd->reqq_lock, flags);
 	xd->broken = true;
 	spin_unlock_irqrestore(&xd->reqq_lock, flags);
@@ -529,6 +560,8 @@ static void xpmem_remove(struct virtio_device *vdev)
 	while ((req = virtqueue_detach_unused_buf(xd->reqq)) != NULL) {
 		req->err = -ENODEV;
 		complete(&req->done);
+		if (req->on_done)
+			req->on_done(req);
 		xpmem_req_put(req);
 	}
 	spin_unlock_irqrestore(&xd->reqq_lock, flags);
