@@ -501,15 +501,6 @@ impl Domain {
             .collect()
     }
 
-    /// Approximate heap bytes used by the reverse map (entries plus B-tree node overhead).
-    pub fn rmap_heap_bytes_estimate(&self) -> u64 {
-        // std's B-tree leaves hold up to 11 elements; nodes are kept at least half full.
-        let entry = std::mem::size_of::<(u64, u64)>() as u64;
-        let leaf = 11 * entry + 16;
-        let leaves = self.rmap.len().div_ceil(8) as u64;
-        leaves * leaf
-    }
-
     /// Verifies internal consistency (reverse map vs. slots, counters, aperture accounting,
     /// cross references). Meant for tests; cost is linear in the domain's size.
     pub fn check_invariants(&self) -> Result<(), String> {
