@@ -69,6 +69,8 @@ struct VmState {
     ram: Vec<(u64, u64)>,
     rw: ApertureAllocator,
     ro: ApertureAllocator,
+    segments: u32,
+    permits: u32,
 }
 
 impl VmState {
@@ -288,6 +290,8 @@ impl Domain {
                 ram,
                 rw: ApertureAllocator::new(spec.rw_aperture_pages),
                 ro: ApertureAllocator::new(spec.ro_aperture_pages),
+                segments: 0,
+                permits: 0,
             },
         );
         Ok(())
@@ -556,6 +560,11 @@ impl Domain {
             ));
         }
         for (&vm, st) in &self.vms {
+            let nseg = self.segments.values().filter(|s| s.vm == vm).count();
+            let nperm = self.permits.values().filter(|p| p.vm == vm).count();
+            if nseg != st.segments as usize || nperm != st.permits as usize {
+                return Err(format!("per-VM object counts of {vm:?} off"));
+            }
             for w in [Window::Rw, Window::Ro] {
                 let r = match w {
                     Window::Rw => st.rw.reserved(),
@@ -885,6 +894,9 @@ impl Domain {
         let Some(seg) = self.segments.remove(&segid) else {
             return;
         };
+        if let Some(st) = self.vms.get_mut(&seg.vm) {
+            st.segments -= 1;
+        }
         let (state, status) = match reason {
             RevokeReason::ExporterGone => (AttState::ExporterGone, Status::Gone),
             _ => (AttState::SegmentRemoved, Status::Revoked),
@@ -977,7 +989,11 @@ impl Domain {
         for a in atts {
             self.detach_internal(a, out);
         }
-        self.permits.remove(&apid);
+        if let Some(p) = self.permits.remove(&apid) {
+            if let Some(st) = self.vms.get_mut(&p.vm) {
+                st.permits -= 1;
+            }
+        }
     }
 
     // ----- requests -----
@@ -1011,7 +1027,15 @@ impl Domain {
             if size == 0 || size % PAGE_SIZE != 0 || end > limit {
                 return Err(Status::Invalid);
             }
+            let max = self.cfg.max_segments_per_vm;
+            let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
+            if st.segments >= max {
+                return Err(Status::NoSpc);
+            }
             let segid = self.new_id(IdKind::Segment, vm).ok_or(Status::NoSpc)?;
+            if let Some(st) = self.vms.get_mut(&vm) {
+                st.segments += 1;
+            }
             self.segments.insert(
                 segid,
                 Segment {
@@ -1086,7 +1110,15 @@ impl Domain {
                 return Err(Status::Perm);
             }
             let exporter = seg.vm;
+            let max = self.cfg.max_permits_per_vm;
+            let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
+            if st.permits >= max {
+                return Err(Status::NoSpc);
+            }
             let apid = self.new_id(IdKind::Permit, vm).ok_or(Status::NoSpc)?;
+            if let Some(st) = self.vms.get_mut(&vm) {
+                st.permits += 1;
+            }
             self.permits.insert(
                 apid,
                 Permit {

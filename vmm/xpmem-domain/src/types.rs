@@ -92,6 +92,11 @@ pub struct DomainConfig {
     /// Exclusive upper bound of guest user virtual addresses (x86-64 4-level paging:
     /// `1 << 47`). MAKE ranges must lie below it; size [`XPMEM_MAXADDR_SIZE`] extends to it.
     pub user_addr_limit: u64,
+    /// Most segments one VM may hold (MAKE beyond it fails with [`Status::NoSpc`]); bounds
+    /// the host memory a guest can make the domain allocate.
+    pub max_segments_per_vm: u32,
+    /// Most permits (apids) one VM may hold.
+    pub max_permits_per_vm: u32,
 }
 
 impl Default for DomainConfig {
@@ -103,6 +108,8 @@ impl Default for DomainConfig {
             invalidate_deadline_ms: 1000,
             max_fault_pages: 64,
             user_addr_limit: 1 << 47,
+            max_segments_per_vm: 65536,
+            max_permits_per_vm: 65536,
         }
     }
 }

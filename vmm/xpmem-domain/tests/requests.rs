@@ -984,3 +984,38 @@ fn ids_are_not_reused_when_a_vm_comes_back() {
     // B's permit for the old incarnation's segment does not reach the new segment.
     assert_eq!(h.attach(B, apid, 0, P, 0), Err(Status::NoEnt));
 }
+
+#[test]
+fn per_vm_tables_are_bounded() {
+    let mut h = H::with_config(DomainConfig {
+        max_segments_per_vm: 2,
+        max_permits_per_vm: 1,
+        ..DomainConfig::default()
+    });
+    let s = h.make(A, 0, P, 0o666);
+    h.make(A, 0, P, 0o666);
+    assert_eq!(
+        h.call(A, make_req(0, P, XPMEM_PERMIT_MODE, 0o666)),
+        Err(Status::NoSpc)
+    );
+    // Other VMs have their own budget.
+    h.make(B, 0, P, 0o666);
+    let apid = h.apid(B, s, XPMEM_RDONLY);
+    assert_eq!(h.get(B, s, XPMEM_RDONLY), Err(Status::NoSpc));
+    assert_eq!(
+        h.call(B, Request::Release { owner: OWNER, apid }),
+        Ok(ResponseBody::Empty)
+    );
+    h.apid(B, s, XPMEM_RDONLY);
+    assert_eq!(
+        h.call(
+            A,
+            Request::Remove {
+                owner: OWNER,
+                segid: s
+            }
+        ),
+        Ok(ResponseBody::Empty)
+    );
+    h.make(A, 0, P, 0o666);
+}
