@@ -70,6 +70,14 @@ pub const APERTURE_ALIGN: u64 = GIB;
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
 
+// The fixed boot areas must not overlap each other or the BIOS area.
+const _: () = assert!(GDT_ADDR + 4 * 8 <= IDT_ADDR);
+const _: () = assert!(ZERO_PAGE_ADDR + PAGE_SIZE < BOOT_STACK_POINTER);
+const _: () = assert!(BOOT_STACK_POINTER < PML4_ADDR);
+const _: () = assert!(PD_ADDR + PD_COUNT * PAGE_SIZE <= CMDLINE_ADDR);
+const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE <= EBDA_START);
+const _: () = assert!(VIRTIO_MMIO_BASE >= MMIO32_START);
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LayoutError {
     #[error("memory size {0:#x} is below the minimum of {MIN_MEMORY} bytes (64 MiB); give the VM more memory")]
@@ -146,11 +154,11 @@ impl MemoryLayout {
         if memory < MIN_MEMORY {
             return Err(LayoutError::MemoryTooSmall(memory));
         }
-        if memory % PAGE_SIZE != 0 {
+        if !memory.is_multiple_of(PAGE_SIZE) {
             return Err(LayoutError::MemoryUnaligned(memory));
         }
         for size in [aperture_rw, aperture_ro] {
-            if size % (2 * MIB) != 0 {
+            if !size.is_multiple_of(2 * MIB) {
                 return Err(LayoutError::ApertureUnaligned(size));
             }
         }
@@ -390,14 +398,5 @@ mod tests {
             MemoryLayout::mmio_slot(19),
             Err(LayoutError::TooManyDevices)
         );
-    }
-
-    #[test]
-    fn fixed_boot_areas_fit_in_low_ram() {
-        assert!(PD_ADDR + PD_COUNT * PAGE_SIZE <= CMDLINE_ADDR);
-        assert!(ZERO_PAGE_ADDR + PAGE_SIZE < BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE <= EBDA_START);
-        assert!(GDT_ADDR + 4 * 8 <= IDT_ADDR);
     }
 }

@@ -27,11 +27,13 @@ impl Trigger for IrqTrigger {
 
 /// Where a VM's console output goes.
 pub enum ConsoleSink {
-    /// The monitor's stdout, every line prefixed with the VM name so several
-    /// VMs can share it. With `immediate`, partial lines are written at once
-    /// (interactive use: shell prompts); otherwise whole lines are written
-    /// atomically so VMs never interleave inside a line.
-    Stdout {
+    /// A shared stream (the monitor's stdout), every line prefixed with the
+    /// VM name so several VMs can share it. With `immediate`, partial lines
+    /// are written at once (interactive use: shell prompts); otherwise whole
+    /// lines are written with one `write_all` so VMs never interleave inside
+    /// a line.
+    Prefixed {
+        out: Box<dyn Write + Send>,
         prefix: String,
         line: Vec<u8>,
         immediate: bool,
@@ -45,8 +47,14 @@ pub enum ConsoleSink {
 const MAX_LINE: usize = 4096;
 
 impl ConsoleSink {
+    /// The monitor's stdout with a `[vm-NAME] ` prefix per line.
     pub fn stdout(vm_name: &str, immediate: bool) -> Self {
-        ConsoleSink::Stdout {
+        Self::prefixed(Box::new(io::stdout()), vm_name, immediate)
+    }
+
+    pub fn prefixed(out: Box<dyn Write + Send>, vm_name: &str, immediate: bool) -> Self {
+        ConsoleSink::Prefixed {
+            out,
             prefix: format!("[vm-{vm_name}] "),
             line: Vec::with_capacity(256),
             immediate,
@@ -57,13 +65,43 @@ impl ConsoleSink {
     pub fn file(path: &Path) -> io::Result<Self> {
         Ok(ConsoleSink::File(File::create(path)?))
     }
+
+    /// Writes out a held-back partial line, ending it; used when the VM ends.
+    pub fn finish(&mut self) -> io::Result<()> {
+        match self {
+            ConsoleSink::File(f) => f.flush(),
+            ConsoleSink::Prefixed {
+                out,
+                prefix,
+                line,
+                at_line_start,
+                ..
+            } => {
+                let mut chunk = Vec::new();
+                if !line.is_empty() {
+                    if *at_line_start {
+                        chunk.extend_from_slice(prefix.as_bytes());
+                    }
+                    chunk.append(line);
+                    *at_line_start = false;
+                }
+                if !*at_line_start {
+                    chunk.push(b'\n');
+                    *at_line_start = true;
+                }
+                out.write_all(&chunk)?;
+                out.flush()
+            }
+        }
+    }
 }
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ConsoleSink::File(f) => f.write(buf),
-            ConsoleSink::Stdout {
+            ConsoleSink::Prefixed {
+                out,
                 prefix,
                 line,
                 immediate,
@@ -71,19 +109,19 @@ impl Write for ConsoleSink {
             } => {
                 for &b in buf {
                     if b == b'\r' && !*immediate {
-                        // Line mode: the prefix is re-emitted per line, drop CRs.
+                        // Line mode re-emits the prefix per line; CRs only garble it.
                         continue;
                     }
                     line.push(b);
                     if b == b'\n' || line.len() >= MAX_LINE || *immediate {
-                        let mut out = io::stdout().lock();
+                        let mut chunk = Vec::with_capacity(prefix.len() + line.len());
                         if *at_line_start {
-                            out.write_all(prefix.as_bytes())?;
+                            chunk.extend_from_slice(prefix.as_bytes());
                         }
-                        out.write_all(line)?;
+                        chunk.append(line);
+                        out.write_all(&chunk)?;
                         out.flush()?;
                         *at_line_start = b == b'\n';
-                        line.clear();
                     }
                 }
                 Ok(buf.len())
@@ -91,28 +129,13 @@ impl Write for ConsoleSink {
         }
     }
 
+    /// Called by the UART after every byte. Bytes are pushed out by `write`
+    /// as soon as a line (or, when immediate, a byte) is complete; a partial
+    /// line is kept so lines are not split.
     fn flush(&mut self) -> io::Result<()> {
         match self {
             ConsoleSink::File(f) => f.flush(),
-            ConsoleSink::Stdout {
-                prefix,
-                line,
-                at_line_start,
-                ..
-            } => {
-                if line.is_empty() {
-                    return Ok(());
-                }
-                let mut out = io::stdout().lock();
-                if *at_line_start {
-                    out.write_all(prefix.as_bytes())?;
-                }
-                out.write_all(line)?;
-                out.write_all(b"\n")?;
-                line.clear();
-                *at_line_start = true;
-                out.flush()
-            }
+            ConsoleSink::Prefixed { .. } => Ok(()),
         }
     }
 }
@@ -162,7 +185,7 @@ impl SerialDevice {
 
     /// Writes out any partial console line (when the VM ends).
     pub fn flush(&mut self) {
-        if let Err(e) = self.uart.writer_mut().flush() {
+        if let Err(e) = self.uart.writer_mut().finish() {
             log::warn!("serial: cannot flush console: {e}");
         }
     }
@@ -222,6 +245,56 @@ mod tests {
         let mut rbr = [0u8];
         dev.read(THR, &mut rbr);
         assert_eq!(rbr[0], b'l');
+    }
+
+    /// A clonable in-memory stream standing in for stdout.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn type_into(dev: &mut SerialDevice, text: &[u8]) {
+        for b in text {
+            dev.write(THR, &[*b]);
+        }
+    }
+
+    #[test]
+    fn line_mode_prefixes_whole_lines_and_never_splits_them() {
+        let out = Shared::default();
+        let mut a =
+            SerialDevice::new(ConsoleSink::prefixed(Box::new(out.clone()), "a", false)).unwrap();
+        let mut b =
+            SerialDevice::new(ConsoleSink::prefixed(Box::new(out.clone()), "b", false)).unwrap();
+        type_into(&mut a, b"hello ");
+        type_into(&mut b, b"other\r\n");
+        type_into(&mut a, b"world\r\nnext");
+        a.flush();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "[vm-b] other\n[vm-a] hello world\n[vm-a] next\n");
+    }
+
+    #[test]
+    fn immediate_mode_writes_partial_lines() {
+        let out = Shared::default();
+        let mut a =
+            SerialDevice::new(ConsoleSink::prefixed(Box::new(out.clone()), "a", true)).unwrap();
+        type_into(&mut a, b"$ ");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"[vm-a] $ ");
+        type_into(&mut a, b"ls\r\nx");
+        a.flush();
+        assert_eq!(
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap(),
+            "[vm-a] $ ls\r\n[vm-a] x\n"
+        );
     }
 
     #[test]
