@@ -53,6 +53,8 @@
 //! it is returned with length 0. Requests are parsed by the wire crate.
 
 pub mod aperture;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod chain;
 mod convert;
 mod device;

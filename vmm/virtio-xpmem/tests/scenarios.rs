@@ -32,6 +32,7 @@ fn make_segment(a: &mut Guest<'_>) -> (u64, ExporterModel) {
     let model = ExporterModel {
         vaddr: SEG_VADDR,
         npages: SEG_PAGES,
+        contiguous: false,
     };
     for i in 0..SEG_PAGES {
         a.ram_fill(

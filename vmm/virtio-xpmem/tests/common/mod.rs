@@ -402,17 +402,22 @@ impl<'a> Guest<'a> {
 }
 
 /// The exporter side of the model: user vaddr -> gpa page table, answering
-/// RESOLVE events. Pages are deliberately scattered (reverse order).
+/// RESOLVE events. Pages are scattered (reverse order) unless `contiguous`.
 pub struct ExporterModel {
     pub vaddr: u64,
     pub npages: u64,
+    pub contiguous: bool,
 }
 
 impl ExporterModel {
     pub fn gpa_of(&self, vaddr: u64) -> u64 {
         let i = (vaddr - self.vaddr) / PAGE_SIZE;
         assert!(i < self.npages);
-        USER_GPA + (self.npages - 1 - i) * PAGE_SIZE
+        if self.contiguous {
+            USER_GPA + i * PAGE_SIZE
+        } else {
+            USER_GPA + (self.npages - 1 - i) * PAGE_SIZE
+        }
     }
 
     /// Answers every RESOLVE among `events`; returns the other events.

@@ -1,0 +1,421 @@
+//! Fuzzing entry point shared by the `cargo fuzz` target (`fuzz/`) and the
+//! deterministic `fuzz_smoke` test.
+//!
+//! [`run_one`] builds a hub with two VMs (memfd-backed RAM, real
+//! [`MmapAperture`](crate::aperture::MmapAperture), manual clock) and
+//! interprets the input as a program of guest actions: raw descriptors and
+//! bytes written anywhere (including outside RAM and into the aperture),
+//! heads made available, well-formed requests built from the input with ids
+//! learned from earlier responses and events, queue notifications, clock
+//! advances and device resets. After every step the domain's invariants
+//! must hold; at the end, dropping the devices must leave nothing held.
+//! Any panic is a bug.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
+use virtio_queue::{Queue, QueueT};
+use virtio_xpmem_wire as wire;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use xpmem_domain::VmId;
+
+use crate::aperture::{ApertureWindows, MmapAperture, VmRamLayout};
+use crate::{HubClock, HubConfig, ManualClock, XpmemDevice, XpmemHub};
+
+const RAM: u64 = 1 << 20;
+const QSIZE: u16 = 16;
+const RW_GPA: u64 = 0x1_0000_0000;
+const RO_GPA: u64 = 0x1_1000_0000;
+const WIN_LEN: u64 = 64 * 4096;
+const BUF_BASE: u64 = 0x1_0000;
+const SLOT: u64 = 0x1000;
+const EV_BASE: u64 = 0x8_0000;
+const USER_GPA: u64 = 0x4_0000;
+/// Bytes per step record of a fuzz input: byte 0 is the operation (bit 7
+/// picks the VM, bits 0..2 the action); for a structured request (actions
+/// 3 and 4) byte 1 is the head and byte 2 selects the opcode (mod 11, in
+/// OUTLINE order starting at MAKE = 0).
+pub const STEP_BYTES: usize = 40;
+
+struct NoIrq;
+impl VirtioInterrupt for NoIrq {
+    fn trigger(&self, _: InterruptReason) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Input<'_> {
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for b in &mut out {
+            *b = self.data.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+        }
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.bytes::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.bytes())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+    fn pick(&mut self, pool: &[u64]) -> u64 {
+        let i = self.u8() as usize;
+        if pool.is_empty() || i >= 224 {
+            // Sometimes a made-up id.
+            self.u64()
+        } else {
+            // Mostly recent ids.
+            pool[pool.len() - 1 - (i as usize % pool.len().min(8))]
+        }
+    }
+}
+
+struct Ring {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl Ring {
+    fn new(base: u64) -> Self {
+        Self {
+            desc: base,
+            avail: base + 0x100,
+            used: base + 0x200,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+    fn queue(&self) -> Option<Queue> {
+        let mut q = Queue::new(QSIZE).ok()?;
+        q.set_size(QSIZE);
+        q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
+        q.try_set_avail_ring_address(GuestAddress(self.avail)).ok()?;
+        q.try_set_used_ring_address(GuestAddress(self.used)).ok()?;
+        q.set_ready(true);
+        Some(q)
+    }
+    fn set_desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        let _ = mem.write_slice(&raw, GuestAddress(self.desc + u64::from(i % QSIZE) * 16));
+    }
+    fn make_available(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = self.avail + 4 + u64::from(self.avail_idx % QSIZE) * 2;
+        let _ = mem.write_obj(head.to_le(), GuestAddress(slot));
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        let _ = mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2));
+    }
+    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(self.used_seen);
+        let mut out = Vec::new();
+        // At most a ring's worth per call, whatever the used index says.
+        for _ in 0..QSIZE {
+            if self.used_seen == idx {
+                break;
+            }
+            let e = self.used + 4 + u64::from(self.used_seen % QSIZE) * 8;
+            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(0);
+            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
+
+struct Vm {
+    mem: GuestMemoryMmap,
+    dev: XpmemDevice,
+    reqq: Ring,
+    evq: Ring,
+    /// Opcode of the structured request last placed at each head.
+    sent: [u32; QSIZE as usize],
+}
+
+fn memfd(len: u64) -> Option<File> {
+    // SAFETY: valid C string; memfd_create has no memory side effects.
+    let fd = unsafe { libc::memfd_create(c"fuzz-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(len).ok()?;
+    Some(f)
+}
+
+impl Vm {
+    fn new(hub: &Arc<XpmemHub>, id: u32) -> Option<Self> {
+        let mem = GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            RAM as usize,
+            Some(FileOffset::new(memfd(RAM)?, 0)),
+        )])
+        .ok()?;
+        let windows = ApertureWindows::reserve(RW_GPA, WIN_LEN, RO_GPA, WIN_LEN).ok()?;
+        let layout = VmRamLayout::from_guest_memory(&mem).ok()?;
+        let dev = hub.add_vm(VmId(id), layout, windows).ok()?;
+        let mut vm = Self {
+            mem,
+            dev,
+            reqq: Ring::new(0),
+            evq: Ring::new(0x1000),
+            sent: [0; QSIZE as usize],
+        };
+        vm.activate()?;
+        Some(vm)
+    }
+
+    fn activate(&mut self) -> Option<()> {
+        self.reqq = Ring::new(0);
+        self.evq = Ring::new(0x1000);
+        let _ = self.mem.write_slice(&[0u8; 0x2000], GuestAddress(0));
+        let features = self.dev.device_features();
+        self.dev
+            .activate(ActivateContext {
+                mem: self.mem.clone(),
+                queues: vec![self.reqq.queue()?, self.evq.queue()?],
+                interrupt: Arc::new(NoIrq),
+                acked_features: features,
+            })
+            .ok()?;
+        for k in 0..QSIZE / 2 {
+            self.evq
+                .set_desc(&self.mem, k, EV_BASE + u64::from(k) * 64, 64, VRING_DESC_F_WRITE as u16, 0);
+            self.evq.make_available(&self.mem, k);
+        }
+        Some(())
+    }
+
+    /// Collects ids from completed structured requests and from events,
+    /// and gives event buffers back.
+    fn harvest(&mut self, ids: &mut Vec<u64>) {
+        for (head, len) in self.reqq.take_used(&self.mem) {
+            let h = usize::from(head % QSIZE);
+            let opcode = std::mem::take(&mut self.sent[h]);
+            let resp = BUF_BASE + u64::from(head % QSIZE) * SLOT + 0x800;
+            let mut b = [0u8; 32];
+            if len >= 16 && self.mem.read_slice(&mut b, GuestAddress(resp)).is_ok() && b[0..4] == [0; 4] {
+                if matches!(
+                    opcode,
+                    wire::VIRTIO_XPMEM_REQ_MAKE | wire::VIRTIO_XPMEM_REQ_GET | wire::VIRTIO_XPMEM_REQ_ATTACH
+                ) {
+                    ids.push(u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])));
+                }
+            }
+        }
+        for (head, len) in self.evq.take_used(&self.mem) {
+            let addr = EV_BASE + u64::from(head % QSIZE) * 64;
+            let mut b = vec![0u8; (len as usize).min(64)];
+            if self.mem.read_slice(&mut b, GuestAddress(addr)).is_ok() {
+                if let Ok(ev) = wire::Event::parse(&b) {
+                    match ev {
+                        wire::Event::Resolve { resolve_id, .. } => ids.push(resolve_id),
+                        wire::Event::Invalidate { invalidation_id, attach_id, .. } => {
+                            ids.push(invalidation_id);
+                            ids.push(attach_id);
+                        }
+                        wire::Event::Revoked { attach_id, .. } => ids.push(attach_id),
+                    }
+                }
+            }
+            self.evq.make_available(&self.mem, head % QSIZE);
+        }
+        self.dev.queue_notify(wire::VIRTIO_XPMEM_QUEUE_EVENT);
+        if ids.len() > 64 {
+            ids.drain(..ids.len() - 64);
+        }
+    }
+}
+
+fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
+    let page = |v: u64| v & !0xfff;
+    match inp.u8() % 11 {
+        0 => wire::Request::Make {
+            vaddr: page(u64::from(inp.u32())),
+            size: (u64::from(inp.u8() % 16) + 1) * 4096,
+            mode: match inp.u16() {
+                m if m & 1 == 0 => 0o666,
+                m => u32::from(m >> 1) & 0o777,
+            },
+            uid: u32::from(inp.u8() & 1),
+            gid: u32::from(inp.u8() & 1),
+        },
+        1 => wire::Request::Remove { segid: inp.pick(ids) },
+        2 => wire::Request::Get {
+            segid: inp.pick(ids),
+            access: if inp.u8() & 1 == 0 {
+                wire::Access::ReadOnly
+            } else {
+                wire::Access::ReadWrite
+            },
+            uid: u32::from(inp.u8() & 1),
+            gid: u32::from(inp.u8() & 1),
+        },
+        3 => wire::Request::Release { apid: inp.pick(ids) },
+        4 => wire::Request::Attach {
+            apid: inp.pick(ids),
+            offset: u64::from(inp.u8() % 8).saturating_sub(4) * 4096,
+            size: u64::from(inp.u8() % 16).saturating_sub(8).max(1) * 4096,
+            read_only: inp.u8() & 1 == 1,
+        },
+        5 => wire::Request::Detach { attach_id: inp.pick(ids) },
+        6 => wire::Request::Fault {
+            attach_id: inp.pick(ids),
+            page_index: u64::from(inp.u8() % 20),
+            npages: u32::from(inp.u8() % 8) + 1,
+            write: inp.u8() & 1 == 1,
+        },
+        7 => {
+            let n = inp.u8() % 8;
+            let status = if n == 0 { wire::Status::Fault } else { wire::Status::Ok };
+            wire::Request::ResolveReply {
+                resolve_id: inp.pick(ids),
+                status,
+                gpas: (0..n)
+                    .map(|_| match inp.u8() % 4 {
+                        0 => page(inp.u64()),
+                        _ => USER_GPA + u64::from(inp.u8()) * 4096,
+                    })
+                    .collect(),
+            }
+        }
+        8 => wire::Request::Invalidate {
+            segid: inp.pick(ids),
+            vaddr: page(u64::from(inp.u32())),
+            len: (u64::from(inp.u8() % 16) + 1) * 4096,
+        },
+        9 => wire::Request::InvalidateAck {
+            invalidation_id: inp.pick(ids),
+        },
+        _ => wire::Request::ReleaseOwner,
+    }
+}
+
+fn addr(inp: &mut Input<'_>) -> u64 {
+    match inp.u8() % 6 {
+        0 => inp.u64(),
+        1 => RW_GPA + u64::from(inp.u16()),
+        2 => RAM - u64::from(inp.u8()),
+        3 => u64::from(inp.u16()),
+        _ => BUF_BASE + u64::from(inp.u16()),
+    }
+}
+
+/// Runs one fuzz input and returns the domain's counters (for harness
+/// coverage statistics). Panics only on a bug.
+pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
+    let clock = ManualClock::default();
+    let Ok(hub) = XpmemHub::with_backend(
+        HubConfig {
+            max_pending_events: 32,
+            ..HubConfig::default()
+        },
+        Box::new(MmapAperture::new()),
+        HubClock::Manual(clock.clone()),
+    ) else {
+        return Default::default();
+    };
+    let (Some(a), Some(b)) = (Vm::new(&hub, 1), Vm::new(&hub, 2)) else {
+        return Default::default();
+    };
+    let mut vms = [a, b];
+    // Fill exported-looking memory so mapped pages have content.
+    for vm in &vms {
+        let _ = vm.mem.write_slice(&[0x5a; 0x1000], GuestAddress(USER_GPA));
+    }
+    let mut ids: Vec<u64> = Vec::new();
+    // The input is a sequence of fixed-size step records, so mutations of
+    // one step do not shift the meaning of the following ones.
+    for rec in data.chunks(STEP_BYTES).take(256) {
+        let mut inp = Input { data: rec, pos: 0 };
+        let op = inp.u8();
+        let v = usize::from(op >> 7);
+        let vm = &mut vms[v];
+        match op & 0x7 {
+            0 => {
+                let (i, a, len, flags, next) = (inp.u8() as u16, addr(&mut inp), inp.u32(), inp.u16(), inp.u16());
+                let q = if inp.u8() & 1 == 0 { &vm.reqq } else { &vm.evq };
+                q.set_desc(&vm.mem, i % QSIZE, a, len, flags, next);
+            }
+            1 => {
+                let head = u16::from(inp.u8()) % (QSIZE + 2);
+                if inp.u8() & 1 == 0 {
+                    vm.reqq.make_available(&vm.mem, head);
+                } else {
+                    vm.evq.make_available(&vm.mem, head);
+                }
+            }
+            2 => {
+                let off = u64::from(inp.u16());
+                let n = usize::from(inp.u8() % 64);
+                let bytes: Vec<u8> = (0..n).map(|_| inp.u8()).collect();
+                let _ = vm.mem.write_slice(&bytes, GuestAddress(BUF_BASE + off));
+            }
+            3 | 4 => {
+                // A well-formed request in slot `head`: readable then writable.
+                let head = u16::from(inp.u8()) % QSIZE;
+                let req = structured_request(&mut inp, &ids);
+                let owner = 1 + u64::from(inp.u8() % 3);
+                let bytes = req.to_bytes(owner);
+                let base = BUF_BASE + u64::from(head) * SLOT;
+                let _ = vm.mem.write_slice(&bytes, GuestAddress(base));
+                let d0 = head;
+                let d1 = (head + 1) % QSIZE;
+                vm.reqq.set_desc(&vm.mem, d0, base, bytes.len() as u32, VRING_DESC_F_NEXT as u16, d1);
+                vm.reqq.set_desc(&vm.mem, d1, base + 0x800, 64, VRING_DESC_F_WRITE as u16, 0);
+                vm.sent[usize::from(head)] = req.opcode();
+                vm.reqq.make_available(&vm.mem, head);
+                vm.dev.queue_notify(wire::VIRTIO_XPMEM_QUEUE_REQUEST);
+            }
+            5 => {
+                vm.dev.queue_notify(u16::from(inp.u8() % 3));
+            }
+            6 => {
+                clock.advance(u64::from(inp.u16()));
+                hub.tick();
+            }
+            _ => {
+                if inp.u8() % 8 == 0 {
+                    vm.dev.reset();
+                    vm.sent = [0; QSIZE as usize];
+                    let _ = vm.activate();
+                } else {
+                    vm.dev.queue_notify(wire::VIRTIO_XPMEM_QUEUE_REQUEST);
+                }
+            }
+        }
+        for vm in &mut vms {
+            vm.harvest(&mut ids);
+        }
+        if let Err(e) = hub.check_invariants() {
+            panic!("domain invariant broken: {e}");
+        }
+    }
+    let seen = hub.counters();
+    drop(vms);
+    let c = hub.counters();
+    assert!(c.nothing_held(), "state leaked after every VM left: {c:?}");
+    seen
+}
