@@ -146,6 +146,8 @@ enum FaultState {
         resolve_id: u64,
         npages: u64,
         stale: bool,
+        /// When the exporter's reply is due (resolve timeout).
+        due_ms: u64,
     },
     Parked,
     Idle,
@@ -207,6 +209,8 @@ pub struct Domain {
     /// Per-VM id counters; kept after a VM leaves so that ids are never reused.
     id_counters: BTreeMap<VmId, u64>,
     next_serial: u64,
+    /// Latest time seen from the caller (ms); time never goes backwards here.
+    now_ms: u64,
     mapped_pages: u64,
     stats: Counters,
 }
@@ -232,6 +236,7 @@ impl Domain {
             targets: BTreeMap::new(),
             id_counters: BTreeMap::new(),
             next_serial: 1,
+            now_ms: 0,
             mapped_pages: 0,
             stats: Counters::default(),
         }
@@ -304,7 +309,7 @@ impl Domain {
     /// to acknowledge, now answered. Nothing is emitted towards `vm` itself: its apertures
     /// and queues are torn down by the device. `vm`'s own pending requests are dropped.
     pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) -> Result<Vec<Action>, DomainError> {
-        let _ = now_ms;
+        self.now_ms = self.now_ms.max(now_ms);
         if self.vms.remove(&vm).is_none() {
             return Err(DomainError::UnknownVm(vm));
         }
@@ -375,6 +380,7 @@ impl Domain {
     /// returned actions or deferred (FAULT, INVALIDATE) to a later call. Requests from a VM
     /// that is not joined are answered with [`Status::NoEnt`].
     pub fn handle(&mut self, vm: VmId, tag: RequestTag, req: Request, now_ms: u64) -> Vec<Action> {
+        self.now_ms = self.now_ms.max(now_ms);
         let mut out = Vec::new();
         if !self.vms.contains_key(&vm) {
             out.push(Action::Respond {
@@ -400,10 +406,10 @@ impl Domain {
                 segid,
                 flags,
                 permit_type,
-                permit_value: _,
+                permit_value,
                 uid,
                 gid,
-            } => self.get(vm, owner, segid, flags, permit_type, uid, gid),
+            } => self.get(vm, owner, segid, flags, permit_type, permit_value, uid, gid),
             Request::Release { owner, apid } => self.release(vm, owner, apid, &mut out),
             Request::Attach {
                 owner,
@@ -442,7 +448,11 @@ impl Domain {
     /// Advances time: every pending INVALIDATE whose deadline is `<= now_ms` is completed by
     /// force; importers that did not acknowledge lose the pages (Unmap + REVOKED with reason
     /// [`RevokeReason::Deadline`]) and later FAULTs of them fail with [`Status::Revoked`].
+    /// Every RESOLVE not answered within the resolve timeout is forgotten and its FAULT
+    /// fails with [`Status::Fault`].
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
         let mut out = Vec::new();
         let due: Vec<u64> = self
             .invalidations
@@ -459,12 +469,36 @@ impl Domain {
                 self.finish_target(t, true, &mut out);
             }
         }
+        let late: Vec<u64> = self
+            .faults
+            .iter()
+            .filter(|(_, f)| matches!(f.state, FaultState::Resolving { due_ms, .. } if due_ms <= now_ms))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in late {
+            self.stats.resolves_timed_out += 1;
+            self.fail_fault(k, Status::Fault, &mut out);
+        }
         out
     }
 
-    /// The earliest pending deadline (ms), if any: call [`Domain::tick`] then.
+    /// The earliest pending deadline (ms: invalidation deadline or resolve timeout), if
+    /// any: call [`Domain::tick`] then.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.invalidations.values().map(|i| i.deadline).min()
+        let inv = self.invalidations.values().map(|i| i.deadline);
+        let res = self.faults.values().filter_map(|f| match f.state {
+            FaultState::Resolving { due_ms, .. } => Some(due_ms),
+            _ => None,
+        });
+        inv.chain(res).min()
+    }
+
+    /// The resolve timeout in effect: the configured one, but never shorter than the
+    /// invalidation deadline (an exporter may be blocked in an invalidation that long).
+    pub fn resolve_timeout_ms(&self) -> u64 {
+        self.cfg
+            .resolve_timeout_ms
+            .max(self.cfg.invalidate_deadline_ms)
     }
 
     /// Snapshot of the counters.
@@ -495,6 +529,14 @@ impl Domain {
             .range((key, 0)..=(key, u64::MAX))
             .filter_map(|&(_, e)| self.rmap_entry_mapping(exporter, e))
             .collect()
+    }
+
+    /// Estimated heap bytes of the reverse map. Entries are 16 bytes in B-tree leaves of
+    /// 11 (192 bytes per leaf); leaves filled in ascending order stay about half full, so
+    /// this assumes 5.5 entries per leaf (35 bytes per mapped page). `benches/domain.rs`
+    /// measured 26-35 bytes per mapped page with a counting allocator.
+    pub fn rmap_heap_bytes_estimate(&self) -> u64 {
+        (self.rmap.len() as u64 * 192).div_ceil(11) * 2
     }
 
     /// Every mapping in the reverse map (for tests and diagnostics).
@@ -788,12 +830,14 @@ impl Domain {
             return self.fail_fault(key, Status::Fault, out);
         }
         let resolve_id = self.serial();
+        let due_ms = self.now_ms.saturating_add(self.resolve_timeout_ms());
         if let Some(f) = self.faults.get_mut(&key) {
             f.attempts += 1;
             f.state = FaultState::Resolving {
                 resolve_id,
                 npages: n,
                 stale: false,
+                due_ms,
             };
         }
         self.resolves.insert(resolve_id, key);
@@ -1080,11 +1124,12 @@ impl Domain {
         segid: i64,
         flags: u32,
         permit_type: u32,
+        permit_value: u64,
         uid: u32,
         gid: u32,
     ) -> Option<Result<ResponseBody, Status>> {
         Some((|| {
-            if owner.0 == 0 || permit_type != XPMEM_PERMIT_MODE {
+            if owner.0 == 0 || permit_type != XPMEM_PERMIT_MODE || permit_value != 0 {
                 return Err(Status::Invalid);
             }
             let writable = match flags {

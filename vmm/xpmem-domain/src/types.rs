@@ -97,6 +97,9 @@ pub struct DomainConfig {
     pub max_segments_per_vm: u32,
     /// Most permits (apids) one VM may hold.
     pub max_permits_per_vm: u32,
+    /// Milliseconds an exporter has to answer a RESOLVE before the FAULT fails with
+    /// [`Status::Fault`]. Values below `invalidate_deadline_ms` are raised to it.
+    pub resolve_timeout_ms: u64,
 }
 
 impl Default for DomainConfig {
@@ -110,6 +113,7 @@ impl Default for DomainConfig {
             user_addr_limit: 1 << 47,
             max_segments_per_vm: 65536,
             max_permits_per_vm: 65536,
+            resolve_timeout_ms: 2000,
         }
     }
 }
@@ -393,6 +397,8 @@ pub struct Counters {
     pub resolves_stale: u64,
     /// Cumulative: RESOLVE_REPLYs rejected as invalid (bad gpa, wrong count).
     pub resolves_rejected: u64,
+    /// Cumulative: RESOLVEs not answered within the resolve timeout.
+    pub resolves_timed_out: u64,
     /// Cumulative: exporter INVALIDATE requests accepted.
     pub invalidations_started: u64,
     /// Cumulative: exporter INVALIDATE requests answered OK.

@@ -1019,3 +1019,50 @@ fn per_vm_tables_are_bounded() {
     );
     h.make(A, 0, P, 0o666);
 }
+
+#[test]
+fn unanswered_resolve_times_out() {
+    // The resolve timeout is never shorter than the invalidation deadline (100 ms here).
+    let mut h = H::with_config(DomainConfig {
+        seed: 1,
+        invalidate_deadline_ms: 100,
+        resolve_timeout_ms: 10,
+        ..DomainConfig::default()
+    });
+    assert_eq!(h.d.resolve_timeout_ms(), 100);
+    let s = h.make(A, 0, 8 * P, 0o666);
+    let apid = h.apid(B, s, XPMEM_RDWR);
+    let (att, _, _) = h.att(B, apid, 0, 8 * P, 0);
+    h.now = 50;
+    let (tag, acts) = h.fault(B, att, 0, 4);
+    let (rid, _) = resolve_of(&acts, A).unwrap();
+    assert_eq!(h.d.next_deadline(), Some(150));
+    assert!(h.tick(149).is_empty());
+    let acts = h.tick(150);
+    assert_eq!(response(&acts, B, tag), Some(Err(Status::Fault)));
+    assert_eq!(h.d.next_deadline(), None);
+    let (t, acts) = h.reply(A, rid, Ok(vec![RAM0]));
+    assert_eq!(response(&acts, A, t), Some(Err(Status::NoEnt)));
+    assert!(maps(&acts).is_empty());
+    let c = h.d.counters();
+    assert_eq!(
+        (c.resolves_timed_out, c.pending_faults, c.pending_resolves),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn get_requires_zero_permit_value() {
+    let mut h = H::new();
+    let s = h.make(A, 0, P, 0o666);
+    let req = Request::Get {
+        owner: OWNER,
+        segid: s,
+        flags: XPMEM_RDONLY,
+        permit_type: XPMEM_PERMIT_MODE,
+        permit_value: 0o666,
+        uid: 1000,
+        gid: 1000,
+    };
+    assert_eq!(h.call(B, req), Err(Status::Invalid));
+}
