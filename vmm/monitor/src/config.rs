@@ -346,10 +346,20 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths resolve against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let spec: FileSpec = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            // toml's message spans several lines (it quotes the source); keep one.
-            reason: e.message().to_string(),
+        let spec: FileSpec = toml::from_str(text).map_err(|e| {
+            // toml's messages may span lines; errors are reported on one.
+            let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+            let reason = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: {message}")
+                }
+                None => message,
+            };
+            ConfigError::Parse {
+                path: PathBuf::new(),
+                reason,
+            }
         })?;
         Self::from_specs(spec.xpmem, &spec.vm, base_dir)
     }

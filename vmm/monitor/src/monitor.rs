@@ -7,6 +7,7 @@ use std::time::Duration;
 use thiserror::Error;
 use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub};
 
+use crate::boot;
 use crate::config::Config;
 use crate::kvm::{self, KvmError};
 use crate::layout::MIB;
@@ -79,6 +80,12 @@ fn report(name: &str, reason: &ExitReason, ran: Duration) {
 /// Builds all VMs (so bad input fails before any guest runs), starts them,
 /// and waits.
 pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
+    for cfg in &config.vms {
+        boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| MonitorError::Vm {
+            name: cfg.name.clone(),
+            source: VmError::Boot(e),
+        })?;
+    }
     let kvm = kvm::open(&kvm::device_path())?;
     vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;

@@ -89,6 +89,22 @@ pub struct BootSpec<'a> {
     pub acpi_rsdp: Option<u64>,
 }
 
+/// Checks that the kernel and initramfs can be opened, so a typo fails
+/// before any VM is created.
+pub fn check_files(kernel: &Path, initrd: Option<&Path>) -> Result<(), BootError> {
+    File::open(kernel).map_err(|err| BootError::OpenKernel {
+        path: kernel.to_path_buf(),
+        err,
+    })?;
+    if let Some(path) = initrd {
+        File::open(path).map_err(|err| BootError::OpenInitrd {
+            path: path.to_path_buf(),
+            err,
+        })?;
+    }
+    Ok(())
+}
+
 fn is_elf(file: &mut File) -> std::io::Result<bool> {
     let mut magic = [0u8; 4];
     file.seek(SeekFrom::Start(0))?;
