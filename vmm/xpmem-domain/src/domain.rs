@@ -539,6 +539,38 @@ impl Domain {
         (self.rmap.len() as u64 * 192).div_ceil(11) * 2
     }
 
+    /// The device could not apply an [`Action::Map`] (for example `mmap` failed): the domain
+    /// forgets those slots again (they become empty and their reverse-map entries are
+    /// dropped), so a later FAULT resolves them anew. The device must make sure the pages
+    /// show the filler. Pages of the range that are not mapped are left alone.
+    pub fn map_failed(&mut self, importer: VmId, window: Window, aperture_page: u64, npages: u64) {
+        let atts: Vec<(u64, u64, u64)> = self
+            .attach_index
+            .keys()
+            .filter_map(|&id| {
+                let a = self.att(id)?;
+                let end = aperture_page.checked_add(npages)?;
+                let a_end = a.aperture_page + a.npages();
+                if a.importer != importer
+                    || a.window != window
+                    || a.aperture_page >= end
+                    || aperture_page >= a_end
+                {
+                    return None;
+                }
+                let lo = aperture_page.max(a.aperture_page) - a.aperture_page;
+                let hi = end.min(a_end) - a.aperture_page;
+                Some((id, lo, hi))
+            })
+            .collect();
+        let mut ignored = Vec::new();
+        for (id, lo, hi) in atts {
+            self.clear_slots(id, lo, hi, false, &mut ignored);
+        }
+        // The Unmap actions describe what the device already did (nothing is mapped there).
+        self.stats.unmap_actions -= ignored.len() as u64;
+    }
+
     /// Every mapping in the reverse map (for tests and diagnostics).
     pub fn mappings(&self) -> Vec<Mapping> {
         self.rmap

@@ -1066,3 +1066,19 @@ fn get_requires_zero_permit_value() {
     };
     assert_eq!(h.call(B, req), Err(Status::Invalid));
 }
+
+#[test]
+fn failed_map_is_forgotten_and_resolved_again() {
+    let mut h = H::new();
+    let s = h.make(A, 0, 8 * P, 0o666);
+    let apid = h.apid(B, s, XPMEM_RDWR);
+    let (att, w, ap) = h.att(B, apid, 0, 8 * P, 0);
+    h.fault_resolved(B, A, att, 0, 4, |i| RAM0 + i * P);
+    assert_eq!(h.d.counters().mapped_pages, 4);
+    h.d.map_failed(B, w, ap + 1, 2);
+    h.d.check_invariants().unwrap();
+    assert_eq!(h.d.counters().mapped_pages, 2);
+    assert!(h.d.rmap_lookup(A, RAM0 + P).is_empty());
+    let (_, acts) = h.fault(B, att, 1, 8);
+    assert_eq!(resolve_of(&acts, A).unwrap().1, 2);
+}
