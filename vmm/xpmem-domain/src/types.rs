@@ -152,7 +152,8 @@ pub enum Request {
     },
     /// 2 REMOVE: withdraw a segment (owner only). Importers are revoked at once.
     Remove { owner: OwnerToken, segid: i64 },
-    /// 3 GET: obtain a permit (apid) for a segment. `uid`/`gid` are the requester's.
+    /// 3 GET: obtain a permit (apid) for a segment. `uid`/`gid` are the requester's;
+    /// `flags` is [`XPMEM_RDONLY`] or [`XPMEM_RDWR`]; `permit_value` must be 0.
     Get {
         owner: OwnerToken,
         segid: i64,
@@ -174,7 +175,10 @@ pub enum Request {
     },
     /// 6 DETACH: unmap and free an attachment (owner only).
     Detach { owner: OwnerToken, attach_id: u64 },
-    /// 7 FAULT (importer): map pages `page_index..` of an attachment (deferred).
+    /// 7 FAULT (importer): map pages `page_index..page_index + npages` of an attachment
+    /// (deferred). `npages` must be at least 1; it is clamped to `max_fault_pages`, the
+    /// attachment's end and the first non-empty slot. The wire FAULT's WRITE flag is not
+    /// needed here: RESOLVE asks for write access whenever the attachment is read-write.
     Fault {
         owner: OwnerToken,
         attach_id: u64,
@@ -187,7 +191,9 @@ pub enum Request {
         resolve_id: u64,
         result: Result<Vec<u64>, Status>,
     },
-    /// 9 INVALIDATE (exporter): `[vaddr, vaddr + len)` of a segment is going away (deferred).
+    /// 9 INVALIDATE (exporter): `[vaddr, vaddr + len)` of a segment is going away (deferred
+    /// until every importer acknowledged or was revoked). Checked against the exporting VM
+    /// only; `owner` is not compared.
     Invalidate {
         owner: OwnerToken,
         segid: i64,
