@@ -9,10 +9,36 @@
 //! never asserted.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Counts live heap bytes, to measure the reverse map's cost per page.
+struct Counting;
+static HEAP: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        HEAP.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        HEAP.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn heap() -> isize {
+    HEAP.load(Ordering::Relaxed)
+}
 
 use common::*;
 use virtio_xpmem_device::aperture::{
@@ -43,9 +69,11 @@ fn bench_map() {
     for &n in &[1u64, 64, 512, 1024] {
         for scattered in [false, true] {
             let mut ap = MmapAperture::new();
-            let w = ApertureWindows::reserve(APERTURE_RW_GPA, 8 << 20, APERTURE_RO_GPA, PAGE_SIZE).unwrap();
+            let w = ApertureWindows::reserve(APERTURE_RW_GPA, 8 << 20, APERTURE_RO_GPA, PAGE_SIZE)
+                .unwrap();
             ap.add_vm(VmId(1), layout.clone(), w.clone()).unwrap();
-            let w2 = ApertureWindows::reserve(APERTURE_RW_GPA, 8 << 20, APERTURE_RO_GPA, PAGE_SIZE).unwrap();
+            let w2 = ApertureWindows::reserve(APERTURE_RW_GPA, 8 << 20, APERTURE_RO_GPA, PAGE_SIZE)
+                .unwrap();
             ap.add_vm(VmId(2), layout.clone(), w2).unwrap();
             let mut calls = 0;
             let map = measure(Duration::from_millis(200), || {
@@ -96,7 +124,7 @@ const SEG_VADDR: u64 = 0x7f00_0000_0000;
 fn bench_invalidate() {
     println!("## INVALIDATE fan-out, end to end through the devices\n");
     println!("Exporter invalidates N mapped pages shared with K importers; each importer receives the event, acks; time until the exporter's request completes (includes the unmaps).\n");
-    println!("| N pages | K importers | per invalidation | per importer-page | rmap entries | rmap heap bytes/mapped page |");
+    println!("| N pages | K importers | per invalidation | per importer-page | rmap entries | heap bytes/mapped page |");
     println!("|---:|---:|---:|---:|---:|---:|");
     let npages_seg = 512u64;
     for &k in &[1usize, 2, 4, 8] {
@@ -124,10 +152,20 @@ fn bench_invalidate() {
         let mut atts = Vec::new();
         for imp in imps.iter_mut() {
             let apid = imp
-                .call(wire::Request::Get { segid, access: wire::Access::ReadWrite, uid: 0, gid: 0 })
+                .call(wire::Request::Get {
+                    segid,
+                    access: wire::Access::ReadWrite,
+                    uid: 0,
+                    gid: 0,
+                })
                 .u64_at(0);
             let att = imp
-                .call(wire::Request::Attach { apid, offset: 0, size: npages_seg * PAGE_SIZE, read_only: false })
+                .call(wire::Request::Attach {
+                    apid,
+                    offset: 0,
+                    size: npages_seg * PAGE_SIZE,
+                    read_only: false,
+                })
                 .u64_at(0);
             atts.push(att);
         }
@@ -151,20 +189,31 @@ fn bench_invalidate() {
             }
         };
         for &n in &[1u64, 64, 512] {
+            // Heap growth from mapping N pages into K importers (domain
+            // rmap + slots; the device keeps nothing per page).
+            let h0 = heap();
+            let m0 = hub.counters().mapped_pages;
             refault(exp, imps, n);
             let counters = hub.counters();
             let rmap = counters.rmap_entries;
-            let bytes_per_page = hub.rmap_heap_bytes() as f64 / counters.mapped_pages.max(1) as f64;
+            let bytes_per_page = (heap() - h0) as f64 / (counters.mapped_pages - m0).max(1) as f64;
             let mut total = Duration::ZERO;
             let reps = 5u32;
             for _ in 0..reps {
                 refault(exp, imps, n);
                 let t = Instant::now();
-                let inv = wire::Request::Invalidate { segid, vaddr: SEG_VADDR, len: n * PAGE_SIZE };
+                let inv = wire::Request::Invalidate {
+                    segid,
+                    vaddr: SEG_VADDR,
+                    len: n * PAGE_SIZE,
+                };
                 let head = exp.submit(&inv.to_bytes(exp.owner), 8);
                 for imp in imps.iter_mut() {
                     for ev in imp.take_events() {
-                        if let wire::Event::Invalidate { invalidation_id, .. } = ev {
+                        if let wire::Event::Invalidate {
+                            invalidation_id, ..
+                        } = ev
+                        {
                             imp.call(wire::Request::InvalidateAck { invalidation_id });
                         }
                     }

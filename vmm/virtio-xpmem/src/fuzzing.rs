@@ -80,7 +80,7 @@ impl Input<'_> {
             self.u64()
         } else {
             // Mostly recent ids.
-            pool[pool.len() - 1 - (i as usize % pool.len().min(8))]
+            pool[pool.len() - 1 - (i % pool.len().min(8))]
         }
     }
 }
@@ -107,7 +107,8 @@ impl Ring {
         let mut q = Queue::new(QSIZE).ok()?;
         q.set_size(QSIZE);
         q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
-        q.try_set_avail_ring_address(GuestAddress(self.avail)).ok()?;
+        q.try_set_avail_ring_address(GuestAddress(self.avail))
+            .ok()?;
         q.try_set_used_ring_address(GuestAddress(self.used)).ok()?;
         q.set_ready(true);
         Some(q)
@@ -127,7 +128,9 @@ impl Ring {
         let _ = mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2));
     }
     fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(self.used_seen);
+        let idx: u16 = mem
+            .read_obj(GuestAddress(self.used + 2))
+            .unwrap_or(self.used_seen);
         let mut out = Vec::new();
         // At most a ring's worth per call, whatever the used index says.
         for _ in 0..QSIZE {
@@ -201,8 +204,14 @@ impl Vm {
             })
             .ok()?;
         for k in 0..QSIZE / 2 {
-            self.evq
-                .set_desc(&self.mem, k, EV_BASE + u64::from(k) * 64, 64, VRING_DESC_F_WRITE as u16, 0);
+            self.evq.set_desc(
+                &self.mem,
+                k,
+                EV_BASE + u64::from(k) * 64,
+                64,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            );
             self.evq.make_available(&self.mem, k);
         }
         Some(())
@@ -216,13 +225,18 @@ impl Vm {
             let opcode = std::mem::take(&mut self.sent[h]);
             let resp = BUF_BASE + u64::from(head % QSIZE) * SLOT + 0x800;
             let mut b = [0u8; 32];
-            if len >= 16 && self.mem.read_slice(&mut b, GuestAddress(resp)).is_ok() && b[0..4] == [0; 4] {
-                if matches!(
-                    opcode,
-                    wire::VIRTIO_XPMEM_REQ_MAKE | wire::VIRTIO_XPMEM_REQ_GET | wire::VIRTIO_XPMEM_REQ_ATTACH
-                ) {
-                    ids.push(u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])));
-                }
+            let returns_id = matches!(
+                opcode,
+                wire::VIRTIO_XPMEM_REQ_MAKE
+                    | wire::VIRTIO_XPMEM_REQ_GET
+                    | wire::VIRTIO_XPMEM_REQ_ATTACH
+            );
+            if returns_id
+                && len >= 16
+                && self.mem.read_slice(&mut b, GuestAddress(resp)).is_ok()
+                && b[0..4] == [0; 4]
+            {
+                ids.push(u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])));
             }
         }
         for (head, len) in self.evq.take_used(&self.mem) {
@@ -232,7 +246,11 @@ impl Vm {
                 if let Ok(ev) = wire::Event::parse(&b) {
                     match ev {
                         wire::Event::Resolve { resolve_id, .. } => ids.push(resolve_id),
-                        wire::Event::Invalidate { invalidation_id, attach_id, .. } => {
+                        wire::Event::Invalidate {
+                            invalidation_id,
+                            attach_id,
+                            ..
+                        } => {
                             ids.push(invalidation_id);
                             ids.push(attach_id);
                         }
@@ -262,7 +280,9 @@ fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
             uid: u32::from(inp.u8() & 1),
             gid: u32::from(inp.u8() & 1),
         },
-        1 => wire::Request::Remove { segid: inp.pick(ids) },
+        1 => wire::Request::Remove {
+            segid: inp.pick(ids),
+        },
         2 => wire::Request::Get {
             segid: inp.pick(ids),
             access: if inp.u8() & 1 == 0 {
@@ -273,14 +293,18 @@ fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
             uid: u32::from(inp.u8() & 1),
             gid: u32::from(inp.u8() & 1),
         },
-        3 => wire::Request::Release { apid: inp.pick(ids) },
+        3 => wire::Request::Release {
+            apid: inp.pick(ids),
+        },
         4 => wire::Request::Attach {
             apid: inp.pick(ids),
             offset: u64::from(inp.u8() % 8).saturating_sub(4) * 4096,
             size: u64::from(inp.u8() % 16).saturating_sub(8).max(1) * 4096,
             read_only: inp.u8() & 1 == 1,
         },
-        5 => wire::Request::Detach { attach_id: inp.pick(ids) },
+        5 => wire::Request::Detach {
+            attach_id: inp.pick(ids),
+        },
         6 => wire::Request::Fault {
             attach_id: inp.pick(ids),
             page_index: u64::from(inp.u8() % 20),
@@ -289,7 +313,11 @@ fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
         },
         7 => {
             let n = inp.u8() % 8;
-            let status = if n == 0 { wire::Status::Fault } else { wire::Status::Ok };
+            let status = if n == 0 {
+                wire::Status::Fault
+            } else {
+                wire::Status::Ok
+            };
             wire::Request::ResolveReply {
                 resolve_id: inp.pick(ids),
                 status,
@@ -355,7 +383,13 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
         let vm = &mut vms[v];
         match op & 0x7 {
             0 => {
-                let (i, a, len, flags, next) = (inp.u8() as u16, addr(&mut inp), inp.u32(), inp.u16(), inp.u16());
+                let (i, a, len, flags, next) = (
+                    inp.u8() as u16,
+                    addr(&mut inp),
+                    inp.u32(),
+                    inp.u16(),
+                    inp.u16(),
+                );
                 let q = if inp.u8() & 1 == 0 { &vm.reqq } else { &vm.evq };
                 q.set_desc(&vm.mem, i % QSIZE, a, len, flags, next);
             }
@@ -383,8 +417,16 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
                 let _ = vm.mem.write_slice(&bytes, GuestAddress(base));
                 let d0 = head;
                 let d1 = (head + 1) % QSIZE;
-                vm.reqq.set_desc(&vm.mem, d0, base, bytes.len() as u32, VRING_DESC_F_NEXT as u16, d1);
-                vm.reqq.set_desc(&vm.mem, d1, base + 0x800, 64, VRING_DESC_F_WRITE as u16, 0);
+                vm.reqq.set_desc(
+                    &vm.mem,
+                    d0,
+                    base,
+                    bytes.len() as u32,
+                    VRING_DESC_F_NEXT as u16,
+                    d1,
+                );
+                vm.reqq
+                    .set_desc(&vm.mem, d1, base + 0x800, 64, VRING_DESC_F_WRITE as u16, 0);
                 vm.sent[usize::from(head)] = req.opcode();
                 vm.reqq.make_available(&vm.mem, head);
                 vm.dev.queue_notify(wire::VIRTIO_XPMEM_QUEUE_REQUEST);
@@ -397,7 +439,7 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
                 hub.tick();
             }
             _ => {
-                if inp.u8() % 8 == 0 {
+                if inp.u8().is_multiple_of(8) {
                     vm.dev.reset();
                     vm.sent = [0; QSIZE as usize];
                     let _ = vm.activate();

@@ -276,6 +276,15 @@ impl Endpoint {
         let Some(req) = convert::request_to_domain(hdr.owner, req) else {
             return reject(self, &split.writable, opcode, wire::Status::Invalid);
         };
+        // A driver cannot have more requests outstanding than its queue has
+        // descriptors; more means it re-posted heads that are still pending.
+        let queue_size = self
+            .active
+            .as_ref()
+            .map_or(0, |a| usize::from(a.reqq.size()));
+        if self.pending.len() >= queue_size {
+            return reject(self, &split.writable, opcode, wire::Status::Invalid);
+        }
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.pending.insert(
@@ -760,11 +769,6 @@ impl XpmemHub {
     /// [`Domain::rmap_lookup`]).
     pub fn rmap_lookup(&self, exporter: VmId, gpa: u64) -> Vec<Mapping> {
         lock(&self.state).domain.rmap_lookup(exporter, gpa)
-    }
-
-    /// The domain's estimate of the heap bytes its reverse map uses.
-    pub fn rmap_heap_bytes(&self) -> u64 {
-        lock(&self.state).domain.rmap_heap_bytes_estimate()
     }
 
     /// Runs the domain's internal consistency checks (tests).

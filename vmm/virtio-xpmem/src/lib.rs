@@ -53,11 +53,11 @@
 //! it is returned with length 0. Requests are parsed by the wire crate.
 
 pub mod aperture;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod chain;
 mod convert;
 mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 
 pub use device::{XpmemDevice, QUEUE_SIZE};

@@ -26,15 +26,15 @@ impl Rng {
 fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
     // (opcode selector, VM, overrides of bytes 3..)
     const FLOW: [(u8, u8, &[u8]); 9] = [
-        (0, 0, &[]),          // MAKE (mode byte even: 0o666)
-        (2, 1, &[0, 1]),      // GET last id, read-write
+        (0, 0, &[]),           // MAKE (mode byte even: 0o666)
+        (2, 1, &[0, 1]),       // GET last id, read-write
         (4, 1, &[0, 0, 0, 0]), // ATTACH last id, offset 0, 1 page, rw
         (6, 1, &[0, 0, 0, 1]), // FAULT last id, page 0, 1 page, write
         (7, 0, &[1, 0, 1, 0]), // RESOLVE_REPLY 1 page, last id, USER_GPA
-        (8, 0, &[0]),         // INVALIDATE
-        (9, 1, &[0]),         // INVALIDATE_ACK last id
-        (5, 1, &[0]),         // DETACH
-        (1, 0, &[0]),         // REMOVE
+        (8, 0, &[0]),          // INVALIDATE
+        (9, 1, &[0]),          // INVALIDATE_ACK last id
+        (5, 1, &[0]),          // DETACH
+        (1, 0, &[0]),          // REMOVE
     ];
     let mut data: Vec<u8> = (0..steps * STEP_BYTES).map(|_| rng.next() as u8).collect();
     let mut phase = 0usize;
@@ -87,5 +87,8 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
         start.elapsed()
     );
     // The harness must get past request parsing deep into the domain.
-    assert!(segments > 0 && events > 0 && maps > 0, "the corpus never reaches the domain");
+    assert!(
+        segments > 0 && events > 0 && maps > 0,
+        "the corpus never reaches the domain"
+    );
 }
