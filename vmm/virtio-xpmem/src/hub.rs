@@ -412,7 +412,7 @@ impl HubState {
     /// Applies domain actions in order. See the module docs for locking.
     fn route(&mut self, actions: Vec<Action>) {
         // Importers whose Map failed in this batch: their FAULT answer
-        // (which follows the Maps) becomes an error.
+        // (which follows the Maps) becomes FAULT instead of "mapped".
         let mut failed_maps: Vec<VmId> = Vec::new();
         for action in actions {
             match action {
@@ -456,8 +456,13 @@ impl HubState {
                             self.stats.pages_mapped += s.pages;
                         }
                         Err(e) => {
+                            // The backend left the range showing the
+                            // filler; the domain forgets the slots so a
+                            // later FAULT resolves them anew.
                             self.stats.map_failures += 1;
                             log::error!("virtio-xpmem: mapping {npages} pages of VM {exporter:?} into VM {importer:?}: {e}");
+                            self.domain
+                                .map_failed(importer, window, aperture_page, npages);
                             failed_maps.push(importer);
                         }
                     }

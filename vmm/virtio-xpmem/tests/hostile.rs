@@ -346,3 +346,63 @@ fn bad_eventq_buffers_are_returned_unused() {
         Ok(wire::Event::Resolve { .. })
     ));
 }
+
+#[test]
+fn reposted_heads_cannot_grow_the_pending_table() {
+    let hub = hub();
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let segid = a
+        .call(wire::Request::Make {
+            vaddr: 0x10000,
+            size: 0x4000,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        })
+        .u64_at(0);
+    let apid = b
+        .call(wire::Request::Get {
+            segid,
+            access: wire::Access::ReadWrite,
+            uid: 0,
+            gid: 0,
+        })
+        .u64_at(0);
+    let att = b
+        .call(wire::Request::Attach {
+            apid,
+            offset: 0,
+            size: 0x4000,
+            read_only: false,
+        })
+        .u64_at(0);
+    // One FAULT chain (it stays pending: A never answers), made available
+    // over and over without waiting for it to be used.
+    let req = wire::Request::Fault {
+        attach_id: att,
+        page_index: 0,
+        npages: 1,
+        write: false,
+    };
+    b.mem_write(REQ, &req.to_bytes(b.owner));
+    b.reqq
+        .set_desc(0, REQ, req.to_bytes(b.owner).len() as u32, N, 1);
+    b.reqq.set_desc(1, RESP, 16, W, 0);
+    let reposts = 3 * QSIZE;
+    let st0 = b.dev.stats();
+    for _ in 0..reposts {
+        b.reqq.make_available(0);
+        b.dev.queue_notify(0);
+    }
+    let st = b.dev.stats();
+    assert!(st.pending_requests <= u64::from(QSIZE), "{st:?}");
+    assert_eq!(st.chains - st0.chains, u64::from(reposts));
+    assert_eq!(
+        st.rejected - st0.rejected + st.pending_requests,
+        u64::from(reposts),
+        "{st:?}"
+    );
+    assert!(st.rejected > st0.rejected, "{st:?}");
+}

@@ -462,3 +462,101 @@ fn events_wait_for_eventq_buffers_and_the_backlog_is_bounded() {
     assert_eq!(st.events_backlog, 8, "{st:?}");
     assert_eq!(st.events_dropped, 4, "{st:?}");
 }
+
+/// An aperture backend whose map can be made to fail.
+struct FlakyAperture {
+    inner: virtio_xpmem_device::aperture::MmapAperture,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl virtio_xpmem_device::aperture::ApertureBackend for FlakyAperture {
+    fn add_vm(
+        &mut self,
+        vm: virtio_xpmem_device::VmId,
+        ram: virtio_xpmem_device::aperture::VmRamLayout,
+        windows: virtio_xpmem_device::aperture::ApertureWindows,
+    ) -> Result<(), virtio_xpmem_device::aperture::ApertureError> {
+        self.inner.add_vm(vm, ram, windows)
+    }
+    fn remove_vm(
+        &mut self,
+        vm: virtio_xpmem_device::VmId,
+    ) -> Result<(), virtio_xpmem_device::aperture::ApertureError> {
+        self.inner.remove_vm(vm)
+    }
+    fn revoke_all(
+        &mut self,
+        vm: virtio_xpmem_device::VmId,
+    ) -> Result<virtio_xpmem_device::aperture::MapStats, virtio_xpmem_device::aperture::ApertureError>
+    {
+        self.inner.revoke_all(vm)
+    }
+    fn map(
+        &mut self,
+        importer: virtio_xpmem_device::VmId,
+        window: xpmem_domain::Window,
+        aperture_page: u64,
+        exporter: virtio_xpmem_device::VmId,
+        exporter_gpa: u64,
+        npages: u64,
+        writable: bool,
+    ) -> Result<virtio_xpmem_device::aperture::MapStats, virtio_xpmem_device::aperture::ApertureError>
+    {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(virtio_xpmem_device::aperture::ApertureError::UnknownVm(
+                importer,
+            ));
+        }
+        self.inner.map(
+            importer,
+            window,
+            aperture_page,
+            exporter,
+            exporter_gpa,
+            npages,
+            writable,
+        )
+    }
+    fn unmap(
+        &mut self,
+        importer: virtio_xpmem_device::VmId,
+        window: xpmem_domain::Window,
+        aperture_page: u64,
+        npages: u64,
+    ) -> Result<virtio_xpmem_device::aperture::MapStats, virtio_xpmem_device::aperture::ApertureError>
+    {
+        self.inner.unmap(importer, window, aperture_page, npages)
+    }
+}
+
+#[test]
+fn a_failed_map_fails_the_fault() {
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hub = XpmemHub::with_backend(
+        HubConfig::default(),
+        Box::new(FlakyAperture {
+            inner: virtio_xpmem_device::aperture::MmapAperture::new(),
+            fail: fail.clone(),
+        }),
+        HubClock::Manual(ManualClock::default()),
+    )
+    .unwrap();
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, model) = make_segment(&mut a);
+    let (_apid, att, off, _shm) = get_attach(&mut b, segid, false);
+    let f = fault(&mut b, &mut a, &model, att, 0, 1, false);
+    assert_eq!(f.status, wire::VIRTIO_XPMEM_S_FAULT);
+    assert_eq!(hub.aperture_stats().map_failures, 1);
+    assert!(b
+        .aperture_read(0, off, 64)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    // Once mapping works again, a new FAULT succeeds.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let f = fault(&mut b, &mut a, &model, att, 0, 1, false);
+    assert_eq!(f.status, 0);
+    assert_eq!(b.aperture_read(0, off, 1), vec![0x10]);
+    hub.check_invariants().unwrap();
+}
