@@ -6,12 +6,16 @@
 //! * [`scenario`]: runs multi-VM monitor configurations and parses guest consoles.
 //! * [`cases`]: the end-to-end test groups.
 
+pub mod cases;
+pub mod console;
 pub mod cpio;
 pub mod debian;
 pub mod hash;
+pub mod image;
 pub mod kmod;
 pub mod nested;
 pub mod process;
+pub mod scenario;
 
 use std::path::PathBuf;
 

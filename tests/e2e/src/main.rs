@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use xpmem_e2e::cases::{self, CaseResult, Env, Status};
 use xpmem_e2e::debian::Cache;
+use xpmem_e2e::image::{self, Spec};
 use xpmem_e2e::nested::{self, KvmLoad, Mode, Options, Payload};
+use xpmem_e2e::process::{self, Exit, Flow};
+use xpmem_e2e::scenario::{self, Echo};
 
 const USAGE: &str = "usage: xpmem-e2e <command> [options]
 
@@ -24,6 +28,24 @@ commands:
       --cpus N               L1 vCPUs (default 2)
       --defer-kvm            do not load kvm-amd at L1 boot; the script may run `load-kvm`
       --quiet                do not echo the console (only the result)
+  guest-image [options]      build (or reuse) a guest initramfs; prints its path
+      --module NAME          a guest-kernel module to load (repeatable; default:
+                             virtio_ring virtio virtio_mmio virtio_rng)
+      --extra-module FILE    a .ko to load after them (e.g. xpmem.ko; repeatable)
+      --extra-dir DIR        copy DIR's contents to the image root (repeatable)
+      --run CMD              default command run after the banner
+  qemu-guest [options]       boot the guest kernel + image in QEMU (TCG, microvm with
+                             ACPI and a virtio-mmio entropy device) on this host, to
+                             validate images without the monitor
+      --image FILE           initramfs (default: the base image)
+      --smp N                vCPUs (default 2)
+      --append STR           extra kernel command line
+  scenario CONFIG.toml --vmm BIN [--nested|--direct] [--timeout S] [--verbose|--quiet]
+                             run the monitor with a multi-VM config on the test host
+  demo --vmm BIN [...]       the default two-VM setup (2 vCPUs, 512 MiB each)
+  test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
+                             run end-to-end groups (default: errors boot); prints one
+                             line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
 ";
@@ -32,6 +54,14 @@ environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
 enum CliError {
     #[error("{0}\n\n{USAGE}")]
     Usage(String),
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error(transparent)]
+    Scenario(#[from] scenario::Error),
+    #[error(transparent)]
+    Cases(#[from] cases::Error),
+    #[error(transparent)]
+    Process(#[from] process::Error),
     #[error(transparent)]
     Nested(#[from] nested::Error),
     #[error(transparent)]
@@ -169,6 +199,297 @@ fn cmd_l1_run(args: &mut Args) -> Result<ExitCode, CliError> {
     Ok(ExitCode::from(rc.clamp(0, 255) as u8))
 }
 
+fn cmd_guest_image(args: &mut Args) -> Result<ExitCode, CliError> {
+    let mut spec = Spec::base();
+    let mut modules = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--module" => modules.push(args.value("--module")?),
+            "--extra-module" => spec
+                .extra_modules
+                .push(args.value("--extra-module")?.into()),
+            "--extra-dir" => spec.extra_dirs.push(args.value("--extra-dir")?.into()),
+            "--run" => spec.run = Some(args.value("--run")?),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "unknown guest-image option `{other}`"
+                )))
+            }
+        }
+    }
+    if !modules.is_empty() {
+        spec.modules = modules;
+    }
+    let c = cache();
+    let img = image::build(
+        &c.kernel()?,
+        &c.busybox()?,
+        &spec,
+        &xpmem_e2e::build_dir().join("images"),
+    )?;
+    println!("{}", img.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_qemu_guest(args: &mut Args) -> Result<ExitCode, CliError> {
+    let c = cache();
+    let mut image = None;
+    let mut smp = 2u32;
+    let mut append = String::new();
+    let mut timeout = Duration::from_secs(300);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--image" => image = Some(PathBuf::from(args.value("--image")?)),
+            "--smp" => smp = args.number("--smp")?,
+            "--append" => append = args.value("--append")?,
+            "--timeout" => timeout = Duration::from_secs(args.number("--timeout")?),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "unknown qemu-guest option `{other}`"
+                )))
+            }
+        }
+    }
+    let kernel = c.kernel()?;
+    let image = match image {
+        Some(i) => i,
+        None => cases::base_image(&c)?.1,
+    };
+    // microvm has no HPET/PM timer; without a known TSC frequency the kernel
+    // hangs calibrating its timers under TCG.
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=-1 quiet tsc_early_khz=2000000 xpmem.name=qemu xpmem.exit=poweroff {append}"
+    );
+    let mut cmd = std::process::Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "microvm,acpi=on,rtc=on",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+    ])
+    .args(["-smp", &smp.to_string(), "-m", "512M"])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-device", "virtio-rng-device"])
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(&image)
+    .args(["-append", &cmdline]);
+    let start = std::time::Instant::now();
+    let mut ready = None;
+    let exit = process::run_streaming(&mut cmd, timeout, |line| {
+        let line = nested::strip_ansi(line);
+        println!("[qemu] {line}");
+        if let Some(Ok(xpmem_e2e::console::Event::Ready(r))) = xpmem_e2e::console::parse_line(&line)
+        {
+            eprintln!(
+                "[qemu] guest ready after {:.1}s: cpus={} virtio={}",
+                start.elapsed().as_secs_f64(),
+                r.cpus,
+                scenario::describe_virtio(&r)
+            );
+            ready = Some(r);
+        }
+        Flow::Continue
+    })?;
+    match (exit, ready) {
+        (Exit::TimedOut, _) => {
+            eprintln!("[qemu] TIMEOUT after {}s", timeout.as_secs());
+            Ok(ExitCode::from(124))
+        }
+        (_, None) => {
+            eprintln!("[qemu] the guest never printed its READY banner");
+            Ok(ExitCode::FAILURE)
+        }
+        (_, Some(_)) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+struct RunFlags {
+    opts: Options,
+    vmm: Option<PathBuf>,
+    echo: Echo,
+    positional: Vec<String>,
+}
+
+fn parse_run_flags(args: &mut Args, echo: Echo) -> Result<RunFlags, CliError> {
+    let mut f = RunFlags {
+        opts: Options::new(xpmem_e2e::build_dir().join("nested")),
+        vmm: None,
+        echo,
+        positional: Vec::new(),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--nested" => f.opts.mode = Mode::Nested,
+            "--direct" => f.opts.mode = Mode::Direct,
+            "--vmm" => f.vmm = Some(PathBuf::from(args.value("--vmm")?)),
+            "--timeout" => f.opts.timeout = Duration::from_secs(args.number("--timeout")?),
+            "--memory" => f.opts.memory_mib = args.number("--memory")?,
+            "--verbose" => f.echo = Echo::All,
+            "--guests" => f.echo = Echo::Guests,
+            "--quiet" => f.echo = Echo::Progress,
+            s if s.starts_with("--") => {
+                return Err(CliError::Usage(format!("unknown option `{s}`")))
+            }
+            _ => f.positional.push(a),
+        }
+    }
+    Ok(f)
+}
+
+fn print_report(report: &scenario::Report) -> bool {
+    let mut ok = report.vmm_exit == Some(0);
+    for vm in &report.vms {
+        match (&vm.ready, vm.ready_after) {
+            (Some(r), Some(t)) => println!(
+                "[vm-{}] summary: ready after {:.1}s, cpus={}, virtio={}",
+                vm.name,
+                t.as_secs_f64(),
+                r.cpus,
+                scenario::describe_virtio(r)
+            ),
+            _ => {
+                ok = false;
+                println!(
+                    "[vm-{}] summary: NOT READY ({} console lines{})",
+                    vm.name,
+                    vm.lines,
+                    vm.panic
+                        .as_ref()
+                        .map(|p| format!(", panic: {p}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    println!(
+        "[nested] monitor exit {}, total {:.1}s ({})",
+        report
+            .vmm_exit
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        report.host.total.as_secs_f64(),
+        if report.host.nested {
+            "nested L1"
+        } else {
+            "direct"
+        }
+    );
+    ok
+}
+
+fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
+    let f = parse_run_flags(args, Echo::Guests)?;
+    let vmm = f.vmm.clone().ok_or_else(|| {
+        CliError::Usage("--vmm BIN is required (tests/nested/build-static.sh xpmem-vmm)".into())
+    })?;
+    let c = cache();
+    let prepared = if demo {
+        let env = Env {
+            cache: c.clone(),
+            vmm,
+            opts: f.opts.clone(),
+            echo: f.echo,
+        };
+        cases::two_vm_scenario(&env, f.opts.timeout)?
+    } else {
+        let [config] = f.positional.as_slice() else {
+            return Err(CliError::Usage(
+                "scenario needs exactly one CONFIG.toml".into(),
+            ));
+        };
+        scenario::prepare_file(std::path::Path::new(config), &vmm, f.opts.timeout)?
+    };
+    let host = nested::detect_host();
+    println!(
+        "[nested] {} VMs ({}); test host: {}",
+        prepared.vms.len(),
+        prepared.vms.join(", "),
+        if nested::choose(f.opts.mode)? {
+            format!("nested L1 QEMU-TCG VM ({})", host.reason)
+        } else {
+            "this host (hardware KVM)".to_string()
+        }
+    );
+    let report = scenario::run(&c, &prepared, &f.opts, f.echo)?;
+    Ok(if print_report(&report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_test(args: &mut Args) -> Result<ExitCode, CliError> {
+    let f = parse_run_flags(args, Echo::Progress)?;
+    let groups: Vec<String> = if f.positional.is_empty() {
+        cases::GROUPS.iter().map(|s| s.to_string()).collect()
+    } else {
+        f.positional.clone()
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let mut results: Vec<CaseResult> = Vec::new();
+    if let Some(why) = cases::cannot_run(f.opts.mode) {
+        let status = if ci {
+            Status::Fail(format!("cannot run under CI=true: {why}"))
+        } else {
+            eprintln!("############################################################");
+            eprintln!("# SKIPPING end-to-end tests: {why}");
+            eprintln!("############################################################");
+            Status::Skip(why.clone())
+        };
+        for g in &groups {
+            results.push(CaseResult {
+                name: format!("{g}/*"),
+                status: status.clone(),
+            });
+        }
+    } else {
+        let vmm = f.vmm.clone().ok_or_else(|| {
+            CliError::Usage("--vmm BIN is required (tests/nested/build-static.sh xpmem-vmm)".into())
+        })?;
+        let env = Env {
+            cache: cache(),
+            vmm,
+            opts: f.opts.clone(),
+            echo: f.echo,
+        };
+        for g in &groups {
+            let start = std::time::Instant::now();
+            println!("[e2e] group {g}: starting");
+            let r = cases::run_group(&env, g);
+            println!(
+                "[e2e] group {g}: {} cases in {:.1}s",
+                r.len(),
+                start.elapsed().as_secs_f64()
+            );
+            results.extend(r);
+        }
+    }
+    for r in &results {
+        match &r.status {
+            Status::Pass => println!("PASS {}", r.name),
+            Status::Fail(why) => println!("FAIL {}: {why}", r.name),
+            Status::Skip(why) => println!("SKIP {}: {why}", r.name),
+        }
+    }
+    let (p, fl, s) = cases::counts(&results);
+    println!("e2e: {p} passed, {fl} failed, {s} skipped");
+    Ok(if fl == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn real_main() -> Result<ExitCode, CliError> {
     let mut args = Args {
         items: std::env::args().skip(1).collect(),
@@ -193,6 +514,11 @@ fn real_main() -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Some("l1-run") => cmd_l1_run(&mut args),
+        Some("guest-image") => cmd_guest_image(&mut args),
+        Some("qemu-guest") => cmd_qemu_guest(&mut args),
+        Some("scenario") => cmd_scenario(&mut args, false),
+        Some("demo") => cmd_scenario(&mut args, true),
+        Some("test") => cmd_test(&mut args),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

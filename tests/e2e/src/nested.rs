@@ -105,13 +105,31 @@ pub enum KvmLoad {
     Deferred,
 }
 
+/// Where a payload file's contents come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A host file, read when the run starts.
+    Path(PathBuf),
+    /// Inline contents.
+    Data(Vec<u8>),
+}
+
+impl Source {
+    fn bytes(&self) -> Result<Vec<u8>, Error> {
+        match self {
+            Source::Path(p) => read(p),
+            Source::Data(d) => Ok(d.clone()),
+        }
+    }
+}
+
 /// One file of the payload.
 #[derive(Debug, Clone)]
 pub struct PayloadFile {
     /// Path relative to the payload directory.
     pub dest: String,
-    /// Where to read it from on the host.
-    pub source: PathBuf,
+    /// Its contents.
+    pub source: Source,
     /// Permission bits.
     pub mode: u32,
 }
@@ -145,7 +163,22 @@ impl Payload {
             .unwrap_or(0o644);
         self.files.push(PayloadFile {
             dest: dest.into(),
-            source,
+            source: Source::Path(source),
+            mode,
+        });
+        self
+    }
+
+    /// Adds a file with inline contents.
+    pub fn data(
+        &mut self,
+        dest: impl Into<String>,
+        data: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> &mut Self {
+        self.files.push(PayloadFile {
+            dest: dest.into(),
+            source: Source::Data(data.into()),
             mode,
         });
         self
@@ -274,7 +307,7 @@ pub fn build_l1_initramfs(
     }
     a.add_file("lib/modules/kvm/order", 0o644, order.into_bytes())?;
     for f in &payload.files {
-        a.add_file(&format!("payload/{}", f.dest), f.mode, read(&f.source)?)?;
+        a.add_file(&format!("payload/{}", f.dest), f.mode, f.source.bytes()?)?;
     }
     a.add_file("payload/run.sh", 0o755, payload.script.as_bytes().to_vec())?;
     Ok(a)
@@ -409,7 +442,12 @@ fn run_direct(
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        std::fs::copy(&f.source, &dest).map_err(io(&f.source))?;
+        std::fs::write(&dest, f.source.bytes()?).map_err(io(&dest))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode))
+                .map_err(io(&dest))?;
+        }
     }
     let script = dir.0.join("run.sh");
     std::fs::write(&script, &payload.script).map_err(io(&script))?;

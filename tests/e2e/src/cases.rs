@@ -1,0 +1,570 @@
+//! The end-to-end test groups. Each group boots the test host once and runs
+//! several cases in it; every case yields one [`CaseResult`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::debian::Cache;
+use crate::image::{self, Spec};
+use crate::nested::{self, KvmLoad, Options, Payload};
+use crate::scenario::{self, Echo, VmSetup};
+
+/// Errors that stop a whole group before its cases run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Debian(#[from] crate::debian::Error),
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error(transparent)]
+    Scenario(#[from] scenario::Error),
+    #[error(transparent)]
+    Nested(#[from] nested::Error),
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// It passed.
+    Pass,
+    /// It failed, with the reason.
+    Fail(String),
+    /// It could not run here, with the reason.
+    Skip(String),
+}
+
+/// One case's result.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// `group/case`.
+    pub name: String,
+    /// Outcome.
+    pub status: Status,
+}
+
+impl CaseResult {
+    fn new(group: &str, case: &str, status: Status) -> Self {
+        Self {
+            name: format!("{group}/{case}"),
+            status,
+        }
+    }
+
+    fn check(group: &str, case: &str, ok: bool, why: impl FnOnce() -> String) -> Self {
+        Self::new(
+            group,
+            case,
+            if ok {
+                Status::Pass
+            } else {
+                Status::Fail(why())
+            },
+        )
+    }
+}
+
+/// What the groups need.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Download/unpack cache.
+    pub cache: Cache,
+    /// The statically linked monitor binary.
+    pub vmm: PathBuf,
+    /// Host options (mode, L1 size, timeout).
+    pub opts: Options,
+    /// Console echo level.
+    pub echo: Echo,
+}
+
+/// The names of all groups, in the order `test` runs them.
+pub const GROUPS: &[&str] = &["errors", "boot"];
+
+/// Runs a group by name; an error that prevents the group from running at all
+/// becomes one failed case.
+pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
+    let res = match group {
+        "boot" => boot_group(env),
+        "errors" => errors_group(env),
+        other => {
+            return vec![CaseResult::new(
+                other,
+                "setup",
+                Status::Fail(format!(
+                    "unknown group `{other}`; groups: {}",
+                    GROUPS.join(", ")
+                )),
+            )]
+        }
+    };
+    res.unwrap_or_else(|e| vec![CaseResult::new(group, "setup", Status::Fail(e.to_string()))])
+}
+
+/// The guest image with the base modules (virtio + virtio_rng).
+pub fn base_image(cache: &Cache) -> Result<(PathBuf, PathBuf), Error> {
+    let kernel = cache.kernel()?;
+    let busybox = cache.busybox()?;
+    let img = image::build(
+        &kernel,
+        &busybox,
+        &Spec::base(),
+        &crate::build_dir().join("images"),
+    )?;
+    Ok((kernel.vmlinuz, img))
+}
+
+/// The default two-VM setup: `a` and `b`, 2 vCPUs and 512 MiB each.
+pub fn two_vms() -> Vec<VmSetup> {
+    ["a", "b"]
+        .iter()
+        .map(|n| VmSetup {
+            name: n.to_string(),
+            vcpus: 2,
+            memory_mib: 512,
+            cmdline: "quiet".into(),
+        })
+        .collect()
+}
+
+/// Writes the two-VM config into the build dir and prepares it.
+pub fn two_vm_scenario(env: &Env, vmm_timeout: Duration) -> Result<scenario::Prepared, Error> {
+    let (kernel, initrd) = base_image(&env.cache)?;
+    let text = scenario::config_toml(&two_vms(), &kernel, &initrd);
+    let path = crate::build_dir().join("scenarios").join("two-vms.toml");
+    Ok(scenario::prepare(&path, &text, &env.vmm, vmm_timeout)?)
+}
+
+/// Two VMs with 2 vCPUs each boot together; both reach init, see 2 CPUs and
+/// have the virtio entropy device bound to `virtio_rng`; the monitor exits 0
+/// once both have shut down.
+pub fn boot_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
+    const G: &str = "boot";
+    let prepared = two_vm_scenario(env, Duration::from_secs(300))?;
+    let report = scenario::run(&env.cache, &prepared, &env.opts, env.echo)?;
+    let mut out = Vec::new();
+    let setups = two_vms();
+    for (vm, setup) in report.vms.iter().zip(&setups) {
+        let n = &vm.name;
+        let ready = vm.ready.as_ref();
+        out.push(CaseResult::check(
+            G,
+            &format!("{n}-reaches-init"),
+            ready.is_some() && vm.panic.is_none(),
+            || match &vm.panic {
+                Some(p) => format!("guest {n} panicked: {p}"),
+                None => format!(
+                "guest {n} printed no XPMEM-GUEST READY banner ({} console lines; errors: {:?})",
+                vm.lines, vm.errors
+            ),
+            },
+        ));
+        out.push(CaseResult::check(
+            G,
+            &format!("{n}-cpus-online"),
+            ready.is_some_and(|r| r.cpus == setup.vcpus),
+            || {
+                format!(
+                    "guest {n}: expected {} CPUs online, banner says {:?}",
+                    setup.vcpus,
+                    ready.map(|r| r.cpus)
+                )
+            },
+        ));
+        out.push(CaseResult::check(
+            G,
+            &format!("{n}-virtio-rng-bound"),
+            ready.is_some_and(|r| r.has_bound(4, "virtio_rng")),
+            || {
+                format!(
+                    "guest {n}: no virtio device id 4 bound to virtio_rng (devices: {})",
+                    ready
+                        .map(scenario::describe_virtio)
+                        .unwrap_or_else(|| "unknown".into())
+                )
+            },
+        ));
+        out.push(CaseResult::check(
+            G,
+            &format!("{n}-init-clean"),
+            vm.errors.is_empty(),
+            || format!("guest {n} init errors: {:?}", vm.errors),
+        ));
+    }
+    out.push(CaseResult::check(
+        G,
+        "monitor-exits-0",
+        report.vmm_exit == Some(0),
+        || {
+            format!(
+                "monitor exit {:?} (137 = killed at the deadline){}; monitor output: {:?}",
+                report.vmm_exit,
+                if report.host.timed_out {
+                    ", test host timed out"
+                } else {
+                    ""
+                },
+                report
+                    .monitor_lines
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .rev()
+                    .collect::<Vec<_>>()
+            )
+        },
+    ));
+    Ok(out)
+}
+
+/// A bad-input case: the monitor must exit non-zero within the deadline,
+/// print exactly one non-empty line, mentioning one of `keywords`, and not panic.
+#[derive(Debug, Clone)]
+struct BadInput {
+    name: &'static str,
+    /// Arguments after `./xpmem-vmm`.
+    args: String,
+    keywords: &'static [&'static str],
+}
+
+fn vm_toml(
+    name: &str,
+    vcpus: u32,
+    memory: &str,
+    kernel: &str,
+    initrd: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\nvcpus = {vcpus}\nmemory = {memory}\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n{extra}\n"
+    )
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), for a corrupt kernel.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+const CASE_SCRIPT_HEAD: &str = r#"
+run_case() {
+	name=$1
+	shift
+	echo "XPMEM-CASE-BEGIN $name"
+	timeout -s KILL 60 "$@" >/tmp/case.out 2>/tmp/case.err </dev/null
+	rc=$?
+	while IFS= read -r l || [ -n "$l" ]; do echo "XPMEM-CASE-OUT $name $l"; done </tmp/case.out
+	while IFS= read -r l || [ -n "$l" ]; do echo "XPMEM-CASE-OUT $name $l"; done </tmp/case.err
+	echo "XPMEM-CASE-END $name rc=$rc"
+}
+# A sparse 512 MiB initramfs for a 128 MiB guest.
+dd if=/dev/zero of=/tmp/big.img bs=1M seek=511 count=1 2>/dev/null
+ln -sf /tmp/big.img big.img
+if [ "$XPMEM_HOST" = nested ]; then
+	# L1 booted without kvm-amd: there is no /dev/kvm yet.
+	run_case no-kvm ./xpmem-vmm --config cases/ok.toml
+	load-kvm || exit 1
+else
+	# Hide /dev/kvm in a private mount namespace.
+	run_case no-kvm unshare -m sh -c 'mount -t tmpfs none /dev && exec ./xpmem-vmm --config cases/ok.toml'
+fi
+"#;
+
+/// The monitor's bad-input handling: one clear line and a non-zero exit each.
+pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
+    const G: &str = "errors";
+    let (kernel, initrd) = base_image(&env.cache)?;
+    let mut payload = Payload::default();
+    payload.file(&env.vmm, "xpmem-vmm");
+    payload.file(&kernel, "vmlinuz");
+    payload.file(&initrd, "guest.cpio.gz");
+    payload.data("corrupt.bin", noise(256 * 1024), 0o644);
+    // A bzImage cut after its setup header: a valid header that lies about its size.
+    let mut truncated = std::fs::read(&kernel).map_err(|source| nested::Error::ReadPayload {
+        path: kernel.clone(),
+        source,
+    })?;
+    truncated.truncate(16 * 1024);
+    payload.data("truncated.bin", truncated, 0o644);
+
+    let ok = |extra: &str| vm_toml("a", 1, "256", "../vmlinuz", "../guest.cpio.gz", extra);
+    let configs: Vec<(&str, String)> = vec![
+        ("ok", ok("")),
+        (
+            "missing-kernel",
+            vm_toml("a", 1, "256", "../no-such-bzImage", "../guest.cpio.gz", ""),
+        ),
+        (
+            "missing-initrd",
+            vm_toml("a", 1, "256", "../vmlinuz", "../no-such-initrd.gz", ""),
+        ),
+        (
+            "corrupt-kernel",
+            vm_toml("a", 1, "256", "../corrupt.bin", "../guest.cpio.gz", ""),
+        ),
+        (
+            "truncated-kernel",
+            vm_toml("a", 1, "256", "../truncated.bin", "../guest.cpio.gz", ""),
+        ),
+        (
+            "initrd-too-large",
+            vm_toml("a", 1, "128", "../vmlinuz", "../big.img", ""),
+        ),
+        (
+            "memory-too-small",
+            vm_toml("a", 1, "\"32M\"", "../vmlinuz", "../guest.cpio.gz", ""),
+        ),
+        (
+            "zero-vcpus",
+            vm_toml("a", 0, "256", "../vmlinuz", "../guest.cpio.gz", ""),
+        ),
+        ("unknown-key", ok("vcpu_count = 2")),
+        ("duplicate-names", format!("{}{}", ok(""), ok(""))),
+    ];
+    for (name, text) in &configs {
+        payload.data(format!("cases/{name}.toml"), text.clone(), 0o644);
+    }
+    let cases = [
+        BadInput {
+            name: "no-kvm",
+            args: String::new(),
+            keywords: &["/dev/kvm"],
+        },
+        BadInput {
+            name: "missing-config",
+            args: "--config cases/no-such.toml".into(),
+            keywords: &["no-such.toml"],
+        },
+        BadInput {
+            name: "missing-kernel",
+            args: String::new(),
+            keywords: &["no-such-bzImage"],
+        },
+        BadInput {
+            name: "missing-initrd",
+            args: String::new(),
+            keywords: &["no-such-initrd"],
+        },
+        BadInput {
+            name: "corrupt-kernel",
+            args: String::new(),
+            keywords: &["kernel"],
+        },
+        BadInput {
+            name: "truncated-kernel",
+            args: String::new(),
+            keywords: &["kernel"],
+        },
+        BadInput {
+            name: "initrd-too-large",
+            args: String::new(),
+            keywords: &["initrd", "initramfs"],
+        },
+        BadInput {
+            name: "memory-too-small",
+            args: String::new(),
+            keywords: &["memory"],
+        },
+        BadInput {
+            name: "zero-vcpus",
+            args: String::new(),
+            keywords: &["vcpus"],
+        },
+        BadInput {
+            name: "unknown-key",
+            args: String::new(),
+            keywords: &["vcpu_count"],
+        },
+        BadInput {
+            name: "duplicate-names",
+            args: String::new(),
+            keywords: &["duplicate"],
+        },
+    ];
+    let mut script = String::from(CASE_SCRIPT_HEAD);
+    for c in cases.iter().filter(|c| c.name != "no-kvm") {
+        let args = if c.args.is_empty() {
+            format!("--config cases/{}.toml", c.name)
+        } else {
+            c.args.clone()
+        };
+        script.push_str(&format!("run_case {} ./xpmem-vmm {args}\n", c.name));
+    }
+    payload.script = script;
+
+    let mut opts = env.opts.clone();
+    opts.kvm = KvmLoad::Deferred;
+    let mut lines: Vec<String> = Vec::new();
+    let echo = env.echo;
+    let outcome = nested::run(&env.cache, &payload, &opts, |l| {
+        if echo == Echo::All || l.starts_with("XPMEM-CASE-OUT") {
+            println!("[L1] {l}");
+        }
+        lines.push(l.to_string());
+    })?;
+
+    let mut out = Vec::new();
+    for c in &cases {
+        let prefix = format!("XPMEM-CASE-OUT {} ", c.name);
+        let end = format!("XPMEM-CASE-END {} rc=", c.name);
+        let output: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let rc = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&end))
+            .and_then(|r| r.trim().parse::<i32>().ok());
+        out.push(CaseResult::new(
+            G,
+            c.name,
+            judge_bad_input(c.keywords, rc, &output, outcome.timed_out),
+        ));
+    }
+    Ok(out)
+}
+
+fn judge_bad_input(
+    keywords: &[&str],
+    rc: Option<i32>,
+    output: &[&str],
+    host_timed_out: bool,
+) -> Status {
+    let Some(rc) = rc else {
+        return Status::Fail(if host_timed_out {
+            "the test host timed out before this case finished".into()
+        } else {
+            "no result line from the test host".into()
+        });
+    };
+    if rc == 137 {
+        return Status::Fail("the monitor hung: killed after 60 s".into());
+    }
+    if rc == 0 {
+        return Status::Fail(format!("the monitor exited 0; output: {output:?}"));
+    }
+    if let Some(p) = output
+        .iter()
+        .find(|l| l.contains("panicked") || l.contains("RUST_BACKTRACE"))
+    {
+        return Status::Fail(format!("the monitor panicked (exit {rc}): {p}"));
+    }
+    if output.len() != 1 {
+        return Status::Fail(format!(
+            "expected exactly one line of output, got {} (exit {rc}): {output:?}",
+            output.len()
+        ));
+    }
+    let line = output[0].to_lowercase();
+    if !keywords.iter().any(|k| line.contains(&k.to_lowercase())) {
+        return Status::Fail(format!(
+            "the message does not mention {keywords:?} (exit {rc}): {:?}",
+            output[0]
+        ));
+    }
+    Status::Pass
+}
+
+/// Summary counts.
+pub fn counts(results: &[CaseResult]) -> (usize, usize, usize) {
+    let pass = results.iter().filter(|r| r.status == Status::Pass).count();
+    let fail = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::Fail(_)))
+        .count();
+    let skip = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::Skip(_)))
+        .count();
+    (pass, fail, skip)
+}
+
+/// Why the end-to-end tests cannot run on this machine, if they cannot.
+pub fn cannot_run(mode: nested::Mode) -> Option<String> {
+    let host = nested::detect_host();
+    let nested = match nested::choose(mode) {
+        Ok(n) => n,
+        Err(e) => return Some(e.to_string()),
+    };
+    if nested
+        && !Path::new("/usr/bin/qemu-system-x86_64").exists()
+        && which("qemu-system-x86_64").is_none()
+    {
+        return Some(format!(
+            "no hardware KVM here ({}) and qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)",
+            host.reason
+        ));
+    }
+    None
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_judgement() {
+        let kw = &["memory"];
+        assert_eq!(
+            judge_bad_input(kw, Some(1), &["error: VM a: memory 32 MiB is below"], false),
+            Status::Pass
+        );
+        assert!(matches!(
+            judge_bad_input(kw, Some(0), &["memory"], false),
+            Status::Fail(_)
+        ));
+        assert!(matches!(
+            judge_bad_input(kw, Some(137), &[], false),
+            Status::Fail(_)
+        ));
+        assert!(matches!(
+            judge_bad_input(kw, None, &[], true),
+            Status::Fail(_)
+        ));
+        assert!(matches!(
+            judge_bad_input(kw, Some(101), &["thread 'main' panicked at memory"], false),
+            Status::Fail(_)
+        ));
+        assert!(matches!(
+            judge_bad_input(kw, Some(1), &["memory", "more"], false),
+            Status::Fail(_)
+        ));
+        assert!(matches!(
+            judge_bad_input(kw, Some(1), &["vcpus bad"], false),
+            Status::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn noise_is_not_trivial() {
+        let n = noise(4096);
+        assert_eq!(n, noise(4096));
+        let distinct: std::collections::BTreeSet<u8> = n.iter().copied().collect();
+        assert!(distinct.len() > 200);
+    }
+
+    #[test]
+    fn counting() {
+        let r = vec![
+            CaseResult::new("g", "a", Status::Pass),
+            CaseResult::new("g", "b", Status::Fail("x".into())),
+            CaseResult::new("g", "c", Status::Skip("y".into())),
+            CaseResult::new("g", "d", Status::Pass),
+        ];
+        assert_eq!(counts(&r), (2, 1, 1));
+    }
+}
