@@ -408,6 +408,9 @@ long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	return 0;
 }
 
+static void xpmem_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			    u64 apid);
+
 long xpmem_ioctl_release(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			 struct xpmem_cmd_release __user *uarg)
 {
@@ -421,6 +424,9 @@ long xpmem_ioctl_release(struct xpmem_dev *xd, struct xpmem_owner *owner,
 		return -EFAULT;
 	if (apid <= 0)
 		return -EINVAL;
+
+	/* Spec 8.5: RELEASE detaches the permit's attachments. */
+	xpmem_kill_atts(xd, owner, apid);
 
 	req = xpmem_req_alloc(GFP_KERNEL);
 	if (!req)
@@ -571,6 +577,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	kref_get(&xd->ref);
 	att->attach_id = attach_id;
 	att->token = owner->token;
+	att->apid = cmd.apid;
 	att->npages = npages;
 	att->base = xd->shm[sid].addr + aoff;
 	att->rdonly = sid == VIRTIO_XPMEM_SHM_RO;
@@ -665,17 +672,24 @@ long xpmem_ioctl_detach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	return 0;
 }
 
-/* The owner is going away: its attachments die (SIGBUS), PTEs go now. */
-void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner)
+/*
+ * The device is about to drop attachments of @owner (all of them, or those
+ * made with permit @apid): they die (SIGBUS) and their PTEs go now, before
+ * the device may hand their aperture range to another attachment.
+ */
+static void xpmem_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			    u64 apid)
 {
 	struct xpmem_att *att, *tmp;
 	LIST_HEAD(dead);
 
 	mutex_lock(&xd->att_list_lock);
 	list_for_each_entry_safe(att, tmp, &owner->atts, node) {
+		if (apid && att->apid != apid)
+			continue;
 		list_del(&att->node);
 		att->owner = NULL;
-		/* RELEASE_OWNER drops it on the device side. */
+		/* RELEASE_OWNER or RELEASE detaches it on the device side. */
 		att->detach_sent = true;
 		kref_get(&att->ref);
 		list_add(&att->node, &dead);
@@ -688,6 +702,11 @@ void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner)
 		xpmem_att_zap(att, 0, att->npages, true);
 		xpmem_att_put(att);
 	}
+}
+
+void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner)
+{
+	xpmem_kill_atts(xd, owner, 0);
 }
 
 /* The device is going away: every attachment dies, its PTEs go now. */

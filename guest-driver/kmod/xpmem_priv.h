@@ -181,6 +181,7 @@ struct xpmem_att {
 	struct list_head node;		/* in owner->atts */
 	u64 attach_id;
 	u64 token;
+	u64 apid;		/* the permit it was attached with */
 	u64 npages;
 	phys_addr_t base;	/* guest-physical start of its aperture */
 	bool rdonly;
