@@ -283,6 +283,67 @@ fn bench_invalidate(n: u64, k: u32) {
     );
 }
 
+/// Latency of small invalidations (`inv_pages` each) of a large mapped segment shared by
+/// K importers: INVALIDATE, K acks, exporter answered.
+fn bench_invalidate_small(mapped: u64, inv_pages: u64, k: u32) {
+    let mut b = Bench::new(k, mapped);
+    let seg = b.segment(mapped);
+    for imp in 2..=k + 1 {
+        let att = b.attach(VmId(imp), seg, mapped);
+        b.map_all(VmId(imp), att, mapped, &|i| (1000 + i) * P);
+    }
+    let rounds = (mapped / inv_pages).min(256);
+    let t = Instant::now();
+    for r in 0..rounds {
+        b.tag += 1;
+        let itag = RequestTag(b.tag);
+        let acts = b.d.handle(
+            EXP,
+            itag,
+            Request::Invalidate {
+                owner: OWNER,
+                segid: seg,
+                vaddr: r * inv_pages * P,
+                len: inv_pages * P,
+            },
+            0,
+        );
+        let ids: Vec<(VmId, u64)> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::PostEvent {
+                    vm,
+                    event:
+                        Event::Invalidate {
+                            invalidation_id, ..
+                        },
+                } => Some((*vm, *invalidation_id)),
+                _ => None,
+            })
+            .collect();
+        let mut done = false;
+        for (vm, id) in ids {
+            let acts = b.req(
+                vm,
+                Request::InvalidateAck {
+                    invalidation_id: id,
+                },
+            );
+            done |= acts
+                .iter()
+                .any(|a| matches!(a, Action::Respond { tag, .. } if *tag == itag));
+        }
+        assert!(done, "exporter INVALIDATE not answered");
+    }
+    let dt = t.elapsed();
+    println!(
+        "| {:>6} of {:>6} | K={k} | {:>14.2} |",
+        inv_pages,
+        mapped,
+        dt.as_secs_f64() * 1e6 / rounds as f64,
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[u64] = if quick {
@@ -305,6 +366,15 @@ fn main() {
     for &n in sizes {
         for k in [1, 2, 4, 8] {
             bench_invalidate(n, k);
+        }
+    }
+    println!();
+    println!("| pages invalidated | K   | us/INVALIDATE  |");
+    println!("|-------------------|-----|----------------|");
+    let mapped = if quick { 4096 } else { 65536 };
+    for inv in [1, 16, 512] {
+        for k in [1, 2, 4, 8] {
+            bench_invalidate_small(mapped, inv, k);
         }
     }
 }
