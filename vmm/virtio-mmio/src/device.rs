@@ -50,9 +50,7 @@ pub struct ActivateContext {
 /// them by setting DEVICE_NEEDS_RESET.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    #[error(
-        "the driver did not set up queue {0}; it must make every queue ready before DRIVER_OK"
-    )]
+    #[error("queue {0} is not usable: the driver must set its size and rings (inside guest memory) and make it ready before DRIVER_OK")]
     QueueNotReady(usize),
     #[error("device activation failed: {0}")]
     Device(String),
