@@ -69,8 +69,11 @@ struct VmState {
     ram: Vec<(u64, u64)>,
     rw: ApertureAllocator,
     ro: ApertureAllocator,
-    segments: u32,
-    permits: u32,
+    /// Ids of the segments, permits and attachments this VM holds (per-VM limits, and
+    /// teardown without scanning other VMs' objects).
+    segs: BTreeSet<i64>,
+    permits: BTreeSet<i64>,
+    atts: BTreeSet<u64>,
 }
 
 impl VmState {
@@ -295,8 +298,9 @@ impl Domain {
                 ram,
                 rw: ApertureAllocator::new(spec.rw_aperture_pages),
                 ro: ApertureAllocator::new(spec.ro_aperture_pages),
-                segments: 0,
-                permits: 0,
+                segs: BTreeSet::new(),
+                permits: BTreeSet::new(),
+                atts: BTreeSet::new(),
             },
         );
         Ok(())
@@ -310,9 +314,9 @@ impl Domain {
     /// and queues are torn down by the device. `vm`'s own pending requests are dropped.
     pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) -> Result<Vec<Action>, DomainError> {
         self.now_ms = self.now_ms.max(now_ms);
-        if self.vms.remove(&vm).is_none() {
+        let Some(st) = self.vms.remove(&vm) else {
             return Err(DomainError::UnknownVm(vm));
-        }
+        };
         let mut out = Vec::new();
         // Its own pending FAULTs are dropped with their resolves.
         let own_faults: Vec<u64> = self
@@ -345,32 +349,14 @@ impl Domain {
             self.finish_target(t, false, &mut out);
         }
         // Its attachments and permits.
-        let own_atts: Vec<u64> = self
-            .attach_index
-            .keys()
-            .copied()
-            .filter(|id| self.att(*id).is_some_and(|a| a.importer == vm))
-            .collect();
-        for a in own_atts {
+        for a in st.atts {
             self.detach_internal(a, &mut out);
         }
-        let own_permits: Vec<i64> = self
-            .permits
-            .iter()
-            .filter(|(_, p)| p.vm == vm)
-            .map(|(&k, _)| k)
-            .collect();
-        for p in own_permits {
+        for p in st.permits {
             self.release_internal(p, &mut out);
         }
         // Its segments: importers are revoked.
-        let own_segs: Vec<i64> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.vm == vm)
-            .map(|(&k, _)| k)
-            .collect();
-        for s in own_segs {
+        for s in st.segs {
             self.remove_segment(s, RevokeReason::ExporterGone, &mut out);
         }
         Ok(out)
@@ -634,9 +620,25 @@ impl Domain {
             ));
         }
         for (&vm, st) in &self.vms {
-            let nseg = self.segments.values().filter(|s| s.vm == vm).count();
-            let nperm = self.permits.values().filter(|p| p.vm == vm).count();
-            if nseg != st.segments as usize || nperm != st.permits as usize {
+            let segs: BTreeSet<i64> = self
+                .segments
+                .iter()
+                .filter(|(_, s)| s.vm == vm)
+                .map(|(&k, _)| k)
+                .collect();
+            let perms: BTreeSet<i64> = self
+                .permits
+                .iter()
+                .filter(|(_, p)| p.vm == vm)
+                .map(|(&k, _)| k)
+                .collect();
+            let atts: BTreeSet<u64> = self
+                .attach_index
+                .keys()
+                .copied()
+                .filter(|&id| self.att(id).is_some_and(|a| a.importer == vm))
+                .collect();
+            if segs != st.segs || perms != st.permits || atts != st.atts {
                 return Err(format!("per-VM object counts of {vm:?} off"));
             }
             for w in [Window::Rw, Window::Ro] {
@@ -971,7 +973,7 @@ impl Domain {
             return;
         };
         if let Some(st) = self.vms.get_mut(&seg.vm) {
-            st.segments -= 1;
+            st.segs.remove(&segid);
         }
         let (state, status) = match reason {
             RevokeReason::ExporterGone => (AttState::ExporterGone, Status::Gone),
@@ -1048,6 +1050,7 @@ impl Domain {
         self.slab_free.push(idx);
         if let Some(st) = self.vms.get_mut(&a.importer) {
             st.aperture(a.window).free(a.aperture_page, a.npages());
+            st.atts.remove(&attach_id);
         }
         if let Some(seg) = self.segments.get_mut(&a.segid) {
             seg.attachments.remove(&attach_id);
@@ -1067,7 +1070,7 @@ impl Domain {
         }
         if let Some(p) = self.permits.remove(&apid) {
             if let Some(st) = self.vms.get_mut(&p.vm) {
-                st.permits -= 1;
+                st.permits.remove(&apid);
             }
         }
     }
@@ -1105,12 +1108,12 @@ impl Domain {
             }
             let max = self.cfg.max_segments_per_vm;
             let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
-            if st.segments >= max {
+            if st.segs.len() >= max as usize {
                 return Err(Status::NoSpc);
             }
             let segid = self.new_id(IdKind::Segment, vm).ok_or(Status::NoSpc)?;
             if let Some(st) = self.vms.get_mut(&vm) {
-                st.segments += 1;
+                st.segs.insert(segid);
             }
             self.segments.insert(
                 segid,
@@ -1189,12 +1192,12 @@ impl Domain {
             let exporter = seg.vm;
             let max = self.cfg.max_permits_per_vm;
             let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
-            if st.permits >= max {
+            if st.permits.len() >= max as usize {
                 return Err(Status::NoSpc);
             }
             let apid = self.new_id(IdKind::Permit, vm).ok_or(Status::NoSpc)?;
             if let Some(st) = self.vms.get_mut(&vm) {
-                st.permits += 1;
+                st.permits.insert(apid);
             }
             self.permits.insert(
                 apid,
@@ -1263,7 +1266,11 @@ impl Domain {
             let vaddr = seg.vaddr + offset;
             let npages = size / PAGE_SIZE;
             let window = if rdonly { Window::Ro } else { Window::Rw };
+            let max = self.cfg.max_attachments_per_vm;
             let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
+            if st.atts.len() >= max as usize {
+                return Err(Status::NoSpc);
+            }
             let aperture_page = st.aperture(window).alloc(npages).ok_or(Status::NoSpc)?;
             let id = match self.new_id(IdKind::Attachment, vm) {
                 Some(id) => id as u64,
@@ -1300,6 +1307,9 @@ impl Domain {
                 }
             };
             self.attach_index.insert(id, idx);
+            if let Some(st) = self.vms.get_mut(&vm) {
+                st.atts.insert(id);
+            }
             if let Some(s) = self.segments.get_mut(&segid) {
                 s.attachments.insert(id);
             }
@@ -1616,33 +1626,33 @@ impl Domain {
         owner: OwnerToken,
         out: &mut Out,
     ) -> Option<Result<ResponseBody, Status>> {
-        let atts: Vec<u64> = self
-            .attach_index
-            .keys()
+        let Some(st) = self.vms.get(&vm) else {
+            return Some(Err(Status::NoEnt));
+        };
+        let atts: Vec<u64> = st
+            .atts
+            .iter()
             .copied()
-            .filter(|id| {
-                self.att(*id)
-                    .is_some_and(|a| a.importer == vm && a.owner == owner)
-            })
+            .filter(|&id| self.att(id).is_some_and(|a| a.owner == owner))
+            .collect();
+        let permits: Vec<i64> = st
+            .permits
+            .iter()
+            .copied()
+            .filter(|k| self.permits.get(k).is_some_and(|p| p.owner == owner))
+            .collect();
+        let segs: Vec<i64> = st
+            .segs
+            .iter()
+            .copied()
+            .filter(|k| self.segments.get(k).is_some_and(|s| s.owner == owner))
             .collect();
         for a in atts {
             self.detach_internal(a, out);
         }
-        let permits: Vec<i64> = self
-            .permits
-            .iter()
-            .filter(|(_, p)| p.vm == vm && p.owner == owner)
-            .map(|(&k, _)| k)
-            .collect();
         for p in permits {
             self.release_internal(p, out);
         }
-        let segs: Vec<i64> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.vm == vm && s.owner == owner)
-            .map(|(&k, _)| k)
-            .collect();
         for s in segs {
             self.remove_segment(s, RevokeReason::SegmentRemoved, out);
         }

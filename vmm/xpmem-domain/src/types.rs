@@ -97,6 +97,8 @@ pub struct DomainConfig {
     pub max_segments_per_vm: u32,
     /// Most permits (apids) one VM may hold.
     pub max_permits_per_vm: u32,
+    /// Most attachments one VM may hold.
+    pub max_attachments_per_vm: u32,
     /// Milliseconds an exporter has to answer a RESOLVE before the FAULT fails with
     /// [`Status::Fault`]. Values below `invalidate_deadline_ms` are raised to it.
     pub resolve_timeout_ms: u64,
@@ -113,6 +115,7 @@ impl Default for DomainConfig {
             user_addr_limit: 1 << 47,
             max_segments_per_vm: 65536,
             max_permits_per_vm: 65536,
+            max_attachments_per_vm: 65536,
             resolve_timeout_ms: 2000,
         }
     }

@@ -990,6 +990,7 @@ fn per_vm_tables_are_bounded() {
     let mut h = H::with_config(DomainConfig {
         max_segments_per_vm: 2,
         max_permits_per_vm: 1,
+        max_attachments_per_vm: 1,
         ..DomainConfig::default()
     });
     let s = h.make(A, 0, P, 0o666);
@@ -1001,6 +1002,8 @@ fn per_vm_tables_are_bounded() {
     // Other VMs have their own budget.
     h.make(B, 0, P, 0o666);
     let apid = h.apid(B, s, XPMEM_RDONLY);
+    h.att(B, apid, 0, P, XPMEM_RDONLY);
+    assert_eq!(h.attach(B, apid, 0, P, XPMEM_RDONLY), Err(Status::NoSpc));
     assert_eq!(h.get(B, s, XPMEM_RDONLY), Err(Status::NoSpc));
     assert_eq!(
         h.call(B, Request::Release { owner: OWNER, apid }),
