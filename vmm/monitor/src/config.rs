@@ -642,6 +642,19 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../configs/two-vms.toml");
+        let c = Config::from_toml(text, Path::new("/x")).unwrap();
+        assert_eq!(c.vms.len(), 2);
+        assert!(c.vms[0].stdin);
+        assert_eq!(
+            c.vms[1].console,
+            Console::File(PathBuf::from("/x/vm-b.console"))
+        );
+        assert_eq!(c.xpmem.invalidate_deadline_ms, Some(1000));
+    }
+
+    #[test]
     fn zero_deadline_is_rejected() {
         assert!(matches!(
             parse(&format!(

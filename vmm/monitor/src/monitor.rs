@@ -108,12 +108,9 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             name: cfg.name.clone(),
             source,
         };
-        let id = u32::try_from(index + 1).map(VmId).map_err(|_| {
-            vm_error(VmError::Device {
-                name: "xpmem",
-                reason: "too many VMs".into(),
-            })
-        })?;
+        let id = u32::try_from(index + 1)
+            .map(VmId)
+            .map_err(|_| vm_error(VmError::Xpmem("too many VMs".into())))?;
         built.push(Vm::new(&kvm, cfg, id, &shared, config.stdout_consoles()).map_err(vm_error)?);
     }
 

@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_acpi::{AcpiConfig, MmioDeviceInfo};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::boot::{self, cpu, BootSpec};
+use crate::boot::{self, cpu, BootEntry, BootSpec};
 use crate::bus::{lock, Bus, BusDevice, BusError};
 use crate::config::{Console, VmConfig};
 use crate::devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
@@ -51,6 +51,8 @@ pub enum VmError {
     AcpiTooLarge(u64),
     #[error("cannot write ACPI tables to guest memory: {0}")]
     AcpiWrite(vm_memory::GuestMemoryError),
+    #[error("cannot set up the xpmem device: {0}")]
+    Xpmem(String),
     #[error("cannot create virtio device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error(transparent)]
@@ -126,92 +128,24 @@ impl Vm {
             });
         }
         let layout = MemoryLayout::new(cfg.memory, cfg.aperture_rw, cfg.aperture_ro)?;
-
-        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-
+        let vm_fd = create_vm_fd(kvm)?;
         let ram = GuestRam::new(&cfg.name, &layout)?;
         let next_slot = ram.register(&vm_fd)?;
-
-        // The import aperture: two windows above RAM, their own memslots.
-        let apertures = ApertureWindows::reserve(
-            layout.aperture_rw.guest_base,
-            layout.aperture_rw.size,
-            layout.aperture_ro.guest_base,
-            layout.aperture_ro.size,
-        )
-        .map_err(|e| VmError::Device {
-            name: "xpmem aperture",
-            reason: e.to_string(),
-        })?;
-        for (offset, window, readonly) in [(0, &apertures.rw, false), (1, &apertures.ro, true)] {
-            // SAFETY: `apertures` owns the host mapping and is dropped after
-            // `vm_fd` (field order of `Vm`), so it outlives the memslot.
-            unsafe {
-                set_memslot(
-                    &vm_fd,
-                    next_slot + offset,
-                    window.guest_base(),
-                    window.len(),
-                    window.host_addr(),
-                    readonly,
-                )
-            }?;
-        }
+        let apertures = map_apertures(&vm_fd, &layout, next_slot)?;
 
         let exit = Arc::new(ExitHandle::new().map_err(VmError::EventFd)?);
-        let mut pio = Bus::new();
-        let sink = match &cfg.console {
-            // Several VMs on stdout: write whole lines so they never interleave.
-            Console::Stdout => ConsoleSink::stdout(&cfg.name, stdout_consoles == 1),
-            Console::File(path) => ConsoleSink::file(path).map_err(|err| VmError::ConsoleFile {
-                path: path.clone(),
-                err,
-            })?,
-        };
-        let serial = Arc::new(Mutex::new(
-            SerialDevice::new(sink).map_err(VmError::EventFd)?,
-        ));
-        vm_fd
-            .register_irqfd(lock(&serial).irqfd(), SERIAL_GSI)
-            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-        pio.insert(u64::from(SERIAL_BASE), SERIAL_LEN, serial.clone())?;
-        pio.insert(
-            u64::from(I8042_BASE),
-            I8042_LEN,
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        )?;
-        pio.insert(
-            u64::from(ACPI_PM_BASE),
-            ACPI_PM_LEN,
-            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
-        )?;
+        let (pio, serial) = legacy_devices(&vm_fd, cfg, &exit, stdout_consoles)?;
 
         // virtio devices, in slot order. Adding a device is one entry here.
         let xpmem = shared
             .xpmem
             .add_vm(
                 id,
-                VmRamLayout::from_guest_memory(&ram.mem).map_err(|e| VmError::Device {
-                    name: "xpmem",
-                    reason: e.to_string(),
-                })?,
+                VmRamLayout::from_guest_memory(&ram.mem)
+                    .map_err(|e| VmError::Xpmem(e.to_string()))?,
                 apertures.clone(),
             )
-            .map_err(|e| VmError::Device {
-                name: "xpmem",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| VmError::Xpmem(e.to_string()))?;
         let devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![
             ("rng", Box::new(virtio_rng_device::Rng::new())),
             ("xpmem", Box::new(xpmem)),
@@ -230,32 +164,7 @@ impl Vm {
             slots.push(slot);
         }
 
-        // ACPI tables describe the CPUs (MADT) and the virtio-mmio devices (DSDT).
-        let tables = vmm_acpi::build_tables(
-            &AcpiConfig {
-                num_cpus: cfg.vcpus,
-                virtio_mmio: slots
-                    .iter()
-                    .map(|s| MmioDeviceInfo {
-                        base: s.base,
-                        len: s.size,
-                        gsi: s.gsi,
-                    })
-                    .collect(),
-                // KVM's default routing wires ISA IRQ n to IOAPIC pin n.
-                irq0_to_gsi2: false,
-            },
-            vmm_acpi::RSDP_GPA,
-        )?;
-        if tables.end_gpa > vmm_acpi::BIOS_AREA_END {
-            return Err(VmError::AcpiTooLarge(tables.end_gpa));
-        }
-        for blob in &tables.blobs {
-            ram.mem
-                .write_slice(&blob.bytes, GuestAddress(blob.gpa))
-                .map_err(VmError::AcpiWrite)?;
-        }
-
+        let rsdp = write_acpi_tables(&ram, cfg.vcpus, &slots)?;
         let cmdline = cfg.kernel_cmdline();
         let entry = boot::load(
             &ram.mem,
@@ -264,24 +173,10 @@ impl Vm {
                 kernel: &cfg.kernel,
                 initrd: cfg.initrd.as_deref(),
                 cmdline: &cmdline,
-                acpi_rsdp: Some(tables.rsdp_gpa),
+                acpi_rsdp: Some(rsdp),
             },
         )?;
-
-        let supported: CpuId = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-        for index in 0..cfg.vcpus {
-            let vcpu = vm_fd
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            cpu::setup_common(&vcpu, index, cfg.vcpus, &supported)?;
-            if index == 0 {
-                cpu::setup_boot_vcpu(&vcpu, &entry)?;
-            }
-            vcpus.push(vcpu);
-        }
+        let vcpus = create_vcpus(kvm, &vm_fd, cfg.vcpus, &entry)?;
 
         Ok(Vm {
             name: cfg.name.clone(),
@@ -353,6 +248,146 @@ impl Vm {
         running.vm = Some(self);
         Ok(running)
     }
+}
+
+/// A VM with the in-kernel irqchip (LAPICs, IOAPIC, PIC) and PIT.
+fn create_vm_fd(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm_fd)
+}
+
+/// Reserves the import aperture windows and registers them as memslots
+/// `first_slot` (read-write) and `first_slot + 1` (read-only).
+fn map_apertures(
+    vm_fd: &VmFd,
+    layout: &MemoryLayout,
+    first_slot: u32,
+) -> Result<ApertureWindows, VmError> {
+    let apertures = ApertureWindows::reserve(
+        layout.aperture_rw.guest_base,
+        layout.aperture_rw.size,
+        layout.aperture_ro.guest_base,
+        layout.aperture_ro.size,
+    )
+    .map_err(|e| VmError::Xpmem(e.to_string()))?;
+    for (offset, window, readonly) in [(0, &apertures.rw, false), (1, &apertures.ro, true)] {
+        // SAFETY: the caller keeps `apertures` (which owns the host mapping)
+        // alive until after the VM fd is closed (field order of `Vm`), so the
+        // mapping outlives the memslot.
+        unsafe {
+            set_memslot(
+                vm_fd,
+                first_slot + offset,
+                window.guest_base(),
+                window.len(),
+                window.host_addr(),
+                readonly,
+            )
+        }?;
+    }
+    Ok(apertures)
+}
+
+/// COM1, the i8042 reset line and the ACPI power-management ports.
+fn legacy_devices(
+    vm_fd: &VmFd,
+    cfg: &VmConfig,
+    exit: &Arc<ExitHandle>,
+    stdout_consoles: usize,
+) -> Result<(Bus, Arc<Mutex<SerialDevice>>), VmError> {
+    let sink = match &cfg.console {
+        // Several VMs on stdout: write whole lines so they never interleave.
+        Console::Stdout => ConsoleSink::stdout(&cfg.name, stdout_consoles == 1),
+        Console::File(path) => ConsoleSink::file(path).map_err(|err| VmError::ConsoleFile {
+            path: path.clone(),
+            err,
+        })?,
+    };
+    let serial = Arc::new(Mutex::new(
+        SerialDevice::new(sink).map_err(VmError::EventFd)?,
+    ));
+    vm_fd
+        .register_irqfd(lock(&serial).irqfd(), SERIAL_GSI)
+        .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let mut pio = Bus::new();
+    pio.insert(u64::from(SERIAL_BASE), SERIAL_LEN, serial.clone())?;
+    pio.insert(
+        u64::from(I8042_BASE),
+        I8042_LEN,
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+    )?;
+    pio.insert(
+        u64::from(ACPI_PM_BASE),
+        ACPI_PM_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+    )?;
+    Ok((pio, serial))
+}
+
+/// Writes the ACPI tables describing the CPUs (MADT) and the virtio-mmio
+/// devices (DSDT) into the BIOS area; returns the RSDP address.
+fn write_acpi_tables(ram: &GuestRam, vcpus: u8, slots: &[MmioSlot]) -> Result<u64, VmError> {
+    let tables = vmm_acpi::build_tables(
+        &AcpiConfig {
+            num_cpus: vcpus,
+            virtio_mmio: slots
+                .iter()
+                .map(|s| MmioDeviceInfo {
+                    base: s.base,
+                    len: s.size,
+                    gsi: s.gsi,
+                })
+                .collect(),
+            // KVM's default routing wires ISA IRQ n to IOAPIC pin n.
+            irq0_to_gsi2: false,
+        },
+        vmm_acpi::RSDP_GPA,
+    )?;
+    if tables.end_gpa > vmm_acpi::BIOS_AREA_END {
+        return Err(VmError::AcpiTooLarge(tables.end_gpa));
+    }
+    for blob in &tables.blobs {
+        ram.mem
+            .write_slice(&blob.bytes, GuestAddress(blob.gpa))
+            .map_err(VmError::AcpiWrite)?;
+    }
+    Ok(tables.rsdp_gpa)
+}
+
+/// Creates every vCPU; the boot vCPU starts at `entry`, the others wait
+/// for INIT/SIPI from the guest (KVM's default state for APs).
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    count: u8,
+    entry: &BootEntry,
+) -> Result<Vec<VcpuFd>, VmError> {
+    let supported: CpuId = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let vcpu = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        cpu::setup_common(&vcpu, index, count, &supported)?;
+        if index == 0 {
+            cpu::setup_boot_vcpu(&vcpu, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }
 
 /// Wraps `device` in a virtio-mmio transport at `slot`: MMIO bus entry,
