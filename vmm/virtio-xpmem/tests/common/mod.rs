@@ -197,7 +197,7 @@ pub struct Guest<'a> {
     free_slots: Vec<u16>,
     /// head -> (slot, response length)
     outstanding: HashMap<u16, (u16, u32)>,
-    pub done: HashMap<u16, Completion>,
+    done: HashMap<u16, (u16, Completion)>,
     pub events: Vec<wire::Event>,
     pub owner: u64,
     event_buffers: u16,
@@ -301,15 +301,19 @@ impl<'a> Guest<'a> {
             let mut bytes = vec![0u8; resp_len.min(0x100) as usize];
             self.mem.read_slice(&mut bytes, GuestAddress(resp)).unwrap();
             let status = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+            // The slot (and so the head) stays taken until the completion
+            // is collected, so a later request cannot reuse the head.
             self.done.insert(
                 head,
-                Completion {
-                    used_len: len,
-                    status,
-                    body: bytes[8..].to_vec(),
-                },
+                (
+                    slot,
+                    Completion {
+                        used_len: len,
+                        status,
+                        body: bytes[8..].to_vec(),
+                    },
+                ),
             );
-            self.free_slots.push(slot);
         }
         let mut refill = false;
         for (head, len) in self.evq.take_used() {
@@ -331,7 +335,9 @@ impl<'a> Guest<'a> {
     /// Takes the completion of `head`, if it completed.
     pub fn completion(&mut self, head: u16) -> Option<Completion> {
         self.poll();
-        self.done.remove(&head)
+        let (slot, c) = self.done.remove(&head)?;
+        self.free_slots.push(slot);
+        Some(c)
     }
 
     /// Submits a request and expects an immediate completion.
