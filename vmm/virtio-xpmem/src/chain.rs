@@ -180,3 +180,114 @@ pub fn write_to_buffers(mem: &GuestMemoryMmap, bufs: &[WritableBuf], bytes: &[u8
     }
     u32::try_from(at).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+
+    /// Guest memory in two regions; the second one stands for an aperture
+    /// window that a monitor (wrongly) included in the device's memory map.
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x20_0000), 0x1000),
+        ])
+        .unwrap()
+    }
+
+    fn split(
+        mem: &GuestMemoryMmap,
+        descs: &[(u64, u32, u16)],
+        writable_only: bool,
+    ) -> Result<SplitChain, RejectedChain> {
+        let q = MockSplitQueue::new(mem, 16);
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .map(|&(a, l, f)| RawDescriptor::from(Descriptor::new(a, l, f, 0)))
+            .collect();
+        let chain = q.build_desc_chain(&raw).unwrap();
+        split_chain(chain, mem, &[(0x20_0000, 0x1000)], writable_only)
+    }
+
+    #[test]
+    fn readable_then_writable_is_split_in_order() {
+        let m = mem();
+        m.write_slice(b"abcd", GuestAddress(0x1000)).unwrap();
+        m.write_slice(b"ef", GuestAddress(0x2000)).unwrap();
+        let s = split(
+            &m,
+            &[
+                (0x1000, 4, 0),
+                (0x2000, 2, 0),
+                (0x3000, 8, W),
+                (0x4000, 0, W),
+                (0x5000, 8, W),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.readable, b"abcdef");
+        assert_eq!(
+            s.writable,
+            vec![(GuestAddress(0x3000), 8), (GuestAddress(0x5000), 8)]
+        );
+        assert_eq!(s.writable_len(), 16);
+        let n = write_to_buffers(&m, &s.writable, &[7u8; 12]).unwrap();
+        assert_eq!(n, 12);
+        let mut back = [0u8; 4];
+        m.read_slice(&mut back, GuestAddress(0x5000)).unwrap();
+        assert_eq!(back, [7, 7, 7, 7]);
+        assert!(write_to_buffers(&m, &s.writable, &[0u8; 17]).is_none());
+    }
+
+    #[test]
+    fn aperture_inside_guest_memory_is_still_refused() {
+        let m = mem();
+        let r = split(&m, &[(0x20_0000, 16, 0), (0x3000, 8, W)], false).unwrap_err();
+        assert!(matches!(r.error, ChainError::InAperture { .. }));
+        assert_eq!(r.writable, vec![(GuestAddress(0x3000), 8)]);
+        let r = split(&m, &[(0x1000, 16, 0), (0x20_0ff8, 8, W)], false).unwrap_err();
+        assert!(matches!(r.error, ChainError::InAperture { .. }));
+        assert!(r.writable.is_empty());
+    }
+
+    #[test]
+    fn direction_size_and_range_errors() {
+        let m = mem();
+        let e = |d: &[(u64, u32, u16)], wo| split(&m, d, wo).unwrap_err().error;
+        assert_eq!(
+            e(&[(0x3000, 8, W), (0x1000, 4, 0)], false),
+            ChainError::WrongDirectionOrder
+        );
+        assert_eq!(e(&[(0x1000, 8, 0)], true), ChainError::ReadableEventBuffer);
+        assert_eq!(
+            e(&[(0x1000, MAX_REQUEST_BYTES as u32 + 1, 0)], false),
+            ChainError::RequestTooLarge
+        );
+        assert!(matches!(
+            e(&[(0xf_fff0, 32, 0)], false),
+            ChainError::OutsideGuestMemory { .. }
+        ));
+        assert!(matches!(
+            e(&[(u64::MAX - 4, 8, 0)], false),
+            ChainError::OutsideGuestMemory { .. }
+        ));
+        // Too many descriptors: the writable one at the end is still found.
+        let mut many: Vec<(u64, u32, u16)> = (0..(MAX_CHAIN_DESCRIPTORS as u64 + 2))
+            .map(|i| (0x1000 + i, 1, 0))
+            .collect();
+        many.push((0x3000, 8, W));
+        let q = MockSplitQueue::new(&m, 64);
+        let raw: Vec<RawDescriptor> = many
+            .iter()
+            .map(|&(a, l, f)| RawDescriptor::from(Descriptor::new(a, l, f, 0)))
+            .collect();
+        let r = split_chain(q.build_desc_chain(&raw).unwrap(), &m, &[], false).unwrap_err();
+        assert_eq!(r.error, ChainError::TooManyDescriptors);
+        assert_eq!(r.writable, vec![(GuestAddress(0x3000), 8)]);
+    }
+}

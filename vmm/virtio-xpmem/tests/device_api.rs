@@ -1,0 +1,132 @@
+//! The VirtioDevice surface of XpmemDevice as the transport sees it.
+
+mod common;
+
+use common::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_mmio_transport::{ActivateContext, ActivateError, SharedMemoryRegion, VirtioDevice};
+use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout};
+use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub, QUEUE_SIZE};
+use virtio_xpmem_wire as wire;
+
+#[test]
+fn identity_features_config_and_regions() {
+    let hub = XpmemHub::new(HubConfig {
+        invalidate_deadline: std::time::Duration::from_millis(250),
+        max_fault_pages: 32,
+        ..HubConfig::default()
+    })
+    .unwrap();
+    let mem = guest_ram();
+    let windows =
+        ApertureWindows::reserve(APERTURE_RW_GPA, APERTURE_LEN, APERTURE_RO_GPA, 2 << 20).unwrap();
+    let mut dev = hub
+        .add_vm(
+            VmId(7),
+            VmRamLayout::from_guest_memory(&mem).unwrap(),
+            windows.clone(),
+        )
+        .unwrap();
+    assert_eq!(dev.device_type(), wire::VIRTIO_ID_XPMEM);
+    assert_eq!(dev.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    let f = dev.device_features();
+    assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
+    assert_ne!(f & (1 << wire::VIRTIO_XPMEM_F_RO_APERTURE), 0);
+    assert_eq!(
+        dev.shared_memory_regions(),
+        vec![
+            SharedMemoryRegion {
+                id: 0,
+                guest_base: APERTURE_RW_GPA,
+                len: APERTURE_LEN
+            },
+            SharedMemoryRegion {
+                id: 1,
+                guest_base: APERTURE_RO_GPA,
+                len: 2 << 20
+            },
+        ]
+    );
+    let mut cfg = [0u8; 24];
+    dev.read_config(0, &mut cfg);
+    assert_eq!(u32::from_le_bytes(cfg[0..4].try_into().unwrap()), 7);
+    assert_eq!(
+        u32::from_le_bytes(cfg[4..8].try_into().unwrap()),
+        wire::VIRTIO_XPMEM_EVENT_SIZE
+    );
+    assert_eq!(u32::from_le_bytes(cfg[8..12].try_into().unwrap()), 32);
+    assert_eq!(u64::from_le_bytes(cfg[16..24].try_into().unwrap()), 250);
+    // Partial, unaligned and out-of-range reads; writes are ignored.
+    let mut b = [0xffu8; 4];
+    dev.read_config(22, &mut b);
+    assert_eq!(b, [0, 0, 0, 0]);
+    dev.read_config(u64::MAX, &mut b);
+    assert_eq!(b, [0, 0, 0, 0]);
+    dev.write_config(0, &[1, 2, 3, 4]);
+    dev.read_config(0, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 7);
+
+    // Activation needs both queues.
+    let q = DriverQueue::new(&mem, REQQ_ADDR);
+    let err = dev
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![q.queue()],
+            interrupt: std::sync::Arc::new(CountingInterrupt::default()),
+            acked_features: f,
+        })
+        .unwrap_err();
+    assert!(matches!(err, ActivateError::QueueNotReady(1)));
+    assert_eq!(hub.counters().vms, 0);
+
+    // The same VM id twice, and out-of-range ids, are refused.
+    let again = hub.add_vm(
+        VmId(7),
+        VmRamLayout::from_guest_memory(&mem).unwrap(),
+        windows.clone(),
+    );
+    assert!(matches!(again, Err(HubError::DuplicateVm(_))));
+    let zero = hub.add_vm(
+        VmId(0),
+        VmRamLayout::from_guest_memory(&mem).unwrap(),
+        windows.clone(),
+    );
+    assert!(matches!(zero, Err(HubError::BadVmId(_))));
+    drop(dev);
+    // After the device is gone the id is free again.
+    let dev = hub.add_vm(
+        VmId(7),
+        VmRamLayout::from_guest_memory(&mem).unwrap(),
+        windows,
+    );
+    assert!(dev.is_ok());
+}
+
+#[test]
+fn reset_releases_everything_and_the_device_can_be_reused() {
+    let hub = XpmemHub::new(HubConfig::default()).unwrap();
+    let mem = guest_ram();
+    let mut g = Guest::new(&hub, 1, &mem);
+    let c = g.call(wire::Request::Make {
+        vaddr: 0x1000,
+        size: 0x1000,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    });
+    assert_eq!(c.status, 0);
+    assert_eq!(hub.counters().segments, 1);
+    g.reset_and_reactivate();
+    assert_eq!(hub.counters().segments, 0);
+    assert_eq!(hub.counters().vms, 1);
+    let c = g.call(wire::Request::Make {
+        vaddr: 0x1000,
+        size: 0x1000,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    });
+    assert_eq!(c.status, 0);
+    drop(g);
+    assert!(hub.counters().nothing_held());
+}
