@@ -286,7 +286,7 @@ impl Endpoint {
             return reject(self, &split.writable, opcode, wire::Status::Invalid);
         }
         let tag = self.next_tag;
-        self.next_tag = self.next_tag.wrapping_add(1);
+        self.next_tag = self.next_tag.wrapping_add(1).max(SYNTHETIC_TAG + 1);
         self.pending.insert(
             tag,
             PendingChain {
@@ -312,22 +312,26 @@ impl Endpoint {
         }
     }
 
-    /// Queues an event and delivers what the eventq has room for.
-    fn post_event(&mut self, bytes: Vec<u8>) {
+    /// Queues an event and delivers what the eventq has room for. Returns
+    /// false if the event was dropped because the backlog is full.
+    fn post_event(&mut self, bytes: Vec<u8>) -> bool {
         if self.active.is_none() {
-            return;
+            // Not joined: the domain has nothing to say to this VM.
+            return true;
         }
+        self.flush_events();
         if self.events.len() >= self.max_pending_events {
             self.stats.events_dropped += 1;
             log::warn!(
-                "virtio-xpmem: VM {:?}: event backlog full ({} events); the driver does not refill eventq, dropping an event",
+                "virtio-xpmem: VM {:?}: event backlog full ({} events) because the driver does not refill eventq; dropping an event",
                 self.vm,
                 self.events.len()
             );
-        } else {
-            self.events.push_back(bytes);
+            return false;
         }
+        self.events.push_back(bytes);
         self.flush_events();
+        true
     }
 
     /// Delivers queued events into available eventq buffers.
@@ -410,10 +414,12 @@ impl HubState {
     }
 
     /// Applies domain actions in order. See the module docs for locking.
-    fn route(&mut self, actions: Vec<Action>) {
+    fn route(&mut self, actions: Vec<Action>, now_ms: u64) {
         // Importers whose Map failed in this batch: their FAULT answer
         // (which follows the Maps) becomes FAULT instead of "mapped".
         let mut failed_maps: Vec<VmId> = Vec::new();
+        // RESOLVE events that could not be queued (spec 8.3.2).
+        let mut dropped_resolves: Vec<(VmId, u64)> = Vec::new();
         for action in actions {
             match action {
                 Action::Respond { vm, tag, result } => {
@@ -429,7 +435,13 @@ impl HubState {
                 }
                 Action::PostEvent { vm, event } => {
                     if let Some(ep) = self.endpoint(vm) {
-                        lock(&ep).post_event(convert::event_to_wire(&event).to_bytes());
+                        let queued =
+                            lock(&ep).post_event(convert::event_to_wire(&event).to_bytes());
+                        if let (false, xpmem_domain::Event::Resolve { resolve_id, .. }) =
+                            (queued, &event)
+                        {
+                            dropped_resolves.push((vm, *resolve_id));
+                        }
                     }
                 }
                 Action::Map {
@@ -487,8 +499,27 @@ impl HubState {
                 }
             }
         }
+        // An undeliverable RESOLVE must fail the FAULT waiting for it: answer
+        // it on the exporter's behalf with a failed RESOLVE_REPLY. Tag 0 is
+        // never issued to a real chain, so that reply's own answer is dropped.
+        for (exporter, resolve_id) in dropped_resolves {
+            let actions = self.domain.handle(
+                exporter,
+                RequestTag(SYNTHETIC_TAG),
+                xpmem_domain::Request::ResolveReply {
+                    resolve_id,
+                    result: Err(xpmem_domain::Status::Fault),
+                },
+                now_ms,
+            );
+            self.route(actions, now_ms);
+        }
     }
 }
+
+/// Request tag used for replies the hub makes on a guest's behalf; endpoint
+/// tags start at 1 and skip it.
+const SYNTHETIC_TAG: u64 = 0;
 
 struct TimerCtl {
     flags: Mutex<(bool, bool)>, // (shutdown, kicked)
@@ -690,8 +721,9 @@ impl XpmemHub {
     /// VMs and revokes everything in the VM's own windows.
     fn leave_locked(&self, st: &mut HubState, vm: VmId) {
         if st.joined.remove(&vm).is_some() {
-            match st.domain.remove_vm(vm, self.now_ms()) {
-                Ok(actions) => st.route(actions),
+            let now = self.now_ms();
+            match st.domain.remove_vm(vm, now) {
+                Ok(actions) => st.route(actions, now),
                 Err(e) => log::error!("virtio-xpmem: removing VM {vm:?} from the domain: {e}"),
             }
         }
@@ -733,7 +765,7 @@ impl XpmemHub {
                 Popped::Request(tag, req) => {
                     let now = self.now_ms();
                     let actions = st.domain.handle(vm, tag, req, now);
-                    st.route(actions);
+                    st.route(actions, now);
                 }
             }
         }
@@ -744,8 +776,9 @@ impl XpmemHub {
     /// this; with a manual clock, tests and benchmarks do).
     pub fn tick(&self) {
         let mut st = lock(&self.state);
-        let actions = st.domain.tick(self.now_ms());
-        st.route(actions);
+        let now = self.now_ms();
+        let actions = st.domain.tick(now);
+        st.route(actions, now);
     }
 
     fn next_deadline(&self) -> Option<u64> {

@@ -446,6 +446,8 @@ fn events_wait_for_eventq_buffers_and_the_backlog_is_bounded() {
     let mut c = Guest::with_event_buffers(&hub, 3, &mc, 0);
     let (segid_c, _m) = make_segment(&mut c);
     let (_apid, att_c, _off, _shm) = get_attach(&mut b, segid_c, false);
+    let resolves_before = hub.counters().pending_resolves;
+    let mut heads = Vec::new();
     for i in 0..12 {
         let req = wire::Request::Fault {
             attach_id: att_c,
@@ -453,14 +455,28 @@ fn events_wait_for_eventq_buffers_and_the_backlog_is_bounded() {
             npages: 1,
             write: false,
         };
-        b.submit(
+        heads.push(b.submit(
             &req.to_bytes(b.owner),
             wire::response_size(req.opcode()) as u32,
-        );
+        ));
     }
     let st = hub.device_stats(c.vm).unwrap();
     assert_eq!(st.events_backlog, 8, "{st:?}");
     assert_eq!(st.events_dropped, 4, "{st:?}");
+    // The FAULTs whose RESOLVE could not be queued fail at once (spec
+    // 8.3.2); the others still wait for the exporter.
+    let statuses: Vec<Option<u32>> = heads
+        .iter()
+        .map(|&h| b.completion(h).map(|c| c.status))
+        .collect();
+    assert_eq!(statuses[..8], [None; 8], "{statuses:?}");
+    assert_eq!(
+        statuses[8..],
+        [Some(wire::VIRTIO_XPMEM_S_FAULT); 4],
+        "{statuses:?}"
+    );
+    assert_eq!(hub.counters().pending_resolves, resolves_before + 8);
+    hub.check_invariants().unwrap();
 }
 
 /// An aperture backend whose map can be made to fail.
