@@ -98,6 +98,11 @@ impl VirtioDevice for XpmemDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.acked_features & (1u64 << VIRTIO_F_VERSION_1) == 0 {
+            return Err(ActivateError::Device(
+                "the driver did not accept VIRTIO_F_VERSION_1; virtio-xpmem has no legacy interface".into(),
+            ));
+        }
         let nq = ctx.queues.len();
         let mut queues = ctx.queues.into_iter();
         let (Some(reqq), Some(evq)) = (queues.next(), queues.next()) else {

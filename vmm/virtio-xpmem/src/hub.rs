@@ -557,17 +557,19 @@ impl XpmemHub {
         aperture: Box<dyn ApertureBackend>,
         clock: HubClock,
     ) -> Result<Arc<Self>, HubError> {
+        // Spec 5.1: 1 <= max_fault_pages <= 512, invalidate_deadline_ms >= 1.
         let max_fault_pages = cfg.max_fault_pages.clamp(1, wire::VIRTIO_XPMEM_MAX_PAGES);
+        let deadline = cfg.invalidate_deadline.max(Duration::from_millis(1));
         let dcfg = DomainConfig {
             seed: cfg.seed,
             policy: cfg.policy.clone(),
-            invalidate_deadline_ms: u64::try_from(cfg.invalidate_deadline.as_millis())
-                .unwrap_or(u64::MAX),
+            invalidate_deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
             max_fault_pages,
             ..DomainConfig::default()
         };
         let mut cfg = cfg;
         cfg.max_fault_pages = max_fault_pages;
+        cfg.invalidate_deadline = deadline;
         let hub = Arc::new(Self {
             state: Mutex::new(HubState {
                 domain: Domain::new(dcfg),

@@ -77,6 +77,15 @@ fn identity_features_config_and_regions() {
         })
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueNotReady(1)));
+    let err = dev
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![q.queue(), DriverQueue::new(&mem, EVQ_ADDR).queue()],
+            interrupt: std::sync::Arc::new(CountingInterrupt::default()),
+            acked_features: f & !(1 << VIRTIO_F_VERSION_1),
+        })
+        .unwrap_err();
+    assert!(matches!(err, ActivateError::Device(_)));
     assert_eq!(hub.counters().vms, 0);
 
     // The same VM id twice, and out-of-range ids, are refused.
@@ -129,4 +138,43 @@ fn reset_releases_everything_and_the_device_can_be_reused() {
     assert_eq!(c.status, 0);
     drop(g);
     assert!(hub.counters().nothing_held());
+}
+
+#[test]
+fn without_the_ro_feature_read_only_attach_fails() {
+    let hub = XpmemHub::new(HubConfig::default()).unwrap();
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    b.features_mask = !(1 << wire::VIRTIO_XPMEM_F_RO_APERTURE);
+    b.reset_and_reactivate();
+    let segid = a
+        .call(wire::Request::Make {
+            vaddr: 0x1000,
+            size: 0x1000,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        })
+        .u64_at(0);
+    let apid = b
+        .call(wire::Request::Get {
+            segid,
+            access: wire::Access::ReadOnly,
+            uid: 0,
+            gid: 0,
+        })
+        .u64_at(0);
+    let c = b.call(wire::Request::Attach {
+        apid,
+        offset: 0,
+        size: 0x1000,
+        read_only: true,
+    });
+    assert!(
+        c.status == wire::VIRTIO_XPMEM_S_INVALID || c.status == wire::VIRTIO_XPMEM_S_NOSPC,
+        "status {}",
+        c.status
+    );
+    assert_eq!(hub.counters().attachments, 0);
 }

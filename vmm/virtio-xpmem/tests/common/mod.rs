@@ -201,6 +201,8 @@ pub struct Guest<'a> {
     pub events: Vec<wire::Event>,
     pub owner: u64,
     event_buffers: u16,
+    /// Features the driver model acknowledges (ANDed with the offer).
+    pub features_mask: u64,
 }
 
 impl<'a> Guest<'a> {
@@ -235,13 +237,14 @@ impl<'a> Guest<'a> {
             events: Vec::new(),
             owner: 0x1000 + u64::from(vm),
             event_buffers: nbufs,
+            features_mask: !0,
         };
         g.activate();
         g
     }
 
     pub fn activate(&mut self) {
-        let features = self.dev.device_features();
+        let features = self.dev.device_features() & self.features_mask;
         self.dev
             .activate(ActivateContext {
                 mem: self.mem.clone(),
