@@ -811,6 +811,11 @@ impl XpmemHub {
         lock(&self.state).domain.rmap_lookup(exporter, gpa)
     }
 
+    /// The domain's estimate of its reverse map's heap bytes.
+    pub fn rmap_heap_bytes_estimate(&self) -> u64 {
+        lock(&self.state).domain.rmap_heap_bytes_estimate()
+    }
+
     /// Runs the domain's internal consistency checks (tests).
     pub fn check_invariants(&self) -> Result<(), String> {
         lock(&self.state).domain.check_invariants()
