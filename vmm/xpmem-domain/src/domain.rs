@@ -145,15 +145,28 @@ impl Attachment {
 }
 
 enum FaultState {
+    /// Waiting for RESOLVE `resolve_id`, which covers this FAULT's window.
     Resolving {
         resolve_id: u64,
-        npages: u64,
-        stale: bool,
-        /// When the exporter's reply is due (resolve timeout).
-        due_ms: u64,
     },
     Parked,
     Idle,
+}
+
+/// A RESOLVE sent to an exporter; several FAULTs (of any importer) whose windows lie
+/// inside its range share it.
+struct PendingResolve {
+    exporter: VmId,
+    segid: i64,
+    vaddr: u64,
+    npages: u64,
+    write: bool,
+    /// An overlapping INVALIDATE was processed after the RESOLVE was sent.
+    stale: bool,
+    /// When the exporter's reply is due (resolve timeout).
+    due_ms: u64,
+    /// FAULT keys waiting for it (never empty).
+    faults: Vec<u64>,
 }
 
 struct PendingFault {
@@ -206,7 +219,7 @@ pub struct Domain {
     rmap: BTreeSet<(u64, u64)>,
     faults: BTreeMap<u64, PendingFault>,
     /// resolve_id -> fault key.
-    resolves: HashMap<u64, u64>,
+    resolves: HashMap<u64, PendingResolve>,
     invalidations: BTreeMap<u64, Invalidation>,
     targets: BTreeMap<u64, InvTarget>,
     /// Per-VM id counters; kept after a VM leaves so that ids are never reused.
@@ -456,14 +469,18 @@ impl Domain {
             }
         }
         let late: Vec<u64> = self
-            .faults
+            .resolves
             .iter()
-            .filter(|(_, f)| matches!(f.state, FaultState::Resolving { due_ms, .. } if due_ms <= now_ms))
+            .filter(|(_, r)| r.due_ms <= now_ms)
             .map(|(&k, _)| k)
             .collect();
-        for k in late {
-            self.stats.resolves_timed_out += 1;
-            self.fail_fault(k, Status::Fault, &mut out);
+        for rid in late {
+            if let Some(r) = self.resolves.remove(&rid) {
+                self.stats.resolves_timed_out += 1;
+                for k in r.faults {
+                    self.fail_fault(k, Status::Fault, &mut out);
+                }
+            }
         }
         out
     }
@@ -472,10 +489,7 @@ impl Domain {
     /// any: call [`Domain::tick`] then.
     pub fn next_deadline(&self) -> Option<u64> {
         let inv = self.invalidations.values().map(|i| i.deadline);
-        let res = self.faults.values().filter_map(|f| match f.state {
-            FaultState::Resolving { due_ms, .. } => Some(due_ms),
-            _ => None,
-        });
+        let res = self.resolves.values().map(|r| r.due_ms);
         inv.chain(res).min()
     }
 
@@ -652,20 +666,29 @@ impl Domain {
             }
         }
         for (&k, f) in &self.faults {
-            if let FaultState::Resolving { resolve_id, .. } = f.state {
-                if self.resolves.get(&resolve_id) != Some(&k) {
+            if let FaultState::Resolving { resolve_id } = f.state {
+                if !self
+                    .resolves
+                    .get(&resolve_id)
+                    .is_some_and(|r| r.faults.contains(&k))
+                {
                     return Err(format!("fault {k} resolve {resolve_id} not indexed"));
                 }
             }
         }
-        if self.resolves.len()
-            != self
-                .faults
-                .values()
-                .filter(|f| matches!(f.state, FaultState::Resolving { .. }))
-                .count()
-        {
-            return Err("dangling resolves".into());
+        for (rid, r) in &self.resolves {
+            if r.faults.is_empty() {
+                return Err(format!("resolve {rid} without faults"));
+            }
+            for k in &r.faults {
+                if !self
+                    .faults
+                    .get(k)
+                    .is_some_and(|f| matches!(f.state, FaultState::Resolving { resolve_id } if resolve_id == *rid))
+                {
+                    return Err(format!("resolve {rid} lists fault {k} that does not wait for it"));
+                }
+            }
         }
         let mut ntargets = 0;
         for (k, inv) in &self.invalidations {
@@ -806,10 +829,21 @@ impl Domain {
 
     fn drop_fault(&mut self, key: u64) -> Option<PendingFault> {
         let f = self.faults.remove(&key)?;
-        if let FaultState::Resolving { resolve_id, .. } = f.state {
-            self.resolves.remove(&resolve_id);
+        if let FaultState::Resolving { resolve_id } = f.state {
+            self.leave_resolve(resolve_id, key);
         }
         Some(f)
+    }
+
+    /// Removes FAULT `key` from the followers of a resolve; a resolve nobody waits for is
+    /// forgotten (a late reply then answers NOENT).
+    fn leave_resolve(&mut self, resolve_id: u64, key: u64) {
+        if let Some(r) = self.resolves.get_mut(&resolve_id) {
+            r.faults.retain(|&k| k != key);
+            if r.faults.is_empty() {
+                self.resolves.remove(&resolve_id);
+            }
+        }
     }
 
     fn fail_fault(&mut self, key: u64, status: Status, out: &mut Out) {
@@ -863,18 +897,50 @@ impl Domain {
         if attempts >= MAX_RESOLVE_ATTEMPTS {
             return self.fail_fault(key, Status::Fault, out);
         }
+        if let Some(f) = self.faults.get_mut(&key) {
+            f.attempts += 1;
+        }
+        // Share a RESOLVE in flight that covers the window with sufficient access.
+        let end_va = vaddr + n * PAGE_SIZE;
+        let shared = self
+            .resolves
+            .iter()
+            .find(|(_, r)| {
+                r.segid == segid
+                    && !r.stale
+                    && (r.write || !write)
+                    && r.vaddr <= vaddr
+                    && end_va <= r.vaddr + r.npages * PAGE_SIZE
+            })
+            .map(|(&rid, _)| rid);
+        if let Some(resolve_id) = shared {
+            if let Some(r) = self.resolves.get_mut(&resolve_id) {
+                r.faults.push(key);
+            }
+            if let Some(f) = self.faults.get_mut(&key) {
+                f.state = FaultState::Resolving { resolve_id };
+            }
+            self.stats.resolves_shared += 1;
+            return;
+        }
         let resolve_id = self.serial();
         let due_ms = self.now_ms.saturating_add(self.resolve_timeout_ms());
         if let Some(f) = self.faults.get_mut(&key) {
-            f.attempts += 1;
-            f.state = FaultState::Resolving {
-                resolve_id,
+            f.state = FaultState::Resolving { resolve_id };
+        }
+        self.resolves.insert(
+            resolve_id,
+            PendingResolve {
+                exporter,
+                segid,
+                vaddr,
                 npages: n,
+                write,
                 stale: false,
                 due_ms,
-            };
-        }
-        self.resolves.insert(resolve_id, key);
+                faults: vec![key],
+            },
+        );
         self.stats.resolves_issued += 1;
         self.post(
             exporter,
@@ -1388,57 +1454,69 @@ impl Domain {
         result: Result<Vec<u64>, Status>,
         out: &mut Out,
     ) -> Option<Result<ResponseBody, Status>> {
-        let Some(&key) = self.resolves.get(&resolve_id) else {
-            return Some(Err(Status::NoEnt));
-        };
-        let Some(f) = self.faults.get(&key) else {
-            self.resolves.remove(&resolve_id);
-            return Some(Err(Status::NoEnt));
-        };
-        let (attach_id, page_index) = (f.attach_id, f.page_index);
-        let (asked, stale) = match f.state {
-            FaultState::Resolving { npages, stale, .. } => (npages, stale),
-            _ => return Some(Err(Status::NoEnt)),
-        };
-        let Some(a) = self.att(attach_id) else {
-            self.fail_fault(key, Status::NoEnt, out);
-            return Some(Err(Status::NoEnt));
-        };
-        if a.exporter != vm {
+        match self.resolves.get(&resolve_id) {
+            None => return Some(Err(Status::NoEnt)),
             // Only the exporter that was asked may answer; the resolve stays pending.
-            return Some(Err(Status::Perm));
+            Some(r) if r.exporter != vm => return Some(Err(Status::Perm)),
+            Some(_) => {}
         }
-        let (exporter, segid, vaddr) = (a.exporter, a.segid, a.vaddr + page_index * PAGE_SIZE);
-        self.resolves.remove(&resolve_id);
-        if let Some(f) = self.faults.get_mut(&key) {
-            f.state = FaultState::Idle;
+        let r = self.resolves.remove(&resolve_id)?;
+        for k in &r.faults {
+            if let Some(f) = self.faults.get_mut(k) {
+                f.state = FaultState::Idle;
+            }
         }
         let gpas = match result {
             Err(_) => {
-                self.fail_fault(key, Status::Fault, out);
+                for k in r.faults {
+                    self.fail_fault(k, Status::Fault, out);
+                }
                 return Some(Ok(ResponseBody::Empty));
             }
             Ok(g) => g,
         };
         let valid = !gpas.is_empty()
-            && gpas.len() as u64 <= asked
-            && self.vms.get(&exporter).is_some_and(|st| {
+            && gpas.len() as u64 <= r.npages
+            && self.vms.get(&r.exporter).is_some_and(|st| {
                 gpas.iter()
                     .all(|&g| g % PAGE_SIZE == 0 && st.ram_contains_page(g))
             });
         if !valid {
             self.stats.resolves_rejected += 1;
-            self.fail_fault(key, Status::Fault, out);
+            for k in r.faults {
+                self.fail_fault(k, Status::Fault, out);
+            }
             return Some(Err(Status::Invalid));
         }
-        if stale || self.invalidation_overlaps(segid, vaddr, vaddr + asked * PAGE_SIZE) {
+        let r_end = r.vaddr + r.npages * PAGE_SIZE;
+        if r.stale || self.invalidation_overlaps(r.segid, r.vaddr, r_end) {
             // An invalidation raced this resolution: the addresses may already be stale.
+            // Each FAULT starts again (waiting for the invalidation first).
             self.stats.resolves_stale += 1;
-            self.run_fault(key, out);
+            for k in r.faults {
+                self.run_fault(k, out);
+            }
             return Some(Ok(ResponseBody::Empty));
         }
-        self.map_pages(attach_id, page_index, &gpas, out);
-        self.run_fault(key, out);
+        for k in r.faults {
+            let Some(f) = self.faults.get(&k) else {
+                continue;
+            };
+            let (attach_id, page_index) = (f.attach_id, f.page_index);
+            let Some(a) = self.att(attach_id) else {
+                continue;
+            };
+            // The FAULT's window starts inside the resolved range (checked when it joined).
+            let off =
+                ((a.vaddr + page_index * PAGE_SIZE).saturating_sub(r.vaddr) / PAGE_SIZE) as usize;
+            if off < gpas.len() {
+                let take = (f.want as usize).min(gpas.len() - off);
+                let part = gpas[off..off + take].to_vec();
+                self.map_pages(attach_id, page_index, &part, out);
+            }
+            // Answers the FAULT, or resolves what the reply did not cover.
+            self.run_fault(k, out);
+        }
         Some(Ok(ResponseBody::Empty))
     }
 
@@ -1528,17 +1606,9 @@ impl Domain {
         }
         let k = self.serial();
         // Resolutions in flight over the range may return addresses being invalidated.
-        for f in self.faults.values_mut() {
-            if let FaultState::Resolving { npages, stale, .. } = &mut f.state {
-                if let Some(&idx) = self.attach_index.get(&f.attach_id) {
-                    if let Some(Some(a)) = self.slab.get(idx as usize) {
-                        let fs = a.vaddr + f.page_index * PAGE_SIZE;
-                        let fe = fs + *npages * PAGE_SIZE;
-                        if a.segid == segid && fs < end && start < fe {
-                            *stale = true;
-                        }
-                    }
-                }
+        for r in self.resolves.values_mut() {
+            if r.segid == segid && r.vaddr < end && start < r.vaddr + r.npages * PAGE_SIZE {
+                r.stale = true;
             }
         }
         let mut targets = BTreeSet::new();

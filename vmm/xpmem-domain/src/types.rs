@@ -408,6 +408,8 @@ pub struct Counters {
     pub resolves_rejected: u64,
     /// Cumulative: RESOLVEs not answered within the resolve timeout.
     pub resolves_timed_out: u64,
+    /// Cumulative: FAULTs that joined a RESOLVE already in flight instead of sending one.
+    pub resolves_shared: u64,
     /// Cumulative: exporter INVALIDATE requests accepted.
     pub invalidations_started: u64,
     /// Cumulative: exporter INVALIDATE requests answered OK.

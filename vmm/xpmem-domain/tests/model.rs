@@ -178,6 +178,7 @@ impl Sim {
         let h = H::with_config(DomainConfig {
             seed: 99,
             invalidate_deadline_ms: 100,
+            resolve_timeout_ms: 300,
             max_fault_pages: 8,
             ..DomainConfig::default()
         });
@@ -258,10 +259,16 @@ impl Sim {
                         let att = att.unwrap();
                         let id = (att.id, page - att.ap);
                         let va = att.vaddr + (page - att.ap) * P;
-                        prop_assert_eq!(
-                            exporter_gpa + i * P,
-                            self.pt(att.segid, va),
-                            "mapped a stale exporter page (resolution raced an invalidation)"
+                        let gpa = exporter_gpa + i * P;
+                        let current_w = self.pt(att.segid, va, true);
+                        let current_r = self.pt(att.segid, va, false);
+                        prop_assert!(
+                            gpa == current_w || (!*writable && gpa == current_r),
+                            "mapped a stale exporter page (resolution raced an invalidation) \
+                             or a read lookup writable: gpa {:#x}, current {:#x}/{:#x}",
+                            gpa,
+                            current_w,
+                            current_r
                         );
                         prop_assert!(!self.revoked.contains(&id), "revoked page mapped again");
                         let prev = self.model.insert(
@@ -291,11 +298,11 @@ impl Sim {
                             npages,
                             segid,
                             vaddr,
-                            ..
+                            write,
                         } => {
                             prop_assert!(*npages >= 1 && *npages <= 8);
                             let gpas = (0..u64::from(*npages))
-                                .map(|k| self.pt(*segid, vaddr + k * P))
+                                .map(|k| self.pt(*segid, vaddr + k * P, *write))
                                 .collect();
                             self.resolves.push((*vm, *resolve_id, gpas));
                         }
@@ -393,9 +400,11 @@ impl Sim {
 
     /// The exporter's current page table: segment vaddr -> gpa. Even segids map
     /// contiguously (coalescable), odd ones scattered.
-    fn pt(&self, segid: i64, vaddr: u64) -> u64 {
+    /// A read lookup may return a different (not yet copied-on-write) page than a write
+    /// lookup; writable mappings must come from write lookups.
+    fn pt(&self, segid: i64, vaddr: u64, write: bool) -> u64 {
         let page = vaddr / P;
-        let v = self.pt_version.get(&(segid, page)).copied().unwrap_or(0);
+        let v = self.pt_version.get(&(segid, page)).copied().unwrap_or(0) * 2 + u64::from(!write);
         let n = if segid % 2 == 0 {
             (segid as u64 % 1000) + page + v * 17
         } else {
@@ -836,6 +845,7 @@ proptest! {
             eprintln!("STATS maps={} unmaps={} inv_started={} inv_done={} forced={} stale={} rejected={} resolves={} events={}",
                 c.map_actions, c.unmap_actions, c.invalidations_started, c.invalidations_completed,
                 c.invalidations_forced, c.resolves_stale, c.resolves_rejected, c.resolves_issued, c.events_posted);
+            eprintln!("STATS shared={} timed_out={}", c.resolves_shared, c.resolves_timed_out);
         }
         for vm in VMS {
             if sim.present.contains(&vm) {

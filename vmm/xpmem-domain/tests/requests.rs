@@ -1085,3 +1085,93 @@ fn failed_map_is_forgotten_and_resolved_again() {
     let (_, acts) = h.fault(B, att, 1, 8);
     assert_eq!(resolve_of(&acts, A).unwrap().1, 2);
 }
+
+#[test]
+fn importers_faulting_the_same_pages_share_one_resolve() {
+    let mut h = H::new();
+    let base = 0x300000;
+    let s = h.make(A, base, 32 * P, 0o666);
+    let ab = h.apid(B, s, XPMEM_RDWR);
+    let ac = h.apid(C, s, XPMEM_RDONLY);
+    let (att_b, _, ap_b) = h.att(B, ab, 0, 32 * P, 0);
+    // C attaches the segment from page 4 on, read-only.
+    let (att_c, _, ap_c) = h.att(C, ac, 4 * P, 16 * P, XPMEM_RDONLY);
+    let (tb, acts) = h.fault(B, att_b, 2, 8); // pages 2..10 of the segment, write
+    let (rid, n) = resolve_of(&acts, A).unwrap();
+    assert_eq!(n, 8);
+    // C's window (segment pages 5..9) lies inside B's resolve: no new RESOLVE.
+    let (tc, acts) = h.fault(C, att_c, 1, 4);
+    assert!(resolve_of(&acts, A).is_none());
+    assert_eq!(h.d.counters().resolves_shared, 1);
+    // A window reaching past it gets its own RESOLVE.
+    let (tc2, acts) = h.fault(C, att_c, 10, 2);
+    assert!(resolve_of(&acts, A).is_some());
+    let gpas: Vec<u64> = (0..8).map(|i| RAM0 + (40 + i) * P).collect();
+    let (_, acts) = h.reply(A, rid, Ok(gpas));
+    assert_eq!(response(&acts, B, tb), Some(Ok(ResponseBody::Mapped(8))));
+    assert_eq!(response(&acts, C, tc), Some(Ok(ResponseBody::Mapped(4))));
+    assert_eq!(response(&acts, C, tc2), None);
+    assert_eq!(
+        maps(&acts),
+        vec![
+            Action::Map {
+                importer: B,
+                window: Window::Rw,
+                aperture_page: ap_b + 2,
+                exporter: A,
+                exporter_gpa: RAM0 + 40 * P,
+                npages: 8,
+                writable: true,
+            },
+            Action::Map {
+                importer: C,
+                window: Window::Ro,
+                aperture_page: ap_c + 1,
+                exporter: A,
+                exporter_gpa: RAM0 + 43 * P,
+                npages: 4,
+                writable: false,
+            },
+        ]
+    );
+    assert_eq!(h.d.rmap_lookup(A, RAM0 + 44 * P).len(), 2);
+}
+
+#[test]
+fn shared_resolve_short_reply_resolves_the_rest() {
+    let mut h = H::new();
+    let s = h.make(A, 0, 16 * P, 0o666);
+    let ab = h.apid(B, s, XPMEM_RDWR);
+    let ac = h.apid(C, s, XPMEM_RDWR);
+    let (att_b, _, _) = h.att(B, ab, 0, 16 * P, 0);
+    let (att_c, _, _) = h.att(C, ac, 0, 16 * P, 0);
+    let (tb, acts) = h.fault(B, att_b, 0, 8);
+    let (rid, _) = resolve_of(&acts, A).unwrap();
+    let (tc, _) = h.fault(C, att_c, 4, 2);
+    // The exporter resolves only the first two pages: B is served, C asks again.
+    let (_, acts) = h.reply(A, rid, Ok(vec![RAM0, RAM0 + P]));
+    assert_eq!(response(&acts, B, tb), Some(Ok(ResponseBody::Mapped(2))));
+    assert_eq!(response(&acts, C, tc), None);
+    let (rid2, n) = resolve_of(&acts, A).expect("C's window resolved again");
+    assert_eq!(n, 2);
+    let (_, acts) = h.reply(A, rid2, Ok(vec![RAM0 + 4 * P, RAM0 + 5 * P]));
+    assert_eq!(response(&acts, C, tc), Some(Ok(ResponseBody::Mapped(2))));
+    // A follower going away leaves the resolve to the others.
+    let (tb, acts) = h.fault(B, att_b, 8, 4);
+    let (rid3, _) = resolve_of(&acts, A).unwrap();
+    let (tc, _) = h.fault(C, att_c, 8, 4);
+    assert_eq!(
+        h.call(
+            C,
+            Request::Detach {
+                owner: OWNER,
+                attach_id: att_c
+            }
+        ),
+        Ok(ResponseBody::Empty)
+    );
+    let _ = tc;
+    let (_, acts) = h.reply(A, rid3, Ok((8..12).map(|i| RAM0 + i * P).collect()));
+    assert_eq!(response(&acts, B, tb), Some(Ok(ResponseBody::Mapped(4))));
+    assert_eq!(maps(&acts).len(), 1);
+}
