@@ -47,13 +47,18 @@
 //!   starts again (waiting for the INVALIDATE, then a new RESOLVE), at most
 //!   [`MAX_RESOLVE_ATTEMPTS`] resolutions, then FAULT fails with [`Status::Fault`]. A FAULT
 //!   whose window overlaps a pending INVALIDATE waits for it before resolving.
+//! - **Shared resolution.** A FAULT whose window lies inside a RESOLVE already in flight
+//!   for the same segment (not stale, with write access if needed) joins it instead of
+//!   sending another, whichever importer sent it; the reply is mapped into every joined
+//!   FAULT's slots, and a FAULT the reply did not cover resolves the rest.
 //! - **Deadlines.** An INVALIDATE target not acknowledged within
 //!   [`DomainConfig::invalidate_deadline_ms`] is revoked by force; a RESOLVE not answered
 //!   within [`Domain::resolve_timeout_ms`] fails its FAULT.
 //! - **Hostile guests.** RESOLVE_REPLY addresses must be page aligned and inside the
 //!   exporter's RAM, at most as many as asked; otherwise INVALID, nothing mapped, FAULT fails.
-//!   Per-VM tables are bounded ([`DomainConfig::max_segments_per_vm`], `max_permits_per_vm`;
-//!   attachments by the aperture size); deferred requests are bounded by the queue size.
+//!   Per-VM tables are bounded ([`DomainConfig::max_segments_per_vm`],
+//!   `max_permits_per_vm`, `max_attachments_per_vm`; NOSPC beyond), deferred requests by
+//!   the queue size; teardown and RELEASE_OWNER only visit the VM's own objects.
 //! - **Teardown.** Nothing is emitted towards a removed VM; its pending requests are dropped.
 //!   After every VM is removed, every "held" counter is zero ([`Counters::nothing_held`]).
 
