@@ -869,7 +869,10 @@ impl Domain {
             AttState::SegmentRemoved => return self.fail_fault(key, Status::Revoked, out),
             AttState::ExporterGone => return self.fail_fault(key, Status::Gone, out),
         }
-        let first = a.slots[page_index as usize];
+        // page_index was checked against the attachment when the FAULT arrived.
+        let Some(&first) = a.slots.get(page_index as usize) else {
+            return self.fail_fault(key, Status::Invalid, out);
+        };
         if first == SLOT_REVOKED {
             return self.fail_fault(key, Status::Revoked, out);
         }
