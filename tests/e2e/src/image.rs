@@ -46,11 +46,16 @@ pub const READY_MARKER: &str = "XPMEM-GUEST READY";
 /// The line the guest prints after the configured command exits.
 pub const RESULT_MARKER: &str = "XPMEM-GUEST RESULT";
 
-/// The guest's `/init`. Kernel command line knobs:
+/// The guest's `/init`. Its marker lines (`XPMEM-GUEST ...`) are written to
+/// `/dev/kmsg` at level 2 (critical), so they reach the console through the
+/// kernel's polled console path even with `quiet` and even if the serial
+/// port's interrupt-driven tty output does not work; they appear as
+/// `[ uptime] XPMEM-GUEST READY ...`. Kernel command line knobs:
 /// `xpmem.name=NAME` (default `guest`), `xpmem.run=CMD` (a path or command
 /// without spaces, default `/etc/xpmem/run` if present), `xpmem.exit=reboot|poweroff|halt`
 /// (default `reboot`: with `reboot=k` this is an i8042 reset a monitor can
-/// catch; `poweroff` needs ACPI S5 support in the monitor).
+/// catch; `poweroff` needs ACPI S5 support in the monitor), `xpmem.out=kmsg`
+/// (send the command's output through `/dev/kmsg` too, one printk per line).
 pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/scenario
@@ -58,7 +63,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
+say() {
+	if [ -c /dev/kmsg ]; then echo "<2>$*" >/dev/kmsg; else echo "$*"; fi
+}
 name=guest
+out=console
 run=
 exitmode=reboot
 for arg in $(cat /proc/cmdline); do
@@ -66,12 +75,13 @@ for arg in $(cat /proc/cmdline); do
 	xpmem.name=*) name=${arg#xpmem.name=} ;;
 	xpmem.run=*) run=${arg#xpmem.run=} ;;
 	xpmem.exit=*) exitmode=${arg#xpmem.exit=} ;;
+	xpmem.out=*) out=${arg#xpmem.out=} ;;
 	esac
 done
 hostname "$name"
 if [ -z "$run" ] && [ -f /etc/xpmem/run ]; then run=/etc/xpmem/run; fi
 for m in $(cat /etc/xpmem/modules); do
-	insmod "/lib/modules/xpmem/$m" || echo "XPMEM-GUEST ERROR $name insmod $m failed"
+	insmod "/lib/modules/xpmem/$m" || say "XPMEM-GUEST ERROR $name insmod $m failed"
 done
 # Give drivers a moment to bind (probing is synchronous for these, normally).
 i=0
@@ -99,11 +109,16 @@ for range in $(echo "$online" | tr ',' ' '); do
 	hi=${range#*-}
 	cpus=$((cpus + hi - lo + 1))
 done
-echo "XPMEM-GUEST READY $name cpus=$cpus virtio=${virtio:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "XPMEM-GUEST READY $name cpus=$cpus virtio=${virtio:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
 if [ -n "$run" ]; then
-	sh -c "$run"
-	rc=$?
-	echo "XPMEM-GUEST RESULT $name rc=$rc"
+	if [ "$out" = kmsg ]; then
+		(sh -c "$run" 2>&1; echo "rc=$?" >/tmp/rc) | while IFS= read -r l; do say "$l"; done
+		rc=$(sed -n 's/^rc=//p' /tmp/rc)
+	else
+		sh -c "$run"
+		rc=$?
+	fi
+	say "XPMEM-GUEST RESULT $name rc=${rc:-255}"
 fi
 sync
 case "$exitmode" in
@@ -112,7 +127,7 @@ halt) halt -f ;;
 *) reboot -f ;;
 esac
 sleep 5
-echo "XPMEM-GUEST ERROR $name did not shut down"
+say "XPMEM-GUEST ERROR $name did not shut down"
 "#;
 
 /// What goes into a guest image.

@@ -285,7 +285,7 @@ pub fn run(
             println!("{line}");
         }
         match console::parse_line(text) {
-            Some(Ok(Event::Ready(r))) => {
+            Some(Ok(Event::Ready(r))) if vm.ready.is_none() => {
                 println!(
                     "[vm-{}] ready after {:.1}s (guest uptime {}s): cpus={} virtio={}",
                     vm.name,
@@ -299,7 +299,7 @@ pub fn run(
                 vm.ready = Some(r);
                 vm.ready_after = Some(since);
             }
-            Some(Ok(Event::Result { rc, .. })) => {
+            Some(Ok(Event::Result { rc, .. })) if vm.result_rc.is_none() => {
                 vm.result_rc = Some(rc);
                 println!("[vm-{}] command exited with {rc}", vm.name);
             }
@@ -316,7 +316,7 @@ pub fn run(
                 vm.panic = Some(p);
             }
             Some(Err(e)) => vm.errors.push(e.to_string()),
-            None => {}
+            Some(Ok(_)) | None => {}
         }
     })?;
     Ok(Report {

@@ -1,0 +1,100 @@
+#!/bin/sh
+# Installs what is needed, builds, and runs every test: the workspace's unit
+# tests, the guest driver build (if guest-driver/Makefile exists), and the
+# end-to-end groups on the KVM test host. Ends with one summary line
+# `N passed, N failed, N skipped`; exits non-zero if anything failed.
+set -u
+. "$(dirname "$0")/lib.sh"
+start=$(date +%s)
+log=$repo/build/test-logs
+mkdir -p "$log"
+passed=0 failed=0 skipped=0
+failures=
+
+fail() { failed=$((failed + 1)); failures="$failures\n  $1"; }
+
+install_deps
+
+# 1. Build everything.
+if build_all >"$log/build.txt" 2>&1; then
+	passed=$((passed + 1))
+	say "build: ok"
+else
+	cat "$log/build.txt"
+	fail "build (cargo build --workspace)"
+fi
+
+# 2. Unit and integration tests of the workspace.
+if cargo nextest --version >/dev/null 2>&1; then
+	say "cargo nextest run --workspace"
+	(cd "$repo" && cargo nextest run --workspace --no-fail-fast --target "$triple") >"$log/unit.txt" 2>&1
+	rc=$?
+	sum=$(grep -E '^ *Summary' "$log/unit.txt" | tail -1)
+	p=$(echo "$sum" | sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p')
+	f=$(echo "$sum" | sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p')
+	s=$(echo "$sum" | sed -n 's/.* \([0-9][0-9]*\) skipped.*/\1/p')
+	# Doc tests are not run by nextest.
+	(cd "$repo" && cargo test --workspace --doc --target "$triple") >>"$log/unit.txt" 2>&1 || rc=1
+else
+	say "cargo test --workspace"
+	(cd "$repo" && cargo test --workspace --no-fail-fast --target "$triple") >"$log/unit.txt" 2>&1
+	rc=$?
+	p=0 f=0 s=0
+fi
+# Count cargo test's per-binary result lines (nextest's counts above otherwise).
+for line in $(grep -E '^test result:' "$log/unit.txt" | sed 's/[^0-9;]//g; s/;/ /g' | awk '{print $1":"$2":"$3}'); do
+	p=$((${p:-0} + ${line%%:*}))
+	rest=${line#*:}
+	f=$((${f:-0} + ${rest%%:*}))
+	s=$((${s:-0} + ${rest#*:}))
+done
+p=${p:-0} f=${f:-0} s=${s:-0}
+grep -E '^test .* FAILED$|^ *FAIL ' "$log/unit.txt" || true
+if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+	grep -E '^error' -A5 "$log/unit.txt" | head -40
+	f=1
+	failures="$failures\n  cargo test (did not complete; see $log/unit.txt)"
+fi
+say "unit tests: $p passed, $f failed, $s ignored"
+passed=$((passed + p))
+failed=$((failed + f))
+[ "$f" != 0 ] && failures="$failures\n  unit tests: $f failed (see $log/unit.txt)"
+
+# 3. The guest kernel driver builds against the Debian kernel headers.
+if [ -e "$repo/guest-driver/Makefile" ]; then
+	say "make -C guest-driver"
+	if make -C "$repo/guest-driver" >"$log/guest-driver.txt" 2>&1; then
+		passed=$((passed + 1))
+	else
+		tail -30 "$log/guest-driver.txt"
+		fail "guest-driver build (see $log/guest-driver.txt)"
+	fi
+fi
+
+# 4. End-to-end groups on the KVM test host.
+if [ -x "$bindir/xpmem-e2e" ] && [ -x "$bindir/xpmem-vmm" ]; then
+	say "end-to-end tests (xpmem-e2e test)"
+	"$bindir/xpmem-e2e" test --vmm "$bindir/xpmem-vmm" 2>&1 | tee "$log/e2e.txt"
+	sum=$(grep -E '^e2e: [0-9]+ passed' "$log/e2e.txt" | tail -1)
+	if [ -n "$sum" ]; then
+		p=$(echo "$sum" | sed 's/e2e: \([0-9]*\) passed.*/\1/')
+		f=$(echo "$sum" | sed 's/.* \([0-9]*\) failed.*/\1/')
+		s=$(echo "$sum" | sed 's/.* \([0-9]*\) skipped.*/\1/')
+		passed=$((passed + p))
+		failed=$((failed + f))
+		skipped=$((skipped + s))
+		[ "$f" != 0 ] && failures="$failures\n  e2e: $f failed (see $log/e2e.txt)"
+	else
+		fail "e2e harness did not finish (see $log/e2e.txt)"
+	fi
+else
+	fail "e2e: binaries missing ($bindir/xpmem-e2e, $bindir/xpmem-vmm); the build failed"
+fi
+
+elapsed=$(($(date +%s) - start))
+say "total time ${elapsed}s"
+if [ -n "$failures" ]; then
+	printf 'failures:%b\n' "$failures"
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]
