@@ -42,7 +42,8 @@
 unsigned int prefetch_pages = 16;
 module_param(prefetch_pages, uint, 0644);
 MODULE_PARM_DESC(prefetch_pages,
-		 "Pages requested per importer fault, the faulting page first (default 16, capped by the device's max_fault_pages)");
+		 "Pages requested per importer fault, the faulting page first "
+		 "(default 16, capped by the device's max_fault_pages)");
 
 static struct vfsmount *xpmem_mnt;
 
