@@ -492,7 +492,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	struct xpmem_cmd_attach cmd;
 	struct xpmem_permit *perm;
 	unsigned long off_in_page, len, addr;
-	bool rdonly;
+	bool rdonly, perm_rdonly;
 	u64 attach_id, aoff, npages;
 	struct xpmem_att *att;
 	struct xpmem_req *req;
@@ -510,15 +510,24 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	 * attachments; flags may also ask for read-only explicitly.
 	 */
 	rdonly = cmd.flags & XPMEM_RDONLY;
+	perm_rdonly = false;
 	mutex_lock(&owner->lock);
 	list_for_each_entry(perm, &owner->permits, node) {
 		if (perm->apid == cmd.apid) {
-			rdonly |= perm->rdonly;
+			perm_rdonly = perm->rdonly;
 			break;
 		}
 	}
 	mutex_unlock(&owner->lock);
+	rdonly |= perm_rdonly;
 	sid = rdonly ? VIRTIO_XPMEM_SHM_RO : VIRTIO_XPMEM_SHM_RW;
+	/*
+	 * Without the read-only aperture (spec 4.1) a read-write permit can
+	 * still be attached read-only: the read-write window, mapped without
+	 * write permission. A read-only permit cannot be attached at all.
+	 */
+	if (sid == VIRTIO_XPMEM_SHM_RO && !xd->shm[sid].present && !perm_rdonly)
+		sid = VIRTIO_XPMEM_SHM_RW;
 	if (!xd->shm[sid].present)
 		return sid == VIRTIO_XPMEM_SHM_RO ? -EOPNOTSUPP : -ENODEV;
 
@@ -581,7 +590,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	att->apid = cmd.apid;
 	att->npages = npages;
 	att->base = xd->shm[sid].addr + aoff;
-	att->rdonly = sid == VIRTIO_XPMEM_SHM_RO;
+	att->rdonly = rdonly;
 	atomic64_inc(&xpmem_stats.attachments);
 
 	file = xpmem_att_file(att);
