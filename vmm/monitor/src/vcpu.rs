@@ -33,6 +33,7 @@ pub fn kick<T>(thread: &JoinHandle<T>) {
 
 /// What a vCPU thread needs besides its fd.
 pub struct VcpuContext {
+    pub vm_name: String,
     pub id: u8,
     pub pio: Bus,
     pub mmio: Bus,
@@ -55,6 +56,32 @@ pub fn run(mut vcpu: VcpuFd, ctx: VcpuContext) {
                 ctx.id
             ))),
         }
+    }
+    if ctx.exit.reason() == Some(ExitReason::Stopped) {
+        report_position(&vcpu, &ctx);
+    }
+}
+
+/// Says where a vCPU was when the monitor stopped the VM: the first thing
+/// to look at when a guest hangs (map RIP with the guest's System.map).
+fn report_position(vcpu: &VcpuFd, ctx: &VcpuContext) {
+    let state = match vcpu.get_mp_state().map(|m| m.mp_state) {
+        Ok(kvm_bindings::KVM_MP_STATE_RUNNABLE) => "running",
+        Ok(kvm_bindings::KVM_MP_STATE_UNINITIALIZED) => "waiting for INIT",
+        Ok(kvm_bindings::KVM_MP_STATE_INIT_RECEIVED) => "waiting for SIPI",
+        Ok(kvm_bindings::KVM_MP_STATE_HALTED) => "halted",
+        Ok(_) => "in another state",
+        Err(_) => "in an unknown state",
+    };
+    match vcpu.get_regs() {
+        Ok(regs) => eprintln!(
+            "xpmem-vmm: VM {} vCPU {}: stopped while {state}, rip {:#x} rsp {:#x} rflags {:#x}",
+            ctx.vm_name, ctx.id, regs.rip, regs.rsp, regs.rflags
+        ),
+        Err(e) => eprintln!(
+            "xpmem-vmm: VM {} vCPU {}: stopped while {state} (registers unavailable: {e})",
+            ctx.vm_name, ctx.id
+        ),
     }
 }
 

@@ -226,6 +226,7 @@ impl Vm {
         );
         for (index, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let ctx = VcpuContext {
+                vm_name: self.name.clone(),
                 id: index as u8,
                 pio: self.pio.clone(),
                 mmio: self.mmio.clone(),

@@ -349,4 +349,13 @@ fn sigterm_stops_a_spinning_vm() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "stderr: {err}");
     assert!(err.contains("received SIGTERM, stopping 1 VM(s)"), "{err}");
     assert!(err.contains("VM t: stopped by the monitor after"), "{err}");
+    // Where each vCPU was: the spinning boot vCPU, and the AP never started.
+    assert!(
+        err.contains("VM t vCPU 0: stopped while running, rip 0x100200"),
+        "{err}"
+    );
+    assert!(
+        err.contains("VM t vCPU 1: stopped while waiting for INIT"),
+        "{err}"
+    );
 }
