@@ -420,7 +420,15 @@ fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
             "this host (hardware KVM)".to_string()
         }
     );
-    let report = scenario::run(&c, &prepared, &f.opts, f.echo)?;
+    let mut opts = f.opts.clone();
+    let log = xpmem_e2e::build_dir().join("logs").join(if demo {
+        "demo.console.log"
+    } else {
+        "scenario.console.log"
+    });
+    println!("[nested] full console log: {}", log.display());
+    opts.console_log = Some(log);
+    let report = scenario::run(&c, &prepared, &opts, f.echo)?;
     Ok(if print_report(&report) {
         ExitCode::SUCCESS
     } else {

@@ -200,6 +200,9 @@ pub struct Options {
     pub kvm: KvmLoad,
     /// Where to put temporary files (the L1 initramfs, direct-mode payload dirs).
     pub work_dir: PathBuf,
+    /// If set, every console line is appended to this file as it arrives,
+    /// prefixed with the seconds since the run started.
+    pub console_log: Option<PathBuf>,
 }
 
 impl Options {
@@ -212,6 +215,7 @@ impl Options {
             cpus: 2,
             kvm: KvmLoad::AtBoot,
             work_dir: work_dir.into(),
+            console_log: None,
         }
     }
 }
@@ -337,10 +341,35 @@ pub fn run(
         path: opts.work_dir.clone(),
         source,
     })?;
+    let mut log = match &opts.console_log {
+        Some(path) => {
+            let io = |source| Error::Io {
+                path: path.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            Some(std::fs::File::create(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?)
+        }
+        None => None,
+    };
+    let start = Instant::now();
+    let mut tee = |line: &str| {
+        if let Some(f) = log.as_mut() {
+            use std::io::Write;
+            // The log is a debugging aid: a failed write must not fail the run.
+            let _ = writeln!(f, "{:8.2} {line}", start.elapsed().as_secs_f64());
+        }
+        on_line(line);
+    };
     if nested {
-        run_nested(cache, payload, opts, &mut on_line)
+        run_nested(cache, payload, opts, &mut tee)
     } else {
-        run_direct(payload, opts, &mut on_line)
+        run_direct(payload, opts, &mut tee)
     }
 }
 
