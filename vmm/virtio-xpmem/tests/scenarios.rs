@@ -576,3 +576,36 @@ fn a_failed_map_fails_the_fault() {
     assert_eq!(b.aperture_read(0, off, 1), vec![0x10]);
     hub.check_invariants().unwrap();
 }
+
+#[test]
+fn importer_reset_clears_its_window_and_releases_a_waiting_exporter() {
+    let (hub, _clock) = manual_hub(60_000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, model) = make_segment(&mut a);
+    let (_apid, att, off, _shm) = get_attach(&mut b, segid, false);
+    assert_eq!(fault(&mut b, &mut a, &model, att, 0, 2, true).status, 0);
+    assert_eq!(b.aperture_read(0, off, 1), vec![0x10]);
+    let inv = wire::Request::Invalidate {
+        segid,
+        vaddr: SEG_VADDR,
+        len: PAGE_SIZE,
+    };
+    let head = a.submit(&inv.to_bytes(a.owner), 8);
+    assert!(a.completion(head).is_none());
+    // B resets instead of acknowledging: it counts as acknowledged.
+    b.reset_and_reactivate();
+    let c = a
+        .completion(head)
+        .expect("INVALIDATE still waits for a reset importer");
+    assert_eq!(c.status, 0);
+    assert!(b
+        .aperture_read(0, off, 2 * PAGE_SIZE as usize)
+        .iter()
+        .all(|&x| x == FILLER_BYTE));
+    let counters = hub.counters();
+    assert_eq!(counters.attachments, 0, "{counters:?}");
+    assert_eq!(counters.rmap_entries, 0, "{counters:?}");
+    hub.check_invariants().unwrap();
+}
