@@ -548,11 +548,15 @@ static void xpmem_remove(struct virtio_device *vdev)
 	/* Spec 8.11.1: no process mapping of a slot survives the reset. */
 	xpmem_kill_all_atts(xd);
 
+	/*
+	 * @broken is tested under reqq_lock (submission) and under evq_lock
+	 * (re-posting event buffers): set it under both.
+	 */
 	spin_lock_irqsave(&xd->reqq_lock, flags);
+	spin_lock(&xd->evq_lock);
 	xd->broken = true;
+	spin_unlock(&xd->evq_lock);
 	spin_unlock_irqrestore(&xd->reqq_lock, flags);
-	spin_lock_irqsave(&xd->evq_lock, flags);
-	spin_unlock_irqrestore(&xd->evq_lock, flags);
 
 	virtio_reset_device(vdev);
 
