@@ -245,6 +245,44 @@ static int xpmem_pte_noop(pte_t *pte, unsigned long addr, void *data)
 	return 0;
 }
 
+/*
+ * A FAULT answer obtained with mmap_lock dropped, for the retried fault to
+ * use (under att->lock). Valid only while att->seq is unchanged.
+ */
+static void xpmem_att_set_grant(struct xpmem_att *att, u32 seq, u64 idx,
+				int result, bool write)
+{
+	spin_lock(&att->lock);
+	if (att->seq == seq) {
+		att->grant.valid = true;
+		att->grant.seq = seq;
+		att->grant.idx = idx;
+		att->grant.result = result;
+		att->grant.write = write;
+	}
+	spin_unlock(&att->lock);
+}
+
+/* Take a grant covering @idx: pages mapped from @idx, -errno, or 0 (none). */
+static int xpmem_att_take_grant_locked(struct xpmem_att *att, u64 idx,
+				       bool write)
+{
+	struct xpmem_grant *g = &att->grant;
+
+	if (!g->valid || g->seq != att->seq || (write && !g->write))
+		return 0;
+	if (g->result < 0) {
+		if (g->idx != idx)
+			return 0;
+		g->valid = false;
+		return g->result;
+	}
+	if (idx < g->idx || idx >= g->idx + g->result)
+		return 0;
+	g->valid = false;
+	return g->idx + g->result - idx;
+}
+
 static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
@@ -254,21 +292,41 @@ static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 	u64 idx = vmf->pgoff;
 	vm_fault_t ret = VM_FAULT_NOPAGE;
 	bool dead;
-	int i, n;
+	int i, n, win;
 	u32 seq;
+
+	if (idx >= att->npages || (write && att->rdonly))
+		goto sigbus;
+	win = max(1u, min(READ_ONCE(prefetch_pages), att->xd->max_fault_pages));
+	win = min_t(u64, win, att->npages - idx);
+	win = min_t(u64, win, (vma->vm_end - addr) >> PAGE_SHIFT);
 
 	spin_lock(&att->lock);
 	seq = att->seq;
 	dead = att->dead;
+	n = dead ? 0 : xpmem_att_take_grant_locked(att, idx, write);
 	spin_unlock(&att->lock);
-	if (dead || idx >= att->npages || (write && att->rdonly))
+	if (dead)
 		goto sigbus;
 
-	n = max(1u, min(READ_ONCE(prefetch_pages), att->xd->max_fault_pages));
-	n = min_t(u64, n, att->npages - idx);
-	n = min_t(u64, n, (vma->vm_end - addr) >> PAGE_SHIFT);
-
-	n = xpmem_att_request(att, idx, n, write);
+	if (!n && (vmf->flags & FAULT_FLAG_ALLOW_RETRY) &&
+	    !(vmf->flags & FAULT_FLAG_RETRY_NOWAIT)) {
+		/*
+		 * Wait for the device without mmap_lock: the exporter may be
+		 * this very process, whose resolve needs mmap_lock for reading
+		 * while a writer (mmap, munmap) queues behind this fault. The
+		 * retried fault uses the answer (the grant).
+		 */
+		kref_get(&att->ref);
+		mmap_read_unlock(vma->vm_mm);
+		n = xpmem_att_request(att, idx, win, write);
+		if (n != -EINTR && n != -ENOMEM)
+			xpmem_att_set_grant(att, seq, idx, n, write);
+		xpmem_att_put(att);
+		return VM_FAULT_RETRY;
+	}
+	if (!n)
+		n = xpmem_att_request(att, idx, win, write);
 	if (n < 0) {
 		if (n == -ENOMEM)
 			return VM_FAULT_OOM;
@@ -276,6 +334,7 @@ static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 	}
 	if (!n)
 		return VM_FAULT_NOPAGE;	/* nothing mapped: fault again */
+	n = min(n, win);
 
 	/*
 	 * Page tables first (this may sleep), so that the PTEs can then be

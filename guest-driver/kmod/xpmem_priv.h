@@ -173,6 +173,15 @@ struct xpmem_seg {
 	struct xpmem_req inv_req;	/* preallocated INVALIDATE */
 };
 
+/* A FAULT answer kept for the retry of a fault that dropped mmap_lock. */
+struct xpmem_grant {
+	bool valid;
+	bool write;
+	u32 seq;		/* att->seq when the FAULT was sent */
+	u64 idx;		/* page_index of the FAULT */
+	int result;		/* pages mapped from idx, or -errno */
+};
+
 /* An importer's attachment, backed by one pseudo file/inode. */
 struct xpmem_att {
 	struct kref ref;
@@ -196,6 +205,7 @@ struct xpmem_att {
 	spinlock_t lock;
 	u32 seq;
 	bool dead;		/* detached or owner gone: SIGBUS */
+	struct xpmem_grant grant;
 	unsigned long *mapped;	/* pages the device reported mapped */
 	u64 nmapped;
 };
