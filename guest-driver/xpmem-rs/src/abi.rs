@@ -145,6 +145,69 @@ mod tests {
         assert_eq!(size_of::<CmdAttach>(), 40);
     }
 
+    /// The `#define NAME VALUE` lines of a C header.
+    fn defines(path: &str) -> std::collections::HashMap<String, String> {
+        let text = std::fs::read_to_string(path).expect("C header next to the crate");
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("#define "))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(char::is_whitespace)?;
+                // Drop a trailing comment.
+                let value = value.split("/*").next()?.trim();
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect()
+    }
+
+    fn num(v: &str) -> i64 {
+        match v.strip_prefix("0x") {
+            Some(h) => i64::from_str_radix(h, 16).expect("hex"),
+            None => v.parse().expect("decimal"),
+        }
+    }
+
+    #[test]
+    fn constants_agree_with_the_c_headers() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        for header in ["../libxpmem/xpmem.h", "../kmod/xpmem_uapi.h"] {
+            let d = defines(&format!("{dir}/{header}"));
+            assert_eq!(num(&d["XPMEM_RDONLY"]), i64::from(XPMEM_RDONLY), "{header}");
+            assert_eq!(num(&d["XPMEM_RDWR"]), i64::from(XPMEM_RDWR), "{header}");
+            assert_eq!(
+                num(&d["XPMEM_PERMIT_MODE"]),
+                i64::from(XPMEM_PERMIT_MODE),
+                "{header}"
+            );
+            assert_eq!(
+                num(&d["XPMEM_ERRNO_NOPROC"]),
+                i64::from(XPMEM_ERRNO_NOPROC),
+                "{header}"
+            );
+            let cmds = [
+                ("XPMEM_CMD_VERSION", XPMEM_CMD_VERSION),
+                ("XPMEM_CMD_MAKE", XPMEM_CMD_MAKE),
+                ("XPMEM_CMD_REMOVE", XPMEM_CMD_REMOVE),
+                ("XPMEM_CMD_GET", XPMEM_CMD_GET),
+                ("XPMEM_CMD_RELEASE", XPMEM_CMD_RELEASE),
+                ("XPMEM_CMD_ATTACH", XPMEM_CMD_ATTACH),
+                ("XPMEM_CMD_DETACH", XPMEM_CMD_DETACH),
+            ];
+            for (name, value) in cmds {
+                // `_IO('x', n)` or `_IO(XPMEM_IOC_MAGIC, n)`: check n.
+                let def = &d[name];
+                let n = def
+                    .trim_end_matches(')')
+                    .rsplit(',')
+                    .next()
+                    .map(str::trim)
+                    .expect("ioctl number");
+                assert_eq!(io(b'x', n.parse().expect("nr")), value, "{header} {name}");
+            }
+        }
+        let uapi = defines(&format!("{dir}/../kmod/xpmem_uapi.h"));
+        assert_eq!(num(&uapi["XPMEM_CURRENT_VERSION"]), 0x0002_7004);
+    }
+
     #[test]
     fn single_id_layouts() {
         assert_eq!(size_of::<CmdRemove>(), 8);
