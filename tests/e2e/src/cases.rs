@@ -153,8 +153,13 @@ pub fn two_vm_scenario(env: &Env, vmm_timeout: Duration) -> Result<scenario::Pre
 /// once both have shut down.
 pub fn boot_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
     const G: &str = "boot";
-    let prepared = two_vm_scenario(env, Duration::from_secs(600))?;
-    let report = scenario::run(&env.cache, &prepared, &group_opts(env, G), env.echo)?;
+    // Deadlines: the monitor is killed after 6 minutes, L1 a minute later
+    // (two nested guests normally reach init well within 2 minutes).
+    let vmm_deadline = Duration::from_secs(360);
+    let prepared = two_vm_scenario(env, vmm_deadline)?;
+    let mut opts = group_opts(env, G);
+    opts.timeout = opts.timeout.min(vmm_deadline + Duration::from_secs(60));
+    let report = scenario::run(&env.cache, &prepared, &opts, env.echo)?;
     let mut out = Vec::new();
     let setups = two_vms();
     for (vm, setup) in report.vms.iter().zip(&setups) {
@@ -414,6 +419,10 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
 
     let mut opts = group_opts(env, G);
     opts.kvm = KvmLoad::Deferred;
+    // Every case has its own 60 s limit inside; this only catches a dead L1.
+    opts.timeout = opts
+        .timeout
+        .min(Duration::from_secs(cases.len() as u64 * 60 + 120));
     let mut lines: Vec<String> = Vec::new();
     let echo = env.echo;
     let outcome = nested::run(&env.cache, &payload, &opts, |l| {

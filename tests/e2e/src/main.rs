@@ -421,11 +421,11 @@ fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
         }
     );
     let mut opts = f.opts.clone();
-    let log = xpmem_e2e::build_dir().join("logs").join(if demo {
-        "demo.console.log"
-    } else {
-        "scenario.console.log"
-    });
+    let log = xpmem_e2e::build_dir().join("logs").join(format!(
+        "{}-{}.console.log",
+        if demo { "demo" } else { "scenario" },
+        std::process::id()
+    ));
     println!("[nested] full console log: {}", log.display());
     opts.console_log = Some(log);
     let report = scenario::run(&c, &prepared, &opts, f.echo)?;
