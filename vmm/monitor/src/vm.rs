@@ -21,6 +21,7 @@ use crate::boot::{self, cpu, BootEntry, BootSpec};
 use crate::bus::{lock, Bus, BusDevice, BusError};
 use crate::config::{Console, VmConfig};
 use crate::devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
+use crate::devices::cmos::{Cmos, CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{ConsoleSink, SerialDevice, SERIAL_BASE, SERIAL_LEN};
 use crate::layout::{MemoryLayout, MmioSlot, KVM_TSS_ADDR, SERIAL_GSI};
@@ -300,7 +301,7 @@ fn map_apertures(
     Ok(apertures)
 }
 
-/// COM1, the i8042 reset line and the ACPI power-management ports.
+/// COM1, the i8042 reset line, the ACPI power-management ports and the RTC.
 fn legacy_devices(
     vm_fd: &VmFd,
     cfg: &VmConfig,
@@ -332,6 +333,11 @@ fn legacy_devices(
         u64::from(ACPI_PM_BASE),
         ACPI_PM_LEN,
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+    )?;
+    pio.insert(
+        u64::from(CMOS_BASE),
+        CMOS_LEN,
+        Arc::new(Mutex::new(Cmos::new())),
     )?;
     Ok((pio, serial))
 }
