@@ -22,6 +22,9 @@
 
 #include "xpmem_priv.h"
 
+/* Lookups raced by an invalidation before a resolve gives up. */
+#define XPMEM_RESOLVE_ATTEMPTS	16
+
 struct xpmem_resolve_job {
 	struct work_struct work;
 	struct xpmem_dev *xd;
@@ -229,8 +232,8 @@ static void xpmem_resolve_work(struct work_struct *work)
 	unsigned long *pfns = NULL, seq, start;
 	__le64 *gpas = NULL;
 	u32 status, count, i, n = job->npages;
+	int err, attempts = 0;
 	u64 token;
-	int err;
 
 	atomic64_inc(&xpmem_stats.resolves);
 	atomic64_inc(&xpmem_stats.resolves_inflight);
@@ -256,6 +259,9 @@ static void xpmem_resolve_work(struct work_struct *work)
 		goto fail;
 
 	for (;;) {
+		/* The range keeps changing: let the importer fault again. */
+		if (++attempts > XPMEM_RESOLVE_ATTEMPTS)
+			goto fail;
 		if (!mmget_not_zero(seg->mm)) {
 			status = VIRTIO_XPMEM_S_GONE;
 			goto fail;
