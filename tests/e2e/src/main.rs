@@ -334,6 +334,7 @@ fn parse_run_flags(args: &mut Args, echo: Echo) -> Result<RunFlags, CliError> {
             "--vmm" => f.vmm = Some(PathBuf::from(args.value("--vmm")?)),
             "--timeout" => f.opts.timeout = Duration::from_secs(args.number("--timeout")?),
             "--memory" => f.opts.memory_mib = args.number("--memory")?,
+            "--cpus" => f.opts.cpus = args.number("--cpus")?,
             "--verbose" => f.echo = Echo::All,
             "--guests" => f.echo = Echo::Guests,
             "--quiet" => f.echo = Echo::Progress,

@@ -406,6 +406,11 @@ fn run_nested(
     if opts.kvm == KvmLoad::Deferred {
         append.push_str(" xpmem.l1.kvm=defer");
     }
+    // Extra L1 kernel parameters, for experiments.
+    if let Ok(extra) = std::env::var("XPMEM_L1_APPEND") {
+        append.push(' ');
+        append.push_str(&extra);
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg,thread=single", "-cpu", "EPYC,+svm"])
         .args(["-smp", &opts.cpus.to_string()])
