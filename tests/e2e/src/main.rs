@@ -401,14 +401,25 @@ fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
             opts: f.opts.clone(),
             echo: f.echo,
         };
-        cases::two_vm_scenario(&env, f.opts.timeout)?
+        // The monitor's deadline leaves a minute for L1 to report it.
+        let vmm_deadline = f
+            .opts
+            .timeout
+            .saturating_sub(Duration::from_secs(60))
+            .max(Duration::from_secs(60));
+        cases::two_vm_scenario(&env, vmm_deadline)?
     } else {
         let [config] = f.positional.as_slice() else {
             return Err(CliError::Usage(
                 "scenario needs exactly one CONFIG.toml".into(),
             ));
         };
-        scenario::prepare_file(std::path::Path::new(config), &vmm, f.opts.timeout)?
+        let vmm_deadline = f
+            .opts
+            .timeout
+            .saturating_sub(Duration::from_secs(60))
+            .max(Duration::from_secs(60));
+        scenario::prepare_file(std::path::Path::new(config), &vmm, vmm_deadline)?
     };
     let host = nested::detect_host();
     println!(
