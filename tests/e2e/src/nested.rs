@@ -412,7 +412,12 @@ fn run_nested(
         append.push_str(&extra);
     }
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg,thread=single", "-cpu", "EPYC,+svm"])
+    // Multi-threaded TCG: with `thread=single`, two busy L2 guests starved L1
+    // (its timer interrupts stopped reaching it) and both guests stalled 3 s
+    // into boot; with `thread=multi` two 2-vCPU guests boot. (A probe monitor
+    // once triple-faulted under thread=multi; XPMEM_L1_ACCEL overrides.)
+    let accel = std::env::var("XPMEM_L1_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into());
+    cmd.args(["-accel", &accel, "-cpu", "EPYC,+svm"])
         .args(["-smp", &opts.cpus.to_string()])
         .args(["-m", &format!("{}M", opts.memory_mib)])
         .args([
