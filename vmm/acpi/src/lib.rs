@@ -92,6 +92,10 @@ pub enum AcpiError {
     },
     #[error("{0} virtio-mmio devices requested; at most {MAX_VIRTIO_MMIO_DEVICES} are supported")]
     TooManyDevices(usize),
+    #[error("serial port GSI {0} is not an IOAPIC input; use a GSI below {IOAPIC_NUM_PINS} (COM1 uses 4)")]
+    BadSerialGsi(u32),
+    #[error("virtio-mmio device {index} uses GSI {gsi}, which the serial port needs; give the device another GSI")]
+    SerialGsiShared { index: usize, gsi: u32 },
     #[error("ACPI base address {0:#x} must be 16-byte aligned")]
     MisalignedBase(u64),
     #[error("ACPI tables at {base:#x} ({len:#x} bytes) overflow the address space")]
@@ -120,7 +124,26 @@ pub struct AcpiConfig {
     /// the PIT). Only set this if the monitor routes the PIT to IOAPIC pin 2;
     /// KVM's default routing puts ISA IRQ n on pin n, so leave it false then.
     pub irq0_to_gsi2: bool,
+    /// An 8250 UART to declare in the DSDT (`PNP0501`). In hardware-reduced
+    /// ACPI mode Linux maps no legacy ISA IRQs, so without this device the
+    /// serial driver gets no interrupt and user-space console output is lost.
+    pub legacy_serial: Option<LegacySerialInfo>,
 }
+
+/// A legacy 8250 UART on an I/O port with an ISA interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegacySerialInfo {
+    /// First I/O port (8 ports are decoded), e.g. 0x3f8 for COM1.
+    pub port: u16,
+    /// IOAPIC input (GSI), e.g. 4 for COM1.
+    pub gsi: u32,
+}
+
+/// COM1 as every PC has it.
+pub const COM1: LegacySerialInfo = LegacySerialInfo {
+    port: 0x3f8,
+    gsi: 4,
+};
 
 /// One table to copy into guest memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +246,17 @@ fn validate(cfg: &AcpiConfig) -> Result<(), AcpiError> {
         return Err(AcpiError::NoCpus);
     }
     let devs = &cfg.virtio_mmio;
+    if let Some(serial) = cfg.legacy_serial {
+        if serial.gsi >= IOAPIC_NUM_PINS {
+            return Err(AcpiError::BadSerialGsi(serial.gsi));
+        }
+        if let Some(index) = devs.iter().position(|d| d.gsi == serial.gsi) {
+            return Err(AcpiError::SerialGsiShared {
+                index,
+                gsi: serial.gsi,
+            });
+        }
+    }
     if devs.len() > MAX_VIRTIO_MMIO_DEVICES {
         return Err(AcpiError::TooManyDevices(devs.len()));
     }
@@ -370,7 +404,31 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         .zip(uid_names.iter().zip(crs_names.iter()))
         .map(|(n, (u, c))| aml::Device::new(n.as_str().into(), vec![&hid, u, &cca, c]))
         .collect();
-    let children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
+    // The UART (COM1) is declared first so the virtio devices keep their
+    // `_UID`s; edge-triggered, active high, exclusive, as on ISA.
+    let com_hid = aml::EISAName::new("PNP0501");
+    let com_hid_name = aml::Name::new("_HID".into(), &com_hid);
+    let com_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let com_resources = cfg.legacy_serial.map(|s| {
+        (
+            aml::IO::new(s.port, s.port, 1, 8),
+            aml::Interrupt::new(true, true, false, false, s.gsi),
+        )
+    });
+    let com_template = com_resources
+        .as_ref()
+        .map(|(io, irq)| aml::ResourceTemplate::new(vec![io, irq]));
+    let com_crs = com_template
+        .as_ref()
+        .map(|t| aml::Name::new("_CRS".into(), t));
+    let com_device = com_crs
+        .as_ref()
+        .map(|crs| aml::Device::new("COM1".into(), vec![&com_hid_name, &com_uid, crs]));
+    let mut children: Vec<&dyn Aml> = Vec::new();
+    if let Some(com) = com_device.as_ref() {
+        children.push(com);
+    }
+    children.extend(devices.iter().map(|d| d as &dyn Aml));
     if !children.is_empty() {
         aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
     }

@@ -18,6 +18,7 @@ fn cfg(num_cpus: u8, ndev: usize) -> AcpiConfig {
             })
             .collect(),
         irq0_to_gsi2: false,
+        legacy_serial: None,
     }
 }
 
@@ -440,4 +441,47 @@ fn acpiexec_evaluates_dsdt_objects() {
         assert_eq!(crs, want, "device {i} _CRS");
     }
     assert!(!log.contains("AE_"), "acpiexec reported an error:\n{log}");
+}
+
+#[test]
+fn dsdt_declares_com1_with_its_port_and_irq() {
+    let mut c = cfg(2, 2);
+    c.legacy_serial = Some(COM1);
+    let t = build_tables(&c, RSDP_GPA).unwrap();
+    let dsdt = &blob(&t, "DSDT").bytes;
+    assert_eq!(sum(dsdt), 0);
+    // EISAID("PNP0501") as AML DWordConst.
+    let eisa = [0x0c, 0x41, 0xd0, 0x05, 0x01];
+    assert!(dsdt.windows(5).any(|w| w == eisa), "no PNP0501 _HID");
+    // IO(Decode16, 0x3f8, 0x3f8, 1, 8).
+    let io = [0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08];
+    assert!(dsdt.windows(8).any(|w| w == io), "no COM1 I/O descriptor");
+    // Extended interrupt descriptor for GSI 4: consumer, edge, active high, exclusive.
+    let irq = [0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00];
+    assert!(dsdt.windows(9).any(|w| w == irq), "no IRQ 4 descriptor");
+    // The virtio devices keep their _UIDs and windows.
+    assert!(dsdt.windows(4).any(|w| w == b"V001"));
+    let without = build_tables(&cfg(2, 2), RSDP_GPA).unwrap();
+    assert!(blob(&without, "DSDT").bytes.len() < dsdt.len());
+}
+
+#[test]
+fn serial_gsi_clash_with_a_virtio_device_is_refused() {
+    let mut c = cfg(1, 1);
+    c.legacy_serial = Some(LegacySerialInfo {
+        port: 0x3f8,
+        gsi: 5,
+    });
+    assert!(matches!(
+        build_tables(&c, RSDP_GPA),
+        Err(AcpiError::SerialGsiShared { index: 0, gsi: 5 })
+    ));
+    c.legacy_serial = Some(LegacySerialInfo {
+        port: 0x3f8,
+        gsi: 24,
+    });
+    assert!(matches!(
+        build_tables(&c, RSDP_GPA),
+        Err(AcpiError::BadSerialGsi(24))
+    ));
 }

@@ -358,6 +358,8 @@ fn write_acpi_tables(ram: &GuestRam, vcpus: u8, slots: &[MmioSlot]) -> Result<u6
                 .collect(),
             // KVM's default routing wires ISA IRQ n to IOAPIC pin n.
             irq0_to_gsi2: false,
+            // The 8250 on 0x3f8 raises GSI 4 (see devices::serial).
+            legacy_serial: Some(vmm_acpi::COM1),
         },
         vmm_acpi::RSDP_GPA,
     )?;
