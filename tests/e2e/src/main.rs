@@ -25,7 +25,7 @@ commands:
       --script FILE          run this shell script instead of CMD
       --timeout SECS         kill everything after SECS (default 900)
       --memory MIB           L1 memory (default 4096)
-      --cpus N               L1 vCPUs (default 2)
+      --cpus N               L1 vCPUs (default 1; see tests/nested/README.md)
       --defer-kvm            do not load kvm-amd at L1 boot; the script may run `load-kvm`
       --quiet                do not echo the console (only the result)
   guest-image [options]      build (or reuse) a guest initramfs; prints its path

@@ -206,13 +206,13 @@ pub struct Options {
 }
 
 impl Options {
-    /// Defaults: auto mode, 15 minutes, 4 GiB, 2 vCPUs, KVM at boot.
+    /// Defaults: auto mode, 15 minutes, 4 GiB, 1 vCPU (see `run_nested`), KVM at boot.
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
         Self {
             mode: Mode::Auto,
             timeout: Duration::from_secs(900),
             memory_mib: 4096,
-            cpus: 2,
+            cpus: 1,
             kvm: KvmLoad::AtBoot,
             work_dir: work_dir.into(),
             console_log: None,
@@ -412,11 +412,11 @@ fn run_nested(
         append.push_str(&extra);
     }
     let mut cmd = Command::new("qemu-system-x86_64");
-    // Multi-threaded TCG: with `thread=single`, two busy L2 guests starved L1
-    // (its timer interrupts stopped reaching it) and both guests stalled 3 s
-    // into boot; with `thread=multi` two 2-vCPU guests boot. (A probe monitor
-    // once triple-faulted under thread=multi; XPMEM_L1_ACCEL overrides.)
-    let accel = std::env::var("XPMEM_L1_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into());
+    // One L1 vCPU on single-threaded TCG. With 2 L1 vCPUs, round-robin TCG
+    // starved L1 once two L2 guests were busy (both guests stalled 3 s into
+    // boot), and multi-threaded TCG let an L2 vCPU triple-fault. With one L1
+    // vCPU, two 2-vCPU guests boot reliably. XPMEM_L1_ACCEL overrides.
+    let accel = std::env::var("XPMEM_L1_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
     cmd.args(["-accel", &accel, "-cpu", "EPYC,+svm"])
         .args(["-smp", &opts.cpus.to_string()])
         .args(["-m", &format!("{}M", opts.memory_mib)])
