@@ -45,6 +45,10 @@ pub enum BootError {
     BadKernel { path: PathBuf, err: loader::Error },
     #[error("kernel {path} is a bzImage without a 64-bit entry point; use an x86-64 kernel")]
     Not64Bit { path: PathBuf },
+    #[error(
+        "kernel {path} is an ELF file but not a 64-bit x86 ELF (vmlinux); use an x86-64 kernel"
+    )]
+    NotX86_64Elf { path: PathBuf },
     #[error("kernel {path} needs {needed} bytes of RAM below 3 GiB to decompress, the VM has {available}; give it more memory")]
     KernelTooLarge {
         path: PathBuf,
@@ -105,12 +109,46 @@ pub fn check_files(kernel: &Path, initrd: Option<&Path>) -> Result<(), BootError
     Ok(())
 }
 
-fn is_elf(file: &mut File) -> std::io::Result<bool> {
-    let mut magic = [0u8; 4];
+/// What the first bytes of a kernel file say it is.
+#[derive(Debug, PartialEq, Eq)]
+enum KernelFormat {
+    /// Not ELF: tried as a bzImage.
+    Other,
+    /// A 64-bit little-endian x86-64 ELF (a vmlinux).
+    ElfX86_64,
+    /// An ELF for another class or machine.
+    ElfOther,
+}
+
+/// `e_ident[EI_CLASS]`, `e_ident[EI_DATA]` and `e_machine` of an x86-64 ELF.
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const EM_X86_64: u16 = 62;
+
+fn kernel_format(file: &mut File) -> std::io::Result<KernelFormat> {
+    // e_ident (16 bytes), e_type (2), e_machine (2).
+    let mut head = [0u8; 20];
     file.seek(SeekFrom::Start(0))?;
-    let n = file.read(&mut magic)?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
     file.seek(SeekFrom::Start(0))?;
-    Ok(n == 4 && magic == *b"\x7fELF")
+    if n < 4 || head[..4] != *b"\x7fELF" {
+        return Ok(KernelFormat::Other);
+    }
+    let x86_64 = n == head.len()
+        && head[4] == ELFCLASS64
+        && head[5] == ELFDATA2LSB
+        && u16::from_le_bytes([head[18], head[19]]) == EM_X86_64;
+    Ok(if x86_64 {
+        KernelFormat::ElfX86_64
+    } else {
+        KernelFormat::ElfOther
+    })
 }
 
 struct LoadedKernel {
@@ -135,9 +173,28 @@ fn load_kernel(
         err,
     };
 
-    if is_elf(&mut file).map_err(open_err)? {
+    let format = kernel_format(&mut file).map_err(open_err)?;
+    if format == KernelFormat::ElfOther {
+        return Err(BootError::NotX86_64Elf {
+            path: path.to_path_buf(),
+        });
+    }
+    if format == KernelFormat::ElfX86_64 {
+        // Loaded at each segment's p_paddr (no offset), and entered at the
+        // physical e_entry (vmlinux's `phys_startup_64`) in 64-bit mode with
+        // boot_params in RSI, as a bzImage's +0x200 entry is. A PVH note, if
+        // any, is ignored: the PVH entry is 32-bit and wants a start_info.
         let result =
             Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(bad)?;
+        // The loader copies p_filesz bytes; the rest of p_memsz (bss) must be
+        // RAM too.
+        if result.kernel_end > low_ram_end {
+            return Err(BootError::KernelTooLarge {
+                path: path.to_path_buf(),
+                needed: result.kernel_end,
+                available: low_ram_end,
+            });
+        }
         // An ELF vmlinux carries no setup header; describe it as the boot
         // protocol requires for a 64-bit entry.
         let header = setup_header {
@@ -469,6 +526,61 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, BootError::BadKernel { .. }), "{err}");
         assert!(mem.num_regions() == 1);
+    }
+
+    /// A one-segment x86-64 ELF: `filesz` bytes loaded at `paddr`, `memsz`
+    /// in memory, entry at `paddr`.
+    fn tiny_elf(class: u8, paddr: u64, filesz: usize, memsz: u64) -> TempFile {
+        let mut f = vec![0u8; 0x1000 + filesz];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4..7].copy_from_slice(&[class, ELFDATA2LSB, 1]);
+        f[16..18].copy_from_slice(&2u16.to_le_bytes());
+        f[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        f[24..32].copy_from_slice(&paddr.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&1u16.to_le_bytes());
+        f[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        f[72..80].copy_from_slice(&0x1000u64.to_le_bytes());
+        f[88..96].copy_from_slice(&paddr.to_le_bytes());
+        f[96..104].copy_from_slice(&(filesz as u64).to_le_bytes());
+        f[104..112].copy_from_slice(&memsz.to_le_bytes());
+        f[0x1000..].fill(0x5a);
+        let file = TempFile::new().unwrap();
+        file.as_file().write_all(&f).unwrap();
+        file
+    }
+
+    #[test]
+    fn elf_vmlinux_loads_at_paddr_and_enters_at_e_entry() {
+        let (layout, mem) = setup(64 * MIB);
+        let spec = |k: &'static Path| BootSpec {
+            kernel: k,
+            initrd: None,
+            cmdline: "console=ttyS0",
+            acpi_rsdp: None,
+        };
+        let leak = |f: &TempFile| Box::leak(f.as_path().to_path_buf().into_boxed_path()) as &Path;
+
+        let elf = tiny_elf(ELFCLASS64, 2 * MIB, 4096, 8192);
+        let entry = load(&mem, &layout, &spec(leak(&elf))).unwrap();
+        assert_eq!(entry.entry, 2 * MIB);
+        let byte: u8 = mem.read_obj(GuestAddress(2 * MIB + 4095)).unwrap();
+        assert_eq!(byte, 0x5a);
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        assert_eq!({ params.hdr.boot_flag }, BOOT_FLAG_MAGIC);
+        assert_eq!({ params.hdr.header }, HDRS_MAGIC);
+        assert_eq!({ params.hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
+
+        // bss reaching past the end of RAM.
+        let elf = tiny_elf(ELFCLASS64, 2 * MIB, 4096, 64 * MIB);
+        let err = load(&mem, &layout, &spec(leak(&elf))).unwrap_err();
+        assert!(matches!(err, BootError::KernelTooLarge { .. }), "{err}");
+
+        // A 32-bit ELF is refused before linux-loader misreads it.
+        let elf = tiny_elf(1, 2 * MIB, 4096, 4096);
+        let err = load(&mem, &layout, &spec(leak(&elf))).unwrap_err();
+        assert!(matches!(err, BootError::NotX86_64Elf { .. }), "{err}");
     }
 
     #[test]

@@ -1,0 +1,476 @@
+//! Boot paths and console plumbing of the real `xpmem-vmm` binary, checked
+//! with tiny hand-made guests on this host's /dev/kvm (which need not be able
+//! to boot Linux):
+//!
+//! * an ELF "vmlinux" goes through linux-loader's ELF loader and is entered in
+//!   64-bit mode at its ELF entry with boot_params in RSI;
+//! * bytes written to the monitor's stdin reach the guest's 8250 receiver;
+//! * `console = "file:PATH"` sends the console to that file, not to stdout;
+//! * two VMs from one config run side by side, each with its own prefix.
+//!
+//! When /dev/kvm cannot be opened the tests print `SKIPPED: ... because ...`
+//! to the real stderr and pass, unless `XPMEM_REQUIRE_KVM=1`, which makes
+//! them fail instead.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xpmem-vmm");
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// ACPI PM1a control port and the value for SLP_TYP=5 (S5) | SLP_EN.
+const ACPI_SLEEP_CONTROL: u16 = 0x600;
+const ACPI_S5: u8 = 0x34;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "xpmem-vmm-tiny-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether /dev/kvm can be used; prints a visible skip line when it cannot,
+/// or panics when `XPMEM_REQUIRE_KVM=1`.
+fn kvm_usable(test: &str) -> bool {
+    let reason = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => return true,
+        Err(e) => format!("/dev/kvm cannot be opened read-write ({e})"),
+    };
+    if std::env::var("XPMEM_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("XPMEM_REQUIRE_KVM=1 but {test} cannot run: {reason}");
+    }
+    // Written to the stderr handle rather than with eprintln!, which the
+    // test harness captures: a skip must be visible in a normal run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test} because {reason} (set XPMEM_REQUIRE_KVM=1 to fail instead)"
+    );
+    false
+}
+
+/// x86-64 machine code, assembled by hand.
+#[derive(Default)]
+struct Asm(Vec<u8>);
+
+impl Asm {
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    /// `mov dx, port`
+    fn mov_dx(&mut self, port: u16) -> &mut Self {
+        let [lo, hi] = port.to_le_bytes();
+        self.bytes(&[0x66, 0xba, lo, hi])
+    }
+
+    /// Writes `text` to COM1's transmit register.
+    fn print(&mut self, text: &[u8]) -> &mut Self {
+        self.mov_dx(0x3f8);
+        for &b in text {
+            self.bytes(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+        }
+        self
+    }
+
+    /// ACPI S5 power-off, then halt forever should it return.
+    fn power_off(&mut self) -> &mut Self {
+        self.mov_dx(ACPI_SLEEP_CONTROL)
+            .bytes(&[0xb0, ACPI_S5, 0xee, 0xf4, 0xeb, 0xfd])
+    }
+
+    /// Emits a short conditional jump (`opcode rel8`) whose target is
+    /// patched later with [`Asm::bind`]; returns the patch position.
+    fn jcc_forward(&mut self, opcode: u8) -> usize {
+        self.bytes(&[opcode, 0]);
+        self.0.len() - 1
+    }
+
+    /// Makes the jump at `at` land here.
+    fn bind(&mut self, at: usize) {
+        let rel = self.0.len() - (at + 1);
+        self.0[at] = u8::try_from(rel).expect("short jump out of range");
+    }
+
+    /// `opcode rel8` back to `target`.
+    fn jcc_back(&mut self, opcode: u8, target: usize) -> &mut Self {
+        let rel = target as isize - (self.0.len() as isize + 2);
+        let rel = i8::try_from(rel).expect("short jump out of range");
+        self.bytes(&[opcode, rel as u8])
+    }
+}
+
+const JB: u8 = 0x72;
+const JZ: u8 = 0x74;
+const JNE: u8 = 0x75;
+const JA: u8 = 0x77;
+const JMP: u8 = 0xeb;
+
+/// Prints `marker` and powers off.
+fn print_and_power_off(marker: &[u8]) -> Vec<u8> {
+    let mut a = Asm::default();
+    a.print(marker).power_off();
+    a.0
+}
+
+/// A bzImage whose 64-bit entry point runs `code`.
+fn tiny_bzimage(code: &[u8]) -> Vec<u8> {
+    let setup_sects = 4u8;
+    let setup_len = (usize::from(setup_sects) + 1) * 512;
+    let mut img = vec![0u8; setup_len + 0x1000];
+    img[0x1f1] = setup_sects;
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    img[0x211] = 1; // LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    img[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
+    img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    img[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    img[setup_len + 0x200..setup_len + 0x200 + code.len()].copy_from_slice(code);
+    img
+}
+
+/// Physical load address of the tiny ELF's segment (and its entry point),
+/// as a vmlinux has (CONFIG_PHYSICAL_START, here 2 MiB).
+const ELF_PADDR: u64 = 0x20_0000;
+/// Where the PVH note's 32-bit entry points: code that prints "PVH".
+const ELF_PVH_OFFSET: usize = 0x800;
+
+/// A 64-bit x86 ELF executable shaped like a vmlinux: one PT_LOAD segment
+/// linked at a kernel virtual address but loaded at physical `ELF_PADDR`,
+/// a physical `e_entry`, and a PT_NOTE with a Xen PVH 32-bit entry point
+/// that the monitor must not use (it enters in 64-bit mode at `e_entry`).
+fn tiny_elf(code: &[u8], pvh_code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    const NOTE_OFF: usize = EHDR + 2 * PHDR;
+    const SEG_OFF: usize = 0x1000;
+    assert!(code.len() <= ELF_PVH_OFFSET && pvh_code.len() <= 0x800);
+
+    // The note: namesz, descsz, type (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", entry.
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&18u32.to_le_bytes());
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&((ELF_PADDR as u32) + ELF_PVH_OFFSET as u32).to_le_bytes());
+
+    let mut seg = vec![0u8; 0x1000];
+    seg[..code.len()].copy_from_slice(code);
+    seg[ELF_PVH_OFFSET..ELF_PVH_OFFSET + pvh_code.len()].copy_from_slice(pvh_code);
+
+    let mut f = vec![0u8; SEG_OFF + seg.len()];
+    let put = |f: &mut Vec<u8>, at: usize, v: &[u8]| f[at..at + v.len()].copy_from_slice(v);
+    put(&mut f, 0, b"\x7fELF");
+    put(&mut f, 4, &[2, 1, 1]); // ELFCLASS64, little-endian, version 1
+    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, 18, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 24, &ELF_PADDR.to_le_bytes()); // e_entry (physical, as vmlinux)
+    put(&mut f, 32, &(EHDR as u64).to_le_bytes()); // e_phoff
+    put(&mut f, 52, &(EHDR as u16).to_le_bytes());
+    put(&mut f, 54, &(PHDR as u16).to_le_bytes());
+    put(&mut f, 56, &2u16.to_le_bytes()); // e_phnum
+
+    // PT_LOAD, R+X.
+    let ph = EHDR;
+    put(&mut f, ph, &1u32.to_le_bytes());
+    put(&mut f, ph + 4, &5u32.to_le_bytes());
+    put(&mut f, ph + 8, &(SEG_OFF as u64).to_le_bytes());
+    put(
+        &mut f,
+        ph + 16,
+        &(0xffff_ffff_8000_0000u64 + ELF_PADDR).to_le_bytes(),
+    );
+    put(&mut f, ph + 24, &ELF_PADDR.to_le_bytes());
+    put(&mut f, ph + 32, &(seg.len() as u64).to_le_bytes()); // p_filesz
+    put(&mut f, ph + 40, &(2 * seg.len() as u64).to_le_bytes()); // p_memsz (bss)
+    put(&mut f, ph + 48, &0x1000u64.to_le_bytes());
+    // PT_NOTE.
+    let ph = EHDR + PHDR;
+    put(&mut f, ph, &4u32.to_le_bytes());
+    put(&mut f, ph + 4, &4u32.to_le_bytes());
+    put(&mut f, ph + 8, &(NOTE_OFF as u64).to_le_bytes());
+    put(&mut f, ph + 32, &(note.len() as u64).to_le_bytes());
+    put(&mut f, ph + 40, &(note.len() as u64).to_le_bytes());
+    put(&mut f, ph + 48, &4u64.to_le_bytes());
+    put(&mut f, NOTE_OFF, &note);
+    put(&mut f, SEG_OFF, &seg);
+    f
+}
+
+/// Spawns the monitor; the caller decides what stdin is.
+fn spawn(args: &[&str], stdin: Stdio) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the monitor, killing it (and failing) if it does not exit in time.
+fn wait_bounded(child: Child) -> Output {
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < LIMIT {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: kill(pid, 0) only probes whether our child still exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: `pid` is our own child process, not yet reaped (we reap it
+        // in wait_with_output below, after this thread is joined).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        true
+    });
+    let out = child.wait_with_output().unwrap();
+    let killed = watchdog.join().unwrap();
+    assert!(
+        !killed,
+        "xpmem-vmm did not exit within {LIMIT:?}; stdout: {}; stderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(args: &[&str]) -> Output {
+    wait_bounded(spawn(args, Stdio::null()))
+}
+
+fn one_vm<'a>(kernel: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--name",
+        "t",
+        "--memory",
+        "64M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Guest code that checks RSI points at boot_params (boot_flag 0xaa55 at
+/// 0x1fe, "HdrS" at 0x202, the command line at cmd_line_ptr starting with
+/// "console=ttyS0"), prints `ok` or `bad`, and powers off.
+fn check_boot_params(ok: &[u8], bad: &[u8]) -> Vec<u8> {
+    let mut a = Asm::default();
+    // cmp word [rsi + 0x1fe], 0xaa55
+    a.bytes(&[0x66, 0x81, 0xbe, 0xfe, 0x01, 0, 0, 0x55, 0xaa]);
+    let j1 = a.jcc_forward(JNE);
+    // cmp dword [rsi + 0x202], "HdrS"
+    a.bytes(&[0x81, 0xbe, 0x02, 0x02, 0, 0]).bytes(b"HdrS");
+    let j2 = a.jcc_forward(JNE);
+    // mov eax, [rsi + 0x228] (cmd_line_ptr); cmp dword [rax], "cons"
+    a.bytes(&[0x8b, 0x86, 0x28, 0x02, 0, 0]);
+    a.bytes(&[0x81, 0x38]).bytes(b"cons");
+    let j3 = a.jcc_forward(JNE);
+    a.print(ok).power_off();
+    a.bind(j1);
+    a.bind(j2);
+    a.bind(j3);
+    a.print(bad).power_off();
+    a.0
+}
+
+#[test]
+fn elf_vmlinux_boots_at_its_64bit_entry_with_boot_params() {
+    if !kvm_usable("elf_vmlinux_boots_at_its_64bit_entry_with_boot_params") {
+        return;
+    }
+    let dir = TempDir::new("elf");
+    let elf = tiny_elf(
+        &check_boot_params(b"ELF entry ok\r\n", b"ELF bad boot_params\r\n"),
+        &print_and_power_off(b"PVH entry used\r\n"),
+    );
+    let kernel = dir.write("vmlinux", &elf);
+    let out = run(&one_vm(&kernel, &[]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains("[vm-t] ELF entry ok"),
+        "stdout: {stdout:?}; stderr: {stderr}"
+    );
+    assert!(stderr.contains("VM t: powered off after"), "{stderr}");
+
+    // The same guest as a bzImage passes the same boot_params check: both
+    // paths share one boot setup.
+    let kernel = dir.write(
+        "bzImage",
+        &tiny_bzimage(&check_boot_params(b"bz ok\r\n", b"bz bad\r\n")),
+    );
+    let out = run(&one_vm(&kernel, &[]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("[vm-t] bz ok"));
+}
+
+#[test]
+fn elf_that_is_not_x86_64_is_rejected() {
+    if !kvm_usable("elf_that_is_not_x86_64_is_rejected") {
+        return;
+    }
+    let dir = TempDir::new("elf32");
+    let mut elf = tiny_elf(&print_and_power_off(b"x"), &[]);
+    elf[4] = 1; // ELFCLASS32
+    let kernel = dir.write("vmlinux32", &elf);
+    let out = run(&one_vm(&kernel, &[]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a 64-bit x86 ELF"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Reads COM1 (polling LSR data-ready), echoes each byte uppercased, and
+/// powers off after echoing a newline.
+fn uppercase_echo() -> Vec<u8> {
+    let mut a = Asm::default();
+    a.print(b"ready\n");
+    let top = a.0.len();
+    a.mov_dx(0x3fd);
+    let poll = a.0.len();
+    a.bytes(&[0xec, 0xa8, 0x01]); // in al, dx; test al, 1 (data ready)
+    a.jcc_back(JZ, poll);
+    a.mov_dx(0x3f8).bytes(&[0xec]); // in al, dx (RBR)
+    a.bytes(&[0x3c, b'a']); // cmp al, 'a'
+    let below = a.jcc_forward(JB);
+    a.bytes(&[0x3c, b'z']); // cmp al, 'z'
+    let above = a.jcc_forward(JA);
+    a.bytes(&[0x2c, 0x20]); // sub al, 0x20
+    a.bind(below);
+    a.bind(above);
+    a.bytes(&[0xee]); // out dx, al
+    a.bytes(&[0x3c, b'\n']); // cmp al, '\n'
+    let done = a.jcc_forward(0x74); // je
+    a.jcc_back(JMP, top);
+    a.bind(done);
+    a.power_off();
+    a.0
+}
+
+#[test]
+fn stdin_reaches_the_guest_uart() {
+    if !kvm_usable("stdin_reaches_the_guest_uart") {
+        return;
+    }
+    let dir = TempDir::new("stdin");
+    let kernel = dir.write("bzImage", &tiny_bzimage(&uppercase_echo()));
+    let mut child = spawn(&one_vm(&kernel, &[]), Stdio::piped());
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello, vm 42\n").unwrap();
+        // Dropping stdin closes it: the bytes already written must still
+        // be delivered.
+    }
+    let out = wait_bounded(child);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains("[vm-t] ready\n[vm-t] HELLO, VM 42\n"),
+        "stdout: {stdout:?}; stderr: {stderr}"
+    );
+}
+
+#[test]
+fn file_console_gets_the_output_and_stdout_does_not() {
+    if !kvm_usable("file_console_gets_the_output_and_stdout_does_not") {
+        return;
+    }
+    let dir = TempDir::new("fileconsole");
+    dir.write(
+        "bzImage",
+        &tiny_bzimage(&print_and_power_off(b"to the file\r\nline two\r\n")),
+    );
+    // Relative console path in a config file: beside the config file.
+    let cfg = dir.write(
+        "vm.toml",
+        b"[[vm]]\nname = \"f\"\nmemory = 64\nkernel = \"bzImage\"\nconsole = \"file:f.console\"\n",
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let console = std::fs::read(dir.0.join("f.console")).unwrap();
+    // The file holds the raw console: no prefix.
+    assert_eq!(text(&console), "to the file\r\nline two\r\n");
+    assert!(!stdout.contains("to the file"), "stdout: {stdout:?}");
+    assert!(!stdout.contains("[vm-f]"), "stdout: {stdout:?}");
+}
+
+#[test]
+fn two_vms_from_one_config_run_and_end() {
+    if !kvm_usable("two_vms_from_one_config_run_and_end") {
+        return;
+    }
+    let dir = TempDir::new("twovms");
+    let lines = |name: &str| -> Vec<u8> {
+        let mut a = Asm::default();
+        for i in 0..3 {
+            a.print(format!("line {i} from {name}\n").as_bytes());
+        }
+        a.power_off();
+        a.0
+    };
+    dir.write("a.bzImage", &tiny_bzimage(&lines("alpha")));
+    dir.write("b.bzImage", &tiny_bzimage(&lines("beta")));
+    let cfg = dir.write(
+        "two.toml",
+        b"[[vm]]\nname = \"alpha\"\nvcpus = 2\nmemory = 64\nkernel = \"a.bzImage\"\n\
+          [[vm]]\nname = \"beta\"\nmemory = \"96M\"\nkernel = \"b.bzImage\"\n",
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    // Whole lines, each with its own VM's prefix, never mixed.
+    for line in stdout.lines() {
+        let ok = (line.starts_with("[vm-alpha] line ") && line.ends_with(" from alpha"))
+            || (line.starts_with("[vm-beta] line ") && line.ends_with(" from beta"));
+        assert!(ok, "unexpected console line {line:?} in {stdout:?}");
+    }
+    for name in ["alpha", "beta"] {
+        for i in 0..3 {
+            let want = format!("[vm-{name}] line {i} from {name}\n");
+            assert!(stdout.contains(&want), "missing {want:?} in {stdout:?}");
+        }
+        assert!(stderr.contains(&format!("VM {name}: booting")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("VM {name}: powered off after")),
+            "{stderr}"
+        );
+    }
+}
