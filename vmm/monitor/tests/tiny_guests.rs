@@ -432,45 +432,110 @@ fn file_console_gets_the_output_and_stdout_does_not() {
     assert!(!stdout.contains("[vm-f]"), "stdout: {stdout:?}");
 }
 
+/// Reads `pipe` line by line into `tx`, tagged with `tag`.
+fn forward_lines(
+    pipe: impl std::io::Read + Send + 'static,
+    tag: &'static str,
+    tx: std::sync::mpsc::Sender<(&'static str, String)>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+            let Ok(line) = line else { break };
+            if tx.send((tag, line)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 #[test]
-fn two_vms_from_one_config_run_and_end() {
-    if !kvm_usable("two_vms_from_one_config_run_and_end") {
+fn two_vms_from_one_config_run_concurrently_and_end() {
+    if !kvm_usable("two_vms_from_one_config_run_concurrently_and_end") {
         return;
     }
     let dir = TempDir::new("twovms");
-    let lines = |name: &str| -> Vec<u8> {
+    let lines = |name: &str| -> Asm {
         let mut a = Asm::default();
         for i in 0..3 {
             a.print(format!("line {i} from {name}\n").as_bytes());
         }
-        a.power_off();
-        a.0
+        a
     };
-    dir.write("a.bzImage", &tiny_bzimage(&lines("alpha")));
-    dir.write("b.bzImage", &tiny_bzimage(&lines("beta")));
+    // alpha prints, then waits for stdin (stdin = true); beta prints and
+    // powers off. alpha is still running after beta has ended, and ends when
+    // the test writes to stdin: the VMs run side by side.
+    let mut alpha = lines("alpha");
+    alpha.bytes(&uppercase_echo());
+    let mut beta = lines("beta");
+    beta.power_off();
+    dir.write("a.bzImage", &tiny_bzimage(&alpha.0));
+    dir.write("b.bzImage", &tiny_bzimage(&beta.0));
     let cfg = dir.write(
         "two.toml",
-        b"[[vm]]\nname = \"alpha\"\nvcpus = 2\nmemory = 64\nkernel = \"a.bzImage\"\n\
+        b"[[vm]]\nname = \"alpha\"\nvcpus = 2\nmemory = 64\nkernel = \"a.bzImage\"\nstdin = true\n\
           [[vm]]\nname = \"beta\"\nmemory = \"96M\"\nkernel = \"b.bzImage\"\n",
     );
-    let out = run(&["--config", cfg.to_str().unwrap()]);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let mut child = spawn(&["--config", cfg.to_str().unwrap()], Stdio::piped());
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out_reader = forward_lines(child.stdout.take().unwrap(), "stdout", tx.clone());
+    let err_reader = forward_lines(child.stderr.take().unwrap(), "stderr", tx);
+
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut take = |until: &dyn Fn(&[String], &[String]) -> bool| {
+        let start = Instant::now();
+        while !until(&stdout, &stderr) {
+            let left = LIMIT.checked_sub(start.elapsed()).unwrap_or_default();
+            match rx.recv_timeout(left) {
+                Ok(("stdout", line)) => stdout.push(line),
+                Ok((_, line)) => stderr.push(line),
+                Err(e) => {
+                    // SAFETY: signalling our own child so it does not outlive the test.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                    panic!("{e}; stdout: {stdout:?}; stderr: {stderr:?}");
+                }
+            }
+        }
+    };
+    // beta has ended and alpha is waiting for input.
+    take(&|out, err| {
+        out.iter().any(|l| l == "[vm-alpha] ready")
+            && err.iter().any(|l| l.contains("VM beta: powered off after"))
+    });
+    stdin.write_all(b"go on\n").unwrap();
+    drop(stdin);
+    take(&|_, err| {
+        err.iter()
+            .any(|l| l.contains("VM alpha: powered off after"))
+    });
+    let status = child.wait().unwrap();
+    // Both pipes are at EOF once the monitor has exited.
+    while let Ok((tag, line)) = rx.recv_timeout(Duration::from_secs(10)) {
+        if tag == "stdout" {
+            stdout.push(line);
+        } else {
+            stderr.push(line);
+        }
+    }
+    out_reader.join().unwrap();
+    err_reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr:?}");
+
     // Whole lines, each with its own VM's prefix, never mixed.
-    for line in stdout.lines() {
-        let ok = (line.starts_with("[vm-alpha] line ") && line.ends_with(" from alpha"))
+    for line in &stdout {
+        let ok = (line.starts_with("[vm-alpha] ")
+            && (line.ends_with(" from alpha")
+                || line == "[vm-alpha] ready"
+                || line == "[vm-alpha] GO ON"))
             || (line.starts_with("[vm-beta] line ") && line.ends_with(" from beta"));
         assert!(ok, "unexpected console line {line:?} in {stdout:?}");
     }
+    assert!(stdout.iter().any(|l| l == "[vm-alpha] GO ON"), "{stdout:?}");
     for name in ["alpha", "beta"] {
         for i in 0..3 {
-            let want = format!("[vm-{name}] line {i} from {name}\n");
+            let want = format!("[vm-{name}] line {i} from {name}");
             assert!(stdout.contains(&want), "missing {want:?} in {stdout:?}");
         }
-        assert!(stderr.contains(&format!("VM {name}: booting")), "{stderr}");
-        assert!(
-            stderr.contains(&format!("VM {name}: powered off after")),
-            "{stderr}"
-        );
     }
 }
