@@ -188,18 +188,27 @@ fn kvm_device_missing_or_wrong() {
     assert_one_line_error(&out, 1, "not a usable KVM device");
 }
 
-/// Whether this host's /dev/kvm can create VMs (it need not boot Linux).
+/// Whether this host's /dev/kvm can be used (it need not boot Linux). When
+/// it cannot, prints a visible skip line, or panics with
+/// `XPMEM_REQUIRE_KVM=1`.
 fn kvm_usable() -> bool {
-    let ok = std::fs::OpenOptions::new()
+    let reason = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        // Printed past the harness's capture so the skip is visible.
-        let _ = writeln!(std::io::stderr(), "SKIPPED: /dev/kvm is not usable here");
+    {
+        Ok(_) => return true,
+        Err(e) => format!("/dev/kvm cannot be opened read-write ({e})"),
+    };
+    if std::env::var("XPMEM_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("XPMEM_REQUIRE_KVM=1 but this KVM test cannot run: {reason}");
     }
-    ok
+    // Printed past the harness's capture so the skip is visible.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: a cli.rs KVM test because {reason} (set XPMEM_REQUIRE_KVM=1 to fail instead)"
+    );
+    false
 }
 
 fn one_vm(kernel: &Path, extra: &[&str]) -> Vec<String> {
