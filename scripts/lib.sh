@@ -14,7 +14,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Installs the Debian packages the build and the tests need (only missing ones).
 install_deps() {
 	[ "$(id -u)" = 0 ] || die "run as root (apt-get install, /dev/kvm access)"
-	pkgs="qemu-system-x86 busybox-static cpio gzip kmod ca-certificates build-essential"
+	pkgs="qemu-system-x86 busybox-static cpio gzip kmod ca-certificates build-essential acpica-tools"
 	if [ -e "$repo/guest-driver/Makefile" ]; then
 		pkgs="$pkgs linux-headers-amd64"
 	fi

@@ -51,9 +51,12 @@ pub struct VmSetup {
 
 /// Writes a monitor config for `vms`, all booting `kernel` + `initrd`.
 pub fn config_toml(vms: &[VmSetup], kernel: &Path, initrd: &Path) -> String {
+    // XPMEM_GUEST_APPEND: extra guest kernel parameters for every VM, for
+    // experiments on the test host (like XPMEM_L1_APPEND for L1).
+    let append = std::env::var("XPMEM_GUEST_APPEND").unwrap_or_default();
     let mut s = String::new();
     for vm in vms {
-        let cmdline = format!("xpmem.name={} {}", vm.name, vm.cmdline);
+        let cmdline = format!("xpmem.name={} {} {}", vm.name, vm.cmdline, append.trim());
         s.push_str(&format!(
             "[[vm]]\nname = {}\nvcpus = {}\nmemory = {}\nkernel = {}\ninitrd = {}\ncmdline = {}\n\n",
             toml_str(&vm.name),
