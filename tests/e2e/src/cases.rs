@@ -79,19 +79,28 @@ pub struct Env {
 /// The names of all groups, in the order `test` runs them.
 pub const GROUPS: &[&str] = &["errors", "boot"];
 
+/// Groups run only when named (`xpmem-e2e test --vmm BIN xpmem`).
+pub const EXTRA_GROUPS: &[&str] = &["xpmem"];
+
 /// Runs a group by name; an error that prevents the group from running at all
 /// becomes one failed case.
 pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
     let res = match group {
         "boot" => boot_group(env),
         "errors" => errors_group(env),
+        "xpmem" => crate::xpmem_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,
                 "setup",
                 Status::Fail(format!(
                     "unknown group `{other}`; groups: {}",
-                    GROUPS.join(", ")
+                    GROUPS
+                        .iter()
+                        .chain(EXTRA_GROUPS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             )]
         }

@@ -4,11 +4,34 @@
 # Prints XPMEM-TEST lines per case and ends with XPMEM-LOCAL PASS|FAIL.
 rc=0
 run() { xpmem-test "$@" || rc=1; }
+# Both halves of a two-VM pair in this VM: the exporter in the background,
+# the importer with the segid the exporter printed.
+pair() {
+	xpmem-test "$1" >/tmp/pair.out 2>&1 &
+	exp=$!
+	segid=
+	i=0
+	while [ $i -lt 600 ] && [ -z "$segid" ]; do
+		segid=$(sed -n 's/.* SEGID \([0-9][0-9]*\).*/\1/p' /tmp/pair.out)
+		[ -n "$segid" ] || sleep 0.1
+		i=$((i + 1))
+	done
+	if [ -z "$segid" ]; then
+		echo "XPMEM-TEST $2 FAIL $1 printed no SEGID in 60 s"
+		kill $exp 2>/dev/null
+		rc=1
+	else
+		run "$2" --segid "$segid"
+	fi
+	wait $exp || rc=1
+	cat /tmp/pair.out
+}
 grep -E "^(version|device|aperture)" /proc/xpmem/stats
 run version
 run local-errors
 run local --timeout 60
 run local --pages 600 --timeout 120
+pair export-fork attach-fork
 run proc-zero
 grep -E "pages pinned|pages unpinned" /proc/xpmem/global_pages
 cat /proc/xpmem/stats
