@@ -44,8 +44,8 @@ commands:
                              run the monitor with a multi-VM config on the test host
   demo --vmm BIN [...]       the default two-VM setup (2 vCPUs, 512 MiB each)
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot; also: xpmem,
-                             which needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
+                             run end-to-end groups (default: errors boot xpmem;
+                             xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
 ";

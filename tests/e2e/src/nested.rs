@@ -417,7 +417,9 @@ fn run_nested(
     // boot), and multi-threaded TCG let an L2 vCPU triple-fault. With one L1
     // vCPU, two 2-vCPU guests boot reliably. XPMEM_L1_ACCEL overrides.
     let accel = std::env::var("XPMEM_L1_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
-    cmd.args(["-accel", &accel, "-cpu", "EPYC,+svm"])
+    // XPMEM_L1_CPU overrides the emulated CPU model (it must keep +svm).
+    let cpu = std::env::var("XPMEM_L1_CPU").unwrap_or_else(|_| "EPYC,+svm".into());
+    cmd.args(["-accel", &accel, "-cpu", &cpu])
         .args(["-smp", &opts.cpus.to_string()])
         .args(["-m", &format!("{}M", opts.memory_mib)])
         .args([
