@@ -7,8 +7,10 @@
 //!   after munmap, `/proc/xpmem` counters back to 0).
 //! * `share`: VM `a` exports, VM `b` (the monitor's `stdin = true` VM)
 //!   imports. The payload script runs the monitor with a FIFO as stdin,
-//!   watches for `a`'s `XPMEM-TEST <case> SEGID <n>` line and writes
-//!   `SEGID <n>` into the FIFO, which the monitor types on `b`'s serial port.
+//!   watches for `a`'s `XPMEM-TEST <case> SEGID <n>` lines and `b`'s
+//!   `XPMEM-TEST <case> WAITING SEGID` lines and, pairing them in order,
+//!   writes `SEGID <n>` into the FIFO, which the monitor types on `b`'s
+//!   serial port.
 //!
 //! Guest command output reaches the console through `/dev/kmsg`
 //! (`xpmem.out=kmsg`); every `XPMEM-TEST <case> PASS|FAIL` line becomes one
@@ -55,6 +57,19 @@ echo "XPMEM-CASE-BEGIN share"
 rm -f /tmp/stdin-b
 mkfifo /tmp/stdin-b || exit 1
 # Opened read-write: the open does not block and the monitor never sees EOF.
+# A segid is typed only once b's importer printed WAITING SEGID, so nothing is
+# typed before b's console is open (the 8250 driver clears its FIFO on open).
+na=0
+nw=0
+nt=0
+type_pending() {{
+	while [ $nt -lt $na ] && [ $nt -lt $nw ]; do
+		nt=$((nt + 1))
+		s=$(cat /tmp/segid.$nt)
+		echo "SEGID $s" >/tmp/stdin-b
+		echo "XPMEM-L1 TYPED SEGID $s"
+	done
+}}
 ( timeout -s KILL {t} ./xpmem-vmm --config share.toml <>/tmp/stdin-b 2>&1; echo "XPMEM-VMM-EXIT rc=$?" ) |
 while IFS= read -r l; do
 	case "$l" in
@@ -65,9 +80,14 @@ while IFS= read -r l; do
 	"[vm-a]"*"XPMEM-TEST "*" SEGID "*)
 		s=$(echo "$l" | sed -n 's/.* SEGID \([0-9][0-9]*\).*/\1/p')
 		if [ -n "$s" ]; then
-			echo "SEGID $s" >/tmp/stdin-b
-			echo "XPMEM-L1 TYPED SEGID $s"
+			na=$((na + 1))
+			echo "$s" >/tmp/segid.$na
+			type_pending
 		fi
+		;;
+	"[vm-b]"*"XPMEM-TEST "*" WAITING SEGID"*)
+		nw=$((nw + 1))
+		type_pending
 		;;
 	esac
 done
