@@ -3,62 +3,14 @@
 //! reboot, console output and SIGTERM on any host whose /dev/kvm can create
 //! VMs (stock Linux guests are booted by the nested end-to-end tests).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{kvm_usable, tiny_bzimage, TempDir};
+
 const BIN: &str = env!("CARGO_BIN_EXE_xpmem-vmm");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "xpmem-vmm-test-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(bytes)
-            .unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A bzImage whose 64-bit entry point runs `code` (x86-64 machine code).
-fn tiny_bzimage(code: &[u8]) -> Vec<u8> {
-    let setup_sects = 4u8;
-    let setup_len = (usize::from(setup_sects) + 1) * 512;
-    let mut img = vec![0u8; setup_len + 0x1000];
-    img[0x1f1] = setup_sects;
-    img[0x202..0x206].copy_from_slice(b"HdrS");
-    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    img[0x211] = 1; // LOADED_HIGH
-    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
-    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
-    img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
-    img[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
-    img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
-    img[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes());
-    // The 64-bit entry is 0x200 bytes into the protected-mode kernel.
-    img[setup_len + 0x200..setup_len + 0x200 + code.len()].copy_from_slice(code);
-    img
-}
 
 /// `out dx, al` of each byte of `text` to COM1.
 fn serial_print(text: &[u8]) -> Vec<u8> {
@@ -188,29 +140,6 @@ fn kvm_device_missing_or_wrong() {
     assert_one_line_error(&out, 1, "not a usable KVM device");
 }
 
-/// Whether this host's /dev/kvm can be used (it need not boot Linux). When
-/// it cannot, prints a visible skip line, or panics with
-/// `XPMEM_REQUIRE_KVM=1`.
-fn kvm_usable() -> bool {
-    let reason = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => return true,
-        Err(e) => format!("/dev/kvm cannot be opened read-write ({e})"),
-    };
-    if std::env::var("XPMEM_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("XPMEM_REQUIRE_KVM=1 but this KVM test cannot run: {reason}");
-    }
-    // Printed past the harness's capture so the skip is visible.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: a cli.rs KVM test because {reason} (set XPMEM_REQUIRE_KVM=1 to fail instead)"
-    );
-    false
-}
-
 fn one_vm(kernel: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["--name", "t", "--memory", "64M", "--kernel"]
         .iter()
@@ -255,7 +184,7 @@ fn run_bounded(args: &[String], limit: Duration) -> Output {
 
 #[test]
 fn bad_kernels_and_oversized_initramfs() {
-    if !kvm_usable() {
+    if !kvm_usable("a cli.rs KVM test") {
         return;
     }
     let dir = TempDir::new("bad-kernel");
@@ -278,7 +207,7 @@ fn bad_kernels_and_oversized_initramfs() {
 
 #[test]
 fn guest_output_and_acpi_power_off() {
-    if !kvm_usable() {
+    if !kvm_usable("a cli.rs KVM test") {
         return;
     }
     let dir = TempDir::new("poweroff");
@@ -299,7 +228,7 @@ fn guest_output_and_acpi_power_off() {
 
 #[test]
 fn i8042_reset_ends_the_vm() {
-    if !kvm_usable() {
+    if !kvm_usable("a cli.rs KVM test") {
         return;
     }
     let dir = TempDir::new("reboot");
@@ -318,7 +247,7 @@ fn i8042_reset_ends_the_vm() {
 
 #[test]
 fn sigterm_stops_a_spinning_vm() {
-    if !kvm_usable() {
+    if !kvm_usable("a cli.rs KVM test") {
         return;
     }
     let dir = TempDir::new("sigterm");

@@ -13,9 +13,12 @@
 //! them fail instead.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{kvm_usable, tiny_bzimage, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xpmem-vmm");
 const LIMIT: Duration = Duration::from_secs(120);
@@ -23,56 +26,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// ACPI PM1a control port and the value for SLP_TYP=5 (S5) | SLP_EN.
 const ACPI_SLEEP_CONTROL: u16 = 0x600;
 const ACPI_S5: u8 = 0x34;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "xpmem-vmm-tiny-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Whether /dev/kvm can be used; prints a visible skip line when it cannot,
-/// or panics when `XPMEM_REQUIRE_KVM=1`.
-fn kvm_usable(test: &str) -> bool {
-    let reason = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => return true,
-        Err(e) => format!("/dev/kvm cannot be opened read-write ({e})"),
-    };
-    if std::env::var("XPMEM_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("XPMEM_REQUIRE_KVM=1 but {test} cannot run: {reason}");
-    }
-    // Written to the stderr handle rather than with eprintln!, which the
-    // test harness captures: a skip must be visible in a normal run.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {test} because {reason} (set XPMEM_REQUIRE_KVM=1 to fail instead)"
-    );
-    false
-}
 
 /// x86-64 machine code, assembled by hand.
 #[derive(Default)]
@@ -137,25 +90,6 @@ fn print_and_power_off(marker: &[u8]) -> Vec<u8> {
     let mut a = Asm::default();
     a.print(marker).power_off();
     a.0
-}
-
-/// A bzImage whose 64-bit entry point runs `code`.
-fn tiny_bzimage(code: &[u8]) -> Vec<u8> {
-    let setup_sects = 4u8;
-    let setup_len = (usize::from(setup_sects) + 1) * 512;
-    let mut img = vec![0u8; setup_len + 0x1000];
-    img[0x1f1] = setup_sects;
-    img[0x202..0x206].copy_from_slice(b"HdrS");
-    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    img[0x211] = 1; // LOADED_HIGH
-    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
-    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
-    img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
-    img[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
-    img[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
-    img[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes());
-    img[setup_len + 0x200..setup_len + 0x200 + code.len()].copy_from_slice(code);
-    img
 }
 
 /// Physical load address of the tiny ELF's segment (and its entry point),
