@@ -261,6 +261,8 @@ pub struct Parsed {
     pub typed: Vec<u64>,
     /// The monitor's own lines (`xpmem-vmm: ...`), for failure reasons.
     pub monitor: Vec<String>,
+    /// The "held" part of the monitor's domain report at exit, per case.
+    pub domain_held: Vec<(String, String)>,
     current: Option<String>,
 }
 
@@ -292,6 +294,13 @@ impl Parsed {
         }
         if line.starts_with("xpmem-vmm:") {
             self.monitor.push(line.to_string());
+            if let (Some(case), Some((_, held))) = (
+                self.current.as_ref(),
+                line.split_once("xpmem domain at exit: held "),
+            ) {
+                let held = held.split(';').next().unwrap_or_default().to_string();
+                self.domain_held.push((case.clone(), held));
+            }
         }
         let Some(rest) = line.strip_prefix("[vm-") else {
             return;
@@ -306,6 +315,30 @@ impl Parsed {
             (Some("share"), "b") => self.share_b.feed(text),
             _ => {}
         }
+    }
+
+    /// The host's xpmem domain holds nothing once the case's VMs have ended.
+    fn domain_check(&self, case: &str) -> CaseResult {
+        let held = self
+            .domain_held
+            .iter()
+            .find(|(c, _)| c == case)
+            .map(|(_, h)| h.as_str());
+        let status = match held {
+            None => Status::Fail("the monitor printed no xpmem domain report at exit".into()),
+            Some(h) => {
+                let nonzero: Vec<&str> = h
+                    .split_whitespace()
+                    .filter(|kv| !kv.ends_with("=0"))
+                    .collect();
+                if h.split_whitespace().count() > 0 && nonzero.is_empty() {
+                    Status::Pass
+                } else {
+                    Status::Fail(format!("domain still holds: {nonzero:?}"))
+                }
+            }
+        };
+        result(case, "domain-counters-zero", status)
     }
 
     fn monitor_check(&self, case: &str, rc: Option<i32>, timed_out: bool) -> CaseResult {
@@ -347,6 +380,7 @@ impl Parsed {
             },
         ));
         out.push(self.monitor_check("local", self.local_rc, timed_out));
+        out.push(self.domain_check("local"));
         // share
         self.share_a
             .judge("share", "a-", SHARE_A_EXPECTED, &mut out);
@@ -366,6 +400,7 @@ impl Parsed {
             },
         ));
         out.push(self.monitor_check("share", self.share_rc, timed_out));
+        out.push(self.domain_check("share"));
         out
     }
 }
@@ -503,6 +538,7 @@ mod tests {
             "[vm-a] [ 3.5] XPMEM-TEST export-unmap PASS",
             "[vm-a] [ 3.6] XPMEM-TEST proc-zero PASS",
             "[vm-b] [ 3.7] XPMEM-TEST proc-zero PASS",
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0; total map_actions=2",
             "XPMEM-CASE-END share rc=0",
         ];
         for l in lines {
@@ -514,7 +550,7 @@ mod tests {
             .filter(|c| c.name.starts_with("xpmem/share/"))
             .collect();
         assert!(share.iter().all(|c| c.status == Status::Pass), "{share:?}");
-        assert_eq!(share.len(), 3 + 1 + 3 + 1 + 2);
+        assert_eq!(share.len(), 3 + 1 + 3 + 1 + 2 + 1);
 
         // Without the second typed segid, the check fails.
         let mut q = Parsed::default();
@@ -543,5 +579,30 @@ mod tests {
         let s = payload_script(Duration::from_secs(42));
         assert!(s.contains("timeout -s KILL 42 ./xpmem-vmm --config share.toml <>/tmp/stdin-b"));
         assert!(s.contains("${l#XPMEM-VMM-EXIT rc=}"));
+    }
+
+    #[test]
+    fn domain_report_must_hold_nothing() {
+        let mut p = Parsed::default();
+        for line in [
+            "XPMEM-CASE-BEGIN local",
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0 mapped_pages=0; total map_actions=7",
+            "XPMEM-CASE-END local rc=0",
+            "XPMEM-CASE-BEGIN share",
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=1 mapped_pages=0; total map_actions=3",
+            "XPMEM-CASE-END share rc=0",
+        ] {
+            p.feed(line);
+        }
+        assert_eq!(p.domain_check("local").status, Status::Pass);
+        assert_eq!(
+            p.domain_check("share").status,
+            Status::Fail("domain still holds: [\"segments=1\"]".into())
+        );
+        let empty = Parsed::default();
+        assert!(matches!(
+            empty.domain_check("local").status,
+            Status::Fail(_)
+        ));
     }
 }

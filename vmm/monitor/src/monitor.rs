@@ -170,6 +170,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
                 let (reason, ran) = vm.stop(ExitReason::Stopped);
                 report(vm.name(), &reason, ran);
             }
+            report_domain(&shared.xpmem);
             return Ok(Outcome::Interrupted(signo));
         }
         let mut index = 0;
@@ -185,5 +186,36 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             }
         }
     }
+    report_domain(&shared.xpmem);
     Ok(Outcome::AllEnded { clean })
+}
+
+/// Prints the xpmem domain's counters once every VM has ended: the "held"
+/// ones must all be zero (anything else is a leak), the totals say what the
+/// run did.
+fn report_domain(hub: &XpmemHub) {
+    let c = hub.counters();
+    eprintln!(
+        "xpmem-vmm: xpmem domain at exit: held vms={} segments={} permits={} attachments={} \
+         mapped_pages={} rmap_entries={} pending_faults={} pending_resolves={} \
+         pending_invalidations={} pending_invalidation_targets={} aperture_pages_reserved={}; \
+         total resolves_issued={} map_actions={} invalidations_started={} \
+         invalidations_completed={} invalidations_forced={}",
+        c.vms,
+        c.segments,
+        c.permits,
+        c.attachments,
+        c.mapped_pages,
+        c.rmap_entries,
+        c.pending_faults,
+        c.pending_resolves,
+        c.pending_invalidations,
+        c.pending_invalidation_targets,
+        c.aperture_pages_reserved,
+        c.resolves_issued,
+        c.map_actions,
+        c.invalidations_started,
+        c.invalidations_completed,
+        c.invalidations_forced,
+    );
 }
