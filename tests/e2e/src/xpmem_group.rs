@@ -41,9 +41,25 @@ const LOCAL_EXPECTED: &[&str] = &[
     "proc-zero",
 ];
 /// What `xpmem-share-export.sh` runs in VM `a`.
-const SHARE_A_EXPECTED: &[&str] = &["export", "export-unmap", "proc-zero"];
+const SHARE_A_EXPECTED: &[&str] = &[
+    "export",
+    "export-hold",
+    "export-hold-2",
+    "export-fork",
+    "export-exit",
+    "export-unmap",
+    "proc-zero",
+];
 /// What `xpmem-share-import.sh` runs in VM `b`.
-const SHARE_B_EXPECTED: &[&str] = &["attach", "attach-gone", "proc-zero"];
+const SHARE_B_EXPECTED: &[&str] = &[
+    "attach",
+    "attach-ro",
+    "get-denied",
+    "attach-fork",
+    "attach-gone",
+    "attach-gone-2",
+    "proc-zero",
+];
 
 /// The L1 payload script. Markers: `XPMEM-CASE-BEGIN <case>`,
 /// `XPMEM-CASE-END <case> rc=<monitor exit>`, `XPMEM-L1 TYPED SEGID <n>`.
@@ -525,23 +541,29 @@ mod tests {
 
     #[test]
     fn share_passes_only_with_every_line() {
+        // Every exporter case but the last prints a segid that is typed into b.
+        let mut lines = vec!["XPMEM-CASE-BEGIN share".to_string()];
+        let base = |case: &str| case.trim_end_matches("-2").to_string();
+        for (i, case) in SHARE_A_EXPECTED.iter().enumerate() {
+            if *case != "proc-zero" {
+                let segid = 1000 + i;
+                lines.push(format!(
+                    "[vm-a] [ 3.0] XPMEM-TEST {} SEGID {segid}",
+                    base(case)
+                ));
+                lines.push(format!("XPMEM-L1 TYPED SEGID {segid}"));
+            }
+            lines.push(format!("[vm-a] [ 3.1] XPMEM-TEST {} PASS", base(case)));
+        }
+        for case in SHARE_B_EXPECTED {
+            lines.push(format!("[vm-b] [ 3.2] XPMEM-TEST {} PASS", base(case)));
+        }
+        lines.push(
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0; total map_actions=2".into(),
+        );
+        lines.push("XPMEM-CASE-END share rc=0".into());
         let mut p = Parsed::default();
-        let lines = [
-            "XPMEM-CASE-BEGIN share",
-            "[vm-a] [ 3.0] XPMEM-TEST export SEGID 12345",
-            "XPMEM-L1 TYPED SEGID 12345",
-            "[vm-b] [ 3.1] XPMEM-TEST attach PASS",
-            "[vm-a] [ 3.2] XPMEM-TEST export PASS",
-            "[vm-a] [ 3.3] XPMEM-TEST export-unmap SEGID 999",
-            "XPMEM-L1 TYPED SEGID 999",
-            "[vm-b] [ 3.4] XPMEM-TEST attach-gone PASS",
-            "[vm-a] [ 3.5] XPMEM-TEST export-unmap PASS",
-            "[vm-a] [ 3.6] XPMEM-TEST proc-zero PASS",
-            "[vm-b] [ 3.7] XPMEM-TEST proc-zero PASS",
-            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0; total map_actions=2",
-            "XPMEM-CASE-END share rc=0",
-        ];
-        for l in lines {
+        for l in &lines {
             p.feed(l);
         }
         let share: Vec<_> = p
@@ -550,17 +572,29 @@ mod tests {
             .filter(|c| c.name.starts_with("xpmem/share/"))
             .collect();
         assert!(share.iter().all(|c| c.status == Status::Pass), "{share:?}");
-        assert_eq!(share.len(), 3 + 1 + 3 + 1 + 2 + 1);
+        assert_eq!(
+            share.len(),
+            SHARE_A_EXPECTED.len() + SHARE_B_EXPECTED.len() + 2 + 1 + 1 + 1
+        );
 
-        // Without the second typed segid, the check fails.
+        // Without the last typed segid, the check fails.
         let mut q = Parsed::default();
-        for l in lines.iter().filter(|l| !l.contains("TYPED SEGID 999")) {
+        for l in lines.iter().filter(|l| !l.contains("TYPED SEGID 1005")) {
             q.feed(l);
         }
         let r = q.judge(false);
         assert!(r
             .iter()
             .any(|c| c.name == "xpmem/share/segid-typed" && c.status != Status::Pass));
+        // Without b's read-only case, that check fails.
+        let mut r = Parsed::default();
+        for l in lines.iter().filter(|l| !l.contains("attach-ro PASS")) {
+            r.feed(l);
+        }
+        assert!(r
+            .judge(false)
+            .iter()
+            .any(|c| c.name == "xpmem/share/b-attach-ro" && c.status != Status::Pass));
     }
 
     #[test]
