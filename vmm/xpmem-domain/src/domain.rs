@@ -332,32 +332,17 @@ impl Domain {
         };
         let mut out = Vec::new();
         // Its own pending FAULTs are dropped with their resolves.
-        let own_faults: Vec<u64> = self
-            .faults
-            .iter()
-            .filter(|(_, f)| f.importer == vm)
-            .map(|(&k, _)| k)
-            .collect();
+        let own_faults: Vec<u64> = keys_where(&self.faults, |f| f.importer == vm);
         for k in own_faults {
             self.drop_fault(k);
         }
         // Its exporter invalidations are dropped (nobody to answer).
-        let own_invs: Vec<u64> = self
-            .invalidations
-            .iter()
-            .filter(|(_, i)| i.exporter == vm)
-            .map(|(&k, _)| k)
-            .collect();
+        let own_invs: Vec<u64> = keys_where(&self.invalidations, |i| i.exporter == vm);
         for k in own_invs {
             self.drop_invalidation(k);
         }
         // Invalidation targets waiting for it count as acknowledged.
-        let own_targets: Vec<u64> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.importer == vm)
-            .map(|(&k, _)| k)
-            .collect();
+        let own_targets: Vec<u64> = keys_where(&self.targets, |t| t.importer == vm);
         for t in own_targets {
             self.finish_target(t, false, &mut out);
         }
@@ -453,12 +438,7 @@ impl Domain {
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
         let mut out = Vec::new();
-        let due: Vec<u64> = self
-            .invalidations
-            .iter()
-            .filter(|(_, i)| i.deadline <= now_ms)
-            .map(|(&k, _)| k)
-            .collect();
+        let due: Vec<u64> = keys_where(&self.invalidations, |i| i.deadline <= now_ms);
         for k in due {
             let targets: Vec<u64> = match self.invalidations.get(&k) {
                 Some(inv) => inv.targets.iter().copied().collect(),
@@ -468,12 +448,7 @@ impl Domain {
                 self.finish_target(t, true, &mut out);
             }
         }
-        let late: Vec<u64> = self
-            .resolves
-            .iter()
-            .filter(|(_, r)| r.due_ms <= now_ms)
-            .map(|(&k, _)| k)
-            .collect();
+        let late: Vec<u64> = keys_where(&self.resolves, |r| r.due_ms <= now_ms);
         for rid in late {
             if let Some(r) = self.resolves.remove(&rid) {
                 self.stats.resolves_timed_out += 1;
@@ -634,18 +609,8 @@ impl Domain {
             ));
         }
         for (&vm, st) in &self.vms {
-            let segs: BTreeSet<i64> = self
-                .segments
-                .iter()
-                .filter(|(_, s)| s.vm == vm)
-                .map(|(&k, _)| k)
-                .collect();
-            let perms: BTreeSet<i64> = self
-                .permits
-                .iter()
-                .filter(|(_, p)| p.vm == vm)
-                .map(|(&k, _)| k)
-                .collect();
+            let segs: BTreeSet<i64> = keys_where(&self.segments, |s| s.vm == vm);
+            let perms: BTreeSet<i64> = keys_where(&self.permits, |p| p.vm == vm);
             let atts: BTreeSet<u64> = self
                 .attach_index
                 .keys()
@@ -1066,12 +1031,7 @@ impl Domain {
                 out,
             );
         }
-        let faults: Vec<u64> = self
-            .faults
-            .iter()
-            .filter(|(_, f)| seg.attachments.contains(&f.attach_id))
-            .map(|(&k, _)| k)
-            .collect();
+        let faults: Vec<u64> = keys_where(&self.faults, |f| seg.attachments.contains(&f.attach_id));
         for k in faults {
             self.fail_fault(k, status, out);
         }
@@ -1091,22 +1051,12 @@ impl Domain {
         let Some(a) = self.att(attach_id) else { return };
         let npages = a.npages();
         // Targets on it count as acknowledged: its slots are about to be unmapped.
-        let targets: Vec<u64> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.attach_id == attach_id)
-            .map(|(&k, _)| k)
-            .collect();
+        let targets: Vec<u64> = keys_where(&self.targets, |t| t.attach_id == attach_id);
         self.clear_slots(attach_id, 0, npages, false, out);
         for t in targets {
             self.finish_target(t, false, out);
         }
-        let faults: Vec<u64> = self
-            .faults
-            .iter()
-            .filter(|(_, f)| f.attach_id == attach_id)
-            .map(|(&k, _)| k)
-            .collect();
+        let faults: Vec<u64> = keys_where(&self.faults, |f| f.attach_id == attach_id);
         for k in faults {
             self.fail_fault(k, Status::NoEnt, out);
         }
@@ -1731,4 +1681,16 @@ impl Domain {
         }
         Some(Ok(ResponseBody::Empty))
     }
+}
+
+/// Keys of the entries of `map` whose value satisfies `pred`, collected so the
+/// map can be changed while they are visited.
+fn keys_where<'a, K: Copy + 'a, V: 'a, C: FromIterator<K>>(
+    map: impl IntoIterator<Item = (&'a K, &'a V)>,
+    pred: impl Fn(&V) -> bool,
+) -> C {
+    map.into_iter()
+        .filter(|(_, v)| pred(v))
+        .map(|(&k, _)| k)
+        .collect()
 }
