@@ -711,6 +711,26 @@ impl Domain {
         Some(self.ids.encode(kind, vm, c))
     }
 
+    /// A new id for one more segment or permit of `vm`, recorded in the
+    /// VM's `held` set; NOSPC past the per-VM `max` or when ids run out.
+    fn take_held_id(
+        &mut self,
+        vm: VmId,
+        kind: IdKind,
+        max: u32,
+        held: fn(&mut VmState) -> &mut BTreeSet<i64>,
+    ) -> Result<i64, Status> {
+        let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
+        if held(st).len() >= max as usize {
+            return Err(Status::NoSpc);
+        }
+        let id = self.new_id(kind, vm).ok_or(Status::NoSpc)?;
+        if let Some(st) = self.vms.get_mut(&vm) {
+            held(st).insert(id);
+        }
+        Ok(id)
+    }
+
     fn att(&self, id: u64) -> Option<&Attachment> {
         let idx = *self.attach_index.get(&id)?;
         self.slab.get(idx as usize)?.as_ref()
@@ -1126,14 +1146,7 @@ impl Domain {
                 return Err(Status::Invalid);
             }
             let max = self.cfg.max_segments_per_vm;
-            let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
-            if st.segs.len() >= max as usize {
-                return Err(Status::NoSpc);
-            }
-            let segid = self.new_id(IdKind::Segment, vm).ok_or(Status::NoSpc)?;
-            if let Some(st) = self.vms.get_mut(&vm) {
-                st.segs.insert(segid);
-            }
+            let segid = self.take_held_id(vm, IdKind::Segment, max, |st| &mut st.segs)?;
             self.segments.insert(
                 segid,
                 Segment {
@@ -1210,14 +1223,7 @@ impl Domain {
             }
             let exporter = seg.vm;
             let max = self.cfg.max_permits_per_vm;
-            let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
-            if st.permits.len() >= max as usize {
-                return Err(Status::NoSpc);
-            }
-            let apid = self.new_id(IdKind::Permit, vm).ok_or(Status::NoSpc)?;
-            if let Some(st) = self.vms.get_mut(&vm) {
-                st.permits.insert(apid);
-            }
+            let apid = self.take_held_id(vm, IdKind::Permit, max, |st| &mut st.permits)?;
             self.permits.insert(
                 apid,
                 Permit {
