@@ -510,6 +510,11 @@ impl MmapAperture {
     pub fn windows(&self, vm: VmId) -> Option<&ApertureWindows> {
         self.vms.get(&vm).map(|v| &v.windows)
     }
+
+    /// The apertures of `vm`, or UnknownVm.
+    fn vm(&self, vm: VmId) -> Result<&VmAperture> {
+        self.vms.get(&vm).ok_or(ApertureError::UnknownVm(vm))
+    }
 }
 
 impl ApertureBackend for MmapAperture {
@@ -528,7 +533,7 @@ impl ApertureBackend for MmapAperture {
     }
 
     fn revoke_all(&mut self, vm: VmId) -> Result<MapStats> {
-        let v = self.vms.get(&vm).ok_or(ApertureError::UnknownVm(vm))?;
+        let v = self.vm(vm)?;
         let mut stats = MapStats::default();
         for w in [&v.windows.rw, &v.windows.ro] {
             stats.mmap_calls += w.fill(0, w.pages())?;
@@ -547,14 +552,8 @@ impl ApertureBackend for MmapAperture {
         npages: u64,
         writable: bool,
     ) -> Result<MapStats> {
-        let imp = self
-            .vms
-            .get(&importer)
-            .ok_or(ApertureError::UnknownVm(importer))?;
-        let exp = self
-            .vms
-            .get(&exporter)
-            .ok_or(ApertureError::UnknownVm(exporter))?;
+        let imp = self.vm(importer)?;
+        let exp = self.vm(exporter)?;
         let win = imp.windows.get(window);
         win.check_range(aperture_page, npages)?;
         if writable && window == Window::Ro {
@@ -610,10 +609,7 @@ impl ApertureBackend for MmapAperture {
         aperture_page: u64,
         npages: u64,
     ) -> Result<MapStats> {
-        let imp = self
-            .vms
-            .get(&importer)
-            .ok_or(ApertureError::UnknownVm(importer))?;
+        let imp = self.vm(importer)?;
         let win = imp.windows.get(window);
         win.check_range(aperture_page, npages)?;
         let mmap_calls = win.fill(aperture_page, npages)?;
