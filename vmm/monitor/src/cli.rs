@@ -145,6 +145,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
         cmdline: flags.cmdline,
         console: flags.console,
         stdin: None,
+        input: None,
         aperture_rw: flags.aperture_rw.map(SizeSpec::Text),
         aperture_ro: flags.aperture_ro.map(SizeSpec::Text),
     };

@@ -13,6 +13,8 @@
 //! cmdline = "quiet"            # appended to the default command line
 //! console = "stdout"           # or "file:PATH"
 //! stdin = true                 # optional: which VM reads the terminal
+//! input = "a.fifo"             # optional, instead of stdin: a file or FIFO this
+//!                              # VM's serial port reads (a FIFO never ends)
 //! aperture_rw = "1G"           # optional import aperture window sizes
 //! aperture_ro = "256M"
 //! ```
@@ -64,6 +66,8 @@ pub enum ConfigError {
     BadConsole { vm: String, value: String },
     #[error("more than one VM has stdin = true ({0} and {1}); only one VM can read the terminal")]
     TwoStdinVms(String, String),
+    #[error("VM {0}: `stdin = true` and `input` both set; choose one source for its serial input")]
+    InputAndStdin(String),
     #[error("invalid {what} {value}: {reason}")]
     BadSetting {
         what: &'static str,
@@ -175,6 +179,7 @@ pub struct VmSpec {
     pub cmdline: Option<String>,
     pub console: Option<String>,
     pub stdin: Option<bool>,
+    pub input: Option<PathBuf>,
     pub aperture_rw: Option<SizeSpec>,
     pub aperture_ro: Option<SizeSpec>,
 }
@@ -207,6 +212,8 @@ pub struct VmConfig {
     pub console: Console,
     /// This VM's serial port reads the monitor's stdin.
     pub stdin: bool,
+    /// This VM's serial port reads this file or FIFO (never together with `stdin`).
+    pub input: Option<PathBuf>,
     pub aperture_rw: u64,
     pub aperture_ro: u64,
 }
@@ -311,6 +318,9 @@ impl VmSpec {
             }
         }
         let console = Console::parse(&name, self.console.as_deref().unwrap_or("stdout"), base_dir)?;
+        if self.input.is_some() && self.stdin == Some(true) {
+            return Err(ConfigError::InputAndStdin(name));
+        }
         Ok(VmConfig {
             vcpus,
             memory,
@@ -320,6 +330,7 @@ impl VmSpec {
             console,
             // Decided for all VMs together in `Config::from_specs`.
             stdin: false,
+            input: self.input.as_ref().map(|p| base_dir.join(p)),
             aperture_rw,
             aperture_ro,
             name,
@@ -406,7 +417,7 @@ impl Config {
                     .map(|(i, _)| i)
                     .collect();
                 if let [only] = on_stdout.as_slice() {
-                    if specs[*only].stdin != Some(false) {
+                    if specs[*only].stdin != Some(false) && specs[*only].input.is_none() {
                         vms[*only].stdin = true;
                     }
                 }
@@ -639,6 +650,26 @@ mod tests {
         );
         // A single stdout VM can opt out.
         assert!(!parse(&one_vm("stdin = false")).unwrap().vms[0].stdin);
+    }
+
+    #[test]
+    fn input_files() {
+        // Every VM can read its own file or FIFO; relative paths follow the config file.
+        let c = parse(&format!(
+            "{}[[vm]]\nname = \"b\"\nmemory = 256\nkernel = \"k\"\ninput = \"/run/b.fifo\"\n",
+            one_vm("input = \"a.fifo\"")
+        ))
+        .unwrap();
+        assert_eq!(c.vms[0].input, Some(PathBuf::from("/cfg/a.fifo")));
+        assert_eq!(c.vms[1].input, Some(PathBuf::from("/run/b.fifo")));
+        assert!(c.vms.iter().all(|v| !v.stdin));
+        // The only stdout VM does not take stdin when it has an input file.
+        let one = parse(&one_vm("input = \"a.fifo\"")).unwrap();
+        assert!(!one.vms[0].stdin);
+        assert_eq!(
+            parse(&one_vm("input = \"a.fifo\"\nstdin = true")),
+            Err(ConfigError::InputAndStdin("a".into()))
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! One VM: construction (memory, irqchip, devices, ACPI, boot state) and
 //! the running VM (vCPU threads plus an event thread).
 
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -60,6 +62,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("cannot create console file {path}: {err}")]
     ConsoleFile { path: PathBuf, err: std::io::Error },
+    #[error("cannot open serial input {path}: {err} (create the file or FIFO first)")]
+    InputFile { path: PathBuf, err: std::io::Error },
     #[error("cannot create an eventfd: {0} (check the open file limit)")]
     EventFd(std::io::Error),
     #[error("cannot start a thread: {0}")]
@@ -103,7 +107,7 @@ pub struct Vm {
     serial: Arc<Mutex<SerialDevice>>,
     notifiers: Vec<Notifier>,
     exit: Arc<ExitHandle>,
-    stdin: bool,
+    input: Option<SerialInput>,
     // Drop order matters: the VM fd (and with it every memslot) must go
     // before the memory it points at.
     _vm_fd: VmFd,
@@ -128,6 +132,7 @@ impl Vm {
                 max,
             });
         }
+        let input = SerialInput::open(cfg)?;
         let layout = MemoryLayout::new(cfg.memory, cfg.aperture_rw, cfg.aperture_ro)?;
         let vm_fd = create_vm_fd(kvm)?;
         let ram = GuestRam::new(&cfg.name, &layout)?;
@@ -187,7 +192,7 @@ impl Vm {
             serial,
             notifiers,
             exit,
-            stdin: cfg.stdin,
+            input,
             _vm_fd: vm_fd,
             _transports: transports,
             _apertures: apertures,
@@ -207,7 +212,10 @@ impl Vm {
         let events = EventLoop {
             stop: loop_stop,
             notifiers: std::mem::take(&mut self.notifiers),
-            stdin: self.stdin.then(|| self.serial.clone()),
+            input: self
+                .input
+                .take()
+                .map(|source| (source, self.serial.clone())),
         };
         let mut running = RunningVm {
             name: self.name.clone(),
@@ -443,35 +451,71 @@ fn attach_virtio(
     Ok((transport, notifiers))
 }
 
-/// Per-VM thread forwarding queue notifications and terminal input.
+/// Where a VM's serial port reads its input from.
+enum SerialInput {
+    /// The monitor's stdin (the terminal).
+    Stdin,
+    /// A file or FIFO of the config's `input`; a FIFO is opened read-write so it
+    /// never reports end-of-file while writers come and go.
+    File(File),
+}
+
+impl SerialInput {
+    fn open(cfg: &VmConfig) -> Result<Option<Self>, VmError> {
+        let Some(path) = &cfg.input else {
+            return Ok(cfg.stdin.then_some(SerialInput::Stdin));
+        };
+        let err = |err| VmError::InputFile {
+            path: path.clone(),
+            err,
+        };
+        let is_fifo = std::fs::metadata(path).map_err(err)?.file_type().is_fifo();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(is_fifo)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(err)?;
+        Ok(Some(SerialInput::File(file)))
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            SerialInput::Stdin => libc::STDIN_FILENO,
+            SerialInput::File(f) => f.as_raw_fd(),
+        }
+    }
+}
+
+/// Per-VM thread forwarding queue notifications and serial input.
 struct EventLoop {
     stop: EventFd,
     notifiers: Vec<Notifier>,
-    /// Set when this VM's serial port reads the monitor's stdin.
-    stdin: Option<Arc<Mutex<SerialDevice>>>,
+    /// Set when this VM's serial port reads stdin or an input file.
+    input: Option<(SerialInput, Arc<Mutex<SerialDevice>>)>,
 }
 
 /// How long to wait before retrying when the guest's receive FIFO is full.
-const STDIN_RETRY: Duration = Duration::from_millis(10);
+const INPUT_RETRY: Duration = Duration::from_millis(10);
 
 impl EventLoop {
     fn run(self) {
-        let mut stdin_open = self.stdin.is_some();
+        let mut input_open = self.input.is_some();
         loop {
-            // Only read the terminal when the UART can take the bytes, so
+            // Only read the input when the UART can take the bytes, so
             // typed-ahead input waits instead of being dropped.
-            let room = match (&self.stdin, stdin_open) {
-                (Some(serial), true) => lock(serial).input_room() > 0,
+            let room = match (&self.input, input_open) {
+                (Some((_, serial)), true) => lock(serial).input_room() > 0,
                 _ => false,
             };
             let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.notifiers.len() + 2);
             fds.push(pollfd(self.stop.as_raw_fd()));
             fds.extend(self.notifiers.iter().map(|n| pollfd(n.evt.as_raw_fd())));
-            if room {
-                fds.push(pollfd(libc::STDIN_FILENO));
+            if let (true, Some((source, _))) = (room, &self.input) {
+                fds.push(pollfd(source.fd()));
             }
-            let timeout = if stdin_open && !room {
-                STDIN_RETRY.as_millis() as i32
+            let timeout = if input_open && !room {
+                INPUT_RETRY.as_millis() as i32
             } else {
                 -1
             };
@@ -495,9 +539,9 @@ impl EventLoop {
                 }
             }
             if room {
-                if let (Some(serial), Some(fd)) = (&self.stdin, fds.last()) {
+                if let (Some((source, serial)), Some(fd)) = (&self.input, fds.last()) {
                     if fd.revents != 0 {
-                        stdin_open = forward_stdin(serial);
+                        input_open = forward_input(source.fd(), serial);
                     }
                 }
             }
@@ -513,14 +557,15 @@ fn pollfd(fd: i32) -> libc::pollfd {
     }
 }
 
-/// Reads what stdin has (at most what the FIFO takes) into the UART.
-/// Returns false once stdin is closed.
-fn forward_stdin(serial: &Mutex<SerialDevice>) -> bool {
+/// Reads what `fd` has (at most what the FIFO takes) into the UART.
+/// Returns false once the input has ended.
+fn forward_input(fd: RawFd, serial: &Mutex<SerialDevice>) -> bool {
     let room = lock(serial).input_room();
     let mut buf = [0u8; 64];
     let want = room.min(buf.len());
-    // SAFETY: `buf` is valid for `want` bytes of writes.
-    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), want) };
+    // SAFETY: `buf` is valid for `want` bytes of writes; `fd` is open for the
+    // lifetime of the event loop that owns it.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), want) };
     match n {
         0 => false,
         n if n < 0 => {

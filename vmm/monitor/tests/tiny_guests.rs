@@ -342,6 +342,60 @@ fn stdin_reaches_the_guest_uart() {
 }
 
 #[test]
+fn each_vm_reads_its_own_input_fifo() {
+    if !kvm_usable("each_vm_reads_its_own_input_fifo") {
+        return;
+    }
+    let dir = TempDir::new("inputfifo");
+    dir.write("echo.bzImage", &tiny_bzimage(&uppercase_echo()));
+    let mut writers = Vec::new();
+    for name in ["p", "q"] {
+        let path = dir.0.join(format!("{name}.fifo"));
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c_path` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Read-write, as a harness would: the open does not wait for the reader.
+        let mut w = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        w.write_all(format!("to {name} only\n").as_bytes()).unwrap();
+        writers.push(w);
+    }
+    let cfg = dir.write(
+        "vms.toml",
+        b"[[vm]]\nname = \"p\"\nmemory = 64\nkernel = \"echo.bzImage\"\ninput = \"p.fifo\"\n\
+          [[vm]]\nname = \"q\"\nmemory = 64\nkernel = \"echo.bzImage\"\ninput = \"q.fifo\"\n",
+    );
+    // stdin stays the terminal-less null device: input comes only from the FIFOs.
+    let out = wait_bounded(spawn(&["--config", cfg.to_str().unwrap()], Stdio::null()));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stdout.contains("[vm-p] TO P ONLY\n"), "stdout: {stdout:?}");
+    assert!(stdout.contains("[vm-q] TO Q ONLY\n"), "stdout: {stdout:?}");
+    drop(writers);
+}
+
+#[test]
+fn a_missing_input_file_is_reported_before_any_vm_runs() {
+    let dir = TempDir::new("noinput");
+    dir.write("bzImage", &tiny_bzimage(&print_and_power_off(b"ran\n")));
+    let cfg = dir.write(
+        "vm.toml",
+        b"[[vm]]\nname = \"m\"\nmemory = 64\nkernel = \"bzImage\"\ninput = \"missing.fifo\"\n",
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains("cannot open serial input") && stderr.contains("missing.fifo"),
+        "stderr: {stderr}"
+    );
+    assert!(!text(&out.stdout).contains("ran"));
+}
+
+#[test]
 fn file_console_gets_the_output_and_stdout_does_not() {
     if !kvm_usable("file_console_gets_the_output_and_stdout_does_not") {
         return;
