@@ -1208,11 +1208,14 @@ impl Domain {
             if !self.cfg.policy.allows(vm, seg.vm) {
                 return Err(Status::Perm);
             }
-            // IPC-style: the owner's bits if the uid matches, else the group's if the gid
-            // matches, else the others'. There is no root override across VMs.
-            let bits = if uid == seg.uid {
+            // IPC-style, but uids and gids are per-VM namespaces: uid 0 of one VM is not
+            // uid 0 of another. The owner's bits apply only to the exporter's VM with a
+            // matching uid, the group's only to that VM with a matching gid; an importer
+            // in another VM always gets the others' bits. There is no root override.
+            let same_vm = vm == seg.vm;
+            let bits = if same_vm && uid == seg.uid {
                 seg.mode >> 6
-            } else if gid == seg.gid {
+            } else if same_vm && gid == seg.gid {
                 seg.mode >> 3
             } else {
                 seg.mode

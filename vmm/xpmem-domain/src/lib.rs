@@ -34,8 +34,10 @@
 //!   answers PERM, an unknown one NOENT. RESOLVE_REPLY, INVALIDATE and INVALIDATE_ACK are
 //!   checked against the VM only (they come from the guest kernel).
 //! - **Permissions.** GET applies the domain policy ([`ImportPolicy`]) and the IPC-style mode
-//!   check (owner bits if uid matches, else group bits if gid matches, else other bits;
-//!   RDONLY needs r, RDWR needs r+w). There is no root override across VMs.
+//!   check (in the exporter's VM: owner bits if uid matches, else group bits if gid
+//!   matches, else other bits; from any other VM always the other bits, since uids and
+//!   gids are per-VM namespaces; RDONLY needs r, RDWR needs r+w). There is no root
+//!   override.
 //! - **REMOVE / exporter gone** revoke importers directly: Unmap + REVOKED (reason
 //!   SegmentRemoved / ExporterGone), no acknowledgement round, pending FAULTs fail with
 //!   REVOKED / GONE, pending INVALIDATEs of the segment complete. Permits stay; ATTACH with

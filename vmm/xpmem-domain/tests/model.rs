@@ -146,7 +146,8 @@ struct Sim {
     h: H,
     present: BTreeSet<VmId>,
     /// (segid, exporter, owner, vaddr, npages)
-    segs: Vec<(i64, VmId, OwnerToken, u64, u64)>,
+    /// (segid, exporter, owner, vaddr, npages, mode)
+    segs: Vec<(i64, VmId, OwnerToken, u64, u64, u64)>,
     /// (apid, importer, owner, segid)
     permits: Vec<(i64, VmId, OwnerToken, i64)>,
     atts: Vec<AttInfo>,
@@ -455,7 +456,7 @@ impl Sim {
                     gid: 5,
                 };
                 if let Some(Ok(ResponseBody::Segid(s))) = self.send(v, req, Pending::Immediate)? {
-                    self.segs.push((s, v, o, vaddr, npages));
+                    self.segs.push((s, v, o, vaddr, npages, mode));
                 }
             }
             Op::Remove { vm, owner, seg } => {
@@ -474,9 +475,15 @@ impl Sim {
                 seg,
                 rdwr,
             } => {
-                if let Some((segid, ..)) = pick(&self.segs, seg) {
+                if let Some((segid, exp, _, _, _, mode)) = pick(&self.segs, seg) {
                     let (v, o) = (VMS[vm], OWNERS[owner]);
                     let flags = if rdwr { XPMEM_RDWR } else { XPMEM_RDONLY };
+                    // Every process has uid 5 and gid 5, as every segment: the owner bits
+                    // apply in the exporter's VM only, the other bits in every other VM
+                    // (uids are per-VM namespaces).
+                    let bits = if v == exp { mode >> 6 } else { mode } & 0o7;
+                    let need = if rdwr { 0o6 } else { 0o4 };
+                    let mode_allows = bits & need == need;
                     let req = Request::Get {
                         owner: o,
                         segid,
@@ -486,9 +493,27 @@ impl Sim {
                         uid: 5,
                         gid: 5,
                     };
-                    if let Some(Ok(ResponseBody::Apid(a))) =
-                        self.send(v, req, Pending::Immediate)?
-                    {
+                    let res = self.send(v, req, Pending::Immediate)?;
+                    if self.present.contains(&v) {
+                        match res {
+                            Some(Ok(ResponseBody::Apid(_))) => prop_assert!(
+                                mode_allows,
+                                "GET granted against mode {:o} ({:?} -> {:?})",
+                                mode,
+                                v,
+                                exp
+                            ),
+                            Some(Err(Status::Perm)) => prop_assert!(
+                                !mode_allows,
+                                "GET refused despite mode {:o} ({:?} -> {:?})",
+                                mode,
+                                v,
+                                exp
+                            ),
+                            _ => {}
+                        }
+                    }
+                    if let Some(Ok(ResponseBody::Apid(a))) = res {
                         self.permits.push((a, v, o, segid));
                     }
                 }
@@ -547,7 +572,7 @@ impl Sim {
                     {
                         let seg = self.segs.iter().find(|s| s.0 == segid).cloned();
                         prop_assert!(seg.is_some());
-                        let (_, _, _, vaddr, _) = seg.unwrap();
+                        let (_, _, _, vaddr, ..) = seg.unwrap();
                         self.atts.push(AttInfo {
                             id: attach_id,
                             vm: v,
@@ -641,7 +666,7 @@ impl Sim {
                 }
             }
             Op::Invalidate { seg, page, npages } => {
-                if let Some((segid, exp, owner, vaddr, _)) = pick(&self.segs, seg) {
+                if let Some((segid, exp, owner, vaddr, ..)) = pick(&self.segs, seg) {
                     let start = vaddr + page * P;
                     for p in start / P..start / P + npages {
                         *self.pt_version.entry((segid, p)).or_default() += 1;

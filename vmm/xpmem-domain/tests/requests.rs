@@ -152,42 +152,56 @@ fn remove_only_by_owner() {
     assert_eq!(h.get(B, s, XPMEM_RDONLY), Err(Status::NoEnt));
 }
 
+fn get_as(h: &mut H, vm: VmId, seg: i64, uid: u32, gid: u32, flags: u32) -> Result<(), Status> {
+    h.call(
+        vm,
+        Request::Get {
+            owner: OWNER,
+            segid: seg,
+            flags,
+            permit_type: XPMEM_PERMIT_MODE,
+            permit_value: 0,
+            uid,
+            gid,
+        },
+    )
+    .map(|_| ())
+}
+
 #[test]
-fn get_checks_mode_bits_ipc_style() {
+fn get_checks_mode_bits_ipc_style_in_the_exporters_vm() {
     let mut h = H::new();
-    let get = |h: &mut H, seg: i64, uid: u32, gid: u32, flags: u32| {
-        h.call(
-            B,
-            Request::Get {
-                owner: OWNER,
-                segid: seg,
-                flags,
-                permit_type: XPMEM_PERMIT_MODE,
-                permit_value: 0,
-                uid,
-                gid,
-            },
-        )
-        .map(|_| ())
-    };
-    // Segment owner is uid 1000, gid 1000.
+    // Segment owner is uid 1000, gid 1000 in VM A.
+    let s600 = h.make(A, 0, 4 * P, 0o600);
+    assert_eq!(get_as(&mut h, A, s600, 1000, 5, XPMEM_RDWR), Ok(()));
+    assert_eq!(
+        get_as(&mut h, A, s600, 7, 1000, XPMEM_RDONLY),
+        Err(Status::Perm)
+    );
     let s = h.make(A, 0, 4 * P, 0o640);
-    assert_eq!(get(&mut h, s, 1000, 5, XPMEM_RDWR), Ok(()));
-    assert_eq!(get(&mut h, s, 7, 1000, XPMEM_RDONLY), Ok(()));
-    assert_eq!(get(&mut h, s, 7, 1000, XPMEM_RDWR), Err(Status::Perm));
-    assert_eq!(get(&mut h, s, 7, 7, XPMEM_RDONLY), Err(Status::Perm));
-    // uid 0 in another VM is not root here.
-    assert_eq!(get(&mut h, s, 0, 0, XPMEM_RDONLY), Err(Status::Perm));
+    assert_eq!(get_as(&mut h, A, s, 1000, 5, XPMEM_RDWR), Ok(()));
+    // Another uid of the same group in the same VM gets the group bits.
+    assert_eq!(get_as(&mut h, A, s, 7, 1000, XPMEM_RDONLY), Ok(()));
+    assert_eq!(get_as(&mut h, A, s, 7, 1000, XPMEM_RDWR), Err(Status::Perm));
+    assert_eq!(get_as(&mut h, A, s, 7, 7, XPMEM_RDONLY), Err(Status::Perm));
+    // No root override.
+    assert_eq!(get_as(&mut h, A, s, 0, 0, XPMEM_RDONLY), Err(Status::Perm));
     // The owner's bits apply to the owner even if "other" would allow more.
     let s2 = h.make(A, 0, 4 * P, 0o066);
-    assert_eq!(get(&mut h, s2, 1000, 1000, XPMEM_RDONLY), Err(Status::Perm));
-    assert_eq!(get(&mut h, s2, 9, 9, XPMEM_RDWR), Ok(()));
+    assert_eq!(
+        get_as(&mut h, A, s2, 1000, 1000, XPMEM_RDONLY),
+        Err(Status::Perm)
+    );
+    assert_eq!(get_as(&mut h, A, s2, 9, 9, XPMEM_RDWR), Ok(()));
     // Write-only is not enough for RDONLY.
     let s3 = h.make(A, 0, 4 * P, 0o200);
-    assert_eq!(get(&mut h, s3, 1000, 1000, XPMEM_RDONLY), Err(Status::Perm));
+    assert_eq!(
+        get_as(&mut h, A, s3, 1000, 1000, XPMEM_RDONLY),
+        Err(Status::Perm)
+    );
     // Bad flags and permit type.
-    assert_eq!(get(&mut h, s, 1000, 1000, 0), Err(Status::Invalid));
-    assert_eq!(get(&mut h, s, 1000, 1000, 3), Err(Status::Invalid));
+    assert_eq!(get_as(&mut h, A, s, 1000, 1000, 0), Err(Status::Invalid));
+    assert_eq!(get_as(&mut h, A, s, 1000, 1000, 3), Err(Status::Invalid));
     let bad_type = Request::Get {
         owner: OWNER,
         segid: s,
@@ -197,11 +211,48 @@ fn get_checks_mode_bits_ipc_style() {
         uid: 1000,
         gid: 1000,
     };
-    assert_eq!(h.call(B, bad_type), Err(Status::Invalid));
+    assert_eq!(h.call(A, bad_type), Err(Status::Invalid));
     assert_eq!(
-        get(&mut h, 777, 1000, 1000, XPMEM_RDONLY),
+        get_as(&mut h, A, 777, 1000, 1000, XPMEM_RDONLY),
         Err(Status::NoEnt)
     );
+}
+
+#[test]
+fn get_from_another_vm_gets_only_the_other_bits() {
+    let mut h = H::new();
+    // uids and gids are per-VM namespaces: uid 1000 in B is not uid 1000 in A.
+    let s600 = h.make(A, 0, 4 * P, 0o600);
+    for (uid, gid) in [(1000, 1000), (1000, 5), (5, 1000), (0, 0)] {
+        assert_eq!(
+            get_as(&mut h, B, s600, uid, gid, XPMEM_RDONLY),
+            Err(Status::Perm)
+        );
+        assert_eq!(
+            get_as(&mut h, C, s600, uid, gid, XPMEM_RDWR),
+            Err(Status::Perm)
+        );
+    }
+    let s640 = h.make(A, 0, 4 * P, 0o640);
+    assert_eq!(
+        get_as(&mut h, B, s640, 7, 1000, XPMEM_RDONLY),
+        Err(Status::Perm)
+    );
+    let s604 = h.make(A, 0, 4 * P, 0o604);
+    assert_eq!(get_as(&mut h, B, s604, 1000, 1000, XPMEM_RDONLY), Ok(()));
+    assert_eq!(
+        get_as(&mut h, B, s604, 1000, 1000, XPMEM_RDWR),
+        Err(Status::Perm)
+    );
+    assert_eq!(get_as(&mut h, B, s604, 7, 7, XPMEM_RDONLY), Ok(()));
+    // The others' bits apply even where the owner bits would refuse.
+    let s066 = h.make(A, 0, 4 * P, 0o066);
+    assert_eq!(get_as(&mut h, B, s066, 1000, 1000, XPMEM_RDWR), Ok(()));
+    for mode in [0o606, 0o666] {
+        let s = h.make(A, 0, 4 * P, mode);
+        assert_eq!(get_as(&mut h, B, s, 1000, 1000, XPMEM_RDWR), Ok(()));
+        assert_eq!(get_as(&mut h, C, s, 0, 0, XPMEM_RDONLY), Ok(()));
+    }
 }
 
 #[test]
