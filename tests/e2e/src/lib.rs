@@ -5,6 +5,7 @@
 //! * [`nested`]: the KVM test host: direct, or an L1 QEMU-TCG VM with nested SVM.
 //! * [`scenario`]: runs multi-VM monitor configurations and parses guest consoles.
 //! * [`cases`]: the end-to-end test groups.
+//! * [`relay`]: passes messages between guests through their serial consoles.
 //! * [`xpmem_group`]: the `xpmem` group (guest driver + device, one and two VMs).
 
 pub mod cases;
@@ -16,6 +17,7 @@ pub mod image;
 pub mod kmod;
 pub mod nested;
 pub mod process;
+pub mod relay;
 pub mod scenario;
 pub mod xpmem_group;
 
