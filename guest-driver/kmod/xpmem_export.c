@@ -66,6 +66,39 @@ static bool xpmem_seg_clip(struct xpmem_seg *seg, unsigned long *start,
 	return seg->segid && *start < *end;
 }
 
+/*
+ * Check a completed INVALIDATE and add its counts to the stats. A reply with
+ * status OK but too short for the body is a completion of unknown counts:
+ * warn and read nothing past the used length (spec 8.8.1).
+ */
+static void xpmem_inval_account(const struct xpmem_req *req, u64 segid)
+{
+	const struct virtio_xpmem_invalidate_resp *body = &req->in.body.invalidate;
+	u32 status = xpmem_req_status(req, 0);
+	u32 targets, revoked;
+
+	if (status != VIRTIO_XPMEM_S_OK) {
+		if (status != VIRTIO_XPMEM_S_NOENT)
+			pr_warn_ratelimited("xpmem: INVALIDATE of segment %#llx failed: status %u\n",
+					    segid, status);
+		return;
+	}
+	if (req->resp_len < sizeof(req->in.hdr) + sizeof(*body)) {
+		pr_warn_ratelimited("xpmem: INVALIDATE of segment %#llx: %u-byte reply has no counts\n",
+				    segid, req->resp_len);
+		return;
+	}
+	targets = le32_to_cpu(body->targets);
+	revoked = le32_to_cpu(body->revoked);
+	if (revoked > targets) {
+		pr_warn_ratelimited("xpmem: INVALIDATE of segment %#llx: device reports %u revoked of %u targets\n",
+				    segid, revoked, targets);
+		revoked = targets;
+	}
+	atomic64_add(targets, &xpmem_stats.inval_targets);
+	atomic64_add(revoked, &xpmem_stats.inval_revoked);
+}
+
 static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 				 const struct mmu_notifier_range *range,
 				 unsigned long cur_seq)
@@ -74,7 +107,6 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 	struct xpmem_req *req = &seg->inv_req;
 	struct xpmem_dev *xd = seg->xd;
 	unsigned long start = range->start, end = range->end;
-	u32 status;
 	int err;
 
 	/*
@@ -117,7 +149,8 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 	}
 
 	xpmem_req_init(req, VIRTIO_XPMEM_REQ_INVALIDATE, seg->token,
-		       sizeof(req->out.body.invalidate), 0);
+		       sizeof(req->out.body.invalidate),
+		       sizeof(req->in.body.invalidate));
 	req->out.body.invalidate.segid = cpu_to_le64(seg->segid);
 	req->out.body.invalidate.vaddr = cpu_to_le64(start);
 	req->out.body.invalidate.len = cpu_to_le64(end - start);
@@ -127,13 +160,8 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 	/* Uninterruptible: the page must not be freed before completion. */
 	err = xpmem_req_call(xd, req);
 	atomic64_dec(&xpmem_stats.inval_sent_inflight);
-	if (!err) {
-		status = xpmem_req_status(req, 0);
-		if (status != VIRTIO_XPMEM_S_OK &&
-		    status != VIRTIO_XPMEM_S_NOENT)
-			pr_warn_ratelimited("xpmem: INVALIDATE of segment %#llx failed: status %u\n",
-					    seg->segid, status);
-	}
+	if (!err)
+		xpmem_inval_account(req, seg->segid);
 	mutex_unlock(&seg->lock);
 	up(&xd->deferred_sem);
 	return true;

@@ -225,6 +225,8 @@ static int xpmem_proc_stats_show(struct seq_file *m, void *v)
 	XPMEM_STAT(faults_inflight);
 	seq_puts(m, "# totals since load\n");
 	XPMEM_STAT(inval_sent);
+	XPMEM_STAT(inval_targets);
+	XPMEM_STAT(inval_revoked);
 	XPMEM_STAT(inval_skipped);
 	XPMEM_STAT(inval_recv);
 	XPMEM_STAT(revoked_recv);

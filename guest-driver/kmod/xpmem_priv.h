@@ -81,6 +81,7 @@ struct xpmem_req {
 			struct virtio_xpmem_get_resp get;
 			struct virtio_xpmem_attach_resp attach;
 			struct virtio_xpmem_fault_resp fault;
+			struct virtio_xpmem_invalidate_resp invalidate;
 		} body;
 	} in;
 };
@@ -222,6 +223,8 @@ struct xpmem_stats {
 	atomic64_t resolves_inflight;
 	atomic64_t faults_inflight;
 	atomic64_t inval_sent;
+	atomic64_t inval_targets;	/* importer attachments our INVALIDATEs reached */
+	atomic64_t inval_revoked;	/* of those, revoked at the device deadline */
 	atomic64_t inval_skipped;
 	atomic64_t inval_recv;
 	atomic64_t revoked_recv;

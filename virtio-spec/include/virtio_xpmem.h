@@ -186,6 +186,17 @@ struct virtio_xpmem_invalidate_req {
 	__le64 len;
 };
 
+/*
+ * INVALIDATE response body. targets: importer attachments that had a mapped
+ * slot in the range and were sent an INVALIDATE event (one that became moot
+ * because the importer detached or its VM left still counts); revoked: how
+ * many of those were revoked by force at the deadline.
+ */
+struct virtio_xpmem_invalidate_resp {
+	__le32 targets;
+	__le32 revoked;
+};
+
 struct virtio_xpmem_invalidate_ack_req {
 	__le64 invalidation_id;
 };
@@ -220,6 +231,8 @@ _Static_assert(sizeof(struct virtio_xpmem_req_hdr) == 16, "req_hdr layout");
 _Static_assert(sizeof(struct virtio_xpmem_make_req) == 40, "make_req layout");
 _Static_assert(sizeof(struct virtio_xpmem_get_req) == 32, "get_req layout");
 _Static_assert(sizeof(struct virtio_xpmem_attach_resp) == 24, "attach_resp layout");
+_Static_assert(sizeof(struct virtio_xpmem_invalidate_resp) == 8,
+	       "invalidate_resp layout");
 _Static_assert(sizeof(struct virtio_xpmem_resolve_event) +
 	       sizeof(struct virtio_xpmem_event_hdr) == VIRTIO_XPMEM_EVENT_SIZE,
 	       "event size");

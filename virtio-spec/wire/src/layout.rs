@@ -252,6 +252,18 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// INVALIDATE response body: what the invalidation did.
+    InvalidateResp = "virtio_xpmem_invalidate_resp", size 8, {
+        /// Importer attachments that had a mapped slot in the range and so
+        /// were sent an INVALIDATE event (including those that became moot
+        /// because the importer detached or its VM left).
+        targets: Le32,
+        /// Of `targets`, how many were revoked by force at the deadline.
+        revoked: Le32,
+    }
+}
+
+wire_struct! {
     /// INVALIDATE_ACK: the importer has dropped its mappings.
     InvalidateAckReq = "virtio_xpmem_invalidate_ack_req", size 8, {
         invalidation_id: Le64,
@@ -316,6 +328,7 @@ pub fn all_layouts() -> Vec<(&'static str, usize, &'static [FieldLayout])> {
         entry::<FaultResp>(),
         entry::<ResolveReplyReq>(),
         entry::<InvalidateReq>(),
+        entry::<InvalidateResp>(),
         entry::<InvalidateAckReq>(),
         entry::<ResolveEvent>(),
         entry::<InvalidateEvent>(),

@@ -216,6 +216,7 @@ pub const fn response_size(opcode: u32) -> usize {
         VIRTIO_XPMEM_REQ_GET => core::mem::size_of::<GetResp>(),
         VIRTIO_XPMEM_REQ_ATTACH => core::mem::size_of::<AttachResp>(),
         VIRTIO_XPMEM_REQ_FAULT => core::mem::size_of::<FaultResp>(),
+        VIRTIO_XPMEM_REQ_INVALIDATE => core::mem::size_of::<InvalidateResp>(),
         _ => 0,
     };
     core::mem::size_of::<RespHeader>() + body

@@ -11,8 +11,7 @@ use crate::*;
 /// Body of a successful response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResponseBody {
-    /// REMOVE, RELEASE, DETACH, RESOLVE_REPLY, INVALIDATE, INVALIDATE_ACK,
-    /// RELEASE_OWNER.
+    /// REMOVE, RELEASE, DETACH, RESOLVE_REPLY, INVALIDATE_ACK, RELEASE_OWNER.
     Empty,
     Make {
         segid: u64,
@@ -27,6 +26,12 @@ pub enum ResponseBody {
     },
     Fault {
         mapped: u32,
+    },
+    /// INVALIDATE: attachments sent an INVALIDATE event, and how many of
+    /// them were revoked at the deadline.
+    Invalidate {
+        targets: u32,
+        revoked: u32,
     },
 }
 
@@ -107,6 +112,13 @@ impl Response {
                 reserved: 0.into(),
             }
             .as_slice()),
+            (VIRTIO_XPMEM_REQ_INVALIDATE, ResponseBody::Invalidate { targets, revoked }) => {
+                put(InvalidateResp {
+                    targets: targets.into(),
+                    revoked: revoked.into(),
+                }
+                .as_slice())
+            }
             _ => {}
         }
         out
@@ -301,7 +313,8 @@ mod tests {
         assert_eq!(response_size(VIRTIO_XPMEM_REQ_GET), 16);
         assert_eq!(response_size(VIRTIO_XPMEM_REQ_ATTACH), 32);
         assert_eq!(response_size(VIRTIO_XPMEM_REQ_FAULT), 16);
-        for op in [2, 4, 6, 8, 9, 10, 11, 0, 99] {
+        assert_eq!(response_size(VIRTIO_XPMEM_REQ_INVALIDATE), 16);
+        for op in [2, 4, 6, 8, 10, 11, 0, 99] {
             assert_eq!(response_size(op), 8, "opcode {op}");
         }
     }
@@ -330,6 +343,19 @@ mod tests {
         assert_eq!(&m[8..], &0x42u64.to_le_bytes());
         let g = Response::ok(VIRTIO_XPMEM_REQ_GET, ResponseBody::Get { apid: 0x43 }).to_bytes();
         assert_eq!(&g[8..], &0x43u64.to_le_bytes());
+        let i = Response::ok(
+            VIRTIO_XPMEM_REQ_INVALIDATE,
+            ResponseBody::Invalidate {
+                targets: 3,
+                revoked: 0x0102_0304,
+            },
+        )
+        .to_bytes();
+        assert_eq!(i, [0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 3, 2, 1]);
+        let i0 = Response::ok(VIRTIO_XPMEM_REQ_INVALIDATE, ResponseBody::Empty).to_bytes();
+        assert_eq!(i0, vec![0; 16]);
+        let ie = Response::error(VIRTIO_XPMEM_REQ_INVALIDATE, Status::NoEnt).to_bytes();
+        assert_eq!(ie, [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

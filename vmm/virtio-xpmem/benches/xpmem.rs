@@ -208,7 +208,10 @@ fn bench_invalidate() {
                     vaddr: SEG_VADDR,
                     len: n * PAGE_SIZE,
                 };
-                let head = exp.submit(&inv.to_bytes(exp.owner), 8);
+                let head = exp.submit(
+                    &inv.to_bytes(exp.owner),
+                    wire::response_size(inv.opcode()) as u32,
+                );
                 for imp in imps.iter_mut() {
                     for ev in imp.take_events() {
                         if let wire::Event::Invalidate {
@@ -221,6 +224,7 @@ fn bench_invalidate() {
                 }
                 let c = exp.completion(head).expect("invalidate did not complete");
                 assert_eq!(c.status, 0);
+                assert_eq!((c.u32_at(0), c.u32_at(4)), (k as u32, 0));
                 total += t.elapsed();
             }
             let per = total / reps;

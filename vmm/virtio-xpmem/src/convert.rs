@@ -131,6 +131,9 @@ pub fn response_to_wire(
             shm_id: window.shm_id(),
         },
         dom::ResponseBody::Mapped(mapped) => wire::ResponseBody::Fault { mapped },
+        dom::ResponseBody::Invalidated { targets, revoked } => {
+            wire::ResponseBody::Invalidate { targets, revoked }
+        }
     };
     wire::Response::ok(opcode, body)
 }

@@ -106,7 +106,10 @@ fn vms_on_their_own_threads_do_not_deadlock() {
                 match inval {
                     Some(head) => {
                         if let Some(c) = a.completion(head) {
-                            assert_eq!(c.status, 0);
+                            assert_eq!((c.status, c.used_len), (0, 16));
+                            // At most one target per importer attachment.
+                            let (targets, revoked) = (c.u32_at(0), c.u32_at(4));
+                            assert!(revoked <= targets && targets as usize <= IMPORTERS);
                             completed += 1;
                             inval = None;
                         }
@@ -118,7 +121,10 @@ fn vms_on_their_own_threads_do_not_deadlock() {
                             vaddr: SEG_VADDR + (round * 7 % SEG_PAGES) * PAGE_SIZE,
                             len: 2 * PAGE_SIZE.min((SEG_PAGES - round * 7 % SEG_PAGES) * PAGE_SIZE),
                         };
-                        inval = Some(a.submit(&req.to_bytes(a.owner), 8));
+                        inval = Some(a.submit(
+                            &req.to_bytes(a.owner),
+                            wire::response_size(req.opcode()) as u32,
+                        ));
                     }
                 }
                 std::thread::yield_now();

@@ -197,6 +197,9 @@ fn three_vms_full_lifecycle() {
         .completion(head)
         .expect("INVALIDATE not completed after all acks");
     assert_eq!(done.status, 0);
+    // virtio_xpmem_invalidate_resp: two targets, none revoked.
+    assert_eq!(done.used_len, 16);
+    assert_eq!((done.u32_at(0), done.u32_at(4)), (2, 0));
     // Page 0 is gone from both apertures; A's later data never shows.
     a.ram_fill(gpa0, 0x99, PAGE_SIZE as usize);
     assert!(b
@@ -278,6 +281,12 @@ fn importer_that_never_acks_is_revoked_at_the_deadline() {
         .completion(head)
         .expect("INVALIDATE not completed at the deadline");
     assert_eq!(done.status, 0);
+    assert_eq!(done.used_len, 16);
+    assert_eq!(
+        (done.u32_at(0), done.u32_at(4)),
+        (1, 1),
+        "one target, revoked"
+    );
     // B's slot shows the filler, never A's later data.
     a.ram_fill(model.gpa_of(SEG_VADDR), 0x77, PAGE_SIZE as usize);
     assert!(b
@@ -339,7 +348,9 @@ fn deadline_timer_thread_revokes_without_manual_ticks() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(done.expect("timer thread never revoked").status, 0);
+    let done = done.expect("timer thread never revoked");
+    assert_eq!(done.status, 0);
+    assert_eq!((done.u32_at(0), done.u32_at(4)), (1, 1));
     assert!(b
         .aperture_read(0, off, 64)
         .iter()
@@ -592,7 +603,10 @@ fn importer_reset_clears_its_window_and_releases_a_waiting_exporter() {
         vaddr: SEG_VADDR,
         len: PAGE_SIZE,
     };
-    let head = a.submit(&inv.to_bytes(a.owner), 8);
+    let head = a.submit(
+        &inv.to_bytes(a.owner),
+        wire::response_size(inv.opcode()) as u32,
+    );
     assert!(a.completion(head).is_none());
     // B resets instead of acknowledging: it counts as acknowledged.
     b.reset_and_reactivate();
@@ -600,6 +614,8 @@ fn importer_reset_clears_its_window_and_releases_a_waiting_exporter() {
         .completion(head)
         .expect("INVALIDATE still waits for a reset importer");
     assert_eq!(c.status, 0);
+    // The reset made the target moot: still a target, not revoked.
+    assert_eq!((c.u32_at(0), c.u32_at(4)), (1, 0));
     assert!(b
         .aperture_read(0, off, 2 * PAGE_SIZE as usize)
         .iter()
@@ -607,5 +623,31 @@ fn importer_reset_clears_its_window_and_releases_a_waiting_exporter() {
     let counters = hub.counters();
     assert_eq!(counters.attachments, 0, "{counters:?}");
     assert_eq!(counters.rmap_entries, 0, "{counters:?}");
+    hub.check_invariants().unwrap();
+}
+
+#[test]
+fn invalidate_response_reports_targets_and_needs_room_for_them() {
+    let (hub, _clock) = manual_hub(60_000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    let (segid, model) = make_segment(&mut a);
+    let (_apid, att, off, _shm) = get_attach(&mut b, segid, false);
+    let inv = |vaddr, len| wire::Request::Invalidate { segid, vaddr, len };
+    // Attached but nothing mapped: completes at once, no target.
+    let c = a.call(inv(SEG_VADDR, SEG_PAGES * PAGE_SIZE));
+    assert_eq!((c.status, c.used_len), (0, 16));
+    assert_eq!((c.u32_at(0), c.u32_at(4)), (0, 0));
+    assert_eq!(fault(&mut b, &mut a, &model, att, 0, 1, true).status, 0);
+    b.take_events();
+    // A writable part with room for the status only: INVALID, and no effect (no event,
+    // the page stays mapped).
+    let req = inv(SEG_VADDR, PAGE_SIZE);
+    let head = a.submit(&req.to_bytes(a.owner), 8);
+    let c = a.completion(head).expect("short INVALIDATE not answered");
+    assert_eq!((c.status, c.used_len), (wire::VIRTIO_XPMEM_S_INVALID, 8));
+    assert!(b.take_events().is_empty());
+    assert_eq!(b.aperture_read(0, off, 1), vec![0x10]);
     hub.check_invariants().unwrap();
 }

@@ -187,7 +187,12 @@ struct Invalidation {
     start: u64,
     end: u64,
     deadline: u64,
+    /// Targets not finished yet.
     targets: BTreeSet<u64>,
+    /// Targets the invalidation started with (reported in the response).
+    ntargets: u32,
+    /// Targets revoked by force at the deadline (reported in the response).
+    revoked: u32,
 }
 
 struct InvTarget {
@@ -952,7 +957,10 @@ impl Domain {
         };
         let lo = target.page_index;
         let hi = lo + target.npages;
-        if self.att(target.attach_id).is_some() {
+        // A target whose attachment is gone (detached, importer VM left) is moot: it still
+        // counts as a target of its invalidation, but not as revoked.
+        let live = self.att(target.attach_id).is_some();
+        if live {
             self.clear_slots(target.attach_id, lo, hi, forced, out);
             if forced {
                 self.stats.invalidations_forced += 1;
@@ -968,9 +976,13 @@ impl Domain {
                 );
             }
         }
+        let revoked = forced && live;
         let done = match self.invalidations.get_mut(&target.inv) {
             Some(inv) => {
                 inv.targets.remove(&t);
+                if revoked {
+                    inv.revoked += 1;
+                }
                 inv.targets.is_empty()
             }
             None => false,
@@ -991,7 +1003,11 @@ impl Domain {
             seg.invalidations.remove(&k);
         }
         self.stats.invalidations_completed += 1;
-        self.respond(inv.exporter, inv.tag, Ok(ResponseBody::Empty), out);
+        let body = ResponseBody::Invalidated {
+            targets: inv.ntargets,
+            revoked: inv.revoked,
+        };
+        self.respond(inv.exporter, inv.tag, Ok(body), out);
         self.unpark(inv.segid, out);
     }
 
@@ -1564,7 +1580,10 @@ impl Domain {
         self.stats.invalidations_started += 1;
         if start >= end {
             self.stats.invalidations_completed += 1;
-            return Some(Ok(ResponseBody::Empty));
+            return Some(Ok(ResponseBody::Invalidated {
+                targets: 0,
+                revoked: 0,
+            }));
         }
         let k = self.serial();
         // Resolutions in flight over the range may return addresses being invalidated.
@@ -1613,7 +1632,10 @@ impl Domain {
         }
         if targets.is_empty() {
             self.stats.invalidations_completed += 1;
-            return Some(Ok(ResponseBody::Empty));
+            return Some(Ok(ResponseBody::Invalidated {
+                targets: 0,
+                revoked: 0,
+            }));
         }
         if let Some(s) = self.segments.get_mut(&segid) {
             s.invalidations.insert(k);
@@ -1627,7 +1649,9 @@ impl Domain {
                 start,
                 end,
                 deadline: now_ms.saturating_add(self.cfg.invalidate_deadline_ms),
+                ntargets: u32::try_from(targets.len()).unwrap_or(u32::MAX),
                 targets,
+                revoked: 0,
             },
         );
         for (importer, ev) in events {

@@ -12,7 +12,9 @@
 //! importer slots, and the invalidation coordinator with its forced-revocation deadline.
 //! The semantics follow `virtio-spec/virtio-xpmem.md` section 8; the key safety invariant
 //! (8.8.2): once an exporter's INVALIDATE is answered, no importer slot maps any page of the
-//! invalidated range, and a slot revoked by force never becomes mapped again.
+//! invalidated range, and a slot revoked by force never becomes mapped again. The answer
+//! ([`ResponseBody::Invalidated`]) reports how many attachments were sent an INVALIDATE
+//! event (moot ones included) and how many of those were revoked at the deadline.
 //!
 //! # State per attachment page (slot)
 //! *empty* (shows the filler), *mapped* (one exporter page, with a reverse-map entry), or

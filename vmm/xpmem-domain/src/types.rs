@@ -284,7 +284,7 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseBody {
     /// Requests whose response has no body (REMOVE, RELEASE, DETACH, RESOLVE_REPLY,
-    /// INVALIDATE, INVALIDATE_ACK, RELEASE_OWNER).
+    /// INVALIDATE_ACK, RELEASE_OWNER).
     Empty,
     /// MAKE.
     Segid(i64),
@@ -298,6 +298,11 @@ pub enum ResponseBody {
     },
     /// FAULT: `mapped` pages starting at the faulting page are now mapped (>= 1).
     Mapped(u32),
+    /// INVALIDATE: `targets` importer attachments had a mapped slot in the range and were
+    /// sent an INVALIDATE event (a target that became moot because its attachment was
+    /// detached, its importer VM left or the segment was removed still counts); `revoked`
+    /// of them were revoked by force at the deadline. Both 0 when nothing was mapped.
+    Invalidated { targets: u32, revoked: u32 },
 }
 
 /// Why an importer's pages were revoked (REVOKED event `reason`).

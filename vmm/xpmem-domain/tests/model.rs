@@ -138,7 +138,13 @@ struct AttInfo {
 #[derive(Clone, Debug)]
 enum Pending {
     Fault,
-    Invalidate { segid: i64, start: u64, end: u64 },
+    /// `targets`: INVALIDATE events the request posted; `None` while it is being sent.
+    Invalidate {
+        segid: i64,
+        start: u64,
+        end: u64,
+        targets: Option<u32>,
+    },
     Immediate,
 }
 
@@ -329,9 +335,25 @@ impl Sim {
                         kind.is_some(),
                         "response to an unknown or already answered request"
                     );
-                    if let (Some(Pending::Invalidate { segid, start, end }), Ok(_)) =
-                        (&kind, result)
+                    if let (
+                        Some(Pending::Invalidate {
+                            segid,
+                            start,
+                            end,
+                            targets: sent,
+                        }),
+                        Ok(body),
+                    ) = (&kind, result)
                     {
+                        // The response reports the events it posted (0 if answered at
+                        // once) and never more revocations than targets.
+                        let ResponseBody::Invalidated { targets, revoked } = *body else {
+                            return Err(TestCaseError::fail(format!(
+                                "INVALIDATE answered with {body:?}"
+                            )));
+                        };
+                        prop_assert_eq!(targets, sent.unwrap_or(0));
+                        prop_assert!(revoked <= targets);
                         // Key safety invariant: nothing of the range is mapped any more.
                         for &(imp, w, page) in self.model.keys() {
                             if let Some(att) = self.att_of_page(imp, w, page) {
@@ -677,15 +699,26 @@ impl Sim {
                         vaddr: start,
                         len: npages * P,
                     };
-                    self.send(
+                    let before = self.targets.len();
+                    let res = self.send(
                         exp,
                         req,
                         Pending::Invalidate {
                             segid,
                             start,
                             end: start + npages * P,
+                            targets: None,
                         },
                     )?;
+                    let posted = u32::try_from(self.targets.len() - before).unwrap_or(u32::MAX);
+                    if res.is_some() {
+                        prop_assert_eq!(posted, 0, "INVALIDATE answered at once with targets");
+                    }
+                    for p in self.pending.values_mut() {
+                        if let Pending::Invalidate { targets, .. } = p {
+                            targets.get_or_insert(posted);
+                        }
+                    }
                 }
             }
             Op::Ack { target, vm } => {

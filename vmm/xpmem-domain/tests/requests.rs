@@ -602,12 +602,16 @@ fn invalidate_without_importers_completes_at_once() {
     let s = h.make(A, 0x10000, 16 * P, 0o666);
     let apid = h.apid(B, s, XPMEM_RDWR);
     let (_att, _, _) = h.att(B, apid, 0, 16 * P, 0); // attached but nothing mapped
+    let none = Some(Ok(ResponseBody::Invalidated {
+        targets: 0,
+        revoked: 0,
+    }));
     let (tag, acts) = h.invalidate(A, s, 0x10000, 4 * P);
-    assert_eq!(response(&acts, A, tag), Some(Ok(ResponseBody::Empty)));
+    assert_eq!(response(&acts, A, tag), none);
     assert!(events(&acts, B).is_empty());
     // Outside the segment: nothing to do.
     let (tag, acts) = h.invalidate(A, s, 0x100000, 4 * P);
-    assert_eq!(response(&acts, A, tag), Some(Ok(ResponseBody::Empty)));
+    assert_eq!(response(&acts, A, tag), none);
     // Errors.
     let (tag, acts) = h.invalidate(A, s, 0x10001, P);
     assert_eq!(response(&acts, A, tag), Some(Err(Status::Invalid)));
@@ -685,7 +689,13 @@ fn invalidate_fans_out_and_completes_after_all_acks() {
         .position(|x| matches!(x, Action::Respond { vm, .. } if *vm == A))
         .unwrap();
     assert!(pos_unmap < pos_resp);
-    assert_eq!(response(&a, A, tag), Some(Ok(ResponseBody::Empty)));
+    assert_eq!(
+        response(&a, A, tag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 2,
+            revoked: 0
+        }))
+    );
     assert!(h.d.rmap_lookup(A, RAM0 + 3 * P).is_empty());
     assert_eq!(h.d.counters().mapped_pages, 8);
     // Invalidated pages can be faulted again (acked, not revoked).
@@ -747,7 +757,14 @@ fn importer_that_never_acks_is_revoked_at_deadline() {
             reason: RevokeReason::Deadline
         }]
     );
-    assert_eq!(response(&acts, A, tag), Some(Ok(ResponseBody::Empty)));
+    // Two targets (B and C), one of them (B) revoked.
+    assert_eq!(
+        response(&acts, A, tag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 2,
+            revoked: 1
+        }))
+    );
     assert_eq!(h.d.next_deadline(), None);
     // Later FAULT on the revoked pages: REVOKED; the rest of the attachment still works.
     let (t, a) = h.fault(B, att_b, 3, 1);
@@ -789,7 +806,13 @@ fn resolve_raced_by_invalidation_is_retried() {
     assert_eq!(h.d.counters().resolves_stale, 1);
     // Once the invalidation completes the FAULT is resolved again.
     let (_, acts) = h.ack(C, id_c);
-    assert_eq!(response(&acts, A, itag), Some(Ok(ResponseBody::Empty)));
+    assert_eq!(
+        response(&acts, A, itag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 1,
+            revoked: 0
+        }))
+    );
     let (rid2, n) = resolve_of(&acts, A).expect("fault re-resolved");
     assert_eq!(n, 4);
     assert_ne!(rid, rid2);
@@ -806,7 +829,13 @@ fn resolve_raced_by_invalidation_is_retried() {
         "parked behind the pending invalidation"
     );
     let (_, acts) = h.ack(B, id_b);
-    assert_eq!(response(&acts, A, itag), Some(Ok(ResponseBody::Empty)));
+    assert_eq!(
+        response(&acts, A, itag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 1,
+            revoked: 0
+        }))
+    );
     let (rid3, _) = resolve_of(&acts, A).unwrap();
     let (_, acts) = h.reply(A, rid3, Ok(vec![RAM1, RAM1 + P]));
     assert_eq!(response(&acts, C, ftag), Some(Ok(ResponseBody::Mapped(2))));
@@ -847,7 +876,14 @@ fn remove_segment_revokes_importers() {
         reason: RevokeReason::SegmentRemoved
     }));
     assert_eq!(response(&acts, B, ftag), Some(Err(Status::Revoked)));
-    assert_eq!(response(&acts, A, itag), Some(Ok(ResponseBody::Empty)));
+    // The pending INVALIDATE's target became moot: counted, not revoked at a deadline.
+    assert_eq!(
+        response(&acts, A, itag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 1,
+            revoked: 0
+        }))
+    );
     let (t, a) = h.fault(B, att, 0, 1);
     assert_eq!(response(&a, B, t), Some(Err(Status::Revoked)));
     assert_eq!(h.attach(B, apid, 0, P, 0), Err(Status::NoEnt));
@@ -924,7 +960,14 @@ fn importer_vm_removal_mid_invalidation_completes_exporter() {
     let (itag, acts) = h.invalidate(A, s, 0, 16 * P);
     let id = invalidation_ids(&acts, B)[0];
     let acts = h.remove_vm(B);
-    assert_eq!(response(&acts, A, itag), Some(Ok(ResponseBody::Empty)));
+    // The importer VM's exit made its target moot: a target, not revoked.
+    assert_eq!(
+        response(&acts, A, itag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 1,
+            revoked: 0
+        }))
+    );
     assert!(acts.iter().all(|a| !matches!(a, Action::PostEvent { vm, .. } | Action::Respond { vm, .. } | Action::Unmap { importer: vm, .. } if *vm == B)));
     let c = h.d.counters();
     assert_eq!(
@@ -1225,4 +1268,66 @@ fn shared_resolve_short_reply_resolves_the_rest() {
     let (_, acts) = h.reply(A, rid3, Ok((8..12).map(|i| RAM0 + i * P).collect()));
     assert_eq!(response(&acts, B, tb), Some(Ok(ResponseBody::Mapped(4))));
     assert_eq!(maps(&acts).len(), 1);
+}
+
+#[test]
+fn invalidate_response_counts_targets_and_revocations() {
+    let counts = |acts: &[Action], tag| match response(acts, A, tag) {
+        Some(Ok(ResponseBody::Invalidated { targets, revoked })) => (targets, revoked),
+        other => panic!("INVALIDATE not completed with counts: {other:?}"),
+    };
+    let mut h = H::new(); // deadline 100 ms
+    let base = 0x40000;
+    let s = h.make(A, base, 16 * P, 0o666);
+    let apid = h.apid(B, s, XPMEM_RDWR);
+    let (att, _, _) = h.att(B, apid, 0, 16 * P, 0);
+    h.fault_resolved(B, A, att, 0, 4, |i| RAM0 + i * P);
+    // Mapped only outside the range: no target.
+    let (tag, acts) = h.invalidate(A, s, base + 8 * P, 8 * P);
+    assert_eq!(counts(&acts, tag), (0, 0));
+    // Acknowledged: one target, none revoked.
+    let (tag, acts) = h.invalidate(A, s, base, 2 * P);
+    assert_eq!(response(&acts, A, tag), None);
+    let (_, acts) = h.ack(B, invalidation_ids(&acts, B)[0]);
+    assert_eq!(counts(&acts, tag), (1, 0));
+    // Not acknowledged: revoked at the deadline.
+    h.now = 1000;
+    let (tag, acts) = h.invalidate(A, s, base + 2 * P, 2 * P);
+    assert_eq!(response(&acts, A, tag), None);
+    let acts = h.tick(1100);
+    assert_eq!(counts(&acts, tag), (1, 1));
+    // The importer process goes away while the target is pending: moot, not revoked,
+    // and the exporter is answered at once, not at the deadline.
+    h.fault_resolved(B, A, att, 8, 4, |i| RAM0 + (i + 8) * P);
+    let (tag, acts) = h.invalidate(A, s, base + 8 * P, 4 * P);
+    assert_eq!(invalidation_ids(&acts, B).len(), 1);
+    let (_, acts) = h.send(B, Request::ReleaseOwner { owner: OWNER });
+    assert_eq!(counts(&acts, tag), (1, 0));
+    // After the importer released everything, nothing is mapped: no target at all.
+    let (tag, acts) = h.invalidate(A, s, base, 16 * P);
+    assert_eq!(counts(&acts, tag), (0, 0));
+    let c = h.d.counters();
+    assert_eq!((c.invalidations_started, c.invalidations_completed), (5, 5));
+}
+
+#[test]
+fn invalidate_after_importer_vm_exit_has_no_target() {
+    let mut h = H::new();
+    let s = h.make(A, 0, 16 * P, 0o666);
+    for vm in [B, C] {
+        let apid = h.apid(vm, s, XPMEM_RDWR);
+        let (att, _, _) = h.att(vm, apid, 0, 16 * P, 0);
+        h.fault_resolved(vm, A, att, 0, 4, |i| RAM0 + i * P);
+    }
+    h.remove_vm(B);
+    let (tag, acts) = h.invalidate(A, s, 0, 16 * P);
+    assert!(events(&acts, B).is_empty());
+    let (_, acts) = h.ack(C, invalidation_ids(&acts, C)[0]);
+    assert_eq!(
+        response(&acts, A, tag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 1,
+            revoked: 0
+        }))
+    );
 }
