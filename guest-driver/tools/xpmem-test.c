@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/reboot.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +33,12 @@
 #define EXIT_USAGE	2
 #define EXIT_SKIP	77
 
+#define MAX_IMPORTERS	8
+#define HUGE_PAGE	(2UL << 20)
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE	25
+#endif
+
 /*
  * Page 0 of an exported buffer is the control page; pages 1..npages are
  * data. Both sides poll it: that is how importer writes are checked to
@@ -44,10 +51,18 @@ struct ctl {
 	uint64_t imp_state;	/* importer progress, IMP_* */
 	uint64_t exp_state;	/* exporter progress, EXP_* */
 	uint64_t imp_sum;	/* checksum the importer computed */
+	uint64_t importers;	/* several importers: how many the exporter expects */
+	uint64_t round;		/* rounds: the exporter's latest round */
+	uint64_t slot[MAX_IMPORTERS];	/* importer i's progress (SLOT_* or round) */
 };
 
 enum { IMP_NONE, IMP_VERIFIED, IMP_WROTE, IMP_DONE };
-enum { EXP_NONE, EXP_READY, EXP_FORKED };
+enum { EXP_NONE, EXP_READY, EXP_FORKED, EXP_ALL_WROTE, EXP_REWROTE };
+/* Progress of importer i in the several-importer protocol (ctl->slot[i]). */
+enum { SLOT_NONE, SLOT_WROTE, SLOT_CROSSED, SLOT_REREAD, SLOT_EXITING };
+/* The generation importer i writes into data page i. */
+#define IMPORTER_GEN(i)	(100 + (i))
+#define REWRITE_GEN	7
 
 static const char *cur_case = "?";
 static struct {
@@ -56,7 +71,12 @@ static struct {
 	unsigned int mode;
 	int timeout;	/* seconds */
 	int uid;
-} opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1 };
+	const char *to;		/* VMs the SEGID line is meant for */
+	unsigned int importers;
+	unsigned int index;
+	unsigned int until;	/* export-hold: DONE lines to wait for */
+} opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
+	  .to = "b", .importers = 1 };
 
 static void say(const char *fmt, ...)
 {
@@ -123,17 +143,33 @@ static void fill(volatile uint64_t *data, unsigned long npages, uint64_t gen)
 			data[p * WORDS + w] = pattern(p, w, gen);
 }
 
-/* Index of the first wrong word, or -1. */
-static long check(volatile const uint64_t *data, unsigned long npages,
-		  uint64_t gen)
+/* Fill data page @page (counted from @data) with generation @gen. */
+static void fill_page(volatile uint64_t *data, unsigned long page, uint64_t gen)
+{
+	unsigned long w;
+
+	for (w = 0; w < WORDS; w++)
+		data[page * WORDS + w] = pattern(page, w, gen);
+}
+
+/* Index (from @data) of the first wrong word of pages [first, last), or -1. */
+static long check_range(volatile const uint64_t *data, unsigned long first,
+			unsigned long last, uint64_t gen)
 {
 	unsigned long p, w;
 
-	for (p = 0; p < npages; p++)
+	for (p = first; p < last; p++)
 		for (w = 0; w < WORDS; w++)
 			if (data[p * WORDS + w] != pattern(p, w, gen))
 				return p * WORDS + w;
 	return -1;
+}
+
+/* Index of the first wrong word, or -1. */
+static long check(volatile const uint64_t *data, unsigned long npages,
+		  uint64_t gen)
+{
+	return check_range(data, 0, npages, gen);
 }
 
 /* ---- signals: touching memory that must fault ---- */
@@ -187,21 +223,38 @@ static bool segid_from_cmdline(void)
 	return opt.segid > 0;
 }
 
-/* A line "SEGID <n>" on stdin (the harness types it on the console). */
-static bool segid_from_stdin(void)
+/*
+ * Print "WAITING <word>" and read console lines until one starts with <word>;
+ * the rest of that line goes to @arg. The harness types exactly one line per
+ * WAITING, so no later line is consumed here.
+ */
+static bool wait_line(const char *word, char *arg, size_t len)
 {
 	char line[256];
+	size_t n = strlen(word);
 
-	say("WAITING SEGID");
+	say("WAITING %s", word);
 	while (fgets(line, sizeof(line), stdin)) {
-		char *s = strstr(line, "SEGID ");
+		char *s = strstr(line, word);
 
-		if (s) {
-			opt.segid = strtoll(s + 6, NULL, 0);
-			return opt.segid > 0;
+		if (s && s[n] == ' ') {
+			snprintf(arg, len, "%s", s + n + 1);
+			arg[strcspn(arg, "\r\n")] = 0;
+			return true;
 		}
 	}
 	return false;
+}
+
+/* A line "SEGID <n>" on stdin (the harness types it on the console). */
+static bool segid_from_stdin(void)
+{
+	char arg[64];
+
+	if (!wait_line("SEGID", arg, sizeof(arg)))
+		return false;
+	opt.segid = strtoll(arg, NULL, 0);
+	return opt.segid > 0;
 }
 
 static bool need_segid(void)
@@ -226,26 +279,31 @@ static volatile uint64_t *alloc_buf(unsigned long npages)
 static volatile uint64_t *exp_buf;
 static xpmem_segid_t exp_segid;
 
-static int export_setup(void)
+/* Fill @buf (control page + opt.pages data pages), export it, print its SEGID. */
+static int export_buf(volatile uint64_t *buf, xpmem_segid_t *segid)
 {
-	volatile struct ctl *ctl;
+	volatile struct ctl *ctl = (volatile struct ctl *)buf;
 
-	exp_buf = alloc_buf(opt.pages);
-	if (!exp_buf)
-		return fail("mmap: %s", strerror(errno));
-	ctl = (volatile struct ctl *)exp_buf;
 	ctl->magic = MAGIC;
 	ctl->npages = opt.pages;
 	ctl->gen = 1;
-	fill(exp_buf + WORDS, opt.pages, 1);
-	exp_segid = xpmem_make((void *)exp_buf, (opt.pages + 1) * PAGE,
-			       XPMEM_PERMIT_MODE,
-			       (void *)(uintptr_t)opt.mode);
-	if (exp_segid == -1)
+	ctl->importers = opt.importers;
+	fill(buf + WORDS, opt.pages, 1);
+	*segid = xpmem_make((void *)buf, (opt.pages + 1) * PAGE,
+			    XPMEM_PERMIT_MODE, (void *)(uintptr_t)opt.mode);
+	if (*segid == -1)
 		return fail("xpmem_make: %s", strerror(errno));
 	ctl->exp_state = EXP_READY;
-	say("SEGID %lld", (long long)exp_segid);
+	say("SEGID %lld TO %s", (long long)*segid, opt.to);
 	return EXIT_PASS;
+}
+
+static int export_setup(void)
+{
+	exp_buf = alloc_buf(opt.pages);
+	if (!exp_buf)
+		return fail("mmap: %s", strerror(errno));
+	return export_buf(exp_buf, &exp_segid);
 }
 
 /* export: serve the buffer until an importer wrote its pages and is done. */
@@ -272,14 +330,25 @@ static int case_export(void)
 	return pass();
 }
 
-/* export-hold: export and keep the buffer for --timeout seconds. */
+/*
+ * export-hold: export and keep the buffer until --until N "DONE" lines came
+ * on the console (from importers that cannot write: read-only, refused), or
+ * for --timeout seconds without --until.
+ */
 static int case_export_hold(void)
 {
+	unsigned int i;
+	char who[64];
 	int rc = export_setup();
 
 	if (rc)
 		return rc;
-	sleep(opt.timeout);
+	if (!opt.until)
+		sleep(opt.timeout);
+	for (i = 0; i < opt.until; i++)
+		if (!wait_line("DONE", who, sizeof(who)))
+			return fail("console closed after %u of %u DONE lines",
+				    i, opt.until);
 	if (xpmem_remove(exp_segid))
 		return fail("xpmem_remove: %s", strerror(errno));
 	return pass();
@@ -351,30 +420,44 @@ static int case_export_gone(bool do_exit)
 static volatile uint64_t *imp_buf;
 static xpmem_apid_t imp_apid;
 
-static int attach(int flags)
+/* xpmem_attach the whole segment of @apid; NULL (and a FAIL line) on error. */
+static volatile uint64_t *attach_apid(xpmem_apid_t apid)
 {
-	struct xpmem_addr addr;
-	void *p;
+	struct xpmem_addr addr = { .apid = apid, .offset = 0 };
+	void *p = xpmem_attach(addr, (opt.pages + 1) * PAGE, NULL);
 
-	if (!need_segid())
-		return fail("no segid (use --segid, xpmem.segid= or SEGID on stdin)");
-	if (opt.uid >= 0 && setuid(opt.uid))
-		return fail("setuid(%d): %s", opt.uid, strerror(errno));
-	imp_apid = xpmem_get(opt.segid, flags, XPMEM_PERMIT_MODE, NULL);
-	if (imp_apid == -1)
-		return fail("xpmem_get(%lld): %s", opt.segid, strerror(errno));
-	addr.apid = imp_apid;
-	addr.offset = 0;
-	p = xpmem_attach(addr, (opt.pages + 1) * PAGE, NULL);
-	if (p == (void *)-1)
-		return fail("xpmem_attach: %s", strerror(errno));
-	imp_buf = p;
-	return EXIT_PASS;
+	if (p == (void *)-1) {
+		fail("xpmem_attach: %s", strerror(errno));
+		return NULL;
+	}
+	return p;
 }
 
-static int imp_verify(uint64_t gen)
+/* GET @segid with @flags (as --uid if given) and attach it. */
+static int attach_segid(long long segid, int flags, volatile uint64_t **buf,
+			xpmem_apid_t *apid)
 {
-	volatile struct ctl *ctl = (volatile struct ctl *)imp_buf;
+	if (opt.uid >= 0 && setuid(opt.uid))
+		return fail("setuid(%d): %s", opt.uid, strerror(errno));
+	*apid = xpmem_get(segid, flags, XPMEM_PERMIT_MODE, NULL);
+	if (*apid == -1)
+		return fail("xpmem_get(%lld): %s", segid, strerror(errno));
+	*buf = attach_apid(*apid);
+	return *buf ? EXIT_PASS : EXIT_FAIL;
+}
+
+static int attach(int flags)
+{
+	if (!need_segid())
+		return fail("no segid (use --segid, xpmem.segid= or SEGID on stdin)");
+	return attach_segid(opt.segid, flags, &imp_buf, &imp_apid);
+}
+
+/* Data pages [first, last) of @buf hold generation @gen. */
+static int verify_pages(volatile uint64_t *buf, unsigned long first,
+			unsigned long last, uint64_t gen)
+{
+	volatile struct ctl *ctl = (volatile struct ctl *)buf;
 	long bad;
 
 	if (ctl->magic != MAGIC)
@@ -383,12 +466,18 @@ static int imp_verify(uint64_t gen)
 	if (ctl->npages < opt.pages)
 		return fail("exporter has %llu pages, want %lu",
 			    (unsigned long long)ctl->npages, opt.pages);
-	bad = check(imp_buf + WORDS, opt.pages, gen);
+	bad = check_range(buf + WORDS, first, last, gen);
 	if (bad >= 0)
-		return fail("generation %llu data wrong at word %ld: %#llx",
-			    (unsigned long long)gen, bad,
-			    (unsigned long long)imp_buf[WORDS + bad]);
+		return fail("generation %llu data wrong at page %ld word %ld: %#llx",
+			    (unsigned long long)gen, bad / (long)WORDS,
+			    bad % (long)WORDS,
+			    (unsigned long long)buf[WORDS + bad]);
 	return EXIT_PASS;
+}
+
+static int imp_verify(uint64_t gen)
+{
+	return verify_pages(imp_buf, 0, opt.pages, gen);
 }
 
 static int imp_finish(void)
@@ -608,6 +697,486 @@ static int case_local(void)
 	return pass();
 }
 
+/* ---- several importers, segments and attachments ---- */
+
+static bool wait_slots(volatile struct ctl *ctl, unsigned int n, uint64_t want)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		if (!wait_for(&ctl->slot[i], want))
+			return false;
+	return true;
+}
+
+/*
+ * Exporter half of the several-importer protocol on @buf: importer i writes
+ * data page i; once every importer did, each checks all the others' pages;
+ * then the exporter rewrites everything and every importer must see that.
+ */
+static int multi_serve(volatile uint64_t *buf, unsigned int n)
+{
+	volatile struct ctl *ctl = (volatile struct ctl *)buf;
+	unsigned int i;
+
+	if (!wait_slots(ctl, n, SLOT_WROTE))
+		return fail("not all %u importers wrote within %d s", n,
+			    opt.timeout);
+	for (i = 0; i < n; i++)
+		if (check_range(buf + WORDS, i, i + 1, IMPORTER_GEN(i)) >= 0)
+			return fail("importer %u's write is not visible here", i);
+	ctl->exp_state = EXP_ALL_WROTE;
+	if (!wait_slots(ctl, n, SLOT_CROSSED))
+		return fail("importers did not see each other's writes");
+	fill(buf + WORDS, opt.pages, REWRITE_GEN);
+	ctl->gen = REWRITE_GEN;
+	ctl->exp_state = EXP_REWROTE;
+	if (!wait_slots(ctl, n, SLOT_REREAD))
+		return fail("importers did not see the exporter's rewrite");
+	return EXIT_PASS;
+}
+
+/*
+ * Importer @idx's half: writes through attachment @wr, reads through @rd
+ * (the same attachment, or a second attachment of the same segment).
+ */
+static int multi_join(volatile uint64_t *wr, volatile uint64_t *rd,
+		      unsigned int idx)
+{
+	volatile struct ctl *wctl = (volatile struct ctl *)wr;
+	volatile struct ctl *rctl = (volatile struct ctl *)rd;
+	unsigned int i, n = rctl->importers;
+	int rc;
+
+	if (n < 1 || n > MAX_IMPORTERS || idx >= n || n > opt.pages)
+		return fail("importer index %u of %u does not fit", idx, n);
+	/* Pages no importer writes still hold generation 1. */
+	rc = verify_pages(rd, n, opt.pages, 1);
+	if (rc)
+		return rc;
+	fill_page(wr + WORDS, idx, IMPORTER_GEN(idx));
+	rc = verify_pages(rd, idx, idx + 1, IMPORTER_GEN(idx));
+	if (rc)
+		return rc;
+	wctl->slot[idx] = SLOT_WROTE;
+	if (!wait_for(&rctl->exp_state, EXP_ALL_WROTE))
+		return fail("exporter did not confirm every importer's write");
+	for (i = 0; i < n; i++) {
+		rc = verify_pages(rd, i, i + 1, IMPORTER_GEN(i));
+		if (rc)
+			return rc;
+	}
+	wctl->slot[idx] = SLOT_CROSSED;
+	if (!wait_for(&rctl->exp_state, EXP_REWROTE))
+		return fail("exporter did not rewrite");
+	rc = verify_pages(rd, 0, opt.pages, REWRITE_GEN);
+	if (!rc && wr != rd)
+		rc = verify_pages(wr, 0, opt.pages, REWRITE_GEN);
+	if (rc)
+		return rc;
+	wctl->slot[idx] = SLOT_REREAD;
+	return EXIT_PASS;
+}
+
+/* export-multi: one segment, --importers N importers (attach-multi --index i). */
+static int case_export_multi(void)
+{
+	int rc = export_setup();
+
+	if (!rc)
+		rc = multi_serve(exp_buf, opt.importers);
+	if (rc)
+		return rc;
+	if (xpmem_remove(exp_segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/* attach-multi: importer --index i of an export-multi segment. */
+static int case_attach_multi(void)
+{
+	int rc = attach(XPMEM_RDWR);
+
+	if (!rc)
+		rc = multi_join(imp_buf, imp_buf, opt.index);
+	return rc ? rc : imp_finish();
+}
+
+/* export-two: two segments from one process, one importer each (attach-two). */
+static int case_export_two(void)
+{
+	volatile uint64_t *buf[2];
+	xpmem_segid_t segid[2];
+	int i, rc;
+
+	opt.importers = 1;
+	for (i = 0; i < 2; i++) {
+		buf[i] = alloc_buf(opt.pages);
+		if (!buf[i])
+			return fail("mmap: %s", strerror(errno));
+		rc = export_buf(buf[i], &segid[i]);
+		if (rc)
+			return rc;
+	}
+	for (i = 0; i < 2; i++) {
+		rc = multi_serve(buf[i], 1);
+		if (rc)
+			return rc;
+	}
+	for (i = 0; i < 2; i++)
+		if (xpmem_remove(segid[i]))
+			return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/*
+ * attach-two: two segments (two SEGID lines: two segments of one exporter,
+ * or one segment each of two exporters) attached at the same time.
+ */
+static int case_attach_two(void)
+{
+	volatile uint64_t *buf[2];
+	xpmem_apid_t apid[2];
+	int i, rc;
+
+	for (i = 0; i < 2; i++) {
+		opt.segid = -1;
+		if (!segid_from_stdin())
+			return fail("no segid %d on the console", i + 1);
+		rc = attach_segid(opt.segid, XPMEM_RDWR, &buf[i], &apid[i]);
+		if (rc)
+			return rc;
+	}
+	if (buf[0] == buf[1])
+		return fail("both attachments at the same address");
+	for (i = 0; i < 2; i++) {
+		rc = multi_join(buf[i], buf[i], 0);
+		if (rc)
+			return rc;
+	}
+	for (i = 0; i < 2; i++)
+		if (xpmem_detach((void *)buf[i]) || xpmem_release(apid[i]))
+			return fail("detach/release %d: %s", i + 1,
+				    strerror(errno));
+	return pass();
+}
+
+/*
+ * attach-twice: two attachments of one permit in one process; writes through
+ * the first are read through the second, the exporter's rewrite reaches both,
+ * and the second keeps working after the first is detached.
+ */
+static int case_attach_twice(void)
+{
+	volatile uint64_t *second;
+	int rc = attach(XPMEM_RDWR);
+
+	if (rc)
+		return rc;
+	second = attach_apid(imp_apid);
+	if (!second)
+		return EXIT_FAIL;
+	if (second == imp_buf)
+		return fail("second attachment at the same address");
+	rc = multi_join(imp_buf, second, 0);
+	if (rc)
+		return rc;
+	if (xpmem_detach((void *)second))
+		return fail("xpmem_detach (second): %s", strerror(errno));
+	rc = imp_verify(REWRITE_GEN);
+	return rc ? rc : imp_finish();
+}
+
+/* ---- memory pressure in the exporter ---- */
+
+#define ROUND_END	99
+
+/* Page frame of each page of [buf, buf + n pages) (0 where not present). */
+static int read_pfns(volatile uint64_t *buf, unsigned long n, uint64_t *pfn)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	unsigned long i;
+	uint64_t e;
+
+	if (fd < 0)
+		return -1;
+	for (i = 0; i < n; i++) {
+		off_t off = ((uintptr_t)buf / PAGE + i) * sizeof(e);
+
+		if (pread(fd, &e, sizeof(e), off) != sizeof(e)) {
+			close(fd);
+			return -1;
+		}
+		pfn[i] = (e >> 63) ? (e & ((1ULL << 55) - 1)) : 0;
+	}
+	close(fd);
+	return 0;
+}
+
+static unsigned long pfns_moved(const uint64_t *before, const uint64_t *after,
+				unsigned long n)
+{
+	unsigned long i, moved = 0;
+
+	for (i = 0; i < n; i++)
+		moved += before[i] != after[i];
+	return moved;
+}
+
+static void write_proc(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY);
+
+	if (fd >= 0) {
+		if (write(fd, val, strlen(val)) < 0)
+			say("NOTE %s: %s", path, strerror(errno));
+		close(fd);
+	}
+}
+
+/* A child that takes @pct % of the available memory, touches it, and exits. */
+static void balloon(unsigned int pct)
+{
+	long long avail_kb = 0;
+	char line[128];
+	FILE *f = fopen("/proc/meminfo", "r");
+	pid_t child;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %lld kB", &avail_kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	child = fork();
+	if (child == 0) {
+		size_t len = (size_t)avail_kb * 1024 / 100 * pct;
+		char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		size_t off;
+
+		if (p == MAP_FAILED)
+			_exit(1);
+		for (off = 0; off < len; off += PAGE)
+			p[off] = 1;
+		write_proc("/proc/sys/vm/compact_memory", "1");
+		_exit(0);
+	}
+	if (child > 0)
+		waitpid(child, NULL, 0);
+	say("NOTE balloon of %lld MiB came and went", avail_kb / 1024 * pct / 100);
+}
+
+/* Rewrite the data as generation @gen and wait until the importer read it. */
+static int pressure_round(volatile uint64_t *buf, uint64_t gen)
+{
+	volatile struct ctl *ctl = (volatile struct ctl *)buf;
+
+	fill(buf + WORDS, opt.pages, gen);
+	ctl->gen = gen;
+	ctl->round = gen;
+	if (!wait_for(&ctl->slot[0], gen))
+		return fail("importer did not read generation %llu",
+			    (unsigned long long)gen);
+	return EXIT_PASS;
+}
+
+/*
+ * export-pressure: a 2 MiB segment (--pages is 511) whose pages move while an
+ * importer (attach-follow) reads them: collapsed into a huge page
+ * (MADV_COLLAPSE copies every page to a new one), split again by mprotect,
+ * then a balloon, compaction and a cache drop. After each step the exporter
+ * writes a new generation and the importer must read it: an importer left
+ * on a page that the exporter no longer has would read stale data.
+ */
+static int case_export_pressure(void)
+{
+	static uint64_t pfn0[HUGE_PAGE / PAGE], pfn1[HUGE_PAGE / PAGE];
+	const unsigned long n = HUGE_PAGE / PAGE;
+	volatile struct ctl *ctl;
+	volatile uint64_t *buf;
+	long long sent0, sent1;
+	char *raw;
+	int rc, tries;
+
+	opt.pages = n - 1;
+	raw = mmap(NULL, 2 * HUGE_PAGE, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+	buf = (volatile uint64_t *)(((uintptr_t)raw + HUGE_PAGE - 1) &
+				    ~(HUGE_PAGE - 1));
+	/* Small pages first, so that the collapse below has to move them. */
+	madvise((void *)buf, HUGE_PAGE, MADV_NOHUGEPAGE);
+	rc = export_buf(buf, &exp_segid);
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)buf;
+	ctl->round = 1;
+	if (!wait_for(&ctl->slot[0], 1))
+		return fail("importer did not read generation 1");
+
+	if (read_pfns(buf, n, pfn0) || read_stat("inval_sent", &sent0))
+		return fail("cannot read pagemap or /proc/xpmem/stats");
+	madvise((void *)buf, HUGE_PAGE, MADV_HUGEPAGE);
+	for (tries = 0; tries < 5; tries++) {
+		rc = madvise((void *)buf, HUGE_PAGE, MADV_COLLAPSE);
+		if (!rc || errno != EAGAIN)
+			break;
+		sleep(1);
+	}
+	if (rc)
+		return fail("MADV_COLLAPSE: %s", strerror(errno));
+	if (read_pfns(buf, n, pfn1) || read_stat("inval_sent", &sent1))
+		return fail("cannot read pagemap or /proc/xpmem/stats");
+	say("NOTE collapse moved %lu of %lu pages, %lld invalidation(s) sent",
+	    pfns_moved(pfn0, pfn1, n), n, sent1 - sent0);
+	if (!pfns_moved(pfn0, pfn1, n))
+		return fail("MADV_COLLAPSE moved no page");
+	if (sent1 == sent0)
+		return fail("pages moved under an importer but no INVALIDATE was sent");
+	rc = pressure_round(buf, 2);
+	if (rc)
+		return rc;
+
+	/* Split the huge page again (protection change on one 4 KiB page). */
+	if (mprotect((void *)(buf + WORDS * 256), PAGE, PROT_READ) ||
+	    mprotect((void *)(buf + WORDS * 256), PAGE, PROT_READ | PROT_WRITE))
+		return fail("mprotect: %s", strerror(errno));
+	balloon(60);
+	write_proc("/proc/sys/vm/drop_caches", "3");
+	write_proc("/proc/sys/vm/compact_memory", "1");
+	if (read_pfns(buf, n, pfn0))
+		return fail("cannot read pagemap");
+	say("NOTE after split, balloon and compaction %lu of %lu pages moved",
+	    pfns_moved(pfn1, pfn0, n), n);
+	rc = pressure_round(buf, 3);
+	if (rc)
+		return rc;
+	ctl->round = ROUND_END;
+	if (!wait_for(&ctl->slot[0], ROUND_END))
+		return fail("importer did not finish");
+	if (xpmem_remove(exp_segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/*
+ * attach-follow: read every round's generation (export-pressure), reading
+ * all pages all the time in between, so faults race with the exporter's
+ * page moves and invalidations.
+ */
+static int case_attach_follow(void)
+{
+	volatile struct ctl *ctl;
+	uint64_t seen = 0, sum = 0;
+	double end;
+	unsigned long i;
+	int rc = attach(XPMEM_RDWR);
+
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)imp_buf;
+	for (;;) {
+		end = now() + opt.timeout;
+		while (ctl->round <= seen) {
+			if (now() > end)
+				return fail("exporter stuck after round %llu",
+					    (unsigned long long)seen);
+			for (i = 0; i < opt.pages; i++)
+				sum += imp_buf[WORDS * (1 + i)];
+			usleep(1000);
+		}
+		seen = ctl->round;
+		if (seen == ROUND_END)
+			break;
+		rc = imp_verify(ctl->gen);
+		if (rc)
+			return rc;
+		ctl->slot[0] = seen;
+	}
+	ctl->slot[0] = ROUND_END;
+	say("NOTE read generations up to %llu (checksum %llx)",
+	    (unsigned long long)ctl->gen, (unsigned long long)sum);
+	return imp_finish();
+}
+
+/* ---- importers that go away while attached ---- */
+
+/*
+ * export-wait-gone: after the importer read everything and then went away
+ * while attached (attach-exit, attach-poweroff), a "GONE <vm>" line comes on
+ * the console; the munmap after that must reach no importer: the host
+ * released the importer's mappings of these pages when it left.
+ */
+static int case_export_wait_gone(void)
+{
+	volatile struct ctl *ctl;
+	long long t0, t1, r0, r1;
+	char who[64];
+	double start, ms;
+	int rc = export_setup();
+
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)exp_buf;
+	if (!wait_for(&ctl->imp_state, IMP_VERIFIED))
+		return fail("importer did not read");
+	if (!wait_line("GONE", who, sizeof(who)))
+		return fail("no GONE line on the console");
+	if (read_stat("inval_targets", &t0) || read_stat("inval_revoked", &r0))
+		return fail("/proc/xpmem/stats has no inval_targets/inval_revoked");
+	start = now();
+	if (munmap((void *)exp_buf, (opt.pages + 1) * PAGE))
+		return fail("munmap: %s", strerror(errno));
+	ms = (now() - start) * 1000;
+	if (read_stat("inval_targets", &t1) || read_stat("inval_revoked", &r1))
+		return fail("/proc/xpmem/stats lost its counters");
+	say("NOTE munmap after %s left took %.1f ms: %lld importer target(s), %lld revoked",
+	    who, ms, t1 - t0, r1 - r0);
+	if (t1 != t0 || r1 != r0)
+		return fail("munmap still reached %lld importer attachment(s) (%lld revoked) after %s left",
+			    t1 - t0, r1 - r0, who);
+	if (xpmem_remove(exp_segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/* Attach, read every page (so all are mapped) and tell the exporter. */
+static int attach_and_read(void)
+{
+	int rc = attach(XPMEM_RDWR);
+
+	if (!rc)
+		rc = imp_verify(1);
+	if (!rc)
+		((volatile struct ctl *)imp_buf)->imp_state = IMP_VERIFIED;
+	return rc;
+}
+
+/* attach-exit: exit while attached, without detach or release. */
+static int case_attach_exit(void)
+{
+	int rc = attach_and_read();
+
+	if (rc)
+		return rc;
+	say("PASS");
+	_exit(EXIT_PASS);
+}
+
+/* attach-poweroff: power the VM off while attached. */
+static int case_attach_poweroff(void)
+{
+	int rc = attach_and_read();
+
+	if (rc)
+		return rc;
+	say("PASS powering off while attached");
+	sync();
+	reboot(RB_POWER_OFF);
+	return fail("reboot(RB_POWER_OFF): %s", strerror(errno));
+}
+
 /* local-errors: argument checking that needs no second VM. */
 static int case_local_errors(void)
 {
@@ -693,6 +1262,16 @@ static const struct {
 	{ "attach-fork", case_attach_fork, "see the exporter's post-fork data" },
 	{ "attach-gone", case_attach_gone, "SIGBUS once the exporter is gone" },
 	{ "get-denied", case_get_denied, "GET as --uid (default 1000) fails with EACCES" },
+	{ "export-multi", case_export_multi, "one segment, --importers N importers (attach-multi)" },
+	{ "attach-multi", case_attach_multi, "importer --index I: writes page I, sees the others'" },
+	{ "export-two", case_export_two, "two segments from one process (attach-two)" },
+	{ "attach-two", case_attach_two, "two segments attached at once (export-two, export-multi x2)" },
+	{ "attach-twice", case_attach_twice, "two attachments of one segment (export-multi)" },
+	{ "export-pressure", case_export_pressure, "pages collapse, split, balloon, compaction (attach-follow)" },
+	{ "attach-follow", case_attach_follow, "read each generation while pages move" },
+	{ "export-wait-gone", case_export_wait_gone, "munmap after a GONE line reaches no importer" },
+	{ "attach-exit", case_attach_exit, "exit while attached (export-wait-gone)" },
+	{ "attach-poweroff", case_attach_poweroff, "power the VM off while attached" },
 };
 
 static void usage(void)
@@ -701,6 +1280,7 @@ static void usage(void)
 
 	fprintf(stderr,
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
+		"       [--to VM,..] [--importers N] [--index I] [--until N]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
@@ -731,12 +1311,22 @@ int main(int argc, char **argv)
 			opt.timeout = atoi(v);
 		else if (!strcmp(k, "--uid"))
 			opt.uid = atoi(v);
+		else if (!strcmp(k, "--to"))
+			opt.to = v;
+		else if (!strcmp(k, "--importers"))
+			opt.importers = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--index"))
+			opt.index = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--until"))
+			opt.until = strtoul(v, NULL, 0);
 		else {
 			usage();
 			return EXIT_USAGE;
 		}
 	}
-	if (a != argc || !opt.pages || opt.timeout <= 0) {
+	if (a != argc || !opt.pages || opt.timeout <= 0 || !opt.importers ||
+	    opt.importers > MAX_IMPORTERS || opt.importers > opt.pages ||
+	    opt.index >= MAX_IMPORTERS) {
 		usage();
 		return EXIT_USAGE;
 	}

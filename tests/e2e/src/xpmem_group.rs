@@ -5,18 +5,22 @@
 //! * `local`: one VM runs `guest-driver/tools/image/scenario/xpmem-local.sh`
 //!   (same-VM export + attach both ways, copy-on-write after fork, SIGBUS
 //!   after munmap, `/proc/xpmem` counters back to 0).
-//! * `share`: VM `a` exports, VM `b` (the monitor's `stdin = true` VM)
-//!   imports. The payload script runs the monitor with a FIFO as stdin,
-//!   watches for `a`'s `XPMEM-TEST <case> SEGID <n>` lines and `b`'s
-//!   `XPMEM-TEST <case> WAITING SEGID` lines and, pairing them in order,
-//!   writes `SEGID <n>` into the FIFO, which the monitor types on `b`'s
-//!   serial port.
+//! * `share`: three VMs `a`, `b`, `c` run `xpmem-share-{a,b,c}.sh`: share both
+//!   ways, read-only, 0600 refused to another uid and to the same uid in
+//!   another VM, copy-on-write, two importers of one segment, one importer of
+//!   two exporters, two segments, two attachments, pages moving under memory
+//!   pressure, SIGBUS after munmap and exit, an importer process exiting and
+//!   an importer VM powering off while attached. The monitor runs under
+//!   `xpmem-relay` (see [`crate::relay`]), which types each segid and
+//!   DONE/GONE notice into the VMs' input FIFOs.
 //!
 //! Guest command output reaches the console through `/dev/kmsg`
 //! (`xpmem.out=kmsg`); every `XPMEM-TEST <case> PASS|FAIL` line becomes one
 //! `xpmem/<case>/<check>` result, and an expected line that never came is a
-//! failure.
+//! failure. After each monitor run the host's domain must hold nothing and
+//! must not have needed a forced revocation.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,7 +32,13 @@ use crate::scenario::Echo;
 const G: &str = "xpmem";
 
 /// Each monitor run is killed after this long (a nested boot takes 1-2 minutes).
-const VMM_DEADLINE: Duration = Duration::from_secs(360);
+const VMM_DEADLINE: Duration = Duration::from_secs(420);
+
+/// How long an importer may take to acknowledge an invalidation before the
+/// host revokes its pages. Generous, because guest kernels run emulated on the
+/// nested host; a forced revocation fails the run, so a leaked reverse-map
+/// entry (an importer that is gone but still targeted) shows as a failure.
+const INVALIDATE_DEADLINE_MS: u64 = 10_000;
 
 /// What `xpmem-local.sh` runs, in order (a repeated case gets `-2`, ...).
 const LOCAL_EXPECTED: &[&str] = &[
@@ -40,86 +50,96 @@ const LOCAL_EXPECTED: &[&str] = &[
     "export-fork",
     "proc-zero",
 ];
-/// What `xpmem-share-export.sh` runs in VM `a`.
-const SHARE_A_EXPECTED: &[&str] = &[
-    "export",
-    "export-hold",
-    "export-hold-2",
-    "export-fork",
-    "export-exit",
-    "export-unmap",
-    "proc-zero",
-];
-/// What `xpmem-share-import.sh` runs in VM `b`.
-const SHARE_B_EXPECTED: &[&str] = &[
-    "attach",
-    "attach-ro",
-    "get-denied",
-    "attach-fork",
-    "attach-gone",
-    "attach-gone-2",
-    "proc-zero",
+/// The share VMs, their scripts and the cases each must report.
+const SHARE_VMS: &[(&str, &str, &[&str])] = &[
+    (
+        "a",
+        "xpmem-share-a.sh",
+        &[
+            "export",
+            "export-hold",
+            "export-hold-2",
+            "export-fork",
+            "export-multi",
+            "export-multi-2",
+            "export-two",
+            "export-multi-3",
+            "export-pressure",
+            "export-unmap",
+            "export-exit",
+            "export-wait-gone",
+            "export-wait-gone-2",
+            "proc-zero",
+        ],
+    ),
+    (
+        "b",
+        "xpmem-share-b.sh",
+        &[
+            "attach",
+            "attach-ro",
+            "get-denied",
+            "attach-fork",
+            "attach-multi",
+            "export-multi",
+            "attach-two",
+            "attach-twice",
+            "attach-gone",
+            "attach-exit",
+            "proc-zero",
+        ],
+    ),
+    (
+        "c",
+        "xpmem-share-c.sh",
+        &[
+            "get-denied",
+            "attach-multi",
+            "attach-two",
+            "attach-follow",
+            "attach-gone",
+            "proc-zero",
+            "attach-poweroff",
+        ],
+    ),
 ];
 
 /// The L1 payload script. Markers: `XPMEM-CASE-BEGIN <case>`,
-/// `XPMEM-CASE-END <case> rc=<monitor exit>`, `XPMEM-L1 TYPED SEGID <n>`.
+/// `XPMEM-CASE-END <case> rc=<monitor exit>`; `xpmem-relay` adds its own.
 fn payload_script(deadline: Duration) -> String {
     let t = deadline.as_secs().max(1);
+    let inputs: Vec<String> = SHARE_VMS
+        .iter()
+        .map(|(vm, _, _)| format!("--input {vm}=/tmp/in-{vm}"))
+        .collect();
     format!(
         r#"echo "XPMEM-CASE-BEGIN local"
 timeout -s KILL {t} ./xpmem-vmm --config local.toml </dev/null 2>&1
 echo "XPMEM-CASE-END local rc=$?"
 echo "XPMEM-CASE-BEGIN share"
-rm -f /tmp/stdin-b
-mkfifo /tmp/stdin-b || exit 1
-# Opened read-write: the open does not block and the monitor never sees EOF.
-# A segid is typed only once b's importer printed WAITING SEGID, so nothing is
-# typed before b's console is open (the 8250 driver clears its FIFO on open).
-na=0
-nw=0
-nt=0
-type_pending() {{
-	while [ $nt -lt $na ] && [ $nt -lt $nw ]; do
-		nt=$((nt + 1))
-		s=$(cat /tmp/segid.$nt)
-		echo "SEGID $s" >/tmp/stdin-b
-		echo "XPMEM-L1 TYPED SEGID $s"
-	done
-}}
-( timeout -s KILL {t} ./xpmem-vmm --config share.toml <>/tmp/stdin-b 2>&1; echo "XPMEM-VMM-EXIT rc=$?" ) |
-while IFS= read -r l; do
-	case "$l" in
-	"XPMEM-VMM-EXIT rc="*) echo "XPMEM-CASE-END share rc=${{l#XPMEM-VMM-EXIT rc=}}"; continue ;;
-	esac
-	echo "$l"
-	case "$l" in
-	"[vm-a]"*"XPMEM-TEST "*" SEGID "*)
-		s=$(echo "$l" | sed -n 's/.* SEGID \([0-9][0-9]*\).*/\1/p')
-		if [ -n "$s" ]; then
-			na=$((na + 1))
-			echo "$s" >/tmp/segid.$na
-			type_pending
-		fi
-		;;
-	"[vm-b]"*"XPMEM-TEST "*" WAITING SEGID"*)
-		nw=$((nw + 1))
-		type_pending
-		;;
-	esac
-done
-"#
+./xpmem-relay {inputs} -- timeout -s KILL {t} ./xpmem-vmm --config share.toml </dev/null 2>&1
+echo "XPMEM-CASE-END share rc=$?"
+"#,
+        inputs = inputs.join(" ")
     )
 }
 
-fn vm_toml(name: &str, vcpus: u32, run: &str, stdin: Option<bool>) -> String {
+fn xpmem_toml() -> String {
+    format!("[xpmem]\ninvalidate_deadline_ms = {INVALIDATE_DEADLINE_MS}\n\n")
+}
+
+fn vm_toml(name: &str, vcpus: u32, run: &str, input: Option<&str>) -> String {
     let append = std::env::var("XPMEM_GUEST_APPEND").unwrap_or_default();
     let cmdline = format!("xpmem.name={name} xpmem.run={run} xpmem.out=kmsg {append}");
     let mut s = format!(
         "[[vm]]\nname = \"{name}\"\nvcpus = {vcpus}\nmemory = 512\nkernel = \"vmlinuz\"\ninitrd = \"guest.cpio.gz\"\ncmdline = {}\n",
         toml::Value::String(cmdline.trim().to_string())
     );
-    if let Some(v) = stdin {
-        s.push_str(&format!("stdin = {v}\n"));
+    if let Some(path) = input {
+        s.push_str(&format!(
+            "input = {}\n",
+            toml::Value::String(path.to_string())
+        ));
     }
     s.push('\n');
     s
@@ -132,8 +152,8 @@ pub struct VmLog {
     pub ready: bool,
     /// `(case, PASS or FAIL reason)` in order; repeated names get `-2`, `-3`.
     pub results: Vec<(String, Result<(), String>)>,
-    /// Segids the VM printed.
-    pub segids: Vec<u64>,
+    /// Segids the VM printed, with the VMs they are meant for.
+    pub segids: Vec<(u64, Vec<String>)>,
     /// `XPMEM-LOCAL PASS` (true) or `FAIL` (false).
     pub local_verdict: Option<bool>,
     /// Exit code of the guest command.
@@ -183,8 +203,18 @@ impl VmLog {
                 tail.to_string()
             }),
             "SEGID" => {
-                if let Ok(n) = tail.parse() {
-                    self.segids.push(n);
+                // "<n>" or "<n> TO <vm>,<vm>"
+                let mut words = tail.split_whitespace();
+                if let Some(Ok(n)) = words.next().map(str::parse) {
+                    let to = match (words.next(), words.next()) {
+                        (Some("TO"), Some(list)) => list
+                            .split(',')
+                            .filter(|v| !v.is_empty())
+                            .map(String::from)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    self.segids.push((n, to));
                 }
                 return;
             }
@@ -265,20 +295,18 @@ fn result(case: &str, check: &str, status: Status) -> CaseResult {
 pub struct Parsed {
     /// VM `local` in case `local`.
     pub local: VmLog,
-    /// VM `a` in case `share`.
-    pub share_a: VmLog,
-    /// VM `b` in case `share`.
-    pub share_b: VmLog,
-    /// Monitor exit codes per case.
-    pub local_rc: Option<i32>,
-    /// Monitor exit code of `share`.
-    pub share_rc: Option<i32>,
-    /// Segids the L1 script typed into `b`.
-    pub typed: Vec<u64>,
+    /// The VMs of case `share`, by name.
+    pub share: BTreeMap<String, VmLog>,
+    /// Monitor exit code per case.
+    pub rc: BTreeMap<String, i32>,
+    /// `(vm, text)` the relay typed, in order.
+    pub typed: Vec<(String, String)>,
+    /// Relay lines about messages that were lost or never read.
+    pub relay_trouble: Vec<String>,
     /// The monitor's own lines (`xpmem-vmm: ...`), for failure reasons.
     pub monitor: Vec<String>,
-    /// The "held" part of the monitor's domain report at exit, per case.
-    pub domain_held: Vec<(String, String)>,
+    /// The monitor's domain report at exit, per case: (held part, totals part).
+    pub domain: BTreeMap<String, (String, String)>,
     current: Option<String>,
 }
 
@@ -291,31 +319,31 @@ impl Parsed {
             return;
         }
         if let Some(rest) = line.strip_prefix("XPMEM-CASE-END ") {
-            let rc = rest
-                .split_once(" rc=")
-                .and_then(|(_, r)| r.trim().parse().ok());
-            if rest.starts_with("local ") {
-                self.local_rc = rc;
-            } else if rest.starts_with("share ") {
-                self.share_rc = rc;
+            if let Some((case, rc)) = rest.split_once(" rc=") {
+                if let Ok(rc) = rc.trim().parse() {
+                    self.rc.insert(case.trim().to_string(), rc);
+                }
             }
             self.current = None;
             return;
         }
-        if let Some(s) = line.strip_prefix("XPMEM-L1 TYPED SEGID ") {
-            if let Ok(n) = s.trim().parse() {
-                self.typed.push(n);
+        if let Some(rest) = line.strip_prefix("XPMEM-RELAY ") {
+            if let Some((vm, text)) = rest.strip_prefix("TYPED ").and_then(|t| t.split_once(' ')) {
+                self.typed.push((vm.to_string(), text.to_string()));
+            } else if rest.starts_with("LOST ") || rest.starts_with("UNDELIVERED ") {
+                self.relay_trouble.push(line.to_string());
             }
             return;
         }
         if line.starts_with("xpmem-vmm:") {
             self.monitor.push(line.to_string());
-            if let (Some(case), Some((_, held))) = (
+            if let (Some(case), Some((_, report))) = (
                 self.current.as_ref(),
                 line.split_once("xpmem domain at exit: held "),
             ) {
-                let held = held.split(';').next().unwrap_or_default().to_string();
-                self.domain_held.push((case.clone(), held));
+                let (held, total) = report.split_once("; total ").unwrap_or((report, ""));
+                self.domain
+                    .insert(case.clone(), (held.to_string(), total.to_string()));
             }
         }
         let Some(rest) = line.strip_prefix("[vm-") else {
@@ -327,37 +355,54 @@ impl Parsed {
         let text = text.strip_prefix(' ').unwrap_or(text);
         match (self.current.as_deref(), vm) {
             (Some("local"), "local") => self.local.feed(text),
-            (Some("share"), "a") => self.share_a.feed(text),
-            (Some("share"), "b") => self.share_b.feed(text),
+            (Some("share"), vm) if SHARE_VMS.iter().any(|(n, _, _)| *n == vm) => {
+                self.share.entry(vm.to_string()).or_default().feed(text)
+            }
             _ => {}
         }
     }
 
-    /// The host's xpmem domain holds nothing once the case's VMs have ended.
-    fn domain_check(&self, case: &str) -> CaseResult {
-        let held = self
-            .domain_held
-            .iter()
-            .find(|(c, _)| c == case)
-            .map(|(_, h)| h.as_str());
-        let status = match held {
-            None => Status::Fail("the monitor printed no xpmem domain report at exit".into()),
-            Some(h) => {
-                let nonzero: Vec<&str> = h
-                    .split_whitespace()
-                    .filter(|kv| !kv.ends_with("=0"))
-                    .collect();
-                if h.split_whitespace().count() > 0 && nonzero.is_empty() {
-                    Status::Pass
-                } else {
-                    Status::Fail(format!("domain still holds: {nonzero:?}"))
-                }
-            }
+    /// The host's xpmem domain holds nothing once the case's VMs have ended,
+    /// and no importer needed a forced revocation.
+    fn domain_checks(&self, case: &str, out: &mut Vec<CaseResult>) {
+        let Some((held, total)) = self.domain.get(case) else {
+            let why = Status::Fail("the monitor printed no xpmem domain report at exit".into());
+            out.push(result(case, "domain-counters-zero", why.clone()));
+            out.push(result(case, "no-forced-revocation", why));
+            return;
         };
-        result(case, "domain-counters-zero", status)
+        let nonzero: Vec<&str> = held
+            .split_whitespace()
+            .filter(|kv| !kv.ends_with("=0"))
+            .collect();
+        out.push(result(
+            case,
+            "domain-counters-zero",
+            if held.split_whitespace().count() > 0 && nonzero.is_empty() {
+                Status::Pass
+            } else {
+                Status::Fail(format!("domain still holds: {nonzero:?}"))
+            },
+        ));
+        let forced = total
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("invalidations_forced="));
+        out.push(result(
+            case,
+            "no-forced-revocation",
+            match forced {
+                Some("0") => Status::Pass,
+                Some(n) => Status::Fail(format!(
+                    "{n} invalidation(s) needed a forced revocation after {INVALIDATE_DEADLINE_MS} ms \
+                     (an importer never acknowledged, or a gone importer was still targeted)"
+                )),
+                None => Status::Fail(format!("no invalidations_forced in the report: {total:?}")),
+            },
+        ));
     }
 
-    fn monitor_check(&self, case: &str, rc: Option<i32>, timed_out: bool) -> CaseResult {
+    fn monitor_check(&self, case: &str, timed_out: bool) -> CaseResult {
+        let rc = self.rc.get(case).copied();
         result(
             case,
             "monitor-exits-0",
@@ -374,6 +419,38 @@ impl Parsed {
                     },
                     self.monitor.iter().rev().take(4).rev().collect::<Vec<_>>()
                 ))
+            },
+        )
+    }
+
+    /// Every segid an exporter printed was typed into every VM it named,
+    /// and the relay lost nothing.
+    fn relay_check(&self) -> CaseResult {
+        let mut missing = Vec::new();
+        let mut printed = 0;
+        for (vm, log) in &self.share {
+            for (segid, to) in &log.segids {
+                printed += 1;
+                for dest in to {
+                    let text = format!("SEGID {segid}");
+                    if !self.typed.iter().any(|(v, t)| v == dest && *t == text) {
+                        missing.push(format!("{vm}'s {segid} to {dest}"));
+                    }
+                }
+            }
+        }
+        result(
+            "share",
+            "relay-delivered",
+            if printed == 0 {
+                Status::Fail("no exporter printed a segid".into())
+            } else if !missing.is_empty() || !self.relay_trouble.is_empty() {
+                Status::Fail(format!(
+                    "segids not typed: {missing:?}; relay: {:?}",
+                    self.relay_trouble
+                ))
+            } else {
+                Status::Pass
             },
         )
     }
@@ -395,28 +472,21 @@ impl Parsed {
                 None => Status::Fail("xpmem-local.sh printed no XPMEM-LOCAL verdict".into()),
             },
         ));
-        out.push(self.monitor_check("local", self.local_rc, timed_out));
-        out.push(self.domain_check("local"));
+        out.push(self.monitor_check("local", timed_out));
+        self.domain_checks("local", &mut out);
         // share
-        self.share_a
-            .judge("share", "a-", SHARE_A_EXPECTED, &mut out);
-        self.share_b
-            .judge("share", "b-", SHARE_B_EXPECTED, &mut out);
-        let printed = &self.share_a.segids;
-        out.push(result(
-            "share",
-            "segid-typed",
-            if !printed.is_empty() && &self.typed == printed {
-                Status::Pass
-            } else {
-                Status::Fail(format!(
-                    "exporter printed segids {printed:?}, the harness typed {:?}",
-                    self.typed
-                ))
-            },
-        ));
-        out.push(self.monitor_check("share", self.share_rc, timed_out));
-        out.push(self.domain_check("share"));
+        let empty = VmLog::default();
+        for (vm, _, expected) in SHARE_VMS {
+            self.share.get(*vm).unwrap_or(&empty).judge(
+                "share",
+                &format!("{vm}-"),
+                expected,
+                &mut out,
+            );
+        }
+        out.push(self.relay_check());
+        out.push(self.monitor_check("share", timed_out));
+        self.domain_checks("share", &mut out);
         out
     }
 }
@@ -426,9 +496,18 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     let root = crate::repo_root();
     let ko = root.join("guest-driver/kmod/xpmem.ko");
     let tools = root.join("guest-driver/tools/image");
+    // Built beside this binary (`cargo build -p xpmem-e2e` builds both).
+    let relay = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("xpmem-relay")))
+        .unwrap_or_else(|| PathBuf::from("xpmem-relay"));
     for (p, how) in [
         (&ko, "make -C guest-driver"),
         (&tools.join("bin/xpmem-test"), "make -C guest-driver"),
+        (
+            &relay,
+            "build it static beside xpmem-e2e: tests/nested/build-static.sh xpmem-e2e",
+        ),
     ] {
         if !p.exists() {
             return Ok(vec![result(
@@ -453,22 +532,23 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         image::build(&kernel, &busybox, &spec, &crate::build_dir().join("images"))?;
     let mut payload = Payload::new(payload_script(VMM_DEADLINE));
     payload.file(&env.vmm, "xpmem-vmm");
+    payload.file(&relay, "xpmem-relay");
     payload.file(&kernel.vmlinuz, "vmlinuz");
     payload.file(&initrd, "guest.cpio.gz");
     payload.data(
         "local.toml",
-        vm_toml("local", 2, "xpmem-local.sh", None),
-        0o644,
-    );
-    payload.data(
-        "share.toml",
         format!(
             "{}{}",
-            vm_toml("a", 1, "xpmem-share-export.sh", Some(false)),
-            vm_toml("b", 1, "xpmem-share-import.sh", Some(true))
+            xpmem_toml(),
+            vm_toml("local", 2, "xpmem-local.sh", None)
         ),
         0o644,
     );
+    let share_toml: String = SHARE_VMS
+        .iter()
+        .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}"))))
+        .collect();
+    payload.data("share.toml", format!("{}{share_toml}", xpmem_toml()), 0o644);
     let mut opts = opts;
     opts.timeout = opts
         .timeout
@@ -479,7 +559,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         let show = echo == Echo::All
             || (echo == Echo::Guests && l.starts_with("[vm-"))
             || l.starts_with("XPMEM-CASE")
-            || l.starts_with("XPMEM-L1 TYPED")
+            || l.starts_with("XPMEM-RELAY")
             || l.contains("XPMEM-TEST ")
             || l.contains("XPMEM-GUEST ")
             || l.starts_with("xpmem-vmm:");
@@ -508,7 +588,7 @@ mod tests {
             "XPMEM-CASE-BEGIN local",
             "[vm-local] [    4.1] XPMEM-GUEST READY local cpus=2 virtio=x",
             "[vm-local] [    5.0] XPMEM-TEST version PASS",
-            "[vm-local] [    5.1] XPMEM-TEST local SEGID 77",
+            "[vm-local] [    5.1] XPMEM-TEST local SEGID 77 TO b",
             "[vm-local] [    5.2] XPMEM-TEST local PASS",
             "[vm-local] [    5.3] XPMEM-TEST local FAIL no SIGBUS\r",
             "[vm-local] [    5.4] XPMEM-LOCAL FAIL",
@@ -517,9 +597,9 @@ mod tests {
         ] {
             p.feed(l);
         }
-        assert_eq!(p.local_rc, Some(0));
+        assert_eq!(p.rc.get("local"), Some(&0));
         assert_eq!(p.local.rc, Some(1));
-        assert_eq!(p.local.segids, vec![77]);
+        assert_eq!(p.local.segids, vec![(77, vec!["b".to_string()])]);
         let r = p.judge(false);
         let n = names(&r);
         assert!(n.contains(&("xpmem/local/version".into(), true)));
@@ -535,66 +615,99 @@ mod tests {
         assert_eq!(why, Some(Status::Fail("no SIGBUS".into())));
         // Nothing from the share case: all of it fails.
         assert!(n.contains(&("xpmem/share/b-attach".into(), false)));
-        assert!(n.contains(&("xpmem/share/segid-typed".into(), false)));
+        assert!(n.contains(&("xpmem/share/c-attach-poweroff".into(), false)));
+        assert!(n.contains(&("xpmem/share/relay-delivered".into(), false)));
         assert!(n.contains(&("xpmem/share/monitor-exits-0".into(), false)));
+    }
+
+    /// A full share run: every VM passes every case, each segid is typed.
+    fn share_lines() -> Vec<String> {
+        let mut lines = vec!["XPMEM-CASE-BEGIN share".to_string()];
+        let base = |case: &str| {
+            case.rsplit_once('-')
+                .filter(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
+                .map(|(b, _)| b.to_string())
+                .unwrap_or_else(|| case.to_string())
+        };
+        let mut segid = 1000;
+        for (vm, _, expected) in SHARE_VMS {
+            for case in *expected {
+                if case.starts_with("export") {
+                    segid += 1;
+                    lines.push(format!(
+                        "[vm-{vm}] [ 3.0] XPMEM-TEST {} SEGID {segid} TO b,c",
+                        base(case)
+                    ));
+                    lines.push(format!("XPMEM-RELAY TYPED b SEGID {segid}"));
+                    lines.push(format!("XPMEM-RELAY TYPED c SEGID {segid}"));
+                }
+                lines.push(format!("[vm-{vm}] [ 3.1] XPMEM-TEST {} PASS", base(case)));
+            }
+        }
+        lines.push(
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0; total map_actions=2 \
+             invalidations_completed=4 invalidations_forced=0"
+                .into(),
+        );
+        lines.push("XPMEM-RELAY EXIT rc=0".into());
+        lines.push("XPMEM-CASE-END share rc=0".into());
+        lines
+    }
+
+    fn share_results(lines: &[String]) -> Vec<CaseResult> {
+        let mut p = Parsed::default();
+        for l in lines {
+            p.feed(l);
+        }
+        p.judge(false)
+            .into_iter()
+            .filter(|c| c.name.starts_with("xpmem/share/"))
+            .collect()
+    }
+
+    fn failed(r: &[CaseResult], name: &str) -> bool {
+        r.iter()
+            .any(|c| c.name == format!("xpmem/share/{name}") && c.status != Status::Pass)
     }
 
     #[test]
     fn share_passes_only_with_every_line() {
-        // Every exporter case but the last prints a segid that is typed into b.
-        let mut lines = vec!["XPMEM-CASE-BEGIN share".to_string()];
-        let base = |case: &str| case.trim_end_matches("-2").to_string();
-        for (i, case) in SHARE_A_EXPECTED.iter().enumerate() {
-            if *case != "proc-zero" {
-                let segid = 1000 + i;
-                lines.push(format!(
-                    "[vm-a] [ 3.0] XPMEM-TEST {} SEGID {segid}",
-                    base(case)
-                ));
-                lines.push(format!("XPMEM-L1 TYPED SEGID {segid}"));
-            }
-            lines.push(format!("[vm-a] [ 3.1] XPMEM-TEST {} PASS", base(case)));
-        }
-        for case in SHARE_B_EXPECTED {
-            lines.push(format!("[vm-b] [ 3.2] XPMEM-TEST {} PASS", base(case)));
-        }
-        lines.push(
-            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0; total map_actions=2".into(),
-        );
-        lines.push("XPMEM-CASE-END share rc=0".into());
-        let mut p = Parsed::default();
-        for l in &lines {
-            p.feed(l);
-        }
-        let share: Vec<_> = p
-            .judge(false)
-            .into_iter()
-            .filter(|c| c.name.starts_with("xpmem/share/"))
-            .collect();
+        let lines = share_lines();
+        let share = share_results(&lines);
         assert!(share.iter().all(|c| c.status == Status::Pass), "{share:?}");
-        assert_eq!(
-            share.len(),
-            SHARE_A_EXPECTED.len() + SHARE_B_EXPECTED.len() + 2 + 1 + 1 + 1
-        );
+        let cases: usize = SHARE_VMS.iter().map(|(_, _, e)| e.len() + 1).sum();
+        assert_eq!(share.len(), cases + 4);
 
-        // Without the last typed segid, the check fails.
-        let mut q = Parsed::default();
-        for l in lines.iter().filter(|l| !l.contains("TYPED SEGID 1005")) {
-            q.feed(l);
-        }
-        let r = q.judge(false);
-        assert!(r
+        // A segid that was not typed into one of its VMs fails the relay check.
+        let r = share_results(
+            &lines
+                .iter()
+                .filter(|l| *l != "XPMEM-RELAY TYPED c SEGID 1005")
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        assert!(failed(&r, "relay-delivered"));
+        // So does a message nobody read.
+        let mut more = lines.clone();
+        more.insert(2, "XPMEM-RELAY UNDELIVERED a GONE c".into());
+        assert!(failed(&share_results(&more), "relay-delivered"));
+        // Without c's power-off case, that check fails.
+        let r = share_results(
+            &lines
+                .iter()
+                .filter(|l| !l.contains("attach-poweroff PASS"))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        assert!(failed(&r, "c-attach-poweroff"));
+        // A forced revocation fails the run.
+        let forced: Vec<String> = lines
             .iter()
-            .any(|c| c.name == "xpmem/share/segid-typed" && c.status != Status::Pass));
-        // Without b's read-only case, that check fails.
-        let mut r = Parsed::default();
-        for l in lines.iter().filter(|l| !l.contains("attach-ro PASS")) {
-            r.feed(l);
-        }
-        assert!(r
-            .judge(false)
-            .iter()
-            .any(|c| c.name == "xpmem/share/b-attach-ro" && c.status != Status::Pass));
+            .map(|l| l.replace("invalidations_forced=0", "invalidations_forced=1"))
+            .collect();
+        let r = share_results(&forced);
+        assert!(failed(&r, "no-forced-revocation"));
+        assert!(!failed(&r, "domain-counters-zero"));
     }
 
     #[test]
@@ -604,15 +717,42 @@ mod tests {
         p.feed("XPMEM-CASE-BEGIN local");
         p.feed("[vm-a] XPMEM-TEST export PASS");
         p.feed("[vm-local] [ 1.0] Kernel panic - not syncing: x");
-        assert!(p.share_a.results.is_empty());
+        p.feed("XPMEM-CASE-END local rc=0");
+        p.feed("XPMEM-CASE-BEGIN share");
+        p.feed("[vm-zz] XPMEM-TEST export PASS");
+        assert!(p.share.is_empty());
         assert!(p.local.trouble.is_some());
     }
 
     #[test]
-    fn script_quotes_survive_format() {
+    fn script_runs_the_share_monitor_under_the_relay() {
         let s = payload_script(Duration::from_secs(42));
-        assert!(s.contains("timeout -s KILL 42 ./xpmem-vmm --config share.toml <>/tmp/stdin-b"));
-        assert!(s.contains("${l#XPMEM-VMM-EXIT rc=}"));
+        assert!(s.contains(
+            "./xpmem-relay --input a=/tmp/in-a --input b=/tmp/in-b --input c=/tmp/in-c -- \
+             timeout -s KILL 42 ./xpmem-vmm --config share.toml"
+        ));
+        assert!(s.contains("timeout -s KILL 42 ./xpmem-vmm --config local.toml"));
+    }
+
+    #[test]
+    fn share_config_gives_each_vm_its_input_fifo() {
+        let toml: String = SHARE_VMS
+            .iter()
+            .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}"))))
+            .collect();
+        let text = format!("{}{toml}", xpmem_toml());
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        let vms = parsed["vm"].as_array().unwrap();
+        assert_eq!(vms.len(), 3);
+        assert_eq!(vms[2]["input"].as_str(), Some("/tmp/in-c"));
+        assert!(vms[1]["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("xpmem.run=xpmem-share-b.sh"));
+        assert_eq!(
+            parsed["xpmem"]["invalidate_deadline_ms"].as_integer(),
+            Some(INVALIDATE_DEADLINE_MS as i64)
+        );
     }
 
     #[test]
@@ -620,23 +760,25 @@ mod tests {
         let mut p = Parsed::default();
         for line in [
             "XPMEM-CASE-BEGIN local",
-            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0 mapped_pages=0; total map_actions=7",
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0 mapped_pages=0; total map_actions=7 invalidations_forced=0",
             "XPMEM-CASE-END local rc=0",
             "XPMEM-CASE-BEGIN share",
-            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=1 mapped_pages=0; total map_actions=3",
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=1 mapped_pages=0; total map_actions=3 invalidations_forced=0",
             "XPMEM-CASE-END share rc=0",
         ] {
             p.feed(line);
         }
-        assert_eq!(p.domain_check("local").status, Status::Pass);
+        let mut out = Vec::new();
+        p.domain_checks("local", &mut out);
+        assert!(out.iter().all(|c| c.status == Status::Pass), "{out:?}");
+        out.clear();
+        p.domain_checks("share", &mut out);
         assert_eq!(
-            p.domain_check("share").status,
+            out[0].status,
             Status::Fail("domain still holds: [\"segments=1\"]".into())
         );
-        let empty = Parsed::default();
-        assert!(matches!(
-            empty.domain_check("local").status,
-            Status::Fail(_)
-        ));
+        out.clear();
+        Parsed::default().domain_checks("local", &mut out);
+        assert!(out.iter().all(|c| matches!(c.status, Status::Fail(_))));
     }
 }

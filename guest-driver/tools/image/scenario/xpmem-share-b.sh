@@ -1,0 +1,19 @@
+#!/bin/sh
+# VM b of the e2e `xpmem/share` case (see xpmem-share-a.sh). Each importer
+# waits for a "SEGID n" line on the console, typed by xpmem-relay.
+rc=0
+t() { xpmem-test "$@" || rc=1; }
+t attach                                     #  1
+t attach-ro; echo "XPMEM-POST a DONE b"      #  2
+t get-denied --uid 1000                      #  3 another uid
+echo "XPMEM-POST a DONE b"
+t attach-fork                                #  4
+t attach-multi --index 0                     #  5
+t export-multi --to c                        #  6 b exports too
+t attach-two                                 #  7
+t attach-twice                               #  8
+t attach-gone                                # 10
+t attach-exit                                # 12 exits while attached ...
+echo "XPMEM-POST a GONE b"                   #    ... and then a munmaps
+t proc-zero
+exit $rc
