@@ -1,14 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * xpmem-demo: a small XPMEM program, and a bandwidth probe.
+ * xpmem-demo: a small XPMEM program, the two sides of the two-VM demo, and
+ * a bandwidth probe.
  *   xpmem-demo export PAGES SECONDS   export a buffer, print its segid,
  *                                     print what importers wrote into it
  *   xpmem-demo attach SEGID PAGES     read the exporter's message, answer
  *   xpmem-demo bench SEGID PAGES      time first touch (fault path) and
  *                                     repeated reads of an attachment
+ *   xpmem-demo stats LABEL            print /proc/xpmem/stats on one line
+ *   xpmem-demo demo-export [PAGES]    VM a of `xpmem-e2e demo` (default 64)
+ *   xpmem-demo demo-attach [SEGID]    VM b of `xpmem-e2e demo`; without
+ *                                     SEGID, waits for "SEGID n" on stdin
+ *
+ * Demo console protocol (one flushed line each, see tests/e2e/src/demo.rs):
+ *   XPMEM-DEMO SEGID <decimal>        a: the segment is ready
+ *   XPMEM-DEMO WAITING SEGID          b: type "SEGID n" on the console now
+ *   XPMEM-DEMO STEP <key> <text>      a step happened, in words
+ *   XPMEM-DEMO FAIL <reason>          the demo failed (exit status 1)
+ *   XPMEM-DEMO DONE                   every step of this side succeeded
+ *   XPMEM-DEMO STATS <label> k=v ...  the counters of /proc/xpmem/stats
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +38,7 @@
 #include "xpmem.h"
 
 #define PAGE 4096UL
+#define WORDS (PAGE / sizeof(uint64_t))
 
 static double now(void)
 {
@@ -125,6 +144,426 @@ static int do_bench(xpmem_segid_t segid, unsigned long pages)
 	return 0;
 }
 
+/* ---- /proc/xpmem/stats ---- */
+
+#define STATS_PATH "/proc/xpmem/stats"
+
+/* Every "name: <decimal>" line of the stats file, on one line. */
+static int do_stats(const char *label)
+{
+	char line[256], name[64];
+	long long v;
+	FILE *f = fopen(STATS_PATH, "r");
+
+	if (!f) {
+		printf("XPMEM-DEMO FAIL cannot read %s: %s (is xpmem.ko loaded?)\n",
+		       STATS_PATH, strerror(errno));
+		return 1;
+	}
+	printf("XPMEM-DEMO STATS %s", label);
+	while (fgets(line, sizeof(line), f)) {
+		char end;
+
+		if (sscanf(line, "%63[a-z_]: %lld %c", name, &v, &end) == 2)
+			printf(" %s=%lld", name, v);
+	}
+	fclose(f);
+	putchar('\n');
+	fflush(stdout);
+	return 0;
+}
+
+/* One counter of the stats file, or -1 if it cannot be read. */
+static long long stat_value(const char *want)
+{
+	char line[256], name[64];
+	long long v, found = -1;
+	FILE *f = fopen(STATS_PATH, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%63[a-z_]: %lld", name, &v) == 2 &&
+		    !strcmp(name, want)) {
+			found = v;
+			break;
+		}
+	fclose(f);
+	return found;
+}
+
+/* ---- the two-VM demo ---- */
+
+#define DEMO_MAGIC	0x4f4d4544504d5058ULL	/* "XPMPDEMO" */
+#define MSG_LEN		96
+#define FIRST_WAIT	300	/* s: a waits for b to boot and attach */
+#define STEP_WAIT	90	/* s: any later step (never a speed limit) */
+
+/*
+ * Page 0 of the demo buffer: the two sides sequence the steps through it.
+ * Pages 1..npages-1 carry data; a unmaps them (and keeps page 0) to show the
+ * invalidation, so the control page still works afterwards.
+ */
+struct demo_ctl {
+	uint64_t magic;
+	uint64_t npages;
+	uint64_t a_state;	/* A_* */
+	uint64_t b_state;	/* B_* */
+	char a_msg[MSG_LEN];
+	char b_msg[MSG_LEN];
+};
+
+enum { A_NONE, A_EXPORTED, A_WROTE, A_UNMAPPED };
+enum { B_NONE, B_WROTE, B_SAW, B_DONE };
+
+static const char A_HELLO[] = "hello from a";
+static const char A_REPLY[] = "hi b, a here: got your message";
+static const char B_HELLO[] = "hello from b";
+
+static void step(const char *key, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("XPMEM-DEMO STEP %s ", key);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
+static int demo_fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("XPMEM-DEMO FAIL ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+	return 1;
+}
+
+static int demo_done(void)
+{
+	printf("XPMEM-DEMO DONE\n");
+	fflush(stdout);
+	return 0;
+}
+
+static uint64_t load(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static void store(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* Wait until *p >= want; false after @seconds. */
+static bool wait_state(const uint64_t *p, uint64_t want, int seconds)
+{
+	double end = now() + seconds;
+
+	while (load(p) < want) {
+		if (now() > end)
+			return false;
+		usleep(1000);
+	}
+	return true;
+}
+
+static void set_msg(char *dst, const char *src)
+{
+	strncpy(dst, src, MSG_LEN - 1);
+	dst[MSG_LEN - 1] = 0;
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+/* A message written by the other VM, NUL-terminated even if it is not. */
+static const char *get_msg(const char *src, char *copy)
+{
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	memcpy(copy, src, MSG_LEN);
+	copy[MSG_LEN - 1] = 0;
+	return copy;
+}
+
+static uint64_t pattern(uint64_t page, uint64_t word, uint64_t gen)
+{
+	return (page << 32) ^ word ^ (gen * 0x9e3779b97f4a7c15ULL);
+}
+
+static void fill(volatile uint64_t *buf, uint64_t npages, uint64_t gen)
+{
+	uint64_t p, w;
+
+	for (p = 1; p < npages; p++)
+		for (w = 0; w < WORDS; w++)
+			buf[p * WORDS + w] = pattern(p, w, gen);
+}
+
+/* Index of the first word of pages 1..npages-1 that is wrong, or -1. */
+static long check(const volatile uint64_t *buf, uint64_t npages, uint64_t gen)
+{
+	uint64_t p, w;
+
+	for (p = 1; p < npages; p++)
+		for (w = 0; w < WORDS; w++)
+			if (buf[p * WORDS + w] != pattern(p, w, gen))
+				return p * WORDS + w;
+	return -1;
+}
+
+static int demo_export(unsigned long npages)
+{
+	size_t len = npages * PAGE;
+	struct demo_ctl *ctl;
+	volatile uint64_t *buf;
+	char msg[MSG_LEN];
+	long long sent0, sent1;
+	xpmem_segid_t segid;
+	double t0, t1;
+	long bad;
+	void *p;
+
+	if (npages < 2 || npages > 65536)
+		return demo_fail("demo-export needs 2..65536 pages, got %lu", npages);
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return demo_fail("mmap of %lu pages: %s", npages, strerror(errno));
+	ctl = p;
+	buf = p;
+	ctl->magic = DEMO_MAGIC;
+	ctl->npages = npages;
+	set_msg(ctl->a_msg, A_HELLO);
+	fill(buf, npages, 1);
+	segid = xpmem_make(p, len, XPMEM_PERMIT_MODE, (void *)0666);
+	if (segid == -1)
+		return demo_fail("xpmem_make: %s", strerror(errno));
+	store(&ctl->a_state, A_EXPORTED);
+	step("export", "exported %lu pages (%lu KiB) as segid %#llx; page 0 says '%s'",
+	     npages, len >> 10, (unsigned long long)segid, A_HELLO);
+	printf("XPMEM-DEMO SEGID %lld\n", (long long)segid);
+	fflush(stdout);
+
+	if (!wait_state(&ctl->b_state, B_WROTE, FIRST_WAIT))
+		return demo_fail("b did not attach and write within %d s", FIRST_WAIT);
+	bad = check(buf, npages, 2);
+	if (bad >= 0)
+		return demo_fail("b's data is not in a's buffer: word %ld is %#llx",
+				 bad, (unsigned long long)buf[bad]);
+	if (strcmp(get_msg(ctl->b_msg, msg), B_HELLO))
+		return demo_fail("b's message reads '%s', want '%s'", msg, B_HELLO);
+	step("sees-b", "sees b's write: '%s' (and b's pattern in all %lu data pages)",
+	     msg, npages - 1);
+
+	/* Each step is printed before the other side may act on it. */
+	fill(buf, npages, 3);
+	set_msg(ctl->a_msg, A_REPLY);
+	step("write", "wrote '%s' and a new pattern into the %lu data pages",
+	     A_REPLY, npages - 1);
+	store(&ctl->a_state, A_WROTE);
+
+	if (!wait_state(&ctl->b_state, B_SAW, STEP_WAIT))
+		return demo_fail("b did not read a's write within %d s", STEP_WAIT);
+	sent0 = stat_value("inval_sent");
+	t0 = now();
+	if (munmap((char *)p + PAGE, len - PAGE))
+		return demo_fail("munmap of the data pages: %s", strerror(errno));
+	t1 = now();
+	sent1 = stat_value("inval_sent");
+	if (sent1 <= sent0) {
+		store(&ctl->a_state, A_UNMAPPED);
+		return demo_fail("munmap sent no invalidation (inval_sent %lld -> %lld)",
+				 sent0, sent1);
+	}
+	step("munmap", "munmap of the %lu data pages returned after %.1f ms, once the monitor had invalidated b's mapping (inval_sent %lld -> %lld)",
+	     npages - 1, (t1 - t0) * 1e3, sent0, sent1);
+	store(&ctl->a_state, A_UNMAPPED);
+
+	/* b still has page 0 attached: removing the segment revokes it. */
+	if (!wait_state(&ctl->b_state, B_DONE, STEP_WAIT))
+		return demo_fail("b did not finish within %d s", STEP_WAIT);
+	if (xpmem_remove(segid))
+		return demo_fail("xpmem_remove: %s", strerror(errno));
+	step("remove", "removed segid %#llx while b still had page 0 attached",
+	     (unsigned long long)segid);
+	munmap(p, PAGE);
+	return demo_done();
+}
+
+/* Waits for a line "SEGID <n>" on stdin (the harness types it). */
+static xpmem_segid_t segid_from_stdin(int seconds)
+{
+	char line[256];
+	double end = now() + seconds;
+
+	printf("XPMEM-DEMO WAITING SEGID\n");
+	fflush(stdout);
+	for (;;) {
+		struct pollfd pfd = { .fd = 0, .events = POLLIN };
+		int left = (int)((end - now()) * 1000);
+		char *s;
+
+		if (left <= 0 || poll(&pfd, 1, left) <= 0)
+			return -1;
+		if (!fgets(line, sizeof(line), stdin))
+			return -1;
+		s = strstr(line, "SEGID ");
+		if (s)
+			return strtoll(s + 6, NULL, 0);
+	}
+}
+
+static sigjmp_buf fault_jmp;
+static volatile sig_atomic_t fault_sig;
+
+static void on_fault(int sig)
+{
+	fault_sig = sig;
+	siglongjmp(fault_jmp, 1);
+}
+
+/* Reads *p; returns the signal that raised (SIGBUS, SIGSEGV), or 0. */
+static int touch(const volatile uint64_t *p)
+{
+	struct sigaction sa = { .sa_handler = on_fault }, obus, osegv;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, &obus);
+	sigaction(SIGSEGV, &sa, &osegv);
+	fault_sig = 0;
+	if (!sigsetjmp(fault_jmp, 1))
+		(void)*p;
+	sigaction(SIGBUS, &obus, NULL);
+	sigaction(SIGSEGV, &osegv, NULL);
+	return fault_sig;
+}
+
+static int demo_attach(xpmem_segid_t segid)
+{
+	long long recv0, rev0, map0, recv1, rev1, map1;
+	struct xpmem_addr addr;
+	volatile uint64_t *buf;
+	struct demo_ctl *ctl;
+	char msg[MSG_LEN];
+	xpmem_apid_t apid;
+	uint64_t npages;
+	double t0;
+	long bad;
+	int sig;
+	void *p;
+
+	if (segid <= 0)
+		segid = segid_from_stdin(FIRST_WAIT);
+	if (segid <= 0)
+		return demo_fail("no segid typed on the console within %d s",
+				 FIRST_WAIT);
+	apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1)
+		return demo_fail("xpmem_get(%#llx): %s",
+				 (unsigned long long)segid, strerror(errno));
+	/* Page 0 first, to learn the size. */
+	addr.apid = apid;
+	addr.offset = 0;
+	p = xpmem_attach(addr, PAGE, NULL);
+	if (p == (void *)-1)
+		return demo_fail("xpmem_attach of page 0: %s", strerror(errno));
+	ctl = p;
+	if (ctl->magic != DEMO_MAGIC)
+		return demo_fail("page 0 of segid %#llx is not a demo buffer (magic %#llx)",
+				 (unsigned long long)segid,
+				 (unsigned long long)ctl->magic);
+	npages = ctl->npages;
+	if (npages < 2 || npages > 65536)
+		return demo_fail("the exporter claims %llu pages",
+				 (unsigned long long)npages);
+	xpmem_detach(p);
+	p = xpmem_attach(addr, npages * PAGE, NULL);
+	if (p == (void *)-1)
+		return demo_fail("xpmem_attach of %llu pages: %s",
+				 (unsigned long long)npages, strerror(errno));
+	ctl = p;
+	buf = p;
+	bad = check(buf, npages, 1);
+	if (bad >= 0)
+		return demo_fail("a's data is wrong at word %ld: %#llx", bad,
+				 (unsigned long long)buf[bad]);
+	step("attach", "attached segid %#llx (%llu pages); read '%s' (and a's pattern in all %llu data pages)",
+	     (unsigned long long)segid, (unsigned long long)npages,
+	     get_msg(ctl->a_msg, msg), (unsigned long long)npages - 1);
+
+	fill(buf, npages, 2);
+	set_msg(ctl->b_msg, B_HELLO);
+	step("write", "wrote '%s' and a new pattern into the %llu data pages",
+	     B_HELLO, (unsigned long long)npages - 1);
+	store(&ctl->b_state, B_WROTE);
+
+	if (!wait_state(&ctl->a_state, A_WROTE, STEP_WAIT))
+		return demo_fail("a did not answer within %d s", STEP_WAIT);
+	bad = check(buf, npages, 3);
+	if (bad >= 0)
+		return demo_fail("a's new data is not visible: word %ld is %#llx",
+				 bad, (unsigned long long)buf[bad]);
+	if (strcmp(get_msg(ctl->a_msg, msg), A_REPLY))
+		return demo_fail("a's reply reads '%s', want '%s'", msg, A_REPLY);
+	step("sees-a", "sees a's write: '%s' (and a's new pattern in all %llu data pages)",
+	     msg, (unsigned long long)npages - 1);
+
+	/* Counters before a's munmap, which waits for our B_SAW. */
+	recv0 = stat_value("inval_recv");
+	rev0 = stat_value("revoked_recv");
+	map0 = stat_value("pages_mapped");
+	store(&ctl->b_state, B_SAW);
+	if (!wait_state(&ctl->a_state, A_UNMAPPED, STEP_WAIT))
+		return demo_fail("a did not unmap within %d s", STEP_WAIT);
+	recv1 = stat_value("inval_recv");
+	rev1 = stat_value("revoked_recv");
+	map1 = stat_value("pages_mapped");
+	if (recv1 <= recv0)
+		return demo_fail("b received no invalidation (inval_recv %lld -> %lld)",
+				 recv0, recv1);
+	if (rev1 != rev0)
+		return demo_fail("the monitor revoked b's mapping instead of waiting for b's acknowledgement (revoked_recv %lld -> %lld)",
+				 rev0, rev1);
+	step("invalidated", "a's munmap reached b as an invalidation, which b acknowledged: inval_recv %lld -> %lld, revoked_recv %lld -> %lld, pages_mapped %lld -> %lld",
+	     recv0, recv1, rev0, rev1, map0, map1);
+
+	sig = touch(buf + WORDS);
+	if (sig != SIGBUS)
+		return demo_fail("touch of a data page after a's munmap: %s, want SIGBUS",
+				 sig ? strsignal(sig) : "no fault (the old page is still mapped)");
+	if (touch(&ctl->magic))
+		return demo_fail("page 0, which a did not unmap, faults too");
+	step("sigbus", "touch of a data page after a's munmap: SIGBUS (refused); page 0, which a kept, still reads fine");
+
+	/* a removes the segment now; the monitor revokes our attachment. */
+	store(&ctl->b_state, B_DONE);
+	t0 = now();
+	do {
+		sig = touch(&ctl->magic);
+		if (sig)
+			break;
+		usleep(1000);
+	} while (now() < t0 + STEP_WAIT);
+	if (sig != SIGBUS)
+		return demo_fail("page 0 still %s after a removed the segment, want SIGBUS",
+				 sig ? strsignal(sig) : "readable");
+	rev0 = rev1;
+	rev1 = stat_value("revoked_recv");
+	if (xpmem_detach(p))
+		return demo_fail("xpmem_detach: %s", strerror(errno));
+	if (xpmem_release(apid))
+		return demo_fail("xpmem_release: %s", strerror(errno));
+	step("detach", "a's xpmem_remove revoked b's attachment (revoked_recv %lld -> %lld), page 0 now gives SIGBUS too; detached and released",
+	     rev0, rev1);
+	return demo_done();
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "export"))
@@ -135,6 +574,13 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "bench"))
 		return do_bench(strtoll(argv[2], NULL, 0),
 				strtoul(argv[3], NULL, 0));
-	fprintf(stderr, "usage: xpmem-demo export PAGES SECONDS | attach SEGID PAGES | bench SEGID PAGES\n");
+	if (argc == 3 && !strcmp(argv[1], "stats"))
+		return do_stats(argv[2]);
+	if ((argc == 2 || argc == 3) && !strcmp(argv[1], "demo-export"))
+		return demo_export(argc == 3 ? strtoul(argv[2], NULL, 0) : 64);
+	if ((argc == 2 || argc == 3) && !strcmp(argv[1], "demo-attach"))
+		return demo_attach(argc == 3 ? strtoll(argv[2], NULL, 0) : 0);
+	fprintf(stderr, "usage: xpmem-demo export PAGES SECONDS | attach SEGID PAGES | bench SEGID PAGES\n"
+		"       xpmem-demo stats LABEL | demo-export [PAGES] | demo-attach [SEGID]\n");
 	return 2;
 }

@@ -6,12 +6,14 @@
 //! * [`scenario`]: runs multi-VM monitor configurations and parses guest consoles.
 //! * [`cases`]: the end-to-end test groups.
 //! * [`relay`]: passes messages between guests through their serial consoles.
+//! * [`demo`]: the two-VM XPMEM demo (`xpmem-e2e demo`, `./scripts/demo.sh`).
 //! * [`xpmem_group`]: the `xpmem` group (guest driver + device, one and two VMs).
 
 pub mod cases;
 pub mod console;
 pub mod cpio;
 pub mod debian;
+pub mod demo;
 pub mod hash;
 pub mod image;
 pub mod kmod;

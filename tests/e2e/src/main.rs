@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use xpmem_e2e::cases::{self, CaseResult, Env, Status};
 use xpmem_e2e::debian::Cache;
+use xpmem_e2e::demo;
 use xpmem_e2e::image::{self, Spec};
 use xpmem_e2e::nested::{self, KvmLoad, Mode, Options, Payload};
 use xpmem_e2e::process::{self, Exit, Flow};
@@ -42,7 +43,12 @@ commands:
       --append STR           extra kernel command line
   scenario CONFIG.toml --vmm BIN [--nested|--direct] [--timeout S] [--verbose|--quiet]
                              run the monitor with a multi-VM config on the test host
-  demo --vmm BIN [...]       the default two-VM setup (2 vCPUs, 512 MiB each)
+  demo --vmm BIN [--nested|--direct] [--verbose|--guests]
+                             the default two VMs a and b (2 vCPUs, 512 MiB each) with
+                             xpmem.ko: a exports a buffer, b attaches it, writes go both
+                             ways, a unmaps and b's next touch gets SIGBUS; prints each
+                             step, the xpmem counters and a verdict (exit 1 on failure);
+                             needs `make -C guest-driver all`
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
                              run end-to-end groups (default: errors boot xpmem;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
@@ -66,6 +72,8 @@ enum CliError {
     Nested(#[from] nested::Error),
     #[error(transparent)]
     Debian(#[from] xpmem_e2e::debian::Error),
+    #[error(transparent)]
+    Demo(#[from] demo::Error),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -388,39 +396,23 @@ fn print_report(report: &scenario::Report) -> bool {
     ok
 }
 
-fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
+fn cmd_scenario(args: &mut Args) -> Result<ExitCode, CliError> {
     let f = parse_run_flags(args, Echo::Guests)?;
     let vmm = f.vmm.clone().ok_or_else(|| {
         CliError::Usage("--vmm BIN is required (tests/nested/build-static.sh xpmem-vmm)".into())
     })?;
     let c = cache();
-    let prepared = if demo {
-        let env = Env {
-            cache: c.clone(),
-            vmm,
-            opts: f.opts.clone(),
-            echo: f.echo,
-        };
-        // The monitor's deadline leaves a minute for L1 to report it.
-        let vmm_deadline = f
-            .opts
-            .timeout
-            .saturating_sub(Duration::from_secs(60))
-            .max(Duration::from_secs(60));
-        cases::two_vm_scenario(&env, vmm_deadline)?
-    } else {
-        let [config] = f.positional.as_slice() else {
-            return Err(CliError::Usage(
-                "scenario needs exactly one CONFIG.toml".into(),
-            ));
-        };
-        let vmm_deadline = f
-            .opts
-            .timeout
-            .saturating_sub(Duration::from_secs(60))
-            .max(Duration::from_secs(60));
-        scenario::prepare_file(std::path::Path::new(config), &vmm, vmm_deadline)?
+    let [config] = f.positional.as_slice() else {
+        return Err(CliError::Usage(
+            "scenario needs exactly one CONFIG.toml".into(),
+        ));
     };
+    let vmm_deadline = f
+        .opts
+        .timeout
+        .saturating_sub(Duration::from_secs(60))
+        .max(Duration::from_secs(60));
+    let prepared = scenario::prepare_file(std::path::Path::new(config), &vmm, vmm_deadline)?;
     let host = nested::detect_host();
     println!(
         "[nested] {} VMs ({}); test host: {}",
@@ -433,11 +425,9 @@ fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
         }
     );
     let mut opts = f.opts.clone();
-    let log = xpmem_e2e::build_dir().join("logs").join(format!(
-        "{}-{}.console.log",
-        if demo { "demo" } else { "scenario" },
-        std::process::id()
-    ));
+    let log = xpmem_e2e::build_dir()
+        .join("logs")
+        .join(format!("scenario-{}.console.log", std::process::id()));
     println!("[nested] full console log: {}", log.display());
     opts.console_log = Some(log);
     let report = scenario::run(&c, &prepared, &opts, f.echo)?;
@@ -446,6 +436,37 @@ fn cmd_scenario(args: &mut Args, demo: bool) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The demo: VM a exports a buffer, VM b attaches it (see `xpmem_e2e::demo`).
+fn cmd_demo(args: &mut Args) -> Result<ExitCode, CliError> {
+    let f = parse_run_flags(args, Echo::Progress)?;
+    if let Some(extra) = f.positional.first() {
+        return Err(CliError::Usage(format!("demo takes no argument `{extra}`")));
+    }
+    let vmm = f.vmm.clone().ok_or_else(|| {
+        CliError::Usage("--vmm BIN is required (./scripts/demo.sh builds and passes it)".into())
+    })?;
+    let env = Env {
+        cache: cache(),
+        vmm,
+        opts: f.opts.clone(),
+        echo: f.echo,
+    };
+    let log = xpmem_e2e::build_dir()
+        .join("logs")
+        .join(format!("demo-{}.console.log", std::process::id()));
+    let problems = demo::run(&env, &log)?;
+    println!("{}", demo::Demo::verdict(&problems));
+    for p in &problems {
+        println!("  - {p}");
+    }
+    if problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("full console: {}", log.display());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn cmd_test(args: &mut Args) -> Result<ExitCode, CliError> {
@@ -536,8 +557,8 @@ fn real_main() -> Result<ExitCode, CliError> {
         Some("l1-run") => cmd_l1_run(&mut args),
         Some("guest-image") => cmd_guest_image(&mut args),
         Some("qemu-guest") => cmd_qemu_guest(&mut args),
-        Some("scenario") => cmd_scenario(&mut args, false),
-        Some("demo") => cmd_scenario(&mut args, true),
+        Some("scenario") => cmd_scenario(&mut args),
+        Some("demo") => cmd_demo(&mut args),
         Some("test") => cmd_test(&mut args),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
