@@ -1,12 +1,39 @@
 #!/bin/sh
-# The demo: installs what is needed, builds, and launches the default two-VM
-# setup (VMs a and b, 2 vCPUs and 512 MiB each) with the xpmem-vmm monitor on
-# the KVM test host: directly where the CPU has VMX/SVM, otherwise inside a
-# nested QEMU-TCG VM with emulated SVM. Both guests boot, print their banner
-# and virtio devices, and power off.
+# The demo: installs what is needed, builds the monitor, the harness and the
+# guest driver, and runs `xpmem-e2e demo`: the default two VMs a and b
+# (2 vCPUs and 512 MiB each) under the xpmem-vmm monitor on the KVM test host
+# (directly where the CPU has VMX/SVM, otherwise inside a nested QEMU-TCG VM
+# with emulated SVM). VM a exports a buffer with XPMEM, VM b attaches it,
+# writes go both ways, a unmaps and b's next touch gets SIGBUS. It prints each
+# step, the xpmem counters of both guests and of the host, and a verdict;
+# exits non-zero if any step failed. Extra arguments go to `xpmem-e2e demo`
+# (e.g. --verbose for the whole console).
 set -eu
 . "$(dirname "$0")/lib.sh"
 install_deps
 build_all
-say "launching two VMs"
+
+# xpmem.ko must match the Debian kernel the guests boot: the version
+# linux-image-amd64 depends on (or $XPMEM_KERNEL_PKG), as xpmem-e2e fetches it.
+if [ -n "${XPMEM_KERNEL_PKG:-}" ]; then
+	kver=${XPMEM_KERNEL_PKG#linux-image-}
+else
+	kver=$(apt-cache depends linux-image-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: linux-image-\(.*-amd64\)$/\1/p' | head -1)
+fi
+[ -n "$kver" ] || die "cannot tell the guest kernel version (apt-cache depends linux-image-amd64 names none)"
+if [ ! -d "/usr/src/linux-headers-$kver" ]; then
+	say "apt-get install linux-headers-$kver"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		"linux-headers-$kver" >/dev/null || die "apt-get install linux-headers-$kver failed"
+fi
+mkdir -p "$repo/build/logs"
+glog=$repo/build/logs/guest-driver-build.txt
+say "make -C guest-driver all (xpmem.ko for $kver, libxpmem, xpmem-demo)"
+if ! make -C "$repo/guest-driver" KVER="$kver" all >"$glog" 2>&1; then
+	tail -30 "$glog"
+	die "the guest driver did not build (full log: $glog)"
+fi
+
+say "running the demo (xpmem-e2e demo)"
 exec "$bindir/xpmem-e2e" demo --vmm "$bindir/xpmem-vmm" "$@"

@@ -52,17 +52,29 @@ const VMM_DEADLINE: Duration = Duration::from_secs(360);
 /// With no new output for this long, a progress line says what is awaited.
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
-/// The steps `xpmem-demo demo-export` reports in VM `a`, in order.
-const A_STEPS: &[&str] = &["export", "sees-b", "write", "munmap", "remove"];
-/// The steps `xpmem-demo demo-attach` reports in VM `b`, in order.
-const B_STEPS: &[&str] = &[
-    "attach",
-    "write",
-    "sees-a",
-    "invalidated",
-    "sigbus",
-    "detach",
+/// The steps `xpmem-demo demo-export` (VM `a`) and `demo-attach` (VM `b`)
+/// report, in causal order: each one happens after the previous one, enforced
+/// by the control word in page 0 (or, for `invalidated` and `detach`, by the
+/// munmap and the remove that precede them). Console lines of two VMs arrive
+/// in any order (a long line takes a while through a nested serial port), so
+/// step lines are shown in this order.
+const STEPS: &[(&str, &str)] = &[
+    ("a", "export"),
+    ("b", "attach"),
+    ("b", "write"),
+    ("a", "sees-b"),
+    ("a", "write"),
+    ("b", "sees-a"),
+    ("a", "munmap"),
+    ("b", "invalidated"),
+    ("b", "sigbus"),
+    ("a", "remove"),
+    ("b", "detach"),
 ];
+
+fn steps_of(vm: &str) -> impl Iterator<Item = &'static str> + '_ {
+    STEPS.iter().filter(move |(v, _)| *v == vm).map(|(_, s)| *s)
+}
 
 /// The `/proc/xpmem/stats` counters shown in the table, in order.
 const SHOWN_STATS: &[&str] = &[
@@ -239,6 +251,10 @@ pub struct Demo {
     pub domain: Option<DomainReport>,
     /// The monitor's other lines (`xpmem-vmm: ...`), for failure reasons.
     pub monitor: Vec<String>,
+    /// Step lines that arrived before an earlier step's: `(index in STEPS, line)`.
+    held_back: Vec<(usize, String)>,
+    /// Index in [`STEPS`] of the next step line to show.
+    next_step: usize,
     stage: Stage,
     start: Instant,
     vmm_start: Option<Instant>,
@@ -255,6 +271,8 @@ impl Demo {
             vmm_exit: None,
             domain: None,
             monitor: Vec::new(),
+            held_back: Vec::new(),
+            next_step: 0,
             stage: if nested { Stage::Host } else { Stage::Boot },
             start: Instant::now(),
             vmm_start: None,
@@ -373,12 +391,21 @@ impl Demo {
         match verb {
             "STEP" => {
                 let (key, what) = tail.split_once(' ').unwrap_or((tail, ""));
-                out.push(format!("[{vm}] {what}"));
                 v.steps.push((key.to_string(), what.to_string()));
+                let shown = format!("[{vm}] {what}");
+                match STEPS.iter().position(|&(sv, sk)| sv == vm && sk == key) {
+                    Some(i) => {
+                        self.held_back.push((i, shown));
+                        self.release_steps(out);
+                    }
+                    None => out.push(shown),
+                }
             }
             "FAIL" => {
-                out.push(format!("[{vm}] FAILED: {tail}"));
                 v.failure.get_or_insert_with(|| tail.to_string());
+                let failed = format!("[{vm}] FAILED: {tail}");
+                out.extend(self.flush_steps());
+                out.push(failed);
             }
             "DONE" => v.done = true,
             "SEGID" => v.segid = tail.trim().parse().ok(),
@@ -400,6 +427,28 @@ impl Demo {
         };
     }
 
+    /// Shows held-back step lines whose predecessors have all been shown.
+    fn release_steps(&mut self, out: &mut Vec<String>) {
+        while let Some(k) = self
+            .held_back
+            .iter()
+            .position(|(i, _)| *i == self.next_step)
+        {
+            out.push(self.held_back.remove(k).1);
+            self.next_step += 1;
+        }
+    }
+
+    /// Every held-back step line, in step order (once a step is known to be
+    /// missing, or at the end).
+    pub fn flush_steps(&mut self) -> Vec<String> {
+        self.held_back.sort_by_key(|(i, _)| *i);
+        if let Some((i, _)) = self.held_back.last() {
+            self.next_step = self.next_step.max(i + 1);
+        }
+        self.held_back.drain(..).map(|(_, l)| l).collect()
+    }
+
     /// Everything that went wrong; empty if the demo succeeded.
     pub fn problems(&self, timed_out: bool) -> Vec<String> {
         let mut p = Vec::new();
@@ -409,7 +458,7 @@ impl Demo {
         if !self.vmm_started {
             p.push("the monitor never started on the test host".into());
         }
-        for (name, v, steps) in [("a", &self.a, A_STEPS), ("b", &self.b, B_STEPS)] {
+        for (name, v) in [("a", &self.a), ("b", &self.b)] {
             if let Some(t) = &v.trouble {
                 p.push(format!("VM {name}'s kernel reported: {t}"));
             }
@@ -421,9 +470,7 @@ impl Demo {
                 }
                 continue;
             }
-            let missing: Vec<&str> = steps
-                .iter()
-                .copied()
+            let missing: Vec<&str> = steps_of(name)
                 .filter(|s| !v.steps.iter().any(|(k, _)| k == s))
                 .collect();
             if let Some(f) = &v.failure {
@@ -518,13 +565,13 @@ impl Demo {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "  {:<16} {:>8} {:>8}   {:>8} {:>8}",
+            "  {:<18} {:>8} {:>8}   {:>8} {:>8}",
             "/proc/xpmem/stats", "a before", "a after", "b before", "b after"
         );
         for name in SHOWN_STATS {
             let _ = writeln!(
                 s,
-                "  {:<16} {:>8} {:>8}   {:>8} {:>8}",
+                "  {:<18} {:>8} {:>8}   {:>8} {:>8}",
                 name,
                 cell(&self.a, "before", name),
                 cell(&self.a, "after", name),
@@ -664,9 +711,12 @@ pub fn run(env: &Env, log: &Path) -> Result<Vec<String>, Error> {
         finished.store(true, Ordering::Relaxed);
         r
     })?;
-    let demo = demo
+    let mut demo = demo
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for l in demo.flush_steps() {
+        println!("{l}");
+    }
     println!();
     println!("xpmem counters in each guest, before and after the demo:");
     print!("{}", demo.stats_table());
@@ -697,11 +747,12 @@ mod tests {
             "[vm-b] [    5.4] XPMEM-DEMO WAITING SEGID".into(),
             "XPMEM-DEMO-L1 TYPED SEGID 42".into(),
         ];
-        for s in B_STEPS {
-            l.push(format!("[vm-b] [ 6.0] XPMEM-DEMO STEP {s} b did {s}"));
-        }
-        for s in &A_STEPS[1..] {
+        // b's lines arrive late: all of them after all of a's.
+        for s in steps_of("a").skip(1) {
             l.push(format!("[vm-a] [ 6.0] XPMEM-DEMO STEP {s} a did {s}\r"));
+        }
+        for s in steps_of("b") {
+            l.push(format!("[vm-b] [ 6.0] XPMEM-DEMO STEP {s} b did {s}"));
         }
         l.extend([
             "[vm-a] [ 7.0] XPMEM-DEMO DONE".into(),
@@ -730,9 +781,23 @@ mod tests {
         let lines = good_run();
         let (d, shown) = run_lines(&lines);
         assert_eq!(d.problems(false), Vec::<String>::new());
-        assert!(shown.contains(&"[a] exported 64 pages (256 KiB) as segid 0x2a".to_string()));
-        assert!(shown.contains(&"[b] b did sigbus".to_string()));
-        assert!(shown.contains(&"[a] a did munmap".to_string()), "{shown:?}");
+        // Step lines are shown in causal order, whatever order they came in.
+        let steps: Vec<&str> = shown
+            .iter()
+            .filter(|l| l.contains(" did ") || l.contains("exported"))
+            .map(String::as_str)
+            .collect();
+        let want: Vec<String> = STEPS
+            .iter()
+            .map(|(vm, s)| {
+                if *s == "export" {
+                    "[a] exported 64 pages (256 KiB) as segid 0x2a".to_string()
+                } else {
+                    format!("[{vm}] {vm} did {s}")
+                }
+            })
+            .collect();
+        assert_eq!(steps, want);
         assert!(shown.contains(&"[host] typed \"SEGID 42\" on b's console".to_string()));
         assert!(shown.iter().any(|l| l.starts_with("[a] booted after")
             && l.contains("2 CPUs")
@@ -769,8 +834,14 @@ mod tests {
             lines.len() - 4,
             "[vm-b] [ 6.5] XPMEM-DEMO FAIL touch of a data page after a's munmap: no fault".into(),
         );
-        let (d, shown) = run_lines(&lines);
-        assert!(shown.iter().any(|l| l.starts_with("[b] FAILED: touch")));
+        let (mut d, shown) = run_lines(&lines);
+        // a's later steps were held back until b's failure, then shown before it.
+        let fail = shown
+            .iter()
+            .position(|l| l.starts_with("[b] FAILED: touch"));
+        let remove = shown.iter().position(|l| l == "[a] a did remove");
+        assert!(remove.is_some() && remove < fail, "{shown:?}");
+        assert!(d.flush_steps().is_empty());
         let p = d.problems(false);
         assert_eq!(
             p,
