@@ -772,10 +772,13 @@ static int multi_join(volatile uint64_t *wr, volatile uint64_t *rd,
 	rc = verify_pages(rd, 0, opt.pages, REWRITE_GEN);
 	if (!rc && wr != rd)
 		rc = verify_pages(wr, 0, opt.pages, REWRITE_GEN);
-	if (rc)
-		return rc;
-	wctl->slot[idx] = SLOT_REREAD;
-	return EXIT_PASS;
+	return rc;
+}
+
+/* Last step of the protocol: after it the exporter removes the segment. */
+static void multi_leave(volatile uint64_t *buf, unsigned int idx)
+{
+	((volatile struct ctl *)buf)->slot[idx] = SLOT_REREAD;
 }
 
 /* export-multi: one segment, --importers N importers (attach-multi --index i). */
@@ -799,7 +802,10 @@ static int case_attach_multi(void)
 
 	if (!rc)
 		rc = multi_join(imp_buf, imp_buf, opt.index);
-	return rc ? rc : imp_finish();
+	if (rc)
+		return rc;
+	multi_leave(imp_buf, opt.index);
+	return imp_finish();
 }
 
 /* export-two: two segments from one process, one importer each (attach-two). */
@@ -853,6 +859,7 @@ static int case_attach_two(void)
 		rc = multi_join(buf[i], buf[i], 0);
 		if (rc)
 			return rc;
+		multi_leave(buf[i], 0);
 	}
 	for (i = 0; i < 2; i++)
 		if (xpmem_detach((void *)buf[i]) || xpmem_release(apid[i]))
@@ -881,10 +888,14 @@ static int case_attach_twice(void)
 	rc = multi_join(imp_buf, second, 0);
 	if (rc)
 		return rc;
+	/* Before leaving: the exporter removes the segment once we left. */
 	if (xpmem_detach((void *)second))
 		return fail("xpmem_detach (second): %s", strerror(errno));
 	rc = imp_verify(REWRITE_GEN);
-	return rc ? rc : imp_finish();
+	if (rc)
+		return rc;
+	multi_leave(imp_buf, 0);
+	return imp_finish();
 }
 
 /* ---- memory pressure in the exporter ---- */
@@ -1042,7 +1053,7 @@ static int case_export_pressure(void)
 	if (mprotect((void *)(buf + WORDS * 256), PAGE, PROT_READ) ||
 	    mprotect((void *)(buf + WORDS * 256), PAGE, PROT_READ | PROT_WRITE))
 		return fail("mprotect: %s", strerror(errno));
-	balloon(60);
+	balloon(40);
 	write_proc("/proc/sys/vm/drop_caches", "3");
 	write_proc("/proc/sys/vm/compact_memory", "1");
 	if (read_pfns(buf, n, pfn0))
@@ -1111,7 +1122,7 @@ static int case_attach_follow(void)
 static int case_export_wait_gone(void)
 {
 	volatile struct ctl *ctl;
-	long long t0, t1, r0, r1;
+	long long t0, t1, r0, r1, s0, s1;
 	char who[64];
 	double start, ms;
 	int rc = export_setup();
@@ -1123,14 +1134,19 @@ static int case_export_wait_gone(void)
 		return fail("importer did not read");
 	if (!wait_line("GONE", who, sizeof(who)))
 		return fail("no GONE line on the console");
-	if (read_stat("inval_targets", &t0) || read_stat("inval_revoked", &r0))
+	if (read_stat("inval_targets", &t0) || read_stat("inval_revoked", &r0) ||
+	    read_stat("inval_sent", &s0))
 		return fail("/proc/xpmem/stats has no inval_targets/inval_revoked");
 	start = now();
 	if (munmap((void *)exp_buf, (opt.pages + 1) * PAGE))
 		return fail("munmap: %s", strerror(errno));
 	ms = (now() - start) * 1000;
-	if (read_stat("inval_targets", &t1) || read_stat("inval_revoked", &r1))
+	if (read_stat("inval_targets", &t1) || read_stat("inval_revoked", &r1) ||
+	    read_stat("inval_sent", &s1))
 		return fail("/proc/xpmem/stats lost its counters");
+	/* The pages were handed out, so the munmap must have asked the host. */
+	if (s1 == s0)
+		return fail("munmap sent no INVALIDATE: nothing to check");
 	say("NOTE munmap after %s left took %.1f ms: %lld importer target(s), %lld revoked",
 	    who, ms, t1 - t0, r1 - r0);
 	if (t1 != t0 || r1 != r0)

@@ -502,18 +502,18 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         .and_then(|exe| exe.parent().map(|dir| dir.join("xpmem-relay")))
         .unwrap_or_else(|| PathBuf::from("xpmem-relay"));
     for (p, how) in [
-        (&ko, "make -C guest-driver"),
-        (&tools.join("bin/xpmem-test"), "make -C guest-driver"),
+        (&ko, "run `make -C guest-driver`"),
+        (&tools.join("bin/xpmem-test"), "run `make -C guest-driver`"),
         (
             &relay,
-            "build it static beside xpmem-e2e: tests/nested/build-static.sh xpmem-e2e",
+            "build it beside xpmem-e2e: `cargo build -p xpmem-e2e` (static, as scripts/test.sh does)",
         ),
     ] {
         if !p.exists() {
             return Ok(vec![result(
                 "setup",
                 "inputs",
-                Status::Fail(format!("{} is missing: run `{how}`", p.display())),
+                Status::Fail(format!("{} is missing: {how}", p.display())),
             )]);
         }
     }

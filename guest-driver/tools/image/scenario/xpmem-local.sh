@@ -4,6 +4,13 @@
 # Prints XPMEM-TEST lines per case and ends with XPMEM-LOCAL PASS|FAIL.
 rc=0
 run() { xpmem-test "$@" || rc=1; }
+# This VM's /proc/xpmem current counters must be back to 0 after case $1
+# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
+zero() {
+	xpmem-test proc-zero >/tmp/pz 2>&1 ||
+		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
+}
+check() { run "$@"; zero "$1"; }
 # Both halves of a two-VM pair in this VM: the exporter in the background,
 # the importer with the segid the exporter printed.
 pair() {
@@ -25,12 +32,13 @@ pair() {
 	fi
 	wait $exp || rc=1
 	cat /tmp/pair.out
+	zero "$1"
 }
 grep -E "^(version|device|aperture)" /proc/xpmem/stats
-run version
-run local-errors
-run local --timeout 60
-run local --pages 600 --timeout 120
+check version
+check local-errors
+check local --timeout 60
+check local --pages 600 --timeout 120
 pair export-fork attach-fork
 run proc-zero
 grep -E "pages pinned|pages unpinned" /proc/xpmem/global_pages

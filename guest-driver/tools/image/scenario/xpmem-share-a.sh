@@ -5,7 +5,14 @@
 # VMs' consoles; "DONE vm" and "GONE vm" lines come back to a the same way.
 # The numbers pair the steps of the three scripts.
 rc=0
-t() { xpmem-test "$@" || rc=1; }
+# Each case, then this VM's /proc/xpmem current counters must be back to 0
+# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
+t() {
+	xpmem-test "$@" || rc=1
+	[ "$1" = proc-zero ] && return
+	xpmem-test proc-zero >/tmp/pz 2>&1 ||
+		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
+}
 t export --to b                              #  1 b attaches; writes both ways
 t export-hold --until 1 --to b               #  2 b attaches read-only
 t export-hold --mode 0600 --until 2 --to b,c #  3 refused to b (uid 1000) and c (uid 0, like a)

@@ -2,7 +2,14 @@
 # VM b of the e2e `xpmem/share` case (see xpmem-share-a.sh). Each importer
 # waits for a "SEGID n" line on the console, typed by xpmem-relay.
 rc=0
-t() { xpmem-test "$@" || rc=1; }
+# Each case, then this VM's /proc/xpmem current counters must be back to 0
+# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
+t() {
+	xpmem-test "$@" || rc=1
+	[ "$1" = proc-zero ] && return
+	xpmem-test proc-zero >/tmp/pz 2>&1 ||
+		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
+}
 t attach                                     #  1
 t attach-ro; echo "XPMEM-POST a DONE b"      #  2
 t get-denied --uid 1000                      #  3 another uid
