@@ -533,7 +533,9 @@ impl Demo {
                         .filter(|(_, v)| *v != 0)
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
-                    if d.held.is_empty() || !held.is_empty() {
+                    if d.held.is_empty() {
+                        p.push("the monitor's domain report has no held counters".into());
+                    } else if !held.is_empty() {
                         p.push(format!(
                             "the host's xpmem domain still holds {} at exit",
                             held.join(" ")
@@ -710,7 +712,7 @@ pub fn run(env: &Env, log: &Path) -> Result<Vec<String>, Error> {
         });
         finished.store(true, Ordering::Relaxed);
         r
-    })?;
+    });
     let mut demo = demo
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -725,7 +727,15 @@ pub fn run(env: &Env, log: &Path) -> Result<Vec<String>, Error> {
         println!("{l}");
     }
     println!();
-    let problems = demo.problems(outcome.timed_out);
+    let mut problems = Vec::new();
+    let timed_out = match outcome {
+        Ok(o) => o.timed_out,
+        Err(e) => {
+            problems.push(format!("the test host failed: {e}"));
+            false
+        }
+    };
+    problems.extend(demo.problems(timed_out));
     Ok(problems)
 }
 
