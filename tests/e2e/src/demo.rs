@@ -324,10 +324,14 @@ impl Demo {
             self.vmm_started = true;
             self.vmm_start = Some(Instant::now());
             self.stage = Stage::Boot;
-            out.push(
-                "[host] xpmem-vmm started: VMs a and b, 2 vCPUs and 512 MiB each, booting Debian 12"
-                    .into(),
-            );
+            let vms: Vec<String> = cases::two_vms()
+                .iter()
+                .map(|v| format!("{} ({} vCPUs, {} MiB)", v.name, v.vcpus, v.memory_mib))
+                .collect();
+            out.push(format!(
+                "[host] xpmem-vmm started, booting Debian 12 in VMs {}",
+                vms.join(" and ")
+            ));
         } else if let Some(rc) = line.strip_prefix(VMM_EXIT) {
             self.vmm_exit = rc.trim().parse().ok();
             out.push(format!(
@@ -546,7 +550,9 @@ impl Demo {
                     }
                     if let Some(f) = counter(&d.total, "invalidations_forced").filter(|f| *f != 0) {
                         p.push(format!(
-                            "the host forced {f} invalidation(s) at the deadline instead of getting b's acknowledgement"
+                            "the host forced {f} invalidation(s) at the deadline instead of getting b's acknowledgement \
+                             (b was too slow to answer within the monitor's invalidate_deadline_ms, default 1000 ms; \
+                             is the machine overloaded?)"
                         ));
                     }
                 }
