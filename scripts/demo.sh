@@ -13,20 +13,7 @@ set -eu
 install_deps
 build_all
 
-# xpmem.ko must match the Debian kernel the guests boot: the version
-# linux-image-amd64 depends on (or $XPMEM_KERNEL_PKG), as xpmem-e2e fetches it.
-if [ -n "${XPMEM_KERNEL_PKG:-}" ]; then
-	kver=${XPMEM_KERNEL_PKG#linux-image-}
-else
-	kver=$(apt-cache depends linux-image-amd64 2>/dev/null |
-		sed -n 's/^ *Depends: linux-image-\(.*-amd64\)$/\1/p' | head -1)
-fi
-[ -n "$kver" ] || die "cannot tell the guest kernel version (apt-cache depends linux-image-amd64 names none)"
-if [ ! -d "/usr/src/linux-headers-$kver" ]; then
-	say "apt-get install linux-headers-$kver"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		"linux-headers-$kver" >/dev/null || die "apt-get install linux-headers-$kver failed"
-fi
+kver=$(guest_kernel_release)
 mkdir -p "$repo/build/logs"
 glog=$repo/build/logs/guest-driver-build.txt
 say "make -C guest-driver all (xpmem.ko for $kver, libxpmem, xpmem-demo)"

@@ -44,3 +44,22 @@ build_all() {
 	say "cargo build --workspace --bins (static, $triple)"
 	(cd "$repo" && cargo build --workspace --bins --target "$triple")
 }
+
+# The Debian kernel release the guests boot, which xpmem.ko must match: what
+# linux-image-amd64 depends on (or $XPMEM_KERNEL_PKG), as xpmem-e2e fetches it.
+# Installs its headers if missing and prints the release.
+guest_kernel_release() {
+	if [ -n "${XPMEM_KERNEL_PKG:-}" ]; then
+		kver=${XPMEM_KERNEL_PKG#linux-image-}
+	else
+		kver=$(apt-cache depends linux-image-amd64 2>/dev/null |
+			sed -n 's/^ *Depends: linux-image-\(.*-amd64\)$/\1/p' | head -1)
+	fi
+	[ -n "$kver" ] || die "cannot tell the guest kernel version (apt-cache depends linux-image-amd64 names none)"
+	if [ ! -d "/usr/src/linux-headers-$kver" ]; then
+		say "apt-get install linux-headers-$kver" >&2
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			"linux-headers-$kver" >/dev/null || die "apt-get install linux-headers-$kver failed"
+	fi
+	echo "$kver"
+}
