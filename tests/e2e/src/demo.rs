@@ -637,12 +637,12 @@ fn demo_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
     }
     let kernel = env.cache.kernel()?;
     let busybox = env.cache.busybox()?;
-    let spec = Spec {
-        extra_modules: vec![ko],
-        extra_dirs: vec![tools],
-        ..Spec::base()
-    };
-    let initrd = image::build(&kernel, &busybox, &spec, &crate::build_dir().join("images"))?;
+    let initrd = image::build(
+        &kernel,
+        &busybox,
+        &Spec::xpmem(),
+        &crate::build_dir().join("images"),
+    )?;
     Ok((kernel.vmlinuz, initrd))
 }
 

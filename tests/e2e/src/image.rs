@@ -154,6 +154,18 @@ impl Spec {
             ..Self::default()
         }
     }
+
+    /// What every XPMEM test boots: the base modules, then
+    /// `guest-driver/kmod/xpmem.ko`, with `guest-driver/tools/image`
+    /// (scenario scripts and static test programs) in the image root.
+    pub fn xpmem() -> Self {
+        let root = crate::repo_root();
+        Self {
+            extra_modules: vec![root.join("guest-driver/kmod/xpmem.ko")],
+            extra_dirs: vec![root.join("guest-driver/tools/image")],
+            ..Self::base()
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {

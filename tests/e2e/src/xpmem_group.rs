@@ -519,17 +519,12 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     }
     let kernel = env.cache.kernel()?;
     let busybox = env.cache.busybox()?;
-    let spec = Spec {
-        modules: ["virtio_ring", "virtio", "virtio_mmio", "virtio_rng"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        extra_modules: vec![ko],
-        extra_dirs: vec![tools],
-        run: None,
-    };
-    let initrd: PathBuf =
-        image::build(&kernel, &busybox, &spec, &crate::build_dir().join("images"))?;
+    let initrd: PathBuf = image::build(
+        &kernel,
+        &busybox,
+        &Spec::xpmem(),
+        &crate::build_dir().join("images"),
+    )?;
     let mut payload = Payload::new(payload_script(VMM_DEADLINE));
     payload.file(&env.vmm, "xpmem-vmm");
     payload.file(&relay, "xpmem-relay");
