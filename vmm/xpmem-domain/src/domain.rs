@@ -808,13 +808,19 @@ impl Domain {
 
     /// Whether an invalidation of segment `segid` is pending over `[start, end)` (vaddrs).
     fn invalidation_overlaps(&self, segid: i64, start: u64, end: u64) -> bool {
-        self.segments.get(&segid).is_some_and(|s| {
-            s.invalidations.iter().any(|k| {
-                self.invalidations
-                    .get(k)
-                    .is_some_and(|i| i.start < end && start < i.end)
-            })
-        })
+        self.first_invalidated(segid, start, end).is_some()
+    }
+
+    /// The lowest vaddr of `[start, end)` that a pending invalidation of segment `segid`
+    /// covers.
+    fn first_invalidated(&self, segid: i64, start: u64, end: u64) -> Option<u64> {
+        let seg = self.segments.get(&segid)?;
+        seg.invalidations
+            .iter()
+            .filter_map(|k| self.invalidations.get(k))
+            .filter(|i| i.start < end && start < i.end)
+            .map(|i| i.start.max(start))
+            .min()
     }
 
     fn drop_fault(&mut self, key: u64) -> Option<PendingFault> {
@@ -867,11 +873,30 @@ impl Domain {
             return self.fail_fault(key, Status::Revoked, out);
         }
         let end = (page_index + want).min(a.npages());
+        let vaddr = a.vaddr + page_index * PAGE_SIZE;
+        let (segid, exporter, write) = (a.segid, a.exporter, a.writable);
         if first != SLOT_EMPTY {
             let n = (page_index..end)
                 .take_while(|&i| slot_gpa(a.slots[i as usize]).is_some())
-                .count() as u32;
+                .count() as u64;
+            // Mapped slots that a pending invalidation covers are on their way out: the
+            // importer may already have handled the INVALIDATE event and sent this FAULT
+            // after it, so a completion naming them would let it map a slot that the
+            // acknowledgement then unmaps behind its back (spec 8.7 step 2). Answer only
+            // the slots before the first of them; if that is the faulting slot, wait.
+            let n = match self.first_invalidated(segid, vaddr, vaddr + n * PAGE_SIZE) {
+                Some(va) => (va - vaddr) / PAGE_SIZE,
+                None => n,
+            };
+            if n == 0 {
+                if let Some(f) = self.faults.get_mut(&key) {
+                    f.state = FaultState::Parked;
+                }
+                return;
+            }
             if let Some(f) = self.drop_fault(key) {
+                // n <= want <= max_fault_pages, a u32.
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
                 self.respond(f.importer, f.tag, Ok(ResponseBody::Mapped(n)), out);
             }
             return;
@@ -879,8 +904,6 @@ impl Domain {
         let n = (page_index..end)
             .take_while(|&i| a.slots[i as usize] == SLOT_EMPTY)
             .count() as u64;
-        let vaddr = a.vaddr + page_index * PAGE_SIZE;
-        let (segid, exporter, write) = (a.segid, a.exporter, a.writable);
         if self.invalidation_overlaps(segid, vaddr, vaddr + n * PAGE_SIZE) {
             if let Some(f) = self.faults.get_mut(&key) {
                 f.state = FaultState::Parked;

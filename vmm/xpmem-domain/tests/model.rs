@@ -1,5 +1,6 @@
 //! Property tests: random operation sequences over three VMs, checked after every step
-//! against a model built only from the emitted actions.
+//! against a model built only from the emitted actions, and against a model of the importer
+//! drivers' process mappings (what a driver following spec 8.7.1 and 8.8.1 maps).
 
 mod common;
 
@@ -133,11 +134,20 @@ struct AttInfo {
     npages: u64,
     segid: i64,
     vaddr: u64,
+    apid: i64,
 }
 
 #[derive(Clone, Debug)]
 enum Pending {
-    Fault,
+    /// A FAULT of attachment `att` (aperture pages from `ap` in `window`) at `page`, sent
+    /// when the importer driver's invalidation count for it was `seq`.
+    Fault {
+        att: u64,
+        window: Window,
+        ap: u64,
+        page: u64,
+        seq: u64,
+    },
     /// `targets`: INVALIDATE events the request posted; `None` while it is being sent.
     Invalidate {
         segid: i64,
@@ -170,6 +180,13 @@ struct Sim {
     /// Exporter page-table versions: (segid, vaddr page) -> version, bumped when an
     /// invalidation of the page starts (the exporter changes the PTE then).
     pt_version: BTreeMap<(i64, u64), u64>,
+    /// The importer drivers' process mappings of aperture pages: (importer, window, page).
+    /// A driver maps the pages a FAULT completion names, unless an INVALIDATE or REVOKED
+    /// event for the attachment arrived after it sent the FAULT (spec 8.7.1); it removes
+    /// them on such an event and before it detaches or releases (8.8.1, 8.6.1).
+    ptes: BTreeSet<(VmId, Window, u64)>,
+    /// Per attachment: INVALIDATE and REVOKED events its importer driver handled.
+    zaps: BTreeMap<u64, u64>,
 }
 
 fn pick<T: Clone>(v: &[T], i: usize) -> Option<T> {
@@ -201,6 +218,36 @@ impl Sim {
             model: BTreeMap::new(),
             revoked: BTreeSet::new(),
             pt_version: BTreeMap::new(),
+            ptes: BTreeSet::new(),
+            zaps: BTreeMap::new(),
+        }
+    }
+
+    /// The importer driver handles an INVALIDATE or REVOKED event: it removes its process
+    /// mappings of the pages at once (and acknowledges later, in an Ack step).
+    fn zap(&mut self, vm: VmId, attach_id: u64, page_index: u64, npages: u64) {
+        *self.zaps.entry(attach_id).or_default() += 1;
+        if let Some(a) = self.atts.iter().find(|a| a.id == attach_id && a.vm == vm) {
+            let (w, ap, n) = (a.window, a.ap, a.npages);
+            let end = page_index.saturating_add(npages).min(n);
+            for p in page_index..end {
+                self.ptes.remove(&(vm, w, ap + p));
+            }
+        }
+    }
+
+    /// The importer driver drops every process mapping of the attachments `gone` selects
+    /// (before it sends DETACH, RELEASE or RELEASE_OWNER, or when its VM goes).
+    fn unmap_atts(&mut self, gone: impl Fn(&AttInfo) -> bool) {
+        let ranges: Vec<(VmId, Window, u64, u64)> = self
+            .atts
+            .iter()
+            .filter(|a| gone(a))
+            .map(|a| (a.vm, a.window, a.ap, a.npages))
+            .collect();
+        for (vm, w, ap, n) in ranges {
+            self.ptes
+                .retain(|&(v, pw, p)| !(v == vm && pw == w && ap <= p && p < ap + n));
         }
     }
 
@@ -314,8 +361,14 @@ impl Sim {
                             self.resolves.push((*vm, *resolve_id, gpas));
                         }
                         Event::Invalidate {
-                            invalidation_id, ..
-                        } => self.targets.push((*vm, *invalidation_id)),
+                            invalidation_id,
+                            attach_id,
+                            page_index,
+                            npages,
+                        } => {
+                            self.targets.push((*vm, *invalidation_id));
+                            self.zap(*vm, *attach_id, *page_index, *npages);
+                        }
                         Event::Revoked {
                             attach_id,
                             page_index,
@@ -325,6 +378,7 @@ impl Sim {
                             for p in *page_index..page_index + npages {
                                 self.revoked.insert((*attach_id, p));
                             }
+                            self.zap(*vm, *attach_id, *page_index, *npages);
                         }
                     }
                 }
@@ -365,9 +419,28 @@ impl Sim {
                             }
                         }
                     }
-                    if let Some(Pending::Fault) = kind {
+                    if let Some(Pending::Fault {
+                        att,
+                        window,
+                        ap,
+                        page,
+                        seq,
+                    }) = kind
+                    {
                         if let Ok(b) = result {
-                            prop_assert!(matches!(b, ResponseBody::Mapped(n) if *n >= 1));
+                            let ResponseBody::Mapped(n) = *b else {
+                                return Err(TestCaseError::fail(format!(
+                                    "FAULT answered with {b:?}"
+                                )));
+                            };
+                            prop_assert!(n >= 1);
+                            // The driver maps the pages unless an event for the
+                            // attachment came after it sent the FAULT.
+                            if self.zaps.get(&att).copied().unwrap_or(0) == seq {
+                                for p in page..page + u64::from(n) {
+                                    self.ptes.insert((*vm, window, ap + p));
+                                }
+                            }
                         }
                     }
                 }
@@ -396,12 +469,21 @@ impl Sim {
         prop_assert_eq!(&from_domain, &self.model);
         let c = self.h.d.counters();
         prop_assert_eq!(c.mapped_pages, self.model.len() as u64);
+        // Key guest-visible invariant: no process maps a slot the device unmapped (it
+        // would read the filler, never fault, and miss every later invalidation).
+        for pte in &self.ptes {
+            prop_assert!(
+                self.model.contains_key(pte),
+                "importer process maps aperture page {:?}, which the device unmapped",
+                pte
+            );
+        }
         prop_assert_eq!(c.rmap_entries, self.model.len() as u64);
         prop_assert_eq!(c.vms, self.present.len() as u64);
         let deferred_faults = self
             .pending
             .values()
-            .filter(|p| matches!(p, Pending::Fault))
+            .filter(|p| matches!(p, Pending::Fault { .. }))
             .count() as u64;
         let deferred_invs = self
             .pending
@@ -445,6 +527,7 @@ impl Sim {
         self.present.remove(&vm);
         // The device tears the VM's apertures down itself; it gets no Unmap actions.
         self.model.retain(|&(imp, _, _), _| imp != vm);
+        self.ptes.retain(|&(imp, _, _)| imp != vm);
         self.apply(&acts)?;
         prop_assert!(
             self.model.values().all(|&(exp, _)| exp != vm),
@@ -547,6 +630,9 @@ impl Sim {
                     } else {
                         (pv, po)
                     };
+                    if (v, o) == (pv, po) {
+                        self.unmap_atts(|a| a.apid == apid && a.vm == pv);
+                    }
                     self.send(v, Request::Release { owner: o, apid }, Pending::Immediate)?;
                 }
             }
@@ -604,6 +690,7 @@ impl Sim {
                             npages,
                             segid,
                             vaddr: vaddr + offset,
+                            apid,
                         });
                     }
                 }
@@ -615,6 +702,9 @@ impl Sim {
                     } else {
                         (a.vm, a.owner)
                     };
+                    if (v, o) == (a.vm, a.owner) {
+                        self.unmap_atts(|x| x.id == a.id);
+                    }
                     let r = self.send(
                         v,
                         Request::Detach {
@@ -642,13 +732,21 @@ impl Sim {
             } => {
                 if let Some(a) = pick(&self.atts, att) {
                     let _ = (vm, owner);
+                    let page_index = page % (a.npages + 1);
                     let req = Request::Fault {
                         owner: a.owner,
                         attach_id: a.id,
-                        page_index: page % (a.npages + 1),
+                        page_index,
                         npages,
                     };
-                    self.send(a.vm, req, Pending::Fault)?;
+                    let kind = Pending::Fault {
+                        att: a.id,
+                        window: a.window,
+                        ap: a.ap,
+                        page: page_index,
+                        seq: self.zaps.get(&a.id).copied().unwrap_or(0),
+                    };
+                    self.send(a.vm, req, kind)?;
                 }
             }
             Op::Reply { resolve, kind, vm } => {
@@ -746,6 +844,7 @@ impl Sim {
             }
             Op::ReleaseOwner { vm, owner } => {
                 let v = VMS[vm];
+                self.unmap_atts(|a| a.vm == v && a.owner == OWNERS[owner]);
                 self.send(
                     v,
                     Request::ReleaseOwner {

@@ -841,6 +841,90 @@ fn resolve_raced_by_invalidation_is_retried() {
     assert_eq!(response(&acts, C, ftag), Some(Ok(ResponseBody::Mapped(2))));
 }
 
+/// The race behind a same-VM `xpmem-test local` failure: the importer handles the
+/// INVALIDATE event (zaps its PTEs), touches the page again and sends a FAULT before its
+/// INVALIDATE_ACK reaches the device. The slot is still mapped at that point, but it must
+/// not be reported mapped: the importer would map it into the process, the ACK would then
+/// unmap the slot, and the process would keep reading the filler instead of faulting.
+#[test]
+fn fault_on_a_slot_being_invalidated_waits_for_the_invalidation() {
+    for importer in [A, B] {
+        let mut h = H::new();
+        let base = 0x300000;
+        let s = h.make(A, base, 17 * P, 0o666);
+        let apid = h.apid(importer, s, XPMEM_RDWR);
+        let (att, _, ap) = h.att(importer, apid, 0, 17 * P, 0);
+        h.fault_resolved(importer, A, att, 0, 16, |i| RAM0 + (i + 1) * P);
+        // The exporter unmaps the whole buffer.
+        let (itag, acts) = h.invalidate(A, s, base, 17 * P);
+        let iid = invalidation_ids(&acts, importer)[0];
+        // The zapped importer faults page 0 again before its ACK arrives: no answer yet.
+        let (ftag, acts) = h.fault(importer, att, 0, 16);
+        assert_eq!(response(&acts, importer, ftag), None, "FAULT must wait");
+        assert!(resolve_of(&acts, A).is_none());
+        assert_eq!(h.d.counters().pending_faults, 1);
+        // The ACK unmaps the slots, completes the INVALIDATE, and only then is the FAULT
+        // resolved again; the exporter's failed lookup (its VMA is gone) fails it.
+        let (_, acts) = h.ack(importer, iid);
+        assert_eq!(
+            unmaps(&acts),
+            vec![Action::Unmap {
+                importer,
+                window: Window::Rw,
+                aperture_page: ap,
+                npages: 16
+            }]
+        );
+        assert_eq!(
+            response(&acts, A, itag),
+            Some(Ok(ResponseBody::Invalidated {
+                targets: 1,
+                revoked: 0
+            }))
+        );
+        assert_eq!(response(&acts, importer, ftag), None);
+        let (rid, n) = resolve_of(&acts, A).expect("FAULT resolved again");
+        assert_eq!(n, 16);
+        let (_, acts) = h.reply(A, rid, Err(Status::Fault));
+        assert_eq!(
+            response(&acts, importer, ftag),
+            Some(Err(Status::Fault)),
+            "SIGBUS, not a mapping of the filler"
+        );
+        assert_eq!(h.d.counters().mapped_pages, 0);
+    }
+}
+
+/// A FAULT on a mapped slot is answered at once with the mapped run, but the run stops at
+/// the first slot that a pending invalidation covers; a FAULT on such a slot waits.
+#[test]
+fn mapped_run_stops_at_a_pending_invalidation() {
+    let mut h = H::new();
+    let base = 0x400000;
+    let s = h.make(A, base, 16 * P, 0o666);
+    let apid = h.apid(B, s, XPMEM_RDWR);
+    let (att, _, _) = h.att(B, apid, 0, 16 * P, 0);
+    h.fault_resolved(B, A, att, 0, 8, |i| RAM0 + (i + 1) * P);
+    let (itag, acts) = h.invalidate(A, s, base + 4 * P, 2 * P);
+    let iid = invalidation_ids(&acts, B)[0];
+    let (tag, acts) = h.fault(B, att, 1, 8);
+    assert_eq!(response(&acts, B, tag), Some(Ok(ResponseBody::Mapped(3))));
+    // Past the invalidated pages the run is answered in full.
+    let (tag, acts) = h.fault(B, att, 6, 8);
+    assert_eq!(response(&acts, B, tag), Some(Ok(ResponseBody::Mapped(2))));
+    let (parked, acts) = h.fault(B, att, 5, 1);
+    assert_eq!(response(&acts, B, parked), None);
+    let (_, acts) = h.ack(B, iid);
+    assert!(response(&acts, A, itag).is_some());
+    let (rid, n) = resolve_of(&acts, A).expect("parked FAULT resolved again");
+    assert_eq!(n, 1);
+    let (_, acts) = h.reply(A, rid, Ok(vec![RAM0 + 40 * P]));
+    assert_eq!(
+        response(&acts, B, parked),
+        Some(Ok(ResponseBody::Mapped(1)))
+    );
+}
+
 #[test]
 fn remove_segment_revokes_importers() {
     let mut h = H::new();
