@@ -59,6 +59,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
             "export",
             "export-hold",
             "export-hold-2",
+            "export-hold-3",
             "export-fork",
             "export-multi",
             "export-multi-2",
@@ -77,6 +78,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
         "xpmem-share-b.sh",
         &[
             "attach",
+            "attach-bench",
             "attach-ro",
             "get-denied",
             "attach-fork",
@@ -160,6 +162,8 @@ pub struct VmLog {
     pub rc: Option<i32>,
     /// A kernel panic / BUG / Oops line.
     pub trouble: Option<String>,
+    /// `(case, text)` of `XPMEM-TEST <case> NOTE <text>` lines: measurements.
+    pub notes: Vec<(String, String)>,
 }
 
 impl VmLog {
@@ -202,6 +206,10 @@ impl VmLog {
             } else {
                 tail.to_string()
             }),
+            "NOTE" => {
+                self.notes.push((case.to_string(), tail.to_string()));
+                return;
+            }
             "SEGID" => {
                 // "<n>" or "<n> TO <vm>,<vm>"
                 let mut words = tail.split_whitespace();
@@ -563,6 +571,14 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         }
         parsed.feed(l);
     })?;
+    // What the guests measured (times, pages moved, bandwidth), in one place.
+    for (vm, log) in std::iter::once(("local", &parsed.local))
+        .chain(parsed.share.iter().map(|(vm, log)| (vm.as_str(), log)))
+    {
+        for (case, note) in &log.notes {
+            println!("[xpmem] {vm} {case}: {note}");
+        }
+    }
     Ok(parsed.judge(outcome.timed_out))
 }
 
@@ -585,6 +601,7 @@ mod tests {
             "[vm-local] [    5.0] XPMEM-TEST version PASS",
             "[vm-local] [    5.1] XPMEM-TEST local SEGID 77 TO b",
             "[vm-local] [    5.2] XPMEM-TEST local PASS",
+            "[vm-local] [    5.25] XPMEM-TEST local NOTE took 1.5 ms",
             "[vm-local] [    5.3] XPMEM-TEST local FAIL no SIGBUS\r",
             "[vm-local] [    5.4] XPMEM-LOCAL FAIL",
             "[vm-local] [    5.5] XPMEM-GUEST RESULT local rc=1",
@@ -595,6 +612,7 @@ mod tests {
         assert_eq!(p.rc.get("local"), Some(&0));
         assert_eq!(p.local.rc, Some(1));
         assert_eq!(p.local.segids, vec![(77, vec!["b".to_string()])]);
+        assert_eq!(p.local.notes, vec![("local".into(), "took 1.5 ms".into())]);
         let r = p.judge(false);
         let n = names(&r);
         assert!(n.contains(&("xpmem/local/version".into(), true)));

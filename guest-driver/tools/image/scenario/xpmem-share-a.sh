@@ -14,6 +14,7 @@ t() {
 		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
 }
 t export --to b                              #  1 b attaches; writes both ways
+t export-hold --pages 2048 --until 1 --to b  # 1b b measures bandwidth (8 MiB)
 t export-hold --until 1 --to b               #  2 b attaches read-only
 t export-hold --mode 0600 --until 2 --to b,c #  3 refused to b (uid 1000) and c (uid 0, like a)
 t export-fork --to b                         #  4 copy-on-write after fork

@@ -11,6 +11,7 @@ t() {
 		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
 }
 t attach                                     #  1
+t attach-bench --pages 2048; echo "XPMEM-POST a DONE b" # 1b
 t attach-ro; echo "XPMEM-POST a DONE b"      #  2
 t get-denied --uid 1000                      #  3 another uid
 echo "XPMEM-POST a DONE b"
