@@ -48,6 +48,7 @@ const LOCAL_EXPECTED: &[&str] = &[
     "local-2",
     "attach-fork",
     "export-fork",
+    "rust-local",
     "proc-zero",
 ];
 /// The share VMs, their scripts and the cases each must report.
@@ -512,6 +513,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     for (p, how) in [
         (&ko, "run `make -C guest-driver`"),
         (&tools.join("bin/xpmem-test"), "run `make -C guest-driver`"),
+        (&tools.join("bin/xpmem-rs-local"), "run `make -C guest-driver`"),
         (
             &relay,
             "build it beside xpmem-e2e: `cargo build -p xpmem-e2e` (static, as scripts/test.sh does)",

@@ -40,6 +40,14 @@ check local-errors
 check local --timeout 60
 check local --pages 600 --timeout 120
 pair export-fork attach-fork
+# The Rust crate (guest-driver/xpmem-rs, example `local`) against the real driver.
+if xpmem-rs-local 64; then
+	echo "XPMEM-TEST rust-local PASS"
+else
+	echo "XPMEM-TEST rust-local FAIL xpmem-rs example exited $?"
+	rc=1
+fi
+zero rust-local
 run proc-zero
 grep -E "pages pinned|pages unpinned" /proc/xpmem/global_pages
 cat /proc/xpmem/stats
