@@ -489,12 +489,16 @@ static int imp_finish(void)
 	return pass();
 }
 
-/* attach: read generation 1, write generation 2, tell the exporter. */
+/*
+ * attach: read generation 1, check a fork child does not inherit the
+ * attachment, write generation 2, tell the exporter.
+ */
 static int case_attach(void)
 {
 	volatile struct ctl *ctl;
+	pid_t child;
 	double t0;
-	int rc = attach(XPMEM_RDWR);
+	int rc = attach(XPMEM_RDWR), status;
 
 	if (rc)
 		return rc;
@@ -504,6 +508,15 @@ static int case_attach(void)
 	if (rc)
 		return rc;
 	say("READ %lu pages in %.3f s", opt.pages + 1, now() - t0);
+	/* An attachment is not inherited: in a fork child it is unmapped. */
+	child = fork();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0)
+		_exit(touch(imp_buf, false) == SIGSEGV ? 0 : 1);
+	if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return fail("a fork child could read the attachment (not VM_DONTCOPY)");
 	ctl->imp_state = IMP_VERIFIED;
 	fill(imp_buf + WORDS, opt.pages, 2);
 	ctl->imp_state = IMP_WROTE;
