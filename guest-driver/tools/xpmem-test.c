@@ -1193,6 +1193,36 @@ static int case_attach_exit(void)
 	_exit(EXIT_PASS);
 }
 
+/*
+ * export-poweroff: once a "READY" line came, export a buffer (--to: its
+ * importer runs attach-gone), wait until the importer read it, then attach
+ * a segid typed on the console, read it, and power the VM off while it is
+ * both exporter and importer: the host must revoke the importer's mapping
+ * of our pages (SIGBUS there) and drop our mappings of the other VM's pages.
+ */
+static int case_export_poweroff(void)
+{
+	volatile struct ctl *ctl;
+	char who[64];
+	int rc;
+
+	if (!wait_line("READY", who, sizeof(who)))
+		return fail("no READY line on the console");
+	rc = export_setup();
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)exp_buf;
+	if (!wait_for(&ctl->imp_state, IMP_VERIFIED))
+		return fail("importer did not read");
+	rc = attach_and_read();
+	if (rc)
+		return rc;
+	say("PASS powering off while exporting and attached");
+	sync();
+	reboot(RB_POWER_OFF);
+	return fail("reboot(RB_POWER_OFF): %s", strerror(errno));
+}
+
 /* attach-poweroff: power the VM off while attached. */
 static int case_attach_poweroff(void)
 {
@@ -1371,6 +1401,7 @@ static const struct {
 	{ "export-wait-gone", case_export_wait_gone, "munmap after a GONE line reaches no importer" },
 	{ "attach-exit", case_attach_exit, "exit while attached (export-wait-gone)" },
 	{ "attach-poweroff", case_attach_poweroff, "power the VM off while attached" },
+	{ "export-poweroff", case_export_poweroff, "after READY: export, attach, power off (attach-gone)" },
 	{ "attach-bench", case_attach_bench, "first-touch rate, attached vs local bandwidth (export-hold)" },
 };
 

@@ -14,11 +14,14 @@
 //! * `XPMEM-POST <vm> <text>`: types `<text>` into `<vm>`.
 //! * `XPMEM-POST-AT-EXIT <vm> <text>`: types `<text>` into `<vm>` once the
 //!   monitor reports that the printing VM has ended (`xpmem-vmm: VM NAME: ...`).
-//! * `XPMEM-TEST <case> WAITING <what>`: the VM is ready to read one line.
+//! * `XPMEM-TEST <case> WAITING <WORD>`: the VM is ready to read one line
+//!   starting with `<WORD>` (`SEGID`, `DONE`, `GONE`, `READY`, ...).
 //!
-//! A VM is typed its n-th message only after its n-th WAITING line: the
-//! guest's serial driver drops input that arrives while no process has the
-//! console open, so messages wait in the relay until someone reads.
+//! A message is typed only when its VM waits for a line with the message's
+//! first word: the guest's serial driver drops input that arrives while no
+//! process has the console open, so messages wait in the relay until someone
+//! reads, and a message for a later step (another word) never overtakes the
+//! one the VM reads now. Messages with the same first word keep their order.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -27,8 +30,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct Router {
     /// Messages not yet typed, per destination VM.
     queued: BTreeMap<String, VecDeque<String>>,
-    /// WAITING lines seen minus messages typed, per VM.
-    readers: BTreeMap<String, usize>,
+    /// First words the VM waits for, oldest first (one per WAITING line not
+    /// yet answered).
+    readers: BTreeMap<String, VecDeque<String>>,
     /// Messages to post once their source VM has ended: (source, dest, text).
     at_exit: Vec<(String, String, String)>,
     /// VMs the monitor reported as ended.
@@ -83,7 +87,11 @@ impl Router {
                         self.queue(dest, format!("SEGID {n}"));
                     }
                 }
-                [_, "WAITING", ..] => *self.readers.entry(src).or_default() += 1,
+                [_, "WAITING", word, ..] => self
+                    .readers
+                    .entry(src)
+                    .or_default()
+                    .push_back(word.to_string()),
                 _ => {}
             }
         }
@@ -121,17 +129,28 @@ impl Router {
         }
     }
 
+    /// Answers each VM's oldest WAITING with the oldest queued message that
+    /// starts with the word it waits for, as long as there is one.
     fn deliver(&mut self) -> Vec<Typed> {
         let mut out = Vec::new();
         for (vm, queue) in &mut self.queued {
-            let readers = self.readers.entry(vm.clone()).or_default();
-            while *readers > 0 {
-                let Some(text) = queue.pop_front() else { break };
-                *readers -= 1;
-                out.push(Typed {
-                    vm: vm.clone(),
-                    text,
-                });
+            let Some(waits) = self.readers.get_mut(vm) else {
+                continue;
+            };
+            while let Some(word) = waits.front() {
+                let Some(pos) = queue
+                    .iter()
+                    .position(|t| t.split_whitespace().next() == Some(word.as_str()))
+                else {
+                    break;
+                };
+                waits.pop_front();
+                if let Some(text) = queue.remove(pos) {
+                    out.push(Typed {
+                        vm: vm.clone(),
+                        text,
+                    });
+                }
             }
         }
         out
@@ -186,6 +205,29 @@ mod tests {
             vec![typed("b", "SEGID 78")]
         );
         assert!(r.undelivered().is_empty());
+    }
+
+    #[test]
+    fn a_reader_gets_the_word_it_waits_for_even_if_another_came_first() {
+        let mut r = Router::default();
+        r.feed("[vm-a] XPMEM-TEST w SEGID 9 TO c");
+        r.feed("[vm-b] XPMEM-POST c READY b");
+        assert_eq!(
+            r.feed("[vm-c] XPMEM-TEST p WAITING READY"),
+            vec![typed("c", "READY b")]
+        );
+        assert_eq!(
+            r.feed("[vm-c] XPMEM-TEST p WAITING SEGID"),
+            vec![typed("c", "SEGID 9")]
+        );
+        // A wait for a word nobody sent holds later waits of that VM back.
+        r.feed("[vm-c] XPMEM-TEST q WAITING GONE");
+        r.feed("[vm-c] XPMEM-TEST q WAITING SEGID");
+        assert!(r.feed("[vm-a] XPMEM-TEST w SEGID 10 TO c").is_empty());
+        assert_eq!(
+            r.feed("[vm-a] XPMEM-POST c GONE a"),
+            vec![typed("c", "GONE a"), typed("c", "SEGID 10")]
+        );
     }
 
     #[test]

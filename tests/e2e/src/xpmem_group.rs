@@ -10,7 +10,7 @@
 //!   another VM, copy-on-write, two importers of one segment, one importer of
 //!   two exporters, two segments, two attachments, pages moving under memory
 //!   pressure, SIGBUS after munmap and exit, an importer process exiting and
-//!   an importer VM powering off while attached. The monitor runs under
+//!   a VM powering off while it imports from one VM and exports to another. The monitor runs under
 //!   `xpmem-relay` (see [`crate::relay`]), which types each segid and
 //!   DONE/GONE notice into the VMs' input FIFOs.
 //!
@@ -89,6 +89,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
             "attach-twice",
             "attach-gone",
             "attach-exit",
+            "attach-gone-2",
             "proc-zero",
         ],
     ),
@@ -102,7 +103,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
             "attach-follow",
             "attach-gone",
             "proc-zero",
-            "attach-poweroff",
+            "export-poweroff",
         ],
     ),
 ];
@@ -630,7 +631,7 @@ mod tests {
         assert_eq!(why, Some(Status::Fail("no SIGBUS".into())));
         // Nothing from the share case: all of it fails.
         assert!(n.contains(&("xpmem/share/b-attach".into(), false)));
-        assert!(n.contains(&("xpmem/share/c-attach-poweroff".into(), false)));
+        assert!(n.contains(&("xpmem/share/c-export-poweroff".into(), false)));
         assert!(n.contains(&("xpmem/share/relay-delivered".into(), false)));
         assert!(n.contains(&("xpmem/share/monitor-exits-0".into(), false)));
     }
@@ -710,11 +711,11 @@ mod tests {
         let r = share_results(
             &lines
                 .iter()
-                .filter(|l| !l.contains("attach-poweroff PASS"))
+                .filter(|l| !l.contains("export-poweroff PASS"))
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        assert!(failed(&r, "c-attach-poweroff"));
+        assert!(failed(&r, "c-export-poweroff"));
         // A forced revocation fails the run.
         let forced: Vec<String> = lines
             .iter()

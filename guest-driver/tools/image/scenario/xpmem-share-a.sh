@@ -26,6 +26,6 @@ t export-pressure --to c                     #  9 pages move while c reads
 t export-unmap --to b                        # 10 b: SIGBUS after the munmap
 t export-exit --to c                         # 11 c: SIGBUS after the exit
 t export-wait-gone --to b                    # 12 b's importer exits while attached
-t export-wait-gone --to c                    # 13 VM c powers off while attached
+t export-wait-gone --to c                    # 13 VM c powers off while attached (and exporting to b)
 t proc-zero
 exit $rc

@@ -23,5 +23,7 @@ t attach-twice                               #  8
 t attach-gone                                # 10
 t attach-exit                                # 12 exits while attached ...
 echo "XPMEM-POST a GONE b"                   #    ... and then a munmaps
+echo "XPMEM-POST c READY b"
+t attach-gone                                # 13 c's VM powers off: SIGBUS
 t proc-zero
 exit $rc

@@ -1,6 +1,7 @@
 #!/bin/sh
 # VM c of the e2e `xpmem/share` case (see xpmem-share-a.sh). Ends by powering
-# off while attached; xpmem-relay tells a once the monitor reports c's end.
+# off while attached to a's segment and while b is attached to c's;
+# xpmem-relay tells a once the monitor reports c's end.
 rc=0
 # Each case, then this VM's /proc/xpmem current counters must be back to 0
 # (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
@@ -18,5 +19,6 @@ t attach-follow --pages 511                  #  9
 t attach-gone                                # 11
 t proc-zero
 echo "XPMEM-POST-AT-EXIT a GONE c"
-t attach-poweroff                            # 13 does not return
+t export-poweroff --to b                     # 13 exporting to b and attached
+                                             #    to a; does not return
 exit 1
