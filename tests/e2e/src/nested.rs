@@ -203,6 +203,10 @@ pub struct Options {
     /// If set, every console line is appended to this file as it arrives,
     /// prefixed with the seconds since the run started.
     pub console_log: Option<PathBuf>,
+    /// Kill the test host when its console is silent this long. Only for
+    /// payloads that print a heartbeat ([`HEARTBEAT`]): then silence means
+    /// the nested host itself stopped running.
+    pub silence_limit: Option<Duration>,
 }
 
 impl Options {
@@ -216,6 +220,7 @@ impl Options {
             kvm: KvmLoad::AtBoot,
             work_dir: work_dir.into(),
             console_log: None,
+            silence_limit: None,
         }
     }
 }
@@ -229,11 +234,34 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     /// True if the harness killed the run at the deadline.
     pub timed_out: bool,
+    /// True if the harness killed the run after `silence_limit` without output.
+    pub stalled: bool,
     /// Wall time until L1's `/dev/kvm` was ready (nested runs only).
     pub l1_ready: Option<Duration>,
     /// Total wall time.
     pub total: Duration,
 }
+
+/// Payload script fragment: every 30 s, L1 prints its uptime and load and the
+/// state and kernel wait channel of every monitor thread (to tell a stalled
+/// guest from a stalled monitor, and a live test host from a stopped one).
+/// Runs in the background; its pid is in `$hb`.
+pub const HEARTBEAT: &str = r#"(
+	while sleep 30; do
+		v=
+		for p in /proc/[0-9]*; do
+			[ "$(cat $p/comm 2>/dev/null)" = xpmem-vmm ] && v=${p#/proc/}
+		done
+		t=
+		for d in /proc/$v/task/*; do
+			[ -r "$d/stat" ] || continue
+			t="$t $(cat $d/comm):$(cut -d' ' -f3 $d/stat)/$(cat $d/wchan 2>/dev/null)"
+		done
+		echo "XPMEM-L1 HEARTBEAT uptime=$(cut -d' ' -f1 /proc/uptime) load=$(cut -d' ' -f1-3 /proc/loadavg) threads:$t"
+	done
+) &
+hb=$!
+"#;
 
 /// The marker L1's init prints after the payload exits.
 pub const RESULT_MARKER: &str = "XPMEM-L1-RESULT rc=";
@@ -447,7 +475,7 @@ fn run_nested(
     let start = Instant::now();
     let mut exit_code = None;
     let mut l1_ready = None;
-    let exit = process::run_streaming(&mut cmd, opts.timeout, |raw| {
+    let exit = process::run_watched(&mut cmd, opts.timeout, opts.silence_limit, |raw| {
         if raw.contains("TCG doesn't support requested feature") {
             return Flow::Continue;
         }
@@ -464,13 +492,15 @@ fn run_nested(
         Flow::Continue
     })?;
     let timed_out = exit == Exit::TimedOut;
-    if exit_code.is_none() && !timed_out {
+    let stalled = exit == Exit::Silent;
+    if exit_code.is_none() && !timed_out && !stalled {
         return Err(Error::NoResult);
     }
     Ok(Outcome {
         nested: true,
         exit_code,
         timed_out,
+        stalled,
         l1_ready,
         total: start.elapsed(),
     })
@@ -507,13 +537,14 @@ fn run_direct(
         std::env::var("PATH").unwrap_or_default()
     );
     let start = Instant::now();
-    let exit = process::run_streaming(
+    let exit = process::run_watched(
         Command::new("sh")
             .arg("run.sh")
             .current_dir(&dir.0)
             .env("PATH", path)
             .env("XPMEM_HOST", "direct"),
         opts.timeout,
+        opts.silence_limit,
         |line| {
             on_line(line);
             Flow::Continue
@@ -523,9 +554,10 @@ fn run_direct(
         nested: false,
         exit_code: match exit {
             Exit::Code(c) => Some(c),
-            Exit::TimedOut => None,
+            Exit::TimedOut | Exit::Silent => None,
         },
         timed_out: exit == Exit::TimedOut,
+        stalled: exit == Exit::Silent,
         l1_ready: None,
         total: start.elapsed(),
     })

@@ -21,6 +21,8 @@ pub enum Exit {
     Code(i32),
     /// Killed by the harness after the deadline.
     TimedOut,
+    /// Killed by the harness because it printed nothing for the silence limit.
+    Silent,
 }
 
 /// What the line handler wants next.
@@ -62,6 +64,17 @@ fn kill(child: &mut Child) {
 pub fn run_streaming(
     cmd: &mut Command,
     timeout: Duration,
+    on_line: impl FnMut(&str) -> Flow,
+) -> Result<Exit, Error> {
+    run_watched(cmd, timeout, None, on_line)
+}
+
+/// [`run_streaming`], and also kill the child when it has printed nothing
+/// for `silence` (for children that print a heartbeat while alive).
+pub fn run_watched(
+    cmd: &mut Command,
+    timeout: Duration,
+    silence: Option<Duration>,
     mut on_line: impl FnMut(&str) -> Flow,
 ) -> Result<Exit, Error> {
     let desc = format!("{:?}", cmd.get_program());
@@ -82,6 +95,8 @@ pub fn run_streaming(
     drop(tx);
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
+    let mut silent = false;
+    let mut last_line = Instant::now();
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -89,8 +104,19 @@ pub fn run_streaming(
             kill(&mut child);
             break;
         }
-        match rx.recv_timeout(deadline - now) {
+        let mut wait = deadline - now;
+        if let Some(limit) = silence {
+            let quiet_for = now - last_line;
+            if quiet_for >= limit {
+                silent = true;
+                kill(&mut child);
+                break;
+            }
+            wait = wait.min(limit - quiet_for);
+        }
+        match rx.recv_timeout(wait) {
             Ok(line) => {
+                last_line = Instant::now();
                 if on_line(&line) == Flow::Kill {
                     kill(&mut child);
                     // Drain what is already buffered, then stop.
@@ -120,6 +146,9 @@ pub fn run_streaming(
             Err(source) => return Err(Error::Wait { cmd: desc, source }),
         }
     };
+    if silent {
+        return Ok(Exit::Silent);
+    }
     if timed_out {
         return Ok(Exit::TimedOut);
     }
@@ -161,6 +190,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(exit, Exit::TimedOut);
+    }
+
+    #[test]
+    fn a_silent_child_is_killed_and_a_chatty_one_is_not() {
+        let silent = run_watched(
+            Command::new("sh").args(["-c", "echo hi; exec sleep 30"]),
+            Duration::from_secs(20),
+            Some(Duration::from_millis(300)),
+            |_| Flow::Continue,
+        )
+        .unwrap();
+        assert_eq!(silent, Exit::Silent);
+        let chatty = run_watched(
+            Command::new("sh").args(["-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done"]),
+            Duration::from_secs(20),
+            Some(Duration::from_millis(400)),
+            |_| Flow::Continue,
+        )
+        .unwrap();
+        assert_eq!(chatty, Exit::Code(0));
     }
 
     #[test]

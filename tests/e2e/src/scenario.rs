@@ -83,25 +83,6 @@ pub struct Prepared {
     pub vms: Vec<String>,
 }
 
-/// Every 30 s, L1 prints the state and kernel wait channel of every monitor
-/// thread (to tell a stalled guest from a stalled monitor).
-const HEARTBEAT: &str = r#"(
-	while sleep 30; do
-		v=
-		for p in /proc/[0-9]*; do
-			[ "$(cat $p/comm 2>/dev/null)" = xpmem-vmm ] && v=${p#/proc/}
-		done
-		t=
-		for d in /proc/$v/task/*; do
-			[ -r "$d/stat" ] || continue
-			t="$t $(cat $d/comm):$(cut -d' ' -f3 $d/stat)/$(cat $d/wchan 2>/dev/null)"
-		done
-		echo "XPMEM-L1 HEARTBEAT uptime=$(cut -d' ' -f1 /proc/uptime) load=$(cut -d' ' -f1-3 /proc/loadavg) threads:$t"
-	done
-) &
-hb=$!
-"#;
-
 /// Reads the config file at `path` and [`prepare`]s it.
 pub fn prepare_file(path: &Path, vmm: &Path, vmm_timeout: Duration) -> Result<Prepared, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -182,13 +163,14 @@ pub fn prepare(
         "echo XPMEM-VMM START\n\
          timeout -s KILL {} ./xpmem-vmm --config config.toml &\n\
          pid=$!\n\
-         {HEARTBEAT}\
+         {heartbeat}\
          wait $pid\n\
          rc=$?\n\
          kill $hb 2>/dev/null\n\
          echo \"XPMEM-VMM-EXIT rc=$rc\"\n\
          exit $rc\n",
-        vmm_timeout.as_secs().max(1)
+        vmm_timeout.as_secs().max(1),
+        heartbeat = nested::HEARTBEAT
     );
     Ok(Prepared {
         payload,
