@@ -170,8 +170,27 @@ pub fn boot_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
     let prepared = two_vm_scenario(env, vmm_deadline)?;
     let mut opts = group_opts(env, G);
     opts.timeout = opts.timeout.min(vmm_deadline + Duration::from_secs(60));
-    let report = scenario::run(&env.cache, &prepared, &opts, env.echo)?;
+    // The scenario payload prints L1's heartbeat: silence means L1 stopped.
+    opts.silence_limit = Some(nested::SILENCE_LIMIT);
+    let mut report = scenario::run(&env.cache, &prepared, &opts, env.echo)?;
     let mut out = Vec::new();
+    if report.host.stalled {
+        println!("{}", nested::stall_warning(G, "(see the console log)"));
+        report = scenario::run(&env.cache, &prepared, &opts, env.echo)?;
+        if report.host.stalled {
+            out.push(CaseResult::check(
+                G,
+                "test-host-kept-running",
+                false,
+                || {
+                    format!(
+                        "the nested test host stopped twice (no output for {} s)",
+                        nested::SILENCE_LIMIT.as_secs()
+                    )
+                },
+            ));
+        }
+    }
     let setups = two_vms();
     for (vm, setup) in report.vms.iter().zip(&setups) {
         let n = &vm.name;

@@ -263,6 +263,23 @@ pub const HEARTBEAT: &str = r#"(
 hb=$!
 "#;
 
+/// A test host whose payload prints [`HEARTBEAT`] is declared stopped after
+/// this long without console output.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What a group prints when the test host stopped and it runs again. A hang
+/// of our guests or monitor keeps L1's heartbeat going (and ends at the
+/// monitor's deadline); only the test host itself stopping silences it.
+pub fn stall_warning(group: &str, last_line: &str) -> String {
+    format!(
+        "[{group}] WARNING: the nested test host stopped: no console output, not even its \
+         30 s heartbeat, for {} s (last line: {last_line:?}). This is the intermittent \
+         QEMU-TCG nested-SVM stall of tests/nested/README.md, not a guest or monitor \
+         hang. Running the group once more.",
+        SILENCE_LIMIT.as_secs()
+    )
+}
+
 /// The marker L1's init prints after the payload exits.
 pub const RESULT_MARKER: &str = "XPMEM-L1-RESULT rc=";
 /// The marker L1's `load-kvm` prints once `/dev/kvm` exists.

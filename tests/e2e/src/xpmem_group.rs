@@ -34,10 +34,6 @@ const G: &str = "xpmem";
 /// Each monitor run is killed after this long (a nested boot takes 1-2 minutes).
 const VMM_DEADLINE: Duration = Duration::from_secs(420);
 
-/// The test host is declared stopped after this long without console output
-/// (its heartbeat prints every 30 s).
-const L1_SILENCE_LIMIT: Duration = Duration::from_secs(120);
-
 /// How long an importer may take to acknowledge an invalidation before the
 /// host revokes its pages. Generous, because guest kernels run emulated on the
 /// nested host; a forced revocation fails the run, so a leaked reverse-map
@@ -565,7 +561,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     opts.timeout = opts
         .timeout
         .min(VMM_DEADLINE * 2 + Duration::from_secs(120));
-    opts.silence_limit = Some(L1_SILENCE_LIMIT);
+    opts.silence_limit = Some(nested::SILENCE_LIMIT);
     let echo = env.echo;
     let mut attempt = 1;
     loop {
@@ -586,16 +582,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
             parsed.feed(l);
         })?;
         if outcome.stalled && attempt == 1 {
-            // A hang of our guests or monitor keeps L1's heartbeat going (and
-            // ends at the monitor's deadline); only the test host itself
-            // stopping silences it.
-            println!(
-                "[xpmem] WARNING: the nested test host stopped: no console output, not even \
-                 its 30 s heartbeat, for {} s (last line: {last:?}). This is the \
-                 intermittent QEMU-TCG nested-SVM stall of tests/nested/README.md, not a \
-                 guest or monitor hang. Running the group once more.",
-                L1_SILENCE_LIMIT.as_secs()
-            );
+            println!("{}", nested::stall_warning(G, &last));
             attempt += 1;
             continue;
         }
@@ -614,7 +601,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
                 "kept-running",
                 Status::Fail(format!(
                     "the nested test host stopped twice (no output for {} s; last line {last:?})",
-                    L1_SILENCE_LIMIT.as_secs()
+                    nested::SILENCE_LIMIT.as_secs()
                 )),
             ));
         }
