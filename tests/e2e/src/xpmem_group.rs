@@ -319,6 +319,9 @@ pub struct Parsed {
     pub monitor: Vec<String>,
     /// The monitor's domain report at exit, per case: (held part, totals part).
     pub domain: BTreeMap<String, (String, String)>,
+    /// Per case and VM: (segments, permits, attachments) the guest still held
+    /// in the domain when it stopped (`xpmem objects the guest left`).
+    pub left: BTreeMap<(String, String), (u64, u64, u64)>,
     current: Option<String>,
 }
 
@@ -349,6 +352,23 @@ impl Parsed {
         }
         if line.starts_with("xpmem-vmm:") {
             self.monitor.push(line.to_string());
+            if let (Some(case), Some((vm, counts))) = (
+                self.current.as_ref(),
+                line.strip_prefix("xpmem-vmm: VM ")
+                    .and_then(|r| r.split_once(": xpmem objects the guest left: ")),
+            ) {
+                let get = |k: &str| {
+                    counts
+                        .split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(k))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                self.left.insert(
+                    (case.clone(), vm.to_string()),
+                    (get("segments="), get("permits="), get("attachments=")),
+                );
+            }
             if let (Some(case), Some((_, report))) = (
                 self.current.as_ref(),
                 line.split_once("xpmem domain at exit: held "),
@@ -435,6 +455,44 @@ impl Parsed {
         )
     }
 
+    /// What a guest left in the domain when it stopped: nothing after a clean
+    /// shutdown (its driver released everything), or, for a VM that powered
+    /// off mid-operation, the objects it still had (so the test did cut it off
+    /// while attached and exporting; the domain report shows they were torn down).
+    fn left_check(&self, case: &str, vm: &str, mid_operation: bool) -> CaseResult {
+        let check = if mid_operation {
+            "left-objects-at-poweroff"
+        } else {
+            "released-everything"
+        };
+        let name = if case == "local" {
+            check.to_string()
+        } else {
+            format!("{vm}-{check}")
+        };
+        let status = match self.left.get(&(case.to_string(), vm.to_string())) {
+            None => Status::Fail(format!(
+                "the monitor printed no `VM {vm}: xpmem objects the guest left` line"
+            )),
+            Some(&(segs, permits, atts)) if mid_operation => {
+                if segs >= 1 && permits >= 1 && atts >= 1 {
+                    Status::Pass
+                } else {
+                    Status::Fail(format!(
+                        "VM {vm} was to power off while exporting and attached, but held \
+                         segments={segs} permits={permits} attachments={atts}"
+                    ))
+                }
+            }
+            Some(&(0, 0, 0)) => Status::Pass,
+            Some(&(segs, permits, atts)) => Status::Fail(format!(
+                "VM {vm}'s driver never released segments={segs} permits={permits} \
+                 attachments={atts} in the host domain"
+            )),
+        };
+        result(case, &name, status)
+    }
+
     /// Every segid an exporter printed was typed into every VM it named,
     /// and the relay lost nothing.
     fn relay_check(&self) -> CaseResult {
@@ -485,6 +543,7 @@ impl Parsed {
             },
         ));
         out.push(self.monitor_check("local", timed_out));
+        out.push(self.left_check("local", "local", false));
         self.domain_checks("local", &mut out);
         // share
         let empty = VmLog::default();
@@ -497,6 +556,10 @@ impl Parsed {
             );
         }
         out.push(self.relay_check());
+        for (vm, _, expected) in SHARE_VMS {
+            let powers_off = expected.last() == Some(&"export-poweroff");
+            out.push(self.left_check("share", vm, powers_off));
+        }
         out.push(self.monitor_check("share", timed_out));
         self.domain_checks("share", &mut out);
         out
@@ -684,6 +747,15 @@ mod tests {
                 lines.push(format!("[vm-{vm}] [ 3.1] XPMEM-TEST {} PASS", base(case)));
             }
         }
+        for vm in ["a", "b"] {
+            lines.push(format!(
+                "xpmem-vmm: VM {vm}: xpmem objects the guest left: segments=0 permits=0 attachments=0"
+            ));
+        }
+        lines.push(
+            "xpmem-vmm: VM c: xpmem objects the guest left: segments=1 permits=1 attachments=1"
+                .into(),
+        );
         lines.push(
             "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0; total map_actions=2 \
              invalidations_completed=4 invalidations_forced=0"
@@ -716,7 +788,7 @@ mod tests {
         let share = share_results(&lines);
         assert!(share.iter().all(|c| c.status == Status::Pass), "{share:?}");
         let cases: usize = SHARE_VMS.iter().map(|(_, _, e)| e.len() + 1).sum();
-        assert_eq!(share.len(), cases + 4);
+        assert_eq!(share.len(), cases + 4 + SHARE_VMS.len());
 
         // A segid that was not typed into one of its VMs fails the relay check.
         let r = share_results(
@@ -740,6 +812,25 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         assert!(failed(&r, "c-export-poweroff"));
+        // A VM that kept an attachment after a clean shutdown fails; so does c
+        // if it held nothing when it powered off (it was not mid-operation).
+        let leaky: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                l.replace(
+                    "VM b: xpmem objects the guest left: segments=0 permits=0 attachments=0",
+                    "VM b: xpmem objects the guest left: segments=0 permits=1 attachments=1",
+                )
+                .replace(
+                    "VM c: xpmem objects the guest left: segments=1 permits=1 attachments=1",
+                    "VM c: xpmem objects the guest left: segments=0 permits=0 attachments=0",
+                )
+            })
+            .collect();
+        let r = share_results(&leaky);
+        assert!(failed(&r, "b-released-everything"));
+        assert!(failed(&r, "c-left-objects-at-poweroff"));
+        assert!(!failed(&r, "a-released-everything"));
         // A forced revocation fails the run.
         let forced: Vec<String> = lines
             .iter()

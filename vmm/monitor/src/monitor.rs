@@ -70,11 +70,21 @@ fn random_seed() -> u64 {
     u64::from_le_bytes(seed)
 }
 
-fn report(name: &str, reason: &ExitReason, ran: Duration) {
+fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
+    let name = vm.name();
     eprintln!(
         "xpmem-vmm: VM {name}: {reason} after {:.2} s",
         ran.as_secs_f64()
     );
+    // Objects a guest made and never released (a clean shutdown leaves none);
+    // the domain tears them down now.
+    match vm.xpmem_held_at_exit() {
+        Some(h) => eprintln!(
+            "xpmem-vmm: VM {name}: xpmem objects the guest left: segments={} permits={} attachments={}",
+            h.segments, h.permits, h.attachments
+        ),
+        None => eprintln!("xpmem-vmm: VM {name}: xpmem objects the guest left: none (its device is not active: never started by the driver, or reset)"),
+    }
 }
 
 /// Builds all VMs (so bad input fails before any guest runs), starts them,
@@ -168,7 +178,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             );
             for mut vm in running.drain(..) {
                 let (reason, ran) = vm.stop(ExitReason::Stopped);
-                report(vm.name(), &reason, ran);
+                report(&vm, &reason, ran);
             }
             report_domain(&shared.xpmem);
             return Ok(Outcome::Interrupted(signo));
@@ -179,7 +189,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
                 let mut vm = running.swap_remove(index);
                 // The reason recorded by the guest wins over this placeholder.
                 let (reason, ran) = vm.stop(ExitReason::Stopped);
-                report(vm.name(), &reason, ran);
+                report(&vm, &reason, ran);
                 clean &= reason.is_clean();
             } else {
                 index += 1;

@@ -14,7 +14,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use virtio_mmio_transport::{MmioTransport, VirtioDevice, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
 use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout};
-use virtio_xpmem_device::{VmId, XpmemHub};
+use virtio_xpmem_device::{VmHoldings, VmId, XpmemHub};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_acpi::{AcpiConfig, MmioDeviceInfo};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -108,6 +108,8 @@ pub struct Vm {
     notifiers: Vec<Notifier>,
     exit: Arc<ExitHandle>,
     input: Option<SerialInput>,
+    /// The domain this VM joined, and its id there.
+    xpmem: (Arc<XpmemHub>, VmId),
     // Drop order matters: the VM fd (and with it every memslot) must go
     // before the memory it points at.
     _vm_fd: VmFd,
@@ -193,6 +195,7 @@ impl Vm {
             notifiers,
             exit,
             input,
+            xpmem: (shared.xpmem.clone(), id),
             _vm_fd: vm_fd,
             _transports: transports,
             _apertures: apertures,
@@ -225,6 +228,8 @@ impl Vm {
             event_thread: None,
             stop,
             started,
+            xpmem: self.xpmem.clone(),
+            held_at_exit: None,
             vm: None,
         };
         running.event_thread = Some(
@@ -591,6 +596,9 @@ pub struct RunningVm {
     event_thread: Option<JoinHandle<()>>,
     stop: EventFd,
     started: Instant,
+    xpmem: (Arc<XpmemHub>, VmId),
+    /// What the guest still held in the xpmem domain when it stopped.
+    held_at_exit: Option<VmHoldings>,
     /// Kept alive until every thread has stopped.
     vm: Option<Vm>,
 }
@@ -601,6 +609,12 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 impl RunningVm {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the guest still held in the xpmem domain when it stopped (set by
+    /// [`RunningVm::stop`]).
+    pub fn xpmem_held_at_exit(&self) -> Option<VmHoldings> {
+        self.held_at_exit
     }
 
     /// Readable when the VM asks to end.
@@ -634,6 +648,12 @@ impl RunningVm {
             let _ = thread.join();
         }
         lock(&self.serial).flush();
+        // Nothing of the guest runs any more: what it holds now, it never
+        // released (dropping the VM below tears it down).
+        if self.vm.is_some() {
+            let (hub, id) = &self.xpmem;
+            self.held_at_exit = hub.vm_holdings(*id);
+        }
         self.vm = None;
         let reason = self
             .exit

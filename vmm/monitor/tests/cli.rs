@@ -224,6 +224,13 @@ fn guest_output_and_acpi_power_off() {
     );
     assert!(err.contains("VM t: booting"), "{err}");
     assert!(err.contains("VM t: powered off after"), "{err}");
+    // The guest never started its virtio-xpmem device: it left nothing behind.
+    assert!(
+        err.contains(
+            "VM t: xpmem objects the guest left: none (its device is not active: never started by the driver, or reset)"
+        ),
+        "{err}"
+    );
     // The VM's virtio-xpmem device left the domain: nothing is held.
     assert!(
         err.contains(

@@ -34,7 +34,7 @@ use virtio_xpmem_wire as wire;
 use vm_memory::GuestMemoryMmap;
 use xpmem_domain::{
     Action, Counters, Domain, DomainConfig, DomainError, GpaRange, ImportPolicy, Mapping,
-    RequestTag, VmId, VmSpec,
+    RequestTag, VmHoldings, VmId, VmSpec,
 };
 
 use crate::aperture::{
@@ -790,6 +790,11 @@ impl XpmemHub {
     /// Snapshot of the domain counters.
     pub fn counters(&self) -> Counters {
         lock(&self.state).domain.counters()
+    }
+
+    /// What VM `vm` holds in the domain now (None: not a member).
+    pub fn vm_holdings(&self, vm: VmId) -> Option<VmHoldings> {
+        lock(&self.state).domain.vm_holdings(vm)
     }
 
     /// Snapshot of the aperture counters.

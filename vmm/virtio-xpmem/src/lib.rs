@@ -62,4 +62,4 @@ pub mod hub;
 
 pub use device::{XpmemDevice, QUEUE_SIZE};
 pub use hub::{ApertureStats, DeviceStats, HubClock, HubConfig, HubError, ManualClock, XpmemHub};
-pub use xpmem_domain::VmId;
+pub use xpmem_domain::{VmHoldings, VmId};

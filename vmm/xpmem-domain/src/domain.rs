@@ -482,6 +482,15 @@ impl Domain {
     }
 
     /// Snapshot of the counters.
+    /// What `vm` holds now (None: not a member).
+    pub fn vm_holdings(&self, vm: VmId) -> Option<VmHoldings> {
+        self.vms.get(&vm).map(|st| VmHoldings {
+            segments: st.segs.len() as u64,
+            permits: st.permits.len() as u64,
+            attachments: st.atts.len() as u64,
+        })
+    }
+
     pub fn counters(&self) -> Counters {
         let mut c = self.stats.clone();
         c.vms = self.vms.len() as u64;

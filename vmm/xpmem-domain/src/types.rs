@@ -377,6 +377,26 @@ pub enum Action {
     },
 }
 
+/// What one VM holds in the domain: the objects its guest made and has not
+/// released. A guest that shut down cleanly holds nothing; whatever is left
+/// is torn down by [`crate::Domain::remove_vm`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmHoldings {
+    /// Segments it exports.
+    pub segments: u64,
+    /// Permits (apids) it holds.
+    pub permits: u64,
+    /// Attachments it holds.
+    pub attachments: u64,
+}
+
+impl VmHoldings {
+    /// True if the VM holds no object.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Snapshot of the domain's bookkeeping. "Held" counters describe live state and are all
 /// zero once every VM has been removed; the others are cumulative.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1118,9 +1118,15 @@ fn release_owner_drops_everything_of_that_owner() {
         },
     );
     assert!(keep.is_ok());
+    let holds = |h: &H, vm| h.d.vm_holdings(vm).map(|v| (v.segments, v.permits, v.attachments));
+    assert_eq!(holds(&h, A), Some((1, 0, 0)));
+    assert_eq!(holds(&h, B), Some((1, 1, 1)));
     let (t, acts) = h.send(B, Request::ReleaseOwner { owner: OWNER });
     assert_eq!(response(&acts, B, t), Some(Ok(ResponseBody::Empty)));
     assert_eq!(unmaps(&acts).len(), 1);
+    // What B still holds is the other owner's segment.
+    assert_eq!(holds(&h, B), Some((1, 0, 0)));
+    assert_eq!(h.d.vm_holdings(VmId(99)), None);
     let c = h.d.counters();
     assert_eq!(
         (c.segments, c.permits, c.attachments, c.mapped_pages),
@@ -1129,6 +1135,7 @@ fn release_owner_drops_everything_of_that_owner() {
     // The exporter's owner going away revokes nothing left, and removes its segment.
     let (_, _) = h.send(A, Request::ReleaseOwner { owner: OWNER });
     assert_eq!(h.d.counters().segments, 1);
+    assert!(h.d.vm_holdings(A).is_some_and(|v| v.is_empty()));
 }
 
 #[test]
