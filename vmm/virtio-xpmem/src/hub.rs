@@ -405,6 +405,9 @@ struct HubState {
     endpoints: HashMap<VmId, Arc<Mutex<Endpoint>>>,
     /// VMs currently joined to the domain (device active).
     joined: HashMap<VmId, ()>,
+    /// What each VM's guest held when it last left the domain (device reset):
+    /// at guest shutdown, what its driver never released.
+    held_at_leave: HashMap<VmId, VmHoldings>,
     stats: ApertureStats,
 }
 
@@ -576,6 +579,7 @@ impl XpmemHub {
                 aperture,
                 endpoints: HashMap::new(),
                 joined: HashMap::new(),
+                held_at_leave: HashMap::new(),
                 stats: ApertureStats::default(),
             }),
             cfg,
@@ -723,6 +727,9 @@ impl XpmemHub {
     /// VMs and revokes everything in the VM's own windows.
     fn leave_locked(&self, st: &mut HubState, vm: VmId) {
         if st.joined.remove(&vm).is_some() {
+            if let Some(held) = st.domain.vm_holdings(vm) {
+                st.held_at_leave.insert(vm, held);
+            }
             let now = self.now_ms();
             match st.domain.remove_vm(vm, now) {
                 Ok(actions) => st.route(actions, now),
@@ -748,6 +755,7 @@ impl XpmemHub {
         let mut st = lock(&self.state);
         self.leave_locked(&mut st, vm);
         st.endpoints.remove(&vm);
+        st.held_at_leave.remove(&vm);
         if let Err(e) = st.aperture.remove_vm(vm) {
             log::error!("virtio-xpmem: unregistering VM {vm:?} from the aperture: {e}");
         }
@@ -792,9 +800,14 @@ impl XpmemHub {
         lock(&self.state).domain.counters()
     }
 
-    /// What VM `vm` holds in the domain now (None: not a member).
+    /// What VM `vm`'s guest holds in the domain now or, if its device is not
+    /// active, held when the device was last reset (a reset tears that down;
+    /// a guest that shuts down resets its devices). None: it never joined.
     pub fn vm_holdings(&self, vm: VmId) -> Option<VmHoldings> {
-        lock(&self.state).domain.vm_holdings(vm)
+        let st = lock(&self.state);
+        st.domain
+            .vm_holdings(vm)
+            .or_else(|| st.held_at_leave.get(&vm).copied())
     }
 
     /// Snapshot of the aperture counters.

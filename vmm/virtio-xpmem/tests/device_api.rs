@@ -6,7 +6,7 @@ use common::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_mmio_transport::{ActivateContext, ActivateError, SharedMemoryRegion, VirtioDevice};
 use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout};
-use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub, QUEUE_SIZE};
+use virtio_xpmem_device::{HubConfig, HubError, VmHoldings, VmId, XpmemHub, QUEUE_SIZE};
 use virtio_xpmem_wire as wire;
 
 #[test]
@@ -125,7 +125,19 @@ fn reset_releases_everything_and_the_device_can_be_reused() {
     });
     assert_eq!(c.status, 0);
     assert_eq!(hub.counters().segments, 1);
+    let held = |segments| VmHoldings {
+        segments,
+        permits: 0,
+        attachments: 0,
+    };
+    assert_eq!(hub.vm_holdings(VmId(1)), Some(held(1)));
+    // A reset (as at guest shutdown) tears the segment down; the hub still
+    // tells what the guest had left until the device is active again.
+    g.dev.reset();
+    assert_eq!(hub.counters().segments, 0);
+    assert_eq!(hub.vm_holdings(VmId(1)), Some(held(1)));
     g.reset_and_reactivate();
+    assert_eq!(hub.vm_holdings(VmId(1)), Some(held(0)));
     assert_eq!(hub.counters().segments, 0);
     assert_eq!(hub.counters().vms, 1);
     let c = g.call(wire::Request::Make {
