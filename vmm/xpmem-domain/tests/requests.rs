@@ -1118,7 +1118,10 @@ fn release_owner_drops_everything_of_that_owner() {
         },
     );
     assert!(keep.is_ok());
-    let holds = |h: &H, vm| h.d.vm_holdings(vm).map(|v| (v.segments, v.permits, v.attachments));
+    let holds = |h: &H, vm| {
+        h.d.vm_holdings(vm)
+            .map(|v| (v.segments, v.permits, v.attachments))
+    };
     assert_eq!(holds(&h, A), Some((1, 0, 0)));
     assert_eq!(holds(&h, B), Some((1, 1, 1)));
     let (t, acts) = h.send(B, Request::ReleaseOwner { owner: OWNER });
