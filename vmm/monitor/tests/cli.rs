@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{kvm_usable, tiny_bzimage, TempDir};
+use common::{kvm_usable, tiny_bzimage, wait_bounded, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xpmem-vmm");
 
@@ -159,27 +159,7 @@ fn run_bounded(args: &[String], limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            std::thread::sleep(Duration::from_millis(50));
-            // SAFETY: kill(pid, 0) only probes whether our child still exists.
-            if unsafe { libc::kill(pid as i32, 0) } != 0 {
-                return false;
-            }
-        }
-        // SAFETY: `pid` is our own child process.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        true
-    });
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        !watchdog.join().unwrap(),
-        "xpmem-vmm did not exit within {limit:?}: {}",
-        stderr(&out)
-    );
-    out
+    wait_bounded(child, limit)
 }
 
 #[test]

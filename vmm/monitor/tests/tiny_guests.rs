@@ -18,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{kvm_usable, tiny_bzimage, TempDir};
+use common::{kvm_usable, tiny_bzimage, wait_bounded, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xpmem-vmm");
 const LIMIT: Duration = Duration::from_secs(120);
@@ -172,40 +172,12 @@ fn spawn(args: &[&str], stdin: Stdio) -> Child {
         .unwrap()
 }
 
-/// Waits for the monitor, killing it (and failing) if it does not exit in time.
-fn wait_bounded(child: Child) -> Output {
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        let start = Instant::now();
-        while start.elapsed() < LIMIT {
-            std::thread::sleep(Duration::from_millis(50));
-            // SAFETY: kill(pid, 0) only probes whether our child still exists.
-            if unsafe { libc::kill(pid as i32, 0) } != 0 {
-                return false;
-            }
-        }
-        // SAFETY: `pid` is our own child process, not yet reaped (we reap it
-        // in wait_with_output below, after this thread is joined).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        true
-    });
-    let out = child.wait_with_output().unwrap();
-    let killed = watchdog.join().unwrap();
-    assert!(
-        !killed,
-        "xpmem-vmm did not exit within {LIMIT:?}; stdout: {}; stderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn run(args: &[&str]) -> Output {
-    wait_bounded(spawn(args, Stdio::null()))
+    wait_bounded(spawn(args, Stdio::null()), LIMIT)
 }
 
 fn one_vm<'a>(kernel: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
@@ -332,7 +304,7 @@ fn stdin_reaches_the_guest_uart() {
         // Dropping stdin closes it: the bytes already written must still
         // be delivered.
     }
-    let out = wait_bounded(child);
+    let out = wait_bounded(child, LIMIT);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(
@@ -369,7 +341,10 @@ fn each_vm_reads_its_own_input_fifo() {
           [[vm]]\nname = \"q\"\nmemory = 64\nkernel = \"echo.bzImage\"\ninput = \"q.fifo\"\n",
     );
     // stdin stays the terminal-less null device: input comes only from the FIFOs.
-    let out = wait_bounded(spawn(&["--config", cfg.to_str().unwrap()], Stdio::null()));
+    let out = wait_bounded(
+        spawn(&["--config", cfg.to_str().unwrap()], Stdio::null()),
+        LIMIT,
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(stdout.contains("[vm-p] TO P ONLY\n"), "stdout: {stdout:?}");

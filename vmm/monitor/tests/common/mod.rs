@@ -3,6 +3,8 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
 
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -73,4 +75,33 @@ pub fn tiny_bzimage(code: &[u8]) -> Vec<u8> {
     // The 64-bit entry is 0x200 bytes into the protected-mode kernel.
     img[setup_len + 0x200..setup_len + 0x200 + code.len()].copy_from_slice(code);
     img
+}
+
+/// Waits for the monitor `child`, killing it (and failing the test) if it
+/// does not exit within `limit`; the failure shows its stdout and stderr.
+pub fn wait_bounded(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: kill(pid, 0) only probes whether our child still exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: `pid` is our own child process, not yet reaped (we reap it
+        // in wait_with_output below, after this thread is joined).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        true
+    });
+    let out = child.wait_with_output().unwrap();
+    let killed = watchdog.join().unwrap();
+    assert!(
+        !killed,
+        "xpmem-vmm did not exit within {limit:?}; stdout: {}; stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
