@@ -34,7 +34,9 @@ pub enum Flow {
     Kill,
 }
 
-fn pump<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<String>) {
+/// Sends every line `r` produces (without its line end; carriage returns
+/// removed) to `tx`, from a new thread, until end of file or a closed channel.
+pub fn pump<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(r);
         let mut buf = Vec::new();

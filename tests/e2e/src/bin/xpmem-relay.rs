@@ -15,13 +15,14 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 
+use xpmem_e2e::process::pump;
 use xpmem_e2e::relay::Router;
 
 const USAGE: &str = "usage: xpmem-relay --input VM=FIFO [--input VM=FIFO ...] -- COMMAND [ARGS...]";
@@ -91,25 +92,6 @@ fn make_fifo(path: &PathBuf) -> Result<File, RelayError> {
         .map_err(err)
 }
 
-fn forward(pipe: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-}
-
 fn run(args: Args) -> Result<i32, RelayError> {
     let mut fifos: BTreeMap<String, File> = BTreeMap::new();
     for (vm, path) in &args.inputs {
@@ -127,10 +109,10 @@ fn run(args: Args) -> Result<i32, RelayError> {
         })?;
     let (tx, rx) = mpsc::channel();
     if let Some(out) = child.stdout.take() {
-        forward(out, tx.clone());
+        pump(out, tx.clone());
     }
     if let Some(err) = child.stderr.take() {
-        forward(err, tx);
+        pump(err, tx);
     }
     let mut router = Router::default();
     let stdout = std::io::stdout();
