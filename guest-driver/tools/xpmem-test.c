@@ -489,6 +489,18 @@ static int imp_finish(void)
 	return pass();
 }
 
+/* Attach, read every page (so all are mapped) and tell the exporter. */
+static int attach_and_read(void)
+{
+	int rc = attach(XPMEM_RDWR);
+
+	if (!rc)
+		rc = imp_verify(1);
+	if (!rc)
+		((volatile struct ctl *)imp_buf)->imp_state = IMP_VERIFIED;
+	return rc;
+}
+
 /*
  * attach: read generation 1, check a fork child does not inherit the
  * attachment, write generation 2, tell the exporter.
@@ -544,15 +556,11 @@ static int case_attach_ro(void)
 static int case_attach_fork(void)
 {
 	volatile struct ctl *ctl;
-	int rc = attach(XPMEM_RDWR);
+	int rc = attach_and_read();
 
 	if (rc)
 		return rc;
 	ctl = (volatile struct ctl *)imp_buf;
-	rc = imp_verify(1);
-	if (rc)
-		return rc;
-	ctl->imp_state = IMP_VERIFIED;
 	if (!wait_for(&ctl->exp_state, EXP_FORKED))
 		return fail("exporter did not fork");
 	rc = imp_verify(3);
@@ -568,15 +576,11 @@ static int case_attach_gone(void)
 {
 	volatile struct ctl *ctl;
 	double end;
-	int rc = attach(XPMEM_RDWR), sig = 0;
+	int rc = attach_and_read(), sig = 0;
 
 	if (rc)
 		return rc;
 	ctl = (volatile struct ctl *)imp_buf;
-	rc = imp_verify(1);
-	if (rc)
-		return rc;
-	ctl->imp_state = IMP_VERIFIED;
 	end = now() + opt.timeout;
 	while (now() < end) {
 		sig = touch(&ctl->magic, false);
@@ -1168,18 +1172,6 @@ static int case_export_wait_gone(void)
 	if (xpmem_remove(exp_segid))
 		return fail("xpmem_remove: %s", strerror(errno));
 	return pass();
-}
-
-/* Attach, read every page (so all are mapped) and tell the exporter. */
-static int attach_and_read(void)
-{
-	int rc = attach(XPMEM_RDWR);
-
-	if (!rc)
-		rc = imp_verify(1);
-	if (!rc)
-		((volatile struct ctl *)imp_buf)->imp_state = IMP_VERIFIED;
-	return rc;
 }
 
 /* attach-exit: exit while attached, without detach or release. */
