@@ -2,15 +2,7 @@
 # Single-VM driver checks, run inside a guest with the virtio-xpmem device:
 # `--extra-dir guest-driver/tools/image --run xpmem-local.sh`.
 # Prints XPMEM-TEST lines per case and ends with XPMEM-LOCAL PASS|FAIL.
-rc=0
-run() { xpmem-test "$@" || rc=1; }
-# This VM's /proc/xpmem current counters must be back to 0 after case $1
-# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
-zero() {
-	xpmem-test proc-zero >/tmp/pz 2>&1 ||
-		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
-}
-check() { run "$@"; zero "$1"; }
+. "$(dirname "$0")/xpmem-cases.sh"
 # Both halves of a two-VM pair in this VM: the exporter in the background,
 # the importer with the segid the exporter printed.
 pair() {
@@ -35,10 +27,10 @@ pair() {
 	zero "$1"
 }
 grep -E "^(version|device|aperture)" /proc/xpmem/stats
-check version
-check local-errors
-check local --timeout 60
-check local --pages 600 --timeout 120
+t version
+t local-errors
+t local --timeout 60
+t local --pages 600 --timeout 120
 pair export-fork attach-fork
 # The Rust crate (guest-driver/xpmem-rs, example `local`) against the real driver.
 if xpmem-rs-local 64; then

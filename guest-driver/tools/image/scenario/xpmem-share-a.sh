@@ -4,15 +4,7 @@
 # "SEGID n TO vm,..." and tests/e2e's xpmem-relay types "SEGID n" into those
 # VMs' consoles; "DONE vm" and "GONE vm" lines come back to a the same way.
 # The numbers pair the steps of the three scripts.
-rc=0
-# Each case, then this VM's /proc/xpmem current counters must be back to 0
-# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
-t() {
-	xpmem-test "$@" || rc=1
-	[ "$1" = proc-zero ] && return
-	xpmem-test proc-zero >/tmp/pz 2>&1 ||
-		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
-}
+. "$(dirname "$0")/xpmem-cases.sh"
 t export --to b                              #  1 b attaches; writes both ways
 t export-hold --pages 2048 --until 1 --to b  # 1b b measures bandwidth (8 MiB)
 t export-hold --until 1 --to b               #  2 b attaches read-only

@@ -1,15 +1,7 @@
 #!/bin/sh
 # VM b of the e2e `xpmem/share` case (see xpmem-share-a.sh). Each importer
 # waits for a "SEGID n" line on the console, typed by xpmem-relay.
-rc=0
-# Each case, then this VM's /proc/xpmem current counters must be back to 0
-# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
-t() {
-	xpmem-test "$@" || rc=1
-	[ "$1" = proc-zero ] && return
-	xpmem-test proc-zero >/tmp/pz 2>&1 ||
-		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
-}
+. "$(dirname "$0")/xpmem-cases.sh"
 t attach                                     #  1
 t attach-bench --pages 2048; echo "XPMEM-POST a DONE b" # 1b
 t attach-ro; echo "XPMEM-POST a DONE b"      #  2

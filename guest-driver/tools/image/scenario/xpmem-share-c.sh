@@ -2,15 +2,7 @@
 # VM c of the e2e `xpmem/share` case (see xpmem-share-a.sh). Ends by powering
 # off while attached to a's segment and while b is attached to c's;
 # xpmem-relay tells a once the monitor reports c's end.
-rc=0
-# Each case, then this VM's /proc/xpmem current counters must be back to 0
-# (printed as "XPMEM-TEST counters-after-<case> FAIL ..." when not).
-t() {
-	xpmem-test "$@" || rc=1
-	[ "$1" = proc-zero ] && return
-	xpmem-test proc-zero >/tmp/pz 2>&1 ||
-		{ rc=1; sed "s/XPMEM-TEST proc-zero /XPMEM-TEST counters-after-$1 /" /tmp/pz; }
-}
+. "$(dirname "$0")/xpmem-cases.sh"
 t get-denied --uid 0                         #  3 same uid as the exporter, other VM
 echo "XPMEM-POST a DONE c"
 t attach-multi --index 1                     #  5
