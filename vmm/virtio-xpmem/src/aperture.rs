@@ -37,6 +37,31 @@
 //!
 //! The poison pattern (rather than zeros) makes a read of a revoked page
 //! recognisable in guest dumps and tests.
+//!
+//! # Host mapping budget
+//!
+//! Every mmap over a window creates host mappings (VMAs), and a process has
+//! at most `vm.max_map_count` of them. A guest that answers RESOLVEs with
+//! scattered pages turns each aperture page into its own mapping, and a
+//! revocation that replaces the middle of a run splits it. If the process ran
+//! out of mappings, the mmap that revokes a page would fail and the importer
+//! would keep seeing a page its exporter freed. So [`MmapAperture`] keeps, per
+//! window, an upper bound of the mappings behind it (the cut points between
+//! the ranges of its own mmap calls; the kernel may merge ranges, never split
+//! them further) and gives every VM a budget:
+//!
+//! - a map that would leave fewer than [`split_reserve`] mappings of the
+//!   budget free is refused ([`ApertureError::MappingBudget`]; the FAULT gets
+//!   an error status), so revocations always have room to split runs;
+//! - an unmap that would exceed the budget, or whose mmap fails for any
+//!   reason, is reported as an error: the caller then calls
+//!   [`ApertureBackend::revoke_window`], which replaces the *whole* window by
+//!   the filler. Whole-window replacement never splits a mapping (each
+//!   window has PROT_NONE guard pages on both sides, so no mapping crosses its
+//!   edges) and needs at most `ceil(pages / FILLER_PAGES)` mappings, which
+//!   [`MmapAperture::add_vm`] checked fit the budget;
+//! - if even that fails, the caller must cut the guest off by a path that
+//!   does not need new mappings (the monitor deletes the window's memslot).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -55,6 +80,14 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const FILLER_PAGES: u64 = 512;
 /// Every byte of an unmapped (or revoked) aperture page reads as this value.
 pub const FILLER_BYTE: u8 = 0xa5;
+/// Host mappings a VM's two windows may use when the caller sets no budget.
+pub const DEFAULT_MAPPINGS_PER_VM: u64 = 8192;
+
+/// Mappings of a VM's budget that maps may not use: revocations need them to
+/// split runs (each unmap adds at most two).
+pub fn split_reserve(budget: u64) -> u64 {
+    (budget / 8).max(16)
+}
 
 /// Errors of the import aperture.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +133,16 @@ pub enum ApertureError {
         len: u64,
         source: io::Error,
     },
+    #[error("VM {vm:?} would need {needed} host mappings for its aperture windows, above its budget of {budget}; raise vm.max_map_count or give the VM smaller aperture windows")]
+    MappingBudget { vm: VmId, needed: u64, budget: u64 },
+    #[error(
+        "a failed map of VM {vm:?} could not restore the filler ({source}); revoke the window"
+    )]
+    Unrestored {
+        vm: VmId,
+        #[source]
+        source: Box<ApertureError>,
+    },
 }
 
 type Result<T> = std::result::Result<T, ApertureError>;
@@ -137,15 +180,57 @@ fn create_filler() -> io::Result<File> {
     Ok(file)
 }
 
+/// Failure injection for tests: makes the aperture's own mmap calls fail.
+///
+/// Shared with the test through an `Arc`; [`MmapAperture::with_faults`]
+/// installs it. `fail_after(n)` lets `n` more mmap calls succeed and fails
+/// every later one with `ENOMEM` until [`ApertureFaults::heal`] is called.
+#[derive(Debug, Default)]
+pub struct ApertureFaults {
+    /// Calls still allowed; negative: no failure armed.
+    budget: std::sync::atomic::AtomicI64,
+    armed: std::sync::atomic::AtomicBool,
+    /// mmap calls failed so far.
+    pub injected: std::sync::atomic::AtomicU64,
+}
+
+impl ApertureFaults {
+    /// Lets `n` more mmap calls succeed, then fails every one after.
+    pub fn fail_after(&self, n: i64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.budget.store(n, SeqCst);
+        self.armed.store(true, SeqCst);
+    }
+    /// Stops failing mmap calls.
+    pub fn heal(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Whether the next mmap call must fail (and counts it).
+    fn should_fail(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.armed.load(SeqCst) {
+            return false;
+        }
+        if self.budget.fetch_sub(1, SeqCst) > 0 {
+            return false;
+        }
+        self.injected.fetch_add(1, SeqCst);
+        true
+    }
+}
+
 /// The host mapping behind one aperture window.
 ///
 /// Created with [`ApertureWindow::reserve`]; the whole range shows the filler
-/// until pages are mapped. Dropping it unmaps the host range, so it must
-/// outlive the memslot that points at it.
+/// until pages are mapped. One PROT_NONE guard page on each side keeps the
+/// window's mappings from merging with neighbours, so replacing the whole
+/// window never splits a mapping. Dropping it unmaps the host range, so it
+/// must outlive the memslot that points at it.
 #[derive(Debug)]
 pub struct ApertureWindow {
     kind: Window,
     guest_base: u64,
+    /// First byte of the window (one guard page after the reservation start).
     host: *mut u8,
     len: u64,
 }
@@ -156,30 +241,36 @@ unsafe impl Send for ApertureWindow {}
 // SAFETY: as above; shared references only read the immutable fields.
 unsafe impl Sync for ApertureWindow {}
 
+/// One successful mmap over a window: pages `start..start + npages`.
+type OnMapped<'a> = &'a mut dyn FnMut(u64, u64);
+
 impl ApertureWindow {
     /// Reserves `len` bytes of host address space for the window at guest
-    /// physical `guest_base` and fills it with the filler.
+    /// physical `guest_base` (plus a guard page on each side) and fills it
+    /// with the filler.
     pub fn reserve(kind: Window, guest_base: u64, len: u64) -> Result<Arc<Self>> {
-        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || usize::try_from(len).is_err() {
-            return Err(ApertureError::BadWindowLength(len));
-        }
+        let total = len
+            .checked_add(2 * PAGE_SIZE)
+            .filter(|_| len != 0 && len.is_multiple_of(PAGE_SIZE))
+            .and_then(|t| usize::try_from(t).ok())
+            .ok_or(ApertureError::BadWindowLength(len))?;
         if !guest_base.is_multiple_of(PAGE_SIZE) || guest_base.checked_add(len).is_none() {
             return Err(ApertureError::BadWindowBase(guest_base));
         }
         filler()?;
         // SAFETY: a fresh PROT_NONE anonymous reservation at a kernel-chosen
         // address; it overlaps no existing mapping.
-        let host = unsafe {
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len as usize,
+                total,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if host == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return Err(ApertureError::Reserve {
                 len,
                 source: io::Error::last_os_error(),
@@ -188,10 +279,12 @@ impl ApertureWindow {
         let window = Self {
             kind,
             guest_base,
-            host: host.cast(),
+            // SAFETY: the reservation is len + 2 pages long; one page in is
+            // still inside it.
+            host: unsafe { base.cast::<u8>().add(PAGE_SIZE as usize) },
             len,
         };
-        window.fill(0, len / PAGE_SIZE)?;
+        window.fill(0, len / PAGE_SIZE, None, &mut |_, _| {})?;
         Ok(Arc::new(window))
     }
 
@@ -240,90 +333,87 @@ impl ApertureWindow {
         }
     }
 
-    /// Maps the filler over pages `page..page + npages` (already
-    /// bounds-checked). Returns the number of mmap calls.
-    fn fill(&self, page: u64, npages: u64) -> Result<u64> {
-        let filler = filler()?;
-        let prot = self.prot(self.kind == Window::Rw);
-        let mut calls = 0;
-        let mut done = 0;
-        while done < npages {
-            let chunk = (npages - done).min(FILLER_PAGES);
-            let offset = (page + done) * PAGE_SIZE;
-            let len = chunk * PAGE_SIZE;
-            // SAFETY: offset + len is inside this window (checked by the
-            // caller), a range this object reserved and owns; MAP_FIXED only
-            // replaces pages of the window. The filler memfd is
-            // FILLER_PAGES long, so offset 0..len is inside it.
-            let ret = unsafe {
-                libc::mmap(
-                    self.host.add(offset as usize).cast(),
-                    len as usize,
-                    prot,
-                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    filler.as_raw_fd(),
-                    0,
-                )
-            };
-            if ret == libc::MAP_FAILED {
-                return Err(ApertureError::Mmap {
-                    offset,
-                    len,
-                    source: io::Error::last_os_error(),
-                });
-            }
-            calls += 1;
-            done += chunk;
-        }
-        Ok(calls)
-    }
-
-    /// Maps `len` bytes of `file` at `file_offset` over the window at page
-    /// `page` (already bounds-checked).
-    fn map_file(
+    /// One `mmap(MAP_FIXED)` over pages `page..page + npages` of the window
+    /// (already bounds-checked by the caller).
+    fn mmap_fixed(
         &self,
         page: u64,
         npages: u64,
+        prot: i32,
+        flags: i32,
         file: &File,
         file_offset: u64,
-        writable: bool,
+        faults: Option<&ApertureFaults>,
     ) -> Result<()> {
         let offset = page * PAGE_SIZE;
         let len = npages * PAGE_SIZE;
-        let file_off = libc::off_t::try_from(file_offset).map_err(|_| ApertureError::Mmap {
+        let err = |source| ApertureError::Mmap {
             offset,
             len,
-            source: io::Error::from_raw_os_error(libc::EOVERFLOW),
-        })?;
-        // SAFETY: the target range is inside this window (checked by the
-        // caller) and owned by it; the file range was checked against the
-        // exporter's RAM layout, so it lies inside the exporter's memfd.
+            source,
+        };
+        let file_off = libc::off_t::try_from(file_offset)
+            .map_err(|_| err(io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
+        if faults.is_some_and(ApertureFaults::should_fail) {
+            return Err(err(io::Error::from_raw_os_error(libc::ENOMEM)));
+        }
+        // SAFETY: offset + len is inside this window (checked by the caller),
+        // a range this object reserved and owns; MAP_FIXED only replaces pages
+        // of the window. The file range was checked by the caller: the filler
+        // is FILLER_PAGES long, an exporter range lies inside its memfd.
         let ret = unsafe {
             libc::mmap(
                 self.host.add(offset as usize).cast(),
                 len as usize,
-                self.prot(writable),
-                libc::MAP_SHARED | libc::MAP_FIXED,
+                prot,
+                flags | libc::MAP_FIXED,
                 file.as_raw_fd(),
                 file_off,
             )
         };
         if ret == libc::MAP_FAILED {
-            return Err(ApertureError::Mmap {
-                offset,
-                len,
-                source: io::Error::last_os_error(),
-            });
+            return Err(err(io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// Maps the filler over pages `page..page + npages` (already
+    /// bounds-checked), one mmap per [`FILLER_PAGES`]; `on_mapped` hears of
+    /// each one that succeeded. Returns the number of mmap calls.
+    fn fill(
+        &self,
+        page: u64,
+        npages: u64,
+        faults: Option<&ApertureFaults>,
+        on_mapped: OnMapped<'_>,
+    ) -> Result<u64> {
+        let filler = filler()?;
+        let prot = self.prot(self.kind == Window::Rw);
+        let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+        let mut calls = 0;
+        let mut done = 0;
+        while done < npages {
+            let chunk = (npages - done).min(FILLER_PAGES);
+            self.mmap_fixed(page + done, chunk, prot, flags, filler, 0, faults)?;
+            on_mapped(page + done, chunk);
+            calls += 1;
+            done += chunk;
+        }
+        Ok(calls)
     }
 }
 
 impl Drop for ApertureWindow {
     fn drop(&mut self) {
-        // SAFETY: host..host+len is the reservation made in `reserve`, owned
-        // by this object and no longer referenced (the last Arc is gone).
-        unsafe { libc::munmap(self.host.cast(), self.len as usize) };
+        // SAFETY: the reservation made in `reserve` starts one guard page
+        // before `host` and is len + 2 pages long; it is owned by this object
+        // and no longer referenced (the last Arc is gone).
+        unsafe {
+            libc::munmap(
+                self.host.sub(PAGE_SIZE as usize).cast(),
+                (self.len + 2 * PAGE_SIZE) as usize,
+            )
+        };
     }
 }
 
@@ -451,6 +541,12 @@ pub struct MapStats {
 ///
 /// Implementations must validate every argument: the values come from the
 /// domain, which derives them from guest requests.
+///
+/// The revocation contract: when [`unmap`](Self::unmap) returns an error,
+/// the pages may still show exporter memory; the caller must then call
+/// [`revoke_window`](Self::revoke_window), and if that fails too, cut the
+/// guest off from the window by other means (delete the memslot) before it
+/// tells anyone that the pages are gone.
 pub trait ApertureBackend: Send {
     /// Registers a VM: its RAM (for when it exports) and its windows (for
     /// when it imports).
@@ -459,14 +555,25 @@ pub trait ApertureBackend: Send {
     /// forgets the VM. The caller must first have unmapped the VM's RAM from
     /// every other VM's window (the domain does this on `remove_vm`).
     fn remove_vm(&mut self, vm: VmId) -> Result<()>;
+    /// Replaces the whole `window` of `vm` by the filler, without splitting
+    /// any mapping (the window is kept registered).
+    fn revoke_window(&mut self, vm: VmId, window: Window) -> Result<MapStats>;
     /// Revokes every page of the VM's windows but keeps it registered
     /// (device reset).
-    fn revoke_all(&mut self, vm: VmId) -> Result<MapStats>;
+    fn revoke_all(&mut self, vm: VmId) -> Result<MapStats> {
+        let rw = self.revoke_window(vm, Window::Rw)?;
+        let ro = self.revoke_window(vm, Window::Ro)?;
+        Ok(MapStats {
+            mmap_calls: rw.mmap_calls + ro.mmap_calls,
+            pages: rw.pages + ro.pages,
+        })
+    }
     /// Maps `npages` exporter pages starting at guest-physical `exporter_gpa`
     /// into `importer`'s `window` starting at `aperture_page`. A range that is
     /// contiguous in the exporter's memfd takes one mmap call (a range
     /// spanning several RAM regions takes one per region). On error nothing
-    /// stays mapped in the target range (it shows the filler).
+    /// stays mapped in the target range (it shows the filler), except with
+    /// [`ApertureError::Unrestored`]: then revoke the window.
     #[allow(clippy::too_many_arguments)]
     fn map(
         &mut self,
@@ -479,7 +586,7 @@ pub trait ApertureBackend: Send {
         writable: bool,
     ) -> Result<MapStats>;
     /// Revokes `npages` pages of `importer`'s `window` from `aperture_page`:
-    /// they show the filler afterwards.
+    /// they show the filler afterwards. On error see the trait docs.
     fn unmap(
         &mut self,
         importer: VmId,
@@ -489,21 +596,103 @@ pub trait ApertureBackend: Send {
     ) -> Result<MapStats>;
 }
 
+/// An upper bound of the host mappings behind one window: the window is cut
+/// into the ranges of the mmap calls that made it; the kernel can only merge
+/// neighbours, so it never has more mappings than ranges here.
+#[derive(Clone, Debug)]
+struct WindowMappings {
+    pages: u64,
+    /// Page indices (0 < cut < pages) where one range ends and the next starts.
+    cuts: std::collections::BTreeSet<u64>,
+}
+
+impl WindowMappings {
+    /// A window just filled from page 0 in filler-sized chunks.
+    fn filled(pages: u64) -> Self {
+        Self {
+            pages,
+            cuts: (1..pages.div_ceil(FILLER_PAGES))
+                .map(|k| k * FILLER_PAGES)
+                .collect(),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.cuts.len() as u64 + 1
+    }
+
+    /// The count after mmap calls replace pages `start..end` with ranges
+    /// starting every `chunk` pages.
+    fn count_after(&self, start: u64, end: u64, chunk: u64) -> u64 {
+        let inside = self.cuts.range(start + 1..end).count() as u64;
+        let edge = |p: u64| u64::from(p > 0 && p < self.pages && !self.cuts.contains(&p));
+        let inner = (end - start).div_ceil(chunk.max(1)).saturating_sub(1);
+        self.count() - inside + edge(start) + edge(end) + inner
+    }
+
+    /// Records one mmap over pages `start..start + n`.
+    fn record(&mut self, start: u64, n: u64) {
+        let end = start + n;
+        let mut tail = self.cuts.split_off(&(start + 1));
+        let mut after = tail.split_off(&end);
+        self.cuts.append(&mut after);
+        for p in [start, end] {
+            if p > 0 && p < self.pages {
+                self.cuts.insert(p);
+            }
+        }
+    }
+}
+
 struct VmAperture {
     ram: VmRamLayout,
     windows: ApertureWindows,
+    /// Mapping bounds of the rw and ro windows.
+    mappings: [WindowMappings; 2],
+}
+
+impl VmAperture {
+    fn mappings(&mut self, w: Window) -> &mut WindowMappings {
+        &mut self.mappings[usize::from(w == Window::Ro)]
+    }
+    fn total_mappings(&self) -> u64 {
+        self.mappings.iter().map(WindowMappings::count).sum()
+    }
 }
 
 /// The real [`ApertureBackend`]: memfd ranges mapped over host windows.
-#[derive(Default)]
 pub struct MmapAperture {
     vms: HashMap<VmId, VmAperture>,
+    budget: u64,
+    faults: Option<Arc<ApertureFaults>>,
+}
+
+impl Default for MmapAperture {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MmapAperture {
-    /// An aperture with no VMs.
+    /// An aperture with no VMs and [`DEFAULT_MAPPINGS_PER_VM`].
     pub fn new() -> Self {
-        Self::default()
+        Self::with_budget(DEFAULT_MAPPINGS_PER_VM)
+    }
+
+    /// An aperture whose VMs may each use `mappings_per_vm` host mappings
+    /// for their two windows (see the module docs).
+    pub fn with_budget(mappings_per_vm: u64) -> Self {
+        Self {
+            vms: HashMap::new(),
+            budget: mappings_per_vm,
+            faults: None,
+        }
+    }
+
+    /// Makes this aperture's mmap calls fail as `faults` says (tests).
+    pub fn with_faults(mut self, faults: Arc<ApertureFaults>) -> Self {
+        self.faults = Some(faults);
+        self
     }
 
     /// The windows of a registered VM.
@@ -511,9 +700,34 @@ impl MmapAperture {
         self.vms.get(&vm).map(|v| &v.windows)
     }
 
+    /// Upper bound of the host mappings behind `vm`'s two windows.
+    pub fn mappings_in_use(&self, vm: VmId) -> Option<u64> {
+        self.vms.get(&vm).map(VmAperture::total_mappings)
+    }
+
     /// The apertures of `vm`, or UnknownVm.
     fn vm(&self, vm: VmId) -> Result<&VmAperture> {
         self.vms.get(&vm).ok_or(ApertureError::UnknownVm(vm))
+    }
+
+    fn vm_mut(&mut self, vm: VmId) -> Result<&mut VmAperture> {
+        self.vms.get_mut(&vm).ok_or(ApertureError::UnknownVm(vm))
+    }
+
+    /// Fills pages of a window, keeping its mapping bound current.
+    fn fill(&mut self, vm: VmId, window: Window, page: u64, npages: u64) -> Result<MapStats> {
+        let faults = self.faults.clone();
+        let v = self.vm_mut(vm)?;
+        let win = v.windows.get(window).clone();
+        win.check_range(page, npages)?;
+        let bound = v.mappings(window);
+        let mmap_calls = win.fill(page, npages, faults.as_deref(), &mut |p, n| {
+            bound.record(p, n)
+        })?;
+        Ok(MapStats {
+            mmap_calls,
+            pages: npages,
+        })
     }
 }
 
@@ -522,7 +736,28 @@ impl ApertureBackend for MmapAperture {
         if self.vms.contains_key(&vm) {
             return Err(ApertureError::DuplicateVm(vm));
         }
-        self.vms.insert(vm, VmAperture { ram, windows });
+        let mappings = [
+            WindowMappings::filled(windows.rw.pages()),
+            WindowMappings::filled(windows.ro.pages()),
+        ];
+        // Whole-window revocation must always fit, with room for maps.
+        let needed =
+            mappings.iter().map(WindowMappings::count).sum::<u64>() + split_reserve(self.budget);
+        if needed > self.budget {
+            return Err(ApertureError::MappingBudget {
+                vm,
+                needed,
+                budget: self.budget,
+            });
+        }
+        self.vms.insert(
+            vm,
+            VmAperture {
+                ram,
+                windows,
+                mappings,
+            },
+        );
         Ok(())
     }
 
@@ -532,14 +767,9 @@ impl ApertureBackend for MmapAperture {
         Ok(())
     }
 
-    fn revoke_all(&mut self, vm: VmId) -> Result<MapStats> {
-        let v = self.vm(vm)?;
-        let mut stats = MapStats::default();
-        for w in [&v.windows.rw, &v.windows.ro] {
-            stats.mmap_calls += w.fill(0, w.pages())?;
-            stats.pages += w.pages();
-        }
-        Ok(stats)
+    fn revoke_window(&mut self, vm: VmId, window: Window) -> Result<MapStats> {
+        let pages = self.vm(vm)?.windows.get(window).pages();
+        self.fill(vm, window, 0, pages)
     }
 
     fn map(
@@ -552,9 +782,11 @@ impl ApertureBackend for MmapAperture {
         npages: u64,
         writable: bool,
     ) -> Result<MapStats> {
+        let budget = self.budget;
+        let faults = self.faults.clone();
         let imp = self.vm(importer)?;
         let exp = self.vm(exporter)?;
-        let win = imp.windows.get(window);
+        let win = imp.windows.get(window).clone();
         win.check_range(aperture_page, npages)?;
         if writable && window == Window::Ro {
             return Err(ApertureError::WritableInReadOnlyWindow);
@@ -571,9 +803,9 @@ impl ApertureBackend for MmapAperture {
             });
         }
         // Validate everything and split at RAM region boundaries before
-        // touching any mapping. A run: (first window page, npages, region
-        // index, file offset).
-        let mut runs: Vec<(u64, u64, usize, u64)> = Vec::new();
+        // touching any mapping. A run: (first window page, npages, file,
+        // file offset).
+        let mut runs: Vec<(u64, u64, Arc<File>, u64)> = Vec::new();
         let mut done = 0;
         while done < npages {
             let gpa = exporter_gpa + done * PAGE_SIZE;
@@ -581,22 +813,55 @@ impl ApertureBackend for MmapAperture {
             let r = &exp.ram.regions[region];
             let left_in_region = (r.guest_base + r.len - gpa) / PAGE_SIZE;
             let n = left_in_region.min(npages - done);
-            runs.push((aperture_page + done, n, region, off));
+            runs.push((aperture_page + done, n, r.file.clone(), off));
             done += n;
+        }
+        // The budget: each run is one mapping, and revocations keep their reserve.
+        let imp = self.vm_mut(importer)?;
+        let others = imp.total_mappings() - imp.mappings(window).count();
+        let mut preview = imp.mappings(window).clone();
+        for &(page, n, _, _) in &runs {
+            preview.record(page, n);
+        }
+        let needed = others + preview.count();
+        if needed + split_reserve(budget) > budget {
+            return Err(ApertureError::MappingBudget {
+                vm: importer,
+                needed: needed + split_reserve(budget),
+                budget,
+            });
         }
         let mut stats = MapStats {
             mmap_calls: 0,
             pages: npages,
         };
-        for &(page, n, region, off) in &runs {
-            let file = &exp.ram.regions[region].file;
-            if let Err(e) = win.map_file(page, n, file, off, writable) {
+        let prot = win.prot(writable);
+        for (page, n, file, off) in &runs {
+            let mapped = win.mmap_fixed(
+                *page,
+                *n,
+                prot,
+                libc::MAP_SHARED,
+                file,
+                *off,
+                faults.as_deref(),
+            );
+            if let Err(e) = mapped {
                 // Leave nothing of this request mapped.
-                if let Err(fill_err) = win.fill(aperture_page, npages) {
-                    log::error!("cannot restore the filler after a failed map: {fill_err}");
-                }
-                return Err(e);
+                return match self.fill(importer, window, aperture_page, npages) {
+                    Ok(_) => Err(e),
+                    Err(fill_err) => {
+                        log::error!(
+                            "cannot restore the filler after a failed map ({e}): {fill_err}"
+                        );
+                        Err(ApertureError::Unrestored {
+                            vm: importer,
+                            source: Box::new(fill_err),
+                        })
+                    }
+                };
             }
+            self.vm_mut(importer)?.mappings(window).record(*page, *n);
             stats.mmap_calls += 1;
         }
         Ok(stats)
@@ -609,14 +874,23 @@ impl ApertureBackend for MmapAperture {
         aperture_page: u64,
         npages: u64,
     ) -> Result<MapStats> {
-        let imp = self.vm(importer)?;
-        let win = imp.windows.get(window);
-        win.check_range(aperture_page, npages)?;
-        let mmap_calls = win.fill(aperture_page, npages)?;
-        Ok(MapStats {
-            mmap_calls,
-            pages: npages,
-        })
+        let budget = self.budget;
+        let v = self.vm_mut(importer)?;
+        v.windows.get(window).check_range(aperture_page, npages)?;
+        let others = v.total_mappings() - v.mappings(window).count();
+        let needed = others
+            + v.mappings(window)
+                .count_after(aperture_page, aperture_page + npages, FILLER_PAGES);
+        if needed > budget {
+            // Splitting here could push the process towards its mapping
+            // limit: the caller revokes the whole window instead.
+            return Err(ApertureError::MappingBudget {
+                vm: importer,
+                needed,
+                budget,
+            });
+        }
+        self.fill(importer, window, aperture_page, npages)
     }
 }
 
@@ -972,5 +1246,180 @@ mod tests {
             },
         ])
         .is_err());
+    }
+    /// Host mappings (VMAs) inside `w`, read from /proc/self/maps.
+    fn vmas_in(w: &ApertureWindow) -> u64 {
+        let (lo, hi) = (w.host_addr(), w.host_addr() + w.len());
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .filter(|line| {
+                let range = line.split(' ').next().unwrap();
+                let (a, b) = range.split_once('-').unwrap();
+                let a = u64::from_str_radix(a, 16).unwrap();
+                let b = u64::from_str_radix(b, 16).unwrap();
+                a < hi && lo < b
+            })
+            .count() as u64
+    }
+
+    fn setup_with(ap: MmapAperture) -> (MmapAperture, Ram, ApertureWindows) {
+        let mut ap = ap;
+        let ram = Ram::new(4 * MIB);
+        let exp_windows = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
+        ap.add_vm(EXP, ram.layout(EXP_BASE), exp_windows).unwrap();
+        let imp_windows =
+            ApertureWindows::reserve(0x1_0000_0000, 4 * MIB, 0x1_1000_0000, MIB).unwrap();
+        let imp_ram = Ram::new(MIB);
+        ap.add_vm(IMP, imp_ram.layout(0), imp_windows.clone())
+            .unwrap();
+        (ap, ram, imp_windows)
+    }
+
+    #[test]
+    fn windows_have_guard_pages_and_the_bound_never_undercounts_the_kernel() {
+        let (mut ap, _ram, w) = setup();
+        // The pages right outside the window are PROT_NONE guards.
+        assert_eq!(maps_line_perms(w.rw.host_addr() - 1), "---p");
+        assert_eq!(maps_line_perms(w.rw.host_addr() + w.rw.len()), "---p");
+        // Scattered single-page maps, then revocations in the middle of runs.
+        for i in 0..200u64 {
+            let gpa = EXP_BASE + ((i * 37) % 1000) * PAGE_SIZE;
+            ap.map(IMP, Window::Rw, i * 3, EXP, gpa, 1 + i % 3, true)
+                .unwrap();
+        }
+        ap.map(IMP, Window::Rw, 700, EXP, EXP_BASE, 64, true)
+            .unwrap();
+        for p in [701, 703, 710, 711, 600, 0] {
+            ap.unmap(IMP, Window::Rw, p, 1).unwrap();
+        }
+        let bound = ap.mappings_in_use(IMP).unwrap();
+        let real = vmas_in(&w.rw) + vmas_in(&w.ro);
+        assert!(
+            real <= bound,
+            "kernel has {real} mappings, bound says {bound}"
+        );
+        assert!(bound > 200, "scattered maps must count: {bound}");
+        // Whole-window revocation brings the bound back to the filler's.
+        ap.revoke_all(IMP).unwrap();
+        let filled = w.rw.pages().div_ceil(FILLER_PAGES) + w.ro.pages().div_ceil(FILLER_PAGES);
+        assert_eq!(ap.mappings_in_use(IMP), Some(filled));
+        assert!(vmas_in(&w.rw) + vmas_in(&w.ro) <= filled);
+    }
+
+    #[test]
+    fn the_budget_refuses_maps_keeps_room_for_revocations_and_refuses_a_window_that_cannot_fit() {
+        // 4 MiB + 1 MiB windows: 2 + 1 filler mappings; reserve 16.
+        let budget = 3 + 16 + 20;
+        let (mut ap, ram, w) = setup_with(MmapAperture::with_budget(budget));
+        ram.write(0, 0x42, 4 * MIB as usize - 1);
+        // Every other page, scattered: each map adds up to two mappings.
+        let mut mapped = Vec::new();
+        let refused = (0..100u64).find_map(|i| {
+            match ap.map(
+                IMP,
+                Window::Rw,
+                2 * i,
+                EXP,
+                EXP_BASE + 4 * i * PAGE_SIZE,
+                1,
+                true,
+            ) {
+                Ok(_) => {
+                    mapped.push(2 * i);
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        });
+        assert!(
+            matches!(refused, Some(ApertureError::MappingBudget { vm: IMP, .. })),
+            "{refused:?}"
+        );
+        let in_use = ap.mappings_in_use(IMP).unwrap();
+        assert!(in_use + split_reserve(budget) <= budget, "{in_use}");
+        // A refused map changed nothing.
+        assert_eq!(
+            win_read(&w.rw, 2 * mapped.len() as u64 * PAGE_SIZE),
+            FILLER_BYTE
+        );
+        // Revoking whole mapped pages never splits: always within budget.
+        for &p in &mapped {
+            ap.unmap(IMP, Window::Rw, p, 1).unwrap();
+            assert_eq!(win_read(&w.rw, p * PAGE_SIZE), FILLER_BYTE);
+        }
+        // A run revoked page by page from its middle splits each time; the
+        // reserve absorbs some, then unmap refuses (the caller revokes the
+        // window instead).
+        ap.revoke_all(IMP).unwrap();
+        ap.map(IMP, Window::Rw, 0, EXP, EXP_BASE, 512, true)
+            .unwrap();
+        let err = (1..255u64)
+            .map(|k| ap.unmap(IMP, Window::Rw, 2 * k, 1))
+            .find_map(Result::err);
+        assert!(
+            matches!(err, Some(ApertureError::MappingBudget { .. })),
+            "{err:?}"
+        );
+        assert!(ap.mappings_in_use(IMP).unwrap() <= budget);
+        ap.revoke_window(IMP, Window::Rw).unwrap();
+        assert!((0..512).all(|p| win_read(&w.rw, p * PAGE_SIZE) == FILLER_BYTE));
+        // A VM whose filler alone does not fit is refused at once.
+        let mut small = MmapAperture::with_budget(18);
+        let big = ApertureWindows::reserve(0, 8 * MIB, 1 << 30, MIB).unwrap();
+        assert!(matches!(
+            small.add_vm(VmId(9), ram.layout(EXP_BASE), big),
+            Err(ApertureError::MappingBudget {
+                needed: 21,
+                budget: 18,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_failed_unmap_leaves_it_to_the_caller_and_a_failed_restore_says_so() {
+        let faults = Arc::new(ApertureFaults::default());
+        let (mut ap, ram, w) = setup_with(MmapAperture::new().with_faults(faults.clone()));
+        ram.write(0, 0x61, 8192);
+        ap.map(IMP, Window::Rw, 3, EXP, EXP_BASE, 2, true).unwrap();
+        faults.fail_after(0);
+        let e = ap.unmap(IMP, Window::Rw, 3, 1).unwrap_err();
+        assert!(matches!(e, ApertureError::Mmap { .. }), "{e:?}");
+        // Exactly the situation the caller must repair: still mapped.
+        assert_eq!(win_read(&w.rw, 3 * PAGE_SIZE), 0x61);
+        assert!(ap.revoke_window(IMP, Window::Rw).is_err());
+        faults.heal();
+        ap.revoke_window(IMP, Window::Rw).unwrap();
+        assert_eq!(win_read(&w.rw, 3 * PAGE_SIZE), FILLER_BYTE);
+        // A map whose second run fails and whose filler restore fails too.
+        let lo = Ram::new(MIB);
+        let hi = Ram::new(MIB);
+        let layout = VmRamLayout::new(vec![
+            RamRegion {
+                guest_base: 0,
+                len: MIB,
+                file: lo.file.clone(),
+                file_offset: 0,
+            },
+            RamRegion {
+                guest_base: MIB,
+                len: MIB,
+                file: hi.file.clone(),
+                file_offset: 0,
+            },
+        ])
+        .unwrap();
+        let w3 = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
+        ap.add_vm(VmId(3), layout, w3).unwrap();
+        faults.fail_after(1);
+        let e = ap
+            .map(IMP, Window::Rw, 10, VmId(3), MIB - PAGE_SIZE, 2, true)
+            .unwrap_err();
+        assert!(
+            matches!(e, ApertureError::Unrestored { vm: IMP, .. }),
+            "{e:?}"
+        );
+        faults.heal();
+        assert!(faults.injected.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     }
 }

@@ -511,12 +511,13 @@ impl virtio_xpmem_device::aperture::ApertureBackend for FlakyAperture {
     ) -> Result<(), virtio_xpmem_device::aperture::ApertureError> {
         self.inner.remove_vm(vm)
     }
-    fn revoke_all(
+    fn revoke_window(
         &mut self,
         vm: virtio_xpmem_device::VmId,
+        window: xpmem_domain::Window,
     ) -> Result<virtio_xpmem_device::aperture::MapStats, virtio_xpmem_device::aperture::ApertureError>
     {
-        self.inner.revoke_all(vm)
+        self.inner.revoke_window(vm, window)
     }
     fn map(
         &mut self,
