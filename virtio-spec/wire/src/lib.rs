@@ -117,6 +117,9 @@ wire_consts! {
     VIRTIO_XPMEM_S_REVOKED: u32 = 7;
     /// Status: the exporter (segment, VM or process) is gone.
     VIRTIO_XPMEM_S_GONE: u32 = 8;
+    /// Status: refused for now; this VM was revoked by force on the segment
+    /// and is backing off (retry later).
+    VIRTIO_XPMEM_S_AGAIN: u32 = 9;
 
     /// GET flags: read-only permit.
     VIRTIO_XPMEM_GET_RDONLY: u32 = 1;
@@ -139,6 +142,9 @@ wire_consts! {
     VIRTIO_XPMEM_REVOKE_REMOVED: u32 = 2;
     /// REVOKED reason: the exporting process or VM is gone.
     VIRTIO_XPMEM_REVOKE_EXPORTER_GONE: u32 = 3;
+    /// REVOKED reason: the host could not keep the mapping and revoked the
+    /// importer's whole window.
+    VIRTIO_XPMEM_REVOKE_HOST: u32 = 4;
 }
 
 /// Virtio status code carried in [`RespHeader::status`] and
@@ -155,6 +161,7 @@ pub enum Status {
     Fault = VIRTIO_XPMEM_S_FAULT,
     Revoked = VIRTIO_XPMEM_S_REVOKED,
     Gone = VIRTIO_XPMEM_S_GONE,
+    Again = VIRTIO_XPMEM_S_AGAIN,
 }
 
 impl Status {
@@ -170,6 +177,7 @@ impl Status {
             VIRTIO_XPMEM_S_FAULT => Status::Fault,
             VIRTIO_XPMEM_S_REVOKED => Status::Revoked,
             VIRTIO_XPMEM_S_GONE => Status::Gone,
+            VIRTIO_XPMEM_S_AGAIN => Status::Again,
             _ => return None,
         })
     }
@@ -182,6 +190,7 @@ pub enum RevokeReason {
     Deadline = VIRTIO_XPMEM_REVOKE_DEADLINE,
     Removed = VIRTIO_XPMEM_REVOKE_REMOVED,
     ExporterGone = VIRTIO_XPMEM_REVOKE_EXPORTER_GONE,
+    Host = VIRTIO_XPMEM_REVOKE_HOST,
 }
 
 impl RevokeReason {
@@ -191,6 +200,7 @@ impl RevokeReason {
             VIRTIO_XPMEM_REVOKE_DEADLINE => RevokeReason::Deadline,
             VIRTIO_XPMEM_REVOKE_REMOVED => RevokeReason::Removed,
             VIRTIO_XPMEM_REVOKE_EXPORTER_GONE => RevokeReason::ExporterGone,
+            VIRTIO_XPMEM_REVOKE_HOST => RevokeReason::Host,
             _ => return None,
         })
     }

@@ -457,10 +457,12 @@ mod tests {
         assert!(is_valid_id(1));
         assert!(!is_valid_id(0));
         assert!(!is_valid_id(1 << 63));
-        for s in 0..=8 {
+        for s in 0..=9 {
             assert_eq!(Status::from_u32(s).map(|x| x as u32), Some(s));
         }
-        assert_eq!(Status::from_u32(9), None);
+        assert_eq!(Status::from_u32(10), None);
+        assert_eq!(RevokeReason::from_u32(4), Some(RevokeReason::Host));
+        assert_eq!(RevokeReason::from_u32(5), None);
         assert_eq!(RevokeReason::from_u32(0), None);
     }
 }

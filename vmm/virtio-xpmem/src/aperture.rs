@@ -241,6 +241,16 @@ unsafe impl Send for ApertureWindow {}
 // SAFETY: as above; shared references only read the immutable fields.
 unsafe impl Sync for ApertureWindow {}
 
+/// What one mmap over a window maps: `file` from `file_offset`, with `prot` and `flags`
+/// (`MAP_FIXED` is added).
+#[derive(Clone, Copy)]
+struct MapSource<'a> {
+    file: &'a File,
+    file_offset: u64,
+    prot: i32,
+    flags: i32,
+}
+
 /// One successful mmap over a window: pages `start..start + npages`.
 type OnMapped<'a> = &'a mut dyn FnMut(u64, u64);
 
@@ -333,18 +343,21 @@ impl ApertureWindow {
         }
     }
 
-    /// One `mmap(MAP_FIXED)` over pages `page..page + npages` of the window
+    /// One `mmap(MAP_FIXED)` of `src` over pages `page..page + npages` of the window
     /// (already bounds-checked by the caller).
     fn mmap_fixed(
         &self,
         page: u64,
         npages: u64,
-        prot: i32,
-        flags: i32,
-        file: &File,
-        file_offset: u64,
+        src: MapSource<'_>,
         faults: Option<&ApertureFaults>,
     ) -> Result<()> {
+        let MapSource {
+            file,
+            file_offset,
+            prot,
+            flags,
+        } = src;
         let offset = page * PAGE_SIZE;
         let len = npages * PAGE_SIZE;
         let err = |source| ApertureError::Mmap {
@@ -394,7 +407,13 @@ impl ApertureWindow {
         let mut done = 0;
         while done < npages {
             let chunk = (npages - done).min(FILLER_PAGES);
-            self.mmap_fixed(page + done, chunk, prot, flags, filler, 0, faults)?;
+            let src = MapSource {
+                file: filler,
+                file_offset: 0,
+                prot,
+                flags,
+            };
+            self.mmap_fixed(page + done, chunk, src, faults)?;
             on_mapped(page + done, chunk);
             calls += 1;
             done += chunk;
@@ -837,15 +856,13 @@ impl ApertureBackend for MmapAperture {
         };
         let prot = win.prot(writable);
         for (page, n, file, off) in &runs {
-            let mapped = win.mmap_fixed(
-                *page,
-                *n,
-                prot,
-                libc::MAP_SHARED,
+            let src = MapSource {
                 file,
-                *off,
-                faults.as_deref(),
-            );
+                file_offset: *off,
+                prot,
+                flags: libc::MAP_SHARED,
+            };
+            let mapped = win.mmap_fixed(*page, *n, src, faults.as_deref());
             if let Err(e) = mapped {
                 // Leave nothing of this request mapped.
                 return match self.fill(importer, window, aperture_page, npages) {

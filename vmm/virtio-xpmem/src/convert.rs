@@ -178,6 +178,7 @@ pub fn event_to_wire(ev: &dom::Event) -> wire::Event {
                 dom::RevokeReason::Deadline => wire::RevokeReason::Deadline,
                 dom::RevokeReason::SegmentRemoved => wire::RevokeReason::Removed,
                 dom::RevokeReason::ExporterGone => wire::RevokeReason::ExporterGone,
+                dom::RevokeReason::Host => wire::RevokeReason::Host,
             },
         },
     }

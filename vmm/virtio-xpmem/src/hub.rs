@@ -34,7 +34,7 @@ use virtio_xpmem_wire as wire;
 use vm_memory::GuestMemoryMmap;
 use xpmem_domain::{
     Action, Counters, Domain, DomainConfig, DomainError, GpaRange, ImportPolicy, Mapping,
-    RequestTag, VmHoldings, VmId, VmSpec,
+    RequestTag, VmHoldings, VmId, VmSpec, Window,
 };
 
 use crate::aperture::{
@@ -149,6 +149,10 @@ pub struct ApertureStats {
     pub pages_unmapped: u64,
     pub map_failures: u64,
     pub unmap_failures: u64,
+    /// Windows replaced whole because an unmap or map failed.
+    pub windows_revoked: u64,
+    /// Windows whose revocation failed too, so the VM was cut off from them.
+    pub cut_offs: u64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -299,6 +303,11 @@ impl Endpoint {
         Popped::Request(RequestTag(tag), req)
     }
 
+    /// The opcode of pending request `tag`, if it is still pending.
+    fn pending_opcode(&self, tag: RequestTag) -> Option<u32> {
+        self.pending.get(&tag.0).map(|p| p.opcode)
+    }
+
     /// Completes a request the domain answered.
     fn respond(
         &mut self,
@@ -335,13 +344,22 @@ impl Endpoint {
     }
 
     /// Delivers queued events into available eventq buffers.
+    ///
+    /// Looks at most at one queue's worth of buffers per call: the caller may hold the hub
+    /// lock, and a guest that keeps posting unusable buffers from another vCPU must not
+    /// keep it here (a later event or eventq notification flushes again).
     pub(crate) fn flush_events(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = active.mem.clone();
         let mut used = false;
+        let mut budget = active.evq.size();
         while let Some(ev) = self.events.front() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
             let Some(chain) = active.evq.pop_descriptor_chain(&mem) else {
                 break;
             };
@@ -408,6 +426,9 @@ struct HubState {
     /// What each VM's guest held when it last left the domain (device reset):
     /// at guest shutdown, what its driver never released.
     held_at_leave: HashMap<VmId, VmHoldings>,
+    /// The monitor's last resort per VM when a window cannot be revoked.
+    cut_offs: HashMap<VmId, CutOff>,
+    completion_probe: Option<CompletionProbe>,
     stats: ApertureStats,
 }
 
@@ -417,37 +438,103 @@ impl HubState {
     }
 
     /// Applies domain actions in order. See the module docs for locking.
+    ///
+    /// Order is the invalidation guarantee: an Unmap or RevokeWindow comes before the
+    /// Respond that tells an exporter its pages are free, so each is fully applied (or the
+    /// importer is cut off from the window) before the next action is looked at.
     fn route(&mut self, actions: Vec<Action>, now_ms: u64) {
+        let mut queue: VecDeque<Action> = actions.into();
         // Importers whose Map failed in this batch: their FAULT answer
         // (which follows the Maps) becomes FAULT instead of "mapped".
         let mut failed_maps: Vec<VmId> = Vec::new();
         // RESOLVE events that could not be queued (spec 8.3.2).
         let mut dropped_resolves: Vec<(VmId, u64)> = Vec::new();
-        for action in actions {
-            match action {
-                Action::Respond { vm, tag, result } => {
-                    let result = match result {
-                        Ok(xpmem_domain::ResponseBody::Mapped(_)) if failed_maps.contains(&vm) => {
-                            Err(xpmem_domain::Status::Fault)
-                        }
-                        other => other,
-                    };
-                    if let Some(ep) = self.endpoint(vm) {
-                        lock(&ep).respond(tag, result);
+        // Windows replaced whole while routing: later Map/Unmap actions on them are stale.
+        let mut revoked: Vec<(VmId, Window)> = Vec::new();
+        loop {
+            while let Some(action) = queue.pop_front() {
+                self.apply(
+                    action,
+                    now_ms,
+                    &mut queue,
+                    &mut failed_maps,
+                    &mut dropped_resolves,
+                    &mut revoked,
+                );
+            }
+            if dropped_resolves.is_empty() {
+                break;
+            }
+            // An undeliverable RESOLVE must fail the FAULT waiting for it: answer
+            // it on the exporter's behalf with a failed RESOLVE_REPLY. Tag 0 is
+            // never issued to a real chain, so that reply's own answer is dropped.
+            for (exporter, resolve_id) in std::mem::take(&mut dropped_resolves) {
+                queue.extend(self.domain.handle(
+                    exporter,
+                    RequestTag(SYNTHETIC_TAG),
+                    xpmem_domain::Request::ResolveReply {
+                        resolve_id,
+                        result: Err(xpmem_domain::Status::Fault),
+                    },
+                    now_ms,
+                ));
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        action: Action,
+        now_ms: u64,
+        queue: &mut VecDeque<Action>,
+        failed_maps: &mut Vec<VmId>,
+        dropped_resolves: &mut Vec<(VmId, u64)>,
+        revoked: &mut Vec<(VmId, Window)>,
+    ) {
+        match action {
+            Action::Respond { vm, tag, result } => {
+                let result = match result {
+                    Ok(xpmem_domain::ResponseBody::Mapped(_)) if failed_maps.contains(&vm) => {
+                        Err(xpmem_domain::Status::Fault)
+                    }
+                    other => other,
+                };
+                if let Some(ep) = self.endpoint(vm) {
+                    let mut ep = lock(&ep);
+                    if let (Some(probe), Some(opcode)) =
+                        (self.completion_probe.as_ref(), ep.pending_opcode(tag))
+                    {
+                        probe(vm, opcode, result.is_ok());
+                    }
+                    ep.respond(tag, result);
+                }
+            }
+            Action::PostEvent { vm, event } => {
+                if let Some(ep) = self.endpoint(vm) {
+                    let queued = lock(&ep).post_event(convert::event_to_wire(&event).to_bytes());
+                    if let (false, xpmem_domain::Event::Resolve { resolve_id, .. }) =
+                        (queued, &event)
+                    {
+                        dropped_resolves.push((vm, *resolve_id));
                     }
                 }
-                Action::PostEvent { vm, event } => {
-                    if let Some(ep) = self.endpoint(vm) {
-                        let queued =
-                            lock(&ep).post_event(convert::event_to_wire(&event).to_bytes());
-                        if let (false, xpmem_domain::Event::Resolve { resolve_id, .. }) =
-                            (queued, &event)
-                        {
-                            dropped_resolves.push((vm, *resolve_id));
-                        }
-                    }
+            }
+            Action::Map {
+                importer,
+                window,
+                aperture_page,
+                exporter,
+                exporter_gpa,
+                npages,
+                writable,
+            } => {
+                self.stats.map_actions += 1;
+                if revoked.contains(&(importer, window)) {
+                    // The domain revoked these slots since it emitted this Map.
+                    failed_maps.push(importer);
+                    return;
                 }
-                Action::Map {
+                match self.aperture.map(
                     importer,
                     window,
                     aperture_page,
@@ -455,70 +542,113 @@ impl HubState {
                     exporter_gpa,
                     npages,
                     writable,
-                } => {
-                    self.stats.map_actions += 1;
-                    match self.aperture.map(
-                        importer,
-                        window,
-                        aperture_page,
-                        exporter,
-                        exporter_gpa,
-                        npages,
-                        writable,
-                    ) {
-                        Ok(s) => {
-                            self.stats.mmap_calls += s.mmap_calls;
-                            self.stats.pages_mapped += s.pages;
-                        }
-                        Err(e) => {
-                            // The backend left the range showing the
-                            // filler; the domain forgets the slots so a
-                            // later FAULT resolves them anew.
-                            self.stats.map_failures += 1;
+                ) {
+                    Ok(s) => {
+                        self.stats.mmap_calls += s.mmap_calls;
+                        self.stats.pages_mapped += s.pages;
+                    }
+                    Err(e) => {
+                        self.stats.map_failures += 1;
+                        failed_maps.push(importer);
+                        if let ApertureError::Unrestored { .. } = e {
                             log::error!("virtio-xpmem: mapping {npages} pages of VM {exporter:?} into VM {importer:?}: {e}");
+                            self.window_failed(importer, window, now_ms, queue, revoked);
+                        } else {
+                            // The backend left the range showing the filler; the
+                            // domain forgets the slots so a later FAULT resolves them
+                            // anew (a refused budget is the guest's doing: debug only).
+                            if let ApertureError::MappingBudget { .. } = e {
+                                log::debug!("virtio-xpmem: VM {importer:?}: {e}");
+                            } else {
+                                log::error!("virtio-xpmem: mapping {npages} pages of VM {exporter:?} into VM {importer:?}: {e}");
+                            }
                             self.domain
                                 .map_failed(importer, window, aperture_page, npages);
-                            failed_maps.push(importer);
-                        }
-                    }
-                }
-                Action::Unmap {
-                    importer,
-                    window,
-                    aperture_page,
-                    npages,
-                } => {
-                    self.stats.unmap_actions += 1;
-                    match self.aperture.unmap(importer, window, aperture_page, npages) {
-                        Ok(s) => {
-                            self.stats.mmap_calls += s.mmap_calls;
-                            self.stats.pages_unmapped += s.pages;
-                        }
-                        Err(e) => {
-                            self.stats.unmap_failures += 1;
-                            log::error!("virtio-xpmem: revoking {npages} aperture pages of VM {importer:?}: {e}");
                         }
                     }
                 }
             }
+            Action::Unmap {
+                importer,
+                window,
+                aperture_page,
+                npages,
+            } => {
+                self.stats.unmap_actions += 1;
+                if revoked.contains(&(importer, window)) {
+                    return;
+                }
+                match self.aperture.unmap(importer, window, aperture_page, npages) {
+                    Ok(s) => {
+                        self.stats.mmap_calls += s.mmap_calls;
+                        self.stats.pages_unmapped += s.pages;
+                    }
+                    Err(e) => {
+                        self.stats.unmap_failures += 1;
+                        log::warn!("virtio-xpmem: revoking {npages} aperture pages of VM {importer:?} ({e}); revoking its whole {window:?} window instead");
+                        self.window_failed(importer, window, now_ms, queue, revoked);
+                    }
+                }
+            }
+            Action::RevokeWindow { vm, window } => {
+                self.revoke_window_or_cut_off(vm, window);
+                revoked.push((vm, window));
+            }
         }
-        // An undeliverable RESOLVE must fail the FAULT waiting for it: answer
-        // it on the exporter's behalf with a failed RESOLVE_REPLY. Tag 0 is
-        // never issued to a real chain, so that reply's own answer is dropped.
-        for (exporter, resolve_id) in dropped_resolves {
-            let actions = self.domain.handle(
-                exporter,
-                RequestTag(SYNTHETIC_TAG),
-                xpmem_domain::Request::ResolveReply {
-                    resolve_id,
-                    result: Err(xpmem_domain::Status::Fault),
-                },
-                now_ms,
-            );
-            self.route(actions, now_ms);
+    }
+
+    /// An unmap of `importer`'s `window` failed: revoke the whole window (or cut the VM
+    /// off from it), then let the domain revoke every attachment in it. Its actions run
+    /// after the ones already queued; none of them can complete a request that relies on
+    /// the failed unmap before the window is gone, since that happens here, now.
+    fn window_failed(
+        &mut self,
+        importer: VmId,
+        window: Window,
+        now_ms: u64,
+        queue: &mut VecDeque<Action>,
+        revoked: &mut Vec<(VmId, Window)>,
+    ) {
+        self.stats.windows_revoked += 1;
+        self.revoke_window_or_cut_off(importer, window);
+        revoked.push((importer, window));
+        queue.extend(self.domain.window_revoked(importer, window, now_ms));
+    }
+
+    /// Replaces the whole window by the filler; if even that fails, cuts the VM off from
+    /// it through the monitor's [`CutOff`] (the memslot goes), and if there is none or it
+    /// fails, stops the process: no path may leave an exporter's page reachable.
+    fn revoke_window_or_cut_off(&mut self, vm: VmId, window: Window) {
+        let err = match self.aperture.revoke_window(vm, window) {
+            Ok(s) => {
+                self.stats.mmap_calls += s.mmap_calls;
+                return;
+            }
+            // Not registered (any more): nothing of it can be mapped.
+            Err(ApertureError::UnknownVm(_)) => return,
+            Err(e) => e,
+        };
+        self.stats.cut_offs += 1;
+        log::error!("virtio-xpmem: cannot revoke the {window:?} aperture window of VM {vm:?} ({err}); cutting the VM off from it");
+        let cut = match self.cut_offs.get(&vm) {
+            Some(cut) => cut(window),
+            None => Err(std::io::Error::other("no cut-off registered for the VM")),
+        };
+        if let Err(e) = cut {
+            log::error!("virtio-xpmem: cannot cut VM {vm:?} off from its {window:?} aperture window ({e}); stopping the monitor so that no VM keeps another VM's freed memory");
+            std::process::abort();
         }
     }
 }
+
+/// How the monitor cuts a VM off from one of its aperture windows when the window's pages
+/// cannot be replaced (for example, delete the window's memslot). Must not need new host
+/// mappings. An error stops the monitor.
+pub type CutOff = Box<dyn Fn(Window) -> std::io::Result<()> + Send>;
+
+/// Called with (VM, request opcode, success) just before a response is written: tests use it
+/// to check, at the moment an exporter is told its pages are free, that no window maps them.
+pub type CompletionProbe = Box<dyn Fn(VmId, u32, bool) + Send>;
 
 /// Request tag used for replies the hub makes on a guest's behalf; endpoint
 /// tags start at 1 and skip it.
@@ -580,6 +710,8 @@ impl XpmemHub {
                 endpoints: HashMap::new(),
                 joined: HashMap::new(),
                 held_at_leave: HashMap::new(),
+                cut_offs: HashMap::new(),
+                completion_probe: None,
                 stats: ApertureStats::default(),
             }),
             cfg,
@@ -726,18 +858,27 @@ impl XpmemHub {
     /// Removes `vm` from the domain, routes the consequences to the other
     /// VMs and revokes everything in the VM's own windows.
     fn leave_locked(&self, st: &mut HubState, vm: VmId) {
+        let mut left = false;
         if st.joined.remove(&vm).is_some() {
             if let Some(held) = st.domain.vm_holdings(vm) {
                 st.held_at_leave.insert(vm, held);
             }
             let now = self.now_ms();
             match st.domain.remove_vm(vm, now) {
-                Ok(actions) => st.route(actions, now),
+                // Its windows are revoked first (RevokeWindow actions), then the
+                // requests of other VMs that waited for it are completed.
+                Ok(actions) => {
+                    st.route(actions, now);
+                    left = true;
+                }
                 Err(e) => log::error!("virtio-xpmem: removing VM {vm:?} from the domain: {e}"),
             }
         }
-        if let Err(e) = st.aperture.revoke_all(vm) {
-            log::error!("virtio-xpmem: revoking the aperture of VM {vm:?}: {e}");
+        if !left {
+            // Never joined, or already left: make sure nothing shows anyway.
+            for window in [Window::Rw, Window::Ro] {
+                st.revoke_window_or_cut_off(vm, window);
+            }
         }
         if let Some(ep) = st.endpoint(vm) {
             lock(&ep).deactivate();
@@ -756,14 +897,17 @@ impl XpmemHub {
         self.leave_locked(&mut st, vm);
         st.endpoints.remove(&vm);
         st.held_at_leave.remove(&vm);
+        st.cut_offs.remove(&vm);
         if let Err(e) = st.aperture.remove_vm(vm) {
             log::error!("virtio-xpmem: unregistering VM {vm:?} from the aperture: {e}");
         }
     }
 
-    /// Handles every available requestq chain of `vm`.
+    /// Handles the available requestq chains of `vm`: at most one queue's worth, so a
+    /// guest that refills its queue from another vCPU cannot keep this thread (and, chain by
+    /// chain, the hub lock) busy; chains it adds meanwhile come with their own notification.
     pub(crate) fn process_requests(&self, vm: VmId) {
-        loop {
+        for _ in 0..crate::QUEUE_SIZE {
             let mut st = lock(&self.state);
             let Some(ep) = st.endpoint(vm) else {
                 return;
@@ -780,6 +924,19 @@ impl XpmemHub {
             }
         }
         self.timer.kick();
+    }
+
+    /// Registers how to cut `vm` off from an aperture window whose pages cannot be revoked
+    /// (see [`CutOff`]). Without one, such a failure stops the process.
+    pub fn set_cut_off(&self, vm: VmId, cut: CutOff) {
+        lock(&self.state).cut_offs.insert(vm, cut);
+    }
+
+    /// Installs a probe called before each response is written (tests; see
+    /// [`CompletionProbe`]). It runs with the hub lock held and must not call the hub.
+    #[doc(hidden)]
+    pub fn set_completion_probe(&self, probe: CompletionProbe) {
+        lock(&self.state).completion_probe = Some(probe);
     }
 
     /// Runs the domain's deadline processing now (the timer thread calls

@@ -61,5 +61,8 @@ pub mod fuzzing;
 pub mod hub;
 
 pub use device::{XpmemDevice, QUEUE_SIZE};
-pub use hub::{ApertureStats, DeviceStats, HubClock, HubConfig, HubError, ManualClock, XpmemHub};
+pub use hub::{
+    ApertureStats, CompletionProbe, CutOff, DeviceStats, HubClock, HubConfig, HubError,
+    ManualClock, XpmemHub,
+};
 pub use xpmem_domain::{VmHoldings, VmId};

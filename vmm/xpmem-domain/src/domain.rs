@@ -16,6 +16,9 @@ pub const MAX_GPA: u64 = 1 << 56;
 /// Apertures are limited to this many pages per window (reverse-map entries pack the page
 /// index of an attachment in 32 bits).
 pub const MAX_APERTURE_PAGES: u64 = 1 << 32;
+/// A back-off lasts the invalidation deadline times `2^(strikes - 1)`, doubling up to this
+/// many times.
+pub const MAX_BACKOFF_DOUBLINGS: u32 = 6;
 
 /// Errors of VM management calls (guest requests never produce these; they get a
 /// [`Status`] in their response instead).
@@ -195,6 +198,25 @@ struct Invalidation {
     revoked: u32,
 }
 
+/// How an invalidation target ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TargetEnd {
+    /// Acknowledged (or moot): the slots become empty and may be faulted again.
+    Acked,
+    /// Missed the deadline: the slots are revoked for good, the importer backs off.
+    Deadline,
+    /// The device revoked the importer's whole window: already unmapped.
+    WindowRevoked,
+}
+
+/// Forced revocations of one importer VM on one segment: until `until_ms` its ATTACHs and
+/// FAULTs on the segment are refused, so a VM that never acknowledges cannot stall each of
+/// the exporter's invalidations by a full deadline.
+struct Backoff {
+    strikes: u32,
+    until_ms: u64,
+}
+
 struct InvTarget {
     inv: u64,
     importer: VmId,
@@ -233,6 +255,8 @@ pub struct Domain {
     /// Latest time seen from the caller (ms); time never goes backwards here.
     now_ms: u64,
     mapped_pages: u64,
+    /// Back-offs by (importer VM, segid); dropped with the segment or the VM.
+    backoffs: HashMap<(VmId, i64), Backoff>,
     stats: Counters,
 }
 
@@ -259,6 +283,7 @@ impl Domain {
             next_serial: 1,
             now_ms: 0,
             mapped_pages: 0,
+            backoffs: HashMap::new(),
             stats: Counters::default(),
         }
     }
@@ -324,18 +349,31 @@ impl Domain {
         Ok(())
     }
 
-    /// A VM leaves (device reset or VM exit), at any moment. Returns the actions for the
-    /// remaining VMs: revocations of their imports from `vm` (Unmap + REVOKED with reason
-    /// [`RevokeReason::ExporterGone`]), their FAULTs on `vm`'s segments failing with
-    /// [`Status::Gone`], and INVALIDATEs of other exporters that were only waiting for `vm`
-    /// to acknowledge, now answered. Nothing is emitted towards `vm` itself: its apertures
-    /// and queues are torn down by the device. `vm`'s own pending requests are dropped.
+    /// A VM leaves (device reset or VM exit), at any moment. Returns first
+    /// [`Action::RevokeWindow`] for both of `vm`'s windows (it may still be running and
+    /// reading them), then the actions for the remaining VMs: revocations of their imports
+    /// from `vm` (Unmap + REVOKED with reason [`RevokeReason::ExporterGone`]), their FAULTs
+    /// on `vm`'s segments failing with [`Status::Gone`], and INVALIDATEs of other exporters
+    /// that were only waiting for `vm` to acknowledge, now answered. Nothing else is
+    /// emitted towards `vm`: its queues are torn down by the device. `vm`'s own pending
+    /// requests are dropped.
     pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) -> Result<Vec<Action>, DomainError> {
         self.now_ms = self.now_ms.max(now_ms);
         let Some(st) = self.vms.remove(&vm) else {
             return Err(DomainError::UnknownVm(vm));
         };
-        let mut out = Vec::new();
+        // Its windows go before anything that completes another VM's request.
+        let mut out = vec![
+            Action::RevokeWindow {
+                vm,
+                window: Window::Rw,
+            },
+            Action::RevokeWindow {
+                vm,
+                window: Window::Ro,
+            },
+        ];
+        self.backoffs.retain(|&(importer, _), _| importer != vm);
         // Its own pending FAULTs are dropped with their resolves.
         let own_faults: Vec<u64> = keys_where(&self.faults, |f| f.importer == vm);
         for k in own_faults {
@@ -349,7 +387,7 @@ impl Domain {
         // Invalidation targets waiting for it count as acknowledged.
         let own_targets: Vec<u64> = keys_where(&self.targets, |t| t.importer == vm);
         for t in own_targets {
-            self.finish_target(t, false, &mut out);
+            self.finish_target(t, TargetEnd::Acked, &mut out);
         }
         // Its attachments and permits.
         for a in st.atts {
@@ -450,7 +488,7 @@ impl Domain {
                 None => continue,
             };
             for t in targets {
-                self.finish_target(t, true, &mut out);
+                self.finish_target(t, TargetEnd::Deadline, &mut out);
             }
         }
         let late: Vec<u64> = keys_where(&self.resolves, |r| r.due_ms <= now_ms);
@@ -498,6 +536,7 @@ impl Domain {
         c.permits = self.permits.len() as u64;
         c.attachments = self.attach_index.len() as u64;
         c.mapped_pages = self.mapped_pages;
+        c.backoffs = self.backoffs.len() as u64;
         c.rmap_entries = self.rmap.len() as u64;
         c.pending_faults = self.faults.len() as u64;
         c.pending_resolves = self.resolves.len() as u64;
@@ -683,6 +722,13 @@ impl Domain {
         }
         if ntargets != self.targets.len() {
             return Err("orphan invalidation targets".into());
+        }
+        for &(vm, segid) in self.backoffs.keys() {
+            if !self.vms.contains_key(&vm) || !self.segments.contains_key(&segid) {
+                return Err(format!(
+                    "back-off of {vm:?} on {segid:#x} outlived its VM or segment"
+                ));
+            }
         }
         Ok(())
     }
@@ -982,8 +1028,10 @@ impl Domain {
     }
 
     /// Completes an importer target: on ack, its slots in range are unmapped (they may be
-    /// faulted again later); when forced, they are unmapped and revoked for good.
-    fn finish_target(&mut self, t: u64, forced: bool, out: &mut Out) {
+    /// faulted again later); at the deadline, they are unmapped and revoked for good and the
+    /// importer backs off from the segment; when its window was revoked, they are revoked
+    /// (the device already unmapped them).
+    fn finish_target(&mut self, t: u64, end: TargetEnd, out: &mut Out) {
         let Some(target) = self.targets.remove(&t) else {
             return;
         };
@@ -991,24 +1039,34 @@ impl Domain {
         let hi = lo + target.npages;
         // A target whose attachment is gone (detached, importer VM left) is moot: it still
         // counts as a target of its invalidation, but not as revoked.
-        let live = self.att(target.attach_id).is_some();
-        if live {
-            self.clear_slots(target.attach_id, lo, hi, forced, out);
-            if forced {
-                self.stats.invalidations_forced += 1;
-                self.post(
-                    target.importer,
-                    Event::Revoked {
-                        attach_id: target.attach_id,
-                        page_index: lo,
-                        npages: target.npages,
-                        reason: RevokeReason::Deadline,
-                    },
-                    out,
-                );
+        let segid = self.att(target.attach_id).map(|a| a.segid);
+        let live = segid.is_some();
+        match end {
+            TargetEnd::Acked => self.clear_slots(target.attach_id, lo, hi, false, out),
+            TargetEnd::WindowRevoked => {
+                let mut already_unmapped = Vec::new();
+                self.clear_slots(target.attach_id, lo, hi, true, &mut already_unmapped);
+                self.stats.unmap_actions -= already_unmapped.len() as u64;
+            }
+            TargetEnd::Deadline => {
+                self.clear_slots(target.attach_id, lo, hi, true, out);
+                if let Some(segid) = segid {
+                    self.stats.invalidations_forced += 1;
+                    self.back_off(target.importer, segid);
+                    self.post(
+                        target.importer,
+                        Event::Revoked {
+                            attach_id: target.attach_id,
+                            page_index: lo,
+                            npages: target.npages,
+                            reason: RevokeReason::Deadline,
+                        },
+                        out,
+                    );
+                }
             }
         }
-        let revoked = forced && live;
+        let revoked = end != TargetEnd::Acked && live;
         let done = match self.invalidations.get_mut(&target.inv) {
             Some(inv) => {
                 inv.targets.remove(&t);
@@ -1022,6 +1080,92 @@ impl Domain {
         if done {
             self.complete_invalidation(target.inv, out);
         }
+    }
+
+    /// One more forced revocation of `importer` on `segid`: its back-off starts again from
+    /// now and lasts twice as long as the previous one (up to [`MAX_BACKOFF_DOUBLINGS`]).
+    fn back_off(&mut self, importer: VmId, segid: i64) {
+        let b = self.backoffs.entry((importer, segid)).or_insert(Backoff {
+            strikes: 0,
+            until_ms: 0,
+        });
+        b.strikes = b.strikes.saturating_add(1);
+        let doublings = (b.strikes - 1).min(MAX_BACKOFF_DOUBLINGS);
+        let len = self
+            .cfg
+            .invalidate_deadline_ms
+            .saturating_mul(1 << doublings);
+        b.until_ms = self.now_ms.saturating_add(len);
+        self.stats.backoffs_started += 1;
+    }
+
+    /// Whether `vm` is backing off from `segid` now (and counts the refusal).
+    fn backing_off(&mut self, vm: VmId, segid: i64) -> bool {
+        let now = self.now_ms;
+        let refused = self
+            .backoffs
+            .get(&(vm, segid))
+            .is_some_and(|b| now < b.until_ms);
+        if refused {
+            self.stats.backoff_refusals += 1;
+        }
+        refused
+    }
+
+    /// The end of `vm`'s current back-off from `segid`, if it is backing off at `now_ms`.
+    pub fn backoff_until(&self, vm: VmId, segid: i64, now_ms: u64) -> Option<u64> {
+        self.backoffs
+            .get(&(vm, segid))
+            .map(|b| b.until_ms)
+            .filter(|&until| now_ms < until)
+    }
+
+    /// The device revoked the whole `window` of `importer` (an unmap failed, or would have
+    /// taken more host mappings than the VM's budget): it shows the filler, or the guest
+    /// was cut off from it. Every attachment in it loses all its pages for good (REVOKED
+    /// with reason [`RevokeReason::Host`]); invalidation targets on them count as revoked
+    /// and their exporters are answered; FAULTs on them fail with [`Status::Revoked`].
+    /// Returns the actions for the other VMs and the importer; it contains no Unmap.
+    pub fn window_revoked(&mut self, importer: VmId, window: Window, now_ms: u64) -> Vec<Action> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut out = Vec::new();
+        let Some(st) = self.vms.get(&importer) else {
+            return out;
+        };
+        self.stats.windows_revoked += 1;
+        let atts: Vec<u64> = st
+            .atts
+            .iter()
+            .copied()
+            .filter(|&id| self.att(id).is_some_and(|a| a.window == window))
+            .collect();
+        for aid in atts {
+            let targets: Vec<u64> = keys_where(&self.targets, |t| t.attach_id == aid);
+            for t in targets {
+                self.finish_target(t, TargetEnd::WindowRevoked, &mut out);
+            }
+            let Some(npages) = self.att(aid).map(Attachment::npages) else {
+                continue;
+            };
+            let mut already_unmapped = Vec::new();
+            self.clear_slots(aid, 0, npages, true, &mut already_unmapped);
+            self.stats.unmap_actions -= already_unmapped.len() as u64;
+            let faults: Vec<u64> = keys_where(&self.faults, |f| f.attach_id == aid);
+            for k in faults {
+                self.fail_fault(k, Status::Revoked, &mut out);
+            }
+            self.post(
+                importer,
+                Event::Revoked {
+                    attach_id: aid,
+                    page_index: 0,
+                    npages,
+                    reason: RevokeReason::Host,
+                },
+                &mut out,
+            );
+        }
+        out
     }
 
     /// Answers an exporter INVALIDATE whose targets are all done, then lets FAULTs parked
@@ -1077,6 +1221,7 @@ impl Domain {
         if let Some(st) = self.vms.get_mut(&seg.vm) {
             st.segs.remove(&segid);
         }
+        self.backoffs.retain(|&(_, s), _| s != segid);
         let (state, status) = match reason {
             RevokeReason::ExporterGone => (AttState::ExporterGone, Status::Gone),
             _ => (AttState::SegmentRemoved, Status::Revoked),
@@ -1122,7 +1267,7 @@ impl Domain {
         let targets: Vec<u64> = keys_where(&self.targets, |t| t.attach_id == attach_id);
         self.clear_slots(attach_id, 0, npages, false, out);
         for t in targets {
-            self.finish_target(t, false, out);
+            self.finish_target(t, TargetEnd::Acked, out);
         }
         let faults: Vec<u64> = keys_where(&self.faults, |f| f.attach_id == attach_id);
         for k in faults {
@@ -1330,6 +1475,9 @@ impl Domain {
                 return Err(Status::Perm);
             }
             let (segid, exporter) = (p.segid, p.exporter);
+            if self.backing_off(vm, segid) {
+                return Err(Status::Again);
+            }
             let seg = match self.segments.get(&segid) {
                 Some(s) => s,
                 None if !self.vms.contains_key(&exporter) => return Err(Status::Gone),
@@ -1438,6 +1586,10 @@ impl Domain {
         }
         if npages == 0 || page_index >= a.npages() {
             return Some(Err(Status::Invalid));
+        }
+        let segid = a.segid;
+        if self.backing_off(vm, segid) {
+            return Some(Err(Status::Again));
         }
         let want = u64::from(npages.min(self.cfg.max_fault_pages.max(1)));
         let key = self.serial();
@@ -1700,7 +1852,7 @@ impl Domain {
     ) -> Option<Result<ResponseBody, Status>> {
         match self.targets.get(&invalidation_id) {
             Some(t) if t.importer == vm => {
-                self.finish_target(invalidation_id, false, out);
+                self.finish_target(invalidation_id, TargetEnd::Acked, out);
                 Some(Ok(ResponseBody::Empty))
             }
             // Late, duplicate or foreign acknowledgements change nothing.

@@ -256,6 +256,9 @@ pub enum Status {
     /// 8: the exporting VM is gone.
     #[error("the exporting VM is gone")]
     Gone = 8,
+    /// 9: refused for now: the VM was revoked by force on this segment and backs off.
+    #[error("refused for now: this VM missed invalidation deadlines on the segment and must back off; retry later")]
+    Again = 9,
 }
 
 impl Status {
@@ -275,6 +278,7 @@ impl Status {
             6 => Status::Fault,
             7 => Status::Revoked,
             8 => Status::Gone,
+            9 => Status::Again,
             _ => return None,
         })
     }
@@ -315,6 +319,8 @@ pub enum RevokeReason {
     SegmentRemoved = 2,
     /// 3: the exporting VM went away (reset or exit).
     ExporterGone = 3,
+    /// 4: the host could not keep the importer's mappings and revoked its whole window.
+    Host = 4,
 }
 
 /// An event for a VM's event queue.
@@ -375,6 +381,10 @@ pub enum Action {
         aperture_page: u64,
         npages: u64,
     },
+    /// Replace the whole `window` of `vm` with the filler (the VM is leaving). Like every
+    /// action it must be applied before the ones after it: those may complete other VMs'
+    /// requests on the assumption that `vm` no longer sees any exporter page.
+    RevokeWindow { vm: VmId, window: Window },
 }
 
 /// What one VM holds in the domain: the objects its guest made and has not
@@ -445,6 +455,14 @@ pub struct Counters {
     pub map_actions: u64,
     /// Cumulative: Unmap actions emitted.
     pub unmap_actions: u64,
+    /// Cumulative: importer windows revoked whole by the device ([`crate::Domain::window_revoked`]).
+    pub windows_revoked: u64,
+    /// Cumulative: back-offs started or extended by a forced revocation.
+    pub backoffs_started: u64,
+    /// Cumulative: ATTACHs and FAULTs refused with [`Status::Again`] during a back-off.
+    pub backoff_refusals: u64,
+    /// (importer VM, segment) pairs with a back-off record (current value).
+    pub backoffs: u64,
 }
 
 impl Counters {

@@ -382,6 +382,10 @@ impl Sim {
                         }
                     }
                 }
+                Action::RevokeWindow { vm, window } => {
+                    self.model
+                        .retain(|&(imp, w, _), _| !(imp == *vm && w == *window));
+                }
                 Action::Respond { vm, tag, result } => {
                     prop_assert!(self.present.contains(vm), "response to a removed VM");
                     let kind = self.pending.remove(&(*vm, *tag));
@@ -524,11 +528,25 @@ impl Sim {
             .d
             .remove_vm(vm, self.h.now)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        self.present.remove(&vm);
-        // The device tears the VM's apertures down itself; it gets no Unmap actions.
-        self.model.retain(|&(imp, _, _), _| imp != vm);
+        // The actions are applied in the order the device applies them: the leaving VM's
+        // windows are revoked by RevokeWindow actions, and any completion of another VM's
+        // INVALIDATE that came before them would fail the check in `apply`.
         self.ptes.retain(|&(imp, _, _)| imp != vm);
+        prop_assert!(
+            acts.iter().all(|a| match a {
+                Action::RevokeWindow { .. } => true,
+                Action::Respond { vm: v, .. } | Action::PostEvent { vm: v, .. } => *v != vm,
+                Action::Map { importer, .. } | Action::Unmap { importer, .. } => *importer != vm,
+            }),
+            "actions towards the leaving VM: {:?}",
+            acts
+        );
         self.apply(&acts)?;
+        self.present.remove(&vm);
+        prop_assert!(
+            !self.model.keys().any(|&(imp, _, _)| imp == vm),
+            "the leaving VM's windows were not revoked"
+        );
         prop_assert!(
             self.model.values().all(|&(exp, _)| exp != vm),
             "importer still maps memory of a removed VM"

@@ -50,7 +50,20 @@ fn add_vm_validates() {
         Err(DomainError::BadRamRange { .. })
     ));
     assert_eq!(d.remove_vm(B, 0), Err(DomainError::UnknownVm(B)));
-    assert!(d.remove_vm(A, 0).unwrap().is_empty());
+    // A VM that held nothing: only its own windows are revoked.
+    assert_eq!(
+        d.remove_vm(A, 0).unwrap(),
+        vec![
+            Action::RevokeWindow {
+                vm: A,
+                window: Window::Rw
+            },
+            Action::RevokeWindow {
+                vm: A,
+                window: Window::Ro
+            }
+        ]
+    );
     assert!(d.counters().nothing_held());
 }
 
@@ -766,6 +779,10 @@ fn importer_that_never_acks_is_revoked_at_deadline() {
         }))
     );
     assert_eq!(h.d.next_deadline(), None);
+    // B backs off from the segment for one deadline: FAULTs are refused.
+    let (t, a) = h.fault(B, att_b, 8, 16);
+    assert_eq!(response(&a, B, t), Some(Err(Status::Again)));
+    h.now = 210;
     // Later FAULT on the revoked pages: REVOKED; the rest of the attachment still works.
     let (t, a) = h.fault(B, att_b, 3, 1);
     assert_eq!(response(&a, B, t), Some(Err(Status::Revoked)));
@@ -1390,6 +1407,8 @@ fn invalidate_response_counts_targets_and_revocations() {
     assert_eq!(response(&acts, A, tag), None);
     let acts = h.tick(1100);
     assert_eq!(counts(&acts, tag), (1, 1));
+    // After its back-off (one deadline)...
+    h.now = 1200;
     // The importer process goes away while the target is pending: moot, not revoked,
     // and the exporter is answered at once, not at the deadline.
     h.fault_resolved(B, A, att, 8, 4, |i| RAM0 + (i + 8) * P);
@@ -1424,4 +1443,180 @@ fn invalidate_after_importer_vm_exit_has_no_target() {
             revoked: 0
         }))
     );
+}
+
+#[test]
+fn a_repeat_offender_backs_off_longer_each_time_and_only_from_that_segment() {
+    let mut h = H::new(); // deadline 100 ms
+    let base = 0x80000;
+    let s = h.make(A, base, 64 * P, 0o666);
+    let other = h.make(A, 0x1000_0000, 4 * P, 0o666);
+    let ab = h.apid(B, s, XPMEM_RDWR);
+    let mut start = 0;
+    for (strike, backoff) in [(1u64, 100u64), (2, 200), (3, 400)] {
+        let (att, _, _) = h.att(B, ab, 0, 64 * P, 0);
+        h.fault_resolved(B, A, att, 0, 4, |i| RAM0 + i * P);
+        let (tag, _) = h.invalidate(A, s, base, 4 * P);
+        let acts = h.tick(start + 100);
+        assert!(
+            matches!(
+                response(&acts, A, tag),
+                Some(Ok(ResponseBody::Invalidated {
+                    targets: 1,
+                    revoked: 1
+                }))
+            ),
+            "{acts:?}"
+        );
+        let until = start + 100 + backoff;
+        assert_eq!(
+            h.d.backoff_until(B, s, h.now),
+            Some(until),
+            "strike {strike}"
+        );
+        // New attachments and FAULTs of B on the segment are refused until then...
+        assert_eq!(h.attach(B, ab, 0, P, 0), Err(Status::Again));
+        let (t, a) = h.fault(B, att, 10, 1);
+        assert_eq!(response(&a, B, t), Some(Err(Status::Again)));
+        h.now = until - 1;
+        assert_eq!(h.attach(B, ab, 0, P, 0), Err(Status::Again));
+        // ...but not on another segment, and not for another VM.
+        let ob = h.apid(B, other, XPMEM_RDWR);
+        let (oatt, _, _) = h.att(B, ob, 0, P, 0);
+        h.call(
+            B,
+            Request::Detach {
+                owner: OWNER,
+                attach_id: oatt,
+            },
+        )
+        .unwrap();
+        h.call(
+            B,
+            Request::Release {
+                owner: OWNER,
+                apid: ob,
+            },
+        )
+        .unwrap();
+        let ac = h.apid(C, s, XPMEM_RDWR);
+        let (catt, _, _) = h.att(C, ac, 0, P, 0);
+        h.call(
+            C,
+            Request::Detach {
+                owner: OWNER,
+                attach_id: catt,
+            },
+        )
+        .unwrap();
+        h.call(
+            C,
+            Request::Release {
+                owner: OWNER,
+                apid: ac,
+            },
+        )
+        .unwrap();
+        h.now = until;
+        assert_eq!(h.d.backoff_until(B, s, h.now), None);
+        h.call(
+            B,
+            Request::Detach {
+                owner: OWNER,
+                attach_id: att,
+            },
+        )
+        .unwrap();
+        start = h.now;
+        let c = h.d.counters();
+        assert_eq!(c.backoffs_started, strike);
+        assert_eq!(c.backoff_refusals, 3 * strike);
+    }
+    // A B that acknowledges works normally after its back-off.
+    let (att, _, _) = h.att(B, ab, 0, 64 * P, 0);
+    h.fault_resolved(B, A, att, 0, 4, |i| RAM0 + i * P);
+    let (tag, acts) = h.invalidate(A, s, base, 4 * P);
+    let id = invalidation_ids(&acts, B)[0];
+    let (_, acts) = h.ack(B, id);
+    assert_eq!(
+        response(&acts, A, tag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 1,
+            revoked: 0
+        }))
+    );
+    // Back-off records go with the segment.
+    assert_eq!(h.d.counters().backoffs, 1);
+    h.call(
+        A,
+        Request::Remove {
+            owner: OWNER,
+            segid: s,
+        },
+    )
+    .unwrap();
+    assert_eq!(h.d.counters().backoffs, 0);
+}
+
+#[test]
+fn a_revoked_window_revokes_every_attachment_in_it_and_answers_the_exporters() {
+    let mut h = H::new();
+    let s = h.make(A, 0x80000, 16 * P, 0o666);
+    let t = h.make(C, 0x90000, 16 * P, 0o666);
+    let ab = h.apid(B, s, XPMEM_RDWR);
+    let cb = h.apid(B, t, XPMEM_RDWR);
+    let (att_s, _, _) = h.att(B, ab, 0, 16 * P, 0);
+    let (att_t, _, _) = h.att(B, cb, 0, 16 * P, 0);
+    let (att_ro, w_ro, _) = h.att(B, ab, 0, 4 * P, XPMEM_RDONLY);
+    assert_eq!(w_ro, Window::Ro);
+    h.fault_resolved(B, A, att_s, 0, 8, |i| RAM0 + i * P);
+    h.fault_resolved(B, C, att_t, 0, 8, |i| RAM0 + i * P);
+    h.fault_resolved(B, A, att_ro, 0, 4, |i| RAM0 + i * P);
+    // A invalidates; the device fails to unmap B's pages and revokes B's rw window.
+    let (tag, acts) = h.invalidate(A, s, 0x80000, 4 * P);
+    assert_eq!(invalidation_ids(&acts, B).len(), 2);
+    // A parked FAULT of B on t waits for nothing: it fails.
+    let (ftag, _) = h.fault(B, att_t, 12, 1);
+    let acts = h.d.window_revoked(B, Window::Rw, h.now);
+    h.d.check_invariants().unwrap();
+    assert!(
+        unmaps(&acts).is_empty(),
+        "the device already unmapped: {acts:?}"
+    );
+    // The rw attachment's target counts as revoked; the ro one is still pending.
+    assert_eq!(response(&acts, A, tag), None);
+    let mut revoked: Vec<(u64, RevokeReason)> = events(&acts, B)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Revoked {
+                attach_id,
+                page_index: 0,
+                npages: 16,
+                reason,
+            } => Some((attach_id, reason)),
+            _ => None,
+        })
+        .collect();
+    revoked.sort();
+    let mut want = vec![(att_s, RevokeReason::Host), (att_t, RevokeReason::Host)];
+    want.sort();
+    assert_eq!(revoked, want);
+    assert_eq!(response(&acts, B, ftag), Some(Err(Status::Revoked)));
+    let c = h.d.counters();
+    assert_eq!((c.windows_revoked, c.mapped_pages), (1, 4), "{c:?}");
+    // The ro window goes too: A completes, both targets revoked.
+    assert_eq!(h.d.mappings().len(), 4);
+    let acts = h.d.window_revoked(B, Window::Ro, h.now);
+    assert_eq!(
+        response(&acts, A, tag),
+        Some(Ok(ResponseBody::Invalidated {
+            targets: 2,
+            revoked: 2
+        }))
+    );
+    // Revoked slots never come back.
+    let (t2, a) = h.fault(B, att_s, 10, 1);
+    assert_eq!(response(&a, B, t2), Some(Err(Status::Revoked)));
+    h.d.check_invariants().unwrap();
+    assert_eq!(h.d.counters().mapped_pages, 0);
 }
