@@ -65,6 +65,7 @@
 #define VIRTIO_XPMEM_S_FAULT			6
 #define VIRTIO_XPMEM_S_REVOKED			7
 #define VIRTIO_XPMEM_S_GONE			8
+#define VIRTIO_XPMEM_S_AGAIN			9
 
 /* Flags and permit values. */
 #define VIRTIO_XPMEM_GET_RDONLY			1
@@ -79,6 +80,7 @@
 #define VIRTIO_XPMEM_REVOKE_DEADLINE		1
 #define VIRTIO_XPMEM_REVOKE_REMOVED		2
 #define VIRTIO_XPMEM_REVOKE_EXPORTER_GONE	3
+#define VIRTIO_XPMEM_REVOKE_HOST		4
 
 /* Device configuration space. */
 struct virtio_xpmem_config {
