@@ -183,13 +183,12 @@ fn create_filler() -> io::Result<File> {
 /// Failure injection for tests: makes the aperture's own mmap calls fail.
 ///
 /// Shared with the test through an `Arc`; [`MmapAperture::with_faults`]
-/// installs it. `fail_after(n)` lets `n` more mmap calls succeed and fails
-/// every later one with `ENOMEM` until [`ApertureFaults::heal`] is called.
+/// installs it. The next `skip` calls succeed, the `fail` calls after them
+/// fail with `ENOMEM`, and later ones succeed again.
 #[derive(Debug, Default)]
 pub struct ApertureFaults {
-    /// Calls still allowed; negative: no failure armed.
-    budget: std::sync::atomic::AtomicI64,
-    armed: std::sync::atomic::AtomicBool,
+    skip: std::sync::atomic::AtomicI64,
+    fail: std::sync::atomic::AtomicI64,
     /// mmap calls failed so far.
     pub injected: std::sync::atomic::AtomicU64,
 }
@@ -197,21 +196,33 @@ pub struct ApertureFaults {
 impl ApertureFaults {
     /// Lets `n` more mmap calls succeed, then fails every one after.
     pub fn fail_after(&self, n: i64) {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.budget.store(n, SeqCst);
-        self.armed.store(true, SeqCst);
+        self.arm(n, i64::MAX);
+    }
+    /// Fails the next `n` mmap calls.
+    pub fn fail_next(&self, n: i64) {
+        self.arm(0, n);
     }
     /// Stops failing mmap calls.
     pub fn heal(&self) {
-        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.arm(0, 0);
+    }
+    fn arm(&self, skip: i64, fail: i64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.fail.store(0, SeqCst);
+        self.skip.store(skip, SeqCst);
+        self.fail.store(fail, SeqCst);
     }
     /// Whether the next mmap call must fail (and counts it).
     fn should_fail(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
-        if !self.armed.load(SeqCst) {
+        if self.fail.load(SeqCst) <= 0 {
             return false;
         }
-        if self.budget.fetch_sub(1, SeqCst) > 0 {
+        if self.skip.fetch_sub(1, SeqCst) > 0 {
+            return false;
+        }
+        self.skip.store(0, SeqCst);
+        if self.fail.fetch_sub(1, SeqCst) <= 0 {
             return false;
         }
         self.injected.fetch_add(1, SeqCst);

@@ -246,6 +246,10 @@ impl Endpoint {
         self.stats.chains += 1;
         let head = chain.head_index();
         let reject = |this: &mut Self, writable: &[WritableBuf], opcode: u32, status| {
+            log::debug!(
+                "virtio-xpmem: VM {:?}: rejected request chain {head} (opcode {opcode}): {status:?}",
+                this.vm
+            );
             this.stats.rejected += 1;
             this.finish_chain(head, writable, wire::Response::error(opcode, status));
             Popped::Rejected
@@ -301,6 +305,11 @@ impl Endpoint {
         );
         self.stats.dispatched += 1;
         Popped::Request(RequestTag(tag), req)
+    }
+
+    /// Size of the requestq (0 if the device is not active).
+    fn request_queue_size(&self) -> u16 {
+        self.active.as_ref().map_or(0, |a| a.reqq.size())
     }
 
     /// The opcode of pending request `tag`, if it is still pending.
@@ -907,12 +916,20 @@ impl XpmemHub {
     /// guest that refills its queue from another vCPU cannot keep this thread (and, chain by
     /// chain, the hub lock) busy; chains it adds meanwhile come with their own notification.
     pub(crate) fn process_requests(&self, vm: VmId) {
-        for _ in 0..crate::QUEUE_SIZE {
+        let mut budget = None;
+        loop {
             let mut st = lock(&self.state);
             let Some(ep) = st.endpoint(vm) else {
                 return;
             };
-            let popped = lock(&ep).pop_request();
+            let mut ep = lock(&ep);
+            let left = budget.get_or_insert_with(|| ep.request_queue_size());
+            if *left == 0 {
+                break;
+            }
+            *left -= 1;
+            let popped = ep.pop_request();
+            drop(ep);
             match popped {
                 Popped::Empty => break,
                 Popped::Rejected => {}

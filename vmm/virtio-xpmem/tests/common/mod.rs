@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
@@ -16,7 +17,7 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout, PAGE_SIZE};
-use virtio_xpmem_device::{VmId, XpmemDevice, XpmemHub};
+use virtio_xpmem_device::{HubClock, HubConfig, ManualClock, VmId, XpmemDevice, XpmemHub};
 use virtio_xpmem_wire as wire;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
@@ -343,6 +344,25 @@ impl<'a> Guest<'a> {
         Some(c)
     }
 
+    /// Submits a request with a response buffer of the size its opcode needs; returns the head.
+    pub fn send(&mut self, req: &wire::Request) -> u16 {
+        let len = wire::response_size(req.opcode()) as u32;
+        self.submit(&req.to_bytes(self.owner), len)
+    }
+
+    /// Sends a FAULT that must be answered at once; returns its status.
+    pub fn fault_status_now(&mut self, attach_id: u64, page_index: u64) -> u32 {
+        let head = self.send(&wire::Request::Fault {
+            attach_id,
+            page_index,
+            npages: 1,
+            write: false,
+        });
+        self.completion(head)
+            .unwrap_or_else(|| panic!("VM {:?}: FAULT not answered at once", self.vm))
+            .status
+    }
+
     /// Submits a request and expects an immediate completion.
     pub fn call(&mut self, req: wire::Request) -> Completion {
         let opcode = req.opcode();
@@ -455,4 +475,199 @@ impl ExporterModel {
         }
         rest
     }
+}
+
+// ----- scenario helpers shared by the multi-VM tests -----
+
+pub const SEG_VADDR: u64 = 0x7f00_0000_0000;
+pub const SEG_PAGES: u64 = 16;
+
+pub fn manual_hub(deadline_ms: u64) -> (std::sync::Arc<XpmemHub>, ManualClock) {
+    let clock = ManualClock::default();
+    let hub = XpmemHub::with_backend(
+        HubConfig {
+            invalidate_deadline: Duration::from_millis(deadline_ms),
+            ..HubConfig::default()
+        },
+        Box::new(virtio_xpmem_device::aperture::MmapAperture::new()),
+        HubClock::Manual(clock.clone()),
+    )
+    .unwrap();
+    (hub, clock)
+}
+
+/// Exporter `a` makes a segment of SEG_PAGES pages; returns (segid, model).
+pub fn make_segment(a: &mut Guest<'_>) -> (u64, ExporterModel) {
+    let model = ExporterModel {
+        vaddr: SEG_VADDR,
+        npages: SEG_PAGES,
+        contiguous: false,
+    };
+    for i in 0..SEG_PAGES {
+        a.ram_fill(
+            model.gpa_of(SEG_VADDR + i * PAGE_SIZE),
+            0x10 + i as u8,
+            PAGE_SIZE as usize,
+        );
+    }
+    let c = a.call(wire::Request::Make {
+        vaddr: SEG_VADDR,
+        size: SEG_PAGES * PAGE_SIZE,
+        mode: 0o666,
+        uid: 1000,
+        gid: 1000,
+    });
+    assert_eq!(c.status, 0, "MAKE failed");
+    (c.u64_at(0), model)
+}
+
+/// Importer gets and attaches the whole segment; returns (apid, attach_id, aperture offset, shm id).
+pub fn get_attach(b: &mut Guest<'_>, segid: u64, read_only: bool) -> (u64, u64, u64, u32) {
+    let c = b.call(wire::Request::Get {
+        segid,
+        access: if read_only {
+            wire::Access::ReadOnly
+        } else {
+            wire::Access::ReadWrite
+        },
+        uid: 1000,
+        gid: 1000,
+    });
+    assert_eq!(c.status, 0, "GET failed");
+    let apid = c.u64_at(0);
+    let c = b.call(wire::Request::Attach {
+        apid,
+        offset: 0,
+        size: SEG_PAGES * PAGE_SIZE,
+        read_only,
+    });
+    assert_eq!(c.status, 0, "ATTACH failed");
+    (apid, c.u64_at(0), c.u64_at(8), c.u32_at(16))
+}
+
+/// Importer faults `npages` from `page`; the exporter model resolves.
+pub fn fault(
+    b: &mut Guest<'_>,
+    a: &mut Guest<'_>,
+    model: &ExporterModel,
+    attach_id: u64,
+    page: u64,
+    npages: u32,
+    write: bool,
+) -> Completion {
+    let req = wire::Request::Fault {
+        attach_id,
+        page_index: page,
+        npages,
+        write,
+    };
+    let head = b.submit(
+        &req.to_bytes(b.owner),
+        wire::response_size(req.opcode()) as u32,
+    );
+    assert!(
+        b.completion(head).is_none(),
+        "FAULT must wait for the exporter"
+    );
+    let evs = a.take_events();
+    assert!(
+        evs.iter().any(|e| matches!(e, wire::Event::Resolve { .. })),
+        "exporter got no RESOLVE: {evs:?}"
+    );
+    let rest = model.answer_resolves(a, evs);
+    assert!(rest.is_empty());
+    b.completion(head)
+        .expect("FAULT not completed after RESOLVE_REPLY")
+}
+
+/// Exporter `a` sends INVALIDATE for `npages` segment pages from `first_page`; returns the head.
+pub fn invalidate(a: &mut Guest<'_>, segid: u64, first_page: u64, npages: u64) -> u16 {
+    a.send(&wire::Request::Invalidate {
+        segid,
+        vaddr: SEG_VADDR + first_page * PAGE_SIZE,
+        len: npages * PAGE_SIZE,
+    })
+}
+
+/// The importer acknowledges every INVALIDATE it got; returns the other events.
+pub fn ack_all(b: &mut Guest<'_>) -> Vec<wire::Event> {
+    let mut rest = Vec::new();
+    for ev in b.take_events() {
+        match ev {
+            wire::Event::Invalidate {
+                invalidation_id, ..
+            } => {
+                let c = b.call(wire::Request::InvalidateAck { invalidation_id });
+                assert_eq!(c.status, 0);
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
+}
+
+/// Writes QSIZE device-readable descriptors of EVBUF_LEN bytes into the queue at `ring`
+/// (unusable as event buffers, and as requests without a response buffer).
+pub fn write_bad_descriptors(mem: &GuestMemoryMmap, ring: u64) {
+    for k in 0..QSIZE {
+        let d = ring + u64::from(k) * 16;
+        mem.write_obj(EVBUF_BASE + u64::from(k) * 0x100, GuestAddress(d))
+            .unwrap();
+        mem.write_obj(EVBUF_LEN, GuestAddress(d + 8)).unwrap();
+        mem.write_obj(0u16, GuestAddress(d + 12)).unwrap();
+    }
+}
+
+/// Exporter VM 1 and importer VM 2 on one hub: a's segment (see `make_segment`) and b's
+/// attachment of all of it, with b's first `mapped` pages faulted in.
+pub struct Pair<'a> {
+    pub a: Guest<'a>,
+    pub b: Guest<'a>,
+    pub segid: u64,
+    pub model: ExporterModel,
+    pub apid: u64,
+    pub att: u64,
+    pub off: u64,
+}
+
+pub fn pair<'a>(
+    hub: &Arc<XpmemHub>,
+    ma: &'a GuestMemoryMmap,
+    mb: &'a GuestMemoryMmap,
+    read_only: bool,
+    mapped: u32,
+) -> Pair<'a> {
+    let mut a = Guest::new(hub, 1, ma);
+    let mut b = Guest::new(hub, 2, mb);
+    let (segid, model) = make_segment(&mut a);
+    let (apid, att, off, _shm) = get_attach(&mut b, segid, read_only);
+    if mapped > 0 {
+        let f = fault(&mut b, &mut a, &model, att, 0, mapped, !read_only);
+        assert_eq!(f.status, 0);
+    }
+    Pair {
+        a,
+        b,
+        segid,
+        model,
+        apid,
+        att,
+        off,
+    }
+}
+
+/// VM 3, with no eventq buffers, attached to the pair's segment with page 12 mapped: an
+/// importer whose events cannot be delivered.
+pub fn deaf_importer<'a>(
+    hub: &Arc<XpmemHub>,
+    p: &mut Pair<'_>,
+    ms: &'a GuestMemoryMmap,
+) -> Guest<'a> {
+    let mut s = Guest::with_event_buffers(hub, 3, ms, 0);
+    let (_apid, att_s, _off, _shm) = get_attach(&mut s, p.segid, false);
+    assert_eq!(
+        fault(&mut s, &mut p.a, &p.model, att_s, 12, 1, false).status,
+        0
+    );
+    s
 }
