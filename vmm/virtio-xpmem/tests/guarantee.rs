@@ -430,3 +430,143 @@ fn spin_bad_event_buffers(mem: &GuestMemoryMmap, stop: &AtomicBool, posted: &Ato
         }
     }
 }
+
+/// Fills the process's mapping table up to `vm.max_map_count` (every other page of a
+/// PROT_NONE reservation made readable, each a mapping of its own); returns the
+/// reservation and how many mappings it took.
+fn exhaust_mapping_table() -> (usize, usize, u64) {
+    let max: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let len = 2 * (max + 16) * PAGE_SIZE as usize;
+    // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let mut splits = 0;
+    for i in (1..2 * max).step_by(2) {
+        // SAFETY: one page inside the reservation made above.
+        let r = unsafe {
+            libc::mprotect(
+                base.cast::<u8>().add(i * PAGE_SIZE as usize).cast(),
+                PAGE_SIZE as usize,
+                libc::PROT_READ,
+            )
+        };
+        if r != 0 {
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOMEM)
+            );
+            return (base as usize, len, splits);
+        }
+        splits += 1;
+    }
+    panic!("never reached vm.max_map_count ({max})");
+}
+
+/// The real thing, in a child process of its own (it fills the mapping table): at the
+/// kernel's mapping limit the unmap that splits an importer's run fails with ENOMEM, and
+/// the exporter is still answered only after the importer's window no longer shows its
+/// page.
+fn at_mapping_limit() {
+    // No budget: the kernel's limit is what stops the unmap here.
+    let (hub, _clock) = hub_with(MmapAperture::with_budget(1 << 40), 60_000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut p = pair(&hub, &ma, &mb, false, 0);
+    // One run of 16 pages (one host mapping).
+    p.model.contiguous = true;
+    let f = fault(&mut p.b, &mut p.a, &p.model, p.att, 0, 16, true);
+    assert_eq!(f.status, 0);
+    let probe = Probe::default();
+    probe.install(&hub, vec![p.b.windows.clone()]);
+    let (base, len, splits) = exhaust_mapping_table();
+    // The exporter takes back page 8, in the middle of the run.
+    let head = invalidate(&mut p.a, p.segid, 8, 1);
+    ack_all(&mut p.b);
+    let answer = p.a.completion(head);
+    let st = hub.aperture_stats();
+    // SAFETY: the reservation made by exhaust_mapping_table, no longer used.
+    unsafe { libc::munmap(base as *mut libc::c_void, len) };
+    let c = answer.expect("INVALIDATE not answered");
+    assert_eq!(c.status, 0);
+    probe.assert_clean(1);
+    assert!(
+        st.unmap_failures >= 1 && st.windows_revoked >= 1,
+        "the mapping limit did not make the unmap fail: {st:?}"
+    );
+    assert_eq!(shows_exporter_bytes(&p.b.windows), None);
+    println!(
+        "AT-LIMIT OK: {splits} extra mappings filled the table; unmap_failures={} windows_revoked={} cut_offs={}",
+        st.unmap_failures, st.windows_revoked, st.cut_offs
+    );
+}
+
+#[test]
+fn revocation_at_the_process_mapping_limit() {
+    if std::env::var_os("XPMEM_AT_MAPPING_LIMIT").is_some() {
+        at_mapping_limit();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "revocation_at_the_process_mapping_limit",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("XPMEM_AT_MAPPING_LIMIT", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("AT-LIMIT OK"),
+        "child at the mapping limit failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for line in stdout.lines().filter(|l| l.contains("AT-LIMIT OK")) {
+        println!("NOTE {line}");
+    }
+}
+
+#[test]
+fn a_guest_that_scatters_its_window_gets_an_error_status_not_a_host_failure() {
+    // Budget: the two 4 MiB windows' filler (2 + 2) plus the reserve (16) plus 6 more.
+    let (hub, _clock) = hub_with(MmapAperture::with_budget(4 + 16 + 6), 60_000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut p = pair(&hub, &ma, &mb, false, 0);
+    // Scattered exporter pages, one FAULT per page: each page its own host mapping.
+    let statuses: Vec<u32> = (0..SEG_PAGES)
+        .map(|page| fault(&mut p.b, &mut p.a, &p.model, p.att, page, 1, true).status)
+        .collect();
+    let ok = statuses.iter().take_while(|&&s| s == 0).count();
+    assert!(ok >= 2 && ok < SEG_PAGES as usize, "{statuses:?}");
+    assert!(
+        statuses[ok..]
+            .iter()
+            .all(|&s| s == wire::VIRTIO_XPMEM_S_FAULT),
+        "{statuses:?}"
+    );
+    let st = hub.aperture_stats();
+    assert_eq!(st.unmap_failures, 0);
+    assert!(st.map_failures > 0);
+    // Revoking everything still works within the budget.
+    let head = invalidate(&mut p.a, p.segid, 0, SEG_PAGES);
+    ack_all(&mut p.b);
+    assert_eq!(p.a.completion(head).map(|c| c.status), Some(0));
+    assert_eq!(shows_exporter_bytes(&p.b.windows), None);
+    assert_eq!(hub.aperture_stats().windows_revoked, 0);
+    hub.check_invariants().unwrap();
+}
