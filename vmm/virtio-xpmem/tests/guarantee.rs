@@ -453,8 +453,7 @@ fn exhaust_mapping_table() -> (usize, usize, u64) {
         )
     };
     assert_ne!(base, libc::MAP_FAILED);
-    let mut splits = 0;
-    for i in (1..2 * max).step_by(2) {
+    for (splits, i) in (1..2 * max).step_by(2).enumerate() {
         // SAFETY: one page inside the reservation made above.
         let r = unsafe {
             libc::mprotect(
@@ -468,9 +467,8 @@ fn exhaust_mapping_table() -> (usize, usize, u64) {
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::ENOMEM)
             );
-            return (base as usize, len, splits);
+            return (base as usize, len, splits as u64);
         }
-        splits += 1;
     }
     panic!("never reached vm.max_map_count ({max})");
 }
