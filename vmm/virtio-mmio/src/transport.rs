@@ -420,6 +420,13 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
                 );
             }
             self.device_status = old | status::FAILED;
+            if self.activated {
+                // The driver gave up on a live device: stop it now (no more queue
+                // processing or notifications, its resources released), not at the
+                // driver's eventual reset, which may never come.
+                self.device.reset();
+                self.activated = false;
+            }
             return;
         }
         let mut new = old;

@@ -375,6 +375,35 @@ fn driver_failed_makes_device_inert() {
 }
 
 #[test]
+fn failed_after_driver_ok_stops_the_device_until_reset() {
+    let (mut t, rec) = transport();
+    full_init(&mut t);
+    let notifies = rec.lock().unwrap().notifies.len();
+    add_status(&mut t, status::FAILED);
+    // The device was stopped (released) at once and hears nothing more.
+    assert!(!t.is_activated());
+    assert_eq!(rec.lock().unwrap().resets, 1);
+    assert!(t.device().held.is_none());
+    assert_ne!(rd(&mut t, regs::STATUS) & status::FAILED, 0);
+    wr(&mut t, regs::QUEUE_NOTIFY, 0);
+    t.queue_notify(1);
+    t.write(regs::CONFIG, &[1]);
+    {
+        let r = rec.lock().unwrap();
+        assert_eq!(r.notifies.len(), notifies);
+        assert!(r.config_writes.is_empty());
+        assert_eq!(r.activations.len(), 1);
+    }
+    // Setting FAILED again changes nothing; a reset and a new init bring it back.
+    add_status(&mut t, status::FAILED);
+    assert_eq!(rec.lock().unwrap().resets, 1);
+    wr(&mut t, regs::STATUS, 0);
+    full_init(&mut t);
+    assert!(t.is_activated());
+    assert_eq!(rec.lock().unwrap().activations.len(), 2);
+}
+
+#[test]
 fn shared_memory_registers() {
     let (mut t, _) = transport();
     wr(&mut t, regs::SHM_SEL, 0);
