@@ -70,6 +70,24 @@ fn random_seed() -> u64 {
     u64::from_le_bytes(seed)
 }
 
+/// Host mappings left for the aperture windows of each of `vms` VMs: what
+/// `vm.max_map_count` allows once this process's own mappings (now, plus room for the
+/// threads, RAM and devices of every VM) are counted. A guest that scatters its window
+/// beyond its share gets FAULT errors; revocations never need more (see the
+/// virtio-xpmem aperture docs).
+fn mappings_per_vm(vms: usize) -> u64 {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let max = read("/proc/sys/vm/max_map_count")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65_530);
+    let in_use = read("/proc/self/maps").map_or(1024, |s| s.lines().count() as u64);
+    let vms = u64::try_from(vms.max(1)).unwrap_or(u64::MAX);
+    let reserved = in_use + 2048 + 256 * vms;
+    let share = max.saturating_sub(reserved) / vms;
+    log::info!("xpmem: each VM's aperture windows may use {share} host mappings (vm.max_map_count {max}, {in_use} in use)");
+    share
+}
+
 fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
     let name = vm.name();
     eprintln!(
@@ -108,6 +126,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         xpmem: XpmemHub::new(HubConfig {
             invalidate_deadline: Duration::from_millis(deadline),
             seed: random_seed(),
+            mappings_per_vm: mappings_per_vm(config.vms.len()),
             ..HubConfig::default()
         })?,
     };

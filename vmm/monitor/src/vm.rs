@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use virtio_mmio_transport::{MmioTransport, VirtioDevice, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
 use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout};
-use virtio_xpmem_device::{VmHoldings, VmId, XpmemHub};
+use virtio_xpmem_device::{CutOff, VmHoldings, VmId, Window, XpmemHub};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_acpi::{AcpiConfig, MmioDeviceInfo};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -112,7 +112,7 @@ pub struct Vm {
     xpmem: (Arc<XpmemHub>, VmId),
     // Drop order matters: the VM fd (and with it every memslot) must go
     // before the memory it points at.
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _transports: Vec<SharedTransport>,
     _apertures: ApertureWindows,
     _ram: GuestRam,
@@ -136,7 +136,7 @@ impl Vm {
         }
         let input = SerialInput::open(cfg)?;
         let layout = MemoryLayout::new(cfg.memory, cfg.aperture_rw, cfg.aperture_ro)?;
-        let vm_fd = create_vm_fd(kvm)?;
+        let vm_fd = Arc::new(create_vm_fd(kvm)?);
         let ram = GuestRam::new(&cfg.name, &layout)?;
         let next_slot = ram.register(&vm_fd)?;
         let apertures = map_apertures(&vm_fd, &layout, next_slot)?;
@@ -154,6 +154,10 @@ impl Vm {
                 apertures.clone(),
             )
             .map_err(|e| VmError::Xpmem(e.to_string()))?;
+        shared.xpmem.set_cut_off(
+            id,
+            aperture_cut_off(Arc::downgrade(&vm_fd), next_slot, &apertures),
+        );
         let devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![
             ("rng", Box::new(virtio_rng_device::Rng::new())),
             ("xpmem", Box::new(xpmem)),
@@ -280,6 +284,29 @@ fn create_vm_fd(kvm: &Kvm) -> Result<VmFd, VmError> {
     };
     vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     Ok(vm_fd)
+}
+
+/// The xpmem hub's last resort when an aperture window's pages cannot be revoked: delete
+/// the window's memslot (KVM drops every mapping of it before the ioctl returns, and no
+/// new host mapping is needed). The guest then sees no memory there; its attachments in
+/// the window are revoked.
+fn aperture_cut_off(vm_fd: Weak<VmFd>, first_slot: u32, windows: &ApertureWindows) -> CutOff {
+    let rw = (first_slot, windows.rw.guest_base());
+    let ro = (first_slot + 1, windows.ro.guest_base());
+    Box::new(move |window| {
+        let Some(vm_fd) = vm_fd.upgrade() else {
+            // The VM is gone, and its memslots with it.
+            return Ok(());
+        };
+        let (slot, base) = match window {
+            Window::Rw => rw,
+            Window::Ro => ro,
+        };
+        log::error!("xpmem: deleting memslot {slot} (aperture window at {base:#x}) of a VM whose window could not be revoked");
+        // SAFETY: a size of 0 deletes the slot; it refers to no host memory afterwards.
+        unsafe { set_memslot(&vm_fd, slot, base, 0, 0, false) }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
 }
 
 /// Reserves the import aperture windows and registers them as memslots

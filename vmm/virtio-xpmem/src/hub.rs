@@ -76,6 +76,10 @@ pub struct HubConfig {
     /// are dropped (and counted). The forced-revocation deadline still
     /// bounds a dropped INVALIDATE.
     pub max_pending_events: usize,
+    /// Host mappings (VMAs) each VM's two aperture windows may use; together with the
+    /// rest of the process they must stay below `vm.max_map_count` (see
+    /// [`crate::aperture`], "Host mapping budget").
+    pub mappings_per_vm: u64,
 }
 
 impl Default for HubConfig {
@@ -86,6 +90,7 @@ impl Default for HubConfig {
             seed: 0x5eed_5eed_5eed_5eed,
             max_fault_pages: 64,
             max_pending_events: 4096,
+            mappings_per_vm: crate::aperture::DEFAULT_MAPPINGS_PER_VM,
         }
     }
 }
@@ -688,7 +693,8 @@ pub struct XpmemHub {
 impl XpmemHub {
     /// A hub with the real [`MmapAperture`] and a deadline timer thread.
     pub fn new(cfg: HubConfig) -> Result<Arc<Self>, HubError> {
-        Self::with_backend(cfg, Box::new(MmapAperture::new()), HubClock::Monotonic)
+        let aperture = MmapAperture::with_budget(cfg.mappings_per_vm);
+        Self::with_backend(cfg, Box::new(aperture), HubClock::Monotonic)
     }
 
     /// A hub with a chosen aperture backend and clock. With

@@ -65,4 +65,4 @@ pub use hub::{
     ApertureStats, CompletionProbe, CutOff, DeviceStats, HubClock, HubConfig, HubError,
     ManualClock, XpmemHub,
 };
-pub use xpmem_domain::{VmHoldings, VmId};
+pub use xpmem_domain::{VmHoldings, VmId, Window};

@@ -587,7 +587,7 @@ mod hostile_sequences {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// Arbitrary register traffic never panics and keeps the transport's
-        /// invariants: the device is active exactly when DRIVER_OK is set,
+        /// invariants: the device is active exactly when DRIVER_OK is set and FAILED is not,
         /// it only sees notifications for its queues while active, every
         /// activation carries both queues, features a subset of the offer
         /// including VERSION_1.
@@ -632,7 +632,11 @@ mod hostile_sequences {
                     }
                 }
                 let s = t.device_status();
-                prop_assert_eq!(t.is_activated(), s & status::DRIVER_OK != 0);
+                // FAILED stops a running device; DRIVER_OK stays in the register.
+                prop_assert_eq!(
+                    t.is_activated(),
+                    s & status::DRIVER_OK != 0 && s & status::FAILED == 0
+                );
                 prop_assert_eq!(t.is_activated(), t.device().held.is_some());
                 prop_assert_eq!(t.interrupt_status() & !3, 0);
                 if s & status::FEATURES_OK != 0 {
