@@ -7,9 +7,13 @@
 //! bytes written anywhere (including outside RAM and into the aperture),
 //! heads made available, well-formed requests built from the input with ids
 //! learned from earlier responses and events, queue notifications, clock
-//! advances and device resets. After every step the domain's invariants
-//! must hold; at the end, dropping the devices must leave nothing held.
-//! Any panic is a bug.
+//! advances, device resets and injected mmap failures of the aperture. After
+//! every step the domain's invariants must hold and the real windows must
+//! agree with the domain (the oracle): a page the domain maps shows the
+//! exporter's page, every other page shows the filler, unless the VM was cut
+//! off from that window. Windows have 1024 pages and a small mapping budget,
+//! so the budget and its fallbacks are reachable. At the end, dropping the
+//! devices must leave nothing held. Any panic is a bug.
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -22,14 +26,19 @@ use virtio_xpmem_wire as wire;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use xpmem_domain::VmId;
 
-use crate::aperture::{ApertureWindows, MmapAperture, VmRamLayout};
+use crate::aperture::{
+    ApertureFaults, ApertureWindows, MmapAperture, VmRamLayout, FILLER_BYTE, PAGE_SIZE,
+};
 use crate::{HubClock, HubConfig, ManualClock, XpmemDevice, XpmemHub};
 
 const RAM: u64 = 1 << 20;
 const QSIZE: u16 = 16;
 const RW_GPA: u64 = 0x1_0000_0000;
 const RO_GPA: u64 = 0x1_1000_0000;
-const WIN_LEN: u64 = 64 * 4096;
+const WIN_LEN: u64 = 1024 * 4096;
+/// Host mappings per VM: the filler of both windows (2 + 2), the split reserve (16) and
+/// room for a few dozen scattered runs.
+const MAPPINGS_PER_VM: u64 = 4 + 16 + 40;
 const BUF_BASE: u64 = 0x1_0000;
 const SLOT: u64 = 0x1000;
 const EV_BASE: u64 = 0x8_0000;
@@ -149,6 +158,9 @@ impl Ring {
 
 struct Vm {
     mem: GuestMemoryMmap,
+    windows: ApertureWindows,
+    /// Windows (rw, ro) the hub cut this VM off from (a memslot would be gone).
+    cut_off: Arc<[std::sync::atomic::AtomicBool; 2]>,
     dev: XpmemDevice,
     reqq: Ring,
     evq: Ring,
@@ -178,9 +190,21 @@ impl Vm {
         .ok()?;
         let windows = ApertureWindows::reserve(RW_GPA, WIN_LEN, RO_GPA, WIN_LEN).ok()?;
         let layout = VmRamLayout::from_guest_memory(&mem).ok()?;
-        let dev = hub.add_vm(VmId(id), layout, windows).ok()?;
+        let dev = hub.add_vm(VmId(id), layout, windows.clone()).ok()?;
+        let cut_off: Arc<[std::sync::atomic::AtomicBool; 2]> = Arc::default();
+        let flags = cut_off.clone();
+        hub.set_cut_off(
+            VmId(id),
+            Box::new(move |w| {
+                flags[usize::from(w == xpmem_domain::Window::Ro)]
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }),
+        );
         let mut vm = Self {
             mem,
+            windows,
+            cut_off,
             dev,
             reqq: Ring::new(0),
             evq: Ring::new(0x1000),
@@ -351,16 +375,78 @@ fn addr(inp: &mut Input<'_>) -> u64 {
     }
 }
 
+/// First bytes of window page `page`.
+fn window_head(w: &crate::aperture::ApertureWindow, page: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    // SAFETY: `page` is below `w.pages()`, so the 16 bytes lie inside the window, which
+    // is always mapped readable.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (w.host_addr() + page * PAGE_SIZE) as *const u8,
+            out.as_mut_ptr(),
+            16,
+        )
+    };
+    out
+}
+
+/// The oracle: every window page shows what the domain says, the exporter's page or the
+/// filler (windows the VM was cut off from are not reachable and are skipped).
+fn check_windows(hub: &XpmemHub, vms: &[Vm; 2]) {
+    let mapped: std::collections::BTreeMap<(u32, xpmem_domain::Window, u64), (u32, u64)> = hub
+        .mappings()
+        .into_iter()
+        .map(|m| {
+            (
+                (m.importer.0, m.window, m.aperture_page),
+                (m.exporter.0, m.exporter_gpa),
+            )
+        })
+        .collect();
+    for (i, vm) in vms.iter().enumerate() {
+        let id = i as u32 + 1;
+        for (k, window) in [xpmem_domain::Window::Rw, xpmem_domain::Window::Ro]
+            .into_iter()
+            .enumerate()
+        {
+            if vm.cut_off[k].load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let w = vm.windows.get(window);
+            for page in 0..w.pages() {
+                let seen = window_head(w, page);
+                match mapped.get(&(id, window, page)) {
+                    Some(&(exp, gpa)) => {
+                        let mut want = [0u8; 16];
+                        let exporter = &vms[exp as usize - 1].mem;
+                        let _ = exporter.read_slice(&mut want, GuestAddress(gpa));
+                        assert_eq!(
+                            seen, want,
+                            "VM {id} {window:?} page {page} should show VM {exp}'s page {gpa:#x}"
+                        );
+                    }
+                    None => assert_eq!(
+                        seen, [FILLER_BYTE; 16],
+                        "VM {id} {window:?} page {page} is unmapped in the domain but does not show the filler"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// Runs one fuzz input and returns the domain's counters (for harness
 /// coverage statistics). Panics only on a bug.
 pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
     let clock = ManualClock::default();
+    let faults = Arc::new(ApertureFaults::default());
+    let aperture = MmapAperture::with_budget(MAPPINGS_PER_VM).with_faults(faults.clone());
     let Ok(hub) = XpmemHub::with_backend(
         HubConfig {
             max_pending_events: 32,
             ..HubConfig::default()
         },
-        Box::new(MmapAperture::new()),
+        Box::new(aperture),
         HubClock::Manual(clock.clone()),
     ) else {
         return Default::default();
@@ -369,9 +455,14 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
         return Default::default();
     };
     let mut vms = [a, b];
-    // Fill exported-looking memory so mapped pages have content.
-    for vm in &vms {
-        let _ = vm.mem.write_slice(&[0x5a; 0x1000], GuestAddress(USER_GPA));
+    // Give every RAM page outside the rings and buffers its own content, so the oracle
+    // can tell exporter pages from the filler and from each other.
+    for (i, vm) in vms.iter().enumerate() {
+        for gpa in (USER_GPA..RAM).step_by(PAGE_SIZE as usize) {
+            let tag = ((i as u64 + 1) << 56) | gpa;
+            let _ = vm.mem.write_obj(tag, GuestAddress(gpa));
+            let _ = vm.mem.write_obj(!tag, GuestAddress(gpa + 8));
+        }
     }
     let mut ids: Vec<u64> = Vec::new();
     // The input is a sequence of fixed-size step records, so mutations of
@@ -435,8 +526,19 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
                 vm.dev.queue_notify(u16::from(inp.u8() % 3));
             }
             6 => {
-                clock.advance(u64::from(inp.u16()));
-                hub.tick();
+                let n = inp.u16();
+                if n & 0x8000 != 0 {
+                    // The aperture's next mmap calls fail (skip, then fail).
+                    faults.heal();
+                    match n % 4 {
+                        0 => faults.fail_next(i64::from(n >> 8 & 7) + 1),
+                        1 => faults.fail_after(i64::from(n >> 4 & 7)),
+                        _ => {}
+                    }
+                } else {
+                    clock.advance(u64::from(n));
+                    hub.tick();
+                }
             }
             _ => {
                 if inp.u8().is_multiple_of(8) {
@@ -454,7 +556,9 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
         if let Err(e) = hub.check_invariants() {
             panic!("domain invariant broken: {e}");
         }
+        check_windows(&hub, &vms);
     }
+    faults.heal();
     let seen = hub.counters();
     drop(vms);
     let c = hub.counters();

@@ -1003,6 +1003,13 @@ impl XpmemHub {
         Some(s)
     }
 
+    /// Every importer page the domain believes mapped (tests and fuzzing compare it with
+    /// the real windows).
+    #[doc(hidden)]
+    pub fn mappings(&self) -> Vec<Mapping> {
+        lock(&self.state).domain.mappings()
+    }
+
     /// Importer slots mapping exporter page `gpa` (see
     /// [`Domain::rmap_lookup`]).
     pub fn rmap_lookup(&self, exporter: VmId, gpa: u64) -> Vec<Mapping> {
