@@ -568,3 +568,70 @@ fn a_guest_that_scatters_its_window_gets_an_error_status_not_a_host_failure() {
     assert_eq!(hub.aperture_stats().windows_revoked, 0);
     hub.check_invariants().unwrap();
 }
+
+#[test]
+fn a_map_whose_filler_cannot_be_restored_revokes_the_window() {
+    let faults = Arc::new(ApertureFaults::default());
+    let (hub, _clock) = hub_with(MmapAperture::new().with_faults(faults.clone()), 60_000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let mut p = pair(&hub, &ma, &mb, false, 2);
+    // The map of page 4 fails, and so does the filler that should replace it.
+    faults.fail_next(2);
+    let f = fault(&mut p.b, &mut p.a, &p.model, p.att, 4, 1, true);
+    assert_eq!(f.status, wire::VIRTIO_XPMEM_S_FAULT);
+    assert_eq!(shows_exporter_bytes(&p.b.windows), None);
+    assert!(revoked_host(&p.b.take_events(), p.att));
+    let st = hub.aperture_stats();
+    assert_eq!((st.map_failures, st.windows_revoked), (1, 1));
+    assert_eq!(p.b.fault_status_now(p.att, 0), wire::VIRTIO_XPMEM_S_REVOKED);
+    hub.check_invariants().unwrap();
+}
+
+#[test]
+fn a_resetting_importer_whose_windows_cannot_be_revoked_is_cut_off_first() {
+    let faults = Arc::new(ApertureFaults::default());
+    let (hub, _clock) = hub_with(MmapAperture::new().with_faults(faults.clone()), 60_000);
+    let (ma, mb) = (guest_ram(), guest_ram());
+    let Pair {
+        mut a,
+        mut b,
+        segid,
+        ..
+    } = pair(&hub, &ma, &mb, false, 8);
+    let cut: Arc<Mutex<Vec<xpmem_domain::Window>>> = Arc::default();
+    {
+        let cut = cut.clone();
+        hub.set_cut_off(
+            b.vm,
+            Box::new(move |w| {
+                cut.lock().unwrap().push(w);
+                Ok(())
+            }),
+        );
+    }
+    let answered_after: Arc<Mutex<Option<usize>>> = Arc::default();
+    {
+        let (cut, answered_after) = (cut.clone(), answered_after.clone());
+        hub.set_completion_probe(Box::new(move |vm, opcode, _| {
+            if vm == VmId(1) && opcode == wire::VIRTIO_XPMEM_REQ_INVALIDATE {
+                *answered_after.lock().unwrap() = Some(cut.lock().unwrap().len());
+            }
+        }));
+    }
+    let head = invalidate(&mut a, segid, 0, 4);
+    faults.fail_next(i64::MAX);
+    b.dev.reset();
+    faults.heal();
+    assert_eq!(a.completion(head).map(|c| c.status), Some(0));
+    assert_eq!(
+        *cut.lock().unwrap(),
+        vec![xpmem_domain::Window::Rw, xpmem_domain::Window::Ro]
+    );
+    assert_eq!(
+        *answered_after.lock().unwrap(),
+        Some(2),
+        "the exporter was answered before both windows were cut off"
+    );
+    assert_eq!(hub.aperture_stats().cut_offs, 2);
+    hub.check_invariants().unwrap();
+}
