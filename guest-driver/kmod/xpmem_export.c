@@ -131,15 +131,21 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 	}
 	mutex_unlock(&seg->lock);
 
-	/* deferred_sem before seg->lock: resolves never wait for it. */
-	down(&xd->deferred_sem);
+	/*
+	 * A slot of the INVALIDATE budget, before seg->lock (resolves never
+	 * wait for it). It waits only for other INVALIDATEs, each done within
+	 * the device's deadline, and at most a quarter of it per process:
+	 * no FAULT, however slow its exporter, and no single process can hold
+	 * this munmap up.
+	 */
+	xpmem_budget_get(&xd->inval_budget, (unsigned long)seg->mm, false);
 	mutex_lock(&seg->lock);
 	start = range->start;
 	end = range->end;
 	if (!xpmem_seg_clip(seg, &start, &end)) {
 		/* Another invalidation covered it meanwhile. */
 		mutex_unlock(&seg->lock);
-		up(&xd->deferred_sem);
+		xpmem_budget_put(&xd->inval_budget, (unsigned long)seg->mm);
 		atomic64_inc(&xpmem_stats.inval_skipped);
 		return true;
 	}
@@ -163,7 +169,8 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 	if (!err)
 		xpmem_inval_account(req, seg->segid);
 	mutex_unlock(&seg->lock);
-	up(&xd->deferred_sem);
+	/* Waited uninterruptibly: the chain is back, the slot is free. */
+	xpmem_budget_put(&xd->inval_budget, (unsigned long)seg->mm);
 	return true;
 }
 
@@ -355,6 +362,12 @@ bool xpmem_handle_resolve(struct xpmem_evbuf *eb,
 {
 	struct xpmem_dev *xd = eb->xd;
 	struct xpmem_resolve_job *job;
+
+	/* test_misbehave=no_resolve: a hostile exporter never answers. */
+	if (xpmem_misbehaving(XPMEM_MISBEHAVE_NO_RESOLVE)) {
+		atomic64_inc(&xpmem_stats.resolves_ignored);
+		return false;
+	}
 
 	job = kmalloc(sizeof(*job), GFP_NOWAIT | __GFP_NOWARN);
 	if (!job) {

@@ -198,10 +198,26 @@ static int xpmem_att_file_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
-/* Ask the device to map @n pages from @idx; returns pages mapped or -errno. */
-static int xpmem_att_request(struct xpmem_att *att, u64 idx, u32 n, bool write)
+/*
+ * A FAULT chain came back from the device (or the device went away):
+ * interrupt context. Its slot is free only now, whether or not its waiter
+ * is still there (a killed waiter left long ago).
+ */
+static void xpmem_fault_done(struct xpmem_req *req)
+{
+	atomic64_dec(&xpmem_stats.faults_inflight);
+	xpmem_budget_put(req->budget, req->budget_key);
+}
+
+/*
+ * Ask the device to map @n pages from @idx into @mm's mapping of @att;
+ * returns pages mapped or -errno.
+ */
+static int xpmem_att_request(struct xpmem_att *att, struct mm_struct *mm,
+			     u64 idx, u32 n, bool write)
 {
 	struct xpmem_dev *xd = att->xd;
+	unsigned long key = (unsigned long)mm;
 	struct xpmem_req *req;
 	u32 status, mapped = 0;
 	int err;
@@ -217,17 +233,29 @@ static int xpmem_att_request(struct xpmem_att *att, u64 idx, u32 n, bool write)
 	req->out.body.fault.flags =
 		cpu_to_le32(write ? VIRTIO_XPMEM_FAULT_F_WRITE : 0);
 
-	if (down_killable(&xd->deferred_sem)) {
+	/*
+	 * A slot of this process's share of the FAULT budget (the key is the
+	 * mm being faulted; a recycled mm address only inherits slots that come
+	 * back within the device's resolve timeout). The completion returns
+	 * it, not this waiter, which may be killed while the chain is out.
+	 */
+	if (xpmem_budget_get(&xd->fault_budget, key, true)) {
 		xpmem_req_put(req);
 		return -EINTR;
 	}
+	req->budget = &xd->fault_budget;
+	req->budget_key = key;
+	req->on_done = xpmem_fault_done;
 	atomic64_inc(&xpmem_stats.faults);
 	atomic64_inc(&xpmem_stats.faults_inflight);
 	err = xpmem_req_submit(xd, req);
-	if (!err)
+	if (err) {
+		/* The device never had it: nothing will call on_done. */
+		atomic64_dec(&xpmem_stats.faults_inflight);
+		xpmem_budget_put(&xd->fault_budget, key);
+	} else {
 		err = xpmem_req_wait(req, true);
-	atomic64_dec(&xpmem_stats.faults_inflight);
-	up(&xd->deferred_sem);
+	}
 	if (!err) {
 		status = xpmem_req_status(req, sizeof(req->in.body.fault));
 		err = xpmem_status_to_errno(status);
@@ -286,6 +314,7 @@ static int xpmem_att_take_grant_locked(struct xpmem_att *att, u64 idx,
 static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
+	struct mm_struct *mm = vma->vm_mm;
 	struct xpmem_att *att = vma->vm_private_data;
 	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	unsigned long pfn, addr = vmf->address;
@@ -318,15 +347,15 @@ static vm_fault_t xpmem_att_fault(struct vm_fault *vmf)
 		 * retried fault uses the answer (the grant).
 		 */
 		kref_get(&att->ref);
-		mmap_read_unlock(vma->vm_mm);
-		n = xpmem_att_request(att, idx, win, write);
+		mmap_read_unlock(mm);
+		n = xpmem_att_request(att, mm, idx, win, write);
 		if (n != -EINTR && n != -ENOMEM)
 			xpmem_att_set_grant(att, seq, idx, n, write);
 		xpmem_att_put(att);
 		return VM_FAULT_RETRY;
 	}
 	if (!n)
-		n = xpmem_att_request(att, idx, win, write);
+		n = xpmem_att_request(att, mm, idx, win, write);
 	if (n < 0) {
 		if (n == -ENOMEM)
 			return VM_FAULT_OOM;
@@ -814,6 +843,14 @@ bool xpmem_handle_invalidate(struct xpmem_evbuf *eb,
 	u64 token = xd->drv_token;
 
 	atomic64_inc(&xpmem_stats.inval_recv);
+	/*
+	 * test_misbehave=no_ack: a hostile importer keeps its PTEs (the page
+	 * stays reachable until the device revokes it) and never answers.
+	 */
+	if (xpmem_misbehaving(XPMEM_MISBEHAVE_NO_ACK)) {
+		atomic64_inc(&xpmem_stats.inval_ignored);
+		return false;
+	}
 	att = xpmem_att_lookup(xd, le64_to_cpu(ev->attach_id));
 	if (att) {
 		token = att->token;

@@ -208,11 +208,16 @@ static int xpmem_proc_stats_show(struct seq_file *m, void *v)
 			   xd->broken ? " (broken)" : "");
 		seq_printf(m, "aperture rw: %llu MiB, ro: %llu MiB\n",
 			   xd->shm[0].len >> 20, xd->shm[1].len >> 20);
+		seq_printf(m, "deferred slots: invalidate %u (%u per process), fault %u (%u per process)\n",
+			   xd->inval_budget.size, xd->inval_budget.per_key,
+			   xd->fault_budget.size, xd->fault_budget.per_key);
 		xpmem_dev_put(xd);
 	} else {
 		seq_puts(m, "device: none\n");
 	}
 	seq_printf(m, "prefetch_pages: %u\n", READ_ONCE(prefetch_pages));
+	if (READ_ONCE(xpmem_misbehave) != XPMEM_MISBEHAVE_OFF)
+		seq_printf(m, "test_misbehave: %s\n", xpmem_misbehave_name());
 	seq_puts(m, "# current (0 when nobody uses xpmem)\n");
 	XPMEM_STAT(owners);
 	XPMEM_STAT(segments);
@@ -236,6 +241,11 @@ static int xpmem_proc_stats_show(struct seq_file *m, void *v)
 	XPMEM_STAT(faults);
 	XPMEM_STAT(fault_pages);
 	XPMEM_STAT(fault_sigbus);
+	seq_puts(m, "# test_misbehave (tests only)\n");
+	XPMEM_STAT(evbufs_parked);
+	XPMEM_STAT(inval_ignored);
+	XPMEM_STAT(resolves_ignored);
+	XPMEM_STAT(bad_evbufs);
 	return 0;
 }
 

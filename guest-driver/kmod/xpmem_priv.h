@@ -3,9 +3,12 @@
  * virtio-xpmem guest driver: private definitions.
  *
  * Locking order (outer to inner):
- *   owner->lock (mutex) -> xd->deferred_sem -> seg->lock (mutex)
- *     -> xd->reqq_lock (spinlock) -> xd->evq_lock (spinlock)
+ *   owner->lock (mutex) -> xd->inval_budget (a sleeping wait) -> seg->lock
+ *     (mutex) -> xd->reqq_lock (spinlock) -> xd->evq_lock (spinlock)
  *   xd->att_list_lock (mutex) is never held while sending a request.
+ *   A budget's spinlock is innermost: nothing is taken or waited for under
+ *   it, and it is also taken from the requestq interrupt (a FAULT's slot is
+ *   returned when its chain comes back).
  * The exporter's mmap_lock is taken only by the resolve worker, never while
  * holding seg->lock. The importer fault handler runs under the importer's
  * mmap_lock and holds no driver lock while waiting for the device.
@@ -18,9 +21,20 @@
  * can recurse into the notifier while seg->lock is held, and an importer in
  * the same guest can always acknowledge. The ACK is not waited for: its
  * completion re-posts the event buffer. Deferred requests (FAULT,
- * INVALIDATE) are limited to half of the request ring (deferred_sem, always
- * taken before seg->lock) so that the acknowledgements and resolve replies
- * they wait for always find room.
+ * INVALIDATE) are limited to half of the request ring so that the
+ * acknowledgements and resolve replies they wait for always find room
+ * (spec 8.1.1). The limit is split into two budgets that never wait for each
+ * other: INVALIDATEs (taken before seg->lock, uninterruptibly, returned when
+ * the INVALIDATE completed) and FAULTs (taken killably, returned by the
+ * FAULT's completion, not by its waiter, so a killed waiter keeps its slot
+ * until the device gives the chain back). Each budget also caps the slots
+ * one process (mm) holds, so no process can take a whole budget, and a
+ * process's FAULTs, however slow their exporter, never delay an INVALIDATE.
+ *
+ * Request lifetime: the interrupt handler's last access to a request is the
+ * wake-up of its waiter or, for a request with on_done, the callback (see
+ * xpmem_req_finish()), so a waiter may free the container of an embedded
+ * request as soon as it is woken.
  */
 #ifndef _XPMEM_PRIV_H
 #define _XPMEM_PRIV_H
@@ -30,7 +44,6 @@
 #include <linux/list.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
-#include <linux/semaphore.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/virtio.h>
@@ -57,8 +70,15 @@ struct xpmem_req {
 	unsigned int in_len;	/* bytes of @in offered */
 	void *extra;		/* optional second readable buffer */
 	unsigned int extra_len;
-	/* Called (in interrupt context) after completion, if set. */
+	/*
+	 * Called in interrupt context when the device gives the chain back
+	 * (or when the device goes away), before the waiter is woken. An
+	 * embedded request with on_done has no waiter: the callback owns it.
+	 */
 	void (*on_done)(struct xpmem_req *req);
+	/* FAULT: the budget slot it holds until the device gives it back. */
+	struct xpmem_budget *budget;
+	unsigned long budget_key;
 	struct {
 		struct virtio_xpmem_req_hdr hdr;
 		union {
@@ -92,7 +112,28 @@ struct xpmem_evbuf {
 	struct xpmem_dev *xd;
 	struct xpmem_req reply;	/* INVALIDATE_ACK / fallback RESOLVE_REPLY */
 	u32 len;		/* bytes written by the device */
+	bool parked;		/* test_misbehave=no_refill kept it; evq_lock */
 	u8 data[];
+};
+
+/*
+ * Slots of deferred requests (spec 8.1.1): @free of a fixed pool, at most
+ * @per_key per process. @keys has one entry per slot, so a process that
+ * holds a slot always has an entry and a free slot always finds one.
+ * Allocation-free: INVALIDATE takes its slot from reclaim.
+ */
+struct xpmem_budget_key {
+	unsigned long key;
+	unsigned int held;
+};
+
+struct xpmem_budget {
+	spinlock_t lock;
+	unsigned int size;	/* slots in the pool */
+	unsigned int free;
+	unsigned int per_key;
+	struct xpmem_budget_key *keys;	/* @size entries */
+	wait_queue_head_t wait;
 };
 
 struct xpmem_dev {
@@ -104,10 +145,11 @@ struct xpmem_dev {
 	spinlock_t evq_lock;	/* evq add/get */
 	wait_queue_head_t reqq_wait;	/* room in reqq, or broken */
 	/*
-	 * Bounds the deferred requests (FAULT, INVALIDATE) in flight so that
-	 * they hold at most half of requestq's descriptors (spec 8.1.1).
+	 * Bound the deferred requests in flight so that together they hold
+	 * at most half of requestq's descriptors (spec 8.1.1).
 	 */
-	struct semaphore deferred_sem;
+	struct xpmem_budget inval_budget;
+	struct xpmem_budget fault_budget;
 	bool broken;		/* removed or reset: fail everything */
 	u64 drv_token;		/* owner token for replies without an owner */
 
@@ -127,6 +169,8 @@ struct xpmem_dev {
 	unsigned int evbuf_size;
 	struct workqueue_struct *evwq;	/* event handling, WQ_MEM_RECLAIM */
 	struct workqueue_struct *reswq;	/* resolves (may fault pages) */
+	struct task_struct *bad_evbufs_task;	/* test_misbehave=bad_evbufs */
+	u8 bad_evbuf[8];	/* what it posts (DMA-able: xd is kmalloc'ed) */
 
 	struct xarray segs;	/* segid -> struct xpmem_seg */
 	struct xarray atts;	/* attach_id -> struct xpmem_att */
@@ -234,10 +278,36 @@ struct xpmem_stats {
 	atomic64_t faults;
 	atomic64_t fault_pages;
 	atomic64_t fault_sigbus;
+	/* test_misbehave only */
+	atomic64_t evbufs_parked;	/* current: no_refill kept them */
+	atomic64_t inval_ignored;	/* no_ack */
+	atomic64_t resolves_ignored;	/* no_resolve */
+	atomic64_t bad_evbufs;		/* bad_evbufs posted */
 };
 
 extern struct xpmem_stats xpmem_stats;
 extern unsigned int prefetch_pages;
+
+/*
+ * Module parameter test_misbehave (tests only, default off): make this guest
+ * a hostile peer, see guest-driver/README.md.
+ */
+enum xpmem_misbehave {
+	XPMEM_MISBEHAVE_OFF,
+	XPMEM_MISBEHAVE_NO_ACK,		/* ignore INVALIDATE events: no zap, no ACK */
+	XPMEM_MISBEHAVE_NO_REFILL,	/* keep used event buffers off the eventq */
+	XPMEM_MISBEHAVE_BAD_EVBUFS,	/* post invalid event buffers in a loop */
+	XPMEM_MISBEHAVE_NO_RESOLVE,	/* never answer RESOLVE events */
+};
+
+extern int xpmem_misbehave;
+
+static inline bool xpmem_misbehaving(enum xpmem_misbehave mode)
+{
+	return unlikely(READ_ONCE(xpmem_misbehave) == mode);
+}
+
+const char *xpmem_misbehave_name(void);
 
 /* xpmem_main.c */
 u64 xpmem_new_token(void);
@@ -253,6 +323,8 @@ void xpmem_req_init(struct xpmem_req *req, u32 opcode, u64 owner,
 void xpmem_req_put(struct xpmem_req *req);
 int xpmem_req_submit(struct xpmem_dev *xd, struct xpmem_req *req);
 int xpmem_req_wait(struct xpmem_req *req, bool killable);
+int xpmem_budget_get(struct xpmem_budget *b, unsigned long key, bool killable);
+void xpmem_budget_put(struct xpmem_budget *b, unsigned long key);
 int xpmem_req_call(struct xpmem_dev *xd, struct xpmem_req *req);
 void xpmem_evbuf_reply_done(struct xpmem_req *req);
 int xpmem_status_to_errno(u32 status);

@@ -12,7 +12,9 @@
  * is handled by its own work item and re-posted when the handler is done.
  */
 
+#include <linux/delay.h>
 #include <linux/io.h>
+#include <linux/kthread.h>
 #include <linux/module.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
@@ -26,14 +28,21 @@
 static DEFINE_MUTEX(xpmem_cur_lock);
 static struct xpmem_dev *xpmem_cur;	/* the bound device, one per guest */
 
+static void xpmem_misbehave_apply(struct xpmem_dev *xd, int old, int mode);
+
 static void xpmem_dev_release(struct kref *ref)
 {
 	struct xpmem_dev *xd = container_of(ref, struct xpmem_dev, ref);
 
 	WARN_ON(!xa_empty(&xd->segs));
 	WARN_ON(!xa_empty(&xd->atts));
+	/* Segments and attachments return their slots before they go. */
+	WARN_ON(xd->inval_budget.free != xd->inval_budget.size ||
+		xd->fault_budget.free != xd->fault_budget.size);
 	xa_destroy(&xd->segs);
 	xa_destroy(&xd->atts);
+	kfree(xd->inval_budget.keys);
+	kfree(xd->fault_budget.keys);
 	kfree(xd);
 }
 
@@ -145,6 +154,111 @@ int xpmem_req_submit(struct xpmem_dev *xd, struct xpmem_req *req)
 	return 0;
 }
 
+/*
+ * The device gave @req back (or went away: @req->err is set). The waiter may
+ * free the container of an embedded request (a resolve job, a segment) as
+ * soon as it is woken, so for those the device's reference is dropped (it
+ * never frees them) and on_done read first, and the wake-up, or the callback
+ * that owns the request from then on, is the last access. A heap request
+ * stays alive through the device's reference until after the wake-up.
+ */
+static void xpmem_req_finish(struct xpmem_req *req)
+{
+	void (*on_done)(struct xpmem_req *req) = req->on_done;
+
+	if (req->embedded) {
+		xpmem_req_put(req);
+		if (on_done)
+			on_done(req);
+		else
+			complete(&req->done);
+		return;
+	}
+	if (on_done)
+		on_done(req);
+	complete(&req->done);
+	xpmem_req_put(req);
+}
+
+/* Take a slot for @key if the pool and the key's share allow. */
+static bool xpmem_budget_try(struct xpmem_budget *b, unsigned long key)
+{
+	struct xpmem_budget_key *e, *unused = NULL;
+	unsigned long flags;
+	bool ok = false;
+	unsigned int i;
+
+	spin_lock_irqsave(&b->lock, flags);
+	if (!b->free)
+		goto out;
+	for (i = 0; i < b->size; i++) {
+		e = &b->keys[i];
+		if (e->held && e->key == key)
+			break;
+		if (!e->held && !unused)
+			unused = e;
+	}
+	if (i == b->size) {
+		/* One entry per slot: a free slot means a free entry. */
+		if (WARN_ON_ONCE(!unused))
+			goto out;
+		e = unused;
+		e->key = key;
+	}
+	if (e->held >= b->per_key)
+		goto out;
+	e->held++;
+	b->free--;
+	ok = true;
+out:
+	spin_unlock_irqrestore(&b->lock, flags);
+	return ok;
+}
+
+/*
+ * Take a deferred-request slot for process @key, waiting while the pool is
+ * empty or the process holds its share. The slots are returned by the
+ * request's completion (FAULT) or after it (INVALIDATE), never earlier.
+ */
+int xpmem_budget_get(struct xpmem_budget *b, unsigned long key, bool killable)
+{
+	if (killable)
+		return wait_event_killable(b->wait, xpmem_budget_try(b, key));
+	wait_event(b->wait, xpmem_budget_try(b, key));
+	return 0;
+}
+
+/* Return a slot of @key; any context. */
+void xpmem_budget_put(struct xpmem_budget *b, unsigned long key)
+{
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&b->lock, flags);
+	for (i = 0; i < b->size; i++) {
+		if (b->keys[i].held && b->keys[i].key == key) {
+			b->keys[i].held--;
+			b->free++;
+			break;
+		}
+	}
+	WARN_ON_ONCE(i == b->size);
+	spin_unlock_irqrestore(&b->lock, flags);
+	wake_up(&b->wait);
+}
+
+static int xpmem_budget_init(struct xpmem_budget *b, unsigned int size)
+{
+	spin_lock_init(&b->lock);
+	init_waitqueue_head(&b->wait);
+	b->size = size;
+	b->free = size;
+	/* One process gets a quarter: three others can still make progress. */
+	b->per_key = max(1u, size / 4);
+	b->keys = kcalloc(size, sizeof(*b->keys), GFP_KERNEL);
+	return b->keys ? 0 : -ENOMEM;
+}
+
 int xpmem_req_wait(struct xpmem_req *req, bool killable)
 {
 	if (killable) {
@@ -217,36 +331,70 @@ static void xpmem_reqq_done(struct virtqueue *vq)
 		while ((req = virtqueue_get_buf(vq, &len)) != NULL) {
 			/* Never trust the length beyond what was offered. */
 			req->resp_len = min_t(u32, len, req->in_len);
-			complete(&req->done);
-			if (req->on_done)
-				req->on_done(req);
-			xpmem_req_put(req);
+			xpmem_req_finish(req);
 		}
 	} while (!virtqueue_enable_cb(vq));
 	spin_unlock_irqrestore(&xd->reqq_lock, flags);
 	wake_up(&xd->reqq_wait);
 }
 
-static void xpmem_evbuf_post(struct xpmem_dev *xd, struct xpmem_evbuf *eb)
+/* Add @eb to eventq; under evq_lock. Returns whether to notify. */
+static bool xpmem_evbuf_add_locked(struct xpmem_dev *xd,
+				   struct xpmem_evbuf *eb)
 {
 	struct scatterlist sg;
+	int err;
+
+	if (xd->broken)
+		return false;
+	sg_init_one(&sg, eb->data, xd->evbuf_size);
+	err = virtqueue_add_inbuf(xd->evq, &sg, 1, eb, GFP_ATOMIC);
+	if (err) {
+		dev_warn_ratelimited(&xd->vdev->dev,
+				     "cannot re-post event buffer: %d\n", err);
+		return false;
+	}
+	return virtqueue_kick_prepare(xd->evq);
+}
+
+/* (Re-)post an event buffer; test_misbehave=no_refill parks it instead. */
+static void xpmem_evbuf_post(struct xpmem_dev *xd, struct xpmem_evbuf *eb)
+{
 	unsigned long flags;
 	bool notify = false;
-	int err = -ENODEV;
 
-	sg_init_one(&sg, eb->data, xd->evbuf_size);
 	spin_lock_irqsave(&xd->evq_lock, flags);
-	if (!xd->broken) {
-		err = virtqueue_add_inbuf(xd->evq, &sg, 1, eb, GFP_ATOMIC);
-		if (!err)
-			notify = virtqueue_kick_prepare(xd->evq);
+	if (xpmem_misbehaving(XPMEM_MISBEHAVE_NO_REFILL) && !xd->broken) {
+		eb->parked = true;
+		atomic64_inc(&xpmem_stats.evbufs_parked);
+	} else {
+		notify = xpmem_evbuf_add_locked(xd, eb);
 	}
 	spin_unlock_irqrestore(&xd->evq_lock, flags);
 	if (notify)
 		virtqueue_notify(xd->evq);
-	if (err && err != -ENODEV)
-		dev_warn_ratelimited(&xd->vdev->dev,
-				     "cannot re-post event buffer: %d\n", err);
+}
+
+/* Post every buffer test_misbehave=no_refill kept back. */
+static void xpmem_evbuf_unpark(struct xpmem_dev *xd)
+{
+	unsigned long flags;
+	bool notify = false;
+	unsigned int i;
+
+	spin_lock_irqsave(&xd->evq_lock, flags);
+	for (i = 0; i < XPMEM_NR_EVENT_BUFS; i++) {
+		struct xpmem_evbuf *eb = xd->evbufs[i];
+
+		if (!eb || !eb->parked)
+			continue;
+		eb->parked = false;
+		atomic64_dec(&xpmem_stats.evbufs_parked);
+		notify |= xpmem_evbuf_add_locked(xd, eb);
+	}
+	spin_unlock_irqrestore(&xd->evq_lock, flags);
+	if (notify)
+		virtqueue_notify(xd->evq);
 }
 
 static void xpmem_evq_done(struct virtqueue *vq)
@@ -260,6 +408,12 @@ static void xpmem_evq_done(struct virtqueue *vq)
 	do {
 		virtqueue_disable_cb(vq);
 		while ((eb = virtqueue_get_buf(vq, &len)) != NULL) {
+			/* test_misbehave=bad_evbufs: the device gave one back. */
+			if ((void *)eb == (void *)xd)
+				continue;
+			/* Removal flushes evwq after setting @broken. */
+			if (xd->broken)
+				continue;
 			eb->len = min_t(u32, len, xd->evbuf_size);
 			queue_work(xd->evwq, &eb->work);
 		}
@@ -321,6 +475,143 @@ void xpmem_evbuf_reply_done(struct xpmem_req *req)
 
 	xpmem_evbuf_post(eb->xd, eb);
 }
+
+/* ---- test_misbehave: a hostile guest on purpose (tests only) ---- */
+
+int xpmem_misbehave = XPMEM_MISBEHAVE_OFF;
+
+static const char * const xpmem_misbehave_names[] = {
+	[XPMEM_MISBEHAVE_OFF] = "off",
+	[XPMEM_MISBEHAVE_NO_ACK] = "no_ack",
+	[XPMEM_MISBEHAVE_NO_REFILL] = "no_refill",
+	[XPMEM_MISBEHAVE_BAD_EVBUFS] = "bad_evbufs",
+	[XPMEM_MISBEHAVE_NO_RESOLVE] = "no_resolve",
+};
+
+const char *xpmem_misbehave_name(void)
+{
+	return xpmem_misbehave_names[READ_ONCE(xpmem_misbehave)];
+}
+
+/* How long bad_evbufs keeps posting after it was switched on. */
+#define XPMEM_BAD_EVBUFS_SECS	30
+
+/*
+ * Post event buffers the device must refuse, as fast as it gives them back:
+ * alternately a device-readable buffer and a writable one shorter than any
+ * event (xd->bad_evbuf: in @xd, which outlives the device's reset, so the
+ * device may write into it whenever). Their token is @xd itself, which the
+ * eventq callback drops. Stops
+ * after XPMEM_BAD_EVBUFS_SECS, or when the mode is switched off (the thread
+ * then idles until it is stopped).
+ */
+static int xpmem_bad_evbufs_thread(void *arg)
+{
+	struct xpmem_dev *xd = arg;
+	unsigned long end = jiffies + XPMEM_BAD_EVBUFS_SECS * HZ;
+	struct scatterlist sg;
+	unsigned long flags;
+	u64 posted = 0;
+	bool notify, readable = false;
+	int err;
+
+	while (!kthread_should_stop()) {
+		if (!xpmem_misbehaving(XPMEM_MISBEHAVE_BAD_EVBUFS) ||
+		    time_after(jiffies, end)) {
+			schedule_timeout_interruptible(HZ / 10);
+			continue;
+		}
+		sg_init_one(&sg, xd->bad_evbuf, readable ?
+			    sizeof(xd->bad_evbuf) : 1);
+		notify = false;
+		spin_lock_irqsave(&xd->evq_lock, flags);
+		err = -ENODEV;
+		if (!xd->broken) {
+			if (readable)
+				err = virtqueue_add_outbuf(xd->evq, &sg, 1, xd,
+							   GFP_ATOMIC);
+			else
+				err = virtqueue_add_inbuf(xd->evq, &sg, 1, xd,
+							  GFP_ATOMIC);
+			notify = virtqueue_kick_prepare(xd->evq);
+		}
+		spin_unlock_irqrestore(&xd->evq_lock, flags);
+		if (notify)
+			virtqueue_notify(xd->evq);
+		if (!err) {
+			posted++;
+			readable = !readable;
+			atomic64_inc(&xpmem_stats.bad_evbufs);
+		} else {
+			/* Ring full: let the device give some back. */
+			usleep_range(200, 400);
+		}
+		cond_resched();
+	}
+	dev_info(&xd->vdev->dev, "test_misbehave: posted %llu bad event buffers\n",
+		 posted);
+	return 0;
+}
+
+/* The mode changed from @old to @mode; under xpmem_cur_lock. */
+static void xpmem_misbehave_apply(struct xpmem_dev *xd, int old, int mode)
+{
+	struct task_struct *t;
+
+	if (old == XPMEM_MISBEHAVE_NO_REFILL && mode != old)
+		xpmem_evbuf_unpark(xd);
+	if (xd->bad_evbufs_task && mode != XPMEM_MISBEHAVE_BAD_EVBUFS) {
+		kthread_stop(xd->bad_evbufs_task);
+		put_task_struct(xd->bad_evbufs_task);
+		xd->bad_evbufs_task = NULL;
+	}
+	if (mode == XPMEM_MISBEHAVE_BAD_EVBUFS && !xd->bad_evbufs_task) {
+		t = kthread_run(xpmem_bad_evbufs_thread, xd, "xpmem_bad_evbufs");
+		if (IS_ERR(t)) {
+			dev_warn(&xd->vdev->dev, "test_misbehave: no thread: %ld\n",
+				 PTR_ERR(t));
+			return;
+		}
+		get_task_struct(t);
+		xd->bad_evbufs_task = t;
+	}
+}
+
+static int xpmem_misbehave_set(const char *val, const struct kernel_param *kp)
+{
+	int mode, old;
+
+	mode = sysfs_match_string(xpmem_misbehave_names, val);
+	if (mode < 0)
+		return -EINVAL;
+	mutex_lock(&xpmem_cur_lock);
+	old = READ_ONCE(xpmem_misbehave);
+	WRITE_ONCE(xpmem_misbehave, mode);
+	if (xpmem_cur) {
+		if (mode != old)
+			dev_warn(&xpmem_cur->vdev->dev, "test_misbehave: %s -> %s\n",
+				 xpmem_misbehave_names[old],
+				 xpmem_misbehave_names[mode]);
+		xpmem_misbehave_apply(xpmem_cur, old, mode);
+	}
+	mutex_unlock(&xpmem_cur_lock);
+	return 0;
+}
+
+static int xpmem_misbehave_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%s\n", xpmem_misbehave_name());
+}
+
+static const struct kernel_param_ops xpmem_misbehave_ops = {
+	.set = xpmem_misbehave_set,
+	.get = xpmem_misbehave_get,
+};
+
+module_param_cb(test_misbehave, &xpmem_misbehave_ops, NULL, 0644);
+MODULE_PARM_DESC(test_misbehave,
+		 "TESTS ONLY: make this guest a hostile peer: off (default), "
+		 "no_ack, no_refill, bad_evbufs, no_resolve");
 
 static int xpmem_read_config(struct xpmem_dev *xd)
 {
@@ -469,13 +760,22 @@ static int xpmem_probe(struct virtio_device *vdev)
 		err = -EINVAL;
 		goto err_vqs;
 	}
-	sema_init(&xd->deferred_sem, virtqueue_get_vring_size(xd->reqq) / 4);
+	/*
+	 * A quarter of the ring in deferred chains, half of them for
+	 * INVALIDATEs, half for FAULTs: neither kind waits for the other.
+	 */
+	i = virtqueue_get_vring_size(xd->reqq) / 4;
+	err = xpmem_budget_init(&xd->inval_budget, i / 2);
+	if (!err)
+		err = xpmem_budget_init(&xd->fault_budget, i - i / 2);
+	if (err)
+		goto err_budget;
 
 	err = -ENOMEM;
 	xd->evwq = alloc_workqueue("xpmem_event",
 				   WQ_UNBOUND | WQ_MEM_RECLAIM | WQ_HIGHPRI, 0);
 	if (!xd->evwq)
-		goto err_vqs;
+		goto err_budget;
 	xd->reswq = alloc_workqueue("xpmem_resolve",
 				    WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
 	if (!xd->reswq)
@@ -510,6 +810,14 @@ static int xpmem_probe(struct virtio_device *vdev)
 	dev_info(&vdev->dev,
 		 "virtio-xpmem: vm %u, %u event buffers, max %u pages/fault, invalidate deadline %llu ms\n",
 		 xd->vm_id, nbufs, xd->max_fault_pages, xd->deadline_ms);
+	if (READ_ONCE(xpmem_misbehave) != XPMEM_MISBEHAVE_OFF) {
+		dev_warn(&vdev->dev, "test_misbehave=%s: this guest misbehaves on purpose\n",
+			 xpmem_misbehave_name());
+		mutex_lock(&xpmem_cur_lock);
+		xpmem_misbehave_apply(xd, XPMEM_MISBEHAVE_OFF,
+				      READ_ONCE(xpmem_misbehave));
+		mutex_unlock(&xpmem_cur_lock);
+	}
 	return 0;
 
 err_bufs:
@@ -517,6 +825,9 @@ err_bufs:
 	destroy_workqueue(xd->reswq);
 err_wq:
 	destroy_workqueue(xd->evwq);
+err_budget:
+	kfree(xd->inval_budget.keys);
+	kfree(xd->fault_budget.keys);
 err_vqs:
 	vdev->config->del_vqs(vdev);
 err_shm:
@@ -539,10 +850,16 @@ static void xpmem_remove(struct virtio_device *vdev)
 	struct xpmem_dev *xd = vdev->priv;
 	struct xpmem_req *req;
 	unsigned long flags;
+	unsigned int i;
 
 	mutex_lock(&xpmem_cur_lock);
 	if (xpmem_cur == xd)
 		xpmem_cur = NULL;
+	if (xd->bad_evbufs_task) {
+		kthread_stop(xd->bad_evbufs_task);
+		put_task_struct(xd->bad_evbufs_task);
+		xd->bad_evbufs_task = NULL;
+	}
 	mutex_unlock(&xpmem_cur_lock);
 
 	/* Spec 8.11.1: no process mapping of a slot survives the reset. */
@@ -563,10 +880,7 @@ static void xpmem_remove(struct virtio_device *vdev)
 	spin_lock_irqsave(&xd->reqq_lock, flags);
 	while ((req = virtqueue_detach_unused_buf(xd->reqq)) != NULL) {
 		req->err = -ENODEV;
-		complete(&req->done);
-		if (req->on_done)
-			req->on_done(req);
-		xpmem_req_put(req);
+		xpmem_req_finish(req);
 	}
 	spin_unlock_irqrestore(&xd->reqq_lock, flags);
 	wake_up_all(&xd->reqq_wait);
@@ -580,6 +894,9 @@ static void xpmem_remove(struct virtio_device *vdev)
 	while (virtqueue_detach_unused_buf(xd->evq))
 		;
 	vdev->config->del_vqs(vdev);
+	for (i = 0; i < XPMEM_NR_EVENT_BUFS; i++)
+		if (xd->evbufs[i] && xd->evbufs[i]->parked)
+			atomic64_dec(&xpmem_stats.evbufs_parked);
 	xpmem_free_evbufs(xd);
 	xpmem_shm_unmap(xd);
 	vdev->priv = NULL;
