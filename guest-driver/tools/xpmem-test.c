@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -75,6 +77,8 @@ static struct {
 	unsigned int importers;
 	unsigned int index;
 	unsigned int until;	/* export-hold: DONE lines to wait for */
+	unsigned int threads;	/* stress-fault-inval, fault-hog */
+	unsigned int rounds;	/* stress-fault-inval */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
 	  .to = "b", .importers = 1 };
 
@@ -1298,6 +1302,501 @@ static int case_attach_bench(void)
 	return imp_finish();
 }
 
+/* ---- many threads faulting while the exporter invalidates ---- */
+
+/* A SIGBUS-safe read for threads (each has its own jump buffer). */
+static __thread sigjmp_buf thread_jmp;
+
+static void on_thread_bus(int sig)
+{
+	siglongjmp(thread_jmp, 1);
+}
+
+static void catch_bus_in_threads(void)
+{
+	struct sigaction sa = { .sa_handler = on_thread_bus };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+/* *@val = *@p, or false if the read raised SIGBUS. */
+static bool thread_read(volatile uint64_t *p, uint64_t *val)
+{
+	if (sigsetjmp(thread_jmp, 1))
+		return false;
+	*val = *p;
+	return true;
+}
+
+/* State shared by the exporter and its importer child (MAP_SHARED). */
+struct stress_shared {
+	volatile uint64_t stop;
+	volatile uint64_t attached;
+	volatile uint64_t reads;
+	volatile uint64_t sigbus;
+	volatile uint64_t bad;	/* words that are neither 0 nor the page's own */
+	volatile uint64_t bad_val;
+};
+
+struct stress_thread {
+	pthread_t tid;
+	unsigned int index;
+	volatile uint64_t *data;	/* data pages of the attachment */
+	struct stress_shared *sh;
+};
+
+/* Word 0 of data page p holds p << 32 | round, or 0 (a fresh page). */
+static void *stress_reader(void *arg)
+{
+	struct stress_thread *t = arg;
+	unsigned long p = t->index;
+	uint64_t v, reads = 0, bus = 0;
+
+	while (!t->sh->stop) {
+		if (!thread_read(t->data + p * WORDS, &v)) {
+			bus++;
+		} else {
+			reads++;
+			if (v && v >> 32 != p) {
+				__sync_fetch_and_add(&t->sh->bad, 1);
+				t->sh->bad_val = v;
+			}
+		}
+		p += opt.threads;
+		if (p >= opt.pages)
+			p = t->index;
+	}
+	__sync_fetch_and_add(&t->sh->reads, reads);
+	__sync_fetch_and_add(&t->sh->sigbus, bus);
+	return NULL;
+}
+
+static void stress_fill(volatile uint64_t *data, uint64_t round)
+{
+	unsigned long p;
+
+	for (p = 0; p < opt.pages; p++)
+		data[p * WORDS] = p << 32 | (round & 0xffffffff) | 1;
+}
+
+/* Importer child of stress-fault-inval: --threads readers until told to stop. */
+static int stress_importer(struct stress_shared *sh)
+{
+	struct stress_thread *t;
+	volatile uint64_t *buf;
+	xpmem_apid_t apid;
+	unsigned int i;
+	int rc;
+
+	cur_case = "stress-fault-inval-child";
+	rc = attach_segid(opt.segid, XPMEM_RDWR, &buf, &apid);
+	if (rc)
+		return rc;
+	t = calloc(opt.threads, sizeof(*t));
+	if (!t)
+		return fail("calloc");
+	catch_bus_in_threads();
+	for (i = 0; i < opt.threads; i++) {
+		t[i].index = i;
+		t[i].data = buf + WORDS;
+		t[i].sh = sh;
+		if (pthread_create(&t[i].tid, NULL, stress_reader, &t[i]))
+			return fail("pthread_create: %s", strerror(errno));
+	}
+	sh->attached = 1;
+	for (i = 0; i < opt.threads; i++)
+		pthread_join(t[i].tid, NULL);
+	if (xpmem_detach((void *)buf))
+		return fail("xpmem_detach: %s", strerror(errno));
+	if (xpmem_release(apid))
+		return fail("xpmem_release: %s", strerror(errno));
+	return EXIT_PASS;
+}
+
+/* A page shared with the children to come, and the exported buffer. */
+static int export_shared(struct stress_shared **sh)
+{
+	*sh = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (*sh == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+	return export_setup();
+}
+
+/* Snapshot of the /proc/xpmem totals a stress case reports. */
+struct stress_stats {
+	long long inval_sent, inval_recv, resolves, faults, sigbus;
+};
+
+static void stress_stats(struct stress_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	read_stat("inval_sent", &st->inval_sent);
+	read_stat("inval_recv", &st->inval_recv);
+	read_stat("resolves", &st->resolves);
+	read_stat("faults", &st->faults);
+	read_stat("fault_sigbus", &st->sigbus);
+}
+
+/* The slab debugging the guest kernel runs with (FZPU or not). */
+static void note_slub_debug(void)
+{
+	static const char * const flags[] = { "sanity_checks", "red_zone",
+					      "poison", "store_user" };
+	char path[128], val[16];
+	unsigned int i;
+	int on = 0;
+
+	for (i = 0; i < 4; i++) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/sys/kernel/slab/kmalloc-256/%s",
+			 flags[i]);
+		f = fopen(path, "r");
+		if (f && fgets(val, sizeof(val), f) && atoi(val) == 1)
+			on |= 1 << i;
+		if (f)
+			fclose(f);
+	}
+	say("NOTE slab debugging of kmalloc-256: sanity_checks=%d red_zone=%d poison=%d store_user=%d",
+	    !!(on & 1), !!(on & 2), !!(on & 4), !!(on & 8));
+}
+
+/*
+ * stress-fault-inval: a child attaches the segment and --threads threads read
+ * it page by page (many concurrent FAULTs, RESOLVEs), while the exporter
+ * --rounds times drops its pages (MADV_DONTNEED) or unmaps and remaps them
+ * (INVALIDATEs; importers then get SIGBUS until the remap), refilling them
+ * each round. Bounded by --rounds and --timeout. The point is the guest
+ * kernel: run under slub_debug, its log must show no report.
+ */
+static int case_stress_fault_inval(void)
+{
+	size_t len = opt.pages * PAGE;
+	struct stress_stats st0, st1;
+	struct stress_shared *sh;
+	volatile uint64_t *data;
+	unsigned int round;
+	double start, end;
+	pid_t child;
+	int rc, status;
+
+	if (!opt.threads)
+		opt.threads = 4;
+	if (!opt.rounds)
+		opt.rounds = 200;
+	note_slub_debug();
+	rc = export_shared(&sh);
+	if (rc)
+		return rc;
+	data = exp_buf + WORDS;
+	stress_fill(data, 0);
+	opt.segid = exp_segid;
+	stress_stats(&st0);
+	child = fork();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0)
+		_exit(stress_importer(sh));
+	start = now();
+	end = start + opt.timeout;
+	while (!sh->attached && now() < end)
+		usleep(1000);
+	if (!sh->attached) {
+		kill(child, SIGKILL);
+		waitpid(child, &status, 0);
+		return fail("importer did not attach within %d s", opt.timeout);
+	}
+	/* Leave a third of the time for the importers to finish and detach. */
+	end = start + opt.timeout * 2 / 3.0;
+	for (round = 1; round <= opt.rounds && now() < end; round++) {
+		if (round % 2) {
+			if (madvise((void *)data, len, MADV_DONTNEED))
+				return fail("madvise: %s", strerror(errno));
+		} else {
+			if (munmap((void *)data, len))
+				return fail("munmap: %s", strerror(errno));
+			usleep(200);	/* importers fault into the hole */
+			if (mmap((void *)data, len, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				 0) != (void *)data)
+				return fail("mmap: %s", strerror(errno));
+		}
+		stress_fill(data, round);
+		usleep(500);	/* importers fault the new pages in */
+	}
+	sh->stop = 1;
+	if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return fail("importer child failed (status %#x)", status);
+	stress_stats(&st1);
+	say("NOTE %u rounds in %.1f s, %u threads over %lu pages: %llu reads, %llu SIGBUS; driver: %lld FAULTs, %lld RESOLVEs, %lld INVALIDATEs sent, %lld received, %lld fault SIGBUS",
+	    round - 1, now() - start, opt.threads, opt.pages,
+	    (unsigned long long)sh->reads, (unsigned long long)sh->sigbus,
+	    st1.faults - st0.faults, st1.resolves - st0.resolves,
+	    st1.inval_sent - st0.inval_sent, st1.inval_recv - st0.inval_recv,
+	    st1.sigbus - st0.sigbus);
+	if (sh->bad)
+		return fail("%llu reads saw another page's data (last %#llx)",
+			    (unsigned long long)sh->bad,
+			    (unsigned long long)sh->bad_val);
+	if (st1.inval_sent == st0.inval_sent || st1.resolves == st0.resolves)
+		return fail("no INVALIDATE or no RESOLVE happened: nothing was stressed");
+	if (xpmem_remove(exp_segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/* ---- one process's FAULTs must not hold up another's munmap ---- */
+
+#define MISBEHAVE "/sys/module/xpmem/parameters/test_misbehave"
+
+#define HOG_MAX	200
+
+/* What the fault-hog case shares with its children (MAP_SHARED). */
+struct hog_shared {
+	volatile uint64_t victim_read;	/* the victim importer read its pages */
+	volatile uint64_t stop;		/* the victim importer may finish */
+	volatile uint64_t started;	/* touchers the hog started */
+	volatile int32_t pid[HOG_MAX];	/* the hog's toucher processes */
+};
+
+/*
+ * A toucher: a process sharing the hog's mm (CLONE_VM, so killing it leaves
+ * the attachment alive). It reads one page of the attachment; the read waits
+ * in a FAULT that nobody answers. No libc call here: the TLS is the hog's.
+ */
+static int hog_toucher(void *arg)
+{
+	volatile uint64_t *p = arg;
+
+	for (;;)
+		(void)*p;
+	return 0;
+}
+
+/* The hog: as uid 1000, attach @segid and fault --threads windows at once. */
+static void fault_hog(struct hog_shared *sh, long long segid)
+{
+	volatile uint64_t *buf;
+	xpmem_apid_t apid;
+	unsigned int i;
+	size_t stack = 64 << 10;
+	char *stacks;
+	pid_t pid;
+
+	cur_case = "fault-hog-child";
+	opt.uid = 1000;
+	if (attach_segid(segid, XPMEM_RDWR, &buf, &apid))
+		_exit(EXIT_FAIL);
+	stacks = mmap(NULL, stack * opt.threads, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (stacks == MAP_FAILED)
+		_exit(EXIT_FAIL);
+	signal(SIGCHLD, SIG_IGN);	/* killed touchers go at once */
+	/* One FAULT window (prefetch_pages <= 16) per toucher. */
+	for (i = 0; i < opt.threads; i++) {
+		pid = clone(hog_toucher, stacks + stack * (i + 1),
+			    CLONE_VM | SIGCHLD, (void *)(buf + (1 + i * 16UL) * WORDS));
+		if (pid < 0)
+			break;
+		sh->pid[i] = pid;
+		sh->started = i + 1;
+	}
+	for (;;)
+		pause();
+}
+
+/* Read the numbers a case needs from /proc/xpmem/stats' header lines. */
+static void device_limits(long long *deadline, int *fault_per_process)
+{
+	unsigned int inv, inv_pp, flt, flt_pp;
+	char line[256];
+	FILE *f = fopen("/proc/xpmem/stats", "r");
+
+	*deadline = 0;
+	*fault_per_process = -1;
+	while (f && fgets(line, sizeof(line), f)) {
+		sscanf(line, "device: vm %*u, max_fault_pages %*u, deadline %lld ms",
+		       deadline);
+		if (sscanf(line, "deferred slots: invalidate %u (%u per process), fault %u (%u per process)",
+			   &inv, &inv_pp, &flt, &flt_pp) == 4)
+			*fault_per_process = flt_pp;
+	}
+	if (f)
+		fclose(f);
+}
+
+/*
+ * A buffer that nothing but its munmap invalidates: not copied by fork
+ * (whose copy-on-write protection would invalidate it) and kept in 4 KiB
+ * pages (khugepaged would collapse them).
+ */
+static volatile uint64_t *alloc_quiet_buf(unsigned long npages)
+{
+	volatile uint64_t *p = alloc_buf(npages);
+
+	if (p && (madvise((void *)p, (npages + 1) * PAGE, MADV_DONTFORK) ||
+		  madvise((void *)p, (npages + 1) * PAGE, MADV_NOHUGEPAGE)))
+		p = NULL;
+	return p;
+}
+
+/* Export a quiet buffer of @npages data pages (opt.pages becomes @npages). */
+static int export_quiet(unsigned long npages, volatile uint64_t **buf,
+			xpmem_segid_t *segid)
+{
+	opt.pages = npages;
+	*buf = alloc_quiet_buf(npages);
+	if (!*buf)
+		return fail("mmap: %s", strerror(errno));
+	return export_buf(*buf, segid);
+}
+
+/*
+ * fault-hog: an unprivileged process (uid 1000) keeps --threads FAULTs
+ * outstanding on a segment whose exporter never answers (test_misbehave=
+ * no_resolve stands for a hostile exporter VM; the device fails each FAULT
+ * at its resolve timeout). Its touchers are processes sharing its mm. While
+ * they wait, root's munmap of another segment, attached and read by a child,
+ * must return (NOTE: its time against the device's deadline). The hog's mm
+ * never holds more FAULT slots than one process's share. Then the touchers
+ * are SIGKILLed while the attachment stays: their slots stay held until the
+ * device gives the FAULTs back, and then all are free again.
+ */
+static int case_fault_hog(void)
+{
+	unsigned long hog_pages, victim_pages = opt.pages;
+	long long deadline, inflight = 0, held_max = 0, held_killed, s0, s1;
+	long long k0, k1;
+	volatile uint64_t *hog_buf, *victim_buf;
+	xpmem_segid_t hog_segid, victim_segid;
+	double t0, munmap_ms, drain;
+	struct hog_shared *sh;
+	pid_t child, hog;
+	int per_process, status, rc;
+	unsigned int i;
+
+	if (!opt.threads)
+		opt.threads = 80;
+	if (opt.threads > HOG_MAX)
+		return fail("--threads at most %d", HOG_MAX);
+	if (access(MISBEHAVE, W_OK))
+		return fail("%s: %s (module without test_misbehave)", MISBEHAVE,
+			    strerror(errno));
+	device_limits(&deadline, &per_process);
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+
+	/* The hog's segment, never resolved: no importer touched it yet. */
+	hog_pages = 1 + opt.threads * 16UL;
+	rc = export_quiet(hog_pages, &hog_buf, &hog_segid);
+	if (rc)
+		return rc;
+
+	/* The victim: root's segment, attached and read by a child. */
+	rc = export_quiet(victim_pages, &victim_buf, &victim_segid);
+	if (rc)
+		return rc;
+	opt.segid = victim_segid;
+	child = fork();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		cur_case = "fault-hog-victim";
+		if (attach(XPMEM_RDWR) || imp_verify(1))
+			_exit(EXIT_FAIL);
+		sh->victim_read = 1;
+		while (!sh->stop)
+			usleep(1000);
+		_exit(imp_finish() ? EXIT_FAIL : EXIT_PASS);
+	}
+	if (!wait_for(&sh->victim_read, 1))
+		return fail("victim importer did not read within %d s", opt.timeout);
+
+	write_proc(MISBEHAVE, "no_resolve");
+	opt.pages = hog_pages;
+	hog = fork();
+	if (hog < 0)
+		return fail("fork: %s", strerror(errno));
+	if (hog == 0)
+		fault_hog(sh, hog_segid);
+
+	/* Let the hog's FAULTs pile up: until the count holds for a second. */
+	t0 = now();
+	for (s0 = -1; now() - t0 < 8; usleep(250000)) {
+		if (read_stat("faults_inflight", &inflight))
+			break;
+		if (inflight > held_max)
+			held_max = inflight;
+		if (inflight && inflight == s0 && sh->started == opt.threads &&
+		    now() - t0 > 2)
+			break;
+		s0 = inflight;
+	}
+
+	/* The victim's munmap: one INVALIDATE, acknowledged by the child. */
+	read_stat("inval_sent", &s0);
+	read_stat("inval_skipped", &k0);
+	t0 = now();
+	if (munmap((void *)victim_buf, (victim_pages + 1) * PAGE))
+		return fail("munmap: %s", strerror(errno));
+	munmap_ms = (now() - t0) * 1000;
+	read_stat("inval_sent", &s1);
+	read_stat("inval_skipped", &k1);
+	read_stat("faults_inflight", &inflight);
+	if (inflight > held_max)
+		held_max = inflight;
+
+	/* Kill the waiters, keep the attachment (the hog process stays). */
+	for (i = 0; i < sh->started; i++)
+		kill(sh->pid[i], SIGKILL);
+	t0 = now();
+	for (i = 0; i < sh->started && now() - t0 < opt.timeout; )
+		if (kill(sh->pid[i], 0) && errno == ESRCH)
+			i++;
+		else
+			usleep(1000);
+	read_stat("faults_inflight", &held_killed);
+	t0 = now();
+	while (!read_stat("faults_inflight", &inflight) && inflight &&
+	       now() - t0 < opt.timeout)
+		usleep(10000);
+	drain = now() - t0;
+	kill(hog, SIGKILL);
+	waitpid(hog, &status, 0);
+	write_proc(MISBEHAVE, "off");
+	sh->stop = 1;
+
+	say("NOTE munmap took %.1f ms (device deadline %lld ms) while uid 1000 had %lld FAULTs in flight (%llu touchers; per-process share %d)",
+	    munmap_ms, deadline, held_max, (unsigned long long)sh->started,
+	    per_process);
+	say("NOTE after its %llu touchers were SIGKILLed, %lld FAULT slots stayed held until the device gave them back %.1f s later",
+	    (unsigned long long)sh->started, held_killed, drain);
+	if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return fail("victim importer failed");
+	if (s1 == s0)
+		return fail("munmap sent no INVALIDATE (%lld skipped): nothing was measured",
+			    k1 - k0);
+	if (inflight)
+		return fail("%lld FAULT slots still held %d s after the touchers died",
+			    inflight, opt.timeout);
+	if (per_process > 0 && held_max > per_process)
+		return fail("one process held %lld FAULT slots, its share is %d",
+			    held_max, per_process);
+	if (!held_max)
+		return fail("the hog never had a FAULT in flight: nothing was tested");
+	if (!held_killed)
+		return fail("the killed touchers' FAULT slots were free before the device gave their FAULTs back");
+	xpmem_remove(hog_segid);
+	xpmem_remove(victim_segid);
+	return pass();
+}
+
 /* local-errors: argument checking that needs no second VM. */
 static int case_local_errors(void)
 {
@@ -1395,6 +1894,8 @@ static const struct {
 	{ "attach-poweroff", case_attach_poweroff, "power the VM off while attached" },
 	{ "export-poweroff", case_export_poweroff, "after READY: export, attach, power off (attach-gone)" },
 	{ "attach-bench", case_attach_bench, "first-touch rate, attached vs local bandwidth (export-hold)" },
+	{ "stress-fault-inval", case_stress_fault_inval, "--threads readers fault while the exporter drops/remaps --rounds times" },
+	{ "fault-hog", case_fault_hog, "uid 1000 keeps --threads FAULTs pending (no_resolve); another munmap returns" },
 };
 
 static void usage(void)
@@ -1403,7 +1904,7 @@ static void usage(void)
 
 	fprintf(stderr,
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
-		"       [--to VM,..] [--importers N] [--index I] [--until N]\n"
+		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
@@ -1442,6 +1943,10 @@ int main(int argc, char **argv)
 			opt.index = strtoul(v, NULL, 0);
 		else if (!strcmp(k, "--until"))
 			opt.until = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--threads"))
+			opt.threads = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--rounds"))
+			opt.rounds = strtoul(v, NULL, 0);
 		else {
 			usage();
 			return EXIT_USAGE;
