@@ -49,7 +49,29 @@ const LOCAL_EXPECTED: &[&str] = &[
     "attach-fork",
     "export-fork",
     "rust-local",
+    "stress-fault-inval",
+    "fault-hog",
     "proc-zero",
+];
+/// Extra kernel parameters of the `local` VM: SLUB red zones, poisoning and
+/// sanity checks, so that a use-after-free in the driver under
+/// `stress-fault-inval` shows as a report ([`TROUBLE`]).
+const LOCAL_APPEND: &str = "slub_debug=FZPU";
+/// Guest console text that fails a VM's `kernel-clean` check: panics, oopses,
+/// and SLUB debugging reports (`BUG kmalloc-256 (...): Poison overwritten`).
+/// Lines of the test protocol (`XPMEM-...`) and the echoed command line
+/// (`Command line: ...`, `Kernel command line: ...`) are not kernel reports.
+const TROUBLE: &[&str] = &[
+    "Kernel panic",
+    "BUG:",
+    "BUG ",
+    "Oops",
+    "general protection",
+    "Redzone",
+    "Poison overwritten",
+    "Object already free",
+    "use-after-free",
+    "slub",
 ];
 /// The share VMs, their scripts and the cases each must report.
 const SHARE_VMS: &[(&str, &str, &[&str])] = &[
@@ -134,9 +156,9 @@ fn xpmem_toml() -> String {
     format!("[xpmem]\ninvalidate_deadline_ms = {INVALIDATE_DEADLINE_MS}\n\n")
 }
 
-fn vm_toml(name: &str, vcpus: u32, run: &str, input: Option<&str>) -> String {
+fn vm_toml(name: &str, vcpus: u32, run: &str, input: Option<&str>, extra: &str) -> String {
     let append = std::env::var("XPMEM_GUEST_APPEND").unwrap_or_default();
-    let cmdline = format!("xpmem.name={name} xpmem.run={run} xpmem.out=kmsg {append}");
+    let cmdline = format!("xpmem.name={name} xpmem.run={run} xpmem.out=kmsg {extra} {append}");
     let mut s = format!(
         "[[vm]]\nname = \"{name}\"\nvcpus = {vcpus}\nmemory = 512\nkernel = \"vmlinuz\"\ninitrd = \"guest.cpio.gz\"\ncmdline = {}\n",
         toml::Value::String(cmdline.trim().to_string())
@@ -189,9 +211,11 @@ impl VmLog {
             self.local_verdict = Some(false);
         }
         if self.trouble.is_none()
-            && ["Kernel panic", "BUG:", "Oops", "general protection"]
+            && !["Command line:", "Kernel command line:"]
                 .iter()
                 .any(|k| text.contains(k))
+            && !text.contains("XPMEM-")
+            && TROUBLE.iter().any(|k| text.contains(k))
         {
             self.trouble = Some(text.to_string());
         }
@@ -611,13 +635,13 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         format!(
             "{}{}",
             xpmem_toml(),
-            vm_toml("local", 2, "xpmem-local.sh", None)
+            vm_toml("local", 2, "xpmem-local.sh", None, LOCAL_APPEND)
         ),
         0o644,
     );
     let share_toml: String = SHARE_VMS
         .iter()
-        .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}"))))
+        .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}")), ""))
         .collect();
     payload.data("share.toml", format!("{}{share_toml}", xpmem_toml()), 0o644);
     let mut opts = opts;
@@ -842,6 +866,32 @@ mod tests {
     }
 
     #[test]
+    fn slab_debug_reports_are_kernel_trouble_but_protocol_lines_are_not() {
+        let mut log = VmLog::default();
+        log.feed("[    0.0] Command line: console=ttyS0 slub_debug=FZPU");
+        log.feed("[    1.0] Kernel command line: console=ttyS0 slub_debug=FZPU");
+        log.feed(
+            "[    9.0] XPMEM-TEST stress-fault-inval NOTE slab debugging of kmalloc-256: poison=1",
+        );
+        assert_eq!(log.trouble, None);
+        log.feed("[   12.5] BUG kmalloc-256 (Tainted: G    B      ): Poison overwritten");
+        assert!(log
+            .trouble
+            .as_deref()
+            .unwrap()
+            .contains("Poison overwritten"));
+        let mut log = VmLog::default();
+        log.feed("[   12.6] Redzone overwritten at 0xffff0000: first byte 0x0 instead of 0xcc");
+        assert!(log.trouble.is_some());
+    }
+
+    #[test]
+    fn local_vm_boots_with_slab_debugging() {
+        let toml = vm_toml("local", 2, "xpmem-local.sh", None, LOCAL_APPEND);
+        assert!(toml.contains("xpmem.out=kmsg slub_debug=FZPU"), "{toml}");
+    }
+
+    #[test]
     fn lines_outside_a_case_or_of_other_vms_are_ignored() {
         let mut p = Parsed::default();
         p.feed("[vm-a] XPMEM-TEST export PASS");
@@ -872,7 +922,7 @@ mod tests {
     fn share_config_gives_each_vm_its_input_fifo() {
         let toml: String = SHARE_VMS
             .iter()
-            .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}"))))
+            .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}")), ""))
             .collect();
         let text = format!("{}{toml}", xpmem_toml());
         let parsed: toml::Value = toml::from_str(&text).unwrap();
