@@ -313,6 +313,8 @@ int xpmem_status_to_errno(u32 status)
 		return -EFAULT;
 	case VIRTIO_XPMEM_S_REVOKED:
 		return -EIO;
+	case VIRTIO_XPMEM_S_AGAIN:
+		return -EAGAIN;	/* backing off after a forced revocation */
 	default:
 		return -EIO;	/* malformed response */
 	}
@@ -795,9 +797,14 @@ static int xpmem_probe(struct virtio_device *vdev)
 		xd->evbufs[i] = eb;
 	}
 
-	/* Spec 7: eventq is filled before DRIVER_OK, and kicked after. */
+	/*
+	 * Spec 7: eventq is filled before DRIVER_OK, and kicked after (even
+	 * with test_misbehave=no_refill, which only keeps used buffers back).
+	 */
+	spin_lock_irqsave(&xd->evq_lock, flags);
 	for (i = 0; i < nbufs; i++)
-		xpmem_evbuf_post(xd, xd->evbufs[i]);
+		xpmem_evbuf_add_locked(xd, xd->evbufs[i]);
+	spin_unlock_irqrestore(&xd->evq_lock, flags);
 	virtio_device_ready(vdev);
 	spin_lock_irqsave(&xd->evq_lock, flags);
 	virtqueue_kick(xd->evq);
