@@ -224,12 +224,15 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
 /// run did.
 fn report_domain(hub: &XpmemHub) {
     let c = hub.counters();
+    let a = hub.aperture_stats();
     eprintln!(
         "xpmem-vmm: xpmem domain at exit: held vms={} segments={} permits={} attachments={} \
          mapped_pages={} rmap_entries={} pending_faults={} pending_resolves={} \
          pending_invalidations={} pending_invalidation_targets={} aperture_pages_reserved={}; \
          total resolves_issued={} map_actions={} invalidations_started={} \
-         invalidations_completed={} invalidations_forced={}",
+         invalidations_completed={} invalidations_forced={} windows_revoked={} \
+         backoffs_started={} backoff_refusals={} aperture_map_failures={} \
+         aperture_unmap_failures={} aperture_cut_offs={}",
         c.vms,
         c.segments,
         c.permits,
@@ -246,5 +249,11 @@ fn report_domain(hub: &XpmemHub) {
         c.invalidations_started,
         c.invalidations_completed,
         c.invalidations_forced,
+        c.windows_revoked,
+        c.backoffs_started,
+        c.backoff_refusals,
+        a.map_failures,
+        a.unmap_failures,
+        a.cut_offs,
     );
 }
