@@ -651,21 +651,23 @@ impl WindowMappings {
         self.cuts.len() as u64 + 1
     }
 
-    /// The count after mmap calls replace pages `start..end` with ranges
-    /// starting every `chunk` pages.
-    fn count_after(&self, start: u64, end: u64, chunk: u64) -> u64 {
+    /// The count after mmap calls replace pages `start..end` with ranges that
+    /// have `inner` cut points between them.
+    fn count_after(&self, start: u64, end: u64, inner: u64) -> u64 {
         let inside = self.cuts.range(start + 1..end).count() as u64;
         let edge = |p: u64| u64::from(p > 0 && p < self.pages && !self.cuts.contains(&p));
-        let inner = (end - start).div_ceil(chunk.max(1)).saturating_sub(1);
         self.count() - inside + edge(start) + edge(end) + inner
     }
 
     /// Records one mmap over pages `start..start + n`.
     fn record(&mut self, start: u64, n: u64) {
         let end = start + n;
-        let mut tail = self.cuts.split_off(&(start + 1));
-        let mut after = tail.split_off(&end);
-        self.cuts.append(&mut after);
+        // Remove the cuts inside one by one: O(k log n) (BTreeSet::append would rebuild
+        // the whole set).
+        let inside: Vec<u64> = self.cuts.range(start + 1..end).copied().collect();
+        for p in inside {
+            self.cuts.remove(&p);
+        }
         for p in [start, end] {
             if p > 0 && p < self.pages {
                 self.cuts.insert(p);
@@ -849,11 +851,11 @@ impl ApertureBackend for MmapAperture {
         // The budget: each run is one mapping, and revocations keep their reserve.
         let imp = self.vm_mut(importer)?;
         let others = imp.total_mappings() - imp.mappings(window).count();
-        let mut preview = imp.mappings(window).clone();
-        for &(page, n, _, _) in &runs {
-            preview.record(page, n);
-        }
-        let needed = others + preview.count();
+        let inner = (runs.len() as u64).saturating_sub(1);
+        let needed = others
+            + imp
+                .mappings(window)
+                .count_after(aperture_page, aperture_page + npages, inner);
         if needed + split_reserve(budget) > budget {
             return Err(ApertureError::MappingBudget {
                 vm: importer,
@@ -906,9 +908,10 @@ impl ApertureBackend for MmapAperture {
         let v = self.vm_mut(importer)?;
         v.windows.get(window).check_range(aperture_page, npages)?;
         let others = v.total_mappings() - v.mappings(window).count();
+        let inner = npages.div_ceil(FILLER_PAGES).saturating_sub(1);
         let needed = others
             + v.mappings(window)
-                .count_after(aperture_page, aperture_page + npages, FILLER_PAGES);
+                .count_after(aperture_page, aperture_page + npages, inner);
         if needed > budget {
             // Splitting here could push the process towards its mapping
             // limit: the caller revokes the whole window instead.
