@@ -5,12 +5,13 @@
 # 0, and the module unloads cleanly (twice, to catch leaks on reload).
 #
 # usage: qemu-smoke.sh [KERNEL_DEB_DIR]
-#   KERNEL_DEB_DIR: where linux-image-6.1.0-56-amd64 is unpacked
+#   KERNEL_DEB_DIR: where linux-image-$KVER is unpacked
 #   (default /tmp/drv/kimg; created with apt-get download + dpkg-deb -x).
+#   KVER: the kernel xpmem.ko was built for (default 6.1.0-56-amd64).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 kimg=${1:-/tmp/drv/kimg}
-kver=6.1.0-56-amd64
+kver=${KVER:-6.1.0-56-amd64}
 work=$(mktemp -d /tmp/xpmem-smoke.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -43,6 +44,15 @@ for round in 1 2; do
 	mode=$(stat -c %a /dev/xpmem 2>/dev/null)
 	[ "$mode" = 666 ] || bad "/dev/xpmem mode '$mode'"
 	[ "$(cat /sys/module/xpmem/parameters/prefetch_pages)" = 8 ] || bad prefetch_pages
+	# test_misbehave (tests only): off by default, every mode settable at
+	# run time (no device here, so nothing misbehaves), nonsense refused.
+	tm=/sys/module/xpmem/parameters/test_misbehave
+	[ "$(cat $tm)" = off ] || bad "test_misbehave default '$(cat $tm)'"
+	for m in no_ack no_refill bad_evbufs no_resolve off; do
+		echo $m > $tm && [ "$(cat $tm)" = $m ] || bad "test_misbehave=$m"
+	done
+	echo bogus > $tm 2>/dev/null && bad "test_misbehave took 'bogus'"
+	[ "$(cat $tm)" = off ] || bad "test_misbehave after bogus: '$(cat $tm)'"
 	ls /proc/xpmem
 	cat /proc/xpmem/global_pages /proc/xpmem/stats
 	PINNED=$(grep "pages pinned" /proc/xpmem/* | sed -e 's/^.*: //')
