@@ -79,8 +79,10 @@ static struct {
 	unsigned int until;	/* export-hold: DONE lines to wait for */
 	unsigned int threads;	/* stress-fault-inval, fault-hog */
 	unsigned int rounds;	/* stress-fault-inval */
+	unsigned long chunks;	/* export-hostile: munmaps */
+	const char *misbehave;	/* attach-hostile: test_misbehave mode */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
-	  .to = "b", .importers = 1 };
+	  .to = "b", .importers = 1, .chunks = 1 };
 
 static void say(const char *fmt, ...)
 {
@@ -1862,6 +1864,206 @@ static int case_nodev(void)
 	return pass();
 }
 
+/* ---- importers that turn hostile (test_misbehave), issue 13 ---- */
+
+#define FILLER64	0xa5a5a5a5a5a5a5a5ULL
+/* Event buffers the driver keeps on the eventq (XPMEM_NR_EVENT_BUFS). */
+#define DRIVER_EVBUFS	64
+
+/*
+ * export-hostile: export; once the importer read everything and turned
+ * hostile (imp_state IMP_WROTE), munmap the data pages: --chunks - 1 of them
+ * one page at a time (each is one INVALIDATE event: that is how a
+ * no_refill importer runs out of event buffers), then the rest at once. Each
+ * munmap must return by the device's deadline + 10%, whatever the importer
+ * does; NOTE: the times and how many importer targets the host revoked by
+ * force. --until N: at least N revoked (0: none may be).
+ */
+static int case_export_hostile(void)
+{
+	volatile struct ctl *ctl;
+	unsigned long p, singles;
+	long long deadline, r0, r1;
+	double t0, ms, worst = 0, bulk = 0;
+	int per_process, rc;
+
+	if (!opt.chunks || opt.chunks > opt.pages)
+		return fail("--chunks must be 1..--pages");
+	rc = export_setup();
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)exp_buf;
+	device_limits(&deadline, &per_process);
+	if (deadline <= 0)
+		return fail("no device deadline in /proc/xpmem/stats");
+	if (!wait_for(&ctl->imp_state, IMP_WROTE))
+		return fail("importer did not turn hostile (state %llu)",
+			    (unsigned long long)ctl->imp_state);
+	if (read_stat("inval_revoked", &r0))
+		return fail("/proc/xpmem/stats has no inval_revoked");
+	singles = opt.chunks - 1;
+	for (p = 0; p <= singles; p++) {
+		unsigned long n = p < singles ? 1 : opt.pages - singles;
+		void *start = (void *)(exp_buf + (1 + p) * WORDS);
+
+		t0 = now();
+		if (munmap(start, n * PAGE))
+			return fail("munmap: %s", strerror(errno));
+		ms = (now() - t0) * 1000;
+		if (p == singles)
+			bulk = ms;
+		if (ms > worst)
+			worst = ms;
+		if (ms > deadline * 1.1)
+			return fail("munmap %lu of %lu pages took %.1f ms, above the device deadline %lld ms + 10%%",
+				    p + 1, n, ms, deadline);
+	}
+	if (read_stat("inval_revoked", &r1))
+		return fail("/proc/xpmem/stats lost inval_revoked");
+	ctl->exp_state = EXP_REWROTE;	/* tells the importer: all unmapped */
+	say("NOTE %lu munmaps, last of %lu pages %.1f ms, slowest %.1f ms (device deadline %lld ms); %lld importer target(s) revoked by force",
+	    singles + 1, opt.pages - singles, bulk, worst, deadline, r1 - r0);
+	if (opt.until ? r1 - r0 < opt.until : r1 != r0)
+		return fail("%lld target(s) revoked by force, want %s%u",
+			    r1 - r0, opt.until ? "at least " : "", opt.until);
+	if (!wait_for(&ctl->imp_state, IMP_DONE))
+		return fail("importer did not finish");
+	if (xpmem_remove(exp_segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/*
+ * attach-hostile --misbehave MODE: attach and read, switch the driver to
+ * MODE and tell the exporter, then keep reading the last data page while the
+ * exporter munmaps. A read may show the old data (the invalidation is not
+ * done yet) or the filler (the host revoked the page), never anything else;
+ * SIGBUS must follow. A no_refill driver cannot hear of the revocation, so
+ * once the exporter is done the mode goes back to off (its parked event
+ * buffers return, the REVOKED event arrives) and SIGBUS follows then.
+ */
+static int case_attach_hostile(void)
+{
+	volatile struct ctl *ctl;
+	/* The last data page: export-hostile unmaps it last, with the bulk. */
+	volatile uint64_t *last;
+	uint64_t v, old;
+	bool filler = false, off = false;
+	double end;
+	int rc, sig = 0;
+
+	if (!opt.misbehave)
+		return fail("--misbehave MODE missing");
+	if (access(MISBEHAVE, W_OK))
+		return fail("%s: %s (module without test_misbehave)", MISBEHAVE,
+			    strerror(errno));
+	rc = attach_and_read();
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)imp_buf;
+	last = imp_buf + opt.pages * WORDS;
+	old = pattern(opt.pages - 1, 0, 1);
+	write_proc(MISBEHAVE, opt.misbehave);
+	ctl->imp_state = IMP_WROTE;
+	end = now() + opt.timeout;
+	while (now() < end) {
+		sig = touch(last, false);
+		if (sig)
+			break;
+		v = *last;
+		if (v == FILLER64)
+			filler = true;
+		else if (v != old)
+			return fail("read %#llx from a page being revoked: neither the exporter's data nor the filler",
+				    (unsigned long long)v);
+		if (!off && ctl->exp_state >= EXP_REWROTE) {
+			write_proc(MISBEHAVE, "off");
+			off = true;
+		}
+		usleep(1000);
+	}
+	write_proc(MISBEHAVE, "off");
+	if (sig != SIGBUS)
+		return fail("no SIGBUS after the exporter unmapped (signal %d, filler seen: %d)",
+			    sig, filler);
+	say("NOTE %s: filler seen before SIGBUS: %s", opt.misbehave,
+	    filler ? "yes" : "no");
+	ctl->imp_state = IMP_DONE;
+	return imp_finish();
+}
+
+/*
+ * local-latency: for --timeout s (after a "GO" line), rounds of a one-page
+ * export attached in this VM, touched and munmapped: the munmap invalidates
+ * this VM's own attachment. NOTE: rounds and munmap times; fails if a round
+ * needed a forced revocation or took longer than the device deadline.
+ * It stands for the other VMs' requests while a hostile VM floods.
+ */
+static int case_local_latency(void)
+{
+	long long deadline, r0, r1;
+	double end, t0, ms, worst = 0, sum = 0;
+	unsigned long rounds = 0;
+	char arg[64];
+	int per_process;
+
+	device_limits(&deadline, &per_process);
+	if (deadline <= 0)
+		return fail("no device deadline in /proc/xpmem/stats");
+	if (!wait_line("GO", arg, sizeof(arg)))
+		return fail("no GO line on the console");
+	if (read_stat("inval_revoked", &r0))
+		return fail("/proc/xpmem/stats has no inval_revoked");
+	end = now() + opt.timeout;
+	while (now() < end) {
+		volatile uint64_t *buf = alloc_quiet_buf(1), *att;
+		struct xpmem_addr addr;
+		xpmem_segid_t segid;
+		xpmem_apid_t apid;
+
+		if (!buf)
+			return fail("mmap: %s", strerror(errno));
+		buf[WORDS] = rounds;
+		segid = xpmem_make((void *)buf, 2 * PAGE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1)
+			return fail("xpmem_make: %s", strerror(errno));
+		apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+		if (apid == -1)
+			return fail("xpmem_get: %s", strerror(errno));
+		addr.apid = apid;
+		addr.offset = 0;
+		att = xpmem_attach(addr, 2 * PAGE, NULL);
+		if (att == (void *)-1)
+			return fail("xpmem_attach: %s", strerror(errno));
+		if (att[WORDS] != rounds)
+			return fail("round %lu read %#llx", rounds,
+				    (unsigned long long)att[WORDS]);
+		t0 = now();
+		if (munmap((void *)buf, 2 * PAGE))
+			return fail("munmap: %s", strerror(errno));
+		ms = (now() - t0) * 1000;
+		sum += ms;
+		if (ms > worst)
+			worst = ms;
+		if (xpmem_detach((void *)att) || xpmem_release(apid) ||
+		    xpmem_remove(segid))
+			return fail("cleanup: %s", strerror(errno));
+		rounds++;
+	}
+	if (read_stat("inval_revoked", &r1))
+		return fail("/proc/xpmem/stats lost inval_revoked");
+	say("NOTE %lu rounds in %d s: munmap mean %.1f ms, slowest %.1f ms (device deadline %lld ms)",
+	    rounds, opt.timeout, rounds ? sum / rounds : 0, worst, deadline);
+	if (!rounds)
+		return fail("no round completed");
+	if (r1 != r0)
+		return fail("%lld of this VM's own invalidations were forced", r1 - r0);
+	if (worst > deadline)
+		return fail("a munmap took %.1f ms, longer than the deadline", worst);
+	return pass();
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(void);
@@ -1896,6 +2098,9 @@ static const struct {
 	{ "attach-bench", case_attach_bench, "first-touch rate, attached vs local bandwidth (export-hold)" },
 	{ "stress-fault-inval", case_stress_fault_inval, "--threads readers fault while the exporter drops/remaps --rounds times" },
 	{ "fault-hog", case_fault_hog, "uid 1000 keeps --threads FAULTs pending (no_resolve); another munmap returns" },
+	{ "export-hostile", case_export_hostile, "munmap in --chunks steps while the importer misbehaves; each by the deadline + 10%" },
+	{ "attach-hostile", case_attach_hostile, "--misbehave MODE after reading; old data or filler, then SIGBUS (export-hostile)" },
+	{ "local-latency", case_local_latency, "after GO: --timeout s of one-page export/attach/munmap rounds in this VM" },
 };
 
 static void usage(void)
@@ -1905,6 +2110,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
 		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
+		"       [--chunks N] [--misbehave MODE]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
@@ -1947,6 +2153,10 @@ int main(int argc, char **argv)
 			opt.threads = strtoul(v, NULL, 0);
 		else if (!strcmp(k, "--rounds"))
 			opt.rounds = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--chunks"))
+			opt.chunks = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--misbehave"))
+			opt.misbehave = v;
 		else {
 			usage();
 			return EXIT_USAGE;

@@ -13,6 +13,13 @@
 //!   a VM powering off while it imports from one VM and exports to another. The monitor runs under
 //!   `xpmem-relay` (see [`crate::relay`]), which types each segid and
 //!   DONE/GONE notice into the VMs' input FIFOs.
+//! * `hostile` (issue 13): three VMs `a`, `b`, `c` run `xpmem-hostile-{a,b,c}.sh`
+//!   under a [`HOSTILE_DEADLINE_MS`] deadline: b's driver turns hostile
+//!   (`test_misbehave` `no_ack`, `no_refill`, `bad_evbufs`) after attaching a's
+//!   buffer; each of a's munmaps returns by the deadline + 10%, b gets SIGBUS
+//!   and never reads anything but a's old data or the filler, and c's own
+//!   requests go on meanwhile (their times are NOTEs). The host must have
+//!   revoked at least two targets by force, and never a whole window.
 //!
 //! Guest command output reaches the console through `/dev/kmsg`
 //! (`xpmem.out=kmsg`); every `XPMEM-TEST <case> PASS|FAIL` line becomes one
@@ -39,6 +46,10 @@ const VMM_DEADLINE: Duration = Duration::from_secs(420);
 /// nested host; a forced revocation fails the run, so a leaked reverse-map
 /// entry (an importer that is gone but still targeted) shows as a failure.
 const INVALIDATE_DEADLINE_MS: u64 = 10_000;
+/// The deadline of the `hostile` case, which waits for it on purpose (three
+/// times): long enough that 10% of it covers the emulated guest's own munmap
+/// work on the nested host, short enough for CI.
+const HOSTILE_DEADLINE_MS: u64 = 4_000;
 
 /// What `xpmem-local.sh` runs, in order (a repeated case gets `-2`, ...).
 const LOCAL_EXPECTED: &[&str] = &[
@@ -130,6 +141,31 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The hostile VMs, their scripts and the cases each must report.
+const HOSTILE_VMS: &[(&str, &str, &[&str])] = &[
+    (
+        "a",
+        "xpmem-hostile-a.sh",
+        &[
+            "export-hostile",
+            "export-hostile-2",
+            "export-hostile-3",
+            "proc-zero",
+        ],
+    ),
+    (
+        "b",
+        "xpmem-hostile-b.sh",
+        &[
+            "attach-hostile",
+            "attach-hostile-2",
+            "attach-hostile-3",
+            "proc-zero",
+        ],
+    ),
+    ("c", "xpmem-hostile-c.sh", &["local-latency", "proc-zero"]),
+];
+
 /// The L1 payload script. Markers: `XPMEM-CASE-BEGIN <case>`,
 /// `XPMEM-CASE-END <case> rc=<monitor exit>`; `xpmem-relay` adds its own.
 fn payload_script(deadline: Duration) -> String {
@@ -138,6 +174,10 @@ fn payload_script(deadline: Duration) -> String {
         .iter()
         .map(|(vm, _, _)| format!("--input {vm}=/tmp/in-{vm}"))
         .collect();
+    let hostile_inputs: Vec<String> = HOSTILE_VMS
+        .iter()
+        .map(|(vm, _, _)| format!("--input {vm}=/tmp/hin-{vm}"))
+        .collect();
     format!(
         r#"{heartbeat}echo "XPMEM-CASE-BEGIN local"
 timeout -s KILL {t} ./xpmem-vmm --config local.toml </dev/null 2>&1
@@ -145,15 +185,23 @@ echo "XPMEM-CASE-END local rc=$?"
 echo "XPMEM-CASE-BEGIN share"
 ./xpmem-relay {inputs} -- timeout -s KILL {t} ./xpmem-vmm --config share.toml </dev/null 2>&1
 echo "XPMEM-CASE-END share rc=$?"
+echo "XPMEM-CASE-BEGIN hostile"
+./xpmem-relay {hostile_inputs} -- timeout -s KILL {t} ./xpmem-vmm --config hostile.toml </dev/null 2>&1
+echo "XPMEM-CASE-END hostile rc=$?"
 kill $hb 2>/dev/null
 "#,
         inputs = inputs.join(" "),
+        hostile_inputs = hostile_inputs.join(" "),
         heartbeat = nested::HEARTBEAT
     )
 }
 
 fn xpmem_toml() -> String {
-    format!("[xpmem]\ninvalidate_deadline_ms = {INVALIDATE_DEADLINE_MS}\n\n")
+    deadline_toml(INVALIDATE_DEADLINE_MS)
+}
+
+fn deadline_toml(ms: u64) -> String {
+    format!("[xpmem]\ninvalidate_deadline_ms = {ms}\n\n")
 }
 
 fn vm_toml(name: &str, vcpus: u32, run: &str, input: Option<&str>, extra: &str) -> String {
@@ -333,6 +381,8 @@ pub struct Parsed {
     pub local: VmLog,
     /// The VMs of case `share`, by name.
     pub share: BTreeMap<String, VmLog>,
+    /// The VMs of case `hostile`, by name.
+    pub hostile: BTreeMap<String, VmLog>,
     /// Monitor exit code per case.
     pub rc: BTreeMap<String, i32>,
     /// `(vm, text)` the relay typed, in order.
@@ -413,6 +463,9 @@ impl Parsed {
             (Some("local"), "local") => self.local.feed(text),
             (Some("share"), vm) if SHARE_VMS.iter().any(|(n, _, _)| *n == vm) => {
                 self.share.entry(vm.to_string()).or_default().feed(text)
+            }
+            (Some("hostile"), vm) if HOSTILE_VMS.iter().any(|(n, _, _)| *n == vm) => {
+                self.hostile.entry(vm.to_string()).or_default().feed(text)
             }
             _ => {}
         }
@@ -586,7 +639,63 @@ impl Parsed {
         }
         out.push(self.monitor_check("share", timed_out));
         self.domain_checks("share", &mut out);
+        // hostile
+        for (vm, _, expected) in HOSTILE_VMS {
+            self.hostile.get(*vm).unwrap_or(&empty).judge(
+                "hostile",
+                &format!("{vm}-"),
+                expected,
+                &mut out,
+            );
+            out.push(self.left_check("hostile", vm, false));
+        }
+        out.push(self.monitor_check("hostile", timed_out));
+        self.hostile_domain_checks(&mut out);
         out
+    }
+
+    /// After the hostile case the domain holds nothing, at least two importer
+    /// targets were revoked by force (no_ack, no_refill), and no unmap failed
+    /// (no window had to be revoked whole, no VM cut off).
+    fn hostile_domain_checks(&self, out: &mut Vec<CaseResult>) {
+        let case = "hostile";
+        let Some((held, total)) = self.domain.get(case) else {
+            let why = Status::Fail("the monitor printed no xpmem domain report at exit".into());
+            out.push(result(case, "domain-counters-zero", why.clone()));
+            out.push(result(case, "forced-revocations", why));
+            return;
+        };
+        let nonzero: Vec<&str> = held
+            .split_whitespace()
+            .filter(|kv| !kv.ends_with("=0"))
+            .collect();
+        out.push(result(
+            case,
+            "domain-counters-zero",
+            if held.split_whitespace().count() > 0 && nonzero.is_empty() {
+                Status::Pass
+            } else {
+                Status::Fail(format!("domain still holds: {nonzero:?}"))
+            },
+        ));
+        let get = |k: &str| -> Option<u64> {
+            total
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+        };
+        let forced = get("invalidations_forced=");
+        let whole = (get("windows_revoked="), get("aperture_cut_offs="));
+        out.push(result(
+            case,
+            "forced-revocations",
+            match (forced, whole) {
+                (Some(f), (Some(0), Some(0))) if f >= 2 => Status::Pass,
+                _ => Status::Fail(format!(
+                    "want >= 2 forced revocations and no window revoked whole or cut off: {total:?}"
+                )),
+            },
+        ));
     }
 }
 
@@ -644,10 +753,19 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}")), ""))
         .collect();
     payload.data("share.toml", format!("{}{share_toml}", xpmem_toml()), 0o644);
+    let hostile_toml: String = HOSTILE_VMS
+        .iter()
+        .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/hin-{vm}")), ""))
+        .collect();
+    payload.data(
+        "hostile.toml",
+        format!("{}{hostile_toml}", deadline_toml(HOSTILE_DEADLINE_MS)),
+        0o644,
+    );
     let mut opts = opts;
     opts.timeout = opts
         .timeout
-        .min(VMM_DEADLINE * 2 + Duration::from_secs(120));
+        .min(VMM_DEADLINE * 3 + Duration::from_secs(120));
     opts.silence_limit = Some(nested::SILENCE_LIMIT);
     let echo = env.echo;
     let mut attempt = 1;
@@ -676,6 +794,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         // What the guests measured (times, pages moved, bandwidth), in one place.
         for (vm, log) in std::iter::once(("local", &parsed.local))
             .chain(parsed.share.iter().map(|(vm, log)| (vm.as_str(), log)))
+            .chain(parsed.hostile.iter().map(|(vm, log)| (vm.as_str(), log)))
         {
             for (case, note) in &log.notes {
                 println!("[xpmem] {vm} {case}: {note}");
@@ -964,5 +1083,51 @@ mod tests {
         out.clear();
         Parsed::default().domain_checks("local", &mut out);
         assert!(out.iter().all(|c| matches!(c.status, Status::Fail(_))));
+    }
+
+    /// A hostile run: every VM passes, the monitor reports the forced revocations.
+    fn hostile_lines(forced: u64, windows_revoked: u64) -> Vec<String> {
+        let mut lines = vec!["XPMEM-CASE-BEGIN hostile".to_string()];
+        for (vm, _, expected) in HOSTILE_VMS {
+            for case in *expected {
+                let base = case.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit());
+                lines.push(format!("[vm-{vm}] [ 9.0] XPMEM-TEST {base} PASS"));
+            }
+            lines.push(format!(
+                "xpmem-vmm: VM {vm}: xpmem objects the guest left: segments=0 permits=0 attachments=0"
+            ));
+        }
+        lines.push(format!(
+            "xpmem-vmm: xpmem domain at exit: held vms=0 segments=0 mapped_pages=0; total \
+             invalidations_forced={forced} windows_revoked={windows_revoked} aperture_cut_offs=0"
+        ));
+        lines.push("XPMEM-CASE-END hostile rc=0".to_string());
+        lines
+    }
+
+    #[test]
+    fn hostile_case_wants_forced_revocations_but_no_whole_window() {
+        let judge = |forced, windows| {
+            let mut p = Parsed::default();
+            for l in hostile_lines(forced, windows) {
+                p.feed(&l);
+            }
+            let r = p.judge(false);
+            names(&r)
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("xpmem/hostile/"))
+                .collect::<Vec<_>>()
+        };
+        let ok = judge(2, 0);
+        assert!(ok.iter().all(|(_, pass)| *pass), "{ok:?}");
+        assert!(ok.contains(&("xpmem/hostile/b-attach-hostile-3".into(), true)));
+        assert!(ok.contains(&("xpmem/hostile/c-local-latency".into(), true)));
+        for (forced, windows) in [(1, 0), (2, 1)] {
+            let r = judge(forced, windows);
+            assert!(
+                r.contains(&("xpmem/hostile/forced-revocations".into(), false)),
+                "{forced} {windows}: {r:?}"
+            );
+        }
     }
 }

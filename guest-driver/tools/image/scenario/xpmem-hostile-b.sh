@@ -1,0 +1,9 @@
+#!/bin/sh
+# VM b of the e2e `xpmem/hostile` case (see xpmem-hostile-a.sh): a hostile
+# importer, one test_misbehave mode per case; it waits for each segid.
+. "$(dirname "$0")/xpmem-cases.sh"
+t attach-hostile --misbehave no_ack                       # 1
+t attach-hostile --misbehave no_refill --pages 80         # 2
+t attach-hostile --misbehave bad_evbufs                   # 3
+t proc-zero
+exit $rc
