@@ -171,6 +171,7 @@ struct xpmem_dev {
 	struct workqueue_struct *reswq;	/* resolves (may fault pages) */
 	struct task_struct *bad_evbufs_task;	/* test_misbehave=bad_evbufs */
 	u8 bad_evbuf[8];	/* what it posts (DMA-able: xd is kmalloc'ed) */
+	unsigned int bad_evbufs_out;	/* of those, on the ring; evq_lock */
 
 	struct xarray segs;	/* segid -> struct xpmem_seg */
 	struct xarray atts;	/* attach_id -> struct xpmem_att */

@@ -411,8 +411,10 @@ static void xpmem_evq_done(struct virtqueue *vq)
 		virtqueue_disable_cb(vq);
 		while ((eb = virtqueue_get_buf(vq, &len)) != NULL) {
 			/* test_misbehave=bad_evbufs: the device gave one back. */
-			if ((void *)eb == (void *)xd)
+			if ((void *)eb == (void *)xd) {
+				xd->bad_evbufs_out--;
 				continue;
+			}
 			/* Removal flushes evwq after setting @broken. */
 			if (xd->broken)
 				continue;
@@ -527,14 +529,21 @@ static int xpmem_bad_evbufs_thread(void *arg)
 			    sizeof(xd->bad_evbuf) : 1);
 		notify = false;
 		spin_lock_irqsave(&xd->evq_lock, flags);
-		err = -ENODEV;
-		if (!xd->broken) {
+		if (xd->broken) {
+			err = -ENODEV;
+		} else if (xd->bad_evbufs_out + XPMEM_NR_EVENT_BUFS >=
+			   virtqueue_get_vring_size(xd->evq)) {
+			/* Leave room for every real buffer to come back. */
+			err = -ENOSPC;
+		} else {
 			if (readable)
 				err = virtqueue_add_outbuf(xd->evq, &sg, 1, xd,
 							   GFP_ATOMIC);
 			else
 				err = virtqueue_add_inbuf(xd->evq, &sg, 1, xd,
 							  GFP_ATOMIC);
+			if (!err)
+				xd->bad_evbufs_out++;
 			notify = virtqueue_kick_prepare(xd->evq);
 		}
 		spin_unlock_irqrestore(&xd->evq_lock, flags);
@@ -545,7 +554,7 @@ static int xpmem_bad_evbufs_thread(void *arg)
 			readable = !readable;
 			atomic64_inc(&xpmem_stats.bad_evbufs);
 		} else {
-			/* Ring full: let the device give some back. */
+			/* No room: let the device give some back. */
 			usleep_range(200, 400);
 		}
 		cond_resched();
