@@ -81,6 +81,7 @@ static struct {
 	unsigned int rounds;	/* stress-fault-inval */
 	unsigned long chunks;	/* export-hostile: munmaps */
 	const char *misbehave;	/* attach-hostile: test_misbehave mode */
+	int hold;		/* attach-hostile: seconds to go on after SIGBUS */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
 	  .to = "b", .importers = 1, .chunks = 1 };
 
@@ -1941,6 +1942,8 @@ static int case_export_hostile(void)
  * SIGBUS must follow. A no_refill driver cannot hear of the revocation, so
  * once the exporter is done the mode goes back to off (its parked event
  * buffers return, the REVOKED event arrives) and SIGBUS follows then.
+ * --hold S: stay in MODE S seconds more after the SIGBUS (a bad_evbufs flood
+ * while the other VMs work); NOTE: the driver's misbehaviour counters.
  */
 static int case_attach_hostile(void)
 {
@@ -1948,6 +1951,7 @@ static int case_attach_hostile(void)
 	/* The last data page: export-hostile unmaps it last, with the bulk. */
 	volatile uint64_t *last;
 	uint64_t v, old;
+	long long ignored, bad_bufs;
 	bool filler = false, off = false;
 	double end;
 	int rc, sig = 0;
@@ -1976,18 +1980,25 @@ static int case_attach_hostile(void)
 		else if (v != old)
 			return fail("read %#llx from a page being revoked: neither the exporter's data nor the filler",
 				    (unsigned long long)v);
-		if (!off && ctl->exp_state >= EXP_REWROTE) {
+		if (!off && !strcmp(opt.misbehave, "no_refill") &&
+		    ctl->exp_state >= EXP_REWROTE) {
 			write_proc(MISBEHAVE, "off");
 			off = true;
 		}
 		usleep(1000);
 	}
+	if (sig == SIGBUS && !off && opt.hold > 0)
+		sleep(opt.hold);
+	if (read_stat("inval_ignored", &ignored) ||
+	    read_stat("bad_evbufs", &bad_bufs))
+		ignored = bad_bufs = -1;
 	write_proc(MISBEHAVE, "off");
 	if (sig != SIGBUS)
 		return fail("no SIGBUS after the exporter unmapped (signal %d, filler seen: %d)",
 			    sig, filler);
-	say("NOTE %s: filler seen before SIGBUS: %s", opt.misbehave,
-	    filler ? "yes" : "no");
+	say("NOTE %s: filler seen before SIGBUS: %s; INVALIDATE events ignored %lld, bad event buffers posted %lld (over %d s more)",
+	    opt.misbehave, filler ? "yes" : "no", ignored, bad_bufs,
+	    off ? 0 : opt.hold);
 	ctl->imp_state = IMP_DONE;
 	return imp_finish();
 }
@@ -2110,7 +2121,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
 		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
-		"       [--chunks N] [--misbehave MODE]\n"
+		"       [--chunks N] [--misbehave MODE] [--hold S]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
@@ -2157,6 +2168,8 @@ int main(int argc, char **argv)
 			opt.chunks = strtoul(v, NULL, 0);
 		else if (!strcmp(k, "--misbehave"))
 			opt.misbehave = v;
+		else if (!strcmp(k, "--hold"))
+			opt.hold = atoi(v);
 		else {
 			usage();
 			return EXIT_USAGE;
