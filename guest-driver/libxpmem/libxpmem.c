@@ -76,6 +76,11 @@ int xpmem_remove(xpmem_segid_t segid)
 	return xpmem_ioctl(XPMEM_CMD_REMOVE, &cmd) == -1 ? -1 : 0;
 }
 
+/*
+ * Like the native library, permit_value is ignored and the kernel gets NULL:
+ * Open MPI and UCX pass (void *)0666 here, which the kernel (this one and the
+ * native module) refuses.
+ */
 xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type,
 		       void *permit_value)
 {
@@ -83,8 +88,10 @@ xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type,
 		.segid = segid,
 		.flags = flags,
 		.permit_type = permit_type,
-		.permit_value = (__u64)(uintptr_t)permit_value,
+		.permit_value = 0,
 	};
+
+	(void)permit_value;
 
 	if (xpmem_ioctl(XPMEM_CMD_GET, &cmd) == -1)
 		return -1;

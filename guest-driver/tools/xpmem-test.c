@@ -1833,6 +1833,41 @@ static int case_local_errors(void)
 	return pass();
 }
 
+/*
+ * get-permit-value: Open MPI (btl/vader, smsc/xpmem) and UCX call
+ * xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, (void *)0666). The native
+ * library ignores permit_value (the kernel gets NULL), so the call works and
+ * the attachment reads the exporter's data.
+ */
+static int case_get_permit_value(void)
+{
+	volatile uint64_t *buf = alloc_buf(1), *att;
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_segid_t segid;
+	xpmem_apid_t apid;
+
+	if (!buf)
+		return fail("mmap: %s", strerror(errno));
+	buf[WORDS] = MAGIC;
+	segid = xpmem_make((void *)buf, 2 * PAGE, XPMEM_PERMIT_MODE, (void *)0600);
+	if (segid == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, (void *)0666);
+	if (apid == -1)
+		return fail("xpmem_get with permit_value (void *)0666 (as Open MPI calls it): %s",
+			    strerror(errno));
+	addr.apid = apid;
+	att = xpmem_attach(addr, 2 * PAGE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach: %s", strerror(errno));
+	if (att[WORDS] != MAGIC)
+		return fail("attachment reads %#llx", (unsigned long long)att[WORDS]);
+	if (xpmem_detach((void *)att) || xpmem_release(apid) ||
+	    xpmem_remove(segid))
+		return fail("cleanup: %s", strerror(errno));
+	return pass();
+}
+
 /* version: the ioctl works even without the device. */
 static int case_version(void)
 {
@@ -2085,6 +2120,7 @@ static const struct {
 	{ "proc-zero", case_proc_zero, "all current /proc/xpmem counters are 0" },
 	{ "local", case_local, "export + attach in one VM, both directions, SIGBUS after munmap" },
 	{ "local-errors", case_local_errors, "argument checking" },
+	{ "get-permit-value", case_get_permit_value, "xpmem_get ignores permit_value, as Open MPI calls it" },
 	{ "export", case_export, "export; wait for an importer to write (pairs with attach)" },
 	{ "export-hold", case_export_hold, "export and hold for --timeout s (attach-ro, get-denied)" },
 	{ "export-fork", case_export_fork, "fork + copy-on-write in the exporter (attach-fork)" },

@@ -55,6 +55,7 @@ const HOSTILE_DEADLINE_MS: u64 = 4_000;
 const LOCAL_EXPECTED: &[&str] = &[
     "version",
     "local-errors",
+    "get-permit-value",
     "local",
     "local-2",
     "attach-fork",

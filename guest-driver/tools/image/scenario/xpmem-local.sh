@@ -29,6 +29,7 @@ pair() {
 grep -E "^(version|device|aperture)" /proc/xpmem/stats
 t version
 t local-errors
+t get-permit-value
 t local --timeout 60
 t local --pages 600 --timeout 120
 pair export-fork attach-fork
