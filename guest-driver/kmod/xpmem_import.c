@@ -23,6 +23,7 @@
  */
 
 #include <linux/bitmap.h>
+#include <linux/capability.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/fs_context.h>
@@ -440,7 +441,7 @@ long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	struct xpmem_cmd_get cmd;
 	struct xpmem_permit *perm;
 	struct xpmem_req *req;
-	u32 status;
+	u32 status, flags;
 	u64 apid;
 	int err;
 
@@ -463,9 +464,17 @@ long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	xpmem_req_init(req, VIRTIO_XPMEM_REQ_GET, owner->token,
 		       sizeof(req->out.body.get), sizeof(req->in.body.get));
 	req->out.body.get.segid = cpu_to_le64(cmd.segid);
-	req->out.body.get.flags = cpu_to_le32(cmd.flags == XPMEM_RDONLY ?
-					      VIRTIO_XPMEM_GET_RDONLY :
-					      VIRTIO_XPMEM_GET_RDWR);
+	flags = cmd.flags == XPMEM_RDONLY ? VIRTIO_XPMEM_GET_RDONLY :
+					    VIRTIO_XPMEM_GET_RDWR;
+	/*
+	 * IPC semantics: CAP_IPC_OWNER passes the mode check. The segment's
+	 * owner namespace is not known here, so the capability is checked in
+	 * the initial user namespace; the device honours it only for segments
+	 * of this VM.
+	 */
+	if (capable(CAP_IPC_OWNER))
+		flags |= VIRTIO_XPMEM_GET_F_IPC_OWNER;
+	req->out.body.get.flags = cpu_to_le32(flags);
 	req->out.body.get.permit_type = cpu_to_le32(VIRTIO_XPMEM_PERMIT_MODE);
 	req->out.body.get.uid =
 		cpu_to_le32(from_kuid_munged(&init_user_ns, current_euid()));

@@ -1868,6 +1868,86 @@ static int case_get_permit_value(void)
 	return pass();
 }
 
+/*
+ * get-ipc-owner: IPC semantics in one VM. A uid 1000 process exports a 0600
+ * segment; root (CAP_IPC_OWNER) gets and reads it whatever the mode bits,
+ * another unprivileged uid (2000) is refused with EACCES. (Across VMs root
+ * has no such bypass: share's `get-denied --uid 0`.)
+ */
+static int case_get_ipc_owner(void)
+{
+	struct { xpmem_segid_t segid; int done; } *sh;
+	volatile uint64_t *att;
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_apid_t apid;
+	pid_t owner, other;
+	int status;
+
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+	sh->segid = 0;
+	sh->done = 0;
+	owner = fork();
+	if (owner < 0)
+		return fail("fork: %s", strerror(errno));
+	if (owner == 0) {
+		volatile uint64_t *buf = alloc_buf(1);
+		xpmem_segid_t segid;
+
+		if (!buf || setgid(1000) || setuid(1000))
+			_exit(EXIT_FAIL);
+		buf[WORDS] = MAGIC;
+		segid = xpmem_make((void *)buf, 2 * PAGE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1)
+			_exit(EXIT_FAIL);
+		sh->segid = segid;
+		while (!__atomic_load_n(&sh->done, __ATOMIC_ACQUIRE))
+			usleep(1000);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	while (!sh->segid && !waitpid(owner, &status, WNOHANG))
+		usleep(1000);
+	if (!sh->segid)
+		return fail("the uid 1000 exporter could not make its segment");
+	other = fork();
+	if (other == 0) {
+		if (setgid(2000) || setuid(2000))
+			_exit(3);
+		if (xpmem_get(sh->segid, XPMEM_RDONLY, XPMEM_PERMIT_MODE, NULL) != -1)
+			_exit(1);
+		_exit(errno == EACCES ? 0 : 2);
+	}
+	if (other < 0 || waitpid(other, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status)) {
+		__atomic_store_n(&sh->done, 1, __ATOMIC_RELEASE);
+		return fail("uid 2000 was not refused with EACCES (child status %#x)",
+			    status);
+	}
+	apid = xpmem_get(sh->segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1) {
+		__atomic_store_n(&sh->done, 1, __ATOMIC_RELEASE);
+		return fail("root's xpmem_get of uid 1000's 0600 segment: %s",
+			    strerror(errno));
+	}
+	addr.apid = apid;
+	att = xpmem_attach(addr, 2 * PAGE, NULL);
+	if (att == (void *)-1 || att[WORDS] != MAGIC) {
+		__atomic_store_n(&sh->done, 1, __ATOMIC_RELEASE);
+		return fail("root's attachment: %s", att == (void *)-1 ?
+			    strerror(errno) : "wrong data");
+	}
+	if (xpmem_detach((void *)att) || xpmem_release(apid))
+		return fail("cleanup: %s", strerror(errno));
+	__atomic_store_n(&sh->done, 1, __ATOMIC_RELEASE);
+	if (waitpid(owner, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return fail("the exporter could not remove its segment");
+	return pass();
+}
+
 /* version: the ioctl works even without the device. */
 static int case_version(void)
 {
@@ -2121,6 +2201,7 @@ static const struct {
 	{ "local", case_local, "export + attach in one VM, both directions, SIGBUS after munmap" },
 	{ "local-errors", case_local_errors, "argument checking" },
 	{ "get-permit-value", case_get_permit_value, "xpmem_get ignores permit_value, as Open MPI calls it" },
+	{ "get-ipc-owner", case_get_ipc_owner, "root gets uid 1000's 0600 segment (CAP_IPC_OWNER); uid 2000 gets EACCES" },
 	{ "export", case_export, "export; wait for an importer to write (pairs with attach)" },
 	{ "export-hold", case_export_hold, "export and hold for --timeout s (attach-ro, get-denied)" },
 	{ "export-fork", case_export_fork, "fork + copy-on-write in the exporter (attach-fork)" },

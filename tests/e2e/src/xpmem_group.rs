@@ -56,6 +56,7 @@ const LOCAL_EXPECTED: &[&str] = &[
     "version",
     "local-errors",
     "get-permit-value",
+    "get-ipc-owner",
     "local",
     "local-2",
     "attach-fork",

@@ -125,6 +125,9 @@ wire_consts! {
     VIRTIO_XPMEM_GET_RDONLY: u32 = 1;
     /// GET flags: read-write permit.
     VIRTIO_XPMEM_GET_RDWR: u32 = 2;
+    /// GET flags, ORed into the access: the requester holds `CAP_IPC_OWNER` in
+    /// its VM (mode bits do not apply to it within that VM).
+    VIRTIO_XPMEM_GET_F_IPC_OWNER: u32 = 0x100;
     /// The only permit type (IPC-style mode bits).
     VIRTIO_XPMEM_PERMIT_MODE: u32 = 1;
     /// Mode bits allowed in MAKE `permit_value`.

@@ -142,6 +142,9 @@ pub enum Request {
         access: Access,
         uid: u32,
         gid: u32,
+        /// The requester holds `CAP_IPC_OWNER` in its VM
+        /// ([`VIRTIO_XPMEM_GET_F_IPC_OWNER`]).
+        ipc_owner: bool,
     },
     Release {
         apid: u64,
@@ -313,10 +316,11 @@ impl Request {
             VIRTIO_XPMEM_REQ_GET => {
                 let b: GetReq = body("GET", body_bytes)?;
                 let segid = id("segid", b.segid)?;
-                let access = match b.flags.to_native() {
+                let flags = b.flags.to_native();
+                let access = match flags & !VIRTIO_XPMEM_GET_F_IPC_OWNER {
                     VIRTIO_XPMEM_GET_RDONLY => Access::ReadOnly,
                     VIRTIO_XPMEM_GET_RDWR => Access::ReadWrite,
-                    other => return Err(WireError::BadAccess(other)),
+                    _ => return Err(WireError::BadAccess(flags)),
                 };
                 permit_type(b.permit_type.to_native())?;
                 reserved("permit_value", b.permit_value.to_native())?;
@@ -325,6 +329,7 @@ impl Request {
                     access,
                     uid: b.uid.to_native(),
                     gid: b.gid.to_native(),
+                    ipc_owner: flags & VIRTIO_XPMEM_GET_F_IPC_OWNER != 0,
                 })
             }
             VIRTIO_XPMEM_REQ_RELEASE => {
@@ -533,13 +538,18 @@ impl Request {
                 access,
                 uid,
                 gid,
+                ipc_owner,
             } => out.extend_from_slice(
                 GetReq {
                     segid: (*segid).into(),
-                    flags: match access {
+                    flags: (match access {
                         Access::ReadOnly => VIRTIO_XPMEM_GET_RDONLY,
                         Access::ReadWrite => VIRTIO_XPMEM_GET_RDWR,
-                    }
+                    } | if *ipc_owner {
+                        VIRTIO_XPMEM_GET_F_IPC_OWNER
+                    } else {
+                        0
+                    })
                     .into(),
                     permit_type: VIRTIO_XPMEM_PERMIT_MODE.into(),
                     permit_value: 0.into(),
@@ -659,12 +669,14 @@ mod tests {
                 access: Access::ReadWrite,
                 uid: 1000,
                 gid: 100,
+                ipc_owner: false,
             },
             Request::Get {
                 segid: SEGID,
                 access: Access::ReadOnly,
                 uid: 0,
                 gid: 0,
+                ipc_owner: true,
             },
             Request::Release { apid: 7 },
             Request::Attach {

@@ -38,6 +38,7 @@ fn samples() -> Vec<Request> {
             access: Access::ReadOnly,
             uid: 3,
             gid: 4,
+            ipc_owner: false,
         },
         Request::Release { apid: 43 },
         Request::Attach {
@@ -162,6 +163,7 @@ fn random_valid_requests_round_trip() {
                 },
                 uid: rng.next() as u32,
                 gid: rng.next() as u32,
+                ipc_owner: false,
             },
         };
         let owner = id(&mut rng);

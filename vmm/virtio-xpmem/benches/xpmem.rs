@@ -157,6 +157,7 @@ fn bench_invalidate() {
                     access: wire::Access::ReadWrite,
                     uid: 0,
                     gid: 0,
+                    ipc_owner: false,
                 })
                 .u64_at(0);
             let att = imp

@@ -35,12 +35,17 @@ pub fn request_to_domain(owner: u64, req: wire::Request) -> Option<dom::Request>
             access,
             uid,
             gid,
+            ipc_owner,
         } => dom::Request::Get {
             owner,
             segid: sid(segid)?,
             flags: match access {
                 wire::Access::ReadOnly => dom::XPMEM_RDONLY,
                 wire::Access::ReadWrite => dom::XPMEM_RDWR,
+            } | if ipc_owner {
+                dom::XPMEM_GET_IPC_OWNER
+            } else {
+                0
             },
             permit_type: dom::XPMEM_PERMIT_MODE,
             permit_value: 0,

@@ -316,6 +316,7 @@ fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
             },
             uid: u32::from(inp.u8() & 1),
             gid: u32::from(inp.u8() & 1),
+            ipc_owner: false,
         },
         3 => wire::Request::Release {
             apid: inp.pick(ids),

@@ -152,6 +152,7 @@ fn vms_on_their_own_threads_do_not_deadlock() {
                         access: wire::Access::ReadWrite,
                         uid: 0,
                         gid: 0,
+                        ipc_owner: false,
                     })
                     .u64_at(0);
                 let c = b.call(wire::Request::Attach {

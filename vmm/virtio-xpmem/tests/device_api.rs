@@ -175,6 +175,7 @@ fn without_the_ro_feature_read_only_attach_fails() {
             access: wire::Access::ReadOnly,
             uid: 0,
             gid: 0,
+            ipc_owner: false,
         })
         .u64_at(0);
     let c = b.call(wire::Request::Attach {

@@ -298,6 +298,7 @@ fn bad_eventq_buffers_are_returned_unused() {
         access: wire::Access::ReadWrite,
         uid: 0,
         gid: 0,
+        ipc_owner: false,
     });
     let apid = c.u64_at(0);
     let c = b.call(wire::Request::Attach {
@@ -368,6 +369,7 @@ fn reposted_heads_cannot_grow_the_pending_table() {
             access: wire::Access::ReadWrite,
             uid: 0,
             gid: 0,
+            ipc_owner: false,
         })
         .u64_at(0);
     let att = b

@@ -1392,7 +1392,8 @@ impl Domain {
             if owner.0 == 0 || permit_type != XPMEM_PERMIT_MODE || permit_value != 0 {
                 return Err(Status::Invalid);
             }
-            let writable = match flags {
+            let ipc_owner = flags & XPMEM_GET_IPC_OWNER != 0;
+            let writable = match flags & !XPMEM_GET_IPC_OWNER {
                 XPMEM_RDONLY => false,
                 XPMEM_RDWR => true,
                 _ => return Err(Status::Invalid),
@@ -1404,8 +1405,11 @@ impl Domain {
             // IPC-style, but uids and gids are per-VM namespaces: uid 0 of one VM is not
             // uid 0 of another. The owner's bits apply only to the exporter's VM with a
             // matching uid, the group's only to that VM with a matching gid; an importer
-            // in another VM always gets the others' bits. There is no root override.
+            // in another VM always gets the others' bits. CAP_IPC_OWNER (which the guest
+            // kernel vouches for) passes the mode check as natively, but only within the
+            // exporter's VM: root of another VM is just another VM's process.
             let same_vm = vm == seg.vm;
+            let bypass = same_vm && ipc_owner;
             let bits = if same_vm && uid == seg.uid {
                 seg.mode >> 6
             } else if same_vm && gid == seg.gid {
@@ -1414,7 +1418,7 @@ impl Domain {
                 seg.mode
             } & 0o7;
             let need = if writable { 0o6 } else { 0o4 };
-            if bits & need != need {
+            if bits & need != need && !bypass {
                 return Err(Status::Perm);
             }
             let exporter = seg.vm;

@@ -19,6 +19,11 @@ pub const XPMEM_PERMIT_MODE: u32 = 0x1;
 pub const XPMEM_RDONLY: u32 = 0x1;
 /// `XPMEM_RDWR` (GET flags).
 pub const XPMEM_RDWR: u32 = 0x2;
+/// GET flags, ORed into the access: the requester holds `CAP_IPC_OWNER` in its VM, so the
+/// mode bits do not apply to it for segments of that same VM (native IPC semantics). The
+/// guest kernel vouches for it, as for uid and gid; it means nothing for another VM's
+/// segment.
+pub const XPMEM_GET_IPC_OWNER: u32 = 0x100;
 
 /// Identifies one VM inside a domain. Must be below [`crate::MAX_VM_ID`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1620,3 +1620,51 @@ fn a_revoked_window_revokes_every_attachment_in_it_and_answers_the_exporters() {
     h.d.check_invariants().unwrap();
     assert_eq!(h.d.counters().mapped_pages, 0);
 }
+
+#[test]
+fn cap_ipc_owner_passes_the_mode_check_only_within_the_exporters_vm() {
+    let mut h = H::new();
+    let s = h.make(A, 0x10000, 4 * P, 0o600); // owner uid/gid 1000
+    let get = |h: &mut H, vm, flags, uid| {
+        h.call(
+            vm,
+            Request::Get {
+                owner: OWNER,
+                segid: s,
+                flags,
+                permit_type: XPMEM_PERMIT_MODE,
+                permit_value: 0,
+                uid,
+                gid: uid,
+            },
+        )
+    };
+    // Another user of A's VM: refused, unless it holds CAP_IPC_OWNER (read or write).
+    assert_eq!(get(&mut h, A, XPMEM_RDWR, 2000), Err(Status::Perm));
+    assert!(matches!(
+        get(&mut h, A, XPMEM_RDWR | XPMEM_GET_IPC_OWNER, 2000),
+        Ok(ResponseBody::Apid(_))
+    ));
+    assert!(matches!(
+        get(&mut h, A, XPMEM_RDONLY | XPMEM_GET_IPC_OWNER, 0),
+        Ok(ResponseBody::Apid(_))
+    ));
+    // Root of another VM is just another VM's process: the others' bits (none) apply.
+    assert_eq!(
+        get(&mut h, B, XPMEM_RDWR | XPMEM_GET_IPC_OWNER, 0),
+        Err(Status::Perm)
+    );
+    assert_eq!(
+        get(&mut h, B, XPMEM_RDONLY | XPMEM_GET_IPC_OWNER, 1000),
+        Err(Status::Perm)
+    );
+    // The flag does not make other flag values valid.
+    assert_eq!(
+        get(&mut h, A, XPMEM_GET_IPC_OWNER, 2000),
+        Err(Status::Invalid)
+    );
+    assert_eq!(
+        get(&mut h, A, 3 | XPMEM_GET_IPC_OWNER, 2000),
+        Err(Status::Invalid)
+    );
+}

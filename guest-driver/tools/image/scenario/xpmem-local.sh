@@ -30,6 +30,7 @@ grep -E "^(version|device|aperture)" /proc/xpmem/stats
 t version
 t local-errors
 t get-permit-value
+t get-ipc-owner
 t local --timeout 60
 t local --pages 600 --timeout 120
 pair export-fork attach-fork

@@ -532,6 +532,7 @@ pub fn get_attach(b: &mut Guest<'_>, segid: u64, read_only: bool) -> (u64, u64, 
         },
         uid: 1000,
         gid: 1000,
+        ipc_owner: false,
     });
     assert_eq!(c.status, 0, "GET failed");
     let apid = c.u64_at(0);
