@@ -1,18 +1,26 @@
 //! Unguessable, decodable object ids.
 //!
 //! Segment ids, permit ids and attachment ids are a keyed permutation (a 4-round Feistel
-//! network over 62 bits) of `(vm << COUNTER_BITS) | counter`, plus one. The result is a
-//! positive, non-zero `i64`; the domain can decode the VM, and a guest cannot predict ids of
-//! another domain (or of another kind) without the key.
+//! network over 46 bits) of `(vm << COUNTER_BITS) | counter`, plus one. The result is a
+//! positive id in `1..=2^46`: at most 12 hex digits, like native XPMEM's
+//! `(uniq << 32) | tgid` (programs keep ids in small text buffers). The domain can decode
+//! the VM, and a guest cannot predict ids of another domain (or of another kind) without
+//! the key.
+//!
+//! The trade-off: 46 bits instead of 62 make a blind guess likelier, one in `2^46 / live
+//! ids` (about 7 * 10^7 with a million live ids), and a guessed id still has to belong to
+//! the guessing VM and owner to be of use (permits and attachments) or pass the segment's
+//! access checks (segments). Each VM can be issued 2^36 ids of each kind in a setup's life
+//! (then NOSPC); at most 1024 VMs.
 
 use crate::types::VmId;
 
 /// Bits of the per-VM counter inside an id.
-const COUNTER_BITS: u32 = 42;
+const COUNTER_BITS: u32 = 36;
 /// Number of ids of one kind a VM can be issued.
 pub(crate) const MAX_COUNTER: u64 = 1 << COUNTER_BITS;
 /// Bits of the VM number inside an id.
-pub(crate) const VM_BITS: u32 = 20;
+pub(crate) const VM_BITS: u32 = 10;
 const HALF_BITS: u32 = (COUNTER_BITS + VM_BITS) / 2;
 const HALF_MASK: u64 = (1 << HALF_BITS) - 1;
 const ROUNDS: usize = 4;
@@ -69,7 +77,7 @@ impl IdCipher {
             r = next;
         }
         let cipher = (l << HALF_BITS) | r;
-        // cipher < 2^62, so cipher + 1 is in [1, 2^62] and fits a positive i64.
+        // cipher < 2^46, so cipher + 1 is in [1, 2^46] and fits a positive i64.
         (cipher + 1) as i64
     }
 
@@ -119,6 +127,18 @@ mod tests {
         assert_ne!(ida, a.encode(IdKind::Permit, VmId(1), 1));
         // Consecutive counters do not give consecutive ids.
         assert_ne!(a.encode(IdKind::Segment, VmId(1), 2), ida + 1);
+    }
+
+    #[test]
+    fn ids_have_at_most_twelve_hex_digits() {
+        let c = IdCipher::new(9);
+        for vm in [1u32, (1 << VM_BITS) - 1] {
+            for ctr in [0u64, 12345, (1 << COUNTER_BITS) - 1] {
+                let id = c.encode(IdKind::Segment, VmId(vm), ctr);
+                assert!((1..=1i64 << 46).contains(&id), "{id:#x}");
+                assert!(format!("{id:x}").len() <= 12);
+            }
+        }
     }
 
     #[test]
