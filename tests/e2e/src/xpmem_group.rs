@@ -360,6 +360,23 @@ impl VmLog {
     }
 }
 
+/// `domain-counters-zero`: every "held" counter of the monitor's at-exit report is 0.
+fn held_zero_check(case: &str, held: &str) -> CaseResult {
+    let nonzero: Vec<&str> = held
+        .split_whitespace()
+        .filter(|kv| !kv.ends_with("=0"))
+        .collect();
+    result(
+        case,
+        "domain-counters-zero",
+        if held.split_whitespace().count() > 0 && nonzero.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail(format!("domain still holds: {nonzero:?}"))
+        },
+    )
+}
+
 fn is_dup_suffix(s: &str) -> bool {
     s.strip_prefix('-')
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -482,19 +499,7 @@ impl Parsed {
             out.push(result(case, "no-forced-revocation", why));
             return;
         };
-        let nonzero: Vec<&str> = held
-            .split_whitespace()
-            .filter(|kv| !kv.ends_with("=0"))
-            .collect();
-        out.push(result(
-            case,
-            "domain-counters-zero",
-            if held.split_whitespace().count() > 0 && nonzero.is_empty() {
-                Status::Pass
-            } else {
-                Status::Fail(format!("domain still holds: {nonzero:?}"))
-            },
-        ));
+        out.push(held_zero_check(case, held));
         let forced = total
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix("invalidations_forced="));
@@ -667,19 +672,7 @@ impl Parsed {
             out.push(result(case, "forced-revocations", why));
             return;
         };
-        let nonzero: Vec<&str> = held
-            .split_whitespace()
-            .filter(|kv| !kv.ends_with("=0"))
-            .collect();
-        out.push(result(
-            case,
-            "domain-counters-zero",
-            if held.split_whitespace().count() > 0 && nonzero.is_empty() {
-                Status::Pass
-            } else {
-                Status::Fail(format!("domain still holds: {nonzero:?}"))
-            },
-        ));
+        out.push(held_zero_check(case, held));
         let get = |k: &str| -> Option<u64> {
             total
                 .split_whitespace()

@@ -1026,6 +1026,23 @@ mod tests {
         (ap, ram, imp_windows)
     }
 
+    /// Registers `vm` with RAM in two regions (0..1 MiB, 1..2 MiB) of different memfds;
+    /// returns them (keep them alive).
+    fn add_two_region_exporter(ap: &mut MmapAperture, vm: VmId) -> (Ram, Ram) {
+        let lo = Ram::new(MIB);
+        let hi = Ram::new(MIB);
+        let region = |guest_base, ram: &Ram| RamRegion {
+            guest_base,
+            len: MIB,
+            file: ram.file.clone(),
+            file_offset: 0,
+        };
+        let layout = VmRamLayout::new(vec![region(0, &lo), region(MIB, &hi)]).unwrap();
+        let w = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
+        ap.add_vm(vm, layout, w).unwrap();
+        (lo, hi)
+    }
+
     #[test]
     fn fresh_window_shows_filler() {
         let w = ApertureWindow::reserve(Window::Rw, 0, 3 * FILLER_PAGES * PAGE_SIZE).unwrap();
@@ -1140,27 +1157,9 @@ mod tests {
         );
         // Exporter RAM in two regions of different memfds: a range across
         // the boundary needs one mmap per region, and bytes come from each.
-        let lo = Ram::new(MIB);
-        let hi = Ram::new(MIB);
+        let (lo, hi) = add_two_region_exporter(&mut ap, VmId(3));
         lo.write(MIB - PAGE_SIZE, 0x01, 4096);
         hi.write(0, 0x02, 4096);
-        let layout = VmRamLayout::new(vec![
-            RamRegion {
-                guest_base: 0,
-                len: MIB,
-                file: lo.file.clone(),
-                file_offset: 0,
-            },
-            RamRegion {
-                guest_base: MIB,
-                len: MIB,
-                file: hi.file.clone(),
-                file_offset: 0,
-            },
-        ])
-        .unwrap();
-        let w3 = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
-        ap.add_vm(VmId(3), layout, w3).unwrap();
         let s = ap
             .map(IMP, Window::Rw, 100, VmId(3), MIB - PAGE_SIZE, 2, true)
             .unwrap();
@@ -1423,25 +1422,7 @@ mod tests {
         ap.revoke_window(IMP, Window::Rw).unwrap();
         assert_eq!(win_read(&w.rw, 3 * PAGE_SIZE), FILLER_BYTE);
         // A map whose second run fails and whose filler restore fails too.
-        let lo = Ram::new(MIB);
-        let hi = Ram::new(MIB);
-        let layout = VmRamLayout::new(vec![
-            RamRegion {
-                guest_base: 0,
-                len: MIB,
-                file: lo.file.clone(),
-                file_offset: 0,
-            },
-            RamRegion {
-                guest_base: MIB,
-                len: MIB,
-                file: hi.file.clone(),
-                file_offset: 0,
-            },
-        ])
-        .unwrap();
-        let w3 = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
-        ap.add_vm(VmId(3), layout, w3).unwrap();
+        let _ram = add_two_region_exporter(&mut ap, VmId(3));
         faults.fail_after(1);
         let e = ap
             .map(IMP, Window::Rw, 10, VmId(3), MIB - PAGE_SIZE, 2, true)

@@ -40,19 +40,7 @@ fn a_million_ids_stay_below_2_pow_48_and_forged_or_stale_ones_are_refused() {
     for i in 0..ROUNDS {
         let exporter = VmId(1 + (i % u64::from(VMS)) as u32);
         let importer = VmId(1 + ((i * 7 + 3) % u64::from(VMS)) as u32);
-        let Ok(ResponseBody::Segid(segid)) = call(
-            &mut d,
-            exporter,
-            Request::Make {
-                owner: OWNER,
-                vaddr: 0x10000,
-                size: P,
-                permit_type: XPMEM_PERMIT_MODE,
-                permit_value: 0o666,
-                uid: 1,
-                gid: 1,
-            },
-        ) else {
+        let Ok(ResponseBody::Segid(segid)) = call(&mut d, exporter, make_one_page()) else {
             panic!("make {i} failed");
         };
         let Ok(ResponseBody::Apid(apid)) = call(
@@ -126,19 +114,7 @@ fn a_million_ids_stay_below_2_pow_48_and_forged_or_stale_ones_are_refused() {
     }
     // Forged ids: one live segment; 100,000 guesses in the whole id space never hit it
     // or anything else.
-    let Ok(ResponseBody::Segid(live)) = call(
-        &mut d,
-        VmId(1),
-        Request::Make {
-            owner: OWNER,
-            vaddr: 0x10000,
-            size: P,
-            permit_type: XPMEM_PERMIT_MODE,
-            permit_value: 0o666,
-            uid: 1,
-            gid: 1,
-        },
-    ) else {
+    let Ok(ResponseBody::Segid(live)) = call(&mut d, VmId(1), make_one_page()) else {
         panic!("make failed");
     };
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
@@ -166,3 +142,16 @@ fn a_million_ids_stay_below_2_pow_48_and_forged_or_stale_ones_are_refused() {
 }
 
 const P: u64 = PAGE_SIZE;
+
+/// MAKE of one page at 0x10000, mode 0666, as uid/gid 1.
+fn make_one_page() -> Request {
+    Request::Make {
+        owner: OWNER,
+        vaddr: 0x10000,
+        size: P,
+        permit_type: XPMEM_PERMIT_MODE,
+        permit_value: 0o666,
+        uid: 1,
+        gid: 1,
+    }
+}
