@@ -19,7 +19,9 @@
 //!   buffer; each of a's munmaps returns by the deadline + 10%, b gets SIGBUS
 //!   and never reads anything but a's old data or the filler, and c's own
 //!   requests go on meanwhile (their times are NOTEs). The host must have
-//!   revoked at least two targets by force, and never a whole window.
+//!   revoked at least two targets by force, and never a whole window. c's
+//!   config says it may import from no VM (`import_from = {}`): its GET of a's
+//!   0666 segment, as root, fails with EACCES.
 //!
 //! Guest command output reaches the console through `/dev/kmsg`
 //! (`xpmem.out=kmsg`); every `XPMEM-TEST <case> PASS|FAIL` line becomes one
@@ -165,7 +167,11 @@ const HOSTILE_VMS: &[(&str, &str, &[&str])] = &[
             "proc-zero",
         ],
     ),
-    ("c", "xpmem-hostile-c.sh", &["local-latency", "proc-zero"]),
+    (
+        "c",
+        "xpmem-hostile-c.sh",
+        &["get-denied", "local-latency", "proc-zero"],
+    ),
 ];
 
 /// The L1 payload script. Markers: `XPMEM-CASE-BEGIN <case>`,
@@ -750,7 +756,14 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     payload.data("share.toml", format!("{}{share_toml}", xpmem_toml()), 0o644);
     let hostile_toml: String = HOSTILE_VMS
         .iter()
-        .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/hin-{vm}")), ""))
+        .map(|(vm, script, _)| {
+            let mut t = vm_toml(vm, 1, script, Some(&format!("/tmp/hin-{vm}")), "");
+            if *vm == "c" {
+                // The host's import policy: c may import from no other VM.
+                t.insert_str(t.len() - 1, "import_from = {}\n");
+            }
+            t
+        })
         .collect();
     payload.data(
         "hostile.toml",

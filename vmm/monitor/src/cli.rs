@@ -148,6 +148,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
         input: None,
         aperture_rw: flags.aperture_rw.map(SizeSpec::Text),
         aperture_ro: flags.aperture_ro.map(SizeSpec::Text),
+        import_from: None,
     };
     Ok(Command::Run(Config::from_specs(
         XpmemSettings::default(),

@@ -17,6 +17,8 @@
 //!                              # VM's serial port reads (a FIFO never ends)
 //! aperture_rw = "1G"           # optional import aperture window sizes
 //! aperture_ro = "256M"
+//! import_from = { b = "rw", c = "ro" }  # optional: the only VMs whose segments this
+//!                              # VM may get (read-write or read-only); without it, all
 //! ```
 
 use std::collections::HashSet;
@@ -68,6 +70,16 @@ pub enum ConfigError {
     TwoStdinVms(String, String),
     #[error("VM {0}: `stdin = true` and `input` both set; choose one source for its serial input")]
     InputAndStdin(String),
+    #[error("VM {vm}: import_from names {other:?}, which is not a VM of this setup; name VMs defined by [[vm]] sections")]
+    UnknownImport { vm: String, other: String },
+    #[error(
+        "VM {vm}: import_from.{other} = {value:?}: use \"rw\" (read-write) or \"ro\" (read-only)"
+    )]
+    BadImportAccess {
+        vm: String,
+        other: String,
+        value: String,
+    },
     #[error("invalid {what} {value}: {reason}")]
     BadSetting {
         what: &'static str,
@@ -182,6 +194,8 @@ pub struct VmSpec {
     pub input: Option<PathBuf>,
     pub aperture_rw: Option<SizeSpec>,
     pub aperture_ro: Option<SizeSpec>,
+    /// Exporter VM name -> "rw" or "ro": the only VMs this one may import from.
+    pub import_from: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_vcpus() -> u64 {
@@ -216,6 +230,9 @@ pub struct VmConfig {
     pub input: Option<PathBuf>,
     pub aperture_rw: u64,
     pub aperture_ro: u64,
+    /// `None`: may import from every VM, read-write. `Some`: only from these VMs (by
+    /// name), read-write where true.
+    pub import_from: Option<Vec<(String, bool)>>,
 }
 
 impl VmConfig {
@@ -321,6 +338,23 @@ impl VmSpec {
         if self.input.is_some() && self.stdin == Some(true) {
             return Err(ConfigError::InputAndStdin(name));
         }
+        let import_from = match &self.import_from {
+            None => None,
+            Some(table) => Some(
+                table
+                    .iter()
+                    .map(|(other, access)| match access.as_str() {
+                        "rw" => Ok((other.clone(), true)),
+                        "ro" => Ok((other.clone(), false)),
+                        _ => Err(ConfigError::BadImportAccess {
+                            vm: name.clone(),
+                            other: other.clone(),
+                            value: access.clone(),
+                        }),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         Ok(VmConfig {
             vcpus,
             memory,
@@ -333,6 +367,7 @@ impl VmSpec {
             input: self.input.as_ref().map(|p| base_dir.join(p)),
             aperture_rw,
             aperture_ro,
+            import_from,
             name,
         })
     }
@@ -399,6 +434,16 @@ impl Config {
                 return Err(ConfigError::DuplicateName(vm.name));
             }
             vms.push(vm);
+        }
+        for vm in &vms {
+            for (other, _) in vm.import_from.iter().flatten() {
+                if !seen.contains(other) {
+                    return Err(ConfigError::UnknownImport {
+                        vm: vm.name.clone(),
+                        other: other.clone(),
+                    });
+                }
+            }
         }
 
         // stdin goes to the VM that asks for it, or else to the only VM on stdout.
@@ -694,5 +739,45 @@ mod tests {
             )),
             Err(ConfigError::BadSetting { .. })
         ));
+    }
+
+    fn vms_with(b_extra: &str, c_extra: &str) -> String {
+        format!(
+            "{}[[vm]]\nname = \"b\"\nmemory = \"256M\"\nkernel = \"k\"\n{b_extra}\n\
+             [[vm]]\nname = \"c\"\nmemory = \"256M\"\nkernel = \"k\"\n{c_extra}\n",
+            one_vm("")
+        )
+    }
+
+    #[test]
+    fn import_from_names_vms_of_the_setup_with_rw_or_ro() {
+        let c = parse(&vms_with(
+            "import_from = { a = \"rw\", c = \"ro\" }",
+            "import_from = {}",
+        ))
+        .unwrap();
+        assert_eq!(c.vms[0].import_from, None);
+        assert_eq!(
+            c.vms[1].import_from,
+            Some(vec![("a".to_string(), true), ("c".to_string(), false)])
+        );
+        assert_eq!(c.vms[2].import_from, Some(vec![]));
+        assert_eq!(
+            parse(&vms_with("import_from = { x = \"rw\" }", "")),
+            Err(ConfigError::UnknownImport {
+                vm: "b".into(),
+                other: "x".into()
+            })
+        );
+        let e = parse(&vms_with("", "import_from = { a = \"write\" }")).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::BadImportAccess {
+                vm: "c".into(),
+                other: "a".into(),
+                value: "write".into()
+            }
+        );
+        assert!(e.to_string().contains("use \"rw\""), "{e}");
     }
 }

@@ -4,8 +4,11 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
 use thiserror::Error;
+
 use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub};
+use xpmem_domain::ImportPolicy;
 
 use crate::boot;
 use crate::config::Config;
@@ -70,6 +73,35 @@ fn random_seed() -> u64 {
     u64::from_le_bytes(seed)
 }
 
+/// The domain's import policy from the VMs' `import_from` tables: every VM may import
+/// from every VM read-write unless some VM lists the only ones it may import from. VM ids
+/// are the VMs' positions in the config, from 1.
+pub fn import_policy(config: &Config) -> ImportPolicy {
+    if config.vms.iter().all(|vm| vm.import_from.is_none()) {
+        return ImportPolicy::AllToAll;
+    }
+    let id = |i: usize| VmId(u32::try_from(i + 1).unwrap_or(u32::MAX));
+    let index = |name: &str| config.vms.iter().position(|vm| vm.name == name);
+    let mut pairs = BTreeMap::new();
+    for (i, vm) in config.vms.iter().enumerate() {
+        match &vm.import_from {
+            None => {
+                for e in 0..config.vms.len() {
+                    pairs.insert((id(i), id(e)), true);
+                }
+            }
+            Some(list) => {
+                for (exporter, rw) in list {
+                    if let Some(e) = index(exporter) {
+                        pairs.insert((id(i), id(e)), *rw);
+                    }
+                }
+            }
+        }
+    }
+    ImportPolicy::Allow(pairs)
+}
+
 /// Host mappings left for the aperture windows of each of `vms` VMs: what
 /// `vm.max_map_count` allows once this process's own mappings (now, plus room for the
 /// threads, RAM and devices of every VM) are counted. A guest that scatters its window
@@ -127,6 +159,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             invalidate_deadline: Duration::from_millis(deadline),
             seed: random_seed(),
             mappings_per_vm: mappings_per_vm(config.vms.len()),
+            policy: import_policy(config),
             ..HubConfig::default()
         })?,
     };
@@ -256,4 +289,29 @@ fn report_domain(hub: &XpmemHub) {
         a.unmap_failures,
         a.cut_offs,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn import_policy_is_all_to_all_unless_a_vm_restricts_itself() {
+        let base = "[[vm]]\nname = \"a\"\nmemory = \"256M\"\nkernel = \"k\"\n\
+                    [[vm]]\nname = \"b\"\nmemory = \"256M\"\nkernel = \"k\"\n";
+        let config = Config::from_toml(base, Path::new("/")).unwrap();
+        assert_eq!(import_policy(&config), ImportPolicy::AllToAll);
+        let text = format!(
+            "{base}[[vm]]\nname = \"c\"\nmemory = \"256M\"\nkernel = \"k\"\nimport_from = {{ b = \"ro\" }}\n"
+        );
+        let policy = import_policy(&Config::from_toml(&text, Path::new("/")).unwrap());
+        let (a, b, c) = (VmId(1), VmId(2), VmId(3));
+        // a and b are unrestricted, c imports from b read-only and nothing else.
+        assert!(policy.allows(a, c, true) && policy.allows(b, a, true));
+        assert!(policy.allows(c, b, false));
+        assert!(!policy.allows(c, b, true));
+        assert!(!policy.allows(c, a, false));
+        assert!(policy.allows(c, c, true));
+    }
 }

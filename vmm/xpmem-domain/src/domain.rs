@@ -1399,7 +1399,7 @@ impl Domain {
                 _ => return Err(Status::Invalid),
             };
             let seg = self.segments.get(&segid).ok_or(Status::NoEnt)?;
-            if !self.cfg.policy.allows(vm, seg.vm) {
+            if !self.cfg.policy.allows(vm, seg.vm, writable) {
                 return Err(Status::Perm);
             }
             // IPC-style, but uids and gids are per-VM namespaces: uid 0 of one VM is not

@@ -5,7 +5,7 @@
 //! the returned [`Action`]s into virtqueue completions, event-queue writes and aperture
 //! `mmap`s. Every request and event of `virtio-spec/OUTLINE.md` has a counterpart here.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// Size of a page on the wire and in the apertures.
 pub const PAGE_SIZE: u64 = 4096;
@@ -65,18 +65,21 @@ pub enum ImportPolicy {
     /// Every VM may import from every VM (the default).
     #[default]
     AllToAll,
-    /// Only the listed `(importer, exporter)` pairs may import. A VM may always import
-    /// from itself, listed or not.
-    Allow(BTreeSet<(VmId, VmId)>),
+    /// Only the listed `(importer, exporter)` pairs may import, read-write where the value
+    /// is true, else read-only. A VM may always import from itself, listed or not.
+    Allow(BTreeMap<(VmId, VmId), bool>),
 }
 
 impl ImportPolicy {
-    /// Whether `importer` may GET segments exported by `exporter`.
-    pub fn allows(&self, importer: VmId, exporter: VmId) -> bool {
+    /// Whether `importer` may GET segments exported by `exporter` (for writing if
+    /// `writable`).
+    pub fn allows(&self, importer: VmId, exporter: VmId, writable: bool) -> bool {
         importer == exporter
             || match self {
                 ImportPolicy::AllToAll => true,
-                ImportPolicy::Allow(pairs) => pairs.contains(&(importer, exporter)),
+                ImportPolicy::Allow(pairs) => pairs
+                    .get(&(importer, exporter))
+                    .is_some_and(|&rw| rw || !writable),
             }
     }
 }

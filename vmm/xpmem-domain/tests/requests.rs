@@ -270,8 +270,9 @@ fn get_from_another_vm_gets_only_the_other_bits() {
 
 #[test]
 fn get_checks_domain_policy() {
-    let mut pairs = std::collections::BTreeSet::new();
-    pairs.insert((B, A)); // B may import from A only.
+    let mut pairs = std::collections::BTreeMap::new();
+    pairs.insert((B, A), true); // B may import from A read-write,
+    pairs.insert((C, B), false); // C from B read-only, nobody else from anybody.
     let mut h = H::with_config(DomainConfig {
         policy: ImportPolicy::Allow(pairs),
         ..DomainConfig::default()
@@ -280,7 +281,10 @@ fn get_checks_domain_policy() {
     let sb = h.make(B, 0, 4 * P, 0o666);
     assert!(h.get(B, sa, XPMEM_RDWR).is_ok());
     assert_eq!(h.get(C, sa, XPMEM_RDWR), Err(Status::Perm));
+    assert_eq!(h.get(C, sa, XPMEM_RDONLY), Err(Status::Perm));
     assert_eq!(h.get(A, sb, XPMEM_RDWR), Err(Status::Perm));
+    assert!(h.get(C, sb, XPMEM_RDONLY).is_ok());
+    assert_eq!(h.get(C, sb, XPMEM_RDWR), Err(Status::Perm));
     // A VM may always import from itself.
     assert!(h.get(A, sa, XPMEM_RDWR).is_ok());
 }

@@ -6,7 +6,8 @@
 # requests (xpmem-hostile-c.sh). xpmem-relay types segids and GO.
 . "$(dirname "$0")/xpmem-cases.sh"
 echo "XPMEM-POST c GO a"
-t export-hostile --to b --until 1                         # 1 b no_ack: revoked at the deadline
+t export-hostile --to b,c --until 1                       # 1 b no_ack: revoked at the deadline;
+                                                          #   c: refused by the host's import policy
 t export-hostile --to b --pages 80 --chunks 66 --until 1  # 2 b no_refill: 65 single-page munmaps use up
                                                           #   its 64 event buffers, then it is revoked
 t export-hostile --to b                                   # 3 b bad_evbufs: still acknowledges, none revoked
