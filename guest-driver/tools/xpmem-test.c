@@ -1948,6 +1948,109 @@ static int case_get_ipc_owner(void)
 	return pass();
 }
 
+/*
+ * whole-space: how UCX and Open MPI use XPMEM. A child exports its whole
+ * address space (vaddr 0, XPMEM_MAXADDR_SIZE) and the parent attaches pieces
+ * of it at offsets equal to the child's virtual addresses: reads and writes
+ * reach the child's buffer; an attachment is detached by an address inside
+ * it; an attach with an address hint lands exactly there (MAP_FIXED); after
+ * the child unmaps its buffer the attachment gives SIGBUS.
+ */
+static int case_whole_space(void)
+{
+	struct {
+		xpmem_segid_t segid;
+		uint64_t buf;		/* the child's buffer address */
+		int step;		/* parent -> child: 1 unmap, 2 remove and exit */
+		int unmapped;
+	} *sh;
+	volatile uint64_t *att, *hint;
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_apid_t apid;
+	pid_t child;
+	int sig, status;
+
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+	memset(sh, 0, sizeof(*sh));
+	child = fork();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		volatile uint64_t *buf = alloc_buf(3);
+		xpmem_segid_t segid;
+
+		if (!buf)
+			_exit(EXIT_FAIL);
+		fill(buf + WORDS, 3, 1);
+		segid = xpmem_make(0, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1)
+			_exit(EXIT_FAIL);
+		sh->buf = (uintptr_t)buf;
+		__atomic_store_n(&sh->segid, segid, __ATOMIC_RELEASE);
+		while (__atomic_load_n(&sh->step, __ATOMIC_ACQUIRE) < 1)
+			usleep(1000);
+		if (munmap((void *)buf, 4 * PAGE))
+			_exit(EXIT_FAIL);
+		__atomic_store_n(&sh->unmapped, 1, __ATOMIC_RELEASE);
+		while (__atomic_load_n(&sh->step, __ATOMIC_ACQUIRE) < 2)
+			usleep(1000);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	while (!__atomic_load_n(&sh->segid, __ATOMIC_ACQUIRE) &&
+	       !waitpid(child, &status, WNOHANG))
+		usleep(1000);
+	if (!sh->segid)
+		return fail("the child could not export 0..XPMEM_MAXADDR_SIZE");
+	apid = xpmem_get(sh->segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, (void *)0666);
+	if (apid == -1)
+		return fail("xpmem_get: %s", strerror(errno));
+	/* Data pages 1 and 2 of the child's buffer, by its virtual address. */
+	addr.apid = apid;
+	addr.offset = (off_t)(sh->buf + 2 * PAGE);
+	att = xpmem_attach(addr, 2 * PAGE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach at offset %#lx: %s",
+			    (unsigned long)addr.offset, strerror(errno));
+	if (check_range(att - WORDS, 1, 3, 1) >= 0)
+		return fail("the attachment does not show the child's pages 1-2");
+	att[5] = 0x5157;
+	/* Detach by an address inside the attachment (its second page). */
+	if (xpmem_detach((void *)(att + WORDS + 7)))
+		return fail("xpmem_detach by an inner address: %s", strerror(errno));
+	if (touch(att, false) != SIGSEGV)
+		return fail("the attachment is still mapped after its detach");
+	/* An address hint is honoured exactly (MAP_FIXED semantics). */
+	hint = mmap(NULL, 2 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (hint == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+	att = xpmem_attach(addr, 2 * PAGE, (void *)hint);
+	if (att != hint)
+		return fail("attach with hint %p gave %p (%s)", (void *)hint,
+			    (void *)att, att == (void *)-1 ? strerror(errno) : "moved");
+	if (att[5] != 0x5157 || att[WORDS + 1] != pattern(2, 1, 1))
+		return fail("the hinted attachment does not show the write and the child's data");
+	/* The child unmaps its buffer: the attachment faults with SIGBUS. */
+	__atomic_store_n(&sh->step, 1, __ATOMIC_RELEASE);
+	while (!__atomic_load_n(&sh->unmapped, __ATOMIC_ACQUIRE) &&
+	       !waitpid(child, &status, WNOHANG))
+		usleep(1000);
+	sig = touch(att + WORDS, false);
+	__atomic_store_n(&sh->step, 2, __ATOMIC_RELEASE);
+	if (sig != SIGBUS)
+		return fail("touch after the child unmapped its buffer: signal %d, want SIGBUS",
+			    sig);
+	if (xpmem_detach((void *)att) || xpmem_release(apid))
+		return fail("cleanup: %s", strerror(errno));
+	if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return fail("the exporting child failed (status %#x)", status);
+	return pass();
+}
+
 /* version: the ioctl works even without the device. */
 static int case_version(void)
 {
@@ -2201,6 +2304,7 @@ static const struct {
 	{ "local", case_local, "export + attach in one VM, both directions, SIGBUS after munmap" },
 	{ "local-errors", case_local_errors, "argument checking" },
 	{ "get-permit-value", case_get_permit_value, "xpmem_get ignores permit_value, as Open MPI calls it" },
+	{ "whole-space", case_whole_space, "export 0..XPMEM_MAXADDR_SIZE, attach by vaddr, detach inside, address hint" },
 	{ "get-ipc-owner", case_get_ipc_owner, "root gets uid 1000's 0600 segment (CAP_IPC_OWNER); uid 2000 gets EACCES" },
 	{ "export", case_export, "export; wait for an importer to write (pairs with attach)" },
 	{ "export-hold", case_export_hold, "export and hold for --timeout s (attach-ro, get-denied)" },

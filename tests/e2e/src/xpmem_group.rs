@@ -59,6 +59,7 @@ const LOCAL_EXPECTED: &[&str] = &[
     "local-errors",
     "get-permit-value",
     "get-ipc-owner",
+    "whole-space",
     "local",
     "local-2",
     "attach-fork",

@@ -31,6 +31,7 @@ t version
 t local-errors
 t get-permit-value
 t get-ipc-owner
+t whole-space
 t local --timeout 60
 t local --pages 600 --timeout 120
 pair export-fork attach-fork
