@@ -1014,16 +1014,7 @@ mod tests {
     const EXP_BASE: u64 = 0x10_0000;
 
     fn setup() -> (MmapAperture, Ram, ApertureWindows) {
-        let ram = Ram::new(4 * MIB);
-        let mut ap = MmapAperture::new();
-        let exp_windows = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
-        ap.add_vm(EXP, ram.layout(EXP_BASE), exp_windows).unwrap();
-        let imp_windows =
-            ApertureWindows::reserve(0x1_0000_0000, 4 * MIB, 0x1_1000_0000, MIB).unwrap();
-        let imp_ram = Ram::new(MIB);
-        ap.add_vm(IMP, imp_ram.layout(0), imp_windows.clone())
-            .unwrap();
-        (ap, ram, imp_windows)
+        setup_with(MmapAperture::new())
     }
 
     /// Registers `vm` with RAM in two regions (0..1 MiB, 1..2 MiB) of different memfds;
