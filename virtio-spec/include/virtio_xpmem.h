@@ -20,6 +20,7 @@
 
 /* Feature bits. */
 #define VIRTIO_XPMEM_F_RO_APERTURE		0	/* shm region 1 exists */
+#define VIRTIO_XPMEM_F_NAMES			1	/* NAME and SEARCH */
 
 /* Virtqueues. */
 #define VIRTIO_XPMEM_QUEUE_REQUEST		0
@@ -36,6 +37,7 @@
 #define VIRTIO_XPMEM_MAX_PAGES			512	/* per FAULT/RESOLVE */
 #define VIRTIO_XPMEM_MAXADDR_SIZE		0xffffffffffffffffULL	/* MAKE: to the end */
 #define VIRTIO_XPMEM_EVENT_SIZE			40	/* largest event */
+#define VIRTIO_XPMEM_NAME_SIZE			64	/* name field, NUL padded */
 
 /* Request opcodes (struct virtio_xpmem_req_hdr.opcode). */
 #define VIRTIO_XPMEM_REQ_MAKE			1
@@ -49,6 +51,8 @@
 #define VIRTIO_XPMEM_REQ_INVALIDATE		9
 #define VIRTIO_XPMEM_REQ_INVALIDATE_ACK		10
 #define VIRTIO_XPMEM_REQ_RELEASE_OWNER		11
+#define VIRTIO_XPMEM_REQ_NAME			12	/* VIRTIO_XPMEM_F_NAMES */
+#define VIRTIO_XPMEM_REQ_SEARCH			13	/* VIRTIO_XPMEM_F_NAMES */
 
 /* Event types (struct virtio_xpmem_event_hdr.event_type). */
 #define VIRTIO_XPMEM_EVT_RESOLVE		1
@@ -66,6 +70,7 @@
 #define VIRTIO_XPMEM_S_REVOKED			7
 #define VIRTIO_XPMEM_S_GONE			8
 #define VIRTIO_XPMEM_S_AGAIN			9
+#define VIRTIO_XPMEM_S_EXIST			10
 
 /* Flags and permit values. */
 #define VIRTIO_XPMEM_GET_RDONLY			1
@@ -204,6 +209,24 @@ struct virtio_xpmem_invalidate_ack_req {
 	__le64 invalidation_id;
 };
 
+/*
+ * NAME (VIRTIO_XPMEM_F_NAMES): name a segment of the caller. name holds 1 to
+ * VIRTIO_XPMEM_NAME_SIZE - 1 graphic ASCII bytes (0x21..0x7e), then NULs.
+ */
+struct virtio_xpmem_name_req {
+	__le64 segid;
+	__u8 name[VIRTIO_XPMEM_NAME_SIZE];
+};
+
+/* SEARCH (VIRTIO_XPMEM_F_NAMES): the segment with this name. */
+struct virtio_xpmem_search_req {
+	__u8 name[VIRTIO_XPMEM_NAME_SIZE];
+};
+
+struct virtio_xpmem_search_resp {
+	__le64 segid;
+};
+
 /* Event bodies. */
 struct virtio_xpmem_resolve_event {
 	__le64 resolve_id;
@@ -236,6 +259,9 @@ _Static_assert(sizeof(struct virtio_xpmem_get_req) == 32, "get_req layout");
 _Static_assert(sizeof(struct virtio_xpmem_attach_resp) == 24, "attach_resp layout");
 _Static_assert(sizeof(struct virtio_xpmem_invalidate_resp) == 8,
 	       "invalidate_resp layout");
+_Static_assert(sizeof(struct virtio_xpmem_name_req) == 72, "name_req layout");
+_Static_assert(sizeof(struct virtio_xpmem_search_req) == 64,
+	       "search_req layout");
 _Static_assert(sizeof(struct virtio_xpmem_resolve_event) +
 	       sizeof(struct virtio_xpmem_event_hdr) == VIRTIO_XPMEM_EVENT_SIZE,
 	       "event size");

@@ -52,7 +52,8 @@ macro_rules! wire_struct {
         const _: () = assert!(0 $( + core::mem::size_of::<$ty>() )+ == $size);
 
         // SAFETY: `$name` is `#[repr(C)]` and consists only of `Le32`/`Le64`
-        // fields, which are transparent wrappers of `u32`/`u64` (valid for
+        // fields, which are transparent wrappers of `u32`/`u64`, and
+        // [`WireName`], a transparent wrapper of `[u8; 64]` (all valid for
         // every bit pattern, no references, no drop glue). The assertion
         // above proves there is no padding, so every byte of the structure
         // is initialised and any byte sequence of the right length is a
@@ -270,6 +271,40 @@ wire_struct! {
     }
 }
 
+/// The name field of NAME and SEARCH: [`VIRTIO_XPMEM_NAME_SIZE`] bytes, the
+/// name's bytes then NUL padding (validated by [`crate::SegmentName`]).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireName(pub [u8; crate::VIRTIO_XPMEM_NAME_SIZE as usize]);
+
+impl Default for WireName {
+    fn default() -> Self {
+        WireName([0; crate::VIRTIO_XPMEM_NAME_SIZE as usize])
+    }
+}
+
+wire_struct! {
+    /// NAME: give segment `segid` the name `name` (exporter only).
+    NameReq = "virtio_xpmem_name_req", size 72, {
+        segid: Le64,
+        name: WireName,
+    }
+}
+
+wire_struct! {
+    /// SEARCH: look up the segment named `name`.
+    SearchReq = "virtio_xpmem_search_req", size 64, {
+        name: WireName,
+    }
+}
+
+wire_struct! {
+    /// SEARCH response body.
+    SearchResp = "virtio_xpmem_search_resp", size 8, {
+        segid: Le64,
+    }
+}
+
 wire_struct! {
     /// RESOLVE event body (to the exporter).
     ResolveEvent = "virtio_xpmem_resolve_event", size 32, {
@@ -330,6 +365,9 @@ pub fn all_layouts() -> Vec<(&'static str, usize, &'static [FieldLayout])> {
         entry::<InvalidateReq>(),
         entry::<InvalidateResp>(),
         entry::<InvalidateAckReq>(),
+        entry::<NameReq>(),
+        entry::<SearchReq>(),
+        entry::<SearchResp>(),
         entry::<ResolveEvent>(),
         entry::<InvalidateEvent>(),
         entry::<RevokedEvent>(),

@@ -19,7 +19,7 @@ pub mod request;
 
 pub use layout::*;
 pub use reply::{Event, EventError, Response, ResponseBody};
-pub use request::{parse_request, Access, Request, RequestHeader, WireError};
+pub use request::{parse_request, Access, Request, RequestHeader, SegmentName, WireError};
 
 macro_rules! wire_consts {
     ($( $(#[$meta:meta])* $name:ident : $ty:ty = $value:expr; )+) => {
@@ -42,6 +42,8 @@ wire_consts! {
 
     /// Feature bit: shared memory region 1 (read-only aperture) exists.
     VIRTIO_XPMEM_F_RO_APERTURE: u32 = 0;
+    /// Feature bit: named segments (NAME and SEARCH requests).
+    VIRTIO_XPMEM_F_NAMES: u32 = 1;
 
     /// Virtqueue index of requestq.
     VIRTIO_XPMEM_QUEUE_REQUEST: u16 = 0;
@@ -91,6 +93,10 @@ wire_consts! {
     VIRTIO_XPMEM_REQ_INVALIDATE_ACK: u32 = 10;
     /// Request: drop everything the owner token owns.
     VIRTIO_XPMEM_REQ_RELEASE_OWNER: u32 = 11;
+    /// Request (exporter, `VIRTIO_XPMEM_F_NAMES`): give a segment a name.
+    VIRTIO_XPMEM_REQ_NAME: u32 = 12;
+    /// Request (`VIRTIO_XPMEM_F_NAMES`): look a segment up by name.
+    VIRTIO_XPMEM_REQ_SEARCH: u32 = 13;
 
     /// Event (to exporter): resolve pages of a segment.
     VIRTIO_XPMEM_EVT_RESOLVE: u32 = 1;
@@ -120,6 +126,12 @@ wire_consts! {
     /// Status: refused for now; this VM was revoked by force on the segment
     /// and is backing off (retry later).
     VIRTIO_XPMEM_S_AGAIN: u32 = 9;
+    /// Status: the name is taken, or the segment already has one.
+    VIRTIO_XPMEM_S_EXIST: u32 = 10;
+
+    /// Size of the name field of NAME and SEARCH: a name has 1 to
+    /// `VIRTIO_XPMEM_NAME_SIZE - 1` graphic ASCII bytes, then NUL padding.
+    VIRTIO_XPMEM_NAME_SIZE: u32 = 64;
 
     /// GET flags: read-only permit.
     VIRTIO_XPMEM_GET_RDONLY: u32 = 1;
@@ -165,6 +177,7 @@ pub enum Status {
     Revoked = VIRTIO_XPMEM_S_REVOKED,
     Gone = VIRTIO_XPMEM_S_GONE,
     Again = VIRTIO_XPMEM_S_AGAIN,
+    Exist = VIRTIO_XPMEM_S_EXIST,
 }
 
 impl Status {
@@ -181,6 +194,7 @@ impl Status {
             VIRTIO_XPMEM_S_REVOKED => Status::Revoked,
             VIRTIO_XPMEM_S_GONE => Status::Gone,
             VIRTIO_XPMEM_S_AGAIN => Status::Again,
+            VIRTIO_XPMEM_S_EXIST => Status::Exist,
             _ => return None,
         })
     }
@@ -230,6 +244,7 @@ pub const fn response_size(opcode: u32) -> usize {
         VIRTIO_XPMEM_REQ_ATTACH => core::mem::size_of::<AttachResp>(),
         VIRTIO_XPMEM_REQ_FAULT => core::mem::size_of::<FaultResp>(),
         VIRTIO_XPMEM_REQ_INVALIDATE => core::mem::size_of::<InvalidateResp>(),
+        VIRTIO_XPMEM_REQ_SEARCH => core::mem::size_of::<SearchResp>(),
         _ => 0,
     };
     core::mem::size_of::<RespHeader>() + body

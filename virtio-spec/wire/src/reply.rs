@@ -33,6 +33,10 @@ pub enum ResponseBody {
         targets: u32,
         revoked: u32,
     },
+    /// SEARCH: the segment with the name.
+    Search {
+        segid: u64,
+    },
 }
 
 /// A complete response: what the device writes into the device-writable
@@ -119,6 +123,10 @@ impl Response {
                 }
                 .as_slice())
             }
+            (VIRTIO_XPMEM_REQ_SEARCH, ResponseBody::Search { segid }) => put(SearchResp {
+                segid: segid.into(),
+            }
+            .as_slice()),
             _ => {}
         }
         out
@@ -352,6 +360,12 @@ mod tests {
         )
         .to_bytes();
         assert_eq!(i, [0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 3, 2, 1]);
+        let s = Response::ok(
+            VIRTIO_XPMEM_REQ_SEARCH,
+            ResponseBody::Search { segid: 0x44 },
+        )
+        .to_bytes();
+        assert_eq!(s[8..], 0x44u64.to_le_bytes());
         let i0 = Response::ok(VIRTIO_XPMEM_REQ_INVALIDATE, ResponseBody::Empty).to_bytes();
         assert_eq!(i0, vec![0; 16]);
         let ie = Response::error(VIRTIO_XPMEM_REQ_INVALIDATE, Status::NoEnt).to_bytes();
@@ -457,10 +471,10 @@ mod tests {
         assert!(is_valid_id(1));
         assert!(!is_valid_id(0));
         assert!(!is_valid_id(1 << 63));
-        for s in 0..=9 {
+        for s in 0..=10 {
             assert_eq!(Status::from_u32(s).map(|x| x as u32), Some(s));
         }
-        assert_eq!(Status::from_u32(10), None);
+        assert_eq!(Status::from_u32(11), None);
         assert_eq!(RevokeReason::from_u32(4), Some(RevokeReason::Host));
         assert_eq!(RevokeReason::from_u32(5), None);
         assert_eq!(RevokeReason::from_u32(0), None);

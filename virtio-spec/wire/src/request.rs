@@ -25,7 +25,7 @@ pub enum WireError {
     HeaderFlags(u32),
     #[error("request header owner is 0; the driver must send a non-zero process token")]
     ZeroOwner,
-    #[error("unknown opcode {0}; valid opcodes are 1..=11")]
+    #[error("unknown opcode {0}; valid opcodes are 1..=13")]
     UnknownOpcode(u32),
     #[error("{name} body is {actual} bytes; the driver must send exactly {expected}")]
     BodyLength {
@@ -69,6 +69,8 @@ pub enum WireError {
         "RESOLVE_REPLY with status {status} carries {npages} pages; a failed reply must carry none"
     )]
     PagesWithError { status: u32, npages: u32 },
+    #[error("name is malformed ({0}); send 1 to 63 graphic ASCII bytes (0x21..=0x7e) followed by NUL bytes up to 64")]
+    BadName(&'static str),
 }
 
 impl WireError {
@@ -109,6 +111,59 @@ impl RequestHeader {
             opcode: hdr.opcode.to_native(),
             owner,
         })
+    }
+}
+
+/// A segment name (NAME, SEARCH): 1 to [`SegmentName::MAX_LEN`] graphic
+/// ASCII bytes (`0x21..=0x7e`), so that it prints unambiguously in
+/// `/proc/xpmem` and logs. On the wire it is NUL padded to
+/// [`VIRTIO_XPMEM_NAME_SIZE`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentName(String);
+
+impl SegmentName {
+    /// Longest name in bytes (one byte of the wire field stays NUL).
+    pub const MAX_LEN: usize = VIRTIO_XPMEM_NAME_SIZE as usize - 1;
+
+    /// Checks `name` against the rules above.
+    pub fn new(name: &str) -> Result<SegmentName, WireError> {
+        if name.is_empty() {
+            return Err(WireError::BadName("empty"));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(WireError::BadName("longer than 63 bytes"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(WireError::BadName("a byte outside 0x21..=0x7e"));
+        }
+        Ok(SegmentName(name.to_string()))
+    }
+
+    /// Decodes the wire field: the name, then only NUL bytes.
+    pub fn from_wire(field: &WireName) -> Result<SegmentName, WireError> {
+        let bytes = &field.0;
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        if bytes[len..].iter().any(|&b| b != 0) {
+            return Err(WireError::BadName("bytes after the terminating NUL"));
+        }
+        if len == bytes.len() {
+            return Err(WireError::BadName("no terminating NUL"));
+        }
+        let text =
+            core::str::from_utf8(&bytes[..len]).map_err(|_| WireError::BadName("not ASCII"))?;
+        SegmentName::new(text)
+    }
+
+    /// The NUL-padded wire field.
+    pub fn to_wire(&self) -> WireName {
+        let mut field = WireName::default();
+        field.0[..self.0.len()].copy_from_slice(self.0.as_bytes());
+        field
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -180,6 +235,13 @@ pub enum Request {
         invalidation_id: u64,
     },
     ReleaseOwner,
+    Name {
+        segid: u64,
+        name: SegmentName,
+    },
+    Search {
+        name: SegmentName,
+    },
 }
 
 fn body<T: WireLayout>(name: &'static str, bytes: &[u8]) -> Result<T, WireError> {
@@ -459,6 +521,19 @@ impl Request {
                 }
                 Ok(Request::ReleaseOwner)
             }
+            VIRTIO_XPMEM_REQ_NAME => {
+                let b: NameReq = body("NAME", body_bytes)?;
+                Ok(Request::Name {
+                    segid: id("segid", b.segid)?,
+                    name: SegmentName::from_wire(&b.name)?,
+                })
+            }
+            VIRTIO_XPMEM_REQ_SEARCH => {
+                let b: SearchReq = body("SEARCH", body_bytes)?;
+                Ok(Request::Search {
+                    name: SegmentName::from_wire(&b.name)?,
+                })
+            }
             other => Err(WireError::UnknownOpcode(other)),
         }
     }
@@ -477,6 +552,8 @@ impl Request {
             Request::Invalidate { .. } => VIRTIO_XPMEM_REQ_INVALIDATE,
             Request::InvalidateAck { .. } => VIRTIO_XPMEM_REQ_INVALIDATE_ACK,
             Request::ReleaseOwner => VIRTIO_XPMEM_REQ_RELEASE_OWNER,
+            Request::Name { .. } => VIRTIO_XPMEM_REQ_NAME,
+            Request::Search { .. } => VIRTIO_XPMEM_REQ_SEARCH,
         }
     }
 }
@@ -642,6 +719,19 @@ impl Request {
                 .as_slice(),
             ),
             Request::ReleaseOwner => {}
+            Request::Name { segid, name } => out.extend_from_slice(
+                NameReq {
+                    segid: (*segid).into(),
+                    name: name.to_wire(),
+                }
+                .as_slice(),
+            ),
+            Request::Search { name } => out.extend_from_slice(
+                SearchReq {
+                    name: name.to_wire(),
+                }
+                .as_slice(),
+            ),
         }
         out
     }
@@ -711,6 +801,13 @@ mod tests {
                 invalidation_id: 11,
             },
             Request::ReleaseOwner,
+            Request::Name {
+                segid: SEGID,
+                name: SegmentName::new("ring-0").unwrap(),
+            },
+            Request::Search {
+                name: SegmentName::new(&"n".repeat(SegmentName::MAX_LEN)).unwrap(),
+            },
         ]
     }
 
@@ -768,11 +865,54 @@ mod tests {
 
     #[test]
     fn unknown_opcodes_are_unsupported() {
-        for op in [0, 12, u32::MAX] {
+        for op in [0, 14, u32::MAX] {
             let err = Request::parse(op, &[]).unwrap_err();
             assert_eq!(err, WireError::UnknownOpcode(op));
             assert_eq!(err.status(), Status::Unsupported);
         }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "a b", "tab\tname", "é", &"x".repeat(64)] {
+            assert!(
+                matches!(SegmentName::new(bad), Err(WireError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        let name = Request::Name {
+            segid: SEGID,
+            name: SegmentName::new("shm/ring").unwrap(),
+        };
+        // The name field starts after the 8-byte segid.
+        let cases: [(&str, usize, &[u8]); 5] = [
+            ("empty", 8, &[0; 64]),
+            ("garbage after the NUL", 20, b"x"),
+            ("no NUL", 8, &[b'a'; 64]),
+            ("a space", 9, b" "),
+            ("not ASCII", 9, &[0xc3]),
+        ];
+        for (what, at, bytes) in cases {
+            let err = parse_edited(&name, |b| b[at..at + bytes.len()].copy_from_slice(bytes))
+                .unwrap_err();
+            assert!(matches!(err, WireError::BadName(_)), "{what}: {err:?}");
+            assert_eq!(err.status(), Status::Invalid, "{what}");
+        }
+        let bad_segid = parse_edited(&name, |b| put_u64(b, 0, 0)).unwrap_err();
+        assert!(matches!(bad_segid, WireError::InvalidId { .. }));
+        let search = Request::Search {
+            name: SegmentName::new("x").unwrap(),
+        };
+        let err = parse_edited(&search, |b| b[63] = b'y').unwrap_err();
+        assert!(matches!(err, WireError::BadName(_)), "{err:?}");
+        assert_eq!(
+            response_size(VIRTIO_XPMEM_REQ_SEARCH),
+            size_of::<RespHeader>() + 8
+        );
+        assert_eq!(
+            response_size(VIRTIO_XPMEM_REQ_NAME),
+            size_of::<RespHeader>()
+        );
     }
 
     #[test]

@@ -259,7 +259,7 @@ fn report_domain(hub: &XpmemHub) {
     let c = hub.counters();
     let a = hub.aperture_stats();
     eprintln!(
-        "xpmem-vmm: xpmem domain at exit: held vms={} segments={} permits={} attachments={} \
+        "xpmem-vmm: xpmem domain at exit: held vms={} segments={} names={} permits={} attachments={} \
          mapped_pages={} rmap_entries={} pending_faults={} pending_resolves={} \
          pending_invalidations={} pending_invalidation_targets={} aperture_pages_reserved={}; \
          total resolves_issued={} map_actions={} invalidations_started={} \
@@ -268,6 +268,7 @@ fn report_domain(hub: &XpmemHub) {
          aperture_unmap_failures={} aperture_cut_offs={}",
         c.vms,
         c.segments,
+        c.names,
         c.permits,
         c.attachments,
         c.mapped_pages,

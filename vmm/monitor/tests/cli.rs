@@ -214,7 +214,7 @@ fn guest_output_and_acpi_power_off() {
     // The VM's virtio-xpmem device left the domain: nothing is held.
     assert!(
         err.contains(
-            "xpmem domain at exit: held vms=0 segments=0 permits=0 attachments=0 \
+            "xpmem domain at exit: held vms=0 segments=0 names=0 permits=0 attachments=0 \
              mapped_pages=0 rmap_entries=0 pending_faults=0 pending_resolves=0 \
              pending_invalidations=0 pending_invalidation_targets=0 aperture_pages_reserved=0;"
         ),

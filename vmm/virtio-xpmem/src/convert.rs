@@ -103,6 +103,15 @@ pub fn request_to_domain(owner: u64, req: wire::Request) -> Option<dom::Request>
             dom::Request::InvalidateAck { invalidation_id }
         }
         wire::Request::ReleaseOwner => dom::Request::ReleaseOwner { owner },
+        wire::Request::Name { segid, name } => dom::Request::Name {
+            owner,
+            segid: sid(segid)?,
+            name: name.as_str().to_string(),
+        },
+        wire::Request::Search { name } => dom::Request::Search {
+            owner,
+            name: name.as_str().to_string(),
+        },
     })
 }
 
@@ -122,6 +131,12 @@ pub fn response_to_wire(
     };
     let body = match body {
         dom::ResponseBody::Empty => wire::ResponseBody::Empty,
+        // MAKE and SEARCH both answer a segid.
+        dom::ResponseBody::Segid(segid) if opcode == wire::VIRTIO_XPMEM_REQ_SEARCH => {
+            wire::ResponseBody::Search {
+                segid: segid as u64,
+            }
+        }
         dom::ResponseBody::Segid(segid) => wire::ResponseBody::Make {
             segid: segid as u64,
         },

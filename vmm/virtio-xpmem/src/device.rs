@@ -70,7 +70,9 @@ impl VirtioDevice for XpmemDevice {
     }
 
     fn device_features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1) | (1u64 << wire::VIRTIO_XPMEM_F_RO_APERTURE)
+        (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << wire::VIRTIO_XPMEM_F_RO_APERTURE)
+            | (1u64 << wire::VIRTIO_XPMEM_F_NAMES)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -112,6 +114,7 @@ impl VirtioDevice for XpmemDevice {
         if ctx.acked_features & (1u64 << wire::VIRTIO_XPMEM_F_RO_APERTURE) == 0 {
             spec.ro_aperture_pages = 0;
         }
+        spec.names = ctx.acked_features & (1u64 << wire::VIRTIO_XPMEM_F_NAMES) != 0;
         self.hub
             .activate(self.vm, spec, ctx.mem, reqq, evq, ctx.interrupt)
             .map_err(|e| ActivateError::Device(e.to_string()))

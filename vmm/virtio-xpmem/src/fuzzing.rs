@@ -293,7 +293,12 @@ impl Vm {
 
 fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
     let page = |v: u64| v & !0xfff;
-    match inp.u8() % 11 {
+    // Names from a small set, so that NAME collides and SEARCH hits.
+    let name = |inp: &mut Input<'_>| {
+        let text = format!("n{}", inp.u8() % 4);
+        wire::SegmentName::new(&text).unwrap_or_else(|_| unreachable!("{text} is a valid name"))
+    };
+    match inp.u8() % 13 {
         0 => wire::Request::Make {
             vaddr: page(u64::from(inp.u32())),
             size: (u64::from(inp.u8() % 16) + 1) * 4096,
@@ -362,6 +367,11 @@ fn structured_request(inp: &mut Input<'_>, ids: &[u64]) -> wire::Request {
         9 => wire::Request::InvalidateAck {
             invalidation_id: inp.pick(ids),
         },
+        10 => wire::Request::Name {
+            segid: inp.pick(ids),
+            name: name(inp),
+        },
+        11 => wire::Request::Search { name: name(inp) },
         _ => wire::Request::ReleaseOwner,
     }
 }

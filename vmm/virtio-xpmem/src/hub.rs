@@ -791,6 +791,7 @@ impl XpmemHub {
                 .collect(),
             rw_aperture_pages: windows.rw.len() / PAGE_SIZE,
             ro_aperture_pages: windows.ro.len() / PAGE_SIZE,
+            names: true,
         };
         let forbidden = [
             (windows.rw.guest_base(), windows.rw.len()),

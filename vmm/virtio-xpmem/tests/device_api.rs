@@ -152,6 +152,19 @@ fn reset_releases_everything_and_the_device_can_be_reused() {
     assert!(hub.counters().nothing_held());
 }
 
+/// MAKE of one page at 0x1000, mode 0644; its segid.
+fn make_page(g: &mut Guest<'_>) -> u64 {
+    let c = g.call(wire::Request::Make {
+        vaddr: 0x1000,
+        size: 0x1000,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    });
+    assert_eq!(c.status, wire::VIRTIO_XPMEM_S_OK);
+    c.u64_at(0)
+}
+
 #[test]
 fn without_the_ro_feature_read_only_attach_fails() {
     let hub = XpmemHub::new(HubConfig::default()).unwrap();
@@ -160,15 +173,7 @@ fn without_the_ro_feature_read_only_attach_fails() {
     let mut b = Guest::new(&hub, 2, &mb);
     b.features_mask = !(1 << wire::VIRTIO_XPMEM_F_RO_APERTURE);
     b.reset_and_reactivate();
-    let segid = a
-        .call(wire::Request::Make {
-            vaddr: 0x1000,
-            size: 0x1000,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        })
-        .u64_at(0);
+    let segid = make_page(&mut a);
     let apid = b
         .call(wire::Request::Get {
             segid,
@@ -190,4 +195,65 @@ fn without_the_ro_feature_read_only_attach_fails() {
         c.status
     );
     assert_eq!(hub.counters().attachments, 0);
+}
+
+#[test]
+fn named_segments_over_the_queues_and_only_with_the_feature() {
+    let hub = XpmemHub::new(HubConfig::default()).unwrap();
+    let (ma, mb, mc) = (guest_ram(), guest_ram(), guest_ram());
+    let mut a = Guest::new(&hub, 1, &ma);
+    let mut b = Guest::new(&hub, 2, &mb);
+    assert_ne!(
+        a.dev.device_features() & (1 << wire::VIRTIO_XPMEM_F_NAMES),
+        0
+    );
+    let segid = make_page(&mut a);
+    let name = |s: &str| wire::SegmentName::new(s).unwrap();
+    let c = a.call(wire::Request::Name {
+        segid,
+        name: name("a/ring"),
+    });
+    assert_eq!((c.status, c.used_len), (wire::VIRTIO_XPMEM_S_OK, 8));
+    let c = b.call(wire::Request::Name {
+        segid,
+        name: name("b/ring"),
+    });
+    assert_eq!(c.status, wire::VIRTIO_XPMEM_S_NOENT, "not b's segment");
+    let found = b.call(wire::Request::Search {
+        name: name("a/ring"),
+    });
+    assert_eq!(
+        (found.status, found.used_len),
+        (wire::VIRTIO_XPMEM_S_OK, 16)
+    );
+    assert_eq!(found.u64_at(0), segid);
+    // The name is taken for b's own segment too.
+    let mine = make_page(&mut b);
+    let c = b.call(wire::Request::Name {
+        segid: mine,
+        name: name("a/ring"),
+    });
+    assert_eq!(c.status, wire::VIRTIO_XPMEM_S_EXIST);
+    // A malformed name field (a space) is INVALID, not a panic or a lookup.
+    let mut raw = wire::Request::Search { name: name("ab") }.to_bytes(b.owner);
+    let at = raw.len() - 64;
+    raw[at + 1] = b' ';
+    let head = b.submit(&raw, 16);
+    let c = b.completion(head).unwrap();
+    assert_eq!(c.status, wire::VIRTIO_XPMEM_S_INVALID);
+    // Without VIRTIO_XPMEM_F_NAMES both requests are UNSUPPORTED.
+    let mut c_vm = Guest::new(&hub, 3, &mc);
+    c_vm.features_mask = !(1 << wire::VIRTIO_XPMEM_F_NAMES);
+    c_vm.reset_and_reactivate();
+    let c = c_vm.call(wire::Request::Search {
+        name: name("a/ring"),
+    });
+    assert_eq!(c.status, wire::VIRTIO_XPMEM_S_UNSUPPORTED);
+    // The name goes with a's VM.
+    drop(a);
+    let c = b.call(wire::Request::Search {
+        name: name("a/ring"),
+    });
+    assert_eq!(c.status, wire::VIRTIO_XPMEM_S_NOENT);
+    assert_eq!(hub.counters().names, 0);
 }

@@ -75,6 +75,7 @@ impl Bench {
                     }],
                     rw_aperture_pages: aperture_pages,
                     ro_aperture_pages: 0,
+                    names: false,
                 },
             )
             .expect("add_vm");

@@ -77,6 +77,8 @@ struct VmState {
     segs: BTreeSet<i64>,
     permits: BTreeSet<i64>,
     atts: BTreeSet<u64>,
+    /// The driver negotiated NAME and SEARCH.
+    names: bool,
 }
 
 impl VmState {
@@ -106,6 +108,8 @@ struct Segment {
     gid: u32,
     attachments: BTreeSet<u64>,
     invalidations: BTreeSet<u64>,
+    /// Its entry in [`Domain::names`], if it was named.
+    name: Option<String>,
 }
 
 struct Permit {
@@ -236,6 +240,8 @@ pub struct Domain {
     ids: IdCipher,
     vms: BTreeMap<VmId, VmState>,
     segments: HashMap<i64, Segment>,
+    /// Segment names (NAME, SEARCH), unique in the domain; dropped with the segment.
+    names: BTreeMap<String, i64>,
     permits: HashMap<i64, Permit>,
     /// Attachments in a slab; reverse-map entries name them by slab index.
     slab: Vec<Option<Attachment>>,
@@ -270,6 +276,7 @@ impl Domain {
             cfg,
             vms: BTreeMap::new(),
             segments: HashMap::new(),
+            names: BTreeMap::new(),
             permits: HashMap::new(),
             slab: Vec::new(),
             slab_free: Vec::new(),
@@ -344,6 +351,7 @@ impl Domain {
                 segs: BTreeSet::new(),
                 permits: BTreeSet::new(),
                 atts: BTreeSet::new(),
+                names: spec.names,
             },
         );
         Ok(())
@@ -465,6 +473,8 @@ impl Domain {
                 self.invalidate_ack(vm, invalidation_id, &mut out)
             }
             Request::ReleaseOwner { owner } => self.release_owner(vm, owner, &mut out),
+            Request::Name { owner, segid, name } => Some(self.name(vm, owner, segid, name)),
+            Request::Search { owner, name } => Some(self.search(vm, owner, &name)),
         };
         if let Some(result) = result {
             self.respond(vm, tag, result, &mut out);
@@ -533,6 +543,7 @@ impl Domain {
         let mut c = self.stats.clone();
         c.vms = self.vms.len() as u64;
         c.segments = self.segments.len() as u64;
+        c.names = self.names.len() as u64;
         c.permits = self.permits.len() as u64;
         c.attachments = self.attach_index.len() as u64;
         c.mapped_pages = self.mapped_pages;
@@ -729,6 +740,18 @@ impl Domain {
                     "back-off of {vm:?} on {segid:#x} outlived its VM or segment"
                 ));
             }
+        }
+        for (name, segid) in &self.names {
+            if self.segments.get(segid).and_then(|s| s.name.as_ref()) != Some(name) {
+                return Err(format!("name {name:?} outlived segment {segid:#x}"));
+            }
+        }
+        let named = self.segments.values().filter(|s| s.name.is_some()).count();
+        if named != self.names.len() {
+            return Err(format!(
+                "{named} named segments but {} names",
+                self.names.len()
+            ));
         }
         Ok(())
     }
@@ -1221,6 +1244,9 @@ impl Domain {
         if let Some(st) = self.vms.get_mut(&seg.vm) {
             st.segs.remove(&segid);
         }
+        if let Some(name) = &seg.name {
+            self.names.remove(name);
+        }
         self.backoffs.retain(|&(_, s), _| s != segid);
         let (state, status) = match reason {
             RevokeReason::ExporterGone => (AttState::ExporterGone, Status::Gone),
@@ -1352,10 +1378,57 @@ impl Domain {
                     gid,
                     attachments: BTreeSet::new(),
                     invalidations: BTreeSet::new(),
+                    name: None,
                 },
             );
             Ok(ResponseBody::Segid(segid))
         })())
+    }
+
+    /// NAME: only the segment's owner may name it, once; names are unique in the domain.
+    fn name(
+        &mut self,
+        vm: VmId,
+        owner: OwnerToken,
+        segid: i64,
+        name: String,
+    ) -> Result<ResponseBody, Status> {
+        if !self.vms.get(&vm).is_some_and(|st| st.names) {
+            return Err(Status::Unsupported);
+        }
+        if owner.0 == 0 || !is_valid_name(&name) {
+            return Err(Status::Invalid);
+        }
+        let seg = self
+            .segments
+            .get_mut(&segid)
+            .filter(|s| s.vm == vm)
+            .ok_or(Status::NoEnt)?;
+        if seg.owner != owner {
+            return Err(Status::Perm);
+        }
+        if seg.name.is_some() || self.names.contains_key(&name) {
+            return Err(Status::Exist);
+        }
+        seg.name = Some(name.clone());
+        self.names.insert(name, segid);
+        Ok(ResponseBody::Empty)
+    }
+
+    /// SEARCH: a name is visible to the VMs the import policy lets import from its VM.
+    fn search(&self, vm: VmId, owner: OwnerToken, name: &str) -> Result<ResponseBody, Status> {
+        if !self.vms.get(&vm).is_some_and(|st| st.names) {
+            return Err(Status::Unsupported);
+        }
+        if owner.0 == 0 || !is_valid_name(name) {
+            return Err(Status::Invalid);
+        }
+        let segid = *self.names.get(name).ok_or(Status::NoEnt)?;
+        let seg = self.segments.get(&segid).ok_or(Status::NoEnt)?;
+        if !self.cfg.policy.allows(vm, seg.vm, false) {
+            return Err(Status::NoEnt);
+        }
+        Ok(ResponseBody::Segid(segid))
     }
 
     fn remove(

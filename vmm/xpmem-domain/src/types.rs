@@ -57,6 +57,9 @@ pub struct VmSpec {
     pub rw_aperture_pages: u64,
     /// Size of shared-memory region 1 (read-only import aperture) in pages; 0 if absent.
     pub ro_aperture_pages: u64,
+    /// The driver negotiated named segments (NAME and SEARCH); without it they are
+    /// answered [`Status::Unsupported`].
+    pub names: bool,
 }
 
 /// Which VMs may import (GET) segments exported by which VMs.
@@ -215,6 +218,24 @@ pub enum Request {
     InvalidateAck { invalidation_id: u64 },
     /// 11 RELEASE_OWNER: the process token is gone; drop everything it holds.
     ReleaseOwner { owner: OwnerToken },
+    /// 12 NAME (exporter): give a segment of `owner` a name unique in the domain. The
+    /// name must satisfy [`is_valid_name`].
+    Name {
+        owner: OwnerToken,
+        segid: i64,
+        name: String,
+    },
+    /// 13 SEARCH: the segid of the segment named `name`, if the requester's VM may import
+    /// from its VM.
+    Search { owner: OwnerToken, name: String },
+}
+
+/// Longest segment name in bytes.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Whether `name` may name a segment: 1 to [`MAX_NAME_LEN`] graphic ASCII bytes.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl Request {
@@ -232,6 +253,8 @@ impl Request {
             Request::Invalidate { .. } => 9,
             Request::InvalidateAck { .. } => 10,
             Request::ReleaseOwner { .. } => 11,
+            Request::Name { .. } => 12,
+            Request::Search { .. } => 13,
         }
     }
 }
@@ -267,6 +290,9 @@ pub enum Status {
     /// 9: refused for now: the VM was revoked by force on this segment and backs off.
     #[error("refused for now: this VM missed invalidation deadlines on the segment and must back off; retry later")]
     Again = 9,
+    /// 10: the name is taken, or the segment already has one.
+    #[error("the name is taken by another segment, or this segment already has a name")]
+    Exist = 10,
 }
 
 impl Status {
@@ -287,6 +313,7 @@ impl Status {
             7 => Status::Revoked,
             8 => Status::Gone,
             9 => Status::Again,
+            10 => Status::Exist,
             _ => return None,
         })
     }
@@ -423,6 +450,8 @@ pub struct Counters {
     pub vms: u64,
     /// Live segments.
     pub segments: u64,
+    /// Segment names (NAME) in use.
+    pub names: u64,
     /// Live permits (apids), including ones whose segment is gone.
     pub permits: u64,
     /// Live attachments, including revoked ones not yet detached.
@@ -478,6 +507,7 @@ impl Counters {
     pub fn nothing_held(&self) -> bool {
         self.vms == 0
             && self.segments == 0
+            && self.names == 0
             && self.permits == 0
             && self.attachments == 0
             && self.mapped_pages == 0

@@ -28,6 +28,7 @@ pub fn spec() -> VmSpec {
         ],
         rw_aperture_pages: RW_PAGES,
         ro_aperture_pages: RO_PAGES,
+        names: true,
     }
 }
 
