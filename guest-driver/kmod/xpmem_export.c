@@ -17,6 +17,7 @@
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
 #include <linux/sched/mm.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
@@ -589,4 +590,135 @@ long xpmem_ioctl_remove(struct xpmem_dev *xd, struct xpmem_owner *owner,
 		return err;
 	err = xpmem_status_to_errno(status);
 	return err ? err : -ENOENT;
+}
+
+/*
+ * Check a name from user space (spec 8.13): 1 to XPMEM_NAME_MAX graphic
+ * ASCII bytes and a NUL inside the field. The bytes after the NUL are
+ * cleared, as the device wants them.
+ */
+static int xpmem_check_name(char *name)
+{
+	size_t len = strnlen(name, XPMEM_NAME_MAX + 1);
+	size_t i;
+
+	if (len > XPMEM_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (!len)
+		return -EINVAL;
+	for (i = 0; i < len; i++) {
+		if (name[i] < 0x21 || name[i] > 0x7e)
+			return -EINVAL;
+	}
+	memset(name + len, 0, XPMEM_NAME_MAX + 1 - len);
+	return 0;
+}
+
+static bool xpmem_has_names(struct xpmem_dev *xd)
+{
+	return virtio_has_feature(xd->vdev, VIRTIO_XPMEM_F_NAMES);
+}
+
+long xpmem_ioctl_name(struct xpmem_dev *xd, struct xpmem_owner *owner,
+		      struct xpmem_cmd_name __user *uarg)
+{
+	struct xpmem_cmd_name cmd;
+	struct xpmem_req *req;
+	struct xpmem_seg *seg;
+	u32 status;
+	int err;
+
+	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
+		return -EFAULT;
+	if (cmd.segid <= 0)
+		return -EINVAL;
+	err = xpmem_check_name(cmd.name);
+	if (err)
+		return err;
+	if (!xpmem_has_names(xd))
+		return -EOPNOTSUPP;
+
+	/* The device checks ownership and uniqueness in the whole domain. */
+	req = xpmem_req_alloc(GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_NAME, owner->token,
+		       sizeof(req->out.body.name), 0);
+	req->out.body.name.segid = cpu_to_le64(cmd.segid);
+	BUILD_BUG_ON(sizeof(req->out.body.name.name) != sizeof(cmd.name));
+	memcpy(req->out.body.name.name, cmd.name, sizeof(cmd.name));
+	err = xpmem_req_call(xd, req);
+	status = xpmem_req_status(req, 0);
+	xpmem_req_put(req);
+	if (err)
+		return err;
+	err = xpmem_status_to_errno(status);
+	if (err)
+		return err;
+
+	/* Remember it for /proc/xpmem/names (the segment may be gone already). */
+	seg = xpmem_seg_lookup(xd, cmd.segid);
+	if (seg) {
+		xa_lock(&xd->segs);
+		memcpy(seg->name, cmd.name, sizeof(seg->name));
+		xa_unlock(&xd->segs);
+		kref_put(&seg->ref, xpmem_seg_release);
+	}
+	return 0;
+}
+
+long xpmem_ioctl_search(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_search __user *uarg)
+{
+	struct xpmem_cmd_search cmd;
+	struct xpmem_req *req;
+	u32 status;
+	s64 segid;
+	int err;
+
+	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
+		return -EFAULT;
+	err = xpmem_check_name(cmd.name);
+	if (err)
+		return err;
+	if (!xpmem_has_names(xd))
+		return -EOPNOTSUPP;
+
+	req = xpmem_req_alloc(GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	xpmem_req_init(req, VIRTIO_XPMEM_REQ_SEARCH, owner->token,
+		       sizeof(req->out.body.search),
+		       sizeof(req->in.body.search));
+	memcpy(req->out.body.search.name, cmd.name, sizeof(cmd.name));
+	err = xpmem_req_call(xd, req);
+	status = xpmem_req_status(req, sizeof(req->in.body.search));
+	segid = (s64)le64_to_cpu(req->in.body.search.segid);
+	xpmem_req_put(req);
+	if (err)
+		return err;
+	err = xpmem_status_to_errno(status);
+	if (err)
+		return err;
+	if (segid <= 0) {
+		dev_warn_ratelimited(&xd->vdev->dev,
+				     "device returned invalid segid %#llx\n",
+				     (u64)segid);
+		return -EIO;
+	}
+	return put_user(segid, &uarg->segid) ? -EFAULT : 0;
+}
+
+/* /proc/xpmem/names: the named segments this VM exports. */
+void xpmem_show_names(struct seq_file *m, struct xpmem_dev *xd)
+{
+	struct xpmem_seg *seg;
+	unsigned long segid;
+
+	xa_lock(&xd->segs);
+	xa_for_each(&xd->segs, segid, seg) {
+		if (seg->name[0])
+			seq_printf(m, "%#lx %s\n", segid, seg->name);
+	}
+	xa_unlock(&xd->segs);
 }

@@ -6,8 +6,10 @@
  * Every thread group using an open file of /dev/xpmem is an "owner" with its
  * own non-zero token; the device checks ownership with it (only the owner
  * may remove/release/detach, a permit is usable only by the owner that got
- * it). When the file is released the owners' attachments are zapped, the
- * device is told RELEASE_OWNER and their segments' notifiers are removed.
+ * it). When a thread group closes the file (flush: also at its exit, and
+ * also when it inherited the descriptor and the file lives on in its
+ * parent), or the file is released, the owner's attachments are zapped, the
+ * device is told RELEASE_OWNER and its segments' notifiers are removed.
  */
 
 #include <linux/fs.h>
@@ -85,6 +87,37 @@ static int xpmem_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/*
+ * A close of the file by a thread group ends that group's use of it, as in
+ * the native module: a process that inherited the descriptor from its parent
+ * loses its segments (and their names), permits and attachments when it
+ * exits, not when the last holder of the file closes it. During fork's
+ * clean-up of a failed child, flush runs in the parent with another files
+ * table: that is not the parent's close.
+ */
+static int xpmem_flush(struct file *file, fl_owner_t id)
+{
+	struct xpmem_file *xf = file->private_data;
+	struct xpmem_owner *owner, *found = NULL;
+	struct xpmem_dev *xd;
+
+	if (current->files && current->files != id)
+		return 0;
+	mutex_lock(&xf->lock);
+	list_for_each_entry(owner, &xf->owners, node) {
+		if (owner->tgid == current->tgid) {
+			list_del(&owner->node);
+			found = owner;
+			break;
+		}
+	}
+	xd = xf->xd;
+	mutex_unlock(&xf->lock);
+	if (found)
+		xpmem_owner_release(xd, found);
+	return 0;
+}
+
 /* The device this file uses (bound on first use) and the caller's owner. */
 static int xpmem_file_context(struct xpmem_file *xf, struct xpmem_dev **xdp,
 			      struct xpmem_owner **ownerp)
@@ -141,6 +174,8 @@ static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case XPMEM_CMD_RELEASE:
 	case XPMEM_CMD_ATTACH:
 	case XPMEM_CMD_DETACH:
+	case XPMEM_CMD_NAME:
+	case XPMEM_CMD_SEARCH:
 		break;
 	default:
 		return -ENOTTY;
@@ -161,6 +196,10 @@ static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return xpmem_ioctl_release(xd, owner, uarg);
 	case XPMEM_CMD_ATTACH:
 		return xpmem_ioctl_attach(xd, owner, uarg);
+	case XPMEM_CMD_NAME:
+		return xpmem_ioctl_name(xd, owner, uarg);
+	case XPMEM_CMD_SEARCH:
+		return xpmem_ioctl_search(xd, owner, uarg);
 	default:
 		return xpmem_ioctl_detach(xd, owner, uarg);
 	}
@@ -169,6 +208,7 @@ static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 static const struct file_operations xpmem_fops = {
 	.owner = THIS_MODULE,
 	.open = xpmem_open,
+	.flush = xpmem_flush,
 	.release = xpmem_release,
 	.unlocked_ioctl = xpmem_ioctl,
 	.llseek = noop_llseek,
@@ -249,6 +289,18 @@ static int xpmem_proc_stats_show(struct seq_file *m, void *v)
 	return 0;
 }
 
+/* One line per named segment this VM exports: "<segid> <name>". */
+static int xpmem_proc_names_show(struct seq_file *m, void *v)
+{
+	struct xpmem_dev *xd = xpmem_dev_get();
+
+	if (xd) {
+		xpmem_show_names(m, xd);
+		xpmem_dev_put(xd);
+	}
+	return 0;
+}
+
 static struct proc_dir_entry *xpmem_proc_dir;
 
 static int __init xpmem_init(void)
@@ -267,7 +319,9 @@ static int __init xpmem_init(void)
 	if (!proc_create_single("global_pages", 0444, xpmem_proc_dir,
 				xpmem_proc_pages_show) ||
 	    !proc_create_single("stats", 0444, xpmem_proc_dir,
-				xpmem_proc_stats_show)) {
+				xpmem_proc_stats_show) ||
+	    !proc_create_single("names", 0444, xpmem_proc_dir,
+				xpmem_proc_names_show)) {
 		err = -ENOMEM;
 		goto err_proc;
 	}

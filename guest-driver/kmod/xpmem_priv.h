@@ -56,6 +56,8 @@
 
 #include "xpmem_uapi.h"
 
+struct seq_file;
+
 #define XPMEM_NR_EVENT_BUFS	64
 #define XPMEM_MAX_EVENT_SIZE	4096
 
@@ -92,6 +94,8 @@ struct xpmem_req {
 			struct virtio_xpmem_resolve_reply_req resolve_reply;
 			struct virtio_xpmem_invalidate_req invalidate;
 			struct virtio_xpmem_invalidate_ack_req invalidate_ack;
+			struct virtio_xpmem_name_req name;
+			struct virtio_xpmem_search_req search;
 		} body;
 	} out;
 	struct {
@@ -102,6 +106,7 @@ struct xpmem_req {
 			struct virtio_xpmem_attach_resp attach;
 			struct virtio_xpmem_fault_resp fault;
 			struct virtio_xpmem_invalidate_resp invalidate;
+			struct virtio_xpmem_search_resp search;
 		} body;
 	} in;
 };
@@ -217,6 +222,7 @@ struct xpmem_seg {
 	unsigned long res_hi;
 	bool notifier_live;
 	struct xpmem_req inv_req;	/* preallocated INVALIDATE */
+	char name[VIRTIO_XPMEM_NAME_SIZE];	/* "" or its name; under xd->segs' xa_lock */
 };
 
 /* A FAULT answer kept for the retry of a fault that dropped mmap_lock. */
@@ -337,6 +343,11 @@ long xpmem_ioctl_make(struct xpmem_dev *xd, struct xpmem_owner *owner,
 long xpmem_ioctl_remove(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			struct xpmem_cmd_remove __user *uarg);
 void xpmem_seg_teardown(struct xpmem_seg *seg);
+long xpmem_ioctl_name(struct xpmem_dev *xd, struct xpmem_owner *owner,
+		      struct xpmem_cmd_name __user *uarg);
+long xpmem_ioctl_search(struct xpmem_dev *xd, struct xpmem_owner *owner,
+			struct xpmem_cmd_search __user *uarg);
+void xpmem_show_names(struct seq_file *m, struct xpmem_dev *xd);
 bool xpmem_handle_resolve(struct xpmem_evbuf *eb,
 			  const struct virtio_xpmem_resolve_event *ev);
 

@@ -26,6 +26,10 @@
 #define XPMEM_CMD_RELEASE	_IO('x', 4)
 #define XPMEM_CMD_ATTACH	_IO('x', 5)
 #define XPMEM_CMD_DETACH	_IO('x', 6)
+/* Named segments (not in native XPMEM; numbers clear of its commands). */
+#define XPMEM_CMD_NAME		_IO('x', 0x20)
+#define XPMEM_CMD_SEARCH	_IO('x', 0x21)
+#define XPMEM_NAME_MAX		63	/* bytes, without the NUL */
 
 struct xpmem_cmd_make {
 	__u64 vaddr;
@@ -64,6 +68,16 @@ struct xpmem_cmd_detach {
 	__u64 vaddr;
 };
 
+struct xpmem_cmd_name {
+	__s64 segid;
+	char name[XPMEM_NAME_MAX + 1];	/* NUL-terminated */
+};
+
+struct xpmem_cmd_search {
+	char name[XPMEM_NAME_MAX + 1];	/* NUL-terminated */
+	__s64 segid;		/* out */
+};
+
 #ifdef __x86_64__
 _Static_assert(offsetof(struct xpmem_cmd_make, size) == 8, "make.size");
 _Static_assert(offsetof(struct xpmem_cmd_make, permit_type) == 16, "make.pt");
@@ -81,6 +95,9 @@ _Static_assert(offsetof(struct xpmem_cmd_attach, vaddr) == 24, "att.vaddr");
 _Static_assert(offsetof(struct xpmem_cmd_attach, fd) == 32, "att.fd");
 _Static_assert(offsetof(struct xpmem_cmd_attach, flags) == 36, "att.flags");
 _Static_assert(sizeof(struct xpmem_cmd_attach) == 40, "attach size");
+_Static_assert(sizeof(struct xpmem_cmd_name) == 72, "name size");
+_Static_assert(offsetof(struct xpmem_cmd_search, segid) == 64, "search.segid");
+_Static_assert(sizeof(struct xpmem_cmd_search) == 72, "search size");
 #endif
 
 #endif /* _XPMEM_UAPI_H */

@@ -315,6 +315,8 @@ int xpmem_status_to_errno(u32 status)
 		return -EIO;
 	case VIRTIO_XPMEM_S_AGAIN:
 		return -EAGAIN;	/* backing off after a forced revocation */
+	case VIRTIO_XPMEM_S_EXIST:
+		return -EEXIST;
 	default:
 		return -EIO;	/* malformed response */
 	}
@@ -927,6 +929,7 @@ MODULE_DEVICE_TABLE(virtio, xpmem_id_table);
 
 static unsigned int xpmem_features[] = {
 	VIRTIO_XPMEM_F_RO_APERTURE,
+	VIRTIO_XPMEM_F_NAMES,
 };
 
 static struct virtio_driver xpmem_virtio_driver = {

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -20,6 +21,8 @@ _Static_assert(offsetof(struct xpmem_cmd_make, segid) == 32, "make ABI");
 _Static_assert(offsetof(struct xpmem_cmd_get, apid) == 24, "get ABI");
 _Static_assert(offsetof(struct xpmem_cmd_attach, flags) == 36, "attach ABI");
 _Static_assert(sizeof(struct xpmem_cmd_attach) == 40, "attach ABI");
+_Static_assert(sizeof(struct xpmem_cmd_name) == 72, "name ABI");
+_Static_assert(offsetof(struct xpmem_cmd_search, segid) == 64, "search ABI");
 
 static atomic_int xpmem_fd = -1;
 
@@ -126,4 +129,62 @@ int xpmem_detach(void *vaddr)
 	struct xpmem_cmd_detach cmd = { .vaddr = (__u64)(uintptr_t)vaddr };
 
 	return xpmem_ioctl(XPMEM_CMD_DETACH, &cmd) == -1 ? -1 : 0;
+}
+
+/* Copies a name into a command's field; ENAMETOOLONG if it does not fit. */
+static int xpmem_copy_name(char field[XPMEM_NAME_MAX + 1], const char *name)
+{
+	size_t len;
+
+	if (!name) {
+		errno = EINVAL;
+		return -1;
+	}
+	len = strnlen(name, XPMEM_NAME_MAX + 1);
+	if (len > XPMEM_NAME_MAX) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(field, name, len);
+	memset(field + len, 0, XPMEM_NAME_MAX + 1 - len);
+	return 0;
+}
+
+int xpmem_name(xpmem_segid_t segid, const char *name)
+{
+	struct xpmem_cmd_name cmd = { .segid = segid };
+
+	if (xpmem_copy_name(cmd.name, name) == -1)
+		return -1;
+	return xpmem_ioctl(XPMEM_CMD_NAME, &cmd) == -1 ? -1 : 0;
+}
+
+/* MAKE then NAME; a segment whose name is refused is removed again. */
+xpmem_segid_t xpmem_make_name(void *vaddr, size_t size, int permit_type,
+			      void *permit_value, const char *name)
+{
+	xpmem_segid_t segid;
+	int saved;
+
+	segid = xpmem_make(vaddr, size, permit_type, permit_value);
+	if (segid == -1)
+		return -1;
+	if (xpmem_name(segid, name) == -1) {
+		saved = errno;
+		xpmem_remove(segid);
+		errno = saved;
+		return -1;
+	}
+	return segid;
+}
+
+xpmem_segid_t xpmem_search(const char *name)
+{
+	struct xpmem_cmd_search cmd = { .segid = 0 };
+
+	if (xpmem_copy_name(cmd.name, name) == -1)
+		return -1;
+	if (xpmem_ioctl(XPMEM_CMD_SEARCH, &cmd) == -1)
+		return -1;
+	return cmd.segid;
 }

@@ -82,6 +82,7 @@ static struct {
 	unsigned long chunks;	/* export-hostile: munmaps */
 	const char *misbehave;	/* attach-hostile: test_misbehave mode */
 	int hold;		/* attach-hostile: seconds to go on after SIGBUS */
+	const char *name;	/* export: name the segment; attach: find it by name */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
 	  .to = "b", .importers = 1, .chunks = 1 };
 
@@ -264,10 +265,33 @@ static bool segid_from_stdin(void)
 	return opt.segid > 0;
 }
 
+/* Look --name up until it exists (the exporter may not have named it yet). */
+static bool segid_from_name(void)
+{
+	double until = now() + opt.timeout;
+
+	do {
+		opt.segid = xpmem_search(opt.name);
+		if (opt.segid > 0) {
+			say("FOUND %s SEGID %lld", opt.name, opt.segid);
+			return true;
+		}
+		if (errno != ENOENT) {
+			fail("xpmem_search(\"%s\"): %s", opt.name, strerror(errno));
+			return false;
+		}
+		usleep(100 * 1000);
+	} while (now() < until);
+	fail("no segment named \"%s\" within %d s", opt.name, opt.timeout);
+	return false;
+}
+
 static bool need_segid(void)
 {
 	if (opt.segid > 0)
 		return true;
+	if (opt.name)
+		return segid_from_name();
 	if (segid_from_cmdline())
 		return true;
 	return segid_from_stdin();
@@ -296,6 +320,18 @@ static int export_buf(volatile uint64_t *buf, xpmem_segid_t *segid)
 	ctl->gen = 1;
 	ctl->importers = opt.importers;
 	fill(buf + WORDS, opt.pages, 1);
+	if (opt.name) {
+		/* Importers find it by name: no SEGID line for the relay. */
+		*segid = xpmem_make_name((void *)buf, (opt.pages + 1) * PAGE,
+					 XPMEM_PERMIT_MODE,
+					 (void *)(uintptr_t)opt.mode, opt.name);
+		if (*segid == -1)
+			return fail("xpmem_make_name(\"%s\"): %s", opt.name,
+				    strerror(errno));
+		ctl->exp_state = EXP_READY;
+		say("NAMED %s", opt.name);
+		return EXIT_PASS;
+	}
 	*segid = xpmem_make((void *)buf, (opt.pages + 1) * PAGE,
 			    XPMEM_PERMIT_MODE, (void *)(uintptr_t)opt.mode);
 	if (*segid == -1)
@@ -1868,6 +1904,177 @@ static int case_get_permit_value(void)
 	return pass();
 }
 
+/* Whether /proc/xpmem/names has the line "<segid in hex> <name>". */
+static bool proc_lists_name(xpmem_segid_t segid, const char *name)
+{
+	char line[128], want[128];
+	bool found = false;
+	FILE *f = fopen("/proc/xpmem/names", "r");
+
+	if (!f)
+		return false;
+	snprintf(want, sizeof(want), "%#llx %s\n", (long long)segid, name);
+	while (!found && fgets(line, sizeof(line), f))
+		found = !strcmp(line, want);
+	fclose(f);
+	return found;
+}
+
+/* A child process makes and names a segment, then exits (it never removes it). */
+static int name_in_child(const char *name)
+{
+	volatile uint64_t *buf;
+	pid_t child = fork();
+	int status;
+
+	if (child < 0)
+		return -1;
+	if (child == 0) {
+		buf = alloc_buf(1);
+		_exit(buf && xpmem_make_name((void *)buf, PAGE, XPMEM_PERMIT_MODE,
+					     (void *)0666, name) > 0 ? 0 : 1);
+	}
+	if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
+}
+
+/*
+ * names: named segments (an extension; spec 8.13) in one VM: make_name and
+ * search, the name listed in /proc/xpmem/names, unique, given once, refused
+ * to another process, malformed names refused with EINVAL/ENAMETOOLONG, gone
+ * with xpmem_remove and with the process, and free again afterwards.
+ */
+static int case_names(void)
+{
+	volatile uint64_t *buf = alloc_buf(3), *att;
+	char name[64], other[64], longname[XPMEM_NAME_MAX + 2];
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_segid_t segid, seg2, found;
+	pid_t child;
+	int status;
+
+	if (!buf)
+		return fail("mmap: %s", strerror(errno));
+	snprintf(name, sizeof(name), "names-%d", (int)getpid());
+	snprintf(other, sizeof(other), "names-child-%d", (int)getpid());
+	buf[WORDS] = MAGIC;
+	segid = xpmem_make_name((void *)buf, 2 * PAGE, XPMEM_PERMIT_MODE,
+				(void *)0600, name);
+	if (segid == -1)
+		return fail("xpmem_make_name: %s", strerror(errno));
+	found = xpmem_search(name);
+	if (found != segid)
+		return fail("xpmem_search found %lld (%s), made %lld",
+			    (long long)found, strerror(errno), (long long)segid);
+	if (!proc_lists_name(segid, name))
+		return fail("/proc/xpmem/names does not list %#llx %s",
+			    (long long)segid, name);
+	addr.apid = xpmem_get(found, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (addr.apid == -1)
+		return fail("xpmem_get of the found segment: %s", strerror(errno));
+	att = xpmem_attach(addr, 2 * PAGE, NULL);
+	if (att == (void *)-1 || att[WORDS] != MAGIC)
+		return fail("attach of the found segment: %s", strerror(errno));
+	if (xpmem_detach((void *)att) || xpmem_release(addr.apid))
+		return fail("detach/release: %s", strerror(errno));
+
+	/* Unique and given once; a failed make_name leaves no segment behind. */
+	seg2 = xpmem_make((void *)(buf + WORDS * 2), PAGE, XPMEM_PERMIT_MODE,
+			  (void *)0666);
+	if (seg2 == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	if (xpmem_name(seg2, name) != -1 || errno != EEXIST)
+		return fail("a taken name: %s, want EEXIST", strerror(errno));
+	if (xpmem_name(segid, other) != -1 || errno != EEXIST)
+		return fail("a second name: %s, want EEXIST", strerror(errno));
+	if (xpmem_make_name((void *)(buf + WORDS * 2), PAGE, XPMEM_PERMIT_MODE,
+			    (void *)0666, name) != -1 || errno != EEXIST)
+		return fail("make_name with a taken name: %s, want EEXIST",
+			    strerror(errno));
+	if (xpmem_remove(seg2))
+		return fail("xpmem_remove: %s", strerror(errno));
+
+	/* Malformed names never reach the device. */
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = 0;
+	if (xpmem_search(longname) != -1 || errno != ENAMETOOLONG)
+		return fail("a 64-byte name: %s, want ENAMETOOLONG", strerror(errno));
+	if (xpmem_search("") != -1 || errno != EINVAL)
+		return fail("an empty name: %s, want EINVAL", strerror(errno));
+	if (xpmem_search("a b") != -1 || errno != EINVAL)
+		return fail("a name with a space: %s, want EINVAL", strerror(errno));
+	longname[XPMEM_NAME_MAX] = 0;
+	if (xpmem_search(longname) != -1 || errno != ENOENT)
+		return fail("an unknown 63-byte name: %s, want ENOENT",
+			    strerror(errno));
+
+	/* Only the segment's owner may name it. */
+	seg2 = xpmem_make((void *)(buf + WORDS * 2), PAGE, XPMEM_PERMIT_MODE,
+			  (void *)0666);
+	if (seg2 == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	child = fork();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0)
+		_exit(xpmem_name(seg2, other) == -1 && errno == EACCES ? 0 : 1);
+	if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return fail("another process could name this process's segment");
+	if (xpmem_remove(seg2))
+		return fail("xpmem_remove: %s", strerror(errno));
+
+	/* Gone with xpmem_remove, and free again. */
+	if (xpmem_remove(segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	if (xpmem_search(name) != -1 || errno != ENOENT)
+		return fail("search after remove: %s, want ENOENT", strerror(errno));
+	if (proc_lists_name(segid, name))
+		return fail("/proc/xpmem/names still lists the removed segment");
+	segid = xpmem_make_name((void *)buf, PAGE, XPMEM_PERMIT_MODE,
+				(void *)0666, name);
+	if (segid == -1)
+		return fail("the name is not free after remove: %s",
+			    strerror(errno));
+	if (xpmem_remove(segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+
+	/* Gone with the process that made it. */
+	if (name_in_child(other))
+		return fail("the child could not make and name a segment");
+	if (xpmem_search(other) != -1 || errno != ENOENT)
+		return fail("search after the exporter exited: %s, want ENOENT",
+			    strerror(errno));
+	return pass();
+}
+
+/*
+ * name-taken: the segment --name names in another VM cannot be named here too
+ * (names are unique in the whole setup), and this VM finds it.
+ */
+static int case_name_taken(void)
+{
+	volatile uint64_t *buf = alloc_buf(1);
+	xpmem_segid_t segid;
+
+	if (!opt.name)
+		return fail("needs --name");
+	if (!buf)
+		return fail("mmap: %s", strerror(errno));
+	if (!need_segid())
+		return EXIT_FAIL;
+	segid = xpmem_make((void *)buf, PAGE, XPMEM_PERMIT_MODE, (void *)0666);
+	if (segid == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	if (xpmem_name(segid, opt.name) != -1 || errno != EEXIST)
+		return fail("naming a segment here \"%s\": %s, want EEXIST",
+			    opt.name, strerror(errno));
+	if (xpmem_remove(segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
 /*
  * get-ipc-owner: IPC semantics in one VM. A uid 1000 process exports a 0600
  * segment; root (CAP_IPC_OWNER) gets and reads it whatever the mode bits,
@@ -2332,6 +2539,8 @@ static const struct {
 	{ "fault-hog", case_fault_hog, "uid 1000 keeps --threads FAULTs pending (no_resolve); another munmap returns" },
 	{ "export-hostile", case_export_hostile, "munmap in --chunks steps while the importer misbehaves; each by the deadline + 10%" },
 	{ "attach-hostile", case_attach_hostile, "--misbehave MODE after reading; old data or filler, then SIGBUS (export-hostile)" },
+	{ "names", case_names, "named segments in one VM: make_name, search, /proc/xpmem/names, EEXIST, gone with the segment" },
+	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },
 	{ "local-latency", case_local_latency, "after GO: --timeout s of one-page export/attach/munmap rounds in this VM" },
 };
 
@@ -2342,11 +2551,12 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
 		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
-		"       [--chunks N] [--misbehave MODE] [--hold S]\n"
+		"       [--chunks N] [--misbehave MODE] [--hold S] [--name NAME]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
-		"line, or a line 'SEGID n' on stdin.\nCases:\n");
+		"line, or a line 'SEGID n' on stdin; with --name, exporters name\n"
+		"their segment and importers look it up (xpmem_search).\nCases:\n");
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
 		fprintf(stderr, "  %-13s %s\n", cases[i].name, cases[i].help);
 }
@@ -2391,6 +2601,8 @@ int main(int argc, char **argv)
 			opt.misbehave = v;
 		else if (!strcmp(k, "--hold"))
 			opt.hold = atoi(v);
+		else if (!strcmp(k, "--name"))
+			opt.name = v;
 		else {
 			usage();
 			return EXIT_USAGE;

@@ -1,5 +1,6 @@
-//! Export a buffer and attach it from the same process: a smoke test for a
-//! guest with a virtio-xpmem device. `cargo run --example local [PAGES]`.
+//! Export a buffer, name it, find it by name and attach it from the same
+//! process: a smoke test for a guest with a virtio-xpmem device.
+//! `cargo run --example local [PAGES]`.
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,14 @@ fn run(pages: usize) -> Result<(), Box<dyn std::error::Error>> {
         w.store(i as u64 ^ 0x5a5a, Ordering::Relaxed);
     }
     let seg = dev.export(&buf, Mode::OWNER_ONLY)?;
-    let permit = dev.get(seg.id(), Access::ReadWrite)?;
+    // Found by name, as a program in another VM would find it.
+    let name = format!("rust-local-{}", std::process::id());
+    seg.name(&name)?;
+    let found = dev.search(&name)?;
+    if found != seg.id() {
+        return Err(format!("search {name:?} found {found}, not {}", seg.id()).into());
+    }
+    let permit = dev.get(found, Access::ReadWrite)?;
     let att = permit.attach(0, buf.len())?;
     let words = att.as_atomic_u64().ok_or("attachment not 8-byte aligned")?;
     for (i, w) in words.iter().enumerate() {

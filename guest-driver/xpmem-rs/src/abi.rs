@@ -38,6 +38,12 @@ pub const XPMEM_CMD_RELEASE: u32 = io(b'x', 4);
 pub const XPMEM_CMD_ATTACH: u32 = io(b'x', 5);
 /// `XPMEM_CMD_DETACH`.
 pub const XPMEM_CMD_DETACH: u32 = io(b'x', 6);
+/// `XPMEM_CMD_NAME` (named segments, not in native XPMEM).
+pub const XPMEM_CMD_NAME: u32 = io(b'x', 0x20);
+/// `XPMEM_CMD_SEARCH` (named segments, not in native XPMEM).
+pub const XPMEM_CMD_SEARCH: u32 = io(b'x', 0x21);
+/// Longest segment name in bytes (`XPMEM_NAME_MAX`).
+pub const XPMEM_NAME_MAX: usize = 63;
 
 /// `struct xpmem_cmd_make`.
 #[repr(C)]
@@ -95,6 +101,25 @@ pub struct CmdAttach {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CmdDetach {
     pub vaddr: u64,
+}
+
+/// `struct xpmem_cmd_name`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CmdName {
+    pub segid: RawSegId,
+    /// NUL-terminated.
+    pub name: [u8; XPMEM_NAME_MAX + 1],
+}
+
+/// `struct xpmem_cmd_search`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CmdSearch {
+    /// NUL-terminated.
+    pub name: [u8; XPMEM_NAME_MAX + 1],
+    /// Out.
+    pub segid: RawSegId,
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -191,6 +216,8 @@ mod tests {
                 ("XPMEM_CMD_RELEASE", XPMEM_CMD_RELEASE),
                 ("XPMEM_CMD_ATTACH", XPMEM_CMD_ATTACH),
                 ("XPMEM_CMD_DETACH", XPMEM_CMD_DETACH),
+                ("XPMEM_CMD_NAME", XPMEM_CMD_NAME),
+                ("XPMEM_CMD_SEARCH", XPMEM_CMD_SEARCH),
             ];
             for (name, value) in cmds {
                 // `_IO('x', n)` or `_IO(XPMEM_IOC_MAGIC, n)`: check n.
@@ -201,11 +228,24 @@ mod tests {
                     .next()
                     .map(str::trim)
                     .expect("ioctl number");
-                assert_eq!(io(b'x', n.parse().expect("nr")), value, "{header} {name}");
+                let nr = u8::try_from(num(n)).expect("nr fits a byte");
+                assert_eq!(io(b'x', nr), value, "{header} {name}");
             }
+        }
+        for header in ["../libxpmem/xpmem.h", "../kmod/xpmem_uapi.h"] {
+            let d = defines(&format!("{dir}/{header}"));
+            assert_eq!(num(&d["XPMEM_NAME_MAX"]), XPMEM_NAME_MAX as i64, "{header}");
         }
         let uapi = defines(&format!("{dir}/../kmod/xpmem_uapi.h"));
         assert_eq!(num(&uapi["XPMEM_CURRENT_VERSION"]), 0x0002_7004);
+    }
+
+    #[test]
+    fn name_layouts() {
+        assert_eq!(offset_of!(CmdName, name), 8);
+        assert_eq!(size_of::<CmdName>(), 72);
+        assert_eq!(offset_of!(CmdSearch, segid), 64);
+        assert_eq!(size_of::<CmdSearch>(), 72);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum Op {
     Attach,
     /// `xpmem_detach`.
     Detach,
+    /// `xpmem_name`.
+    Name,
+    /// `xpmem_search`.
+    Search,
 }
 
 impl fmt::Display for Op {
@@ -35,6 +39,8 @@ impl fmt::Display for Op {
             Op::Release => "xpmem release",
             Op::Attach => "xpmem attach",
             Op::Detach => "xpmem detach",
+            Op::Name => "xpmem name",
+            Op::Search => "xpmem search",
         })
     }
 }
@@ -77,6 +83,21 @@ pub enum Error {
         /// The operation.
         op: Op,
     },
+    /// The name is taken by another segment of the setup, or the segment
+    /// already has a name.
+    #[error("{op}: the name is taken by another segment of this setup, or this segment already has a name (choose another name)")]
+    NameTaken {
+        /// The operation.
+        op: Op,
+    },
+    /// The driver or device does not offer named segments.
+    #[error(
+        "{op}: not supported by this driver or device (named segments need VIRTIO_XPMEM_F_NAMES)"
+    )]
+    Unsupported {
+        /// The operation.
+        op: Op,
+    },
     /// Out of memory, or the import aperture has no room for the attachment.
     #[error("{op}: out of memory or import aperture space (detach something, or attach a smaller range)")]
     NoSpace {
@@ -110,6 +131,8 @@ impl Error {
             Some(libc::ENOENT) => Error::NotFound { op },
             Some(XPMEM_ERRNO_NOPROC) => Error::ExporterGone { op },
             Some(libc::ENOMEM) | Some(libc::ENOSPC) => Error::NoSpace { op },
+            Some(libc::EEXIST) => Error::NameTaken { op },
+            Some(libc::EOPNOTSUPP) => Error::Unsupported { op },
             Some(libc::EINVAL) => Error::InvalidArgument {
                 op,
                 detail: "rejected by the driver (alignment, range, flags or id)",
@@ -127,6 +150,8 @@ impl Error {
             | Error::NotFound { op }
             | Error::ExporterGone { op }
             | Error::NoSpace { op }
+            | Error::NameTaken { op }
+            | Error::Unsupported { op }
             | Error::InvalidArgument { op, .. }
             | Error::Os { op, .. } => Some(*op),
         }
@@ -157,6 +182,8 @@ mod tests {
         assert!(matches!(map(libc::ENOMEM), Error::NoSpace { .. }));
         assert!(matches!(map(libc::ENOSPC), Error::NoSpace { .. }));
         assert!(matches!(map(libc::EINVAL), Error::InvalidArgument { .. }));
+        assert!(matches!(map(libc::EEXIST), Error::NameTaken { .. }));
+        assert!(matches!(map(libc::EOPNOTSUPP), Error::Unsupported { .. }));
         match map(libc::EIO) {
             Error::Os { op, source } => {
                 assert_eq!(op, Op::Get);

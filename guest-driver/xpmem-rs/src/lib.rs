@@ -267,6 +267,33 @@ impl Xpmem {
             .map(drop)
     }
 
+    /// Gives a segment of this process a name, unique among all VMs of the
+    /// setup, by which programs in any VM find it ([`Xpmem::search`]). A
+    /// segment keeps its name until it is removed. Names are 1 to
+    /// [`abi::XPMEM_NAME_MAX`] printable ASCII bytes without spaces.
+    pub fn name(&self, segid: SegId, name: &str) -> Result<()> {
+        let mut cmd = abi::CmdName {
+            segid: segid.raw(),
+            name: name_field(Op::Name, name)?,
+        };
+        self.ioctl(Op::Name, abi::XPMEM_CMD_NAME, &mut cmd)
+            .map(drop)
+    }
+
+    /// The segment named `name`, if this VM may import from its VM
+    /// ([`Error::NotFound`] otherwise).
+    pub fn search(&self, name: &str) -> Result<SegId> {
+        let mut cmd = abi::CmdSearch {
+            name: name_field(Op::Search, name)?,
+            segid: 0,
+        };
+        self.ioctl(Op::Search, abi::XPMEM_CMD_SEARCH, &mut cmd)?;
+        SegId::from_raw(cmd.segid).ok_or(Error::InvalidArgument {
+            op: Op::Search,
+            detail: "driver returned a non-positive segid",
+        })
+    }
+
     /// Gets a permit for a segment (possibly of another VM).
     pub fn get(&self, segid: SegId, access: Access) -> Result<Permit> {
         let mut cmd = abi::CmdGet {
@@ -289,6 +316,25 @@ impl Xpmem {
             access,
         })
     }
+}
+
+/// The NUL-padded name field of NAME and SEARCH.
+fn name_field(op: Op, name: &str) -> Result<[u8; abi::XPMEM_NAME_MAX + 1]> {
+    if name.is_empty() || name.len() > abi::XPMEM_NAME_MAX {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: "a name has 1 to 63 bytes",
+        });
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: "a name has only printable ASCII bytes without spaces",
+        });
+    }
+    let mut field = [0; abi::XPMEM_NAME_MAX + 1];
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(field)
 }
 
 /// Anonymous memory to export, accessed through atomics.
@@ -387,6 +433,11 @@ impl Segment<'_> {
     /// The id to hand to importers.
     pub fn id(&self) -> SegId {
         self.segid
+    }
+
+    /// Names the segment (see [`Xpmem::name`]).
+    pub fn name(&self, name: &str) -> Result<()> {
+        self.dev.name(self.segid, name)
     }
 
     /// Removes the segment, reporting errors (dropping ignores them).

@@ -58,6 +58,7 @@ const LOCAL_EXPECTED: &[&str] = &[
     "version",
     "local-errors",
     "get-permit-value",
+    "names",
     "get-ipc-owner",
     "whole-space",
     "local",
@@ -96,6 +97,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
         "xpmem-share-a.sh",
         &[
             "export",
+            "export-2",
             "export-hold",
             "export-hold-2",
             "export-hold-3",
@@ -116,7 +118,9 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
         "b",
         "xpmem-share-b.sh",
         &[
+            "name-taken",
             "attach",
+            "attach-2",
             "attach-bench",
             "attach-ro",
             "get-denied",

@@ -30,6 +30,7 @@ grep -E "^(version|device|aperture)" /proc/xpmem/stats
 t version
 t local-errors
 t get-permit-value
+t names
 t get-ipc-owner
 t whole-space
 t local --timeout 60

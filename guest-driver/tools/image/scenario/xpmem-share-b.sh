@@ -2,6 +2,8 @@
 # VM b of the e2e `xpmem/share` case (see xpmem-share-a.sh). Each importer
 # waits for a "SEGID n" line on the console, typed by xpmem-relay.
 . "$(dirname "$0")/xpmem-cases.sh"
+t name-taken --name xpmem-share-a            #  0 a's name: found here, not takeable
+t attach --name xpmem-share-a                #  0 found by name, read and written
 t attach                                     #  1
 t attach-bench --pages 2048; echo "XPMEM-POST a DONE b" # 1b
 t attach-ro; echo "XPMEM-POST a DONE b"      #  2
