@@ -119,6 +119,20 @@ static bool xpmem_seg_invalidate(struct mmu_interval_notifier *mni,
 		return false;
 
 	/*
+	 * A process that attached a segment inside its own exported range
+	 * (a whole-address-space segment) zaps that attachment while handling
+	 * an INVALIDATE event, possibly for this very segment with seg->lock
+	 * held: the attachment's aperture pages were never handed out, so
+	 * there is nothing to take back and nothing to wait for. The sequence
+	 * stays: a resolve in flight (which can only be of other pages) need
+	 * not retry, and seg->lock, which set_seq would need, may be held.
+	 */
+	if (xpmem_range_in_att(range)) {
+		atomic64_inc(&xpmem_stats.inval_skipped);
+		return true;
+	}
+
+	/*
 	 * Bump the sequence first: a resolve that looked pages up before this
 	 * point will not send them (it checks under seg->lock), so a range
 	 * that was never handed out needs no INVALIDATE (spec 8.8.1, 8.9).

@@ -34,6 +34,7 @@
 #include <linux/pseudo_fs.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/vmalloc.h>
 
 #include "xpmem_priv.h"
@@ -412,6 +413,24 @@ static const struct vm_operations_struct xpmem_vm_ops = {
 	.fault = xpmem_att_fault,
 	.mremap = xpmem_att_mremap,
 };
+
+/*
+ * Whether an MMU notifier range lies inside one attachment of this driver.
+ * Its pages are aperture pages (VM_PFNMAP), which an exporter can never
+ * resolve, so an exporter's notifier has nothing to take back there. Kernels
+ * from 6.3 no longer say which VMA a range is in: there, false.
+ */
+bool xpmem_range_in_att(const struct mmu_notifier_range *range)
+{
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 3, 0)
+	const struct vm_area_struct *vma = range->vma;
+
+	return vma && vma->vm_ops == &xpmem_vm_ops &&
+	       vma->vm_start <= range->start && range->end <= vma->vm_end;
+#else
+	return false;
+#endif
+}
 
 static int xpmem_att_mmap(struct file *file, struct vm_area_struct *vma)
 {

@@ -366,6 +366,7 @@ void xpmem_owner_kill_atts(struct xpmem_dev *xd, struct xpmem_owner *owner);
 bool xpmem_handle_invalidate(struct xpmem_evbuf *eb,
 			     const struct virtio_xpmem_invalidate_event *ev);
 void xpmem_kill_all_atts(struct xpmem_dev *xd);
+bool xpmem_range_in_att(const struct mmu_notifier_range *range);
 void xpmem_handle_revoked(struct xpmem_dev *xd,
 			  const struct virtio_xpmem_revoked_event *ev);
 

@@ -2050,6 +2050,57 @@ static int case_names(void)
 }
 
 /*
+ * self-attach: a process exports its whole address space and attaches its own
+ * buffer from it (the attachment lies inside its own segment). Its munmap of
+ * the buffer must not wait for itself: handling the INVALIDATE event zaps the
+ * attachment, which the process's own segment must not take for a change of
+ * exported memory (that waited for the device's deadline, then revoked by
+ * force). Afterwards the attachment gives SIGBUS.
+ */
+static int case_self_attach(void)
+{
+	volatile uint64_t *buf = alloc_buf(4), *att;
+	struct xpmem_addr addr;
+	long long revoked0, revoked1;
+	xpmem_segid_t segid;
+	double t0;
+
+	if (!buf)
+		return fail("mmap: %s", strerror(errno));
+	fill(buf + WORDS, 4, 1);
+	segid = xpmem_make(0, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600);
+	if (segid == -1)
+		return fail("xpmem_make(0, XPMEM_MAXADDR_SIZE): %s", strerror(errno));
+	addr.apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (addr.apid == -1)
+		return fail("xpmem_get: %s", strerror(errno));
+	addr.offset = (off_t)(uintptr_t)(buf + WORDS);
+	att = xpmem_attach(addr, 4 * PAGE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach of its own buffer: %s", strerror(errno));
+	if (check(att, 4, 1) >= 0)
+		return fail("the attachment does not show the buffer");
+	if (read_stat("inval_revoked", &revoked0))
+		return fail("/proc/xpmem/stats has no inval_revoked");
+	t0 = now();
+	if (munmap((void *)buf, 5 * PAGE))
+		return fail("munmap: %s", strerror(errno));
+	say("NOTE munmap of the self-attached buffer took %.1f ms",
+	    (now() - t0) * 1e3);
+	if (read_stat("inval_revoked", &revoked1))
+		return fail("/proc/xpmem/stats lost inval_revoked");
+	if (revoked1 != revoked0)
+		return fail("the munmap waited for the deadline: %lld importers revoked by force",
+			    revoked1 - revoked0);
+	if (touch(att, false) != SIGBUS)
+		return fail("touch after the munmap: want SIGBUS");
+	if (xpmem_detach((void *)att) || xpmem_release(addr.apid) ||
+	    xpmem_remove(segid))
+		return fail("cleanup: %s", strerror(errno));
+	return pass();
+}
+
+/*
  * name-taken: the segment --name names in another VM cannot be named here too
  * (names are unique in the whole setup), and this VM finds it.
  */
@@ -2540,6 +2591,7 @@ static const struct {
 	{ "export-hostile", case_export_hostile, "munmap in --chunks steps while the importer misbehaves; each by the deadline + 10%" },
 	{ "attach-hostile", case_attach_hostile, "--misbehave MODE after reading; old data or filler, then SIGBUS (export-hostile)" },
 	{ "names", case_names, "named segments in one VM: make_name, search, /proc/xpmem/names, EEXIST, gone with the segment" },
+	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
 	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },
 	{ "local-latency", case_local_latency, "after GO: --timeout s of one-page export/attach/munmap rounds in this VM" },
 };

@@ -61,6 +61,7 @@ const LOCAL_EXPECTED: &[&str] = &[
     "names",
     "get-ipc-owner",
     "whole-space",
+    "self-attach",
     "local",
     "local-2",
     "attach-fork",

@@ -33,6 +33,7 @@ t get-permit-value
 t names
 t get-ipc-owner
 t whole-space
+t self-attach
 t local --timeout 60
 t local --pages 600 --timeout 120
 pair export-fork attach-fork
