@@ -168,6 +168,14 @@ static long xpmem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	switch (cmd) {
 	case XPMEM_CMD_VERSION:
 		return XPMEM_CURRENT_VERSION;
+	case XPMEM_CMD_FORK_BEGIN:
+	case XPMEM_CMD_FORK_END:
+		/*
+		 * Natively these unpin the caller's exported pages around a
+		 * fork (and hold off recalls). This driver never pins: the
+		 * MMU notifier follows copy-on-write. Accepted, nothing to do.
+		 */
+		return 0;
 	case XPMEM_CMD_MAKE:
 	case XPMEM_CMD_REMOVE:
 	case XPMEM_CMD_GET:

@@ -26,6 +26,8 @@
 #define XPMEM_CMD_RELEASE	_IO('x', 4)
 #define XPMEM_CMD_ATTACH	_IO('x', 5)
 #define XPMEM_CMD_DETACH	_IO('x', 6)
+#define XPMEM_CMD_FORK_BEGIN	_IO('x', 7)
+#define XPMEM_CMD_FORK_END	_IO('x', 8)
 /* Named segments (not in native XPMEM; numbers clear of its commands). */
 #define XPMEM_CMD_NAME		_IO('x', 0x20)
 #define XPMEM_CMD_SEARCH	_IO('x', 0x21)

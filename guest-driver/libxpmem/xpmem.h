@@ -41,6 +41,8 @@ struct xpmem_addr {
 #define XPMEM_CMD_RELEASE	_IO(XPMEM_IOC_MAGIC, 4)
 #define XPMEM_CMD_ATTACH	_IO(XPMEM_IOC_MAGIC, 5)
 #define XPMEM_CMD_DETACH	_IO(XPMEM_IOC_MAGIC, 6)
+#define XPMEM_CMD_FORK_BEGIN	_IO(XPMEM_IOC_MAGIC, 7)
+#define XPMEM_CMD_FORK_END	_IO(XPMEM_IOC_MAGIC, 8)
 
 /*
  * Named segments: an extension of this project (spec 8.13), not in native

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/reboot.h>
 #include <sys/wait.h>
@@ -2312,11 +2313,20 @@ static int case_whole_space(void)
 /* version: the ioctl works even without the device. */
 static int case_version(void)
 {
-	int v = xpmem_version();
+	int v = xpmem_version(), fd;
 
 	if (v == -1)
 		return fail("xpmem_version: %s", strerror(errno));
 	say("VERSION %#x", v);
+	/* The native module's fork brackets are accepted (there is nothing to unpin). */
+	fd = open(XPMEM_DEV_PATH, O_RDWR);
+	if (fd < 0)
+		return fail("open %s: %s", XPMEM_DEV_PATH, strerror(errno));
+	if (ioctl(fd, XPMEM_CMD_FORK_BEGIN, NULL) || ioctl(fd, XPMEM_CMD_FORK_END, NULL))
+		return fail("XPMEM_CMD_FORK_BEGIN/END: %s, want 0", strerror(errno));
+	if (ioctl(fd, _IO('x', 9), NULL) != -1 || errno != ENOTTY)
+		return fail("an unknown XPMEM ioctl: %s, want ENOTTY", strerror(errno));
+	close(fd);
 	return pass();
 }
 
