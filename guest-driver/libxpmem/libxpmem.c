@@ -69,6 +69,11 @@ xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type,
 
 	if (xpmem_ioctl(XPMEM_CMD_MAKE, &cmd) == -1)
 		return -1;
+	/* As natively, an id of 0 is a failure (never issued). */
+	if (!cmd.segid) {
+		errno = EIO;
+		return -1;
+	}
 	return cmd.segid;
 }
 
@@ -98,6 +103,10 @@ xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type,
 
 	if (xpmem_ioctl(XPMEM_CMD_GET, &cmd) == -1)
 		return -1;
+	if (!cmd.apid) {
+		errno = EIO;
+		return -1;
+	}
 	return cmd.apid;
 }
 
