@@ -583,6 +583,28 @@ static struct file *xpmem_att_file(struct xpmem_att *att)
 	return file;
 }
 
+/* Whether an attachment is mapped anywhere in [start, start + len). */
+static bool xpmem_range_has_att(struct mm_struct *mm, unsigned long start,
+				unsigned long len)
+{
+	unsigned long end = start + len;
+	struct vm_area_struct *vma;
+	bool found = false;
+
+	if (!mm || end < start)
+		return false;
+	mmap_read_lock(mm);
+	for (vma = find_vma(mm, start); vma && vma->vm_start < end;
+	     vma = find_vma(mm, vma->vm_end)) {
+		if (vma->vm_ops == &xpmem_vm_ops) {
+			found = true;
+			break;
+		}
+	}
+	mmap_read_unlock(mm);
+	return found;
+}
+
 long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			struct xpmem_cmd_attach __user *uarg)
 {
@@ -599,12 +621,22 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 
 	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
 		return -EFAULT;
+	/*
+	 * As natively: page-aligned vaddr and offset, and a vaddr that leaves
+	 * room for a page below TASK_SIZE.
+	 */
 	if (cmd.apid <= 0 || cmd.offset < 0 || !cmd.size ||
-	    (cmd.flags & ~XPMEM_RDONLY) || !PAGE_ALIGNED(cmd.vaddr))
+	    (cmd.flags & ~(XPMEM_RDONLY | XPMEM_RDWR)) ||
+	    (cmd.flags & XPMEM_RDONLY && cmd.flags & XPMEM_RDWR) ||
+	    !PAGE_ALIGNED(cmd.vaddr) || !PAGE_ALIGNED(cmd.offset) ||
+	    (cmd.vaddr && cmd.vaddr >= TASK_SIZE - PAGE_SIZE))
 		return -EINVAL;
 	/*
-	 * Like XPMEM, a permit got with XPMEM_RDONLY gives read-only
-	 * attachments; flags may also ask for read-only explicitly.
+	 * Native XPMEM refuses every attach of a permit got with XPMEM_RDONLY
+	 * (EACCES). Here such a permit gives read-only attachments (the
+	 * read-only aperture), and flags may also ask for read-only explicitly;
+	 * an explicit XPMEM_RDWR attach of a read-only permit gets native's
+	 * EACCES.
 	 */
 	rdonly = cmd.flags & XPMEM_RDONLY;
 	perm_rdonly = false;
@@ -616,7 +648,13 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 		}
 	}
 	mutex_unlock(&owner->lock);
+	if (perm_rdonly && (cmd.flags & XPMEM_RDWR))
+		return -EACCES;
 	rdonly |= perm_rdonly;
+	/* Natively, MAP_FIXED over another attachment is refused. */
+	if (cmd.vaddr && xpmem_range_has_att(current->mm, cmd.vaddr,
+					     PAGE_ALIGN(cmd.size)))
+		return -EINVAL;
 	sid = rdonly ? VIRTIO_XPMEM_SHM_RO : VIRTIO_XPMEM_SHM_RW;
 	/*
 	 * Without the read-only aperture (spec 4.1) a read-write permit can
@@ -628,7 +666,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	if (!xd->shm[sid].present)
 		return sid == VIRTIO_XPMEM_SHM_RO ? -EOPNOTSUPP : -ENODEV;
 
-	off_in_page = cmd.offset & ~PAGE_MASK;
+	off_in_page = 0;	/* the offset is page-aligned (above) */
 	if (cmd.size > xd->shm[sid].len)
 		return -ENOMEM;
 	len = PAGE_ALIGN(cmd.size + off_in_page);
@@ -746,7 +784,12 @@ long xpmem_ioctl_detach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 
 	mmap_read_lock(mm);
 	vma = vma_lookup(mm, vaddr);
-	if (!vma || vma->vm_ops != &xpmem_vm_ops) {
+	if (!vma) {
+		/* As natively: nothing mapped there, nothing to detach. */
+		mmap_read_unlock(mm);
+		return 0;
+	}
+	if (vma->vm_ops != &xpmem_vm_ops) {
 		mmap_read_unlock(mm);
 		return -EINVAL;
 	}
