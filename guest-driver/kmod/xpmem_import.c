@@ -494,6 +494,7 @@ long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	}
 
 	perm->apid = apid;
+	perm->segid = cmd.segid;
 	perm->rdonly = cmd.flags == XPMEM_RDONLY;
 	mutex_lock(&owner->lock);
 	list_add(&perm->node, &owner->permits);
@@ -605,13 +606,32 @@ static bool xpmem_range_has_att(struct mm_struct *mm, unsigned long start,
 	return found;
 }
 
+/*
+ * Whether @owner's own segment @segid has its pages [@offset, @offset + @len)
+ * in [@vaddr, @vaddr + @len). Called with owner->lock held.
+ */
+static bool xpmem_own_seg_overlaps(struct xpmem_owner *owner, s64 segid,
+				   u64 offset, u64 vaddr, u64 len)
+{
+	struct xpmem_seg *seg;
+	u64 src;
+
+	list_for_each_entry(seg, &owner->segs, node) {
+		if (seg->segid != segid)
+			continue;
+		src = seg->vaddr + offset;
+		return vaddr < src + len && src < vaddr + len;
+	}
+	return false;
+}
+
 long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			struct xpmem_cmd_attach __user *uarg)
 {
 	struct xpmem_cmd_attach cmd;
 	struct xpmem_permit *perm;
 	unsigned long off_in_page, len, addr;
-	bool rdonly, perm_rdonly;
+	bool rdonly, perm_rdonly, overlap;
 	u64 attach_id, aoff, npages;
 	struct xpmem_att *att;
 	struct xpmem_req *req;
@@ -640,16 +660,24 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	 */
 	rdonly = cmd.flags & XPMEM_RDONLY;
 	perm_rdonly = false;
+	overlap = false;
 	mutex_lock(&owner->lock);
 	list_for_each_entry(perm, &owner->permits, node) {
 		if (perm->apid == cmd.apid) {
 			perm_rdonly = perm->rdonly;
+			overlap = cmd.vaddr &&
+				  xpmem_own_seg_overlaps(owner, perm->segid,
+							 cmd.offset, cmd.vaddr,
+							 PAGE_ALIGN(cmd.size));
 			break;
 		}
 	}
 	mutex_unlock(&owner->lock);
 	if (perm_rdonly && (cmd.flags & XPMEM_RDWR))
 		return -EACCES;
+	/* Natively, an exporter cannot attach its segment over its source. */
+	if (overlap)
+		return -EINVAL;
 	rdonly |= perm_rdonly;
 	/* Natively, MAP_FIXED over another attachment is refused. */
 	if (cmd.vaddr && xpmem_range_has_att(current->mm, cmd.vaddr,

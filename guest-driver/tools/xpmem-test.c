@@ -3159,7 +3159,7 @@ static int case_big_segment(void)
  * that one VM can reach gives the native module's errno (hpc/xpmem
  * kernel/xpmem_{make,get,attach,main,misc}.c). Not here: ENOMEM and EBUSY
  * (id space) and XPMEM_ERRNO_NOPROC, which this driver never returns (see
- * README.md, "fork children").
+ * the `killed` row of the compatibility table in ../README.md).
  */
 static int case_local_errors(void)
 {
@@ -3279,6 +3279,9 @@ static int case_local_errors(void)
 		return fail("xpmem_attach: %s", strerror(errno));
 	WANT_ERR(xpmem_attach(addr, PAGE, (char *)att + PAGE), EINVAL,
 		 "attach over an attachment");
+	/* The exporter attaching its own segment over the source pages. */
+	WANT_ERR(xpmem_attach(addr, 2 * PAGE, (char *)buf + PAGE), EINVAL,
+		 "attach of the own segment over its source");
 
 	/* detach: xpmem_detach() */
 	WANT_ERR(xpmem_detach(&dummy), EINVAL, "detach of a non-attachment");
