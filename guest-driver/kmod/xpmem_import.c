@@ -513,6 +513,7 @@ long xpmem_ioctl_get(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	}
 
 	perm->apid = apid;
+	perm->segid = cmd.segid;
 	perm->rdonly = cmd.flags == XPMEM_RDONLY;
 	mutex_lock(&owner->lock);
 	list_add(&perm->node, &owner->permits);
@@ -602,13 +603,54 @@ static struct file *xpmem_att_file(struct xpmem_att *att)
 	return file;
 }
 
+/* Whether an attachment is mapped anywhere in [start, start + len). */
+static bool xpmem_range_has_att(struct mm_struct *mm, unsigned long start,
+				unsigned long len)
+{
+	unsigned long end = start + len;
+	struct vm_area_struct *vma;
+	bool found = false;
+
+	if (!mm || end < start)
+		return false;
+	mmap_read_lock(mm);
+	for (vma = find_vma(mm, start); vma && vma->vm_start < end;
+	     vma = find_vma(mm, vma->vm_end)) {
+		if (vma->vm_ops == &xpmem_vm_ops) {
+			found = true;
+			break;
+		}
+	}
+	mmap_read_unlock(mm);
+	return found;
+}
+
+/*
+ * Whether @owner's own segment @segid has its pages [@offset, @offset + @len)
+ * in [@vaddr, @vaddr + @len). Called with owner->lock held.
+ */
+static bool xpmem_own_seg_overlaps(struct xpmem_owner *owner, s64 segid,
+				   u64 offset, u64 vaddr, u64 len)
+{
+	struct xpmem_seg *seg;
+	u64 src;
+
+	list_for_each_entry(seg, &owner->segs, node) {
+		if (seg->segid != segid)
+			continue;
+		src = seg->vaddr + offset;
+		return vaddr < src + len && src < vaddr + len;
+	}
+	return false;
+}
+
 long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 			struct xpmem_cmd_attach __user *uarg)
 {
 	struct xpmem_cmd_attach cmd;
 	struct xpmem_permit *perm;
 	unsigned long off_in_page, len, addr;
-	bool rdonly, perm_rdonly;
+	bool rdonly, perm_rdonly, overlap;
 	u64 attach_id, aoff, npages;
 	struct xpmem_att *att;
 	struct xpmem_req *req;
@@ -618,24 +660,48 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 
 	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
 		return -EFAULT;
+	/*
+	 * As natively: page-aligned vaddr and offset, and a vaddr that leaves
+	 * room for a page below TASK_SIZE.
+	 */
 	if (cmd.apid <= 0 || cmd.offset < 0 || !cmd.size ||
-	    (cmd.flags & ~XPMEM_RDONLY) || !PAGE_ALIGNED(cmd.vaddr))
+	    (cmd.flags & ~(XPMEM_RDONLY | XPMEM_RDWR)) ||
+	    (cmd.flags & XPMEM_RDONLY && cmd.flags & XPMEM_RDWR) ||
+	    !PAGE_ALIGNED(cmd.vaddr) || !PAGE_ALIGNED(cmd.offset) ||
+	    (cmd.vaddr && cmd.vaddr >= TASK_SIZE - PAGE_SIZE))
 		return -EINVAL;
 	/*
-	 * Like XPMEM, a permit got with XPMEM_RDONLY gives read-only
-	 * attachments; flags may also ask for read-only explicitly.
+	 * Native XPMEM refuses every attach of a permit got with XPMEM_RDONLY
+	 * (EACCES). Here such a permit gives read-only attachments (the
+	 * read-only aperture), and flags may also ask for read-only explicitly;
+	 * an explicit XPMEM_RDWR attach of a read-only permit gets native's
+	 * EACCES.
 	 */
 	rdonly = cmd.flags & XPMEM_RDONLY;
 	perm_rdonly = false;
+	overlap = false;
 	mutex_lock(&owner->lock);
 	list_for_each_entry(perm, &owner->permits, node) {
 		if (perm->apid == cmd.apid) {
 			perm_rdonly = perm->rdonly;
+			overlap = cmd.vaddr &&
+				  xpmem_own_seg_overlaps(owner, perm->segid,
+							 cmd.offset, cmd.vaddr,
+							 PAGE_ALIGN(cmd.size));
 			break;
 		}
 	}
 	mutex_unlock(&owner->lock);
+	if (perm_rdonly && (cmd.flags & XPMEM_RDWR))
+		return -EACCES;
+	/* Natively, an exporter cannot attach its segment over its source. */
+	if (overlap)
+		return -EINVAL;
 	rdonly |= perm_rdonly;
+	/* Natively, MAP_FIXED over another attachment is refused. */
+	if (cmd.vaddr && xpmem_range_has_att(current->mm, cmd.vaddr,
+					     PAGE_ALIGN(cmd.size)))
+		return -EINVAL;
 	sid = rdonly ? VIRTIO_XPMEM_SHM_RO : VIRTIO_XPMEM_SHM_RW;
 	/*
 	 * Without the read-only aperture (spec 4.1) a read-write permit can
@@ -647,7 +713,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	if (!xd->shm[sid].present)
 		return sid == VIRTIO_XPMEM_SHM_RO ? -EOPNOTSUPP : -ENODEV;
 
-	off_in_page = cmd.offset & ~PAGE_MASK;
+	off_in_page = 0;	/* the offset is page-aligned (above) */
 	if (cmd.size > xd->shm[sid].len)
 		return -ENOMEM;
 	len = PAGE_ALIGN(cmd.size + off_in_page);
@@ -765,7 +831,12 @@ long xpmem_ioctl_detach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 
 	mmap_read_lock(mm);
 	vma = vma_lookup(mm, vaddr);
-	if (!vma || vma->vm_ops != &xpmem_vm_ops) {
+	if (!vma) {
+		/* As natively: nothing mapped there, nothing to detach. */
+		mmap_read_unlock(mm);
+		return 0;
+	}
+	if (vma->vm_ops != &xpmem_vm_ops) {
 		mmap_read_unlock(mm);
 		return -EINVAL;
 	}

@@ -203,6 +203,7 @@ struct xpmem_file {
 struct xpmem_permit {
 	struct list_head node;
 	u64 apid;
+	s64 segid;		/* the segment it was got for */
 	bool rdonly;		/* got with XPMEM_RDONLY: attach read-only */
 };
 

@@ -1837,39 +1837,6 @@ static int case_fault_hog(void)
 	return pass();
 }
 
-/* local-errors: argument checking that needs no second VM. */
-static int case_local_errors(void)
-{
-	volatile uint64_t *buf = alloc_buf(1);
-	struct xpmem_addr addr = { .apid = 12345, .offset = 0 };
-	int dummy;
-
-	if (!buf)
-		return fail("mmap");
-	errno = 0;
-	if (xpmem_make((char *)buf + 1, PAGE, XPMEM_PERMIT_MODE,
-		       (void *)0600) != -1 || errno != EINVAL)
-		return fail("unaligned make: %s", strerror(errno));
-	if (xpmem_make((void *)buf, PAGE, 7, (void *)0600) != -1 ||
-	    errno != EINVAL)
-		return fail("bad permit_type: %s", strerror(errno));
-	if (xpmem_make((void *)buf, PAGE, XPMEM_PERMIT_MODE,
-		       (void *)01777) != -1 || errno != EINVAL)
-		return fail("bad mode: %s", strerror(errno));
-	if (xpmem_get(0, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL) != -1 ||
-	    errno != EINVAL)
-		return fail("get segid 0: %s", strerror(errno));
-	if (xpmem_get(1, 3, XPMEM_PERMIT_MODE, NULL) != -1 || errno != EINVAL)
-		return fail("get flags 3: %s", strerror(errno));
-	if (xpmem_attach(addr, PAGE, NULL) != (void *)-1)
-		return fail("attach with a made-up apid succeeded");
-	if (xpmem_detach(&dummy) != -1 || errno != EINVAL)
-		return fail("detach of a non-attachment: %s", strerror(errno));
-	if (xpmem_remove(4242) != -1)
-		return fail("remove of a made-up segid succeeded");
-	return pass();
-}
-
 /*
  * get-permit-value: Open MPI (btl/vader, smsc/xpmem) and UCX call
  * xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, (void *)0666). The native
@@ -2561,6 +2528,1057 @@ static int case_local_latency(void)
 	return pass();
 }
 
+/* ---- native corner cases (issue 15 item 5), each in one VM ---- */
+
+/* Children of the corner cases: killed and reaped when the case returns. */
+static pid_t kids[64];
+static unsigned int nkids;
+
+static pid_t spawn(void)
+{
+	pid_t pid = fork();
+	unsigned int i;
+
+	for (i = 0; pid > 0 && i < nkids && kids[i]; i++)
+		;
+	if (pid > 0 && i < sizeof(kids) / sizeof(kids[0])) {
+		kids[i] = pid;
+		if (i == nkids)
+			nkids++;
+	}
+	if (pid == 0)
+		nkids = 0;
+	return pid;
+}
+
+/* Exit code of @pid (128 + signal if killed, -1 on error). */
+static int reap(pid_t pid)
+{
+	unsigned int i;
+	int status;
+
+	for (i = 0; i < nkids; i++)
+		if (kids[i] == pid)
+			kids[i] = 0;
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void kill_kids(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < nkids; i++) {
+		if (kids[i] > 0) {
+			kill(kids[i], SIGKILL);
+			waitpid(kids[i], NULL, 0);
+		}
+	}
+	nkids = 0;
+}
+
+/* Words of a page shared between a case and its fork children. */
+enum { SH_SEGID, SH_ADDR, SH_STEP, SH_ACK, SH_ERR, SH_GO, SH_COUNT };
+
+static volatile uint64_t *shared_page(void)
+{
+	void *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static void sh_set(volatile uint64_t *sh, int i, uint64_t v)
+{
+	__atomic_store_n(&sh[i], v, __ATOMIC_RELEASE);
+}
+
+/* Wait until sh[i] >= @want; false on timeout or once @child (if > 0) died. */
+static bool sh_wait(volatile uint64_t *sh, int i, uint64_t want, pid_t child)
+{
+	double end = now() + opt.timeout;
+
+	while (__atomic_load_n(&sh[i], __ATOMIC_ACQUIRE) < want) {
+		if (now() > end || (child > 0 && kill(child, 0) == 0 &&
+				    waitpid(child, NULL, WNOHANG) == child))
+			return false;
+		usleep(1000);
+	}
+	return true;
+}
+
+static volatile uint64_t *map_anon(unsigned long npages)
+{
+	void *p = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/*
+ * A child that exports @npages fresh pages holding generation 1 (mode 0600),
+ * publishes SH_SEGID and SH_ADDR, and removes the segment and exits once
+ * SH_STEP reaches @last_step. Forked before this process opens /dev/xpmem,
+ * so that it has its own file (as the native library's reopen gives it).
+ */
+static pid_t spawn_exporter(volatile uint64_t *sh, unsigned long npages,
+			    uint64_t last_step)
+{
+	pid_t child = spawn();
+
+	if (child == 0) {
+		volatile uint64_t *buf = map_anon(npages);
+		xpmem_segid_t segid;
+
+		if (!buf)
+			_exit(EXIT_FAIL);
+		fill(buf, npages, 1);
+		segid = xpmem_make((void *)buf, npages * PAGE,
+				   XPMEM_PERMIT_MODE, (void *)0600);
+		if (segid == -1) {
+			sh_set(sh, SH_ERR, errno);
+			_exit(EXIT_FAIL);
+		}
+		sh_set(sh, SH_ADDR, (uintptr_t)buf);
+		sh_set(sh, SH_SEGID, segid);
+		if (!sh_wait(sh, SH_STEP, last_step, 0))
+			_exit(EXIT_FAIL);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	return child;
+}
+
+/* Get (RDWR) and attach @npages of the segid in @sh; NULL after a FAIL line. */
+static volatile uint64_t *get_attach(volatile uint64_t *sh, pid_t child,
+				     unsigned long npages, xpmem_apid_t *apid)
+{
+	struct xpmem_addr addr = { .offset = 0 };
+	void *att;
+
+	if (!sh_wait(sh, SH_SEGID, 1, child)) {
+		fail("the exporter child published no segid (errno %llu)",
+		     (unsigned long long)sh[SH_ERR]);
+		return NULL;
+	}
+	*apid = xpmem_get(sh[SH_SEGID], XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (*apid == -1) {
+		fail("xpmem_get: %s", strerror(errno));
+		return NULL;
+	}
+	addr.apid = *apid;
+	att = xpmem_attach(addr, npages * PAGE, NULL);
+	if (att == (void *)-1) {
+		fail("xpmem_attach of %lu pages: %s", npages, strerror(errno));
+		return NULL;
+	}
+	return att;
+}
+
+/* Detach @att, release @apid, let the exporter child go and reap it. */
+static int finish_import(volatile uint64_t *att, xpmem_apid_t apid,
+			 volatile uint64_t *sh, pid_t child, uint64_t step)
+{
+	int rc;
+
+	if (xpmem_detach((void *)att))
+		return fail("xpmem_detach: %s", strerror(errno));
+	if (xpmem_release(apid))
+		return fail("xpmem_release: %s", strerror(errno));
+	sh_set(sh, SH_STEP, step);
+	rc = reap(child);
+	if (rc)
+		return fail("the exporter child exited with %d", rc);
+	return pass();
+}
+
+/*
+ * unmapped-range: a segment over a range nothing is mapped at. make, get and
+ * attach work; a touch gets SIGBUS (natively get_user_pages fails in the
+ * fault handler); once the exporter maps memory there, the same attachment
+ * (natively every fault looks the page up again) and a new one see it.
+ */
+static int case_unmapped_range(void)
+{
+	const unsigned long n = 4;
+	volatile uint64_t *sh = shared_page(), *att, *att2;
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_apid_t apid;
+	pid_t child;
+	int sig;
+	long bad;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		void *p = mmap(NULL, n * PAGE, PROT_NONE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		xpmem_segid_t segid;
+
+		if (p == MAP_FAILED || munmap(p, n * PAGE))
+			_exit(EXIT_FAIL);
+		segid = xpmem_make(p, n * PAGE, XPMEM_PERMIT_MODE, (void *)0600);
+		if (segid == -1) {
+			sh_set(sh, SH_ERR, errno);
+			_exit(EXIT_FAIL);
+		}
+		sh_set(sh, SH_ADDR, (uintptr_t)p);
+		sh_set(sh, SH_SEGID, segid);
+		if (!sh_wait(sh, SH_STEP, 1, 0))
+			_exit(EXIT_FAIL);
+		if (mmap(p, n * PAGE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p)
+			_exit(EXIT_FAIL);
+		fill(p, n, 1);
+		sh_set(sh, SH_ACK, 1);
+		if (!sh_wait(sh, SH_STEP, 2, 0))
+			_exit(EXIT_FAIL);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	att = get_attach(sh, child, n, &apid);
+	if (!att)
+		return EXIT_FAIL;
+	sig = touch(att, false);
+	if (sig != SIGBUS)
+		return fail("read of the unmapped range: signal %d, want SIGBUS (%d)",
+			    sig, SIGBUS);
+	sig = touch(att + 2 * WORDS, true);
+	if (sig != SIGBUS)
+		return fail("write to the unmapped range: signal %d, want SIGBUS (%d)",
+			    sig, SIGBUS);
+	sh_set(sh, SH_STEP, 1);
+	if (!sh_wait(sh, SH_ACK, 1, child))
+		return fail("the exporter did not map the range");
+	sig = touch(att, false);
+	if (sig)
+		return fail("the same attachment still faults (signal %d) after the exporter mapped the range",
+			    sig);
+	bad = check(att, n, 1);
+	if (bad >= 0)
+		return fail("the same attachment reads wrong data at word %ld", bad);
+	addr.apid = apid;
+	att2 = xpmem_attach(addr, n * PAGE, NULL);
+	if (att2 == (void *)-1)
+		return fail("second xpmem_attach: %s", strerror(errno));
+	att[WORDS + 9] = 0x4e4f574d41505044ULL;
+	if (check_range(att2, 2, n, 1) >= 0 || att2[WORDS + 9] != 0x4e4f574d41505044ULL)
+		return fail("a new attachment does not show the data and the write");
+	if (xpmem_detach((void *)att2))
+		return fail("xpmem_detach: %s", strerror(errno));
+	return finish_import(att, apid, sh, child, 2);
+}
+
+/*
+ * holes: page 3 of an 8-page segment is unmapped by the exporter before the
+ * importer touches anything: the hole gets SIGBUS, the pages around it (also
+ * those in the same prefetch window) read right.
+ */
+static int case_holes(void)
+{
+	const unsigned long n = 8, hole = 3;
+	volatile uint64_t *sh = shared_page(), *att;
+	xpmem_apid_t apid;
+	unsigned long p;
+	pid_t child;
+	int sig;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		volatile uint64_t *buf = map_anon(n);
+		xpmem_segid_t segid;
+
+		if (!buf)
+			_exit(EXIT_FAIL);
+		fill(buf, n, 1);
+		segid = xpmem_make((void *)buf, n * PAGE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1) {
+			sh_set(sh, SH_ERR, errno);
+			_exit(EXIT_FAIL);
+		}
+		if (munmap((void *)(buf + hole * WORDS), PAGE))
+			_exit(EXIT_FAIL);
+		sh_set(sh, SH_SEGID, segid);
+		if (!sh_wait(sh, SH_STEP, 1, 0))
+			_exit(EXIT_FAIL);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	att = get_attach(sh, child, n, &apid);
+	if (!att)
+		return EXIT_FAIL;
+	/* Page 0 first: its prefetch window spans the hole. */
+	for (p = 0; p < n; p++) {
+		sig = touch(att + p * WORDS, false);
+		if (p == hole && sig != SIGBUS)
+			return fail("read of the hole (page %lu): signal %d, want SIGBUS",
+				    p, sig);
+		if (p != hole && sig)
+			return fail("read of page %lu next to the hole: signal %d",
+				    p, sig);
+	}
+	sig = touch(att + hole * WORDS + 17, true);
+	if (sig != SIGBUS)
+		return fail("write to the hole: signal %d, want SIGBUS", sig);
+	if (check_range(att, 0, hole, 1) >= 0 ||
+	    check_range(att, hole + 1, n, 1) >= 0)
+		return fail("a page around the hole reads wrong data");
+	return finish_import(att, apid, sh, child, 1);
+}
+
+/*
+ * later-mapped: memory the exporter maps after making a whole-address-space
+ * segment is there for an importer attaching at its address, both ways.
+ */
+static int case_later_mapped(void)
+{
+	const unsigned long n = 4;
+	volatile uint64_t *sh = shared_page(), *att;
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_apid_t apid;
+	pid_t child;
+	long bad;
+	int rc;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		volatile uint64_t *buf;
+		xpmem_segid_t segid;
+
+		segid = xpmem_make(0, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1) {
+			sh_set(sh, SH_ERR, errno);
+			_exit(EXIT_FAIL);
+		}
+		sh_set(sh, SH_SEGID, segid);
+		if (!sh_wait(sh, SH_STEP, 1, 0))
+			_exit(EXIT_FAIL);
+		buf = map_anon(n);
+		if (!buf)
+			_exit(EXIT_FAIL);
+		fill(buf, n, 1);
+		sh_set(sh, SH_ADDR, (uintptr_t)buf);
+		sh_set(sh, SH_ACK, 1);
+		if (!sh_wait(sh, SH_STEP, 2, 0))
+			_exit(EXIT_FAIL);
+		if (buf[2 * WORDS + 1] != 0x4c41544552ULL)
+			_exit(3);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	if (!sh_wait(sh, SH_SEGID, 1, child))
+		return fail("the child could not export 0..XPMEM_MAXADDR_SIZE (errno %llu)",
+			    (unsigned long long)sh[SH_ERR]);
+	apid = xpmem_get(sh[SH_SEGID], XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1)
+		return fail("xpmem_get: %s", strerror(errno));
+	sh_set(sh, SH_STEP, 1);
+	if (!sh_wait(sh, SH_ACK, 1, child))
+		return fail("the child did not map its new buffer");
+	addr.apid = apid;
+	addr.offset = (off_t)sh[SH_ADDR];
+	att = xpmem_attach(addr, n * PAGE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach at the new buffer %#lx: %s",
+			    (unsigned long)addr.offset, strerror(errno));
+	bad = check(att, n, 1);
+	if (bad >= 0)
+		return fail("memory mapped after the make reads wrong at word %ld", bad);
+	att[2 * WORDS + 1] = 0x4c41544552ULL;
+	if (xpmem_detach((void *)att) || xpmem_release(apid))
+		return fail("cleanup: %s", strerror(errno));
+	sh_set(sh, SH_STEP, 2);
+	rc = reap(child);
+	if (rc == 3)
+		return fail("the exporter does not see the importer's write");
+	if (rc)
+		return fail("the exporter child exited with %d", rc);
+	return pass();
+}
+
+/* Read gauge @name, or -1. */
+static long long gauge(const char *name)
+{
+	long long v;
+
+	return read_stat(name, &v) ? -1 : v;
+}
+
+/*
+ * killed: (1) the exporter is SIGKILLed while we are attached: our next
+ * touch gets SIGBUS and its segment is gone; (2) an importer is SIGKILLed
+ * while attached: our munmap returns at once, reaching no importer, and its
+ * permit and attachment are gone.
+ */
+static int case_killed(void)
+{
+	const unsigned long n = 8;
+	volatile uint64_t *sh = shared_page(), *sh2 = shared_page(), *att;
+	long long t0, t1, r0, r1;
+	double start, ms;
+	xpmem_apid_t apid;
+	pid_t exp_child, imp_child;
+	int sig = 0;
+
+	if (!sh || !sh2)
+		return fail("mmap: %s", strerror(errno));
+	/* Both children first: each opens its own /dev/xpmem. */
+	exp_child = spawn_exporter(sh, n, 1);
+	if (exp_child < 0)
+		return fail("fork: %s", strerror(errno));
+	imp_child = spawn();
+	if (imp_child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (imp_child == 0) {
+		volatile uint64_t *iatt;
+		xpmem_apid_t iapid;
+
+		iatt = get_attach(sh2, 0, n, &iapid);
+		if (!iatt || check(iatt, n, 2) >= 0)
+			_exit(EXIT_FAIL);
+		sh_set(sh2, SH_ACK, 1);
+		for (;;)
+			pause();
+	}
+	/* (1) exporter killed */
+	att = get_attach(sh, exp_child, n, &apid);
+	if (!att)
+		return EXIT_FAIL;
+	if (check(att, n, 1) >= 0)
+		return fail("the attachment reads wrong data");
+	kill(exp_child, SIGKILL);
+	reap(exp_child);
+	start = now();
+	while (now() - start < opt.timeout) {
+		sig = touch(att, false);
+		if (sig)
+			break;
+		usleep(1000);
+	}
+	if (sig != SIGBUS)
+		return fail("touch after the exporter was killed: signal %d, want SIGBUS",
+			    sig);
+	say("NOTE SIGBUS %.1f ms after the killed exporter was reaped",
+	    (now() - start) * 1000);
+	if (gauge("segments"))
+		return fail("%lld segment(s) left after the exporter was killed",
+			    gauge("segments"));
+	if (xpmem_detach((void *)att) || xpmem_release(apid))
+		return fail("cleanup after the exporter died: %s", strerror(errno));
+
+	/* (2) importer killed */
+	{
+		volatile uint64_t *buf = map_anon(n);
+		xpmem_segid_t segid;
+
+		if (!buf)
+			return fail("mmap: %s", strerror(errno));
+		fill(buf, n, 2);
+		segid = xpmem_make((void *)buf, n * PAGE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1)
+			return fail("xpmem_make: %s", strerror(errno));
+		sh_set(sh2, SH_SEGID, segid);
+		if (!sh_wait(sh2, SH_ACK, 1, imp_child))
+			return fail("the importer child did not read the segment");
+		kill(imp_child, SIGKILL);
+		reap(imp_child);
+		if (read_stat("inval_targets", &t0) ||
+		    read_stat("inval_revoked", &r0))
+			return fail("/proc/xpmem/stats has no inval_targets");
+		start = now();
+		if (munmap((void *)buf, n * PAGE))
+			return fail("munmap: %s", strerror(errno));
+		ms = (now() - start) * 1000;
+		read_stat("inval_targets", &t1);
+		read_stat("inval_revoked", &r1);
+		say("NOTE munmap after the importer was killed took %.1f ms, %lld target(s), %lld revoked",
+		    ms, t1 - t0, r1 - r0);
+		if (t1 != t0 || r1 != r0)
+			return fail("the munmap still reached %lld attachment(s) of the killed importer",
+				    t1 - t0);
+		if (ms > 1000)
+			return fail("munmap took %.1f ms after the importer was killed", ms);
+		if (gauge("permits") || gauge("attachments"))
+			return fail("%lld permit(s), %lld attachment(s) left after the importer was killed",
+				    gauge("permits"), gauge("attachments"));
+		if (xpmem_remove(segid))
+			return fail("xpmem_remove: %s", strerror(errno));
+	}
+	return pass();
+}
+
+/* threads-fault: --threads threads read the same pages of a fresh attachment at once. */
+struct tf_arg {
+	pthread_t tid;
+	pthread_barrier_t *bar;
+	volatile uint64_t *att;
+	unsigned long npages;
+	long bad;
+};
+
+static void *tf_reader(void *arg)
+{
+	struct tf_arg *a = arg;
+
+	pthread_barrier_wait(a->bar);
+	a->bad = check(a->att, a->npages, 1);
+	return NULL;
+}
+
+static void die_on_sigbus(int sig)
+{
+	static const char msg[] = "XPMEM-TEST threads-fault FAIL a reader thread got SIGBUS\n";
+
+	if (write(1, msg, sizeof(msg) - 1) < 0)
+		_exit(EXIT_FAIL);
+	_exit(EXIT_FAIL);
+}
+
+static int case_threads_fault(void)
+{
+	const unsigned long n = 64;
+	unsigned int i, nt = opt.threads ? opt.threads : 8;
+	volatile uint64_t *sh = shared_page(), *att;
+	struct tf_arg *t;
+	pthread_barrier_t bar;
+	long long f0, f1;
+	xpmem_apid_t apid;
+	pid_t child;
+	double t0;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn_exporter(sh, n, 1);
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	att = get_attach(sh, child, n, &apid);
+	if (!att)
+		return EXIT_FAIL;
+	t = calloc(nt, sizeof(*t));
+	if (!t || pthread_barrier_init(&bar, NULL, nt))
+		return fail("calloc/barrier");
+	signal(SIGBUS, die_on_sigbus);
+	read_stat("faults", &f0);
+	t0 = now();
+	for (i = 0; i < nt; i++) {
+		t[i].bar = &bar;
+		t[i].att = att;
+		t[i].npages = n;
+		if (pthread_create(&t[i].tid, NULL, tf_reader, &t[i]))
+			return fail("pthread_create: %s", strerror(errno));
+	}
+	for (i = 0; i < nt; i++)
+		pthread_join(t[i].tid, NULL);
+	read_stat("faults", &f1);
+	say("NOTE %u threads read %lu fresh pages in %.3f s with %lld FAULT(s)",
+	    nt, n, now() - t0, f1 - f0);
+	for (i = 0; i < nt; i++)
+		if (t[i].bad >= 0)
+			return fail("thread %u read a wrong word at %ld", i, t[i].bad);
+	signal(SIGBUS, SIG_DFL);
+	return finish_import(att, apid, sh, child, 1);
+}
+
+/*
+ * one-to-many: --importers-many (16) importer processes of one segment at
+ * once, for segments of 1, 10, 100 and 1000 pages: each checks every page
+ * and writes its marker (word i of page 0), which the exporter then checks.
+ */
+#define MANY_IMPORTERS	16
+
+static uint64_t many_marker(unsigned long npages, unsigned int i)
+{
+	return MAGIC ^ (npages << 16) ^ i;
+}
+
+static int many_round(unsigned long npages)
+{
+	volatile uint64_t *sh = shared_page(), *buf = map_anon(npages);
+	pid_t child[MANY_IMPORTERS];
+	unsigned int i, failed = 0;
+	xpmem_segid_t segid;
+	double t0;
+
+	if (!sh || !buf)
+		return fail("mmap: %s", strerror(errno));
+	fill(buf, npages, 1);
+	for (i = 0; i < MANY_IMPORTERS; i++)
+		buf[i] = 0;
+	segid = xpmem_make((void *)buf, npages * PAGE, XPMEM_PERMIT_MODE,
+			   (void *)0600);
+	if (segid == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	sh_set(sh, SH_SEGID, segid);
+	for (i = 0; i < MANY_IMPORTERS; i++) {
+		child[i] = spawn();
+		if (child[i] < 0)
+			return fail("fork: %s", strerror(errno));
+		if (child[i] == 0) {
+			volatile uint64_t *att;
+			xpmem_apid_t apid;
+			unsigned long p, w;
+
+			if (!sh_wait(sh, SH_GO, 1, 0))
+				_exit(2);
+			att = get_attach(sh, 0, npages, &apid);
+			if (!att)
+				_exit(3);
+			for (p = 0; p < npages; p++)
+				for (w = p ? 0 : MANY_IMPORTERS; w < WORDS; w++)
+					if (att[p * WORDS + w] != pattern(p, w, 1))
+						_exit(4);
+			att[i] = many_marker(npages, i);
+			if (xpmem_detach((void *)att) || xpmem_release(apid))
+				_exit(5);
+			_exit(0);
+		}
+	}
+	t0 = now();
+	sh_set(sh, SH_GO, 1);
+	for (i = 0; i < MANY_IMPORTERS; i++) {
+		int rc = reap(child[i]);
+
+		if (rc) {
+			say("NOTE importer %u of %lu pages exited with %d", i,
+			    npages, rc);
+			failed++;
+		}
+	}
+	say("NOTE %u importers of %lu page(s): %.2f s", MANY_IMPORTERS, npages,
+	    now() - t0);
+	if (failed)
+		return fail("%u of %u importers of %lu page(s) failed", failed,
+			    MANY_IMPORTERS, npages);
+	for (i = 0; i < MANY_IMPORTERS; i++)
+		if (buf[i] != many_marker(npages, i))
+			return fail("importer %u's marker is not in the %lu-page segment (%#llx)",
+				    i, npages, (unsigned long long)buf[i]);
+	if (check_range(buf, 1, npages, 1) >= 0)
+		return fail("the %lu-page segment's data changed", npages);
+	if (xpmem_remove(segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	munmap((void *)buf, npages * PAGE);
+	munmap((void *)sh, PAGE);
+	return EXIT_PASS;
+}
+
+static int case_one_to_many(void)
+{
+	static const unsigned long sizes[] = { 1, 10, 100, 1000 };
+	unsigned int i;
+	int rc;
+
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		rc = many_round(sizes[i]);
+		if (rc)
+			return rc;
+	}
+	return pass();
+}
+
+/*
+ * fork-importer: a fork child of an importer does not inherit the
+ * attachment (SIGSEGV there, detach of that address is a no-op as natively),
+ * and the parent's apid is not its own: attach and release with it fail
+ * with EACCES, as natively (the apid belongs to the thread group that got it).
+ */
+static int case_fork_importer(void)
+{
+	const unsigned long n = 4;
+	volatile uint64_t *sh = shared_page(), *att;
+	xpmem_apid_t apid;
+	pid_t child, gchild;
+	int rc;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn_exporter(sh, n, 1);
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	att = get_attach(sh, child, n, &apid);
+	if (!att)
+		return EXIT_FAIL;
+	if (check(att, n, 1) >= 0)
+		return fail("the attachment reads wrong data");
+	gchild = spawn();
+	if (gchild < 0)
+		return fail("fork: %s", strerror(errno));
+	if (gchild == 0) {
+		struct xpmem_addr addr = { .apid = apid, .offset = 0 };
+
+		if (touch(att, false) != SIGSEGV)
+			_exit(10);
+		if (xpmem_attach(addr, n * PAGE, NULL) != (void *)-1)
+			_exit(11);
+		if (errno != EACCES)
+			_exit(20 + (errno & 63));
+		if (xpmem_release(apid) != -1)
+			_exit(12);
+		if (errno != EACCES)
+			_exit(100 + (errno & 63));
+		if (xpmem_detach((void *)att))
+			_exit(13);
+		_exit(0);
+	}
+	rc = reap(gchild);
+	if (rc == 10)
+		return fail("the fork child can touch the attachment (want SIGSEGV)");
+	if (rc == 11)
+		return fail("the fork child attached with its parent's apid");
+	if (rc >= 20 && rc < 100)
+		return fail("the fork child's attach with the parent's apid: errno %d, want EACCES (%d)",
+			    rc - 20, EACCES);
+	if (rc == 12)
+		return fail("the fork child released its parent's apid");
+	if (rc >= 100 && rc < 128)
+		return fail("the fork child's release of the parent's apid: errno %d, want EACCES (%d)",
+			    rc - 100, EACCES);
+	if (rc == 13)
+		return fail("the fork child's detach of the (absent) attachment failed, natively 0");
+	if (rc)
+		return fail("the fork child exited with %d", rc);
+	/* The parent's attachment and permit are unharmed. */
+	if (check(att, n, 1) >= 0)
+		return fail("the parent's attachment changed after the child's calls");
+	return finish_import(att, apid, sh, child, 1);
+}
+
+/* The library's descriptor of /dev/xpmem (after its first call), or -1. */
+static int lib_fd(void)
+{
+	char path[64], link[64];
+	ssize_t len;
+	int fd;
+
+	for (fd = 3; fd < 256; fd++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		len = readlink(path, link, sizeof(link) - 1);
+		if (len <= 0)
+			continue;
+		link[len] = 0;
+		if (!strcmp(link, "/dev/xpmem"))
+			return fd;
+	}
+	return -1;
+}
+
+/*
+ * read-only-local: an XPMEM_RDONLY permit in one VM attaches read-only:
+ * reads work, writes SIGSEGV, mprotect to writable fails with EACCES; an
+ * explicit read-write attach (flags XPMEM_RDWR) of it fails with EACCES,
+ * native's errno for a read-write attach of a read-only permit.
+ */
+static int case_read_only_local(void)
+{
+	const unsigned long n = 4;
+	volatile uint64_t *sh = shared_page(), *att;
+	struct xpmem_cmd_attach cmd = { .offset = 0, .size = n * PAGE,
+					.fd = -1, .flags = XPMEM_RDWR };
+	struct xpmem_addr addr = { .offset = 0 };
+	xpmem_apid_t apid;
+	pid_t child;
+	int fd, sig, err;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn_exporter(sh, n, 1);
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (!sh_wait(sh, SH_SEGID, 1, child))
+		return fail("the exporter child published no segid");
+	apid = xpmem_get(sh[SH_SEGID], XPMEM_RDONLY, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1)
+		return fail("xpmem_get(XPMEM_RDONLY): %s", strerror(errno));
+	addr.apid = apid;
+	att = xpmem_attach(addr, n * PAGE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach of a read-only permit: %s", strerror(errno));
+	if (check(att, n, 1) >= 0)
+		return fail("the read-only attachment reads wrong data");
+	sig = touch(att + WORDS, true);
+	if (sig != SIGSEGV)
+		return fail("write to the read-only attachment: signal %d, want SIGSEGV",
+			    sig);
+	if (!mprotect((void *)att, n * PAGE, PROT_READ | PROT_WRITE))
+		return fail("mprotect made the read-only attachment writable");
+	if (errno != EACCES)
+		return fail("mprotect(PROT_WRITE): %s, want EACCES", strerror(errno));
+	/* An explicit read-write attach, through the library's file. */
+	fd = lib_fd();
+	if (fd < 0)
+		return fail("no /dev/xpmem descriptor of the library");
+	cmd.apid = apid;
+	if (ioctl(fd, XPMEM_CMD_ATTACH, &cmd) != -1)
+		return fail("a read-write attach of a read-only permit succeeded");
+	err = errno;
+	if (err != EACCES)
+		return fail("read-write attach of a read-only permit: %s, want EACCES",
+			    strerror(err));
+	return finish_import(att, apid, sh, child, 1);
+}
+
+/*
+ * big-segment: a 1 GiB segment (MAP_NORESERVE, one page touched every
+ * 4 MiB by the exporter) attached whole, which fills the read-write
+ * aperture: the touched pages read back, untouched ones read 0.
+ */
+#define BIG_SIZE	(1UL << 30)
+#define BIG_STEP	(4UL << 20)
+#define BIG_MAGIC	0x4249475345474dULL
+
+static int case_big_segment(void)
+{
+	const unsigned long n = BIG_SIZE / BIG_STEP, wstep = BIG_STEP / 8;
+	volatile uint64_t *sh = shared_page(), *att;
+	struct xpmem_addr addr = { .offset = 0 };
+	long long f0, f1;
+	xpmem_apid_t apid;
+	unsigned long i;
+	pid_t child;
+	double t0;
+
+	if (!sh)
+		return fail("mmap: %s", strerror(errno));
+	child = spawn();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		volatile uint64_t *big;
+		xpmem_segid_t segid;
+
+		big = mmap(NULL, BIG_SIZE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (big == MAP_FAILED) {
+			sh_set(sh, SH_ERR, errno);
+			_exit(EXIT_FAIL);
+		}
+		/* 4 KiB pages: 256 huge pages would not fit in this VM. */
+		madvise((void *)big, BIG_SIZE, MADV_NOHUGEPAGE);
+		for (i = 0; i < n; i++)
+			big[i * wstep] = BIG_MAGIC ^ i;
+		segid = xpmem_make((void *)big, BIG_SIZE, XPMEM_PERMIT_MODE,
+				   (void *)0600);
+		if (segid == -1) {
+			sh_set(sh, SH_ERR, errno);
+			_exit(EXIT_FAIL);
+		}
+		sh_set(sh, SH_SEGID, segid);
+		if (!sh_wait(sh, SH_STEP, 1, 0))
+			_exit(EXIT_FAIL);
+		_exit(xpmem_remove(segid) ? EXIT_FAIL : EXIT_PASS);
+	}
+	if (!sh_wait(sh, SH_SEGID, 1, child))
+		return fail("the exporter child could not export 1 GiB (errno %llu)",
+			    (unsigned long long)sh[SH_ERR]);
+	apid = xpmem_get(sh[SH_SEGID], XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1)
+		return fail("xpmem_get: %s", strerror(errno));
+	addr.apid = apid;
+	att = xpmem_attach(addr, BIG_SIZE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach of 1 GiB: %s", strerror(errno));
+	read_stat("faults", &f0);
+	t0 = now();
+	for (i = 0; i < n; i++)
+		if (att[i * wstep] != (BIG_MAGIC ^ i))
+			return fail("touched page at %lu MiB reads %#llx", i * 4,
+				    (unsigned long long)att[i * wstep]);
+	/* Untouched pages in the middle of every 16th 4 MiB step. */
+	for (i = 0; i < n; i += 16)
+		if (att[i * wstep + wstep / 2])
+			return fail("untouched page at %lu MiB + 2 MiB reads %#llx",
+				    i * 4, (unsigned long long)att[i * wstep + wstep / 2]);
+	read_stat("faults", &f1);
+	say("NOTE read %lu touched and %lu untouched pages of 1 GiB in %.2f s, %lld FAULT(s)",
+	    n, n / 16, now() - t0, f1 - f0);
+	return finish_import(att, apid, sh, child, 1);
+}
+
+/* The call returned -1 with errno @want (native's), or the case fails. */
+#define WANT_ERR(call, want, what)					\
+	do {								\
+		errno = 0;						\
+		if ((long)(call) != -1)					\
+			return fail("%s succeeded; natively %s", what,	\
+				    strerror(want));			\
+		if (errno != (want))					\
+			return fail("%s: %s; natively %s", what,	\
+				    strerror(errno), strerror(want));	\
+	} while (0)
+
+#define X86_64_TASK_SIZE	0x7ffffffff000UL
+
+/*
+ * local-errors: every error path of make/remove/get/release/attach/detach
+ * that one VM can reach gives the native module's errno (hpc/xpmem
+ * kernel/xpmem_{make,get,attach,main,misc}.c). Not here: ENOMEM and EBUSY
+ * (id space) and XPMEM_ERRNO_NOPROC, which this driver never returns (see
+ * the `killed` row of the compatibility table in ../README.md).
+ */
+static int case_local_errors(void)
+{
+	volatile uint64_t *buf = alloc_buf(1), *sh = shared_page();
+	struct xpmem_addr addr = { .apid = 12345, .offset = 0 };
+	struct xpmem_cmd_get get = { .flags = XPMEM_RDWR,
+				     .permit_type = XPMEM_PERMIT_MODE };
+	void *att, *gap;
+	xpmem_segid_t segid;
+	xpmem_apid_t apid;
+	pid_t child;
+	int dummy, fd, rc;
+
+	if (!buf || !sh)
+		return fail("mmap");
+	/* make: xpmem_make() */
+	WANT_ERR(xpmem_make((char *)buf + 1, PAGE, XPMEM_PERMIT_MODE,
+			    (void *)0600), EINVAL, "make of an unaligned address");
+	WANT_ERR(xpmem_make((void *)buf, PAGE + 8, XPMEM_PERMIT_MODE,
+			    (void *)0600), EINVAL, "make of an unaligned size");
+	WANT_ERR(xpmem_make((void *)buf, 0, XPMEM_PERMIT_MODE, (void *)0600),
+		 EINVAL, "make of size 0");
+	WANT_ERR(xpmem_make((void *)buf, PAGE, 7, (void *)0600), EINVAL,
+		 "make with permit_type 7");
+	WANT_ERR(xpmem_make((void *)buf, PAGE, XPMEM_PERMIT_MODE,
+			    (void *)01777), EINVAL, "make with mode 01777");
+	WANT_ERR(xpmem_make((void *)(X86_64_TASK_SIZE - PAGE), 2 * PAGE,
+			    XPMEM_PERMIT_MODE, (void *)0600), EINVAL,
+		 "make past TASK_SIZE");
+	fd = lib_fd();
+	if (fd < 0)
+		return fail("no /dev/xpmem descriptor of the library");
+	/* copy_from_user of every command's argument fails: EFAULT. */
+	WANT_ERR(ioctl(fd, XPMEM_CMD_MAKE, (void *)8), EFAULT, "MAKE of a bad pointer");
+	WANT_ERR(ioctl(fd, XPMEM_CMD_REMOVE, (void *)8), EFAULT, "REMOVE of a bad pointer");
+	WANT_ERR(ioctl(fd, XPMEM_CMD_GET, (void *)8), EFAULT, "GET of a bad pointer");
+	WANT_ERR(ioctl(fd, XPMEM_CMD_RELEASE, (void *)8), EFAULT, "RELEASE of a bad pointer");
+	WANT_ERR(ioctl(fd, XPMEM_CMD_ATTACH, (void *)8), EFAULT, "ATTACH of a bad pointer");
+	WANT_ERR(ioctl(fd, XPMEM_CMD_DETACH, (void *)8), EFAULT, "DETACH of a bad pointer");
+	/* -ENOIOCTLCMD becomes ENOTTY in the VFS. */
+	WANT_ERR(ioctl(fd, _IO(XPMEM_IOC_MAGIC, 9), NULL), ENOTTY, "unknown command");
+
+	/* remove: xpmem_remove() */
+	WANT_ERR(xpmem_remove(0), EINVAL, "remove of segid 0");
+	WANT_ERR(xpmem_remove(-5), EINVAL, "remove of segid -5");
+	WANT_ERR(xpmem_remove(4242), ENOENT, "remove of a made-up segid");
+	segid = xpmem_make((void *)buf, 2 * PAGE, XPMEM_PERMIT_MODE, (void *)0600);
+	if (segid == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	if (xpmem_remove(segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	WANT_ERR(xpmem_remove(segid), ENOENT, "second remove");
+	/* Another process's segment: EACCES (only the owner removes). */
+	child = spawn();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		xpmem_segid_t s = xpmem_make((void *)buf, 2 * PAGE,
+					     XPMEM_PERMIT_MODE, (void *)0666);
+
+		if (s == -1)
+			_exit(EXIT_FAIL);
+		sh_set(sh, SH_SEGID, s);
+		if (!sh_wait(sh, SH_STEP, 1, 0))
+			_exit(EXIT_FAIL);
+		_exit(xpmem_remove(s) ? EXIT_FAIL : EXIT_PASS);
+	}
+	if (!sh_wait(sh, SH_SEGID, 1, child))
+		return fail("the child could not make a segment");
+	WANT_ERR(xpmem_remove(sh[SH_SEGID]), EACCES, "remove of another process's segment");
+	sh_set(sh, SH_STEP, 1);
+	rc = reap(child);
+	if (rc)
+		return fail("the child could not remove its own segment (%d)", rc);
+
+	/* get: xpmem_get() */
+	WANT_ERR(xpmem_get(0, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL), EINVAL, "get of segid 0");
+	WANT_ERR(xpmem_get(-1, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL), EINVAL, "get of segid -1");
+	WANT_ERR(xpmem_get(1, 3, XPMEM_PERMIT_MODE, NULL), EINVAL, "get with flags 3");
+	WANT_ERR(xpmem_get(1, 4, XPMEM_PERMIT_MODE, NULL), EINVAL, "get with flags 4");
+	WANT_ERR(xpmem_get(1, XPMEM_RDWR, 2, NULL), EINVAL, "get with permit_type 2");
+	get.segid = segid;
+	get.permit_value = 0666;
+	WANT_ERR(ioctl(fd, XPMEM_CMD_GET, &get), EINVAL, "GET with a non-NULL permit_value");
+	WANT_ERR(xpmem_get(4242, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL), ENOENT,
+		 "get of a made-up segid");
+	WANT_ERR(xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL), ENOENT,
+		 "get of a removed segid");
+
+	/* attach: xpmem_attach() */
+	addr.apid = 0;
+	WANT_ERR(xpmem_attach(addr, PAGE, NULL), EINVAL, "attach with apid 0");
+	addr.apid = -1;
+	WANT_ERR(xpmem_attach(addr, PAGE, NULL), EINVAL, "attach with apid -1");
+	addr.apid = 12345;
+	WANT_ERR(xpmem_attach(addr, PAGE, NULL), ENOENT, "attach with a made-up apid");
+	segid = xpmem_make((void *)buf, 2 * PAGE, XPMEM_PERMIT_MODE, (void *)0600);
+	if (segid == -1)
+		return fail("xpmem_make: %s", strerror(errno));
+	apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1)
+		return fail("xpmem_get: %s", strerror(errno));
+	addr.apid = apid;
+	addr.offset = 8;
+	WANT_ERR(xpmem_attach(addr, PAGE, NULL), EINVAL, "attach at an unaligned offset");
+	addr.offset = -PAGE;
+	WANT_ERR(xpmem_attach(addr, PAGE, NULL), EINVAL, "attach at a negative offset");
+	addr.offset = 0;
+	WANT_ERR(xpmem_attach(addr, 0, NULL), EINVAL, "attach of size 0");
+	WANT_ERR(xpmem_attach(addr, 3 * PAGE, NULL), EINVAL, "attach past the segment's end");
+	WANT_ERR(xpmem_attach(addr, PAGE, (char *)buf + 8), EINVAL,
+		 "attach at an unaligned address");
+	WANT_ERR(xpmem_attach(addr, PAGE, (void *)(X86_64_TASK_SIZE - PAGE)), EINVAL,
+		 "attach at the last page below TASK_SIZE");
+	att = xpmem_attach(addr, 2 * PAGE, NULL);
+	if (att == (void *)-1)
+		return fail("xpmem_attach: %s", strerror(errno));
+	WANT_ERR(xpmem_attach(addr, PAGE, (char *)att + PAGE), EINVAL,
+		 "attach over an attachment");
+	/* The exporter attaching its own segment over the source pages. */
+	WANT_ERR(xpmem_attach(addr, 2 * PAGE, (char *)buf + PAGE), EINVAL,
+		 "attach of the own segment over its source");
+
+	/* detach: xpmem_detach() */
+	WANT_ERR(xpmem_detach(&dummy), EINVAL, "detach of a non-attachment");
+	gap = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (gap == MAP_FAILED || munmap(gap, PAGE))
+		return fail("mmap: %s", strerror(errno));
+	if (xpmem_detach(gap))
+		return fail("detach of an unmapped address: %s; natively 0",
+			    strerror(errno));
+	if (xpmem_detach(att))
+		return fail("xpmem_detach: %s", strerror(errno));
+	if (xpmem_detach(att))
+		return fail("second detach: %s; natively 0", strerror(errno));
+
+	/* After the segment is gone: attach ENOENT, release still works. */
+	if (xpmem_remove(segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	WANT_ERR(xpmem_attach(addr, PAGE, NULL), ENOENT, "attach of a removed segment");
+
+	/* release: xpmem_release() */
+	WANT_ERR(xpmem_release(0), EINVAL, "release of apid 0");
+	WANT_ERR(xpmem_release(-1), EINVAL, "release of apid -1");
+	WANT_ERR(xpmem_release(12345), ENOENT, "release of a made-up apid");
+	if (xpmem_release(apid))
+		return fail("release after the segment was removed: %s; natively 0",
+			    strerror(errno));
+	WANT_ERR(xpmem_release(apid), ENOENT, "second release");
+	return pass();
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(void);
@@ -2573,6 +3591,15 @@ static const struct {
 	{ "local-errors", case_local_errors, "argument checking" },
 	{ "get-permit-value", case_get_permit_value, "xpmem_get ignores permit_value, as Open MPI calls it" },
 	{ "whole-space", case_whole_space, "export 0..XPMEM_MAXADDR_SIZE, attach by vaddr, detach inside, address hint" },
+	{ "unmapped-range", case_unmapped_range, "segment over unmapped memory: SIGBUS, then the data once the exporter maps it" },
+	{ "holes", case_holes, "page 3 of 8 unmapped: SIGBUS there, the pages around it read right" },
+	{ "later-mapped", case_later_mapped, "memory mapped after a whole-space make is attachable" },
+	{ "killed", case_killed, "SIGKILLed exporter: SIGBUS, segment gone; SIGKILLed importer: munmap prompt, nothing left" },
+	{ "threads-fault", case_threads_fault, "--threads (8) threads read the same fresh pages at once" },
+	{ "one-to-many", case_one_to_many, "16 importer processes of segments of 1, 10, 100, 1000 pages, markers back" },
+	{ "fork-importer", case_fork_importer, "fork child of an importer: SIGSEGV, the parent's apid gives EACCES" },
+	{ "read-only-local", case_read_only_local, "XPMEM_RDONLY permit in one VM: reads, SIGSEGV on write, RDWR attach EACCES" },
+	{ "big-segment", case_big_segment, "1 GiB MAP_NORESERVE segment attached whole (the whole read-write aperture)" },
 	{ "get-ipc-owner", case_get_ipc_owner, "root gets uid 1000's 0600 segment (CAP_IPC_OWNER); uid 2000 gets EACCES" },
 	{ "export", case_export, "export; wait for an importer to write (pairs with attach)" },
 	{ "export-hold", case_export_hold, "export and hold for --timeout s (attach-ro, get-denied)" },
@@ -2681,9 +3708,14 @@ int main(int argc, char **argv)
 		return case_export_gone(false);
 	if (!strcmp(cur_case, "export-exit"))
 		return case_export_gone(true);
-	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-		if (cases[i].fn && !strcmp(cases[i].name, cur_case))
-			return cases[i].fn();
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (cases[i].fn && !strcmp(cases[i].name, cur_case)) {
+			int rc = cases[i].fn();
+
+			kill_kids();
+			return rc;
+		}
+	}
 	usage();
 	return EXIT_USAGE;
 }

@@ -474,8 +474,9 @@ impl Permit {
         self.apid
     }
 
-    /// Maps `len` bytes of the segment from byte `offset` at an address the
-    /// kernel chooses. Pages are fetched on first touch.
+    /// Maps `len` bytes of the segment from byte `offset` (a multiple of the
+    /// page size, as natively; `len` is rounded up to whole pages) at an
+    /// address the kernel chooses. Pages are fetched on first touch.
     pub fn attach(&self, offset: usize, len: usize) -> Result<Attachment<'_>> {
         self.attach_inner(offset, len, 0)
     }
@@ -503,6 +504,12 @@ impl Permit {
     }
 
     fn attach_inner(&self, offset: usize, len: usize, vaddr: u64) -> Result<Attachment<'_>> {
+        if offset % page_size() != 0 {
+            return Err(Error::InvalidArgument {
+                op: Op::Attach,
+                detail: "offset not a multiple of the page size",
+            });
+        }
         let offset = libc::off_t::try_from(offset).map_err(|_| Error::InvalidArgument {
             op: Op::Attach,
             detail: "offset too large",

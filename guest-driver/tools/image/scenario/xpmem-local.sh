@@ -34,6 +34,17 @@ t names
 t get-ipc-owner
 t whole-space
 t self-attach
+# Native corner cases (issue 15 item 5); big-segment fills the whole
+# read-write aperture, so nothing else is attached while it runs.
+t unmapped-range
+t holes
+t later-mapped
+t killed
+t threads-fault --threads 8
+t one-to-many --timeout 120
+t fork-importer
+t read-only-local
+t big-segment --timeout 120
 t local --timeout 60
 t local --pages 600 --timeout 120
 pair export-fork attach-fork
