@@ -2069,6 +2069,202 @@ static int case_self_attach(void)
 }
 
 /*
+ * export-space / attach-space (two VMs): the way UCX and Open MPI use XPMEM,
+ * across VMs. The exporter maps its buffer at SPACE_ADDR (a fixed address
+ * both sides know, as they would exchange it), leaves data page SPACE_HOLE
+ * unmapped and exports its whole address space under --name. The importer
+ * attaches at offset SPACE_ADDR: the hole gives SIGBUS, the pages around it
+ * read. The exporter then maps the hole (memory mapped after the make) and
+ * the same attachment shows it; threads of the importer fault a fresh
+ * attachment at once. Finally the exporter is killed (SIGKILL) and the
+ * importer's next touch gets SIGBUS.
+ */
+#define SPACE_ADDR	0x100000000000UL
+#define SPACE_PAGES	8UL
+#define SPACE_HOLE	5UL
+#define SPACE_THREADS	6
+
+/* Generation of data page @p of the space buffer once the hole is mapped. */
+static uint64_t space_gen(unsigned long p)
+{
+	return p == SPACE_HOLE ? 3 : 1;
+}
+
+static long space_check(volatile const uint64_t *data)
+{
+	unsigned long p;
+	long bad;
+
+	for (p = 0; p < SPACE_PAGES; p++) {
+		bad = check_range(data, p, p + 1, space_gen(p));
+		if (bad >= 0)
+			return bad;
+	}
+	return -1;
+}
+
+static int space_exporter(volatile int *done)
+{
+	volatile uint64_t *buf, *data;
+	volatile struct ctl *ctl;
+	void *hole;
+
+	buf = mmap((void *)SPACE_ADDR, (SPACE_PAGES + 1) * PAGE,
+		   PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (buf != (void *)SPACE_ADDR)
+		return fail("mmap at %#lx: %s", SPACE_ADDR, strerror(errno));
+	ctl = (volatile struct ctl *)buf;
+	data = buf + WORDS;
+	ctl->magic = MAGIC;
+	ctl->npages = SPACE_PAGES;
+	fill(data, SPACE_PAGES, 1);
+	hole = (void *)(data + SPACE_HOLE * WORDS);
+	if (munmap(hole, PAGE))
+		return fail("munmap of the hole: %s", strerror(errno));
+	ctl->exp_state = EXP_READY;
+	if (xpmem_make_name(0, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE,
+			    (void *)0666, opt.name) == -1)
+		return fail("xpmem_make_name(0, XPMEM_MAXADDR_SIZE): %s",
+			    strerror(errno));
+	say("NAMED %s", opt.name);
+	if (!wait_for(&ctl->imp_state, IMP_VERIFIED))
+		return fail("the importer did not read around the hole");
+	if (mmap(hole, PAGE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != hole)
+		return fail("mmap of the hole: %s", strerror(errno));
+	fill_page(data, SPACE_HOLE, 3);
+	ctl->exp_state = EXP_REWROTE;
+	if (!wait_for(&ctl->imp_state, IMP_DONE))
+		return fail("the importer did not finish");
+	*done = 1;
+	for (;;)
+		pause();	/* until the parent kills it */
+}
+
+static int case_export_space(void)
+{
+	volatile int *done;
+	pid_t child;
+	double end;
+	int status = 0;
+
+	if (!opt.name)
+		return fail("needs --name");
+	done = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (done == MAP_FAILED)
+		return fail("mmap: %s", strerror(errno));
+	*done = 0;
+	fflush(stdout);
+	child = fork();
+	if (child < 0)
+		return fail("fork: %s", strerror(errno));
+	if (child == 0)
+		_exit(space_exporter(done));
+	end = now() + opt.timeout;
+	while (!*done && now() < end && !waitpid(child, &status, WNOHANG))
+		usleep(10 * 1000);
+	if (!*done) {
+		kill(child, SIGKILL);
+		waitpid(child, &status, 0);
+		return fail("the exporting child stopped early (status %#x) or timed out",
+			    status);
+	}
+	/* Killed while the importer is attached. */
+	kill(child, SIGKILL);
+	if (waitpid(child, &status, 0) < 0 || !WIFSIGNALED(status))
+		return fail("the exporting child was not killed (status %#x)", status);
+	say("KILLED the exporter");
+	return pass();
+}
+
+struct space_reader {
+	pthread_t tid;
+	volatile const uint64_t *data;
+	long bad;
+};
+
+static void *space_read(void *arg)
+{
+	struct space_reader *r = arg;
+
+	r->bad = space_check(r->data);
+	return NULL;
+}
+
+static int case_attach_space(void)
+{
+	struct space_reader t[SPACE_THREADS];
+	volatile uint64_t *buf, *data, *fresh;
+	struct xpmem_addr addr;
+	volatile struct ctl *ctl;
+	double t0;
+	int i, sig;
+
+	if (!opt.name)
+		return fail("needs --name");
+	if (!need_segid())
+		return EXIT_FAIL;
+	addr.apid = xpmem_get(opt.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE,
+			      (void *)0666);
+	if (addr.apid == -1)
+		return fail("xpmem_get: %s", strerror(errno));
+	addr.offset = (off_t)SPACE_ADDR;
+	buf = xpmem_attach(addr, (SPACE_PAGES + 1) * PAGE, NULL);
+	if (buf == (void *)-1)
+		return fail("xpmem_attach at offset %#lx: %s", SPACE_ADDR,
+			    strerror(errno));
+	ctl = (volatile struct ctl *)buf;
+	data = buf + WORDS;
+	if (ctl->magic != MAGIC || ctl->exp_state < EXP_READY)
+		return fail("the exporter's control page at %#lx is not there",
+			    SPACE_ADDR);
+	if (check_range(data, 0, SPACE_HOLE, 1) >= 0 ||
+	    check_range(data, SPACE_HOLE + 1, SPACE_PAGES, 1) >= 0)
+		return fail("the pages around the hole do not read right");
+	sig = touch(data + SPACE_HOLE * WORDS, false);
+	if (sig != SIGBUS)
+		return fail("touch of the hole: signal %d, want SIGBUS", sig);
+	ctl->imp_state = IMP_VERIFIED;
+	if (!wait_for(&ctl->exp_state, EXP_REWROTE))
+		return fail("the exporter did not map the hole");
+	/* The same attachment: nothing was remembered of the failed fault. */
+	if (check_range(data, SPACE_HOLE, SPACE_HOLE + 1, 3) >= 0)
+		return fail("the hole, mapped later, does not show the new data");
+	/* Threads fault the same pages of a fresh attachment at once. */
+	fresh = xpmem_attach(addr, (SPACE_PAGES + 1) * PAGE, NULL);
+	if (fresh == (void *)-1)
+		return fail("second xpmem_attach: %s", strerror(errno));
+	for (i = 0; i < SPACE_THREADS; i++) {
+		t[i].data = fresh + WORDS;
+		if (pthread_create(&t[i].tid, NULL, space_read, &t[i]))
+			return fail("pthread_create: %s", strerror(errno));
+	}
+	for (i = 0; i < SPACE_THREADS; i++) {
+		pthread_join(t[i].tid, NULL);
+		if (t[i].bad >= 0)
+			return fail("thread %d read a wrong word %ld", i, t[i].bad);
+	}
+	if (xpmem_detach((void *)fresh))
+		return fail("xpmem_detach: %s", strerror(errno));
+	ctl->imp_state = IMP_DONE;
+	/* The exporter is killed: the next touch gets SIGBUS. */
+	t0 = now();
+	while (touch(data, false) != SIGBUS) {
+		if (now() - t0 > opt.timeout)
+			return fail("no SIGBUS %d s after the exporter was done",
+				    opt.timeout);
+		usleep(10 * 1000);
+	}
+	say("NOTE SIGBUS %.1f ms after this importer finished",
+	    (now() - t0) * 1e3);
+	if (xpmem_detach((void *)buf) || xpmem_release(addr.apid))
+		return fail("cleanup: %s", strerror(errno));
+	return pass();
+}
+
+/*
  * name-taken: the segment --name names in another VM cannot be named here too
  * (names are unique in the whole setup), and this VM finds it.
  */
@@ -3628,6 +3824,8 @@ static const struct {
 	{ "export-hostile", case_export_hostile, "munmap in --chunks steps while the importer misbehaves; each by the deadline + 10%" },
 	{ "attach-hostile", case_attach_hostile, "--misbehave MODE after reading; old data or filler, then SIGBUS (export-hostile)" },
 	{ "names", case_names, "named segments in one VM: make_name, search, /proc/xpmem/names, EEXIST, gone with the segment" },
+	{ "export-space", case_export_space, "--name: whole address space with a hole at 0x100000000000, filled later, then SIGKILL (attach-space)" },
+	{ "attach-space", case_attach_space, "--name: attach by the exporter's address, hole SIGBUS, later data, threads, SIGBUS after the kill" },
 	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
 	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },
 	{ "local-latency", case_local_latency, "after GO: --timeout s of one-page export/attach/munmap rounds in this VM" },

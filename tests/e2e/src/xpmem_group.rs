@@ -5,7 +5,11 @@
 //! * `local`: one VM runs `guest-driver/tools/image/scenario/xpmem-local.sh`
 //!   (same-VM export + attach both ways, copy-on-write after fork, SIGBUS
 //!   after munmap, `/proc/xpmem` counters back to 0).
-//! * `share`: three VMs `a`, `b`, `c` run `xpmem-share-{a,b,c}.sh`: share both
+//! * `share`: three VMs `a`, `b`, `c` run `xpmem-share-{a,b,c}.sh`: b finds
+//!   a's segments by name (no segid typed in): a buffer, and a whole address
+//!   space exported as UCX and Open MPI do (attach by a's address, a hole that
+//!   gives SIGBUS and is mapped later, six threads faulting at once, SIGBUS
+//!   once a's exporter is SIGKILLed); share both
 //!   ways, read-only, 0600 refused to another uid and to the same uid in
 //!   another VM, copy-on-write, two importers of one segment, one importer of
 //!   two exporters, two segments, two attachments, pages moving under memory
@@ -107,6 +111,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
         "xpmem-share-a.sh",
         &[
             "export",
+            "export-space",
             "export-2",
             "export-hold",
             "export-hold-2",
@@ -130,6 +135,7 @@ const SHARE_VMS: &[(&str, &str, &[&str])] = &[
         &[
             "name-taken",
             "attach",
+            "attach-space",
             "attach-2",
             "attach-bench",
             "attach-ro",

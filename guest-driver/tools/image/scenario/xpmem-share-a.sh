@@ -6,6 +6,7 @@
 # The numbers pair the steps of the three scripts.
 . "$(dirname "$0")/xpmem-cases.sh"
 t export --name xpmem-share-a --to b         #  0 b finds it by name (no SEGID line)
+t export-space --name xpmem-share-space      # 0b whole address space, a hole, SIGKILL
 t export --to b                              #  1 b attaches; writes both ways
 t export-hold --pages 2048 --until 1 --to b  # 1b b measures bandwidth (8 MiB)
 t export-hold --until 1 --to b               #  2 b attaches read-only

@@ -4,6 +4,7 @@
 . "$(dirname "$0")/xpmem-cases.sh"
 t name-taken --name xpmem-share-a            #  0 a's name: found here, not takeable
 t attach --name xpmem-share-a                #  0 found by name, read and written
+t attach-space --name xpmem-share-space      # 0b attach by a's address; hole; threads
 t attach                                     #  1
 t attach-bench --pages 2048; echo "XPMEM-POST a DONE b" # 1b
 t attach-ro; echo "XPMEM-POST a DONE b"      #  2
