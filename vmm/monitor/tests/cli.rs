@@ -380,3 +380,38 @@ fn a_disk_locked_by_another_process_is_refused_before_anything_starts() {
     );
     assert_one_line_error(&out, 1, "KVM is not available");
 }
+
+#[test]
+fn a_vm_with_disks_boots_and_releases_its_locks() {
+    if !kvm_usable("a cli.rs KVM test") {
+        return;
+    }
+    let dir = TempDir::new("disk-boot");
+    let mut code = serial_print(b"disks\r\n");
+    code.extend(out_then_halt(0x600, 0x34)); // power off
+    let kernel = dir.write("bzImage", &tiny_bzimage(&code));
+    let root = dir.0.join("root.img");
+    let data = dir.0.join("data.img");
+    for p in [&root, &data] {
+        std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
+    }
+    let root_arg = root.to_str().unwrap().to_string();
+    let data_arg = format!("{},ro,serial=data", data.display());
+    let out = run_bounded(
+        &one_vm(&kernel, &["--root", &root_arg, "--disk", &data_arg]),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains(&format!(
+            "disk {} (rw), disk {} (ro)",
+            root.display(),
+            data.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("VM t: powered off after"), "{err}");
+    // The monitor is gone, and its locks with it.
+    virtio_blk_device::DiskImage::open(&root, false).unwrap();
+}
