@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, SizeSpec, VmSpec, XpmemSettings};
+use crate::config::{Config, ConfigError, DiskSpec, RootSpec, SizeSpec, VmSpec, XpmemSettings};
 
 pub const USAGE: &str = "\
 usage: xpmem-vmm --config FILE
@@ -23,6 +23,10 @@ file is started; otherwise one VM is described by flags:
                          where the serial console goes (default stdout)
   --aperture-rw SIZE     read-write import aperture window (default 1G)
   --aperture-ro SIZE     read-only import aperture window (default 256M)
+  --root PATH[,ro]       boot from this raw disk image (/dev/vda, root= on the
+                         kernel command line); ro makes it read-only
+  --disk PATH[,ro][,serial=ID]
+                         another raw disk image (repeatable; /dev/vdb, ...)
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -41,6 +45,12 @@ pub enum CliError {
     MissingFlag(&'static str),
     #[error("--vcpus {0:?} is not a number")]
     BadNumber(String),
+    #[error("{flag} {value:?}: unknown option {option:?}; use PATH[,ro][,serial=ID]")]
+    BadDiskOption {
+        flag: &'static str,
+        value: String,
+        option: String,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -65,7 +75,34 @@ struct Flags {
     console: Option<String>,
     aperture_rw: Option<String>,
     aperture_ro: Option<String>,
+    root: Option<String>,
+    disks: Vec<String>,
     first_vm_flag: Option<String>,
+}
+
+/// `PATH[,ro][,serial=ID]` of `--root` / `--disk`.
+fn disk_flag(flag: &'static str, value: &str) -> Result<DiskSpec, CliError> {
+    let mut parts = value.split(',');
+    let path = PathBuf::from(parts.next().unwrap_or_default());
+    let mut disk = DiskSpec {
+        path,
+        read_only: false,
+        serial: None,
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => disk.read_only = true,
+            Some(("serial", id)) if flag == "--disk" => disk.serial = Some(id.to_string()),
+            _ => {
+                return Err(CliError::BadDiskOption {
+                    flag,
+                    value: value.to_string(),
+                    option: option.to_string(),
+                })
+            }
+        }
+    }
+    Ok(disk)
 }
 
 fn set(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), CliError> {
@@ -90,8 +127,20 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             "-V" | "--version" => return Ok(Command::Version),
             _ => {}
         }
+        if flag == "--disk" {
+            let value = match inline {
+                Some(v) => v,
+                None => args
+                    .next()
+                    .ok_or_else(|| CliError::MissingValue(flag.clone()))?,
+            };
+            flags.disks.push(value);
+            flags.first_vm_flag.get_or_insert(flag);
+            continue;
+        }
         let slot = match flag.as_str() {
             "--config" => None,
+            "--root" => Some(&mut flags.root),
             "--name" => Some(&mut flags.name),
             "--vcpus" => Some(&mut flags.vcpus),
             "--memory" => Some(&mut flags.memory),
@@ -149,6 +198,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
         aperture_rw: flags.aperture_rw.map(SizeSpec::Text),
         aperture_ro: flags.aperture_ro.map(SizeSpec::Text),
         import_from: None,
+        root: flags
+            .root
+            .map(|r| disk_flag("--root", &r).map(RootSpec::Disk))
+            .transpose()?,
+        disks: flags
+            .disks
+            .iter()
+            .map(|d| disk_flag("--disk", d))
+            .collect::<Result<_, _>>()?,
     };
     Ok(Command::Run(Config::from_specs(
         XpmemSettings::default(),
@@ -193,6 +251,47 @@ mod tests {
         assert!(c.vms[0].kernel_cmdline().ends_with(" quiet loglevel=3"));
         // The only stdout VM reads stdin.
         assert!(c.vms[0].stdin);
+    }
+
+    #[test]
+    fn root_and_disks_from_flags() {
+        let dir = std::env::temp_dir().join(format!("xpmem-vmm-cli-disks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.join("root.img");
+        let data = dir.join("data.img");
+        for p in [&root, &data] {
+            std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
+        }
+        let mut a = args("--name a --memory 256 --kernel k --root");
+        a.push(format!("{},ro", root.display()));
+        a.push(format!("--disk={},serial=d1", data.display()));
+        a.push("--disk".into());
+        a.push(format!("{},ro", root.display()));
+        let Command::Run(c) = parse(a).unwrap() else {
+            panic!("expected Run")
+        };
+        let vm = &c.vms[0];
+        assert_eq!(vm.disks.len(), 3);
+        assert!(vm.root_disk && vm.disks[0].read_only);
+        assert_eq!(vm.disks[1].serial.as_deref(), Some("d1"));
+        assert!(vm.kernel_cmdline().contains("root=/dev/vda ro"));
+        let mut a = args("--name a --memory 256 --kernel k --root");
+        a.push(format!("{},serial=x", root.display()));
+        assert!(matches!(parse(a), Err(CliError::BadDiskOption { .. })));
+        let mut a = args("--name a --memory 256 --kernel k --disk");
+        a.push(format!("{},rw", data.display()));
+        assert!(matches!(parse(a), Err(CliError::BadDiskOption { .. })));
+        assert!(matches!(
+            parse(args(
+                "--name a --memory 256 --kernel k --disk /nonexistent/x.img"
+            )),
+            Err(CliError::Config(ConfigError::BadDisk { .. }))
+        ));
+        assert_eq!(
+            parse(args("--config x.toml --disk a.img")),
+            Err(CliError::ConfigAndFlags("--disk".into()))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -19,16 +19,27 @@
 //! aperture_ro = "256M"
 //! import_from = { b = "rw", c = "ro" }  # optional: the only VMs whose segments this
 //!                              # VM may get (read-write or read-only); without it, all
+//! root = "root.img"            # optional: boot from this raw image (first disk,
+//!                              # /dev/vda; adds `root=/dev/vda rw` to the command
+//!                              # line), or root = { path = "base.img", read_only = true }
+//! disks = [{ path = "data.img", read_only = false, serial = "data" }]
+//!                              # optional: more virtio-blk disks (/dev/vdb, ...)
 //! ```
+//!
+//! Disk images are checked here, before anything is written: each must be a
+//! regular file of a non-zero multiple of 512 bytes, writable unless
+//! `read_only`, with a serial of at most 20 bytes, and an image used writable
+//! must not be used by any other disk of the setup (compared by device and
+//! inode, so another path to the same file counts).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::layout::{MIB, MIN_MEMORY};
+use crate::layout::{MIB, MIN_MEMORY, VIRTIO_GSI_FIRST, VIRTIO_GSI_LAST};
 
 /// Highest vCPU count the monitor supports: xAPIC ids are 8 bits and 0xff is broadcast.
 pub const MAX_VCPUS: u32 = 254;
@@ -40,6 +51,13 @@ pub const DEFAULT_APERTURE_RW: u64 = 1 << 30;
 pub const DEFAULT_APERTURE_RO: u64 = 256 << 20;
 /// Kernel command line every guest starts with; `cmdline` is appended.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
+/// virtio-mmio devices every VM has before its disks (entropy, xpmem).
+pub const FIXED_VIRTIO_DEVICES: usize = 2;
+/// Most disks per VM: the virtio-mmio slots (one GSI each) left after the fixed devices.
+pub const MAX_DISKS: usize =
+    (VIRTIO_GSI_LAST - VIRTIO_GSI_FIRST + 1) as usize - FIXED_VIRTIO_DEVICES;
+/// The guest's name of the first virtio-blk disk (the root disk).
+pub const ROOT_DEVICE: &str = "/dev/vda";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -79,6 +97,17 @@ pub enum ConfigError {
         vm: String,
         other: String,
         value: String,
+    },
+    #[error("VM {vm}: {reason}")]
+    BadDisk { vm: String, reason: String },
+    #[error("VM {vm}: {count} disks, more than the {MAX_DISKS} a VM can have; use fewer disks")]
+    TooManyDisks { vm: String, count: usize },
+    #[error("disk image {path} is writable in VM {writer} and also used by VM {other}{via}; a writable image belongs to one VM only: give each VM its own copy, or set read_only = true for every use")]
+    SharedWritableDisk {
+        path: PathBuf,
+        writer: String,
+        other: String,
+        via: String,
     },
     #[error("invalid {what} {value}: {reason}")]
     BadSetting {
@@ -196,6 +225,68 @@ pub struct VmSpec {
     pub aperture_ro: Option<SizeSpec>,
     /// Exporter VM name -> "rw" or "ro": the only VMs this one may import from.
     pub import_from: Option<std::collections::BTreeMap<String, String>>,
+    /// Boot from this disk: it becomes the first disk and the root device.
+    pub root: Option<RootSpec>,
+    /// Further disks, in order.
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+}
+
+/// One virtio-blk disk as written in the file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// A raw image file; relative paths are relative to the config file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+/// `root = "root.img"` or `root = { path = "root.img", read_only = true }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RootSpec {
+    Path(PathBuf),
+    Disk(DiskSpec),
+}
+
+/// A validated disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: Option<String>,
+    /// Size in bytes when the config was checked.
+    pub size: u64,
+    /// Device and inode of the image: its identity, whatever the path.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl DiskSpec {
+    fn validate(&self, vm: &str, base_dir: &Path) -> Result<DiskConfig, ConfigError> {
+        let bad = |reason: String| ConfigError::BadDisk {
+            vm: vm.to_string(),
+            reason,
+        };
+        let path = base_dir.join(&self.path);
+        if let Some(serial) = &self.serial {
+            virtio_blk_device::check_serial(serial)
+                .map_err(|e| bad(format!("disk {}: {e}", path.display())))?;
+        }
+        let info = virtio_blk_device::check_image(&path, self.read_only)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(DiskConfig {
+            path,
+            read_only: self.read_only,
+            serial: self.serial.clone(),
+            size: info.size,
+            dev: info.dev,
+            ino: info.ino,
+        })
+    }
 }
 
 fn default_vcpus() -> u64 {
@@ -233,16 +324,26 @@ pub struct VmConfig {
     /// `None`: may import from every VM, read-write. `Some`: only from these VMs (by
     /// name), read-write where true.
     pub import_from: Option<Vec<(String, bool)>>,
+    /// virtio-blk disks in guest order (/dev/vda, /dev/vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// The first disk is the root file system (`root = ...`).
+    pub root_disk: bool,
 }
 
 impl VmConfig {
-    /// The full kernel command line.
+    /// The full kernel command line: the default one, the root device when
+    /// booting from a disk, then `cmdline` (so a `root=` there wins).
     pub fn kernel_cmdline(&self) -> String {
-        if self.cmdline.trim().is_empty() {
-            DEFAULT_CMDLINE.to_string()
-        } else {
-            format!("{DEFAULT_CMDLINE} {}", self.cmdline.trim())
+        let mut line = DEFAULT_CMDLINE.to_string();
+        if let (true, Some(root)) = (self.root_disk, self.disks.first()) {
+            let mode = if root.read_only { "ro" } else { "rw" };
+            line.push_str(&format!(" root={ROOT_DEVICE} {mode}"));
         }
+        if !self.cmdline.trim().is_empty() {
+            line.push(' ');
+            line.push_str(self.cmdline.trim());
+        }
+        line
     }
 }
 
@@ -355,7 +456,26 @@ impl VmSpec {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
+        let root = self.root.as_ref().map(|r| match r {
+            RootSpec::Path(path) => DiskSpec {
+                path: path.clone(),
+                read_only: false,
+                serial: None,
+            },
+            RootSpec::Disk(d) => d.clone(),
+        });
+        let count = self.disks.len() + usize::from(root.is_some());
+        if count > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks { vm: name, count });
+        }
+        let disks = root
+            .iter()
+            .chain(&self.disks)
+            .map(|d| d.validate(&name, base_dir))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VmConfig {
+            disks,
+            root_disk: root.is_some(),
             vcpus,
             memory,
             kernel: base_dir.join(&self.kernel),
@@ -371,6 +491,39 @@ impl VmSpec {
             name,
         })
     }
+}
+
+/// An image used writable by one disk must not be used by any other disk of the
+/// setup (same VM or not); read-only uses may share.
+fn check_shared_disks(vms: &[VmConfig]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<(u64, u64), (&str, &DiskConfig)> = HashMap::new();
+    for vm in vms {
+        for disk in &vm.disks {
+            if let Some((first_vm, first)) = seen.get(&(disk.dev, disk.ino)) {
+                if !(first.read_only && disk.read_only) {
+                    let (writer, w, other, o) = if first.read_only {
+                        (vm.name.as_str(), disk, *first_vm, *first)
+                    } else {
+                        (*first_vm, *first, vm.name.as_str(), disk)
+                    };
+                    let via = if o.path == w.path {
+                        String::new()
+                    } else {
+                        format!(" (as {})", o.path.display())
+                    };
+                    return Err(ConfigError::SharedWritableDisk {
+                        path: w.path.clone(),
+                        writer: writer.to_string(),
+                        other: other.to_string(),
+                        via,
+                    });
+                }
+            } else {
+                seen.insert((disk.dev, disk.ino), (vm.name.as_str(), disk));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -435,6 +588,7 @@ impl Config {
             }
             vms.push(vm);
         }
+        check_shared_disks(&vms)?;
         for vm in &vms {
             for (other, _) in vm.import_from.iter().flatten() {
                 if !seen.contains(other) {
@@ -779,5 +933,188 @@ mod tests {
             }
         );
         assert!(e.to_string().contains("use \"rw\""), "{e}");
+    }
+
+    /// A scratch directory with image files, removed on drop.
+    struct Images(PathBuf);
+
+    impl Images {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "xpmem-vmm-config-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Images(dir)
+        }
+        fn image(&self, name: &str, size: u64) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+            path
+        }
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::from_toml(text, &self.0)
+        }
+    }
+
+    impl Drop for Images {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn vm(name: &str, extra: &str) -> String {
+        format!("[[vm]]\nname = \"{name}\"\nmemory = 256\nkernel = \"k\"\n{extra}\n")
+    }
+
+    #[test]
+    fn root_and_disks_in_guest_order_with_the_root_on_the_command_line() {
+        let dir = Images::new("disks");
+        dir.image("root.img", 1 << 30);
+        let data = dir.image("data.img", 4096);
+        let text = vm(
+            "a",
+            &format!(
+                "root = \"root.img\"\ncmdline = \"quiet\"\ndisks = [{{ path = \"{}\", read_only = true, serial = \"data-1\" }}]",
+                data.display()
+            ),
+        );
+        let c = dir.parse(&text).unwrap();
+        let a = &c.vms[0];
+        assert!(a.root_disk);
+        assert_eq!(a.disks.len(), 2);
+        assert_eq!(a.disks[0].path, dir.0.join("root.img"));
+        assert_eq!((a.disks[0].read_only, a.disks[0].size), (false, 1 << 30));
+        assert_eq!(a.disks[0].serial, None);
+        assert_eq!(a.disks[1].path, data);
+        assert!(a.disks[1].read_only);
+        assert_eq!(a.disks[1].serial.as_deref(), Some("data-1"));
+        assert_eq!(
+            a.kernel_cmdline(),
+            format!("{DEFAULT_CMDLINE} root=/dev/vda rw quiet")
+        );
+
+        // A read-only root, as a table; without root, disks add nothing to the cmdline.
+        let text = format!(
+            "{}{}",
+            vm(
+                "a",
+                "root = { path = \"root.img\", read_only = true, serial = \"r\" }"
+            ),
+            vm("b", "disks = [{ path = \"root.img\", read_only = true }]")
+        );
+        let c = dir.parse(&text).unwrap();
+        assert_eq!(
+            c.vms[0].kernel_cmdline(),
+            format!("{DEFAULT_CMDLINE} root=/dev/vda ro")
+        );
+        assert!(!c.vms[1].root_disk);
+        assert_eq!(c.vms[1].kernel_cmdline(), DEFAULT_CMDLINE);
+    }
+
+    fn disk_error(dir: &Images, text: &str) -> String {
+        let e = dir.parse(text).unwrap_err();
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        msg
+    }
+
+    #[test]
+    fn each_bad_disk_is_one_clear_error() {
+        let dir = Images::new("bad-disks");
+        dir.image("ok.img", 1 << 20);
+        dir.image("odd.img", 1000);
+        dir.image("empty.img", 0);
+        let ro = dir.image("ro.img", 4096);
+        std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        std::fs::create_dir(dir.0.join("adir")).unwrap();
+        for (extra, needle) in [
+            ("root = \"nope.img\"", "nope.img does not exist"),
+            ("root = \"adir\"", "is a directory"),
+            ("root = \"odd.img\"", "is 1000 bytes, not a multiple of 512"),
+            ("root = \"empty.img\"", "is empty"),
+            (
+                "root = \"ro.img\"",
+                "is read-only (mode 444) but asked to be writable",
+            ),
+            (
+                "disks = [{ path = \"ok.img\", serial = \"123456789012345678901\" }]",
+                "longer than 20 bytes",
+            ),
+            (
+                "disks = [{ path = \"ok.img\", serial = \"a\\tb\" }]",
+                "control character",
+            ),
+        ] {
+            let msg = disk_error(&dir, &vm("a", extra));
+            assert!(msg.starts_with("VM a: "), "{msg}");
+            assert!(msg.contains(needle), "{needle:?} in {msg}");
+        }
+        // A read-only file is fine as a read-only disk.
+        assert!(dir
+            .parse(&vm("a", "root = { path = \"ro.img\", read_only = true }"))
+            .is_ok());
+        // Unknown keys in a disk table.
+        let e = dir
+            .parse(&vm("a", "disks = [{ path = \"ok.img\", readonly = true }]"))
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        // Too many disks.
+        let many: Vec<String> = (0..=MAX_DISKS)
+            .map(|_| "{ path = \"ok.img\", read_only = true }".to_string())
+            .collect();
+        let e = dir
+            .parse(&vm("a", &format!("disks = [{}]", many.join(", "))))
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::TooManyDisks { count, .. } if count == MAX_DISKS + 1));
+    }
+
+    #[test]
+    fn a_writable_image_belongs_to_one_vm_whatever_the_path() {
+        let dir = Images::new("shared");
+        let img = dir.image("root.img", 1 << 20);
+        std::fs::hard_link(&img, dir.0.join("link.img")).unwrap();
+        std::os::unix::fs::symlink(&img, dir.0.join("sym.img")).unwrap();
+        // Read-only everywhere: fine.
+        let ro = "disks = [{ path = \"root.img\", read_only = true }]";
+        assert!(dir
+            .parse(&format!("{}{}", vm("a", ro), vm("b", ro)))
+            .is_ok());
+        for (a, b) in [
+            ("root = \"root.img\"", "root = \"root.img\""),
+            ("root = \"root.img\"", "root = \"link.img\""),
+            ("root = \"sym.img\"", ro),
+            (ro, "disks = [{ path = \"link.img\" }]"),
+        ] {
+            let msg = disk_error(&dir, &format!("{}{}", vm("a", a), vm("b", b)));
+            assert!(
+                msg.contains("a writable image belongs to one VM only"),
+                "{msg}"
+            );
+            assert!(msg.contains("VM a") && msg.contains("VM b"), "{msg}");
+        }
+        let msg = disk_error(
+            &dir,
+            &format!(
+                "{}{}",
+                vm("a", "root = \"root.img\""),
+                vm("b", "root = \"link.img\"")
+            ),
+        );
+        assert!(msg.contains("(as "), "names the other path: {msg}");
+        // Twice in one VM.
+        let msg = disk_error(
+            &dir,
+            &vm(
+                "a",
+                "root = \"root.img\"\ndisks = [{ path = \"sym.img\", read_only = true }]",
+            ),
+        );
+        assert!(
+            msg.contains("writable in VM a and also used by VM a"),
+            "{msg}"
+        );
     }
 }

@@ -146,6 +146,17 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             source: VmError::Boot(e),
         })?;
     }
+    // Disk images are opened and locked before anything else is set up, so a
+    // conflict with another VM or monitor leaves nothing behind.
+    let mut disks = Vec::with_capacity(config.vms.len());
+    for cfg in &config.vms {
+        disks.push(
+            crate::vm::open_disks(cfg).map_err(|source| MonitorError::Vm {
+                name: cfg.name.clone(),
+                source,
+            })?,
+        );
+    }
     let kvm = kvm::open(&kvm::device_path())?;
     vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;
@@ -165,7 +176,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     };
 
     let mut built = Vec::with_capacity(config.vms.len());
-    for (index, cfg) in config.vms.iter().enumerate() {
+    for ((index, cfg), disks) in config.vms.iter().enumerate().zip(disks) {
         let vm_error = |source| MonitorError::Vm {
             name: cfg.name.clone(),
             source,
@@ -173,7 +184,9 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         let id = u32::try_from(index + 1)
             .map(VmId)
             .map_err(|_| vm_error(VmError::Xpmem("too many VMs".into())))?;
-        built.push(Vm::new(&kvm, cfg, id, &shared, config.stdout_consoles()).map_err(vm_error)?);
+        built.push(
+            Vm::new(&kvm, cfg, id, &shared, config.stdout_consoles(), disks).map_err(vm_error)?,
+        );
     }
 
     let _raw_terminal = if config.vms.iter().any(|v| v.stdin) {
@@ -187,8 +200,16 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
 
     let mut running: Vec<RunningVm> = Vec::with_capacity(built.len());
     for (vm, cfg) in built.into_iter().zip(&config.vms) {
+        let disks: String = cfg
+            .disks
+            .iter()
+            .map(|d| {
+                let mode = if d.read_only { "ro" } else { "rw" };
+                format!(", disk {} ({mode})", d.path.display())
+            })
+            .collect();
         eprintln!(
-            "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {})",
+            "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {}{disks})",
             cfg.name,
             cfg.kernel.display(),
             cfg.vcpus,

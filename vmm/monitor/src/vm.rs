@@ -56,6 +56,13 @@ pub enum VmError {
     AcpiWrite(vm_memory::GuestMemoryError),
     #[error("cannot set up the xpmem device: {0}")]
     Xpmem(String),
+    #[error(transparent)]
+    Disk(#[from] virtio_blk_device::ImageError),
+    #[error("disk {path}: {source}")]
+    DiskDevice {
+        path: PathBuf,
+        source: virtio_blk_device::BlockError,
+    },
     #[error("cannot create virtio device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error(transparent)]
@@ -72,6 +79,24 @@ pub enum VmError {
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |err| VmError::Kvm { what, err }
+}
+
+/// Opens and locks the disk images of `cfg` (see [`virtio_blk_device::DiskImage`]):
+/// a writable image another VM or monitor holds is refused here, before any VM of
+/// the setup is built.
+pub fn open_disks(cfg: &VmConfig) -> Result<Vec<virtio_blk_device::Block>, VmError> {
+    cfg.disks
+        .iter()
+        .map(|disk| {
+            let image = virtio_blk_device::DiskImage::open(&disk.path, disk.read_only)?;
+            virtio_blk_device::Block::new(image, disk.serial.as_deref()).map_err(|source| {
+                VmError::DiskDevice {
+                    path: disk.path.clone(),
+                    source,
+                }
+            })
+        })
+        .collect()
 }
 
 /// Objects shared by all VMs of the monitor.
@@ -119,13 +144,15 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Builds VM `id` from `cfg`: everything is set up and loaded, no vCPU runs yet.
+    /// Builds VM `id` from `cfg` with its opened `disks` ([`open_disks`]):
+    /// everything is set up and loaded, no vCPU runs yet.
     pub fn new(
         kvm: &Kvm,
         cfg: &VmConfig,
         id: VmId,
         shared: &Shared,
         stdout_consoles: usize,
+        disks: Vec<virtio_blk_device::Block>,
     ) -> Result<Self, VmError> {
         let max = kvm.get_max_vcpus();
         if usize::from(cfg.vcpus) > max {
@@ -158,10 +185,18 @@ impl Vm {
             id,
             aperture_cut_off(Arc::downgrade(&vm_fd), next_slot, &apertures),
         );
-        let devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![
+        let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![
             ("rng", Box::new(virtio_rng_device::Rng::new())),
             ("xpmem", Box::new(xpmem)),
         ];
+        // Disks after the fixed devices (whose slots and GSIs stay put); the guest
+        // names virtio-blk disks in probe order, which is DSDT order: the first
+        // disk is /dev/vda.
+        devices.extend(
+            disks
+                .into_iter()
+                .map(|d| ("blk", Box::new(d) as Box<dyn VirtioDevice>)),
+        );
 
         let mut mmio = Bus::new();
         let mut slots = Vec::new();

@@ -293,3 +293,125 @@ fn sigterm_stops_a_spinning_vm() {
         "{err}"
     );
 }
+
+#[test]
+fn disk_config_errors_are_one_line_and_write_nothing() {
+    let dir = TempDir::new("disks");
+    let img = |name: &str, size: u64| {
+        let path = dir.0.join(name);
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    };
+    img("root.img", 1 << 20);
+    img("odd.img", 1000);
+    let ro = img("ro.img", 4096);
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    std::fs::create_dir(dir.0.join("adir")).unwrap();
+    std::fs::hard_link(dir.0.join("root.img"), dir.0.join("link.img")).unwrap();
+    let vm = |name: &str, extra: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nmemory = 64\nkernel = \"k\"\nconsole = \"file:{name}.log\"\n{extra}\n"
+        )
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (vm("a", "root = \"nope.img\""), "does not exist"),
+        (vm("a", "root = \"adir\""), "is a directory"),
+        (vm("a", "root = \"odd.img\""), "not a multiple of 512"),
+        (
+            vm("a", "root = \"ro.img\""),
+            "is read-only (mode 444) but asked to be writable",
+        ),
+        (
+            vm(
+                "a",
+                "disks = [{ path = \"root.img\", serial = \"serial-that-is-too-long\" }]",
+            ),
+            "longer than 20 bytes",
+        ),
+        (
+            format!(
+                "{}{}",
+                vm("a", "root = \"root.img\""),
+                vm("b", "root = \"link.img\"")
+            ),
+            "a writable image belongs to one VM only",
+        ),
+    ];
+    for (body, needle) in cases {
+        let path = config(&dir, &body);
+        let out = run(
+            &["--config", path.to_str().unwrap()],
+            &[("XPMEM_VMM_KVM_DEVICE", "/nonexistent/kvm")],
+        );
+        assert_one_line_error(&out, 2, needle);
+        assert!(!dir.0.join("a.log").exists(), "nothing written: {body}");
+    }
+}
+
+#[test]
+fn a_disk_locked_by_another_process_is_refused_before_anything_starts() {
+    let dir = TempDir::new("disk-lock");
+    dir.write("k", &tiny_bzimage(&[0xf4]));
+    let image = dir.0.join("root.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // This test process plays the other monitor.
+    let holder = virtio_blk_device::DiskImage::open(&image, false).unwrap();
+    let body = "[[vm]]\nname = \"a\"\nmemory = 64\nkernel = \"k\"\nconsole = \"file:a.log\"\nroot = { path = \"root.img\", read_only = true }\n";
+    let path = config(&dir, body);
+    let out = run(
+        &["--config", path.to_str().unwrap()],
+        &[("XPMEM_VMM_KVM_DEVICE", "/nonexistent/kvm")],
+    );
+    assert_one_line_error(&out, 1, "root.img is in use by process");
+    assert!(
+        stderr(&out).contains(&std::process::id().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.0.join("a.log").exists());
+    drop(holder);
+    // Once released, the monitor gets past the disks (and stops at the missing KVM).
+    let out = run(
+        &["--config", path.to_str().unwrap()],
+        &[("XPMEM_VMM_KVM_DEVICE", "/nonexistent/kvm")],
+    );
+    assert_one_line_error(&out, 1, "KVM is not available");
+}
+
+#[test]
+fn a_vm_with_disks_boots_and_releases_its_locks() {
+    if !kvm_usable("a cli.rs KVM test") {
+        return;
+    }
+    let dir = TempDir::new("disk-boot");
+    let mut code = serial_print(b"disks\r\n");
+    code.extend(out_then_halt(0x600, 0x34)); // power off
+    let kernel = dir.write("bzImage", &tiny_bzimage(&code));
+    let root = dir.0.join("root.img");
+    let data = dir.0.join("data.img");
+    for p in [&root, &data] {
+        std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
+    }
+    let root_arg = root.to_str().unwrap().to_string();
+    let data_arg = format!("{},ro,serial=data", data.display());
+    let out = run_bounded(
+        &one_vm(&kernel, &["--root", &root_arg, "--disk", &data_arg]),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains(&format!(
+            "disk {} (rw), disk {} (ro)",
+            root.display(),
+            data.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("VM t: powered off after"), "{err}");
+    // The monitor is gone, and its locks with it.
+    virtio_blk_device::DiskImage::open(&root, false).unwrap();
+}
