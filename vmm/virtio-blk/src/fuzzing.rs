@@ -27,8 +27,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
-use virtio_queue::{Queue, QueueT};
+use virtio_driver_model::{Input, NoIrq, SplitRing};
+use virtio_mmio_transport::{ActivateContext, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::image::{DiskBackend, DiskImage, GuestSlice};
@@ -46,41 +46,6 @@ const BUF_BASE: u64 = 0x1000;
 const SLOT: u64 = 0x3000;
 /// Bytes per step record; byte 0 is the operation.
 pub const STEP_BYTES: usize = 24;
-
-struct NoIrq;
-impl VirtioInterrupt for NoIrq {
-    fn trigger(&self, _: InterruptReason) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Input<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        for b in &mut out {
-            *b = self.data.get(self.pos).copied().unwrap_or(0);
-            self.pos += 1;
-        }
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.bytes())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes())
-    }
-}
 
 /// The expected image content, changed only by what the backend was asked to do.
 #[derive(Default)]
@@ -176,67 +141,6 @@ impl DiskBackend for Recorder {
     }
 }
 
-struct Ring {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl Ring {
-    fn new() -> Self {
-        Self {
-            desc: 0,
-            avail: 0x100,
-            used: 0x200,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-    fn queue(&self) -> Option<Queue> {
-        let mut q = Queue::new(QSIZE).ok()?;
-        q.set_size(QSIZE);
-        q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
-        q.try_set_avail_ring_address(GuestAddress(self.avail))
-            .ok()?;
-        q.try_set_used_ring_address(GuestAddress(self.used)).ok()?;
-        q.set_ready(true);
-        Some(q)
-    }
-    fn set_desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        let _ = mem.write_slice(&raw, GuestAddress(self.desc + u64::from(i % QSIZE) * 16));
-    }
-    fn make_available(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = self.avail + 4 + u64::from(self.avail_idx % QSIZE) * 2;
-        let _ = mem.write_obj(head.to_le(), GuestAddress(slot));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        let _ = mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2));
-    }
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let idx: u16 = mem
-            .read_obj(GuestAddress(self.used + 2))
-            .unwrap_or(self.used_seen);
-        let mut out = Vec::new();
-        for _ in 0..QSIZE {
-            if self.used_seen == idx {
-                break;
-            }
-            let e = self.used + 4 + u64::from(self.used_seen % QSIZE) * 8;
-            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(0);
-            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
-
 /// What a structured request must get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -325,9 +229,9 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
     };
     let offered = dev.device_features();
     let mut features = offered;
-    let mut ring = Ring::new();
-    let activate = |dev: &mut Block, ring: &mut Ring, features: u64| {
-        *ring = Ring::new();
+    let mut ring = SplitRing::new(0, QSIZE);
+    let activate = |dev: &mut Block, ring: &mut SplitRing, features: u64| {
+        *ring = SplitRing::new(0, QSIZE);
         let _ = mem.write_slice(&[0u8; 0x400], GuestAddress(0));
         if let Some(q) = ring.queue() {
             let _ = dev.activate(ActivateContext {
@@ -342,7 +246,7 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
     let mut pending: Vec<Option<Pending>> = (0..QSIZE).map(|_| None).collect();
 
     for rec in data.get(1..).unwrap_or(&[]).chunks(STEP_BYTES).take(256) {
-        let mut inp = Input { data: rec, pos: 0 };
+        let mut inp = Input::new(rec);
         let op = inp.u8() % 8;
         if op <= 2 {
             // Raw guest actions may rewrite a request's descriptors or memory.
@@ -525,7 +429,7 @@ fn check_completion(
 fn structured(
     inp: &mut Input<'_>,
     mem: &GuestMemoryMmap,
-    ring: &mut Ring,
+    ring: &mut SplitRing,
     head: u16,
     features: u64,
     read_only: bool,

@@ -25,6 +25,23 @@ pub trait VirtioInterrupt: Send + Sync {
     fn trigger(&self, reason: InterruptReason) -> std::io::Result<()>;
 }
 
+/// After a device put buffers in `queue`'s used ring: raises the used-buffer
+/// interrupt unless the driver suppressed it (EVENT_IDX). When the ring
+/// cannot be read it interrupts anyway: a spurious interrupt is harmless, a
+/// lost one stalls the driver.
+pub fn signal_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn VirtioInterrupt,
+) -> std::io::Result<()> {
+    use virtio_queue::QueueT;
+    if queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.trigger(InterruptReason::UsedBuffer)
+    } else {
+        Ok(())
+    }
+}
+
 /// A virtio shared memory region (virtio 1.2 section 2.10) as the device
 /// offers it: `id` is what the driver writes to SHMSel; `guest_base` and
 /// `len` are reported in SHMBase/SHMLen.

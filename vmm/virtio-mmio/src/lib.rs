@@ -13,7 +13,7 @@ pub mod device;
 mod transport;
 
 pub use device::{
-    ActivateContext, ActivateError, InterruptReason, SharedMemoryRegion, VirtioDevice,
+    signal_used, ActivateContext, ActivateError, InterruptReason, SharedMemoryRegion, VirtioDevice,
     VirtioInterrupt,
 };
 pub use transport::{

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_mmio_transport::{
-    ActivateContext, ActivateError, InterruptReason, VirtioDevice, VirtioInterrupt,
+    signal_used, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{Queue, QueueT};
@@ -291,13 +291,8 @@ impl VirtioDevice for Rng {
                 let Some(active) = self.active.as_mut() else {
                     return;
                 };
-                // With EVENT_IDX the driver may not want an interrupt now; on
-                // a ring error, interrupt anyway (a spurious one is harmless).
-                let notify = active.queue.needs_notification(&active.mem).unwrap_or(true);
-                if notify {
-                    if let Err(e) = active.interrupt.trigger(InterruptReason::UsedBuffer) {
-                        warn!("virtio-rng: cannot raise the used-buffer interrupt: {e}");
-                    }
+                if let Err(e) = signal_used(&mut active.queue, &active.mem, &*active.interrupt) {
+                    warn!("virtio-rng: cannot raise the used-buffer interrupt: {e}");
                 }
             }
             Err(e) => warn!("virtio-rng: queue processing stopped: {e}"),

@@ -20,8 +20,8 @@ use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
-use virtio_queue::{Queue, QueueT};
+use virtio_driver_model::{Input, NoIrq, SplitRing};
+use virtio_mmio_transport::{ActivateContext, VirtioDevice};
 use virtio_xpmem_wire as wire;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use xpmem_domain::VmId;
@@ -45,116 +45,9 @@ const EV_BASE: u64 = 0x8_0000;
 const USER_GPA: u64 = 0x4_0000;
 /// Bytes per step record of a fuzz input: byte 0 is the operation (bit 7
 /// picks the VM, bits 0..2 the action); for a structured request (actions
-/// 3 and 4) byte 1 is the head and byte 2 selects the opcode (mod 11, in
-/// OUTLINE order starting at MAKE = 0).
+/// 3 and 4) byte 1 is the head and byte 2 selects the opcode (mod 13, in
+/// opcode order starting at MAKE = 0).
 pub const STEP_BYTES: usize = 40;
-
-struct NoIrq;
-impl VirtioInterrupt for NoIrq {
-    fn trigger(&self, _: InterruptReason) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Input<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        for b in &mut out {
-            *b = self.data.get(self.pos).copied().unwrap_or(0);
-            self.pos += 1;
-        }
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.bytes())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes())
-    }
-    fn pick(&mut self, pool: &[u64]) -> u64 {
-        let i = self.u8() as usize;
-        if pool.is_empty() || i >= 224 {
-            // Sometimes a made-up id.
-            self.u64()
-        } else {
-            // Mostly recent ids.
-            pool[pool.len() - 1 - (i % pool.len().min(8))]
-        }
-    }
-}
-
-struct Ring {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl Ring {
-    fn new(base: u64) -> Self {
-        Self {
-            desc: base,
-            avail: base + 0x100,
-            used: base + 0x200,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-    fn queue(&self) -> Option<Queue> {
-        let mut q = Queue::new(QSIZE).ok()?;
-        q.set_size(QSIZE);
-        q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
-        q.try_set_avail_ring_address(GuestAddress(self.avail))
-            .ok()?;
-        q.try_set_used_ring_address(GuestAddress(self.used)).ok()?;
-        q.set_ready(true);
-        Some(q)
-    }
-    fn set_desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        let _ = mem.write_slice(&raw, GuestAddress(self.desc + u64::from(i % QSIZE) * 16));
-    }
-    fn make_available(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = self.avail + 4 + u64::from(self.avail_idx % QSIZE) * 2;
-        let _ = mem.write_obj(head.to_le(), GuestAddress(slot));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        let _ = mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2));
-    }
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let idx: u16 = mem
-            .read_obj(GuestAddress(self.used + 2))
-            .unwrap_or(self.used_seen);
-        let mut out = Vec::new();
-        // At most a ring's worth per call, whatever the used index says.
-        for _ in 0..QSIZE {
-            if self.used_seen == idx {
-                break;
-            }
-            let e = self.used + 4 + u64::from(self.used_seen % QSIZE) * 8;
-            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(0);
-            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 struct Vm {
     mem: GuestMemoryMmap,
@@ -162,8 +55,8 @@ struct Vm {
     /// Windows (rw, ro) the hub cut this VM off from (a memslot would be gone).
     cut_off: Arc<[std::sync::atomic::AtomicBool; 2]>,
     dev: XpmemDevice,
-    reqq: Ring,
-    evq: Ring,
+    reqq: SplitRing,
+    evq: SplitRing,
     /// Opcode of the structured request last placed at each head.
     sent: [u32; QSIZE as usize],
 }
@@ -206,8 +99,8 @@ impl Vm {
             windows,
             cut_off,
             dev,
-            reqq: Ring::new(0),
-            evq: Ring::new(0x1000),
+            reqq: SplitRing::new(0, QSIZE),
+            evq: SplitRing::new(0x1000, QSIZE),
             sent: [0; QSIZE as usize],
         };
         vm.activate()?;
@@ -215,8 +108,8 @@ impl Vm {
     }
 
     fn activate(&mut self) -> Option<()> {
-        self.reqq = Ring::new(0);
-        self.evq = Ring::new(0x1000);
+        self.reqq = SplitRing::new(0, QSIZE);
+        self.evq = SplitRing::new(0x1000, QSIZE);
         let _ = self.mem.write_slice(&[0u8; 0x2000], GuestAddress(0));
         let features = self.dev.device_features();
         self.dev
@@ -479,7 +372,7 @@ pub fn run_one(data: &[u8]) -> xpmem_domain::Counters {
     // The input is a sequence of fixed-size step records, so mutations of
     // one step do not shift the meaning of the following ones.
     for rec in data.chunks(STEP_BYTES).take(256) {
-        let mut inp = Input { data: rec, pos: 0 };
+        let mut inp = Input::new(rec);
         let op = inp.u8();
         let v = usize::from(op >> 7);
         let vm = &mut vms[v];

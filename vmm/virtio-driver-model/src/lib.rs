@@ -1,0 +1,152 @@
+//! What the devices' fuzz targets drive them with: a hostile driver's side of
+//! a split virtqueue ([`SplitRing`]: descriptors, available ring, used ring
+//! in guest memory, written byte by byte so that any value can be put there),
+//! a reader of fuzz input bytes ([`Input`]) and an interrupt sink
+//! ([`NoIrq`]). Not for production paths: every write to guest memory here
+//! ignores failure on purpose (a fuzz input may point anywhere).
+
+use virtio_mmio_transport::{InterruptReason, VirtioInterrupt};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// An interrupt line nobody listens to.
+pub struct NoIrq;
+
+impl VirtioInterrupt for NoIrq {
+    fn trigger(&self, _: InterruptReason) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads fuzz input as little-endian numbers; past the end it reads zeros.
+pub struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Input { data, pos: 0 }
+    }
+
+    pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for b in &mut out {
+            *b = self.data.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+        }
+        out
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        self.bytes::<1>()[0]
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.bytes())
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+
+    /// Mostly one of the last 8 values of `pool` (ids the device handed out),
+    /// sometimes a made-up one.
+    pub fn pick(&mut self, pool: &[u64]) -> u64 {
+        let i = self.u8() as usize;
+        if pool.is_empty() || i >= 224 {
+            self.u64()
+        } else {
+            pool[pool.len() - 1 - (i % pool.len().min(8))]
+        }
+    }
+}
+
+/// The driver's side of a split virtqueue of `size` entries at `base`:
+/// descriptor table at `base`, available ring at `base + 16 * size`, used
+/// ring at `base + 32 * size` (each part fits its slot for sizes up to 256).
+pub struct SplitRing {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl SplitRing {
+    pub fn new(base: u64, size: u16) -> Self {
+        let stride = 16 * u64::from(size);
+        SplitRing {
+            size,
+            desc: base,
+            avail: base + stride,
+            used: base + 2 * stride,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// A ready device-side queue over this ring.
+    pub fn queue(&self) -> Option<Queue> {
+        let mut q = Queue::new(self.size).ok()?;
+        q.set_size(self.size);
+        q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
+        q.try_set_avail_ring_address(GuestAddress(self.avail))
+            .ok()?;
+        q.try_set_used_ring_address(GuestAddress(self.used)).ok()?;
+        q.set_ready(true);
+        Some(q)
+    }
+
+    /// Writes descriptor `i` (modulo the size): any values, as a hostile driver may.
+    pub fn set_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        i: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        let at = self.desc + u64::from(i % self.size) * 16;
+        let _ = mem.write_slice(&raw, GuestAddress(at));
+    }
+
+    /// Puts `head` (any value) in the available ring and publishes it.
+    pub fn make_available(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = self.avail + 4 + u64::from(self.avail_idx % self.size) * 2;
+        let _ = mem.write_obj(head.to_le(), GuestAddress(slot));
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        let _ = mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2));
+    }
+
+    /// The used entries `(id, len)` since the last call; at most a ring's
+    /// worth, whatever the used index says.
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+        let idx: u16 = mem
+            .read_obj(GuestAddress(self.used + 2))
+            .unwrap_or(self.used_seen);
+        let mut out = Vec::new();
+        for _ in 0..self.size {
+            if self.used_seen == idx {
+                break;
+            }
+            let e = self.used + 4 + u64::from(self.used_seen % self.size) * 8;
+            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(0);
+            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
