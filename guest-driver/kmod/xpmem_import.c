@@ -662,11 +662,11 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 		return -EFAULT;
 	/*
 	 * As natively: page-aligned vaddr and offset, and a vaddr that leaves
-	 * room for a page below TASK_SIZE.
+	 * room for a page below TASK_SIZE. The native module ignores fd and
+	 * flags; here XPMEM_RDONLY alone asks for a read-only attachment and
+	 * XPMEM_RDWR for a writable one, every other bit is ignored.
 	 */
 	if (cmd.apid <= 0 || cmd.offset < 0 || !cmd.size ||
-	    (cmd.flags & ~(XPMEM_RDONLY | XPMEM_RDWR)) ||
-	    (cmd.flags & XPMEM_RDONLY && cmd.flags & XPMEM_RDWR) ||
 	    !PAGE_ALIGNED(cmd.vaddr) || !PAGE_ALIGNED(cmd.offset) ||
 	    (cmd.vaddr && cmd.vaddr >= TASK_SIZE - PAGE_SIZE))
 		return -EINVAL;
@@ -677,7 +677,7 @@ long xpmem_ioctl_attach(struct xpmem_dev *xd, struct xpmem_owner *owner,
 	 * an explicit XPMEM_RDWR attach of a read-only permit gets native's
 	 * EACCES.
 	 */
-	rdonly = cmd.flags & XPMEM_RDONLY;
+	rdonly = (cmd.flags & (XPMEM_RDONLY | XPMEM_RDWR)) == XPMEM_RDONLY;
 	perm_rdonly = false;
 	overlap = false;
 	mutex_lock(&owner->lock);

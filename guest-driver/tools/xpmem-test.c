@@ -1837,6 +1837,25 @@ static int case_fault_hog(void)
 	return pass();
 }
 
+/* The library's descriptor of /dev/xpmem (after its first call), or -1. */
+static int lib_fd(void)
+{
+	char path[64], link[64];
+	ssize_t len;
+	int fd;
+
+	for (fd = 3; fd < 256; fd++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		len = readlink(path, link, sizeof(link) - 1);
+		if (len <= 0)
+			continue;
+		link[len] = 0;
+		if (!strcmp(link, "/dev/xpmem"))
+			return fd;
+	}
+	return -1;
+}
+
 /*
  * get-permit-value: Open MPI (btl/vader, smsc/xpmem) and UCX call
  * xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, (void *)0666). The native
@@ -1846,7 +1865,10 @@ static int case_fault_hog(void)
 static int case_get_permit_value(void)
 {
 	volatile uint64_t *buf = alloc_buf(1), *att;
+	struct xpmem_cmd_attach cmd = { .offset = 0, .size = 2 * PAGE,
+					.vaddr = 0, .flags = 0x40 };
 	struct xpmem_addr addr = { .offset = 0 };
+	int fd;
 	xpmem_segid_t segid;
 	xpmem_apid_t apid;
 
@@ -1866,6 +1888,25 @@ static int case_get_permit_value(void)
 		return fail("xpmem_attach: %s", strerror(errno));
 	if (att[WORDS] != MAGIC)
 		return fail("attachment reads %#llx", (unsigned long long)att[WORDS]);
+	if (xpmem_detach((void *)att))
+		return fail("xpmem_detach: %s", strerror(errno));
+	/*
+	 * The native library passes its descriptor in the ATTACH ioctl's fd and
+	 * the module ignores fd and flags: a caller's own ioctl with any fd and
+	 * unknown flag bits attaches too.
+	 */
+	cmd.apid = apid;
+	fd = lib_fd();
+	if (fd < 0)
+		return fail("no /dev/xpmem descriptor of the library");
+	cmd.fd = fd;
+	if (ioctl(fd, XPMEM_CMD_ATTACH, &cmd))
+		return fail("ATTACH with fd %d and flags %#x: %s, natively ignored",
+			    cmd.fd, cmd.flags, strerror(errno));
+	att = (volatile uint64_t *)(uintptr_t)cmd.vaddr;
+	if (att[WORDS] != MAGIC)
+		return fail("the ioctl's attachment reads %#llx",
+			    (unsigned long long)att[WORDS]);
 	if (xpmem_detach((void *)att) || xpmem_release(apid) ||
 	    xpmem_remove(segid))
 		return fail("cleanup: %s", strerror(errno));
@@ -3450,25 +3491,6 @@ static int case_fork_importer(void)
 	if (check(att, n, 1) >= 0)
 		return fail("the parent's attachment changed after the child's calls");
 	return finish_import(att, apid, sh, child, 1);
-}
-
-/* The library's descriptor of /dev/xpmem (after its first call), or -1. */
-static int lib_fd(void)
-{
-	char path[64], link[64];
-	ssize_t len;
-	int fd;
-
-	for (fd = 3; fd < 256; fd++) {
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-		len = readlink(path, link, sizeof(link) - 1);
-		if (len <= 0)
-			continue;
-		link[len] = 0;
-		if (!strcmp(link, "/dev/xpmem"))
-			return fd;
-	}
-	return -1;
 }
 
 /*
