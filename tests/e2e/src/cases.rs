@@ -341,6 +341,12 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
     })?;
     truncated.truncate(16 * 1024);
     payload.data("truncated.bin", truncated, 0o644);
+    // Disk images (issue 9): a good one, one of 1000 bytes, a read-only file,
+    // and a directory where an image should be.
+    payload.data("disk.img", vec![0u8; 64 * 1024], 0o644);
+    payload.data("odd.img", vec![0u8; 1000], 0o644);
+    payload.data("ro.img", vec![0u8; 64 * 1024], 0o444);
+    payload.data("imgdir/keep", Vec::new(), 0o644);
 
     let ok = |extra: &str| vm_toml("a", 1, "256", "../vmlinuz", "../guest.cpio.gz", extra);
     let configs: Vec<(&str, String)> = vec![
@@ -375,6 +381,31 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
         ),
         ("unknown-key", ok("vcpu_count = 2")),
         ("duplicate-names", format!("{}{}", ok(""), ok(""))),
+        (
+            "disk-missing",
+            ok("disks = [{ path = \"../no-such.img\" }]"),
+        ),
+        ("disk-odd-size", ok("disks = [{ path = \"../odd.img\" }]")),
+        ("disk-directory", ok("root = \"../imgdir\"")),
+        (
+            "disk-read-only-file",
+            ok("disks = [{ path = \"../ro.img\" }]"),
+        ),
+        (
+            "disk-writable-twice",
+            format!(
+                "{}{}",
+                ok("disks = [{ path = \"../disk.img\" }]"),
+                vm_toml(
+                    "b",
+                    1,
+                    "256",
+                    "../vmlinuz",
+                    "../guest.cpio.gz",
+                    "root = \"../disk.img\""
+                )
+            ),
+        ),
     ];
     for (name, text) in &configs {
         payload.data(format!("cases/{name}.toml"), text.clone(), 0o644);
@@ -434,6 +465,31 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
             name: "duplicate-names",
             args: String::new(),
             keywords: &["duplicate"],
+        },
+        BadInput {
+            name: "disk-missing",
+            args: String::new(),
+            keywords: &["no-such.img", "does not exist"],
+        },
+        BadInput {
+            name: "disk-odd-size",
+            args: String::new(),
+            keywords: &["odd.img", "512"],
+        },
+        BadInput {
+            name: "disk-directory",
+            args: String::new(),
+            keywords: &["imgdir", "directory"],
+        },
+        BadInput {
+            name: "disk-read-only-file",
+            args: String::new(),
+            keywords: &["ro.img", "read_only"],
+        },
+        BadInput {
+            name: "disk-writable-twice",
+            args: String::new(),
+            keywords: &["disk.img", "one VM"],
         },
     ];
     let mut script = String::from(CASE_SCRIPT_HEAD);
