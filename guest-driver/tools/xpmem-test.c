@@ -84,6 +84,8 @@ static struct {
 	const char *misbehave;	/* attach-hostile: test_misbehave mode */
 	int hold;		/* attach-hostile: seconds to go on after SIGBUS */
 	const char *name;	/* export: name the segment; attach: find it by name */
+	const char *dev;	/* disk-*: the block device */
+	const char *serial;	/* disk-*: the serial the device must report */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
 	  .to = "b", .importers = 1, .chunks = 1 };
 
@@ -2514,6 +2516,177 @@ static int case_whole_space(void)
 	return pass();
 }
 
+/* ---- virtio-blk (issue 9): durability and read-only disks ---- */
+
+#define DISK_CHUNK	(1UL << 20)
+#define DISK_SEED	0x5851f42d4c957f2dULL
+
+/* The word at byte offset @off of the test pattern: distinct per word. */
+static uint64_t disk_word(uint64_t off)
+{
+	return (off / 8 + 1) * 0x9e3779b97f4a7c15ULL ^ DISK_SEED;
+}
+
+/* /sys/block/<dev>/<attr> of --dev, without the trailing newline. */
+static int disk_attr(const char *attr, char *buf, size_t len)
+{
+	const char *base = strrchr(opt.dev, '/');
+	char path[128];
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/%s",
+		 base ? base + 1 : opt.dev, attr);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	n = fread(buf, 1, len - 1, f);
+	fclose(f);
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == 0))
+		n--;
+	buf[n] = 0;
+	return 0;
+}
+
+/* --serial, if given, is what the device reports (VIRTIO_BLK_T_GET_ID). */
+static int disk_check_serial(void)
+{
+	char serial[64];
+
+	if (!opt.serial)
+		return EXIT_PASS;
+	if (disk_attr("serial", serial, sizeof(serial)))
+		return fail("%s has no serial attribute", opt.dev);
+	if (strcmp(serial, opt.serial))
+		return fail("%s reports serial \"%s\", want \"%s\"", opt.dev,
+			    serial, opt.serial);
+	return EXIT_PASS;
+}
+
+/*
+ * disk-write: write --pages MiB of the pattern to --dev through the page
+ * cache, fsync (the guest's FLUSH), then print SYNCED and the sum: from
+ * then on the host may kill the monitor and the data must survive.
+ */
+static int case_disk_write(void)
+{
+	uint64_t *chunk, sum = 0, off;
+	unsigned long i, w;
+	double t0 = now();
+	int fd, rc;
+
+	if (!opt.dev)
+		return fail("needs --dev");
+	rc = disk_check_serial();
+	if (rc)
+		return rc;
+	chunk = malloc(DISK_CHUNK);
+	if (!chunk)
+		return fail("malloc");
+	fd = open(opt.dev, O_RDWR);
+	if (fd < 0)
+		return fail("open %s: %s", opt.dev, strerror(errno));
+	for (i = 0; i < opt.pages; i++) {
+		for (w = 0; w < DISK_CHUNK / 8; w++) {
+			off = i * DISK_CHUNK + w * 8;
+			chunk[w] = disk_word(off);
+			sum += chunk[w];
+		}
+		if (pwrite(fd, chunk, DISK_CHUNK, (off_t)(i * DISK_CHUNK)) !=
+		    (ssize_t)DISK_CHUNK)
+			return fail("pwrite at MiB %lu: %s", i, strerror(errno));
+	}
+	if (fsync(fd))
+		return fail("fsync: %s", strerror(errno));
+	close(fd);
+	free(chunk);
+	say("SYNCED %lu MiB sum %016llx in %.1f s", opt.pages,
+	    (unsigned long long)sum, now() - t0);
+	return pass();
+}
+
+/*
+ * disk-verify: read --pages MiB of --dev back; every word must be the
+ * pattern's (a lost or misplaced write shows with its offset).
+ */
+static int case_disk_verify(void)
+{
+	uint64_t *chunk, sum = 0, off;
+	unsigned long i, w;
+	double t0 = now();
+	int fd, rc;
+
+	if (!opt.dev)
+		return fail("needs --dev");
+	rc = disk_check_serial();
+	if (rc)
+		return rc;
+	chunk = malloc(DISK_CHUNK);
+	if (!chunk)
+		return fail("malloc");
+	fd = open(opt.dev, O_RDONLY);
+	if (fd < 0)
+		return fail("open %s: %s", opt.dev, strerror(errno));
+	for (i = 0; i < opt.pages; i++) {
+		if (pread(fd, chunk, DISK_CHUNK, (off_t)(i * DISK_CHUNK)) !=
+		    (ssize_t)DISK_CHUNK)
+			return fail("pread at MiB %lu: %s", i, strerror(errno));
+		for (w = 0; w < DISK_CHUNK / 8; w++) {
+			off = i * DISK_CHUNK + w * 8;
+			if (chunk[w] != disk_word(off))
+				return fail("byte %llu reads %016llx, want %016llx",
+					    (unsigned long long)off,
+					    (unsigned long long)chunk[w],
+					    (unsigned long long)disk_word(off));
+			sum += chunk[w];
+		}
+	}
+	close(fd);
+	free(chunk);
+	say("VERIFIED %lu MiB sum %016llx in %.1f s", opt.pages,
+	    (unsigned long long)sum, now() - t0);
+	return pass();
+}
+
+/*
+ * disk-readonly: a disk the host gave read-only is read-only in the guest
+ * (/sys/block/<dev>/ro), reads work, and a write fails (the guest kernel
+ * refuses it first; the device would answer IOERR).
+ */
+static int case_disk_readonly(void)
+{
+	char ro[16], buf[4096];
+	int fd, rc, err;
+
+	if (!opt.dev)
+		return fail("needs --dev");
+	rc = disk_check_serial();
+	if (rc)
+		return rc;
+	if (disk_attr("ro", ro, sizeof(ro)) || strcmp(ro, "1"))
+		return fail("%s is not read-only in the guest (ro=%s)", opt.dev, ro);
+	fd = open(opt.dev, O_RDONLY);
+	if (fd < 0)
+		return fail("open %s read-only: %s", opt.dev, strerror(errno));
+	if (pread(fd, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+		return fail("read of %s: %s", opt.dev, strerror(errno));
+	close(fd);
+	memset(buf, 0xa5, sizeof(buf));
+	fd = open(opt.dev, O_WRONLY);
+	if (fd >= 0) {
+		rc = pwrite(fd, buf, sizeof(buf), 0) == (ssize_t)sizeof(buf) &&
+		     !fsync(fd);
+		err = errno;
+		close(fd);
+		if (rc)
+			return fail("a write to the read-only %s succeeded", opt.dev);
+	} else {
+		err = errno;
+	}
+	say("NOTE the write failed with %s", strerror(err));
+	return pass();
+}
+
 /* version: the ioctl works even without the device. */
 static int case_version(void)
 {
@@ -3848,6 +4021,9 @@ static const struct {
 	{ "names", case_names, "named segments in one VM: make_name, search, /proc/xpmem/names, EEXIST, gone with the segment" },
 	{ "export-space", case_export_space, "--name: whole address space with a hole at 0x100000000000, filled later, then SIGKILL (attach-space)" },
 	{ "attach-space", case_attach_space, "--name: attach by the exporter's address, hole SIGBUS, later data, threads, SIGBUS after the kill" },
+	{ "disk-write", case_disk_write, "write --pages MiB of a pattern to --dev, fsync, print SYNCED and its sum" },
+	{ "disk-verify", case_disk_verify, "read --pages MiB of --dev back and check every word" },
+	{ "disk-readonly", case_disk_readonly, "--dev is read-only in the guest; reads work, writes fail" },
 	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
 	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },
 	{ "local-latency", case_local_latency, "after GO: --timeout s of one-page export/attach/munmap rounds in this VM" },
@@ -3861,6 +4037,7 @@ static void usage(void)
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
 		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
 		"       [--chunks N] [--misbehave MODE] [--hold S] [--name NAME]\n"
+		"       [--dev /dev/vdX] [--serial ID]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
@@ -3912,6 +4089,10 @@ int main(int argc, char **argv)
 			opt.hold = atoi(v);
 		else if (!strcmp(k, "--name"))
 			opt.name = v;
+		else if (!strcmp(k, "--dev"))
+			opt.dev = v;
+		else if (!strcmp(k, "--serial"))
+			opt.serial = v;
 		else {
 			usage();
 			return EXIT_USAGE;

@@ -79,7 +79,8 @@ pub struct Env {
 /// The names of all groups, in the order `test` runs them.
 /// `xpmem` joined after passing three runs in a row on the nested host
 /// (2026-11-25); it needs `make -C guest-driver` first.
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem"];
+/// `disk` (issue 9) boots guests with virtio-blk disks.
+pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk"];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &[];
@@ -91,6 +92,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "boot" => boot_group(env),
         "errors" => errors_group(env),
         "xpmem" => crate::xpmem_group::run(env, group_opts(env, group)),
+        "disk" => crate::disk_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,

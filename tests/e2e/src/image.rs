@@ -155,12 +155,17 @@ impl Spec {
         }
     }
 
-    /// What every XPMEM test boots: the base modules, then
+    /// What every XPMEM test boots: the base modules and `virtio_blk`, then
     /// `guest-driver/kmod/xpmem.ko`, with `guest-driver/tools/image`
     /// (scenario scripts and static test programs) in the image root.
     pub fn xpmem() -> Self {
         let root = crate::repo_root();
         Self {
+            modules: BASE_MODULES
+                .iter()
+                .chain(&["virtio_blk"])
+                .map(|s| s.to_string())
+                .collect(),
             extra_modules: vec![root.join("guest-driver/kmod/xpmem.ko")],
             extra_dirs: vec![root.join("guest-driver/tools/image")],
             ..Self::base()

@@ -14,6 +14,7 @@ pub mod console;
 pub mod cpio;
 pub mod debian;
 pub mod demo;
+pub mod disk_group;
 pub mod hash;
 pub mod image;
 pub mod kmod;
