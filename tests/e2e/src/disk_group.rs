@@ -321,3 +321,144 @@ mod tests {
         );
     }
 }
+
+/// Figures of one `xpmem-test disk-bench` run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BenchFigures {
+    pub seq_write_mibs: f64,
+    pub seq_read_mibs: f64,
+    pub rand_read_iops: f64,
+}
+
+impl BenchFigures {
+    /// Parses the `RESULT seq_write_mibs=.. seq_read_mibs=.. rand_read_iops=..` line.
+    pub fn parse(line: &str) -> Option<BenchFigures> {
+        let rest = &line[line.find("XPMEM-TEST disk-bench RESULT ")?..];
+        let num = |key: &str| -> Option<f64> { word_after(rest, key)?.parse().ok() };
+        Some(BenchFigures {
+            seq_write_mibs: num("seq_write_mibs=")?,
+            seq_read_mibs: num("seq_read_mibs=")?,
+            rand_read_iops: num("rand_read_iops=")?,
+        })
+    }
+}
+
+/// `xpmem-e2e bench-disk`: on the nested test host, `xpmem-test disk-bench`
+/// against the image file, then in a guest against the same file as its
+/// virtio-blk disk, in one run. Returns (host, guest).
+pub fn bench(env: &Env, opts: nested::Options) -> Result<(BenchFigures, BenchFigures), String> {
+    let root = crate::repo_root();
+    let tool = root.join("guest-driver/tools/image/bin/xpmem-test");
+    if !tool.exists() {
+        return Err(format!(
+            "{} is missing: run `make -C guest-driver`",
+            tool.display()
+        ));
+    }
+    let kernel = env.cache.kernel().map_err(|e| e.to_string())?;
+    let busybox = env.cache.busybox().map_err(|e| e.to_string())?;
+    let initrd = image::build(
+        &kernel,
+        &busybox,
+        &Spec::xpmem(),
+        &crate::build_dir().join("images"),
+    )
+    .map_err(|e| e.to_string())?;
+    let script = format!(
+        r#"{heartbeat}dd if=/dev/zero of=bench.img bs=1M count=0 seek={size} 2>/dev/null
+echo "host: $(./xpmem-test disk-bench --dev bench.img --pages {mib} --rounds 2000 | grep RESULT)"
+timeout -s KILL 600 ./xpmem-vmm --config bench.toml </dev/null 2>&1
+kill $hb 2>/dev/null
+"#,
+        heartbeat = nested::HEARTBEAT,
+        size = DISK_MIB + 1,
+        mib = DISK_MIB,
+    );
+    let mut payload = Payload::new(script);
+    payload.file(&env.vmm, "xpmem-vmm");
+    payload.file(&tool, "xpmem-test");
+    payload.file(&kernel.vmlinuz, "vmlinuz");
+    payload.file(&initrd, "guest.cpio.gz");
+    payload.data(
+        "bench.toml",
+        vm_toml(
+            "bench",
+            "disk-bench.sh",
+            r#"{ path = "bench.img", serial = "bench" }"#,
+        ),
+        0o644,
+    );
+    let mut opts = opts;
+    opts.silence_limit = Some(nested::SILENCE_LIMIT);
+    let (mut host, mut guest) = (None, None);
+    nested::run(&env.cache, &payload, &opts, |l| {
+        if l.contains("disk-bench") || l.starts_with("xpmem-vmm:") {
+            println!("[L1] {l}");
+        }
+        if let Some(f) = BenchFigures::parse(l) {
+            if l.starts_with("host: ") {
+                host = Some(f);
+            } else {
+                guest = Some(f);
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    match (host, guest) {
+        (Some(h), Some(g)) => Ok((h, g)),
+        (h, g) => Err(format!(
+            "missing figures: host {h:?}, guest {g:?} (see the console above)"
+        )),
+    }
+}
+
+/// The table `bench-disk` prints: guest, host and guest/host per figure.
+pub fn bench_table(host: &BenchFigures, guest: &BenchFigures) -> String {
+    let row = |name: &str, g: f64, h: f64| {
+        format!(
+            "{name:<28} {g:>12.1} {h:>12.1} {:>10.3}\n",
+            if h > 0.0 { g / h } else { 0.0 }
+        )
+    };
+    let mut t = format!(
+        "{:<28} {:>12} {:>12} {:>10}\n",
+        "virtio-blk, 64 MiB image", "guest", "host", "guest/host"
+    );
+    t += &row(
+        "sequential write MiB/s",
+        guest.seq_write_mibs,
+        host.seq_write_mibs,
+    );
+    t += &row(
+        "sequential read MiB/s",
+        guest.seq_read_mibs,
+        host.seq_read_mibs,
+    );
+    t += &row(
+        "4 KiB random read IOPS",
+        guest.rand_read_iops,
+        host.rand_read_iops,
+    );
+    t
+}
+
+#[cfg(test)]
+mod bench_tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_parse_and_the_table_has_ratios() {
+        let line = "[vm-bench] [ 3.0] XPMEM-TEST disk-bench RESULT seq_write_mibs=20.5 \
+                    seq_read_mibs=40.0 rand_read_iops=500 (O_DIRECT, 64 MiB, 2000 random reads)";
+        let g = BenchFigures::parse(line).unwrap();
+        assert_eq!(g.rand_read_iops, 500.0);
+        let h = BenchFigures {
+            seq_write_mibs: 41.0,
+            seq_read_mibs: 80.0,
+            rand_read_iops: 1000.0,
+        };
+        let t = bench_table(&h, &g);
+        assert!(t.contains("0.500"), "{t}");
+        assert!(BenchFigures::parse("XPMEM-TEST disk-bench PASS").is_none());
+    }
+}

@@ -49,8 +49,12 @@ commands:
                              ways, a unmaps and b's next touch gets SIGBUS; prints each
                              step, the xpmem counters and a verdict (exit 1 on failure);
                              needs `make -C guest-driver all`
+  bench-disk --vmm BIN [--nested|--direct]
+                             virtio-blk benchmark: sequential MiB/s and 4 KiB random-read
+                             IOPS in a guest and on the test host against the same
+                             image file, one run; prints a table with guest/host ratios
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot xpmem;
+                             run end-to-end groups (default: errors boot xpmem disk;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
@@ -470,6 +474,30 @@ fn cmd_demo(args: &mut Args) -> Result<ExitCode, CliError> {
     }
 }
 
+fn cmd_bench_disk(args: &mut Args) -> Result<ExitCode, CliError> {
+    let f = parse_run_flags(args, Echo::Progress)?;
+    let vmm = f
+        .vmm
+        .clone()
+        .ok_or_else(|| CliError::Usage("--vmm BIN is required".into()))?;
+    let env = Env {
+        cache: cache(),
+        vmm,
+        opts: f.opts.clone(),
+        echo: f.echo,
+    };
+    match xpmem_e2e::disk_group::bench(&env, f.opts.clone()) {
+        Ok((host, guest)) => {
+            print!("{}", xpmem_e2e::disk_group::bench_table(&host, &guest));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("xpmem-e2e: bench-disk: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn cmd_test(args: &mut Args) -> Result<ExitCode, CliError> {
     let f = parse_run_flags(args, Echo::Progress)?;
     let groups: Vec<String> = if f.positional.is_empty() {
@@ -561,6 +589,7 @@ fn real_main() -> Result<ExitCode, CliError> {
         Some("scenario") => cmd_scenario(&mut args),
         Some("demo") => cmd_demo(&mut args),
         Some("test") => cmd_test(&mut args),
+        Some("bench-disk") => cmd_bench_disk(&mut args),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
