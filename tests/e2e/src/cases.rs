@@ -79,8 +79,9 @@ pub struct Env {
 /// The names of all groups, in the order `test` runs them.
 /// `xpmem` joined after passing three runs in a row on the nested host
 /// (2026-11-25); it needs `make -C guest-driver` first.
-/// `disk` (issue 9) boots guests with virtio-blk disks.
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk"];
+/// `disk` (issue 9) boots guests with virtio-blk disks, `rootdisk` boots two
+/// VMs from the Debian root image (built by `scripts/build-root-image.sh`).
+pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk"];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &[];
@@ -93,6 +94,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "errors" => errors_group(env),
         "xpmem" => crate::xpmem_group::run(env, group_opts(env, group)),
         "disk" => crate::disk_group::run(env, group_opts(env, group)),
+        "rootdisk" => crate::rootdisk_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,

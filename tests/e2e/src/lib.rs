@@ -21,6 +21,7 @@ pub mod kmod;
 pub mod nested;
 pub mod process;
 pub mod relay;
+pub mod rootdisk_group;
 pub mod scenario;
 pub mod xpmem_group;
 

@@ -141,6 +141,11 @@ pub struct Payload {
     pub files: Vec<PayloadFile>,
     /// The script (busybox `sh` in L1, `sh` when direct).
     pub script: String,
+    /// Host files the script reads as block devices, read-only, without
+    /// copying them into L1's RAM (a root image is a gigabyte): the script
+    /// finds drive N at `$XPMEM_DRIVEN` (`/dev/vda`, `/dev/vdb`, ... in L1, the
+    /// file itself when direct).
+    pub drives: Vec<PathBuf>,
 }
 
 impl Payload {
@@ -149,7 +154,14 @@ impl Payload {
         Self {
             files: Vec::new(),
             script: script.into(),
+            drives: Vec::new(),
         }
+    }
+
+    /// Adds a read-only drive (see [`Payload::drives`]).
+    pub fn drive(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.drives.push(path.into());
+        self
     }
 
     /// Adds a file; executables keep their mode bits.
@@ -297,6 +309,19 @@ case " $(cat /proc/cmdline) " in
 *" xpmem.l1.kvm=defer "*) echo "XPMEM-L1 kvm modules not loaded (deferred; run load-kvm)" ;;
 *) load-kvm ;;
 esac
+if [ -f /lib/modules/disk/order ]; then
+	for m in $(cat /lib/modules/disk/order); do
+		insmod /lib/modules/disk/$m || echo "XPMEM-L1 ERROR insmod $m failed"
+	done
+	n=0
+	for d in $(cat /lib/modules/disk/drives); do
+		i=0
+		while [ ! -b /dev/$d ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+		[ -b /dev/$d ] || echo "XPMEM-L1 ERROR drive /dev/$d missing"
+		export XPMEM_DRIVE$n=/dev/$d
+		n=$((n + 1))
+	done
+fi
 export XPMEM_HOST=nested
 cd /payload
 sh /payload/run.sh
@@ -359,6 +384,27 @@ pub fn build_l1_initramfs(
         order.push('\n');
     }
     a.add_file("lib/modules/kvm/order", 0o644, order.into_bytes())?;
+    if !payload.drives.is_empty() {
+        let mut order = String::new();
+        for m in idx.resolve(&["virtio_pci", "virtio_blk"])? {
+            let name = m
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            a.add_file(&format!("lib/modules/disk/{name}"), 0o644, read(&m)?)?;
+            order.push_str(&name);
+            order.push('\n');
+        }
+        a.add_file("lib/modules/disk/order", 0o644, order.into_bytes())?;
+        let names: Vec<String> = (0..payload.drives.len())
+            .map(|i| format!("vd{}", (b'a' + i as u8) as char))
+            .collect();
+        a.add_file(
+            "lib/modules/disk/drives",
+            0o644,
+            names.join("\n").into_bytes(),
+        )?;
+    }
     for f in &payload.files {
         a.add_file(&format!("payload/{}", f.dest), f.mode, f.source.bytes()?)?;
     }
@@ -488,6 +534,14 @@ fn run_nested(
         .arg("-initrd")
         .arg(&initrd.0)
         .args(["-append", &append]);
+    for (i, drive) in payload.drives.iter().enumerate() {
+        let mut spec = std::ffi::OsString::from("file=");
+        spec.push(drive);
+        spec.push(format!(",format=raw,if=none,id=d{i},readonly=on"));
+        cmd.arg("-drive")
+            .arg(spec)
+            .args(["-device", &format!("virtio-blk-pci,drive=d{i}")]);
+    }
 
     let start = Instant::now();
     let mut exit_code = None;
@@ -554,19 +608,18 @@ fn run_direct(
         std::env::var("PATH").unwrap_or_default()
     );
     let start = Instant::now();
-    let exit = process::run_watched(
-        Command::new("sh")
-            .arg("run.sh")
-            .current_dir(&dir.0)
-            .env("PATH", path)
-            .env("XPMEM_HOST", "direct"),
-        opts.timeout,
-        opts.silence_limit,
-        |line| {
-            on_line(line);
-            Flow::Continue
-        },
-    )?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("run.sh")
+        .current_dir(&dir.0)
+        .env("PATH", path)
+        .env("XPMEM_HOST", "direct");
+    for (i, drive) in payload.drives.iter().enumerate() {
+        cmd.env(format!("XPMEM_DRIVE{i}"), drive);
+    }
+    let exit = process::run_watched(&mut cmd, opts.timeout, opts.silence_limit, |line| {
+        on_line(line);
+        Flow::Continue
+    })?;
     Ok(Outcome {
         nested: false,
         exit_code: match exit {

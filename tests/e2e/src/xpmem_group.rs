@@ -348,7 +348,13 @@ impl VmLog {
 
     /// One result per `XPMEM-TEST` line, then a failure for each expected
     /// case that printed nothing.
-    fn judge(&self, case: &str, prefix: &str, expected: &[&str], out: &mut Vec<CaseResult>) {
+    pub(crate) fn judge(
+        &self,
+        case: &str,
+        prefix: &str,
+        expected: &[&str],
+        out: &mut Vec<CaseResult>,
+    ) {
         for (name, r) in &self.results {
             out.push(result(
                 case,
@@ -388,7 +394,7 @@ impl VmLog {
 }
 
 /// `domain-counters-zero`: every "held" counter of the monitor's at-exit report is 0.
-fn held_zero_check(case: &str, held: &str) -> CaseResult {
+pub(crate) fn held_zero_check(case: &str, held: &str) -> CaseResult {
     let nonzero: Vec<&str> = held
         .split_whitespace()
         .filter(|kv| !kv.ends_with("=0"))

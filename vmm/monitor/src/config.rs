@@ -27,7 +27,7 @@
 //! ```
 //!
 //! Disk images are checked here, before anything is written: each must be a
-//! regular file of a non-zero multiple of 512 bytes, writable unless
+//! regular file (or block device) of a non-zero multiple of 512 bytes, writable unless
 //! `read_only`, with a serial of at most 20 bytes, and an image used writable
 //! must not be used by any other disk of the setup (compared by device and
 //! inode, so another path to the same file counts).

@@ -2,15 +2,16 @@
 //! [`DiskBackend`] the device does its I/O through.
 //!
 //! An image is a regular file whose size is a non-zero multiple of 512 bytes
-//! (sparse files are fine). A writable image is locked with
+//! (sparse files are fine), or a block device (e.g. a disk the host itself
+//! got from its hypervisor). A writable image is locked with
 //! `flock(LOCK_EX|LOCK_NB)`, a read-only one with `flock(LOCK_SH|LOCK_NB)`:
 //! any number of VMs (or monitors) may share an image read-only, but a
 //! writable image belongs to exactly one VM. The lock lives as long as the
 //! open file (the [`DiskImage`]), so it is released when the device is dropped
 //! or the monitor dies, `kill -9` included.
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ pub enum ImageError {
     Open { path: PathBuf, err: io::Error },
     #[error("disk image {path} is a directory; give the path of an image file", path = .0.display())]
     Directory(PathBuf),
-    #[error("disk image {path} is not a regular file; use a raw image file", path = .0.display())]
+    #[error("disk image {path} is not a regular file or a block device; use a raw image file", path = .0.display())]
     NotAFile(PathBuf),
     #[error("disk image {path} is empty; give it a size (e.g. `truncate -s 1G {path}`)", path = .0.display())]
     Empty(PathBuf),
@@ -75,10 +76,10 @@ pub fn check_image(path: &Path, read_only: bool) -> Result<ImageInfo, ImageError
     if kind.is_dir() {
         return Err(ImageError::Directory(path.to_path_buf()));
     }
-    if !kind.is_file() || kind.is_fifo() {
+    if !kind.is_file() && !kind.is_block_device() {
         return Err(ImageError::NotAFile(path.to_path_buf()));
     }
-    let size = meta.len();
+    let size = image_size(path, &meta)?;
     if size == 0 {
         return Err(ImageError::Empty(path.to_path_buf()));
     }
@@ -114,6 +115,20 @@ pub fn check_image(path: &Path, read_only: bool) -> Result<ImageInfo, ImageError
         dev: meta.dev(),
         ino: meta.ino(),
     })
+}
+
+/// The size of a regular file, or of a block device (its metadata says 0).
+fn image_size(path: &Path, meta: &Metadata) -> Result<u64, ImageError> {
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    let open_err = |err| ImageError::Open {
+        path: path.to_path_buf(),
+        err,
+    };
+    File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(open_err)
 }
 
 /// Where the device reads, writes, flushes and discards. [`DiskImage`] is the
@@ -177,13 +192,11 @@ impl DiskImage {
             });
         }
         // The size may have changed between the check and the open.
-        let size = file
-            .metadata()
-            .map_err(|err| ImageError::Open {
-                path: path.to_path_buf(),
-                err,
-            })?
-            .len();
+        let meta = file.metadata().map_err(|err| ImageError::Open {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        let size = image_size(path, &meta)?;
         if size == 0 || size % SECTOR_SIZE != 0 {
             return Err(ImageError::Unaligned {
                 path: path.to_path_buf(),
