@@ -3,7 +3,7 @@
 //! These are deliberately *not* wire structures: the virtio-xpmem device model decodes
 //! guest requests into [`Request`] values, feeds them to [`crate::Domain::handle`], and turns
 //! the returned [`Action`]s into virtqueue completions, event-queue writes and aperture
-//! `mmap`s. Every request and event of `virtio-spec/OUTLINE.md` has a counterpart here.
+//! `mmap`s. Every request and event of the device specification (`virtio-spec/virtio-xpmem.md`) has a counterpart here.
 
 use std::collections::BTreeMap;
 
@@ -239,7 +239,7 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 impl Request {
-    /// The protocol opcode of this request (OUTLINE numbering).
+    /// The protocol opcode of this request (the specification's numbering).
     pub fn opcode(&self) -> u32 {
         match self {
             Request::Make { .. } => 1,
@@ -259,7 +259,7 @@ impl Request {
     }
 }
 
-/// Protocol status codes other than OK (OUTLINE "Status codes").
+/// Protocol status codes other than OK (specification 8.1, "Status codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
 #[repr(u32)]
 pub enum Status {
