@@ -3,7 +3,8 @@
 //! These are deliberately *not* wire structures: the virtio-xpmem device model decodes
 //! guest requests into [`Request`] values, feeds them to [`crate::Domain::handle`], and turns
 //! the returned [`Action`]s into virtqueue completions, event-queue writes and aperture
-//! `mmap`s. Every request and event of the device specification (`virtio-spec/virtio-xpmem.md`) has a counterpart here.
+//! `mmap`s. Every request and event of the device specification
+//! (`virtio-spec/virtio-xpmem.md`) has a counterpart here.
 
 use std::collections::BTreeMap;
 
