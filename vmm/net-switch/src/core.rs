@@ -566,6 +566,9 @@ impl Switch {
         for (id, p) in &self.ports {
             out.push_str(&format!("{id}: {}\n", p.counters));
         }
+        if self.ports.is_empty() && self.closed_ports == 0 {
+            out.push_str("no port was connected\n");
+        }
         if self.closed_ports > 0 {
             out.push_str(&format!(
                 "{} closed port(s): {}\n",
