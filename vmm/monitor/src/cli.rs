@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, DiskSpec, RootSpec, SizeSpec, VmSpec, XpmemSettings};
+use crate::config::{
+    Config, ConfigError, DiskSpec, RootSpec, SizeSpec, SwitchSettings, VmSpec, XpmemSettings,
+};
 
 pub const USAGE: &str = "\
 usage: xpmem-vmm --config FILE
        xpmem-vmm --name NAME --memory SIZE --kernel PATH [options]
+       xpmem-vmm switch --socket PATH [--mtu N]
 
 Launches one or more KVM guests. With --config, every [[vm]] table of the TOML
 file is started; otherwise one VM is described by flags:
@@ -27,6 +30,14 @@ file is started; otherwise one VM is described by flags:
                          kernel command line); ro makes it read-only
   --disk PATH[,ro][,serial=ID]
                          another raw disk image (repeatable; /dev/vdb, ...)
+  --no-net               no virtio-net device (by default the VM has one on
+                         a switch the monitor starts)
+
+`xpmem-vmm switch --socket PATH` runs only the VM-to-VM Ethernet switch,
+listening at PATH (one SOCK_SEQPACKET connection per port) until SIGINT or
+SIGTERM, then prints its counters; a config's [switch] socket = PATH makes
+the VMs connect to it.
+
   -h, --help             print this help
   -V, --version          print the version
 ";
@@ -51,6 +62,8 @@ pub enum CliError {
         value: String,
         option: String,
     },
+    #[error("switch: {0}; usage: xpmem-vmm switch --socket PATH [--mtu N]")]
+    Switch(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -59,6 +72,11 @@ pub enum CliError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(Config),
+    /// Run only the switch, listening at `socket`.
+    Switch {
+        socket: PathBuf,
+        mtu: u16,
+    },
     Help,
     Version,
 }
@@ -77,6 +95,7 @@ struct Flags {
     aperture_ro: Option<String>,
     root: Option<String>,
     disks: Vec<String>,
+    no_net: bool,
     first_vm_flag: Option<String>,
 }
 
@@ -105,6 +124,20 @@ fn disk_flag(flag: &'static str, value: &str) -> Result<DiskSpec, CliError> {
     Ok(disk)
 }
 
+/// The value of `flag`: the `--flag=value` part, or the next argument.
+fn flag_value(
+    flag: &str,
+    inline: Option<String>,
+    args: &mut impl Iterator<Item = String>,
+) -> Result<String, CliError> {
+    match inline {
+        Some(v) => Ok(v),
+        None => args
+            .next()
+            .ok_or_else(|| CliError::MissingValue(flag.to_string())),
+    }
+}
+
 fn set(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), CliError> {
     if slot.replace(value).is_some() {
         return Err(CliError::Repeated(flag.to_string()));
@@ -115,7 +148,11 @@ fn set(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), CliEr
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
     let mut flags = Flags::default();
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
+    if args.peek().map(String::as_str) == Some("switch") {
+        args.next();
+        return parse_switch(args);
+    }
     while let Some(arg) = args.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -126,6 +163,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             _ => {}
+        }
+        if flag == "--no-net" {
+            flags.no_net = true;
+            flags.first_vm_flag.get_or_insert(flag);
+            continue;
         }
         if flag == "--disk" {
             let value = match inline {
@@ -152,12 +194,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             "--aperture-ro" => Some(&mut flags.aperture_ro),
             _ => return Err(CliError::Unknown(arg)),
         };
-        let value = match inline {
-            Some(v) => v,
-            None => args
-                .next()
-                .ok_or_else(|| CliError::MissingValue(flag.clone()))?,
-        };
+        let value = flag_value(&flag, inline, &mut args)?;
         match slot {
             None => {
                 if flags.config.replace(PathBuf::from(value)).is_some() {
@@ -207,12 +244,52 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             .iter()
             .map(|d| disk_flag("--disk", d))
             .collect::<Result<_, _>>()?,
+        net: flags
+            .no_net
+            .then_some(crate::config::NetSpec::Enabled(false)),
     };
     Ok(Command::Run(Config::from_specs(
         XpmemSettings::default(),
+        SwitchSettings::default(),
         &[spec],
         Path::new(""),
     )?))
+}
+
+/// `switch --socket PATH [--mtu N]`.
+fn parse_switch(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let (mut socket, mut mtu) = (None, None);
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let slot = match flag.as_str() {
+            "--socket" => &mut socket,
+            "--mtu" => &mut mtu,
+            "-h" | "--help" => return Ok(Command::Help),
+            _ => return Err(CliError::Unknown(arg)),
+        };
+        let value = flag_value(&flag, inline, &mut args)?;
+        set(slot, &flag, value)?;
+    }
+    let socket = socket.ok_or_else(|| CliError::Switch("--socket PATH is required".into()))?;
+    let mtu = match mtu {
+        None => crate::config::DEFAULT_MTU,
+        Some(m) => match m.parse::<u16>() {
+            Ok(v) if v >= 68 => v,
+            _ => {
+                return Err(CliError::Switch(format!(
+                    "--mtu {m:?} must be a number between 68 and 65535"
+                )))
+            }
+        },
+    };
+    Ok(Command::Switch {
+        socket: PathBuf::from(socket),
+        mtu,
+    })
 }
 
 #[cfg(test)]
@@ -335,5 +412,39 @@ mod tests {
             parse(args("--config /nonexistent/x.toml")),
             Err(CliError::Config(ConfigError::Read { .. }))
         ));
+    }
+
+    #[test]
+    fn switch_subcommand_and_no_net() {
+        assert_eq!(
+            parse(args("switch --socket /run/sw.sock --mtu=9000")).unwrap(),
+            Command::Switch {
+                socket: PathBuf::from("/run/sw.sock"),
+                mtu: 9000
+            }
+        );
+        let Command::Switch { mtu, .. } = parse(args("switch --socket s")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(mtu, 1500);
+        for (line, want) in [
+            ("switch", "--socket PATH is required"),
+            ("switch --socket s --mtu 20", "--mtu \"20\" must be"),
+            ("switch --socket", "--socket needs a value"),
+            ("switch --bogus", "unknown argument"),
+            ("switch --socket a --socket b", "given twice"),
+        ] {
+            let e = parse(args(line)).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        let Command::Run(c) = parse(args("--name a --memory 256 --kernel k --no-net")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.vms[0].net, c.switch), (None, None));
+        let Command::Run(c) = parse(args("--name a --memory 256 --kernel k")).unwrap() else {
+            panic!()
+        };
+        assert!(c.vms[0].net.is_some() && c.switch.is_some());
     }
 }

@@ -24,6 +24,16 @@
 //!                              # line), or root = { path = "base.img", read_only = true }
 //! disks = [{ path = "data.img", read_only = false, serial = "data" }]
 //!                              # optional: more virtio-blk disks (/dev/vdb, ...)
+//! net = { mac = "02:00:00:00:00:0a", mtu = 1500 }
+//!                              # optional: this VM's virtio-net device on the setup's
+//!                              # switch (the default: every VM has one, MAC derived
+//!                              # from the name, MTU of the switch); net = false: none
+//!
+//! [switch]                     # optional: the VM-to-VM Ethernet switch
+//! mtu = 1500                   # largest payload (68..=65535); frames up to mtu + 14
+//! socket = "/run/sw.sock"      # optional: use a switch already listening there
+//!                              # (`xpmem-vmm switch --socket PATH`) instead of
+//!                              # starting one in the monitor
 //! ```
 //!
 //! Disk images are checked here, before anything is written: each must be a
@@ -109,6 +119,10 @@ pub enum ConfigError {
         other: String,
         via: String,
     },
+    #[error("VM {vm}: net: {reason}")]
+    BadNet { vm: String, reason: String },
+    #[error("VMs {0} and {1} have the same MAC address {2}; give each VM its own (net.mac)")]
+    DuplicateMac(String, String, String),
     #[error("invalid {what} {value}: {reason}")]
     BadSetting {
         what: &'static str,
@@ -157,6 +171,50 @@ pub struct XpmemSettings {
     /// How long an importer may take to acknowledge an invalidation before
     /// the monitor revokes its mappings by force.
     pub invalidate_deadline_ms: Option<u64>,
+}
+
+/// The VM-to-VM switch (`[switch]` table).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSettings {
+    /// Largest payload on the switch (default [`DEFAULT_MTU`]).
+    pub mtu: Option<u64>,
+    /// Connect to a switch listening at this path instead of starting one.
+    pub socket: Option<PathBuf>,
+}
+
+/// MTU of the switch and of each VM's device unless the config says otherwise.
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// `net = false`, `net = true` or `net = { mac = "02:..", mtu = 1500 }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum NetSpec {
+    Enabled(bool),
+    Device(NetDeviceSpec),
+}
+
+/// `net = { mac = "02:..", mtu = 1500 }`: both optional.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetDeviceSpec {
+    pub mac: Option<String>,
+    pub mtu: Option<u64>,
+}
+
+/// A validated virtio-net device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub mac: net_switch::Mac,
+    pub mtu: u16,
+}
+
+/// A validated switch: its MTU, and where it listens if the monitor does
+/// not start it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchSetup {
+    pub mtu: u16,
+    pub socket: Option<PathBuf>,
 }
 
 /// A size as written in the config: an integer (MiB) or a string with a unit.
@@ -230,6 +288,8 @@ pub struct VmSpec {
     /// Further disks, in order.
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
+    /// The VM's network device (default: one, on the setup's switch).
+    pub net: Option<NetSpec>,
 }
 
 /// One virtio-blk disk as written in the file.
@@ -300,6 +360,8 @@ pub struct FileSpec {
     #[serde(default)]
     pub xpmem: XpmemSettings,
     #[serde(default)]
+    pub switch: SwitchSettings,
+    #[serde(default)]
     pub vm: Vec<VmSpec>,
 }
 
@@ -328,6 +390,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The first disk is the root file system (`root = ...`).
     pub root_disk: bool,
+    /// The virtio-net device on the setup's switch, if any.
+    pub net: Option<NetConfig>,
 }
 
 impl VmConfig {
@@ -351,6 +415,8 @@ impl VmConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub xpmem: XpmemSettings,
+    /// The switch, when at least one VM has a network device.
+    pub switch: Option<SwitchSetup>,
     pub vms: Vec<VmConfig>,
 }
 
@@ -380,8 +446,50 @@ fn size_of(
 }
 
 impl VmSpec {
+    fn net_config(&self, vm: &str, switch_mtu: u16) -> Result<Option<NetConfig>, ConfigError> {
+        let bad = |reason: String| ConfigError::BadNet {
+            vm: vm.to_string(),
+            reason,
+        };
+        let (mac, mtu) = match &self.net {
+            Some(NetSpec::Enabled(false)) => return Ok(None),
+            None | Some(NetSpec::Enabled(true)) => (None, None),
+            Some(NetSpec::Device(d)) => (d.mac.as_deref(), d.mtu),
+        };
+        let mac = match mac {
+            None => virtio_net_device::mac_from_name(vm),
+            Some(text) => {
+                let mac = net_switch::Mac::parse(text).ok_or_else(|| {
+                    bad(format!(
+                        "mac {text:?} is not six hex pairs separated by colons, e.g. \"02:00:00:00:00:0a\""
+                    ))
+                })?;
+                if mac.is_group() || mac.is_zero() {
+                    return Err(bad(format!("mac {mac} is not a unicast address; use a locally administered one such as 02:00:00:00:00:0a")));
+                }
+                mac
+            }
+        };
+        let mtu = match mtu {
+            None => switch_mtu,
+            Some(m) => match u16::try_from(m) {
+                Ok(m) if (68..=switch_mtu).contains(&m) => m,
+                _ => {
+                    return Err(bad(format!(
+                        "mtu {m} must be between 68 and the switch's MTU {switch_mtu}"
+                    )))
+                }
+            },
+        };
+        Ok(Some(NetConfig { mac, mtu }))
+    }
+
     /// Validates one VM; relative paths are resolved against `base_dir`.
     pub fn validate(&self, base_dir: &Path) -> Result<VmConfig, ConfigError> {
+        self.validate_with(base_dir, DEFAULT_MTU)
+    }
+
+    fn validate_with(&self, base_dir: &Path, switch_mtu: u16) -> Result<VmConfig, ConfigError> {
         let name = self.name.clone();
         if !valid_name(&name) {
             return Err(ConfigError::BadName(name));
@@ -464,8 +572,9 @@ impl VmSpec {
             },
             RootSpec::Disk(d) => d.clone(),
         });
+        let net = self.net_config(&name, switch_mtu)?;
         let count = self.disks.len() + usize::from(root.is_some());
-        if count > MAX_DISKS {
+        if count + usize::from(net.is_some()) > MAX_DISKS {
             return Err(ConfigError::TooManyDisks { vm: name, count });
         }
         let disks = root
@@ -476,6 +585,7 @@ impl VmSpec {
         Ok(VmConfig {
             disks,
             root_disk: root.is_some(),
+            net,
             vcpus,
             memory,
             kernel: base_dir.join(&self.kernel),
@@ -560,12 +670,13 @@ impl Config {
                 reason,
             }
         })?;
-        Self::from_specs(spec.xpmem, &spec.vm, base_dir)
+        Self::from_specs(spec.xpmem, spec.switch, &spec.vm, base_dir)
     }
 
     /// Validates VM specs together: unique names, one stdin owner.
     pub fn from_specs(
         xpmem: XpmemSettings,
+        switch: SwitchSettings,
         specs: &[VmSpec],
         base_dir: &Path,
     ) -> Result<Self, ConfigError> {
@@ -579,16 +690,45 @@ impl Config {
                 reason: "must be at least 1",
             });
         }
+        let switch_mtu = match switch.mtu {
+            None => DEFAULT_MTU,
+            Some(m) => match u16::try_from(m) {
+                Ok(m) if m >= 68 => m,
+                _ => {
+                    return Err(ConfigError::BadSetting {
+                        what: "switch.mtu",
+                        value: m.to_string(),
+                        reason: "must be between 68 and 65535",
+                    })
+                }
+            },
+        };
         let mut seen = HashSet::new();
         let mut vms = Vec::with_capacity(specs.len());
         for spec in specs {
-            let vm = spec.validate(base_dir)?;
+            let vm = spec.validate_with(base_dir, switch_mtu)?;
             if !seen.insert(vm.name.clone()) {
                 return Err(ConfigError::DuplicateName(vm.name));
             }
             vms.push(vm);
         }
         check_shared_disks(&vms)?;
+        let mut macs: HashMap<net_switch::Mac, &str> = HashMap::new();
+        for vm in &vms {
+            if let Some(net) = &vm.net {
+                if let Some(other) = macs.insert(net.mac, &vm.name) {
+                    return Err(ConfigError::DuplicateMac(
+                        other.to_string(),
+                        vm.name.clone(),
+                        net.mac.to_string(),
+                    ));
+                }
+            }
+        }
+        let switch = vms.iter().any(|v| v.net.is_some()).then(|| SwitchSetup {
+            mtu: switch_mtu,
+            socket: switch.socket.as_ref().map(|p| base_dir.join(p)),
+        });
         for vm in &vms {
             for (other, _) in vm.import_from.iter().flatten() {
                 if !seen.contains(other) {
@@ -629,7 +769,7 @@ impl Config {
                 ))
             }
         }
-        Ok(Config { xpmem, vms })
+        Ok(Config { xpmem, switch, vms })
     }
 
     /// Number of VMs whose console is stdout.
@@ -1116,5 +1256,80 @@ mod tests {
             msg.contains("writable in VM a and also used by VM a"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn every_vm_is_on_the_switch_by_default_with_a_mac_from_its_name() {
+        let c = parse(TWO_VMS).unwrap();
+        let sw = c.switch.clone().unwrap();
+        assert_eq!((sw.mtu, sw.socket), (DEFAULT_MTU, None));
+        let (a, b) = (c.vms[0].net.unwrap(), c.vms[1].net.unwrap());
+        assert_eq!(a.mac, virtio_net_device::mac_from_name("a"));
+        assert_eq!(b.mac, virtio_net_device::mac_from_name("b"));
+        assert_eq!((a.mtu, b.mtu), (1500, 1500));
+    }
+
+    #[test]
+    fn net_settings_and_the_switch_table() {
+        let text = format!(
+            "[switch]\nmtu = 9000\nsocket = \"sw.sock\"\n{}{}",
+            vm("a", "net = { mac = \"02:00:00:00:00:0A\", mtu = 4000 }"),
+            vm("b", "net = false")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.switch,
+            Some(SwitchSetup {
+                mtu: 9000,
+                socket: Some(PathBuf::from("/cfg/sw.sock"))
+            })
+        );
+        let a = c.vms[0].net.unwrap();
+        assert_eq!(
+            (a.mac.to_string().as_str(), a.mtu),
+            ("02:00:00:00:00:0a", 4000)
+        );
+        assert_eq!(c.vms[1].net, None);
+        // Nobody on the switch: no switch.
+        let none = format!("{}{}", vm("a", "net = false"), vm("b", "net = false"));
+        assert_eq!(parse(&none).unwrap().switch, None);
+    }
+
+    #[test]
+    fn each_bad_net_setting_is_one_clear_error() {
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        let e = err(vm("a", "net = { mac = \"02:00:00:00:00\" }"));
+        assert!(
+            e.contains("VM a: net: mac \"02:00:00:00:00\" is not six hex pairs"),
+            "{e}"
+        );
+        let e = err(vm("a", "net = { mac = \"01:00:5e:00:00:01\" }"));
+        assert!(e.contains("not a unicast address"), "{e}");
+        let e = err(vm("a", "net = { mtu = 9000 }"));
+        assert!(
+            e.contains("mtu 9000 must be between 68 and the switch's MTU 1500"),
+            "{e}"
+        );
+        let e = err(vm("a", "net = { mtu = 10 }"));
+        assert!(e.contains("mtu 10"), "{e}");
+        let e = err(format!(
+            "{}{}",
+            vm("a", "net = { mac = \"02:00:00:00:00:01\" }"),
+            vm("b", "net = { mac = \"02:00:00:00:00:01\" }")
+        ));
+        assert!(
+            e.contains("VMs a and b have the same MAC address 02:00:00:00:00:01"),
+            "{e}"
+        );
+        let e = err(format!("[switch]\nmtu = 70000\n{}", vm("a", "")));
+        assert!(e.contains("switch.mtu 70000"), "{e}");
+        let e = err(vm("a", "net = { speed = 10 }"));
+        assert!(e.contains("invalid config file"), "{e}");
+        for e in [
+            err(vm("a", "net = { mac = \"02:00:00:00:00\" }")),
+            err(format!("[switch]\nmtu = 70000\n{}", vm("a", ""))),
+        ] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
     }
 }

@@ -5,8 +5,8 @@
 //! Module map: [`config`] and [`cli`] describe what to run; [`layout`]
 //! fixes the guest-physical memory map; [`memory`] backs RAM with a memfd;
 //! [`boot`] loads the kernel and prepares the boot vCPU; [`devices`] and
-//! [`bus`] are the legacy platform devices and exit dispatch; [`vm`] builds
-//! and runs one VM, [`vcpu`] is its run loop; [`monitor`] runs them all.
+//! [`bus`] are the legacy platform devices and exit dispatch; [`switch`] runs the
+//! VM-to-VM switch; [`vm`] builds and runs one VM, [`vcpu`] is its run loop; [`monitor`] runs them all.
 
 pub mod boot;
 pub mod bus;
@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod monitor;
 pub mod signals;
+pub mod switch;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

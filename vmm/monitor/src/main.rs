@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run(config) => config,
+        Command::Switch { socket, mtu } => return run_switch(&socket, mtu),
     };
     match monitor::run(&config) {
         Ok(outcome) => {
@@ -36,6 +37,33 @@ fn main() -> ExitCode {
                 eprintln!("xpmem-vmm: exiting with status {code}");
             }
             ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE))
+        }
+        Err(e) => {
+            eprintln!("xpmem-vmm: error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `xpmem-vmm switch`: the switch alone, until SIGINT or SIGTERM.
+fn run_switch(socket: &std::path::Path, mtu: u16) -> ExitCode {
+    let stop = match xpmem_vmm::signals::install() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("xpmem-vmm: error: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    eprintln!(
+        "xpmem-vmm: switch listening at {} (MTU {mtu})",
+        socket.display()
+    );
+    match xpmem_vmm::switch::serve(socket, mtu, stop) {
+        Ok(report) => {
+            for line in report.lines() {
+                eprintln!("xpmem-vmm: switch: {line}");
+            }
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("xpmem-vmm: error: {e}");

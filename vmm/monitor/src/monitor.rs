@@ -11,11 +11,12 @@ use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub};
 use xpmem_domain::ImportPolicy;
 
 use crate::boot;
-use crate::config::Config;
+use crate::config::{Config, SwitchSetup};
 use crate::kvm::{self, KvmError};
 use crate::layout::MIB;
 use crate::lifecycle::ExitReason;
 use crate::signals;
+use crate::switch::RunningSwitch;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
 use crate::vm::{RunningVm, Shared, Vm, VmError};
@@ -33,6 +34,8 @@ pub enum MonitorError {
     Signals(std::io::Error),
     #[error("cannot create the xpmem domain: {0}")]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Switch(#[from] crate::switch::SwitchError),
     #[error("cannot wait for VM events: {0}")]
     Poll(std::io::Error),
 }
@@ -165,7 +168,24 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         .xpmem
         .invalidate_deadline_ms
         .unwrap_or(DEFAULT_INVALIDATE_DEADLINE_MS);
+    // The switch listens before any VM is built: each network device
+    // connects to it while its VM is set up.
+    let mut switch = match &config.switch {
+        Some(SwitchSetup { socket: None, mtu }) => Some(RunningSwitch::start(*mtu)?),
+        _ => None,
+    };
+    let switch_socket = match (&config.switch, &switch) {
+        (
+            Some(SwitchSetup {
+                socket: Some(path), ..
+            }),
+            _,
+        ) => Some(path.clone()),
+        (_, Some(running)) => Some(running.socket().to_path_buf()),
+        _ => None,
+    };
     let shared = Shared {
+        switch_socket,
         xpmem: XpmemHub::new(HubConfig {
             invalidate_deadline: Duration::from_millis(deadline),
             seed: random_seed(),
@@ -254,6 +274,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
                 report(&vm, &reason, ran);
             }
             report_domain(&shared.xpmem);
+            report_switch(switch.as_mut(), config);
             return Ok(Outcome::Interrupted(signo));
         }
         let mut index = 0;
@@ -270,7 +291,33 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         }
     }
     report_domain(&shared.xpmem);
+    report_switch(switch.as_mut(), config);
     Ok(Outcome::AllEnded { clean })
+}
+
+/// Stops the monitor's own switch and prints its counters. Its ports are
+/// numbered in connection order, which is the order of the VMs with a
+/// network device in the config.
+fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
+    let Some(report) = switch.and_then(RunningSwitch::stop) else {
+        return;
+    };
+    let names: Vec<&str> = config
+        .vms
+        .iter()
+        .filter(|v| v.net.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    for line in report.lines() {
+        let vm = line
+            .strip_prefix("port ")
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| names.get(n.wrapping_sub(1)))
+            .map(|name| format!(" (VM {name})"))
+            .unwrap_or_default();
+        eprintln!("xpmem-vmm: switch{vm}: {line}");
+    }
 }
 
 /// Prints the xpmem domain's counters once every VM has ended: the "held"

@@ -63,6 +63,8 @@ pub enum VmError {
         path: PathBuf,
         source: virtio_blk_device::BlockError,
     },
+    #[error("network device: {0}")]
+    Net(String),
     #[error("cannot create virtio device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error(transparent)]
@@ -103,6 +105,8 @@ pub fn open_disks(cfg: &VmConfig) -> Result<Vec<virtio_blk_device::Block>, VmErr
 pub struct Shared {
     /// The xpmem domain every VM's virtio-xpmem device joins.
     pub xpmem: Arc<XpmemHub>,
+    /// Where the setup's switch listens (when a VM has a network device).
+    pub switch_socket: Option<PathBuf>,
 }
 
 impl BusDevice for MmioTransport {
@@ -131,6 +135,8 @@ pub struct Vm {
     mmio: Bus,
     serial: Arc<Mutex<SerialDevice>>,
     notifiers: Vec<Notifier>,
+    /// Transports whose device has a backend descriptor to poll (virtio-net).
+    backends: Vec<SharedTransport>,
     exit: Arc<ExitHandle>,
     input: Option<SerialInput>,
     /// The domain this VM joined, and its id there.
@@ -197,16 +203,31 @@ impl Vm {
                 .into_iter()
                 .map(|d| ("blk", Box::new(d) as Box<dyn VirtioDevice>)),
         );
+        // The network device last, so the disks keep their slots.
+        if let Some(net) = &cfg.net {
+            let path = shared.switch_socket.as_deref().ok_or_else(|| {
+                VmError::Net("no switch socket; the monitor starts the switch first".into())
+            })?;
+            let port = virtio_net_device::SwitchPort::connect(path)
+                .map_err(|e| VmError::Net(e.to_string()))?;
+            let device = virtio_net_device::Net::new(Box::new(port), net.mac, net.mtu)
+                .map_err(|e| VmError::Net(e.to_string()))?;
+            devices.push(("net", Box::new(device)));
+        }
 
         let mut mmio = Bus::new();
         let mut slots = Vec::new();
         let mut transports = Vec::new();
         let mut notifiers = Vec::new();
+        let mut backends = Vec::new();
         for (index, (name, device)) in devices.into_iter().enumerate() {
             let slot = MemoryLayout::mmio_slot(index)?;
             let (transport, queue_notifiers) =
                 attach_virtio(&vm_fd, &mut mmio, slot, name, device, &ram)?;
             notifiers.extend(queue_notifiers);
+            if lock(&transport).backend_poll().is_some() {
+                backends.push(transport.clone());
+            }
             transports.push(transport);
             slots.push(slot);
         }
@@ -232,6 +253,7 @@ impl Vm {
             mmio,
             serial,
             notifiers,
+            backends,
             exit,
             input,
             xpmem: (shared.xpmem.clone(), id),
@@ -254,6 +276,7 @@ impl Vm {
         let events = EventLoop {
             stop: loop_stop,
             notifiers: std::mem::take(&mut self.notifiers),
+            backends: std::mem::take(&mut self.backends),
             input: self
                 .input
                 .take()
@@ -554,10 +577,12 @@ impl SerialInput {
     }
 }
 
-/// Per-VM thread forwarding queue notifications and serial input.
+/// Per-VM thread forwarding queue notifications, device backends (the
+/// network device's switch socket) and serial input.
 struct EventLoop {
     stop: EventFd,
     notifiers: Vec<Notifier>,
+    backends: Vec<SharedTransport>,
     /// Set when this VM's serial port reads stdin or an input file.
     input: Option<(SerialInput, Arc<Mutex<SerialDevice>>)>,
 }
@@ -578,6 +603,20 @@ impl EventLoop {
             let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.notifiers.len() + 2);
             fds.push(pollfd(self.stop.as_raw_fd()));
             fds.extend(self.notifiers.iter().map(|n| pollfd(n.evt.as_raw_fd())));
+            // Asked every round: a device stops polling a backend that has
+            // gone, and wants POLLOUT only while a frame waits for room.
+            let first_backend = fds.len();
+            let mut polled = Vec::with_capacity(self.backends.len());
+            for transport in &self.backends {
+                if let Some((fd, write)) = lock(transport).backend_poll() {
+                    let mut p = pollfd(fd);
+                    if write {
+                        p.events |= libc::POLLOUT;
+                    }
+                    fds.push(p);
+                    polled.push(transport);
+                }
+            }
             if let (true, Some((source, _))) = (room, &self.input) {
                 fds.push(pollfd(source.fd()));
             }
@@ -603,6 +642,11 @@ impl EventLoop {
             for (notifier, fd) in self.notifiers.iter().zip(&fds[1..]) {
                 if fd.revents & libc::POLLIN != 0 && notifier.evt.read().is_ok() {
                     lock(&notifier.transport).queue_notify(notifier.queue);
+                }
+            }
+            for (transport, fd) in polled.iter().zip(&fds[first_backend..]) {
+                if fd.revents != 0 {
+                    lock(transport).process_backend();
                 }
             }
             if room {

@@ -150,3 +150,16 @@ impl SplitRing {
         out
     }
 }
+
+/// A deterministic pseudo-random generator (xorshift64*) for the fuzz
+/// targets' smoke tests: the same seed gives the same corpus everywhere.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}

@@ -99,6 +99,22 @@ pub trait VirtioDevice: Send {
     /// Also called for every queue right after activation, so buffers made
     /// available before DRIVER_OK are not missed.
     fn queue_notify(&mut self, index: u16);
+    /// A descriptor of the device's own I/O source (a network backend's
+    /// socket) that the VM's event thread polls for reading, and for writing
+    /// while [`VirtioDevice::backend_wants_write`]; it calls
+    /// [`VirtioDevice::process_backend`] when it is ready. The descriptor
+    /// must stay open as long as the device lives. None by default.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The device waits for `backend_fd` to become writable.
+    fn backend_wants_write(&self) -> bool {
+        false
+    }
+    /// `backend_fd` is ready (or the device should look at its backend):
+    /// move what can be moved without blocking. Called whether or not the
+    /// driver has activated the device.
+    fn process_backend(&mut self) {}
     /// The driver reset the device (status written as 0). The device drops
     /// its queues and returns to its initial state, releasing everything it
     /// holds on behalf of the driver.

@@ -256,6 +256,19 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         }
     }
 
+    /// The device's backend descriptor to poll ([`VirtioDevice::backend_fd`])
+    /// and whether to poll it for writing too.
+    pub fn backend_poll(&self) -> Option<(std::os::fd::RawFd, bool)> {
+        self.device
+            .backend_fd()
+            .map(|fd| (fd, self.device.backend_wants_write()))
+    }
+
+    /// The backend descriptor is ready: lets the device move data.
+    pub fn process_backend(&mut self) {
+        self.device.process_backend();
+    }
+
     fn selected_queue(&self) -> Option<&Queue> {
         self.queues.get(self.queue_sel as usize)
     }

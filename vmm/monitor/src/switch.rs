@@ -1,0 +1,161 @@
+//! The setup's VM-to-VM switch when the monitor runs it itself: a
+//! [`net_switch::SwitchServer`] on its own thread, listening on
+//! `switch.sock` in a runtime directory the monitor creates (mode 0700,
+//! under `$XDG_RUNTIME_DIR` or the temp directory) and removes at the end.
+//! Each VM's virtio-net device connects to that socket like any other
+//! client would, so a VM in another process can connect the same way.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use net_switch::{Switch, SwitchConfig, SwitchServer};
+use thiserror::Error;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+#[derive(Debug, Error)]
+pub enum SwitchError {
+    #[error("cannot create the runtime directory {path}: {err} (set XDG_RUNTIME_DIR to a writable directory)")]
+    RuntimeDir { path: PathBuf, err: std::io::Error },
+    #[error("cannot start the switch: {0}")]
+    Server(#[from] net_switch::ServerError),
+    #[error("cannot start the switch thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The switch thread and its socket directory.
+pub struct RunningSwitch {
+    socket: PathBuf,
+    dir: PathBuf,
+    stop: EventFd,
+    thread: Option<JoinHandle<Result<Switch, net_switch::ServerError>>>,
+}
+
+/// The directory for this monitor's sockets.
+fn runtime_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("xpmem-vmm-{}", std::process::id()))
+}
+
+impl RunningSwitch {
+    /// Starts a switch with `mtu` listening in a new runtime directory.
+    pub fn start(mtu: u16) -> Result<Self, SwitchError> {
+        let dir = runtime_dir();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|err| SwitchError::RuntimeDir {
+                path: dir.clone(),
+                err,
+            })?;
+        let cleanup = |e: SwitchError| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        let socket = dir.join("switch.sock");
+        let config = SwitchConfig {
+            mtu: usize::from(mtu),
+            ..SwitchConfig::default()
+        };
+        let server = SwitchServer::bind(config, &socket).map_err(|e| cleanup(e.into()))?;
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| cleanup(SwitchError::Thread(e)))?;
+        let thread_stop = stop
+            .try_clone()
+            .map_err(|e| cleanup(SwitchError::Thread(e)))?;
+        let thread = std::thread::Builder::new()
+            .name("switch".into())
+            .spawn(move || server.run(&thread_stop))
+            .map_err(|e| cleanup(SwitchError::Thread(e)))?;
+        Ok(Self {
+            socket,
+            dir,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops the switch and removes its directory; returns its counters,
+    /// one line per port.
+    pub fn stop(&mut self) -> Option<String> {
+        let thread = self.thread.take()?;
+        let _ = self.stop.write(1);
+        let report = match thread.join() {
+            Ok(Ok(switch)) => Some(switch.report()),
+            Ok(Err(e)) => Some(format!("the switch failed: {e}\n")),
+            Err(_) => Some("the switch thread panicked\n".to_string()),
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+        report
+    }
+}
+
+impl Drop for RunningSwitch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `xpmem-vmm switch --socket PATH`: runs a switch in the foreground until
+/// `stop` (the monitor's signal eventfd) is readable; returns its counters.
+pub fn serve(socket: &Path, mtu: u16, stop: &EventFd) -> Result<String, SwitchError> {
+    let config = SwitchConfig {
+        mtu: usize::from(mtu),
+        ..SwitchConfig::default()
+    };
+    let server = SwitchServer::bind(config, socket)?;
+    Ok(server.run(stop)?.report())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net_switch::socket::{FrameSocket, Recv};
+
+    #[test]
+    fn the_monitor_switch_forwards_between_connected_ports_and_cleans_up() {
+        let mut sw = RunningSwitch::start(1500).unwrap();
+        let dir = sw.dir.clone();
+        let a = FrameSocket::connect(sw.socket()).unwrap();
+        let b = FrameSocket::connect(sw.socket()).unwrap();
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        a.send(&f).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut got = None;
+        // Bounded wait: 500 polls of at most 10 ms.
+        for _ in 0..500 {
+            if let Recv::Frame(n) = b.recv(&mut buf).unwrap() {
+                got = Some(n);
+                break;
+            }
+            let mut p = [libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&b),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(p.as_mut_ptr(), 1, 10) };
+        }
+        assert_eq!(got, Some(60));
+        assert_eq!(&buf[..60], &f[..]);
+        let report = sw.stop().unwrap();
+        assert!(
+            report.contains("port 1: rx_frames=1 rx_bytes=60"),
+            "{report}"
+        );
+        assert!(
+            report.contains("port 2: rx_frames=0 rx_bytes=0 tx_frames=1"),
+            "{report}"
+        );
+        assert!(!dir.exists(), "the runtime directory is removed");
+        assert_eq!(sw.stop(), None);
+    }
+}

@@ -1,0 +1,725 @@
+//! The virtio-net device model: features, configuration space, the receive
+//! and transmit queues.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use log::{debug, warn};
+use net_switch::socket::{Recv, Send};
+use net_switch::{Mac, ETH_HEADER_LEN};
+use virtio_mmio_transport::{
+    signal_used, ActivateContext, ActivateError, InterruptReason, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
+};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::backend::NetBackend;
+
+/// Virtio device ID of the network device.
+pub const VIRTIO_ID_NET: u32 = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Bytes of `virtio_net_hdr` with VERSION_1 (num_buffers included).
+pub const HDR_LEN: usize = 12;
+/// Most frames waiting for receive buffers.
+pub const RX_QUEUE_FRAMES: usize = 256;
+/// Most bytes waiting for receive buffers (the larger of this and one
+/// largest frame).
+pub const RX_QUEUE_BYTES: usize = 1 << 20;
+/// Most frames read from the backend per `process_backend` call.
+pub const RX_READ_BATCH: usize = 256;
+/// Bytes of configuration space: mac, status, max_virtqueue_pairs, mtu.
+pub const CONFIG_LEN: usize = 12;
+
+/// Feature bits (virtio 1.2 section 5.1.3).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// `status` bit: the link is up.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+
+/// Guest-triggered warnings logged at warn level per device; later ones go to
+/// debug level, so a hostile driver cannot flood the host's log.
+const MAX_GUEST_WARNINGS: u64 = 32;
+
+macro_rules! guest_warn {
+    ($count:expr, $($arg:tt)+) => {{
+        $count += 1;
+        if $count <= MAX_GUEST_WARNINGS {
+            warn!($($arg)+);
+        } else {
+            if $count == MAX_GUEST_WARNINGS + 1 {
+                warn!("virtio-net: too many guest-triggered warnings; further ones are logged at debug level");
+            }
+            debug!($($arg)+);
+        }
+    }};
+}
+
+/// Errors of creating the device and of guest input (the latter are
+/// counted and logged, never returned to the monitor).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("MTU {0} is outside 68..=65535; use 1500 for plain Ethernet")]
+    BadMtu(u16),
+    #[error(
+        "MAC {0} is a multicast address; a NIC needs a unicast one (first byte even, e.g. 02:...)"
+    )]
+    MulticastMac(Mac),
+    #[error(
+        "a transmit chain has a device-writable descriptor; transmit buffers are device-readable"
+    )]
+    TxWritable,
+    #[error("a transmit chain of {0} bytes is shorter than the header and an Ethernet header")]
+    TxTooShort(usize),
+    #[error("a transmit chain is longer than the header and MTU + 14 bytes ({0})")]
+    TxTooLong(usize),
+    #[error("a transmit header asks for offloads (flags {flags:#x}, gso_type {gso_type}) that were not negotiated")]
+    TxOffload { flags: u8, gso_type: u8 },
+    #[error("a buffer at {addr:#x} (+{len:#x}) is outside guest memory")]
+    BadBuffer { addr: u64, len: u32 },
+    #[error(
+        "a receive chain has a device-readable descriptor; receive buffers are device-writable"
+    )]
+    RxReadable,
+    #[error("virtqueue error: {0:?}")]
+    Queue(virtio_queue::Error),
+}
+
+/// A locally administered unicast MAC derived from `name` (02:xx:xx:xx:xx:xx,
+/// the five bytes from an FNV-1a hash of the name).
+pub fn mac_from_name(name: &str) -> Mac {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    Mac([0x02, b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Counters, for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames the guest sent that went to the backend.
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Transmit chains refused (bad direction, length, header or address).
+    pub tx_bad_chains: u64,
+    /// Frames the backend refused or lost (it was gone).
+    pub tx_dropped_backend: u64,
+    /// Frames written into the guest's receive buffers.
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Receive chains used, including the extra ones of merged frames.
+    pub rx_buffers: u64,
+    /// Receive chains refused (device-readable or outside guest memory).
+    pub rx_bad_chains: u64,
+    /// Frames from the backend dropped because the guest had no buffers and
+    /// the waiting queue was full.
+    pub rx_dropped_queue_full: u64,
+    /// Frames dropped because the guest's buffers could not hold them.
+    pub rx_dropped_small_buffers: u64,
+    /// Frames from the backend that were shorter than an Ethernet header or
+    /// longer than MTU + 14.
+    pub rx_dropped_malformed: u64,
+    /// Frames from the backend while the driver had not started the device.
+    pub rx_dropped_inactive: u64,
+}
+
+impl std::fmt::Display for NetStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tx_frames={} tx_bytes={} tx_bad_chains={} tx_dropped_backend={} \
+             rx_frames={} rx_bytes={} rx_buffers={} rx_bad_chains={} \
+             rx_dropped_queue_full={} rx_dropped_small_buffers={} \
+             rx_dropped_malformed={} rx_dropped_inactive={}",
+            self.tx_frames,
+            self.tx_bytes,
+            self.tx_bad_chains,
+            self.tx_dropped_backend,
+            self.rx_frames,
+            self.rx_bytes,
+            self.rx_buffers,
+            self.rx_bad_chains,
+            self.rx_dropped_queue_full,
+            self.rx_dropped_small_buffers,
+            self.rx_dropped_malformed,
+            self.rx_dropped_inactive
+        )
+    }
+}
+
+/// A receive chain taken from the queue and not yet used.
+struct RxChain {
+    head: u16,
+    segments: Vec<(GuestAddress, u32)>,
+    capacity: usize,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    mergeable: bool,
+    /// Receive chains held for the next frame (with MRG_RXBUF, until they
+    /// hold it; without, the one chain a too large frame did not fit).
+    gathered: Vec<RxChain>,
+}
+
+/// The virtio-net device model.
+pub struct Net {
+    backend: Box<dyn NetBackend>,
+    backend_open: bool,
+    mac: Mac,
+    mtu: u16,
+    active: Option<Active>,
+    rx_pending: VecDeque<Vec<u8>>,
+    rx_pending_bytes: usize,
+    /// A frame the backend could not take yet (its chain is already used).
+    tx_stalled: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    stats: NetStats,
+    guest_warnings: u64,
+}
+
+impl Net {
+    pub fn new(backend: Box<dyn NetBackend>, mac: Mac, mtu: u16) -> Result<Self, NetError> {
+        if mtu < 68 {
+            return Err(NetError::BadMtu(mtu));
+        }
+        if mac.is_group() {
+            return Err(NetError::MulticastMac(mac));
+        }
+        let max_frame = usize::from(mtu) + ETH_HEADER_LEN;
+        Ok(Self {
+            backend,
+            backend_open: true,
+            mac,
+            mtu,
+            active: None,
+            rx_pending: VecDeque::new(),
+            rx_pending_bytes: 0,
+            tx_stalled: None,
+            buf: vec![0u8; max_frame + 1],
+            stats: NetStats::default(),
+            guest_warnings: 0,
+        })
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    pub fn mac(&self) -> Mac {
+        self.mac
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Frames waiting for receive buffers.
+    pub fn rx_pending(&self) -> usize {
+        self.rx_pending.len()
+    }
+
+    fn max_frame(&self) -> usize {
+        usize::from(self.mtu) + ETH_HEADER_LEN
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        c[0..6].copy_from_slice(&self.mac.0);
+        let status = if self.backend_open {
+            VIRTIO_NET_S_LINK_UP
+        } else {
+            0
+        };
+        c[6..8].copy_from_slice(&status.to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        c
+    }
+
+    fn backend_gone(&mut self) {
+        if !self.backend_open {
+            return;
+        }
+        warn!(
+            "virtio-net {}: the switch closed the connection; link down",
+            self.mac
+        );
+        self.backend_open = false;
+        if let Some(a) = &self.active {
+            let _ = a.interrupt.trigger(InterruptReason::ConfigChange);
+        }
+    }
+
+    /// Sends the stalled frame; false if the backend is still full.
+    fn flush_stalled(&mut self) -> bool {
+        let Some(frame) = self.tx_stalled.take() else {
+            return true;
+        };
+        match self.send(&frame) {
+            Some(Send::WouldBlock) => {
+                self.tx_stalled = Some(frame);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Hands a frame to the backend and counts it; `WouldBlock` if it is full.
+    fn send(&mut self, frame: &[u8]) -> Option<Send> {
+        if !self.backend_open {
+            self.stats.tx_dropped_backend += 1;
+            return None;
+        }
+        match self.backend.send(frame) {
+            Ok(Send::Sent) => {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += frame.len() as u64;
+                Some(Send::Sent)
+            }
+            Ok(Send::WouldBlock) => Some(Send::WouldBlock),
+            Ok(Send::Closed) => {
+                self.stats.tx_dropped_backend += 1;
+                self.backend_gone();
+                Some(Send::Closed)
+            }
+            Err(e) => {
+                debug!(
+                    "virtio-net: backend refused a {}-byte frame: {e}",
+                    frame.len()
+                );
+                self.stats.tx_dropped_backend += 1;
+                None
+            }
+        }
+    }
+
+    /// Processes the transmit queue until it is empty or the backend is full.
+    fn process_tx(&mut self) -> Result<(), NetError> {
+        if !self.flush_stalled() {
+            return Ok(());
+        }
+        let max = HDR_LEN + self.max_frame();
+        let mut used_any = false;
+        if let Some(a) = self.active.as_mut() {
+            a.tx.disable_notification(&a.mem).map_err(NetError::Queue)?;
+        }
+        loop {
+            let Some(a) = self.active.as_mut() else {
+                return Ok(());
+            };
+            let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) else {
+                if a.tx.enable_notification(&a.mem).map_err(NetError::Queue)? {
+                    // More arrived while notifications were off.
+                    a.tx.disable_notification(&a.mem).map_err(NetError::Queue)?;
+                    continue;
+                }
+                break;
+            };
+            let head = chain.head_index();
+            let frame = read_tx_chain(chain, &a.mem, max, &mut self.buf);
+            // The frame is copied out of guest memory: the chain goes back now.
+            match a.tx.add_used(&a.mem, head, 0) {
+                Ok(()) => used_any = true,
+                Err(e) => guest_warn!(
+                    self.guest_warnings,
+                    "virtio-net: transmit chain {head} cannot be returned: {e:?}"
+                ),
+            }
+            match frame {
+                Ok(len) => {
+                    let frame = self.buf[HDR_LEN..len].to_vec();
+                    if let Some(Send::WouldBlock) = self.send(&frame) {
+                        // Wait for the backend (`backend_wants_write`); the
+                        // queue is read again once this frame has gone.
+                        self.tx_stalled = Some(frame);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.stats.tx_bad_chains += 1;
+                    guest_warn!(
+                        self.guest_warnings,
+                        "virtio-net: transmit chain {head} refused: {e}"
+                    );
+                }
+            }
+        }
+        if used_any {
+            if let Some(a) = self.active.as_mut() {
+                if let Err(e) = signal_used(&mut a.tx, &a.mem, &*a.interrupt) {
+                    warn!("virtio-net: cannot raise the transmit interrupt: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads frames from the backend into the waiting queue and delivers
+    /// what the guest has buffers for.
+    fn read_backend(&mut self) {
+        let max = self.max_frame();
+        let byte_bound = RX_QUEUE_BYTES.max(max);
+        for _ in 0..RX_READ_BATCH {
+            if !self.backend_open {
+                break;
+            }
+            match self.backend.recv(&mut self.buf) {
+                Ok(Recv::Frame(n)) if !(ETH_HEADER_LEN..=max).contains(&n) => {
+                    self.stats.rx_dropped_malformed += 1;
+                }
+                Ok(Recv::Frame(n)) => {
+                    if self.active.is_none() {
+                        self.stats.rx_dropped_inactive += 1;
+                    } else if self.rx_pending.len() >= RX_QUEUE_FRAMES
+                        || self.rx_pending_bytes + n > byte_bound
+                    {
+                        self.stats.rx_dropped_queue_full += 1;
+                    } else {
+                        self.rx_pending.push_back(self.buf[..n].to_vec());
+                        self.rx_pending_bytes += n;
+                        self.deliver_rx();
+                    }
+                }
+                Ok(Recv::Empty) => break,
+                Ok(Recv::Closed) => self.backend_gone(),
+                Err(e) => {
+                    warn!(
+                        "virtio-net {}: receive from the switch failed: {e}; link down",
+                        self.mac
+                    );
+                    self.backend_gone();
+                }
+            }
+        }
+    }
+
+    /// Moves waiting frames into the guest's receive buffers; raises the
+    /// interrupt if any buffer was used.
+    fn deliver_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        while let Some(frame) = self.rx_pending.front() {
+            let need = HDR_LEN + frame.len();
+            match gather(
+                active,
+                need,
+                &mut self.stats,
+                &mut used,
+                &mut self.guest_warnings,
+            ) {
+                Gathered::Wait => break,
+                Gathered::TooSmall => {
+                    self.stats.rx_dropped_small_buffers += 1;
+                }
+                Gathered::Ready(n) => {
+                    write_rx(active, n, frame, &mut self.stats, &mut self.guest_warnings);
+                    used = true;
+                }
+            }
+            if let Some(f) = self.rx_pending.pop_front() {
+                self.rx_pending_bytes -= f.len();
+            }
+        }
+        if used {
+            if let Err(e) = signal_used(&mut active.rx, &active.mem, &*active.interrupt) {
+                warn!("virtio-net: cannot raise the receive interrupt: {e}");
+            }
+        }
+    }
+}
+
+enum Gathered {
+    /// Not enough buffers yet.
+    Wait,
+    /// The buffers the guest offers cannot hold the frame: drop it.
+    TooSmall,
+    /// The first `n` gathered chains hold the frame.
+    Ready(usize),
+}
+
+/// Takes receive chains until they hold `need` bytes (one chain without
+/// MRG_RXBUF). Bad chains are returned at once with length 0.
+fn gather(
+    a: &mut Active,
+    need: usize,
+    stats: &mut NetStats,
+    used: &mut bool,
+    warnings: &mut u64,
+) -> Gathered {
+    let limit = if a.mergeable {
+        usize::from(a.rx.size())
+    } else {
+        1
+    };
+    loop {
+        let capacity: usize = a.gathered.iter().map(|c| c.capacity).sum();
+        if a.mergeable {
+            if capacity >= need {
+                let mut sum = 0;
+                let n = a
+                    .gathered
+                    .iter()
+                    .position(|c| {
+                        sum += c.capacity;
+                        sum >= need
+                    })
+                    .map_or(a.gathered.len(), |i| i + 1);
+                return Gathered::Ready(n);
+            }
+        } else if let Some(c) = a.gathered.first() {
+            return if c.capacity >= need {
+                Gathered::Ready(1)
+            } else {
+                Gathered::TooSmall
+            };
+        }
+        if a.gathered.len() >= limit {
+            // Every buffer the queue can hold would not be enough.
+            return Gathered::TooSmall;
+        }
+        let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+            return Gathered::Wait;
+        };
+        let head = chain.head_index();
+        match rx_chain(chain, &a.mem) {
+            Ok(c) => a.gathered.push(c),
+            Err(e) => {
+                stats.rx_bad_chains += 1;
+                guest_warn!(*warnings, "virtio-net: receive chain {head} refused: {e}");
+                if a.rx.add_used(&a.mem, head, 0).is_ok() {
+                    *used = true;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the header and `frame` across the first `n` gathered chains and
+/// returns them to the guest.
+fn write_rx(a: &mut Active, n: usize, frame: &[u8], stats: &mut NetStats, warnings: &mut u64) {
+    let mut hdr = [0u8; HDR_LEN];
+    // flags 0, gso_type NONE, num_buffers = chains used (1 without MRG_RXBUF).
+    let num = u16::try_from(n).unwrap_or(u16::MAX);
+    hdr[10..12].copy_from_slice(&num.to_le_bytes());
+    let mut src = [&hdr[..], frame];
+    let chains: Vec<RxChain> = a.gathered.drain(..n).collect();
+    for c in chains {
+        let mut written = 0u32;
+        for &(addr, len) in &c.segments {
+            let mut room = len as usize;
+            let mut at = addr;
+            while room > 0 {
+                let Some(part) = src.iter_mut().find(|p| !p.is_empty()) else {
+                    break;
+                };
+                let k = room.min(part.len());
+                if a.mem.write_slice(&part[..k], at).is_err() {
+                    guest_warn!(
+                        *warnings,
+                        "virtio-net: receive buffer at {:#x} became unwritable",
+                        at.0
+                    );
+                    break;
+                }
+                *part = &part[k..];
+                room -= k;
+                written += k as u32;
+                at = GuestAddress(at.0 + k as u64);
+            }
+        }
+        if a.rx.add_used(&a.mem, c.head, written).is_ok() {
+            stats.rx_buffers += 1;
+        }
+    }
+    stats.rx_frames += 1;
+    stats.rx_bytes += frame.len() as u64;
+}
+
+/// Checks a receive chain: device-writable only, every buffer inside guest RAM.
+fn rx_chain(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+) -> Result<RxChain, NetError> {
+    let head = chain.head_index();
+    let mut segments = Vec::new();
+    let mut capacity = 0usize;
+    for d in chain {
+        if !d.is_write_only() {
+            return Err(NetError::RxReadable);
+        }
+        if d.len() == 0 {
+            continue;
+        }
+        if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            return Err(NetError::BadBuffer {
+                addr: d.addr().0,
+                len: d.len(),
+            });
+        }
+        segments.push((d.addr(), d.len()));
+        capacity = capacity.saturating_add(d.len() as usize);
+    }
+    Ok(RxChain {
+        head,
+        segments,
+        capacity,
+    })
+}
+
+/// Copies a transmit chain (header and frame) into `buf`; returns its length.
+fn read_tx_chain(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<usize, NetError> {
+    if buf.len() < max {
+        buf.resize(max, 0);
+    }
+    let mut len = 0usize;
+    for d in chain {
+        if d.is_write_only() {
+            return Err(NetError::TxWritable);
+        }
+        let n = d.len() as usize;
+        if n > max - len {
+            return Err(NetError::TxTooLong(max));
+        }
+        mem.read_slice(&mut buf[len..len + n], d.addr())
+            .map_err(|_| NetError::BadBuffer {
+                addr: d.addr().0,
+                len: d.len(),
+            })?;
+        len += n;
+    }
+    if len < HDR_LEN + ETH_HEADER_LEN {
+        return Err(NetError::TxTooShort(len));
+    }
+    let (flags, gso_type) = (buf[0], buf[1]);
+    if flags != 0 || gso_type != 0 {
+        return Err(NetError::TxOffload { flags, gso_type });
+    }
+    Ok(len)
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn device_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+            | VIRTIO_F_RING_EVENT_IDX
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_MTU
+            | VIRTIO_NET_F_STATUS
+            | VIRTIO_NET_F_MRG_RXBUF
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The MAC is writable only with VIRTIO_NET_F_CTRL_MAC_ADDR (not offered).
+        guest_warn!(
+            self.guest_warnings,
+            "virtio-net: {}-byte config write at {offset:#x} ignored; the configuration is read-only",
+            data.len()
+        );
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let mut queues = ctx.queues.into_iter();
+        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
+            return Err(ActivateError::Device(
+                "virtio-net has exactly two queues (receiveq1, transmitq1)".into(),
+            ));
+        };
+        self.active = Some(Active {
+            mem: ctx.mem,
+            rx,
+            tx,
+            interrupt: ctx.interrupt,
+            mergeable: ctx.acked_features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            gathered: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        match usize::from(index) {
+            RX => {
+                // New receive buffers: deliver what waits, then read on.
+                self.deliver_rx();
+                self.read_backend();
+            }
+            TX => {
+                if let Err(e) = self.process_tx() {
+                    warn!("virtio-net: transmit processing stopped: {e}");
+                }
+            }
+            _ => guest_warn!(
+                self.guest_warnings,
+                "virtio-net: notify for nonexistent queue {index} ignored"
+            ),
+        }
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        if self.backend_open {
+            self.backend.fd()
+        } else {
+            None
+        }
+    }
+
+    fn backend_wants_write(&self) -> bool {
+        self.tx_stalled.is_some()
+    }
+
+    fn process_backend(&mut self) {
+        if self.tx_stalled.is_some() && self.flush_stalled() {
+            if let Err(e) = self.process_tx() {
+                warn!("virtio-net: transmit processing stopped: {e}");
+            }
+        }
+        self.read_backend();
+    }
+
+    fn reset(&mut self) {
+        // Held receive chains and waiting frames belong to the old driver.
+        self.active = None;
+        self.rx_pending.clear();
+        self.rx_pending_bytes = 0;
+        self.tx_stalled = None;
+    }
+}
