@@ -39,7 +39,13 @@ pub enum Error {
 }
 
 /// The kernel modules every guest loads, in order (dependencies are added).
-pub const BASE_MODULES: &[&str] = &["virtio_ring", "virtio", "virtio_mmio", "virtio_rng"];
+pub const BASE_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_mmio",
+    "virtio_rng",
+    "virtio_net",
+];
 
 /// The banner the guest prints once init is done; see [`crate::console`].
 pub const READY_MARKER: &str = "XPMEM-GUEST READY";

@@ -31,7 +31,7 @@ commands:
       --quiet                do not echo the console (only the result)
   guest-image [options]      build (or reuse) a guest initramfs; prints its path
       --module NAME          a guest-kernel module to load (repeatable; default:
-                             virtio_ring virtio virtio_mmio virtio_rng)
+                             virtio_ring virtio virtio_mmio virtio_rng virtio_net)
       --extra-module FILE    a .ko to load after them (e.g. xpmem.ko; repeatable)
       --extra-dir DIR        copy DIR's contents to the image root (repeatable)
       --run CMD              default command run after the banner
