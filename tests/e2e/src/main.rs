@@ -54,7 +54,7 @@ commands:
                              IOPS in a guest and on the test host against the same
                              image file, one run; prints a table with guest/host ratios
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot xpmem disk;
+                             run end-to-end groups (default: errors boot xpmem disk rootdisk;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
