@@ -81,7 +81,9 @@ pub struct Env {
 /// (2026-11-25); it needs `make -C guest-driver` first.
 /// `disk` (issue 9) boots guests with virtio-blk disks, `rootdisk` boots two
 /// VMs from the Debian root image (built by `scripts/build-root-image.sh`).
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk"];
+/// `net` (issue 10) runs three VMs on the monitor's switch: addresses without
+/// configuration, pings, a TCP transfer under a flood, a segid over TCP.
+pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net"];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &[];
@@ -95,6 +97,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "xpmem" => crate::xpmem_group::run(env, group_opts(env, group)),
         "disk" => crate::disk_group::run(env, group_opts(env, group)),
         "rootdisk" => crate::rootdisk_group::run(env, group_opts(env, group)),
+        "net" => crate::net_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,
