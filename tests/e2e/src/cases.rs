@@ -128,6 +128,36 @@ fn group_opts(env: &Env, group: &str) -> Options {
     opts
 }
 
+/// A failed `<group>/setup/inputs` case when the guest test program has not
+/// been built.
+pub fn missing_xpmem_test(group: &str) -> Option<CaseResult> {
+    let tool = crate::repo_root().join("guest-driver/tools/image/bin/xpmem-test");
+    (!tool.exists()).then(|| {
+        CaseResult::new(
+            group,
+            "setup/inputs",
+            Status::Fail(format!(
+                "{} is missing: run `make -C guest-driver`",
+                tool.display()
+            )),
+        )
+    })
+}
+
+/// The kernel (`vmlinuz`) and the guest image every XPMEM test boots
+/// ([`Spec::xpmem`]): base modules, `virtio_blk`, `xpmem.ko`, the test tools.
+pub fn xpmem_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
+    let kernel = env.cache.kernel()?;
+    let busybox = env.cache.busybox()?;
+    let initrd = image::build(
+        &kernel,
+        &busybox,
+        &Spec::xpmem(),
+        &crate::build_dir().join("images"),
+    )?;
+    Ok((kernel.vmlinuz, initrd))
+}
+
 /// The guest image with the base modules (virtio + virtio_rng).
 pub fn base_image(cache: &Cache) -> Result<(PathBuf, PathBuf), Error> {
     let kernel = cache.kernel()?;
