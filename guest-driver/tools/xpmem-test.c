@@ -2801,12 +2801,19 @@ static int case_nodev(void)
 
 #define NET_SEED	0x4e45545f58504d45ULL	/* "NET_XPME" */
 #define NET_CHUNK	(256UL << 10)
+#define NET_PROGRESS	(32ULL << 20)	/* net-send: a NOTE line this often */
 #define FLOOD_PORT	9	/* discard */
 
 /* The word at byte offset @off of the network test pattern. */
 static uint64_t net_word(uint64_t off)
 {
 	return (off / 8 + 1) * 0x9e3779b97f4a7c15ULL ^ NET_SEED;
+}
+
+/* The checksum both sides print: FNV-1a over the words, so order counts. */
+static uint64_t net_sum(uint64_t sum, uint64_t word)
+{
+	return (sum ^ word) * 0x100000001b3ULL;
 }
 
 /* A TCP connection to --host:--port, retried for --timeout s (the peer may not listen yet). */
@@ -2838,11 +2845,12 @@ static int net_connect(void)
 
 /*
  * net-send: connect to --host:--port and send --bytes of the pattern; print
- * "SENT n bytes sum S in T s (R MiB/s)". Pairs with net-recv.
+ * "SENT n bytes sum S in T s (R MiB/s)" (and a NOTE every 32 MiB). Pairs
+ * with net-recv.
  */
 static int case_net_send(void)
 {
-	uint64_t *chunk, sum = 0, off = 0, n, w;
+	uint64_t *chunk, sum = 0xcbf29ce484222325ULL, off = 0, n, w;
 	double t0;
 	ssize_t done;
 	size_t at;
@@ -2861,7 +2869,7 @@ static int case_net_send(void)
 		n = opt.bytes - off < NET_CHUNK ? opt.bytes - off : NET_CHUNK;
 		for (w = 0; w < n / 8; w++) {
 			chunk[w] = net_word(off + w * 8);
-			sum += chunk[w];
+			sum = net_sum(sum, chunk[w]);
 		}
 		for (at = 0; at < n; at += done) {
 			done = write(fd, (char *)chunk + at, n - at);
@@ -2871,6 +2879,9 @@ static int case_net_send(void)
 					    done ? strerror(errno) : "closed");
 		}
 		off += n;
+		if (!(off % NET_PROGRESS) && off < opt.bytes)
+			say("NOTE %llu MiB sent in %.1f s", (unsigned long long)(off >> 20),
+			    now() - t0);
 	}
 	/* Half-close, then wait for the receiver to close: all was read. */
 	if (shutdown(fd, SHUT_WR))
@@ -2894,7 +2905,7 @@ static int case_net_recv(void)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	struct timeval tv = { .tv_sec = opt.timeout };
-	uint64_t sum = 0, off = 0, word;
+	uint64_t sum = 0xcbf29ce484222325ULL, off = 0, word;
 	unsigned char *buf;
 	size_t have = 0, i;
 	ssize_t got;
@@ -2938,7 +2949,7 @@ static int case_net_recv(void)
 					    (unsigned long long)off,
 					    (unsigned long long)word,
 					    (unsigned long long)net_word(off));
-			sum += word;
+			sum = net_sum(sum, word);
 		}
 		memmove(buf, buf + i, have - i);
 		have -= i;

@@ -31,7 +31,10 @@ const G: &str = "net";
 const VMS: &[&str] = &["a", "b", "c"];
 
 /// Size of the CI transfer in MiB unless `XPMEM_NET_MIB` says otherwise.
-pub const NET_MIB: u64 = 256;
+/// The nested host moves about 0.8 MiB/s between two guests (256 MiB took
+/// 327 s under the flood, 2026-12-06), so CI sends 32 MiB; the 256 MiB
+/// is `scripts/net-stress.sh`.
+pub const NET_MIB: u64 = 32;
 /// Longest flood (c stops earlier when a's transfer is done).
 pub const FLOOD_SECS: u64 = 300;
 
