@@ -21,7 +21,13 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,8 +92,13 @@ static struct {
 	const char *name;	/* export: name the segment; attach: find it by name */
 	const char *dev;	/* disk-*: the block device */
 	const char *serial;	/* disk-*: the serial the device must report */
+	const char *host;	/* net-send: the receiver */
+	unsigned int port;	/* net-send, net-recv */
+	unsigned long long bytes;	/* net-send, net-recv */
+	int seconds;		/* net-flood */
+	const char *stop;	/* net-flood: stop once this file exists */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
-	  .to = "b", .importers = 1, .chunks = 1 };
+	  .to = "b", .importers = 1, .chunks = 1, .stop = "/tmp/net-flood.stop" };
 
 static void say(const char *fmt, ...)
 {
@@ -2786,6 +2797,265 @@ static int case_nodev(void)
 	return pass();
 }
 
+/* ---- virtio-net (issue 10): transfer with a checksum, switch flood ---- */
+
+#define NET_SEED	0x4e45545f58504d45ULL	/* "NET_XPME" */
+#define NET_CHUNK	(256UL << 10)
+#define NET_PROGRESS	(32ULL << 20)	/* net-send: a NOTE line this often */
+#define FLOOD_PORT	9	/* discard */
+
+/* The word at byte offset @off of the network test pattern. */
+static uint64_t net_word(uint64_t off)
+{
+	return (off / 8 + 1) * 0x9e3779b97f4a7c15ULL ^ NET_SEED;
+}
+
+/* The checksum both sides print: FNV-1a over the words, so order counts. */
+static uint64_t net_sum(uint64_t sum, uint64_t word)
+{
+	return (sum ^ word) * 0x100000001b3ULL;
+}
+
+/* A TCP connection to --host:--port, retried for --timeout s (the peer may not listen yet). */
+static int net_connect(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	double until = now() + opt.timeout;
+	int fd, err = 0;
+
+	sa.sin_port = htons(opt.port);
+	if (inet_pton(AF_INET, opt.host, &sa.sin_addr) != 1) {
+		fail("--host %s is not an IPv4 address", opt.host);
+		return -1;
+	}
+	do {
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			break;
+		if (!connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
+			return fd;
+		err = errno;
+		close(fd);
+		usleep(200 * 1000);
+	} while (now() < until);
+	fail("cannot connect to %s port %u within %d s: %s", opt.host, opt.port,
+	     opt.timeout, strerror(fd < 0 ? errno : err));
+	return -1;
+}
+
+/*
+ * net-send: connect to --host:--port and send --bytes of the pattern; print
+ * "SENT n bytes sum S in T s (R MiB/s)" (and a NOTE every 32 MiB). Pairs
+ * with net-recv.
+ */
+static int case_net_send(void)
+{
+	uint64_t *chunk, sum = 0xcbf29ce484222325ULL, off = 0, n, w;
+	double t0;
+	ssize_t done;
+	size_t at;
+	int fd;
+
+	if (!opt.host || !opt.port || !opt.bytes || opt.bytes % 8)
+		return fail("needs --host, --port and --bytes (a multiple of 8)");
+	chunk = malloc(NET_CHUNK);
+	if (!chunk)
+		return fail("malloc");
+	fd = net_connect();
+	if (fd < 0)
+		return EXIT_FAIL;
+	t0 = now();
+	while (off < opt.bytes) {
+		n = opt.bytes - off < NET_CHUNK ? opt.bytes - off : NET_CHUNK;
+		for (w = 0; w < n / 8; w++) {
+			chunk[w] = net_word(off + w * 8);
+			sum = net_sum(sum, chunk[w]);
+		}
+		for (at = 0; at < n; at += done) {
+			done = write(fd, (char *)chunk + at, n - at);
+			if (done <= 0)
+				return fail("write at byte %llu: %s",
+					    (unsigned long long)(off + at),
+					    done ? strerror(errno) : "closed");
+		}
+		off += n;
+		if (!(off % NET_PROGRESS) && off < opt.bytes)
+			say("NOTE %llu MiB sent in %.1f s", (unsigned long long)(off >> 20),
+			    now() - t0);
+	}
+	/* Half-close, then wait for the receiver to close: all was read. */
+	if (shutdown(fd, SHUT_WR))
+		return fail("shutdown: %s", strerror(errno));
+	while ((done = read(fd, chunk, NET_CHUNK)) > 0)
+		;
+	close(fd);
+	say("SENT %llu bytes sum %016llx in %.1f s (%.1f MiB/s)",
+	    (unsigned long long)off, (unsigned long long)sum, now() - t0,
+	    off / 1048576.0 / (now() - t0));
+	free(chunk);
+	return pass();
+}
+
+/*
+ * net-recv: accept one connection on --port (within --timeout s), read until
+ * the sender closes and check every word against the pattern; print
+ * "RECEIVED n bytes sum S in T s". Exactly --bytes must arrive.
+ */
+static int case_net_recv(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = opt.timeout };
+	uint64_t sum = 0xcbf29ce484222325ULL, off = 0, word;
+	unsigned char *buf;
+	size_t have = 0, i;
+	ssize_t got;
+	double t0;
+	int one = 1, lfd, fd;
+
+	if (!opt.port || !opt.bytes || opt.bytes % 8)
+		return fail("needs --port and --bytes (a multiple of 8)");
+	buf = malloc(NET_CHUNK + 8);
+	if (!buf)
+		return fail("malloc");
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0)
+		return fail("socket: %s", strerror(errno));
+	sa.sin_port = htons(opt.port);
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1))
+		return fail("listen on port %u: %s", opt.port, strerror(errno));
+	/* accept() and every read give up after --timeout s without progress. */
+	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	say("LISTENING port %u", opt.port);
+	fd = accept(lfd, NULL, NULL);
+	if (fd < 0)
+		return fail("no connection on port %u within %d s: %s", opt.port,
+			    opt.timeout, strerror(errno));
+	close(lfd);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	t0 = now();
+	for (;;) {
+		got = read(fd, buf + have, NET_CHUNK);
+		if (got < 0)
+			return fail("read after %llu bytes: %s",
+				    (unsigned long long)(off + have), strerror(errno));
+		if (got == 0)
+			break;
+		have += got;
+		for (i = 0; i + 8 <= have; i += 8, off += 8) {
+			memcpy(&word, buf + i, 8);
+			if (word != net_word(off))
+				return fail("byte %llu reads %016llx, want %016llx",
+					    (unsigned long long)off,
+					    (unsigned long long)word,
+					    (unsigned long long)net_word(off));
+			sum = net_sum(sum, word);
+		}
+		memmove(buf, buf + i, have - i);
+		have -= i;
+		if (off > opt.bytes)
+			return fail("more than %llu bytes arrived",
+				    (unsigned long long)opt.bytes);
+	}
+	close(fd);
+	free(buf);
+	say("RECEIVED %llu bytes sum %016llx in %.1f s", (unsigned long long)off,
+	    (unsigned long long)sum, now() - t0);
+	if (have || off != opt.bytes)
+		return fail("%llu bytes arrived, want %llu",
+			    (unsigned long long)(off + have),
+			    (unsigned long long)opt.bytes);
+	return pass();
+}
+
+/* Sends @len bytes of @frame on the packet socket @fd; true if it went out. */
+static bool flood_raw(int fd, const struct sockaddr_ll *ll, const void *frame,
+		      size_t len)
+{
+	return sendto(fd, frame, len, 0, (const struct sockaddr *)ll,
+		      sizeof(*ll)) == (ssize_t)len;
+}
+
+/*
+ * net-flood: for --seconds (or until the file --stop exists), send UDP
+ * broadcasts to 169.254.255.255 port 9 as fast as the device takes them, and
+ * after every 16 of them two raw frames on --dev: one with a group (bad)
+ * source address, which the switch must drop, and a runt of a bare Ethernet
+ * header (14 bytes, no payload). Prints
+ * "FLOODED udp=N bad_source=M runt=K in T s"; at most --rounds frames of each.
+ */
+static int case_net_flood(void)
+{
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(FLOOD_PORT) };
+	struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_halen = ETH_ALEN };
+	struct timeval tv = { .tv_sec = 1 };
+	unsigned long long udp = 0, bad = 0, runt = 0, errs = 0;
+	unsigned long max = opt.rounds ? opt.rounds : 10000000;
+	unsigned char frame[60] = { 0 }, payload[1472];
+	double t0 = now(), until = t0 + opt.seconds;
+	int one = 1, ufd, pfd;
+	struct ifreq ifr = { 0 };
+
+	if (!opt.dev || opt.seconds <= 0)
+		return fail("needs --dev IFACE and --seconds S");
+	ufd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	pfd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	if (ufd < 0 || pfd < 0)
+		return fail("socket: %s", strerror(errno));
+	if (setsockopt(ufd, SOL_SOCKET, SO_BROADCAST, &one, sizeof(one)))
+		return fail("SO_BROADCAST: %s", strerror(errno));
+	/* A send that blocks gives up after 1 s, so --seconds holds. */
+	setsockopt(ufd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(pfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	inet_pton(AF_INET, "169.254.255.255", &to.sin_addr);
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", opt.dev);
+	if (ioctl(pfd, SIOCGIFINDEX, &ifr))
+		return fail("no interface %s: %s", opt.dev, strerror(errno));
+	ll.sll_ifindex = ifr.ifr_ifindex;
+	memset(ll.sll_addr, 0xff, ETH_ALEN);
+	/* Broadcast destination; source 03:00:5e:..: a group address. */
+	memset(frame, 0xff, ETH_ALEN);
+	frame[6] = 0x03;
+	frame[7] = 0x00;
+	frame[8] = 0x5e;
+	frame[12] = 0x88;	/* EtherType 0x88b5: local experimental */
+	frame[13] = 0xb5;
+	memset(payload, 0x5a, sizeof(payload));
+	say("FLOODING for %d s", opt.seconds);
+	while (udp < max && now() < until && access(opt.stop, F_OK)) {
+		unsigned int i;
+
+		for (i = 0; i < 16; i++) {
+			if (sendto(ufd, payload, sizeof(payload), 0,
+				   (struct sockaddr *)&to, sizeof(to)) ==
+			    (ssize_t)sizeof(payload))
+				udp++;
+			else
+				errs++;
+		}
+		if (bad < max && flood_raw(pfd, &ll, frame, sizeof(frame)))
+			bad++;
+		/* The runt: a good source (the interface's own, learned by the switch). */
+		if (runt < max && !ioctl(pfd, SIOCGIFHWADDR, &ifr)) {
+			unsigned char hdr[ETH_HLEN];
+
+			memset(hdr, 0xff, ETH_ALEN);
+			memcpy(hdr + ETH_ALEN, ifr.ifr_hwaddr.sa_data, ETH_ALEN);
+			hdr[12] = 0x88;
+			hdr[13] = 0xb5;
+			if (flood_raw(pfd, &ll, hdr, sizeof(hdr)))
+				runt++;
+		}
+	}
+	close(ufd);
+	close(pfd);
+	say("FLOODED udp=%llu bad_source=%llu runt=%llu errors=%llu in %.1f s",
+	    udp, bad, runt, errs, now() - t0);
+	if (!udp || !bad)
+		return fail("nothing went out");
+	return pass();
+}
+
 /* ---- importers that turn hostile (test_misbehave), issue 13 ---- */
 
 #define FILLER64	0xa5a5a5a5a5a5a5a5ULL
@@ -4083,6 +4353,9 @@ static const struct {
 	{ "disk-verify", case_disk_verify, "read --pages MiB of --dev back and check every word" },
 	{ "disk-bench", case_disk_bench, "sequential MiB/s and 4 KiB random-read IOPS of --dev (--pages MiB, --rounds reads)" },
 	{ "disk-readonly", case_disk_readonly, "--dev is read-only in the guest; reads work, writes fail" },
+	{ "net-send", case_net_send, "send --bytes of a pattern to --host (IPv4):--port over TCP, print SENT and its sum" },
+	{ "net-recv", case_net_recv, "accept one TCP connection on --port, check --bytes of the pattern, print RECEIVED and its sum" },
+	{ "net-flood", case_net_flood, "UDP broadcasts and bad raw frames on --dev for --seconds (or until --stop FILE exists)" },
 	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
 	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },
 	{ "local-latency", case_local_latency, "after GO: --timeout s of one-page export/attach/munmap rounds in this VM" },
@@ -4096,7 +4369,8 @@ static void usage(void)
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
 		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
 		"       [--chunks N] [--misbehave MODE] [--hold S] [--name NAME]\n"
-		"       [--dev /dev/vdX] [--serial ID]\n"
+		"       [--dev /dev/vdX] [--serial ID] [--host H] [--port P] [--bytes N]\n"
+		"       [--seconds S] [--stop FILE]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
 		"The segid comes from --segid, xpmem.segid= on the kernel command\n"
@@ -4152,6 +4426,16 @@ int main(int argc, char **argv)
 			opt.dev = v;
 		else if (!strcmp(k, "--serial"))
 			opt.serial = v;
+		else if (!strcmp(k, "--host"))
+			opt.host = v;
+		else if (!strcmp(k, "--port"))
+			opt.port = strtoul(v, NULL, 0);
+		else if (!strcmp(k, "--bytes"))
+			opt.bytes = strtoull(v, NULL, 0);
+		else if (!strcmp(k, "--seconds"))
+			opt.seconds = atoi(v);
+		else if (!strcmp(k, "--stop"))
+			opt.stop = v;
 		else {
 			usage();
 			return EXIT_USAGE;

@@ -81,7 +81,9 @@ pub struct Env {
 /// (2026-11-25); it needs `make -C guest-driver` first.
 /// `disk` (issue 9) boots guests with virtio-blk disks, `rootdisk` boots two
 /// VMs from the Debian root image (built by `scripts/build-root-image.sh`).
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk"];
+/// `net` (issue 10) runs three VMs on the monitor's switch: addresses without
+/// configuration, pings, a TCP transfer under a flood, a segid over TCP.
+pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net"];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &[];
@@ -95,6 +97,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "xpmem" => crate::xpmem_group::run(env, group_opts(env, group)),
         "disk" => crate::disk_group::run(env, group_opts(env, group)),
         "rootdisk" => crate::rootdisk_group::run(env, group_opts(env, group)),
+        "net" => crate::net_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,
@@ -123,6 +126,36 @@ fn group_opts(env: &Env, group: &str) -> Options {
     println!("[e2e] group {group}: console log {}", log.display());
     opts.console_log = Some(log);
     opts
+}
+
+/// A failed `<group>/setup/inputs` case when the guest test program has not
+/// been built.
+pub fn missing_xpmem_test(group: &str) -> Option<CaseResult> {
+    let tool = crate::repo_root().join("guest-driver/tools/image/bin/xpmem-test");
+    (!tool.exists()).then(|| {
+        CaseResult::new(
+            group,
+            "setup/inputs",
+            Status::Fail(format!(
+                "{} is missing: run `make -C guest-driver`",
+                tool.display()
+            )),
+        )
+    })
+}
+
+/// The kernel (`vmlinuz`) and the guest image every XPMEM test boots
+/// ([`Spec::xpmem`]): base modules, `virtio_blk`, `xpmem.ko`, the test tools.
+pub fn xpmem_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
+    let kernel = env.cache.kernel()?;
+    let busybox = env.cache.busybox()?;
+    let initrd = image::build(
+        &kernel,
+        &busybox,
+        &Spec::xpmem(),
+        &crate::build_dir().join("images"),
+    )?;
+    Ok((kernel.vmlinuz, initrd))
 }
 
 /// The guest image with the base modules (virtio + virtio_rng).

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::cases::{self, Env};
 use crate::console::{self, Event, Ready};
-use crate::image::{self, Spec};
+use crate::image;
 use crate::nested;
 use crate::scenario::{self, Echo};
 
@@ -45,6 +45,8 @@ pub enum Error {
     Scenario(#[from] scenario::Error),
     #[error(transparent)]
     Nested(#[from] nested::Error),
+    #[error(transparent)]
+    Cases(#[from] crate::cases::Error),
 }
 
 /// The monitor is killed after this long (two nested boots take 1-2 minutes).
@@ -635,15 +637,7 @@ fn demo_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
             return Err(Error::MissingInput { path });
         }
     }
-    let kernel = env.cache.kernel()?;
-    let busybox = env.cache.busybox()?;
-    let initrd = image::build(
-        &kernel,
-        &busybox,
-        &Spec::xpmem(),
-        &crate::build_dir().join("images"),
-    )?;
-    Ok((kernel.vmlinuz, initrd))
+    Ok(crate::cases::xpmem_image(env)?)
 }
 
 /// Runs the demo, printing its steps; returns the problems (empty: success).

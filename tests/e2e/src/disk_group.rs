@@ -9,9 +9,6 @@
 //!   reads back as written (the sums agree), and its second disk (`/dev/vdb`,
 //!   serial `ro`, `read_only = true`) is read-only in the guest: reads work, a
 //!   write fails. The read-only image's SHA-256 is the same before and after.
-
-use std::path::PathBuf;
-
 use crate::cases::{CaseResult, Env, Error, Status};
 use crate::image::{self, Spec};
 use crate::nested::{self, Payload};
@@ -188,28 +185,13 @@ impl Parsed {
 }
 
 pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
-    let root = crate::repo_root();
-    let tool = root.join("guest-driver/tools/image/bin/xpmem-test");
-    if !tool.exists() {
-        return Ok(vec![CaseResult {
-            name: format!("{G}/setup/inputs"),
-            status: Status::Fail(format!(
-                "{} is missing: run `make -C guest-driver`",
-                tool.display()
-            )),
-        }]);
+    if let Some(missing) = crate::cases::missing_xpmem_test(G) {
+        return Ok(vec![missing]);
     }
-    let kernel = env.cache.kernel()?;
-    let busybox = env.cache.busybox()?;
-    let initrd: PathBuf = image::build(
-        &kernel,
-        &busybox,
-        &Spec::xpmem(),
-        &crate::build_dir().join("images"),
-    )?;
+    let (vmlinuz, initrd) = crate::cases::xpmem_image(env)?;
     let mut payload = Payload::new(payload_script());
     payload.file(&env.vmm, "xpmem-vmm");
-    payload.file(&kernel.vmlinuz, "vmlinuz");
+    payload.file(&vmlinuz, "vmlinuz");
     payload.file(&initrd, "guest.cpio.gz");
     payload.data(
         "write.toml",

@@ -61,7 +61,11 @@ pub const RESULT_MARKER: &str = "XPMEM-GUEST RESULT";
 /// without spaces, default `/etc/xpmem/run` if present), `xpmem.exit=reboot|poweroff|halt`
 /// (default `reboot`: with `reboot=k` this is an i8042 reset a monitor can
 /// catch; `poweroff` needs ACPI S5 support in the monitor), `xpmem.out=kmsg`
-/// (send the command's output through `/dev/kmsg` too, one printk per line).
+/// (send the command's output through `/dev/kmsg` too, one printk per line),
+/// `xpmem.ip=169.254.C.D/16` and `xpmem.hosts=a,b,...` (the monitor passes
+/// both for a VM with a network device: the init gives the first network
+/// device that address and writes `/etc/hosts`; the README's "Addresses
+/// between VMs" has the scheme). The READY line then ends with `ip=`.
 pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/scenario
@@ -76,12 +80,16 @@ name=guest
 out=console
 run=
 exitmode=reboot
+addr=
+hosts=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	xpmem.name=*) name=${arg#xpmem.name=} ;;
 	xpmem.run=*) run=${arg#xpmem.run=} ;;
 	xpmem.exit=*) exitmode=${arg#xpmem.exit=} ;;
 	xpmem.out=*) out=${arg#xpmem.out=} ;;
+	xpmem.ip=*) addr=${arg#xpmem.ip=} ;;
+	xpmem.hosts=*) hosts=${arg#xpmem.hosts=} ;;
 	esac
 done
 hostname "$name"
@@ -101,6 +109,49 @@ while [ $i -lt 20 ]; do
 	sleep 0.1
 	i=$((i + 1))
 done
+IP() { ip "$@"; }
+# Network (README "Addresses between VMs"): loopback; the first network
+# device up with the IPv4 link-local address the monitor gave (xpmem.ip=,
+# beside the IPv6 link-local one the kernel derives from the MAC); host
+# names from xpmem.hosts= (entry i is VM i's name, its address
+# 169.254.(1+i/254).(1+i%254) unless the entry says name:C.D; empty
+# entries are VMs without a network device).
+hosts_of() {
+	echo "$1" | tr ',' '\n' | {
+		i=0
+		while IFS= read -r h; do
+			if [ -n "$h" ]; then
+				case "$h" in
+				*:*) echo "169.254.${h#*:} ${h%%:*}" ;;
+				*) echo "169.254.$((1 + i / 254)).$((1 + i % 254)) $h" ;;
+				esac
+			fi
+			i=$((i + 1))
+		done
+	}
+}
+net_up() {
+	IP link set lo up
+	netif=
+	for d in /sys/class/net/*; do
+		[ -e "$d/device" ] && { netif=$(basename "$d"); break; }
+	done
+	if [ -n "$netif" ]; then
+		IP link set "$netif" up || say "XPMEM-GUEST ERROR $name cannot bring $netif up"
+		if [ -n "$addr" ]; then
+			IP addr add "$addr" brd + dev "$netif" ||
+				say "XPMEM-GUEST ERROR $name cannot give $netif $addr"
+		fi
+	fi
+	{
+		echo "127.0.0.1 localhost"
+		echo "::1 localhost"
+		[ -n "$addr" ] && echo "${addr%/*} $name"
+		[ -n "$hosts" ] && hosts_of "$hosts"
+	} >"$1"
+}
+net_up /etc/hosts
+echo "hosts: files" >/etc/nsswitch.conf
 virtio=
 for d in /sys/bus/virtio/devices/*; do
 	[ -e "$d" ] || continue
@@ -115,7 +166,7 @@ for range in $(echo "$online" | tr ',' ' '); do
 	hi=${range#*-}
 	cpus=$((cpus + hi - lo + 1))
 done
-say "XPMEM-GUEST READY $name cpus=$cpus virtio=${virtio:-none} uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "XPMEM-GUEST READY $name cpus=$cpus virtio=${virtio:-none} uptime=$(cut -d' ' -f1 /proc/uptime)${addr:+ ip=$addr}"
 if [ -n "$run" ]; then
 	if [ "$out" = kmsg ]; then
 		(sh -c "$run" 2>&1; echo "rc=$?" >/tmp/rc) | while IFS= read -r l; do say "$l"; done

@@ -19,6 +19,7 @@ pub mod hash;
 pub mod image;
 pub mod kmod;
 pub mod nested;
+pub mod net_group;
 pub mod process;
 pub mod relay;
 pub mod rootdisk_group;

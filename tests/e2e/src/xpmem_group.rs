@@ -38,7 +38,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cases::{CaseResult, Env, Error, Status};
-use crate::image::{self, Spec};
 use crate::nested::{self, Payload};
 use crate::scenario::Echo;
 
@@ -754,18 +753,11 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
             )]);
         }
     }
-    let kernel = env.cache.kernel()?;
-    let busybox = env.cache.busybox()?;
-    let initrd: PathBuf = image::build(
-        &kernel,
-        &busybox,
-        &Spec::xpmem(),
-        &crate::build_dir().join("images"),
-    )?;
+    let (vmlinuz, initrd) = crate::cases::xpmem_image(env)?;
     let mut payload = Payload::new(payload_script(VMM_DEADLINE));
     payload.file(&env.vmm, "xpmem-vmm");
     payload.file(&relay, "xpmem-relay");
-    payload.file(&kernel.vmlinuz, "vmlinuz");
+    payload.file(&vmlinuz, "vmlinuz");
     payload.file(&initrd, "guest.cpio.gz");
     payload.data(
         "local.toml",

@@ -24,10 +24,11 @@
 //!                              # line), or root = { path = "base.img", read_only = true }
 //! disks = [{ path = "data.img", read_only = false, serial = "data" }]
 //!                              # optional: more virtio-blk disks (/dev/vdb, ...)
-//! net = { mac = "02:00:00:00:00:0a", mtu = 1500 }
+//! net = { mac = "02:00:00:00:00:0a", mtu = 1500, ip = "169.254.7.1" }
 //!                              # optional: this VM's virtio-net device on the setup's
 //!                              # switch (the default: every VM has one, MAC derived
-//!                              # from the name, MTU of the switch); net = false: none
+//!                              # from the name, MTU of the switch, IPv4 link-local
+//!                              # address from the VM's index); net = false: none
 //!
 //! [switch]                     # optional: the VM-to-VM Ethernet switch
 //! mtu = 1500                   # largest payload (68..=65535); frames up to mtu + 14
@@ -44,6 +45,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -186,6 +188,37 @@ pub struct SwitchSettings {
 /// MTU of the switch and of each VM's device unless the config says otherwise.
 pub const DEFAULT_MTU: u16 = 1500;
 
+/// Longest kernel command line the guest kernel takes (x86 `COMMAND_LINE_SIZE`
+/// 2048 with its NUL); the host-name list is left out beyond it.
+pub const MAX_GUEST_CMDLINE: usize = 2047;
+
+/// VMs that get an address of their own from their index: 169.254.1.1 to
+/// 169.254.254.254 (RFC 3927 reserves 169.254.0.x and 169.254.255.x).
+pub const MAX_INDEXED_ADDRESSES: usize = 254 * 254;
+
+/// The IPv4 link-local address of the VM at `index` in the config (0-based):
+/// 169.254.(1 + index / 254).(1 + index % 254), so 169.254.1.1 for the first
+/// VM, 169.254.1.254 for the 254th, 169.254.2.1 for the 255th. Two VMs of a
+/// setup never share one, and it does not change when other VMs change.
+pub fn link_local_ipv4(index: usize) -> Option<Ipv4Addr> {
+    if index >= MAX_INDEXED_ADDRESSES {
+        return None;
+    }
+    Some(Ipv4Addr::new(
+        169,
+        254,
+        (1 + index / 254) as u8,
+        (1 + index % 254) as u8,
+    ))
+}
+
+/// An address a VM may be given: 169.254.1.0/24 .. 169.254.254.0/24, not the
+/// network or broadcast address of a /24 (x.x.x.0, x.x.x.255).
+fn usable_link_local(ip: Ipv4Addr) -> bool {
+    let [a, b, c, d] = ip.octets();
+    a == 169 && b == 254 && (1..=254).contains(&c) && (1..=254).contains(&d)
+}
+
 /// `net = false`, `net = true` or `net = { mac = "02:..", mtu = 1500 }`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -194,12 +227,15 @@ pub enum NetSpec {
     Device(NetDeviceSpec),
 }
 
-/// `net = { mac = "02:..", mtu = 1500 }`: both optional.
+/// `net = { mac = "02:..", mtu = 1500, ip = "169.254.7.1" }`: all optional.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetDeviceSpec {
     pub mac: Option<String>,
     pub mtu: Option<u64>,
+    /// IPv4 link-local address the guest's init gives eth0 (default: from
+    /// the VM's index, [`link_local_ipv4`]).
+    pub ip: Option<String>,
 }
 
 /// A validated virtio-net device.
@@ -207,6 +243,8 @@ pub struct NetDeviceSpec {
 pub struct NetConfig {
     pub mac: net_switch::Mac,
     pub mtu: u16,
+    /// The guest's IPv4 link-local address (`xpmem.ip=` on its command line).
+    pub ip: Ipv4Addr,
 }
 
 /// A validated switch: its MTU, and where it listens if the monitor does
@@ -392,22 +430,49 @@ pub struct VmConfig {
     pub root_disk: bool,
     /// The virtio-net device on the setup's switch, if any.
     pub net: Option<NetConfig>,
+    /// `xpmem.hosts=` for the guest: the names of the setup's VMs with a
+    /// network device, see [`Config::hosts_param`]. `None` without a network
+    /// device, or when the list does not fit on the command line.
+    pub hosts: Option<String>,
 }
 
 impl VmConfig {
     /// The full kernel command line: the default one, the root device when
     /// booting from a disk, then `cmdline` (so a `root=` there wins).
     pub fn kernel_cmdline(&self) -> String {
-        let mut line = DEFAULT_CMDLINE.to_string();
-        if let (true, Some(root)) = (self.root_disk, self.disks.first()) {
-            let mode = if root.read_only { "ro" } else { "rw" };
-            line.push_str(&format!(" root={ROOT_DEVICE} {mode}"));
+        let mut line = self.cmdline_without_hosts();
+        if let Some(hosts) = &self.hosts {
+            line.push_str(&format!(" xpmem.hosts={hosts}"));
         }
         if !self.cmdline.trim().is_empty() {
             line.push(' ');
             line.push_str(self.cmdline.trim());
         }
         line
+    }
+
+    /// The default line, `root=` and `xpmem.ip=`: what comes before the
+    /// host names.
+    fn cmdline_without_hosts(&self) -> String {
+        let mut line = DEFAULT_CMDLINE.to_string();
+        if let (true, Some(root)) = (self.root_disk, self.disks.first()) {
+            let mode = if root.read_only { "ro" } else { "rw" };
+            line.push_str(&format!(" root={ROOT_DEVICE} {mode}"));
+        }
+        if let Some(net) = &self.net {
+            line.push_str(&format!(" xpmem.ip={}/16", net.ip));
+        }
+        line
+    }
+
+    /// Bytes of the command line without the host names.
+    fn cmdline_len_without_hosts(&self) -> usize {
+        let mut line = self.cmdline_without_hosts();
+        if !self.cmdline.trim().is_empty() {
+            line.push(' ');
+            line.push_str(self.cmdline.trim());
+        }
+        line.len()
     }
 }
 
@@ -418,6 +483,8 @@ pub struct Config {
     /// The switch, when at least one VM has a network device.
     pub switch: Option<SwitchSetup>,
     pub vms: Vec<VmConfig>,
+    /// Things the monitor says once at start (e.g. host names left out).
+    pub notes: Vec<String>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -446,15 +513,36 @@ fn size_of(
 }
 
 impl VmSpec {
-    fn net_config(&self, vm: &str, switch_mtu: u16) -> Result<Option<NetConfig>, ConfigError> {
+    fn net_config(
+        &self,
+        vm: &str,
+        index: usize,
+        switch_mtu: u16,
+    ) -> Result<Option<NetConfig>, ConfigError> {
         let bad = |reason: String| ConfigError::BadNet {
             vm: vm.to_string(),
             reason,
         };
-        let (mac, mtu) = match &self.net {
+        let (mac, mtu, ip) = match &self.net {
             Some(NetSpec::Enabled(false)) => return Ok(None),
-            None | Some(NetSpec::Enabled(true)) => (None, None),
-            Some(NetSpec::Device(d)) => (d.mac.as_deref(), d.mtu),
+            None | Some(NetSpec::Enabled(true)) => (None, None, None),
+            Some(NetSpec::Device(d)) => (d.mac.as_deref(), d.mtu, d.ip.as_deref()),
+        };
+        let ip = match ip {
+            None => link_local_ipv4(index).ok_or_else(|| {
+                bad(format!(
+                    "VM number {} has no address of its own: only the first {MAX_INDEXED_ADDRESSES} VMs get one from their index; give it net.ip",
+                    index + 1
+                ))
+            })?,
+            Some(text) => match text.parse::<Ipv4Addr>() {
+                Ok(ip) if usable_link_local(ip) => ip,
+                _ => {
+                    return Err(bad(format!(
+                        "ip {text:?} is not an IPv4 link-local host address between 169.254.1.1 and 169.254.254.254 (x.x.x.0 and x.x.x.255 excluded)"
+                    )))
+                }
+            },
         };
         let mac = match mac {
             None => virtio_net_device::mac_from_name(vm),
@@ -481,15 +569,20 @@ impl VmSpec {
                 }
             },
         };
-        Ok(Some(NetConfig { mac, mtu }))
+        Ok(Some(NetConfig { mac, mtu, ip }))
     }
 
     /// Validates one VM; relative paths are resolved against `base_dir`.
     pub fn validate(&self, base_dir: &Path) -> Result<VmConfig, ConfigError> {
-        self.validate_with(base_dir, DEFAULT_MTU)
+        self.validate_with(base_dir, 0, DEFAULT_MTU)
     }
 
-    fn validate_with(&self, base_dir: &Path, switch_mtu: u16) -> Result<VmConfig, ConfigError> {
+    fn validate_with(
+        &self,
+        base_dir: &Path,
+        index: usize,
+        switch_mtu: u16,
+    ) -> Result<VmConfig, ConfigError> {
         let name = self.name.clone();
         if !valid_name(&name) {
             return Err(ConfigError::BadName(name));
@@ -572,7 +665,7 @@ impl VmSpec {
             },
             RootSpec::Disk(d) => d.clone(),
         });
-        let net = self.net_config(&name, switch_mtu)?;
+        let net = self.net_config(&name, index, switch_mtu)?;
         let count = self.disks.len() + usize::from(root.is_some());
         if count + usize::from(net.is_some()) > MAX_DISKS {
             return Err(ConfigError::TooManyDisks { vm: name, count });
@@ -586,6 +679,7 @@ impl VmSpec {
             disks,
             root_disk: root.is_some(),
             net,
+            hosts: None,
             vcpus,
             memory,
             kernel: base_dir.join(&self.kernel),
@@ -705,8 +799,8 @@ impl Config {
         };
         let mut seen = HashSet::new();
         let mut vms = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let vm = spec.validate_with(base_dir, switch_mtu)?;
+        for (index, spec) in specs.iter().enumerate() {
+            let vm = spec.validate_with(base_dir, index, switch_mtu)?;
             if !seen.insert(vm.name.clone()) {
                 return Err(ConfigError::DuplicateName(vm.name));
             }
@@ -722,6 +816,40 @@ impl Config {
                         vm.name.clone(),
                         net.mac.to_string(),
                     ));
+                }
+            }
+        }
+        let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
+        for vm in &vms {
+            if let Some(net) = &vm.net {
+                if let Some(other) = ips.insert(net.ip, &vm.name) {
+                    return Err(ConfigError::BadNet {
+                        vm: vm.name.clone(),
+                        reason: format!(
+                            "ip {} is VM {other}'s address too; give each VM its own (net.ip)",
+                            net.ip
+                        ),
+                    });
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        if let Some(hosts) = Self::hosts_param(&vms) {
+            let longest = vms
+                .iter()
+                .filter(|v| v.net.is_some())
+                .map(|v| (v.cmdline_len_without_hosts(), v.name.as_str()))
+                .max();
+            let extra = " xpmem.hosts=".len() + hosts.len();
+            match longest {
+                Some((len, name)) if len + extra > MAX_GUEST_CMDLINE => notes.push(format!(
+                    "host names left out of the guests' command lines: with them VM {name}'s would be {} bytes, more than {MAX_GUEST_CMDLINE}; the VMs get their addresses but cannot look each other up by name (use shorter names)",
+                    len + extra
+                )),
+                _ => {
+                    for vm in vms.iter_mut().filter(|v| v.net.is_some()) {
+                        vm.hosts = Some(hosts.clone());
+                    }
                 }
             }
         }
@@ -769,7 +897,43 @@ impl Config {
                 ))
             }
         }
-        Ok(Config { xpmem, switch, vms })
+        Ok(Config {
+            xpmem,
+            switch,
+            vms,
+            notes,
+        })
+    }
+
+    /// The `xpmem.hosts=` value: one entry per VM of the setup in config
+    /// order, separated by commas; an entry is the VM's name, followed by
+    /// `:C.D` when its address is 169.254.C.D but not the one of its index
+    /// ([`link_local_ipv4`]); a VM without a network device has an empty
+    /// entry (so positions stay indexes). `None` when no VM has a network
+    /// device. Example: `a,b,,d:7.1` (a is 169.254.1.1, b 169.254.1.2, the
+    /// third VM has no network device, d is 169.254.7.1).
+    pub fn hosts_param(vms: &[VmConfig]) -> Option<String> {
+        if vms.iter().all(|v| v.net.is_none()) {
+            return None;
+        }
+        let entries: Vec<String> = vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| match &vm.net {
+                None => String::new(),
+                Some(net) if link_local_ipv4(i) == Some(net.ip) => vm.name.clone(),
+                Some(net) => {
+                    let [_, _, c, d] = net.ip.octets();
+                    format!("{}:{c}.{d}", vm.name)
+                }
+            })
+            .collect();
+        let mut text = entries.join(",");
+        // Trailing empty entries say nothing.
+        while text.ends_with(',') {
+            text.pop();
+        }
+        Some(text)
     }
 
     /// Number of VMs whose console is stdout.
@@ -821,7 +985,10 @@ mod tests {
         assert_eq!(a.kernel, PathBuf::from("/cfg/bzImage"));
         assert_eq!(a.initrd, Some(PathBuf::from("/abs/initrd.gz")));
         assert_eq!(a.console, Console::Stdout);
-        assert_eq!(a.kernel_cmdline(), format!("{DEFAULT_CMDLINE} quiet"));
+        assert_eq!(
+            a.kernel_cmdline(),
+            format!("{DEFAULT_CMDLINE} xpmem.ip=169.254.1.1/16 xpmem.hosts=a,b quiet")
+        );
         assert_eq!(a.aperture_rw, DEFAULT_APERTURE_RW);
         assert_eq!(a.aperture_ro, DEFAULT_APERTURE_RO);
         // Only "a" is on stdout, so it gets the terminal.
@@ -830,7 +997,10 @@ mod tests {
         assert_eq!(b.vcpus, 1);
         assert_eq!(b.memory, 512 << 20);
         assert_eq!(b.console, Console::File(PathBuf::from("/cfg/b.log")));
-        assert_eq!(b.kernel_cmdline(), DEFAULT_CMDLINE);
+        assert_eq!(
+            b.kernel_cmdline(),
+            format!("{DEFAULT_CMDLINE} xpmem.ip=169.254.1.2/16 xpmem.hosts=a,b")
+        );
         assert_eq!((b.aperture_rw, b.aperture_ro), (64 << 20, 2 << 20));
         assert!(!b.stdin);
     }
@@ -1133,7 +1303,9 @@ mod tests {
         assert_eq!(a.disks[1].serial.as_deref(), Some("data-1"));
         assert_eq!(
             a.kernel_cmdline(),
-            format!("{DEFAULT_CMDLINE} root=/dev/vda rw quiet")
+            format!(
+                "{DEFAULT_CMDLINE} root=/dev/vda rw xpmem.ip=169.254.1.1/16 xpmem.hosts=a quiet"
+            )
         );
 
         // A read-only root, as a table; without root, disks add nothing to the cmdline.
@@ -1141,9 +1313,12 @@ mod tests {
             "{}{}",
             vm(
                 "a",
-                "root = { path = \"root.img\", read_only = true, serial = \"r\" }"
+                "root = { path = \"root.img\", read_only = true, serial = \"r\" }\nnet = false"
             ),
-            vm("b", "disks = [{ path = \"root.img\", read_only = true }]")
+            vm(
+                "b",
+                "disks = [{ path = \"root.img\", read_only = true }]\nnet = false"
+            )
         );
         let c = dir.parse(&text).unwrap();
         assert_eq!(
@@ -1267,6 +1442,102 @@ mod tests {
         assert_eq!(a.mac, virtio_net_device::mac_from_name("a"));
         assert_eq!(b.mac, virtio_net_device::mac_from_name("b"));
         assert_eq!((a.mtu, b.mtu), (1500, 1500));
+    }
+
+    #[test]
+    fn addresses_come_from_the_index_and_names_go_on_every_command_line() {
+        assert_eq!(link_local_ipv4(0), Some(Ipv4Addr::new(169, 254, 1, 1)));
+        assert_eq!(link_local_ipv4(253), Some(Ipv4Addr::new(169, 254, 1, 254)));
+        assert_eq!(link_local_ipv4(254), Some(Ipv4Addr::new(169, 254, 2, 1)));
+        assert_eq!(
+            link_local_ipv4(MAX_INDEXED_ADDRESSES - 1),
+            Some(Ipv4Addr::new(169, 254, 254, 254))
+        );
+        assert_eq!(link_local_ipv4(MAX_INDEXED_ADDRESSES), None);
+        // Every index gets its own usable address.
+        let all: HashSet<Ipv4Addr> = (0..MAX_INDEXED_ADDRESSES)
+            .map(|i| link_local_ipv4(i).unwrap())
+            .collect();
+        assert_eq!(all.len(), MAX_INDEXED_ADDRESSES);
+        assert!(all.iter().all(|ip| usable_link_local(*ip)));
+
+        let text = format!(
+            "{}{}{}{}",
+            vm("a", "cmdline = \"quiet\""),
+            vm("b", ""),
+            vm("c", "net = false"),
+            vm("d", "net = { ip = \"169.254.7.1\" }")
+        );
+        let c = parse(&text).unwrap();
+        let ips: Vec<Option<String>> = c
+            .vms
+            .iter()
+            .map(|v| v.net.map(|n| n.ip.to_string()))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                Some("169.254.1.1".into()),
+                Some("169.254.1.2".into()),
+                None,
+                Some("169.254.7.1".into())
+            ]
+        );
+        assert_eq!(
+            c.vms[0].kernel_cmdline(),
+            format!("{DEFAULT_CMDLINE} xpmem.ip=169.254.1.1/16 xpmem.hosts=a,b,,d:7.1 quiet")
+        );
+        assert!(c.vms[3]
+            .kernel_cmdline()
+            .ends_with(" xpmem.ip=169.254.7.1/16 xpmem.hosts=a,b,,d:7.1"));
+        // No network device: neither address nor names.
+        assert_eq!(c.vms[2].kernel_cmdline(), DEFAULT_CMDLINE);
+        assert!(c.notes.is_empty());
+    }
+
+    #[test]
+    fn host_names_that_do_not_fit_are_left_out_with_a_note() {
+        let text: String = (0..200)
+            .map(|i| vm(&format!("vm-with-a-long-name-{i:03}"), ""))
+            .collect();
+        let c = parse(&text).unwrap();
+        assert_eq!(c.vms[199].net.unwrap().ip, Ipv4Addr::new(169, 254, 1, 200));
+        assert!(c.vms.iter().all(|v| v.hosts.is_none()));
+        assert!(c
+            .vms
+            .iter()
+            .all(|v| v.kernel_cmdline().len() <= MAX_GUEST_CMDLINE));
+        assert_eq!(c.notes.len(), 1);
+        assert!(c.notes[0].contains("host names left out"), "{:?}", c.notes);
+        // 300 VMs with short names fit.
+        let text: String = (0..300).map(|i| vm(&format!("v{i}"), "")).collect();
+        let c = parse(&text).unwrap();
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        let line = c.vms[299].kernel_cmdline();
+        assert!(line.contains(" xpmem.ip=169.254.2.46/16 xpmem.hosts=v0,v1,"));
+        assert!(line.len() <= MAX_GUEST_CMDLINE);
+    }
+
+    #[test]
+    fn bad_or_shared_addresses_are_one_clear_error() {
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        for bad in [
+            "10.0.0.1",
+            "169.254.0.5",
+            "169.254.255.1",
+            "169.254.3.0",
+            "169.254.3.255",
+            "x",
+        ] {
+            let e = err(vm("a", &format!("net = {{ ip = \"{bad}\" }}")));
+            assert!(e.contains("not an IPv4 link-local host address"), "{e}");
+        }
+        let e = err(format!(
+            "{}{}",
+            vm("a", ""),
+            vm("b", "net = { ip = \"169.254.1.1\" }")
+        ));
+        assert!(e.contains("ip 169.254.1.1 is VM a's address too"), "{e}");
     }
 
     #[test]

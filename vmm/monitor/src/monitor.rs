@@ -143,6 +143,9 @@ fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
 /// Builds all VMs (so bad input fails before any guest runs), starts them,
 /// and waits.
 pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
+    for note in &config.notes {
+        eprintln!("xpmem-vmm: note: {note}");
+    }
     for cfg in &config.vms {
         boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| MonitorError::Vm {
             name: cfg.name.clone(),
@@ -311,7 +314,7 @@ fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
     for line in report.lines() {
         let vm = line
             .strip_prefix("port ")
-            .and_then(|rest| rest.split(':').next())
+            .and_then(|rest| rest.split([':', ' ']).next())
             .and_then(|n| n.parse::<usize>().ok())
             .and_then(|n| names.get(n.wrapping_sub(1)))
             .map(|name| format!(" (VM {name})"))

@@ -295,7 +295,13 @@ pub struct Switch {
     /// Counters of ports that have been removed, summed.
     closed: PortCounters,
     closed_ports: u64,
+    /// The first [`CLOSED_PORTS_REPORTED`] removed ports' own counters, for
+    /// the report (a monitor's VMs usually end before it prints it).
+    closed_each: Vec<(PortId, PortCounters)>,
 }
+
+/// Removed ports whose counters [`Switch::report`] lists one by one.
+pub const CLOSED_PORTS_REPORTED: usize = 256;
 
 impl Switch {
     pub fn new(config: SwitchConfig) -> Result<Self, SwitchError> {
@@ -307,6 +313,7 @@ impl Switch {
             next_port: 1,
             closed: PortCounters::default(),
             closed_ports: 0,
+            closed_each: Vec::new(),
         })
     }
 
@@ -339,6 +346,9 @@ impl Switch {
         }
         self.closed.add(&port.counters);
         self.closed_ports += 1;
+        if self.closed_each.len() < CLOSED_PORTS_REPORTED {
+            self.closed_each.push((id, port.counters));
+        }
         Some(port.counters)
     }
 
@@ -560,12 +570,22 @@ impl Switch {
         }
     }
 
-    /// Every port's counters, one line each, then the closed ports' sum.
+    /// Every port's counters, one line each (`port N: ...`, or `port N
+    /// (closed): ...` for the first [`CLOSED_PORTS_REPORTED`] removed ports),
+    /// in port order, then the closed ports' sum.
     pub fn report(&self) -> String {
-        let mut out = String::new();
-        for (id, p) in &self.ports {
-            out.push_str(&format!("{id}: {}\n", p.counters));
-        }
+        let mut lines: Vec<(PortId, String)> = self
+            .ports
+            .iter()
+            .map(|(id, p)| (*id, format!("{id}: {}\n", p.counters)))
+            .chain(
+                self.closed_each
+                    .iter()
+                    .map(|(id, c)| (*id, format!("{id} (closed): {c}\n"))),
+            )
+            .collect();
+        lines.sort_by_key(|(id, _)| *id);
+        let mut out: String = lines.into_iter().map(|(_, l)| l).collect();
         if self.ports.is_empty() && self.closed_ports == 0 {
             out.push_str("no port was connected\n");
         }

@@ -284,6 +284,14 @@ fn removing_a_port_frees_its_queue_and_forgets_its_addresses() {
     assert!(p3 > p[2]);
     assert_eq!(sw.closed_counters(), (1, c));
     assert!(sw.report().contains("1 closed port(s): rx_frames=1"));
+    // The closed port's own counters stay in the report, in port order.
+    let report = sw.report();
+    let closed = format!("{} (closed): rx_frames=1", p[1]);
+    let at = report
+        .find(&closed)
+        .unwrap_or_else(|| panic!("{closed} not in {report}"));
+    assert!(report[..at].contains(&format!("{}: ", p[0])), "{report}");
+    assert!(report[at..].contains(&format!("{}: ", p[2])), "{report}");
     // Frames from or to a removed port are ignored.
     assert_eq!(
         sw.ingress(p[1], &frame(mac(1), mac(2), 60, 0), S),
