@@ -123,6 +123,7 @@ pub struct CmdSearch {
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};

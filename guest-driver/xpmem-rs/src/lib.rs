@@ -640,6 +640,7 @@ impl Drop for Attachment<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;

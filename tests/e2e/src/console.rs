@@ -127,6 +127,7 @@ pub fn parse_line(line: &str) -> Option<Result<Event, Error>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
 

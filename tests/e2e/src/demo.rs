@@ -740,6 +740,7 @@ pub fn run(env: &Env, log: &Path) -> Result<Vec<String>, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
 

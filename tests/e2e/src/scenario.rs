@@ -356,6 +356,7 @@ pub fn describe_virtio(r: &Ready) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
 

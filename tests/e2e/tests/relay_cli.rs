@@ -1,4 +1,5 @@
 //! `xpmem-relay` end to end with a shell script standing in for the monitor.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::process::Command;
 

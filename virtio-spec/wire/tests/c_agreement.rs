@@ -2,6 +2,7 @@
 //! and checks that every structure size, field offset, field size and
 //! constant agrees with this crate, and that neither side declares a
 //! structure or constant the other lacks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,5 +1,6 @@
 //! Hostile-input properties of the parser, without external fuzzing crates:
 //! a deterministic xorshift generator drives random and mutated inputs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use virtio_xpmem_wire::*;
 

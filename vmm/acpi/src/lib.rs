@@ -448,4 +448,5 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests;

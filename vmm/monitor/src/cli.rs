@@ -293,6 +293,7 @@ fn parse_switch(args: impl Iterator<Item = String>) -> Result<Command, CliError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use crate::config::Console;

@@ -85,6 +85,7 @@ pub fn open(path: &Path) -> Result<Kvm, KvmError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
 

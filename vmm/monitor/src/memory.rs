@@ -130,6 +130,7 @@ pub unsafe fn set_memslot(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use crate::layout::{GIB, MIB};

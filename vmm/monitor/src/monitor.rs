@@ -364,6 +364,7 @@ fn report_domain(hub: &XpmemHub) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use std::path::Path;

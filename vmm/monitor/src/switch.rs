@@ -114,6 +114,7 @@ pub fn serve(socket: &Path, mtu: u16, stop: &EventFd) -> Result<String, SwitchEr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use net_switch::socket::{FrameSocket, Recv};

@@ -2,6 +2,7 @@
 //! stderr and a non-zero status; tiny hand-made guests check power-off,
 //! reboot, console output and SIGTERM on any host whose /dev/kvm can create
 //! VMs (stock Linux guests are booted by the nested end-to-end tests).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -26,6 +26,7 @@
 //! mode; the mode used is printed. When `/dev/kvm` is missing or cannot run
 //! any guest, the tests print `SKIPPED: ...` and pass, unless
 //! `XPMEM_REQUIRE_KVM=1`, in which case they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::fs::File;
 use std::io::{self, Write};

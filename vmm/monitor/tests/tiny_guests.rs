@@ -11,6 +11,7 @@
 //! When /dev/kvm cannot be opened the tests print `SKIPPED: ... because ...`
 //! to the real stderr and pass, unless `XPMEM_REQUIRE_KVM=1`, which makes
 //! them fail instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::io::Write;
 use std::path::Path;

@@ -606,4 +606,5 @@ fn mac_at(frame: &[u8], at: usize) -> Mac {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests;

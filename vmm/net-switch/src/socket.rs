@@ -162,10 +162,9 @@ impl FrameListener {
                 _ => Err(e),
             };
         }
-        // SAFETY: `fd` is a new descriptor owned by nothing else.
-        Ok(Some(FrameSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }))
+        // SAFETY: `fd` is a new descriptor accept4 just returned; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Some(FrameSocket { fd }))
     }
 }
 

@@ -47,4 +47,5 @@ pub use device::{
 pub use image::{check_image, DiskBackend, DiskImage, ImageError, ImageInfo, SECTOR_SIZE};
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests;

@@ -2,6 +2,7 @@
 //! registers the way Linux's virtio_mmio and virtio_blk drivers do: feature
 //! negotiation, config reads, one queue, requests in the Linux layout
 //! (header, data, status), QueueNotify, used ring, interrupt, reset.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use virtio_blk_device::request::*;
 use virtio_blk_device::{

@@ -557,4 +557,5 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests;

@@ -44,4 +44,5 @@ pub use device::{
 pub use net_switch::Mac;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests;

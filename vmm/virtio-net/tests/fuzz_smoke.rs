@@ -1,6 +1,7 @@
 //! Runs the fuzz entry point (the same one `cargo fuzz run frames` uses)
 //! over a deterministic pseudo-random corpus, so it is exercised without
 //! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use virtio_driver_model::XorShift as Rng;
 use virtio_net_device::fuzzing::{run_one, FuzzStats, STEP_BYTES};

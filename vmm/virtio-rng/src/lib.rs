@@ -306,4 +306,5 @@ impl VirtioDevice for Rng {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests;

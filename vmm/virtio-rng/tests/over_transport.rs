@@ -1,5 +1,6 @@
 //! The entropy device behind the virtio-mmio transport, driven through the
 //! registers the way Linux's virtio_mmio and virtio_rng drivers do.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_mmio_transport::{regs, status, MmioTransport, VirtioDevice, VIRTIO_F_VERSION_1};

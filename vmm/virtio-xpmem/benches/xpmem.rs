@@ -7,6 +7,7 @@
 //!
 //! Numbers are wall-clock on whatever machine runs this; they are printed,
 //! never asserted.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 #[path = "../tests/common/mod.rs"]
 mod common;

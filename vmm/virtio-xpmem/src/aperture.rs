@@ -926,6 +926,7 @@ impl ApertureBackend for MmapAperture {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
 

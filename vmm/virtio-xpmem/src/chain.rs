@@ -182,6 +182,7 @@ pub fn write_to_buffers(mem: &GuestMemoryMmap, bufs: &[WritableBuf], bytes: &[u8
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};

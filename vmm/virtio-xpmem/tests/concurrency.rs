@@ -2,6 +2,7 @@
 //! deadline timer thread: exercises the lock order (hub state, then one
 //! endpoint at a time) under contention. A watchdog aborts the process if
 //! the VMs do not finish, so a deadlock fails the test instead of hanging it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The VirtioDevice surface of XpmemDevice as the transport sees it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -5,6 +5,7 @@
 //!
 //! The refilling "vCPU" is made deterministic by hooking the device's own log record for
 //! each refused buffer (a logger is process-wide, so this test has its own binary).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

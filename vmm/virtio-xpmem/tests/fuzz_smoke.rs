@@ -3,6 +3,7 @@
 //! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400). With
 //! `FUZZ_WRITE_SEEDS=<dir>` the guided inputs are also written there as a
 //! seed corpus for `cargo fuzz`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::time::Instant;
 

@@ -2,6 +2,7 @@
 //! told its pages are free while any importer window still shows them. A completion probe
 //! looks at the real importer windows at the moment each INVALIDATE, DETACH or REMOVE is
 //! answered.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 
@@ -410,21 +411,25 @@ fn spin_bad_event_buffers(mem: &GuestMemoryMmap, stop: &AtomicBool, posted: &Ato
     let ring = |i: u64| (avail_host + 4 + 2 * i as usize) as *mut u16;
     let avail_idx = (avail_host + 2) as *mut u16;
     let used_idx = (used_host + 2) as *const u16;
-    // SAFETY (all accesses below): the addresses lie inside the guest RAM mapping, which
-    // `mem` keeps alive; the device reads and writes them concurrently, as a guest would.
+    // SAFETY: these ring addresses (and those below) lie inside the guest RAM mapping,
+    // which `mem` keeps alive; the device reads and writes them concurrently, as a guest
+    // would, hence volatile accesses.
     let mut idx = unsafe { avail_idx.read_volatile() };
     let start = Instant::now();
     while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
         for _ in 0..1024 {
+            // SAFETY: inside the guest RAM mapping (above).
             let seen = unsafe { used_idx.read_volatile() };
             if idx.wrapping_sub(seen) >= QSIZE {
                 std::hint::spin_loop();
                 continue;
             }
             let head = idx % QSIZE;
+            // SAFETY: inside the guest RAM mapping (above).
             unsafe { ring(u64::from(head)).write_volatile(head) };
             idx = idx.wrapping_add(1);
             std::sync::atomic::fence(Ordering::Release);
+            // SAFETY: inside the guest RAM mapping (above).
             unsafe { avail_idx.write_volatile(idx) };
             posted.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,5 +1,6 @@
 //! Multi-VM scenarios through the device model: a driver model per VM over
 //! mock split queues, memfd-backed guest RAM and the real MmapAperture.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! - heap bytes per mapped page (counting allocator), total and for the reverse map.
 //!
 //! Run: `cargo bench -p xpmem-domain --bench domain` (add `-- --quick` for a short run).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -1,6 +1,7 @@
 //! Ids over a setup's life: a million segids and apids across many VMs stay positive,
 //! unique and below 2^48 (at most 12 hex digits, like native XPMEM's), and forged, stale
 //! and other-VM ids are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Named segments (NAME, SEARCH; spec 8.13): unique per domain, only the owner names,
 //! gone with the segment and with the exporting VM, hidden from VMs the import policy
 //! keeps out, and refused when the driver did not negotiate the feature.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Unit tests of every request, its errors, and the event flows.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -276,6 +276,7 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, boot: &BootEntry) -> Result<(), CpuError> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;

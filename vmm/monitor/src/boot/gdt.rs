@@ -54,6 +54,7 @@ pub fn segment(index: u16) -> kvm_segment {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
 

@@ -371,6 +371,7 @@ pub fn load(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use crate::layout::MIB;

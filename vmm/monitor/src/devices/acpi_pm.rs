@@ -49,6 +49,7 @@ impl BusDevice for AcpiPm {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use vmm_acpi::SLEEP_CONTROL_S5_VALUE;

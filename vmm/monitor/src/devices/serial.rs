@@ -211,6 +211,7 @@ impl BusDevice for SerialDevice {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
     use std::io::Read;

@@ -1,5 +1,6 @@
 //! Helpers shared by the monitor's binary-level tests.
 #![allow(dead_code)] // each test file uses a different subset
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::io::Write;
 use std::path::PathBuf;

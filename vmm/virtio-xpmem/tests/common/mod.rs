@@ -1,7 +1,7 @@
 //! A model of the guest driver: speaks the virtio-xpmem protocol over
 //! virtio-queue's mock split queues in memfd-backed fake guest RAM, so the
 //! bytes really flow through the aperture.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! Test harness shared by the integration tests.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use xpmem_domain::*;
 
