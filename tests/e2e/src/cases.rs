@@ -144,31 +144,63 @@ pub fn missing_xpmem_test(group: &str) -> Option<CaseResult> {
     })
 }
 
-/// The kernel (`vmlinuz`) and the guest image every XPMEM test boots
-/// ([`Spec::xpmem`]): base modules, `virtio_blk`, `xpmem.ko`, the test tools.
-pub fn xpmem_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
-    let kernel = env.cache.kernel()?;
-    let busybox = env.cache.busybox()?;
-    let initrd = image::build(
-        &kernel,
-        &busybox,
-        &Spec::xpmem(),
-        &crate::build_dir().join("images"),
-    )?;
-    Ok((kernel.vmlinuz, initrd))
-}
-
-/// The guest image with the base modules (virtio + virtio_rng).
-pub fn base_image(cache: &Cache) -> Result<(PathBuf, PathBuf), Error> {
+/// The guest kernel (`vmlinuz`) and the (cached) initramfs built from `spec`.
+fn guest_image(cache: &Cache, spec: &Spec) -> Result<(PathBuf, PathBuf), Error> {
     let kernel = cache.kernel()?;
     let busybox = cache.busybox()?;
-    let img = image::build(
-        &kernel,
-        &busybox,
-        &Spec::base(),
-        &crate::build_dir().join("images"),
-    )?;
+    let img = image::build(&kernel, &busybox, spec, &crate::build_dir().join("images"))?;
     Ok((kernel.vmlinuz, img))
+}
+
+/// The kernel and the guest image every XPMEM test boots ([`Spec::xpmem`]):
+/// base modules, `virtio_blk`, `xpmem.ko`, the test tools.
+pub fn xpmem_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
+    guest_image(&env.cache, &Spec::xpmem())
+}
+
+/// The guest image with the base modules (virtio + virtio_rng + virtio_net).
+pub fn base_image(cache: &Cache) -> Result<(PathBuf, PathBuf), Error> {
+    guest_image(cache, &Spec::base())
+}
+
+/// Runs a group's `payload` on the test host, stopped after
+/// [`nested::SILENCE_LIMIT`] without console output (the payload prints
+/// [`nested::HEARTBEAT`]). Echoes what a reader follows (`XPMEM-CASE`,
+/// `XPMEM-TEST`, `XPMEM-GUEST` and monitor lines, lines containing one of
+/// `also`; guest consoles with `--guests`, everything with `--verbose`), gives
+/// every line to `on_line`, and returns a failed `<group>/test-host/finished`
+/// if the host timed out or stopped.
+pub fn run_on_test_host(
+    env: &Env,
+    opts: Options,
+    payload: &Payload,
+    group: &str,
+    also: &[&str],
+    mut on_line: impl FnMut(&str),
+) -> Result<Option<CaseResult>, Error> {
+    let mut opts = opts;
+    opts.silence_limit = Some(nested::SILENCE_LIMIT);
+    let echo = env.echo;
+    let outcome = nested::run(&env.cache, payload, &opts, |l| {
+        let show = echo == Echo::All
+            || (echo == Echo::Guests && l.starts_with("[vm-"))
+            || l.starts_with("XPMEM-CASE")
+            || l.contains("XPMEM-TEST ")
+            || l.contains("XPMEM-GUEST ")
+            || l.starts_with("xpmem-vmm:")
+            || also.iter().any(|m| l.contains(m));
+        if show {
+            println!("[L1] {l}");
+        }
+        on_line(l);
+    })?;
+    Ok((outcome.timed_out || outcome.stalled).then(|| {
+        CaseResult::new(
+            group,
+            "test-host/finished",
+            Status::Fail("the nested test host timed out or stopped".into()),
+        )
+    }))
 }
 
 /// The default two-VM setup: `a` and `b`, 2 vCPUs and 512 MiB each.

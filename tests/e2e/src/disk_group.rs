@@ -10,9 +10,7 @@
 //!   serial `ro`, `read_only = true`) is read-only in the guest: reads work, a
 //!   write fails. The read-only image's SHA-256 is the same before and after.
 use crate::cases::{CaseResult, Env, Error, Status};
-use crate::image::{self, Spec};
 use crate::nested::{self, Payload};
-use crate::scenario::Echo;
 
 const G: &str = "disk";
 
@@ -211,31 +209,15 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         ),
         0o644,
     );
-    let mut opts = opts;
-    opts.silence_limit = Some(nested::SILENCE_LIMIT);
-    let echo = env.echo;
     let mut parsed = Parsed::default();
-    let outcome = nested::run(&env.cache, &payload, &opts, |l| {
-        if echo == Echo::All
-            || l.starts_with("XPMEM-CASE")
-            || l.starts_with("XPMEM-DISK")
-            || l.contains("XPMEM-TEST ")
-            || l.starts_with("xpmem-vmm:")
-        {
-            println!("[L1] {l}");
-        }
-        parsed.feed(l);
+    let stopped = crate::cases::run_on_test_host(env, opts, &payload, G, &["XPMEM-DISK"], |l| {
+        parsed.feed(l)
     })?;
     for note in &parsed.notes {
         println!("[disk] {note}");
     }
     let mut results = parsed.judge();
-    if outcome.timed_out || outcome.stalled {
-        results.push(CaseResult {
-            name: format!("{G}/test-host/finished"),
-            status: Status::Fail("the nested test host timed out or stopped".into()),
-        });
-    }
+    results.extend(stopped);
     Ok(results)
 }
 
@@ -330,23 +312,15 @@ impl BenchFigures {
 /// against the image file, then in a guest against the same file as its
 /// virtio-blk disk, in one run. Returns (host, guest).
 pub fn bench(env: &Env, opts: nested::Options) -> Result<(BenchFigures, BenchFigures), String> {
-    let root = crate::repo_root();
-    let tool = root.join("guest-driver/tools/image/bin/xpmem-test");
-    if !tool.exists() {
-        return Err(format!(
-            "{} is missing: run `make -C guest-driver`",
-            tool.display()
-        ));
+    if let Some(CaseResult {
+        status: Status::Fail(why),
+        ..
+    }) = crate::cases::missing_xpmem_test(G)
+    {
+        return Err(why);
     }
-    let kernel = env.cache.kernel().map_err(|e| e.to_string())?;
-    let busybox = env.cache.busybox().map_err(|e| e.to_string())?;
-    let initrd = image::build(
-        &kernel,
-        &busybox,
-        &Spec::xpmem(),
-        &crate::build_dir().join("images"),
-    )
-    .map_err(|e| e.to_string())?;
+    let tool = crate::repo_root().join("guest-driver/tools/image/bin/xpmem-test");
+    let (vmlinuz, initrd) = crate::cases::xpmem_image(env).map_err(|e| e.to_string())?;
     let script = format!(
         r#"{heartbeat}dd if=/dev/zero of=bench.img bs=1M count=0 seek={size} 2>/dev/null
 echo "host: $(./xpmem-test disk-bench --dev bench.img --pages {mib} --rounds 2000 | grep RESULT)"
@@ -360,7 +334,7 @@ kill $hb 2>/dev/null
     let mut payload = Payload::new(script);
     payload.file(&env.vmm, "xpmem-vmm");
     payload.file(&tool, "xpmem-test");
-    payload.file(&kernel.vmlinuz, "vmlinuz");
+    payload.file(&vmlinuz, "vmlinuz");
     payload.file(&initrd, "guest.cpio.gz");
     payload.data(
         "bench.toml",

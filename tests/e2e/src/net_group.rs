@@ -25,7 +25,6 @@ use std::collections::HashMap;
 
 use crate::cases::{CaseResult, Env, Error, Status};
 use crate::nested::{self, Payload};
-use crate::scenario::Echo;
 
 const G: &str = "net";
 const VMS: &[&str] = &["a", "b", "c"];
@@ -315,31 +314,13 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     payload.file(&vmlinuz, "vmlinuz");
     payload.file(&initrd, "guest.cpio.gz");
     payload.data("net.toml", config_toml(bytes), 0o644);
-    let mut opts = opts;
-    opts.silence_limit = Some(nested::SILENCE_LIMIT);
-    let echo = env.echo;
     let mut parsed = Parsed::default();
-    let outcome = nested::run(&env.cache, &payload, &opts, |l| {
-        if echo == Echo::All
-            || l.starts_with("XPMEM-CASE")
-            || l.contains("XPMEM-TEST ")
-            || l.contains("XPMEM-GUEST")
-            || l.starts_with("xpmem-vmm:")
-        {
-            println!("[L1] {l}");
-        }
-        parsed.feed(l);
-    })?;
+    let stopped = crate::cases::run_on_test_host(env, opts, &payload, G, &[], |l| parsed.feed(l))?;
     for note in &parsed.notes {
         println!("[net] {note}");
     }
     let mut results = parsed.judge(bytes);
-    if outcome.timed_out || outcome.stalled {
-        results.push(CaseResult {
-            name: format!("{G}/test-host/finished"),
-            status: Status::Fail("the nested test host timed out or stopped".into()),
-        });
-    }
+    results.extend(stopped);
     Ok(results)
 }
 

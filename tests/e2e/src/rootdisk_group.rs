@@ -17,7 +17,6 @@ use std::process::Command;
 
 use crate::cases::{CaseResult, Env, Error, Status};
 use crate::nested::{self, Payload};
-use crate::scenario::Echo;
 use crate::xpmem_group::{held_zero_check, VmLog};
 
 const G: &str = "rootdisk";
@@ -184,30 +183,13 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     payload.drive(resolve(&file("root.img")));
     let toml: String = VMS.iter().map(|(vm, run, _)| vm_toml(vm, run)).collect();
     payload.data("pair.toml.in", toml, 0o644);
-    let mut opts = opts;
-    opts.silence_limit = Some(nested::SILENCE_LIMIT);
-    let echo = env.echo;
     let mut parsed = Parsed::new();
-    let outcome = nested::run(&env.cache, &payload, &opts, |l| {
-        let show = echo == Echo::All
-            || (echo == Echo::Guests && l.starts_with("[vm-"))
-            || l.starts_with("XPMEM-CASE")
-            || l.starts_with("XPMEM-ROOTDISK")
-            || l.contains("XPMEM-TEST ")
-            || l.contains("XPMEM-GUEST ")
-            || l.starts_with("xpmem-vmm:");
-        if show {
-            println!("[L1] {l}");
-        }
-        parsed.feed(l);
-    })?;
+    let stopped =
+        crate::cases::run_on_test_host(env, opts, &payload, G, &["XPMEM-ROOTDISK"], |l| {
+            parsed.feed(l)
+        })?;
     let mut results = parsed.judge();
-    if outcome.timed_out || outcome.stalled {
-        results.push(fail(
-            "test-host/finished",
-            "the nested test host timed out or stopped".into(),
-        ));
-    }
+    results.extend(stopped);
     Ok(results)
 }
 

@@ -1523,7 +1523,7 @@ mod tests {
     fn bad_or_shared_addresses_are_one_clear_error() {
         let err = |text: String| parse(&text).unwrap_err().to_string();
         for bad in [
-            "10.0.0.1",
+            "127.0.0.1",
             "169.254.0.5",
             "169.254.255.1",
             "169.254.3.0",
