@@ -9,25 +9,15 @@ use std::time::Instant;
 
 use virtio_blk_device::fuzzing::{run_one, FuzzStats, STEP_BYTES};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use virtio_driver_model::XorShift as Rng;
 
 /// Mostly structured requests (operations 3 and 4), some defects, flushes with
 /// injected failures and resets in between.
 fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
-    let mut data = vec![rng.next() as u8];
+    let mut data = vec![rng.next_u64() as u8];
     for _ in 0..steps {
-        let mut rec: Vec<u8> = (0..STEP_BYTES).map(|_| rng.next() as u8).collect();
-        rec[0] = match rng.next() % 16 {
+        let mut rec: Vec<u8> = (0..STEP_BYTES).map(|_| rng.next_u64() as u8).collect();
+        rec[0] = match rng.next_u64() % 16 {
             0 => 6, // inject / heal failures
             1 => 7, // reset with other features
             2 => 5, // notify
@@ -64,10 +54,10 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
     let mut total = FuzzStats::default();
     let mut bytes = 0usize;
     for i in 0..iters {
-        let steps = (rng.next() % 64) as usize;
+        let steps = (rng.next_u64() % 64) as usize;
         let data = if i % 2 == 0 {
             (0..1 + steps * STEP_BYTES)
-                .map(|_| rng.next() as u8)
+                .map(|_| rng.next_u64() as u8)
                 .collect()
         } else {
             guided(&mut rng, steps)

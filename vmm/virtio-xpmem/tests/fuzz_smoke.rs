@@ -9,17 +9,7 @@ use std::time::Instant;
 
 use virtio_xpmem_device::fuzzing::{run_one, STEP_BYTES};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use virtio_driver_model::XorShift as Rng;
 
 /// Step records following a MAKE / GET / ATTACH / FAULT / RESOLVE_REPLY /
 /// INVALIDATE / ACK flow between VM 0 (exporter) and VM 1 (importer), with
@@ -37,12 +27,14 @@ fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
         (5, 1, &[0]),          // DETACH
         (1, 0, &[0]),          // REMOVE
     ];
-    let mut data: Vec<u8> = (0..steps * STEP_BYTES).map(|_| rng.next() as u8).collect();
+    let mut data: Vec<u8> = (0..steps * STEP_BYTES)
+        .map(|_| rng.next_u64() as u8)
+        .collect();
     let mut phase = 0usize;
     for rec in data.chunks_mut(STEP_BYTES) {
-        match rng.next() % 8 {
+        match rng.next_u64() % 8 {
             0 => continue, // a random step
-            1 => phase = (rng.next() % FLOW.len() as u64) as usize,
+            1 => phase = (rng.next_u64() % FLOW.len() as u64) as usize,
             _ => {}
         }
         let (sel, vm, bytes) = FLOW[phase % FLOW.len()];
@@ -65,7 +57,7 @@ fn scatter(rng: &mut Rng, blocks: usize) -> Vec<u8> {
     let rec = |recs: &mut Vec<[u8; STEP_BYTES]>, vm: u8, sel: u8, bytes: &[u8], rng: &mut Rng| {
         let mut r = [0u8; STEP_BYTES];
         for b in r.iter_mut() {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
         r[0] = (vm << 7) | 3;
         r[2] = sel;
@@ -83,14 +75,14 @@ fn scatter(rng: &mut Rng, blocks: usize) -> Vec<u8> {
         rec(&mut recs, 1, 6, &[0, 0, 6, 1, 0], rng); // FAULT page 0, 7 pages, write
                                                      // USER_GPA + pages below the end of the 1 MiB RAM: scattered (7 host mappings) or
                                                      // contiguous (one run, which invalidations then split).
-        let contiguous = rng.next().is_multiple_of(2);
-        let base = (rng.next() % 184) as u8;
+        let contiguous = rng.next_u64().is_multiple_of(2);
+        let base = (rng.next_u64() % 184) as u8;
         let mut reply = vec![7, 0];
         for i in 0..7u8 {
             let page = if contiguous {
                 base + i
             } else {
-                (rng.next() % 192) as u8
+                (rng.next_u64() % 192) as u8
             };
             reply.extend_from_slice(&[1, page]);
         }
@@ -98,14 +90,14 @@ fn scatter(rng: &mut Rng, blocks: usize) -> Vec<u8> {
         rec(&mut recs, 0, 7, &reply, rng);
         // Ids so far: ..., segid, apid, attach_id, resolve_id; each acknowledged
         // INVALIDATE adds its id and the attach_id.
-        for k in 0..(rng.next() % 4) as u8 {
-            let page = 1 + (rng.next() % 5) as u8;
+        for k in 0..(rng.next_u64() % 4) as u8 {
+            let page = 1 + (rng.next_u64() % 5) as u8;
             let mut inv = vec![3 + 2 * k];
             inv.extend_from_slice(&[0, page << 4, 0, 0x10, 0, 0]); // 1 page at SEG_VADDR + page
             rec(&mut recs, 0, 8, &inv, rng);
-            if rng.next().is_multiple_of(3) {
+            if rng.next_u64().is_multiple_of(3) {
                 // The unmap behind the acknowledgement fails (1..3 mmap calls fail).
-                let n: u16 = 0x8000 | ((rng.next() % 3) as u16) << 8;
+                let n: u16 = 0x8000 | ((rng.next_u64() % 3) as u16) << 8;
                 let mut r = [0u8; STEP_BYTES];
                 r[0] = 6;
                 r[1..3].copy_from_slice(&n.to_le_bytes());
@@ -130,12 +122,14 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
     let (mut segments, mut maps, mut invals, mut events) = (0u64, 0u64, 0u64, 0u64);
     let mut windows_revoked = 0;
     for i in 0..iters {
-        let steps = (rng.next() % 48) as usize;
+        let steps = (rng.next_u64() % 48) as usize;
         let data = match i % 3 {
-            0 => (0..steps * STEP_BYTES).map(|_| rng.next() as u8).collect(),
+            0 => (0..steps * STEP_BYTES)
+                .map(|_| rng.next_u64() as u8)
+                .collect(),
             1 => guided(&mut rng, steps),
             _ => {
-                let blocks = 4 + (rng.next() % 6) as usize;
+                let blocks = 4 + (rng.next_u64() % 6) as usize;
                 scatter(&mut rng, blocks)
             }
         };
