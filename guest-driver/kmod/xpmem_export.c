@@ -608,10 +608,10 @@ long xpmem_ioctl_remove(struct xpmem_dev *xd, struct xpmem_owner *owner,
 
 /*
  * Check a name from user space (spec 8.13): 1 to XPMEM_NAME_MAX graphic
- * ASCII bytes and a NUL inside the field. The bytes after the NUL are
- * cleared, as the device wants them.
+ * ASCII bytes and a NUL inside the field (the bytes after the NUL are
+ * cleared, as the device wants them), and a device that offers names.
  */
-static int xpmem_check_name(char *name)
+static int xpmem_check_name(struct xpmem_dev *xd, char *name)
 {
 	size_t len = strnlen(name, XPMEM_NAME_MAX + 1);
 	size_t i;
@@ -625,12 +625,9 @@ static int xpmem_check_name(char *name)
 			return -EINVAL;
 	}
 	memset(name + len, 0, XPMEM_NAME_MAX + 1 - len);
+	if (!virtio_has_feature(xd->vdev, VIRTIO_XPMEM_F_NAMES))
+		return -EOPNOTSUPP;
 	return 0;
-}
-
-static bool xpmem_has_names(struct xpmem_dev *xd)
-{
-	return virtio_has_feature(xd->vdev, VIRTIO_XPMEM_F_NAMES);
 }
 
 long xpmem_ioctl_name(struct xpmem_dev *xd, struct xpmem_owner *owner,
@@ -646,11 +643,9 @@ long xpmem_ioctl_name(struct xpmem_dev *xd, struct xpmem_owner *owner,
 		return -EFAULT;
 	if (cmd.segid <= 0)
 		return -EINVAL;
-	err = xpmem_check_name(cmd.name);
+	err = xpmem_check_name(xd, cmd.name);
 	if (err)
 		return err;
-	if (!xpmem_has_names(xd))
-		return -EOPNOTSUPP;
 
 	/* The device checks ownership and uniqueness in the whole domain. */
 	req = xpmem_req_alloc(GFP_KERNEL);
@@ -692,11 +687,9 @@ long xpmem_ioctl_search(struct xpmem_dev *xd, struct xpmem_owner *owner,
 
 	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
 		return -EFAULT;
-	err = xpmem_check_name(cmd.name);
+	err = xpmem_check_name(xd, cmd.name);
 	if (err)
 		return err;
-	if (!xpmem_has_names(xd))
-		return -EOPNOTSUPP;
 
 	req = xpmem_req_alloc(GFP_KERNEL);
 	if (!req)

@@ -2575,6 +2575,28 @@ static int disk_check_serial(void)
 }
 
 /*
+ * The start of disk-write and disk-verify: --dev with the right serial,
+ * opened with @flags, and a chunk buffer.
+ */
+static int disk_open(int flags, uint64_t **chunk, int *fd)
+{
+	int rc;
+
+	if (!opt.dev)
+		return fail("needs --dev");
+	rc = disk_check_serial();
+	if (rc)
+		return rc;
+	*chunk = malloc(DISK_CHUNK);
+	if (!*chunk)
+		return fail("malloc");
+	*fd = open(opt.dev, flags);
+	if (*fd < 0)
+		return fail("open %s: %s", opt.dev, strerror(errno));
+	return EXIT_PASS;
+}
+
+/*
  * disk-write: write --pages MiB of the pattern to --dev through the page
  * cache, fsync (the guest's FLUSH), then print SYNCED and the sum: from
  * then on the host may kill the monitor and the data must survive.
@@ -2586,17 +2608,9 @@ static int case_disk_write(void)
 	double t0 = now();
 	int fd, rc;
 
-	if (!opt.dev)
-		return fail("needs --dev");
-	rc = disk_check_serial();
+	rc = disk_open(O_RDWR, &chunk, &fd);
 	if (rc)
 		return rc;
-	chunk = malloc(DISK_CHUNK);
-	if (!chunk)
-		return fail("malloc");
-	fd = open(opt.dev, O_RDWR);
-	if (fd < 0)
-		return fail("open %s: %s", opt.dev, strerror(errno));
 	for (i = 0; i < opt.pages; i++) {
 		for (w = 0; w < DISK_CHUNK / 8; w++) {
 			off = i * DISK_CHUNK + w * 8;
@@ -2627,17 +2641,9 @@ static int case_disk_verify(void)
 	double t0 = now();
 	int fd, rc;
 
-	if (!opt.dev)
-		return fail("needs --dev");
-	rc = disk_check_serial();
+	rc = disk_open(O_RDONLY, &chunk, &fd);
 	if (rc)
 		return rc;
-	chunk = malloc(DISK_CHUNK);
-	if (!chunk)
-		return fail("malloc");
-	fd = open(opt.dev, O_RDONLY);
-	if (fd < 0)
-		return fail("open %s: %s", opt.dev, strerror(errno));
 	for (i = 0; i < opt.pages; i++) {
 		if (pread(fd, chunk, DISK_CHUNK, (off_t)(i * DISK_CHUNK)) !=
 		    (ssize_t)DISK_CHUNK)
