@@ -16,7 +16,7 @@ use virtio_driver_model::XorShift as Rng;
 fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
     let mut data = vec![rng.next_u64() as u8];
     for _ in 0..steps {
-        let mut rec: Vec<u8> = (0..STEP_BYTES).map(|_| rng.next_u64() as u8).collect();
+        let mut rec: Vec<u8> = rng.bytes(STEP_BYTES);
         rec[0] = match rng.next_u64() % 16 {
             0 => 6, // inject / heal failures
             1 => 7, // reset with other features
@@ -44,10 +44,7 @@ fn add(total: &mut FuzzStats, s: FuzzStats) {
 
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
-    let iters: u64 = std::env::var("FUZZ_SMOKE_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+    let iters = virtio_driver_model::smoke_iters();
     let seeds_dir = std::env::var("FUZZ_WRITE_SEEDS").ok();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let start = Instant::now();
@@ -56,9 +53,7 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
     for i in 0..iters {
         let steps = (rng.next_u64() % 64) as usize;
         let data = if i % 2 == 0 {
-            (0..1 + steps * STEP_BYTES)
-                .map(|_| rng.next_u64() as u8)
-                .collect()
+            rng.bytes(1 + steps * STEP_BYTES)
         } else {
             guided(&mut rng, steps)
         };

@@ -162,4 +162,17 @@ impl XorShift {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+
+    /// `n` pseudo-random bytes (a raw fuzz input).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// How many inputs a fuzz smoke test runs: `FUZZ_SMOKE_ITERS`, default 400.
+pub fn smoke_iters() -> u64 {
+    std::env::var("FUZZ_SMOKE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
 }

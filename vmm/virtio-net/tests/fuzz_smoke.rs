@@ -11,7 +11,7 @@ use virtio_net_device::fuzzing::{run_one, FuzzStats, STEP_BYTES};
 fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
     let mut data = vec![rng.next_u64() as u8];
     for _ in 0..steps {
-        let mut rec: Vec<u8> = (0..STEP_BYTES).map(|_| rng.next_u64() as u8).collect();
+        let mut rec: Vec<u8> = rng.bytes(STEP_BYTES);
         rec[0] = 4 + (rng.next_u64() % 8) as u8; // ops 4..=11
         data.extend_from_slice(&rec);
     }
@@ -32,18 +32,13 @@ fn add(t: &mut FuzzStats, s: FuzzStats) {
 
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
-    let iters: u64 = std::env::var("FUZZ_SMOKE_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+    let iters = virtio_driver_model::smoke_iters();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut total = FuzzStats::default();
     for i in 0..iters {
         let steps = (rng.next_u64() % 64) as usize;
         let data = if i % 2 == 0 {
-            (0..1 + steps * STEP_BYTES)
-                .map(|_| rng.next_u64() as u8)
-                .collect()
+            rng.bytes(1 + steps * STEP_BYTES)
         } else {
             guided(&mut rng, steps)
         };

@@ -27,9 +27,7 @@ fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
         (5, 1, &[0]),          // DETACH
         (1, 0, &[0]),          // REMOVE
     ];
-    let mut data: Vec<u8> = (0..steps * STEP_BYTES)
-        .map(|_| rng.next_u64() as u8)
-        .collect();
+    let mut data = rng.bytes(steps * STEP_BYTES);
     let mut phase = 0usize;
     for rec in data.chunks_mut(STEP_BYTES) {
         match rng.next_u64() % 8 {
@@ -111,10 +109,7 @@ fn scatter(rng: &mut Rng, blocks: usize) -> Vec<u8> {
 
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
-    let iters: u64 = std::env::var("FUZZ_SMOKE_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+    let iters = virtio_driver_model::smoke_iters();
     let seeds_dir = std::env::var("FUZZ_WRITE_SEEDS").ok();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let start = Instant::now();
@@ -124,9 +119,7 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
     for i in 0..iters {
         let steps = (rng.next_u64() % 48) as usize;
         let data = match i % 3 {
-            0 => (0..steps * STEP_BYTES)
-                .map(|_| rng.next_u64() as u8)
-                .collect(),
+            0 => rng.bytes(steps * STEP_BYTES),
             1 => guided(&mut rng, steps),
             _ => {
                 let blocks = 4 + (rng.next_u64() % 6) as usize;
