@@ -45,6 +45,9 @@ else
 fi
 
 # 3. Unit and integration tests of the workspace.
+# Property tests use one fixed seed here, so a run is repeatable and a failure in CI
+# reproduces with the same command; scripts/fuzz.sh explores with fresh seeds.
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261206}"
 if cargo nextest --version >/dev/null 2>&1; then
 	say "cargo nextest run --workspace"
 	(cd "$repo" && cargo nextest run --workspace --no-fail-fast --target "$triple") >"$log/unit.txt" 2>&1
@@ -70,6 +73,9 @@ for line in $(grep -E '^test result:' "$log/unit.txt" | sed 's/[^0-9;]//g; s/;/ 
 done
 p=${p:-0} f=${f:-0} s=${s:-0}
 grep -E '^test .* FAILED$|^ *FAIL ' "$log/unit.txt" || true
+# What a failing test said (panic message, proptest's minimal input), so a CI log is
+# enough to reproduce it.
+grep -E -A14 'panicked at|minimal failing input' "$log/unit.txt" | head -80 || true
 if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
 	grep -E '^error' -A5 "$log/unit.txt" | head -40
 	f=1

@@ -1289,15 +1289,12 @@ impl Domain {
     fn detach_internal(&mut self, attach_id: u64, out: &mut Out) {
         let Some(a) = self.att(attach_id) else { return };
         let npages = a.npages();
+        self.fail_faults_on(&[attach_id], out);
         // Targets on it count as acknowledged: its slots are about to be unmapped.
         let targets: Vec<u64> = keys_where(&self.targets, |t| t.attach_id == attach_id);
         self.clear_slots(attach_id, 0, npages, false, out);
         for t in targets {
             self.finish_target(t, TargetEnd::Acked, out);
-        }
-        let faults: Vec<u64> = keys_where(&self.faults, |f| f.attach_id == attach_id);
-        for k in faults {
-            self.fail_fault(k, Status::NoEnt, out);
         }
         let Some(idx) = self.attach_index.remove(&attach_id) else {
             return;
@@ -1318,11 +1315,22 @@ impl Domain {
         }
     }
 
+    /// Answers NOENT to the pending FAULTs on `atts`, which are about to be detached,
+    /// before any of them is: detaching one can complete an invalidation, and that would
+    /// restart, and possibly answer as mapped, a FAULT on another doomed attachment.
+    fn fail_faults_on(&mut self, atts: &[u64], out: &mut Out) {
+        let faults: Vec<u64> = keys_where(&self.faults, |f| atts.contains(&f.attach_id));
+        for k in faults {
+            self.fail_fault(k, Status::NoEnt, out);
+        }
+    }
+
     fn release_internal(&mut self, apid: i64, out: &mut Out) {
         let Some(p) = self.permits.get(&apid) else {
             return;
         };
         let atts: Vec<u64> = p.attachments.iter().copied().collect();
+        self.fail_faults_on(&atts, out);
         for a in atts {
             self.detach_internal(a, out);
         }
@@ -1964,6 +1972,13 @@ impl Domain {
             .copied()
             .filter(|k| self.segments.get(k).is_some_and(|s| s.owner == owner))
             .collect();
+        let mut doomed = atts.clone();
+        for p in &permits {
+            if let Some(p) = self.permits.get(p) {
+                doomed.extend(p.attachments.iter().copied());
+            }
+        }
+        self.fail_faults_on(&doomed, out);
         for a in atts {
             self.detach_internal(a, out);
         }
