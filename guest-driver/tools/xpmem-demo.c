@@ -8,13 +8,19 @@
  *   xpmem-demo bench SEGID PAGES      time first touch (fault path) and
  *                                     repeated reads of an attachment
  *   xpmem-demo stats LABEL            print /proc/xpmem/stats on one line
- *   xpmem-demo demo-export [PAGES]    VM a of `xpmem-e2e demo` (default 64)
- *   xpmem-demo demo-attach [SEGID]    VM b of `xpmem-e2e demo`; without
- *                                     SEGID, waits for "SEGID n" on stdin
+ *   xpmem-demo demo-export PAGES PORT VM a of `xpmem-e2e demo`: exports
+ *                                     PAGES pages and hands the segid to the
+ *                                     first TCP client on PORT
+ *   xpmem-demo demo-attach HOST:PORT  VM b: gets the segid from a over TCP
+ *   xpmem-demo demo-attach SEGID      VM b with a segid found some other way
+ *
+ * The segid goes from a to b the way XPMEM programs hand it on (MPI launchers
+ * and UCX exchange it over TCP): one line "SEGID <decimal>\n" on a TCP
+ * connection from b to a, by host name (/etc/hosts) and port.
  *
  * Demo console protocol (one flushed line each, see tests/e2e/src/demo.rs):
- *   XPMEM-DEMO SEGID <decimal>        a: the segment is ready
- *   XPMEM-DEMO WAITING SEGID          b: type "SEGID n" on the console now
+ *   XPMEM-DEMO SEGID <decimal>        a: the segment is ready; b: the segid
+ *                                     it received
  *   XPMEM-DEMO STEP <key> <text>      a step happened, in words
  *   XPMEM-DEMO FAIL <reason>          the demo failed (exit status 1)
  *   XPMEM-DEMO DONE                   every step of this side succeeded
@@ -32,6 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -317,7 +326,79 @@ static long check(const volatile uint64_t *buf, uint64_t npages, uint64_t gen)
 	return -1;
 }
 
-static int demo_export(unsigned long npages)
+/*
+ * The address of a socket's peer, for the step lines (IPv4-mapped IPv6
+ * addresses as IPv4). No getnameinfo: the program is static, without NSS.
+ */
+static const char *peer_name(int fd, char *out, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	const struct sockaddr_in6 *s6 = (const void *)&ss;
+	const struct sockaddr_in *s4 = (const void *)&ss;
+	const void *a = NULL;
+	int af;
+
+	snprintf(out, len, "?");
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl))
+		return out;
+	af = ss.ss_family;
+	if (af == AF_INET) {
+		a = &s4->sin_addr;
+	} else if (af == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+		af = AF_INET;
+		a = &s6->sin6_addr.s6_addr[12];
+	} else if (af == AF_INET6) {
+		a = &s6->sin6_addr;
+	}
+	if (a && !inet_ntop(af, a, out, len))
+		snprintf(out, len, "?");
+	return out;
+}
+
+/*
+ * Hands @segid to the first TCP client on @port (IPv4 and IPv6, any address
+ * of this VM): one line "SEGID <decimal>\n". Waits @seconds at most.
+ */
+static int serve_segid(unsigned int port, xpmem_segid_t segid, int seconds)
+{
+	struct sockaddr_in6 sa = { .sin6_family = AF_INET6,
+				   .sin6_addr = IN6ADDR_ANY_INIT,
+				   .sin6_port = htons(port) };
+	struct pollfd pfd = { .events = POLLIN };
+	char line[64], peer[INET6_ADDRSTRLEN];
+	int one = 1, zero = 0, fd, c, n;
+
+	fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return demo_fail("socket: %s", strerror(errno));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 1)) {
+		c = errno;
+		close(fd);
+		return demo_fail("listen on TCP port %u: %s", port, strerror(c));
+	}
+	pfd.fd = fd;
+	n = poll(&pfd, 1, seconds * 1000);
+	c = n > 0 ? accept4(fd, NULL, NULL, SOCK_CLOEXEC) : -1;
+	close(fd);
+	if (c < 0)
+		return demo_fail("nobody asked for the segid on TCP port %u within %d s",
+				 port, seconds);
+	n = snprintf(line, sizeof(line), "SEGID %lld\n", (long long)segid);
+	if (write(c, line, n) != n) {
+		n = errno;
+		close(c);
+		return demo_fail("sending the segid: %s", strerror(n));
+	}
+	step("segid-sent", "sent segid %#llx over TCP to %s (port %u)",
+	     (unsigned long long)segid, peer_name(c, peer, sizeof(peer)), port);
+	close(c);
+	return 0;
+}
+
+static int demo_export(unsigned long npages, unsigned int port)
 {
 	size_t len = npages * PAGE;
 	struct demo_ctl *ctl;
@@ -349,8 +430,10 @@ static int demo_export(unsigned long npages)
 	     npages, len >> 10, (unsigned long long)segid, A_HELLO);
 	printf("XPMEM-DEMO SEGID %lld\n", (long long)segid);
 	fflush(stdout);
+	if (serve_segid(port, segid, FIRST_WAIT))
+		return 1;
 
-	if (!wait_state(&ctl->b_state, B_WROTE, FIRST_WAIT))
+	if (!wait_state(&ctl->b_state, B_WROTE, STEP_WAIT))
 		return demo_fail("b did not attach and write within %d s", FIRST_WAIT);
 	bad = check(buf, npages, 2);
 	if (bad >= 0)
@@ -396,27 +479,124 @@ static int demo_export(unsigned long npages)
 	return demo_done();
 }
 
-/* Waits for a line "SEGID <n>" on stdin (the harness types it). */
-static xpmem_segid_t segid_from_stdin(int seconds)
+/*
+ * The address of @host: a numeric IPv4 or IPv6 address, or a name from
+ * /etc/hosts (the guest's names come from the monitor's xpmem.hosts=; a
+ * static program has no NSS for getaddrinfo). False if there is none.
+ */
+static bool host_address(const char *host, unsigned int port,
+			 struct sockaddr_storage *ss, socklen_t *len)
 {
-	char line[256];
-	double end = now() + seconds;
+	struct sockaddr_in6 *s6 = (void *)ss;
+	struct sockaddr_in *s4 = (void *)ss;
+	char line[512], addr[INET6_ADDRSTRLEN] = "";
+	FILE *f;
 
-	printf("XPMEM-DEMO WAITING SEGID\n");
-	fflush(stdout);
-	for (;;) {
-		struct pollfd pfd = { .fd = 0, .events = POLLIN };
-		int left = (int)((end - now()) * 1000);
-		char *s;
+	if (!strchr(host, ':') && !inet_pton(AF_INET, host, &s4->sin_addr) &&
+	    (f = fopen("/etc/hosts", "r"))) {
+		while (!addr[0] && fgets(line, sizeof(line), f)) {
+			char *save, *tok, *first;
 
-		if (left <= 0 || poll(&pfd, 1, left) <= 0)
-			return -1;
-		if (!fgets(line, sizeof(line), stdin))
-			return -1;
-		s = strstr(line, "SEGID ");
-		if (s)
-			return strtoll(s + 6, NULL, 0);
+			line[strcspn(line, "#\n")] = 0;
+			first = strtok_r(line, " \t", &save);
+			while (first && (tok = strtok_r(NULL, " \t", &save)))
+				if (!strcmp(tok, host)) {
+					snprintf(addr, sizeof(addr), "%s", first);
+					break;
+				}
+		}
+		fclose(f);
+		host = addr;
 	}
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons(port);
+		*len = sizeof(*s4);
+		return true;
+	}
+	if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons(port);
+		*len = sizeof(*s6);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Gets the segid from the exporter at @where ("host:port"; host by name or
+ * address): connects, retrying while the exporter is not listening yet, for
+ * @seconds at most, and reads one line "SEGID <decimal>".
+ */
+static xpmem_segid_t segid_from_tcp(const char *where, int seconds)
+{
+	char host[256], peer[INET6_ADDRSTRLEN], line[64], *tail;
+	const char *colon = strrchr(where, ':');
+	double end = now() + seconds;
+	struct sockaddr_storage ss;
+	unsigned long port;
+	long long segid;
+	size_t got = 0;
+	socklen_t sl;
+	int fd = -1;
+
+	if (!colon || colon == where || (size_t)(colon - where) >= sizeof(host)) {
+		demo_fail("'%s' is not HOST:PORT", where);
+		return -1;
+	}
+	memcpy(host, where, colon - where);
+	host[colon - where] = 0;
+	port = strtoul(colon + 1, &tail, 10);
+	if (*tail || port < 1 || port > 65535) {
+		demo_fail("'%s': the port is not 1..65535", where);
+		return -1;
+	}
+	/* Retry: a may still boot, or not listen yet. */
+	for (;;) {
+		if (host_address(host, port, &ss, &sl)) {
+			fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			if (fd >= 0 && !connect(fd, (struct sockaddr *)&ss, sl))
+				break;
+			if (fd >= 0)
+				close(fd);
+			fd = -1;
+		}
+		if (now() > end) {
+			demo_fail("could not reach %s within %d s (%s)", where, seconds,
+				  host_address(host, port, &ss, &sl) ?
+				  "connection refused or unreachable" :
+				  "no such host in /etc/hosts");
+			return -1;
+		}
+		usleep(200000);
+	}
+	while (got < sizeof(line) - 1 && !memchr(line, '\n', got)) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&pfd, 1, STEP_WAIT * 1000) <= 0)
+			break;
+		n = read(fd, line + got, sizeof(line) - 1 - got);
+		if (n <= 0)
+			break;
+		got += n;
+	}
+	line[got] = 0;
+	peer_name(fd, peer, sizeof(peer));
+	close(fd);
+	segid = strncmp(line, "SEGID ", 6) ? 0 : strtoll(line + 6, &tail, 10);
+	if (segid <= 0 || *tail != '\n') {
+		line[strcspn(line, "\r\n")] = 0;
+		demo_fail("%s (%s) sent '%.40s', not a line 'SEGID <n>'", where,
+			  peer, line);
+		return -1;
+	}
+	step("segid-received", "received segid %#llx from %s (%s) over TCP",
+	     (unsigned long long)segid, host, peer);
+	printf("XPMEM-DEMO SEGID %lld\n", segid);
+	fflush(stdout);
+	return segid;
 }
 
 static sigjmp_buf fault_jmp;
@@ -458,11 +638,6 @@ static int demo_attach(xpmem_segid_t segid)
 	int sig;
 	void *p;
 
-	if (segid <= 0)
-		segid = segid_from_stdin(FIRST_WAIT);
-	if (segid <= 0)
-		return demo_fail("no segid typed on the console within %d s",
-				 FIRST_WAIT);
 	apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
 	if (apid == -1)
 		return demo_fail("xpmem_get(%#llx): %s",
@@ -576,11 +751,23 @@ int main(int argc, char **argv)
 				strtoul(argv[3], NULL, 0));
 	if (argc == 3 && !strcmp(argv[1], "stats"))
 		return do_stats(argv[2]);
-	if ((argc == 2 || argc == 3) && !strcmp(argv[1], "demo-export"))
-		return demo_export(argc == 3 ? strtoul(argv[2], NULL, 0) : 64);
-	if ((argc == 2 || argc == 3) && !strcmp(argv[1], "demo-attach"))
-		return demo_attach(argc == 3 ? strtoll(argv[2], NULL, 0) : 0);
+	if (argc == 4 && !strcmp(argv[1], "demo-export")) {
+		unsigned long port = strtoul(argv[3], NULL, 0);
+
+		if (port < 1 || port > 65535)
+			return demo_fail("port %s is not 1..65535", argv[3]);
+		return demo_export(strtoul(argv[2], NULL, 0), port);
+	}
+	if (argc == 3 && !strcmp(argv[1], "demo-attach")) {
+		xpmem_segid_t segid;
+
+		if (strchr(argv[2], ':'))
+			segid = segid_from_tcp(argv[2], FIRST_WAIT);
+		else if ((segid = strtoll(argv[2], NULL, 0)) <= 0)
+			demo_fail("'%s' is neither HOST:PORT nor a segid", argv[2]);
+		return segid > 0 ? demo_attach(segid) : 1;
+	}
 	fprintf(stderr, "usage: xpmem-demo export PAGES SECONDS | attach SEGID PAGES | bench SEGID PAGES\n"
-		"       xpmem-demo stats LABEL | demo-export [PAGES] | demo-attach [SEGID]\n");
+		"       xpmem-demo stats LABEL | demo-export PAGES PORT | demo-attach HOST:PORT|SEGID\n");
 	return 2;
 }

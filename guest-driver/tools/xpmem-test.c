@@ -28,6 +28,7 @@
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,7 +86,7 @@ static struct {
 	unsigned int index;
 	unsigned int until;	/* export-hold: DONE lines to wait for */
 	unsigned int threads;	/* stress-fault-inval, fault-hog */
-	unsigned int rounds;	/* stress-fault-inval */
+	unsigned int rounds;	/* stress-fault-inval, disk-bench, net-rtt */
 	unsigned long chunks;	/* export-hostile: munmaps */
 	const char *misbehave;	/* attach-hostile: test_misbehave mode */
 	int hold;		/* attach-hostile: seconds to go on after SIGBUS */
@@ -2907,38 +2908,57 @@ static int case_net_send(void)
  * the sender closes and check every word against the pattern; print
  * "RECEIVED n bytes sum S in T s". Exactly --bytes must arrive.
  */
-static int case_net_recv(void)
+/*
+ * One TCP connection accepted on --port (IPv4) within --timeout s; its reads
+ * give up after --timeout s without progress. -1 (and a FAIL line) if none.
+ */
+static int net_accept_one(void)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	struct timeval tv = { .tv_sec = opt.timeout };
+	int one = 1, lfd, fd;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0) {
+		fail("socket: %s", strerror(errno));
+		return -1;
+	}
+	sa.sin_port = htons(opt.port);
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1)) {
+		fail("listen on port %u: %s", opt.port, strerror(errno));
+		close(lfd);
+		return -1;
+	}
+	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	say("LISTENING port %u", opt.port);
+	fd = accept(lfd, NULL, NULL);
+	if (fd < 0)
+		fail("no connection on port %u within %d s: %s", opt.port,
+		     opt.timeout, strerror(errno));
+	close(lfd);
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static int case_net_recv(void)
+{
 	uint64_t sum = 0xcbf29ce484222325ULL, off = 0, word;
 	unsigned char *buf;
 	size_t have = 0, i;
 	ssize_t got;
 	double t0;
-	int one = 1, lfd, fd;
+	int fd;
 
 	if (!opt.port || !opt.bytes || opt.bytes % 8)
 		return fail("needs --port and --bytes (a multiple of 8)");
 	buf = malloc(NET_CHUNK + 8);
 	if (!buf)
 		return fail("malloc");
-	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (lfd < 0)
-		return fail("socket: %s", strerror(errno));
-	sa.sin_port = htons(opt.port);
-	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1))
-		return fail("listen on port %u: %s", opt.port, strerror(errno));
-	/* accept() and every read give up after --timeout s without progress. */
-	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	say("LISTENING port %u", opt.port);
-	fd = accept(lfd, NULL, NULL);
+	fd = net_accept_one();
 	if (fd < 0)
-		return fail("no connection on port %u within %d s: %s", opt.port,
-			    opt.timeout, strerror(errno));
-	close(lfd);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		return EXIT_FAIL;
 	t0 = now();
 	for (;;) {
 		got = read(fd, buf + have, NET_CHUNK);
@@ -2971,6 +2991,70 @@ static int case_net_recv(void)
 		return fail("%llu bytes arrived, want %llu",
 			    (unsigned long long)(off + have),
 			    (unsigned long long)opt.bytes);
+	return pass();
+}
+
+/* net-echo: accept one connection on --port and send back what arrives until EOF. */
+static int case_net_echo(void)
+{
+	char buf[4096];
+	ssize_t got, done;
+	size_t at;
+	int one = 1, fd = net_accept_one();
+
+	if (fd < 0)
+		return EXIT_FAIL;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	while ((got = read(fd, buf, sizeof(buf))) > 0)
+		for (at = 0; at < (size_t)got; at += done) {
+			done = write(fd, buf + at, got - at);
+			if (done <= 0)
+				return fail("echo write: %s",
+					    done ? strerror(errno) : "closed");
+		}
+	close(fd);
+	return got < 0 ? fail("echo read: %s", strerror(errno)) : pass();
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * net-rtt: --rounds round trips of one byte to the net-echo at --host:--port
+ * (TCP_NODELAY); prints "RESULT rounds=N mean_us=M p50_us=P p99_us=Q".
+ */
+static int case_net_rtt(void)
+{
+	unsigned int rounds = opt.rounds ? opt.rounds : 1000, i;
+	double *us, t, sum = 0;
+	int one = 1, fd;
+	char c = 'x';
+
+	if (!opt.host || !opt.port)
+		return fail("needs --host and --port (and --rounds, default 1000)");
+	us = calloc(rounds, sizeof(*us));
+	if (!us)
+		return fail("calloc");
+	fd = net_connect();
+	if (fd < 0)
+		return EXIT_FAIL;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	for (i = 0; i < rounds; i++) {
+		t = now();
+		if (write(fd, &c, 1) != 1 || read(fd, &c, 1) != 1)
+			return fail("round %u: %s", i, strerror(errno));
+		us[i] = (now() - t) * 1e6;
+		sum += us[i];
+	}
+	close(fd);
+	qsort(us, rounds, sizeof(*us), cmp_double);
+	say("RESULT rounds=%u mean_us=%.1f p50_us=%.1f p99_us=%.1f", rounds,
+	    sum / rounds, us[rounds / 2], us[rounds * 99 / 100]);
+	free(us);
 	return pass();
 }
 
@@ -4361,6 +4445,8 @@ static const struct {
 	{ "disk-readonly", case_disk_readonly, "--dev is read-only in the guest; reads work, writes fail" },
 	{ "net-send", case_net_send, "send --bytes of a pattern to --host (IPv4):--port over TCP, print SENT and its sum" },
 	{ "net-recv", case_net_recv, "accept one TCP connection on --port, check --bytes of the pattern, print RECEIVED and its sum" },
+	{ "net-echo", case_net_echo, "accept one TCP connection on --port and echo what arrives until EOF" },
+	{ "net-rtt", case_net_rtt, "--rounds 1-byte round trips to a net-echo at --host:--port, print RESULT with mean/p50/p99 us" },
 	{ "net-flood", case_net_flood, "UDP broadcasts and bad raw frames on --dev for --seconds (or until --stop FILE exists)" },
 	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
 	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },

@@ -3,10 +3,11 @@
 //! host, with the guest driver `xpmem.ko` and `xpmem-demo` in their image.
 //!
 //! * `a` runs `guest-driver/tools/image/scenario/demo-a.sh`: it exports a
-//!   64-page buffer with `xpmem_make` and prints its segid.
-//! * `b` runs `demo-b.sh`: once it printed `XPMEM-DEMO WAITING SEGID`, the
-//!   payload script types `SEGID <n>` into its console (b is the monitor's
-//!   `stdin = true` VM; the monitor's stdin is a FIFO), and b attaches.
+//!   64-page buffer with `xpmem_make` and serves its segid on TCP port 7000.
+//! * `b` runs `demo-b.sh`: it connects to `a:7000` (the name from the
+//!   `/etc/hosts` the monitor's `xpmem.hosts=` fills, the address on the
+//!   setup's switch), reads `SEGID <n>`, and attaches. Nothing is typed into
+//!   a console: the two programs find each other as XPMEM programs do.
 //! * The two sides then take turns through a control word in page 0 of the
 //!   buffer: b reads a's message and writes its own, a sees it and writes a
 //!   reply, b sees that; a unmaps the data pages (the monitor invalidates b's
@@ -62,6 +63,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 /// step lines are shown in this order.
 const STEPS: &[(&str, &str)] = &[
     ("a", "export"),
+    ("a", "segid-sent"),
+    ("b", "segid-received"),
     ("b", "attach"),
     ("b", "write"),
     ("a", "sees-b"),
@@ -104,46 +107,25 @@ const GAUGES: &[&str] = &[
     "faults_inflight",
 ];
 
-const TYPED: &str = "XPMEM-DEMO-L1 TYPED SEGID ";
 const VMM_START: &str = "XPMEM-DEMO-L1 MONITOR START";
 const VMM_EXIT: &str = "XPMEM-VMM-EXIT rc=";
 const DOMAIN: &str = "xpmem-vmm: xpmem domain at exit: ";
 
-/// The test-host script: runs the monitor with a FIFO as stdin and types a's
-/// segid into b's console once b asked for it (the guest's 8250 driver drops
-/// input that arrives before the console is open).
+/// The test-host script: runs the monitor (its stdin is not a console: the
+/// guests exchange the segid over TCP).
 fn payload_script(deadline: Duration) -> String {
     let t = deadline.as_secs().max(1);
     format!(
-        r#"rm -f stdin-b.fifo
-mkfifo stdin-b.fifo || exit 1
-echo "{VMM_START}"
-# Opened read-write: the open does not block and the monitor never sees EOF.
-( timeout -s KILL {t} ./xpmem-vmm --config config.toml <>stdin-b.fifo 2>&1; echo "{VMM_EXIT}$?" ) |
-{{
-	seg=
-	waiting=0
-	while IFS= read -r l; do
-		echo "$l"
-		case "$l" in
-		"[vm-a]"*"XPMEM-DEMO SEGID "*)
-			seg=$(echo "$l" | sed -n 's/.*XPMEM-DEMO SEGID \([0-9][0-9]*\).*/\1/p') ;;
-		"[vm-b]"*"XPMEM-DEMO WAITING SEGID"*) waiting=1 ;;
-		*) continue ;;
-		esac
-		if [ -n "$seg" ] && [ $waiting = 1 ]; then
-			echo "SEGID $seg" >stdin-b.fifo
-			echo "{TYPED}$seg"
-			waiting=2
-		fi
-	done
-}}
+        r#"echo "{VMM_START}"
+timeout -s KILL {t} ./xpmem-vmm --config config.toml </dev/null 2>&1
+echo "{VMM_EXIT}$?"
 "#
     )
 }
 
-/// The monitor config: the default two VMs, each running its side of the
-/// demo with its output on the console, b reading the monitor's stdin.
+/// The monitor config: the default two VMs on the monitor's switch (the
+/// default network), each running its side of the demo with its output on
+/// the console.
 fn config_text(kernel: &Path, initrd: &Path) -> Result<String, Error> {
     let vms: Vec<_> = cases::two_vms()
         .into_iter()
@@ -153,20 +135,10 @@ fn config_text(kernel: &Path, initrd: &Path) -> Result<String, Error> {
         })
         .collect();
     let text = scenario::config_toml(&vms, kernel, initrd);
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| Error::Config(e.message().to_string()))?;
-    let b = table
-        .get_mut("vm")
-        .and_then(toml::Value::as_array_mut)
-        .and_then(|vms| {
-            vms.iter_mut()
-                .filter_map(toml::Value::as_table_mut)
-                .find(|t| t.get("name").and_then(toml::Value::as_str) == Some("b"))
-        })
-        .ok_or_else(|| Error::Config("the two-VM setup has no VM named b".into()))?;
-    b.insert("stdin".into(), toml::Value::Boolean(true));
-    toml::to_string(&table).map_err(|e| Error::Config(e.to_string()))
+    // Parsed once here so a config the monitor would refuse fails early.
+    text.parse::<toml::Table>()
+        .map_err(|e| Error::Config(e.message().to_string()))?;
+    Ok(text)
 }
 
 /// One `key=value` list, in the order printed.
@@ -200,10 +172,8 @@ pub struct VmDemo {
     pub done: bool,
     /// `XPMEM-DEMO STATS <label>` lines by label.
     pub stats: BTreeMap<String, Counters>,
-    /// A segid it printed (a) or waited for (b).
+    /// The segid it exported (a) or received over TCP (b).
     pub segid: Option<u64>,
-    /// It printed `WAITING SEGID`.
-    pub waiting: bool,
     /// Exit code of its command.
     pub rc: Option<i32>,
     /// A kernel panic, BUG or Oops line.
@@ -243,8 +213,6 @@ pub struct Demo {
     pub a: VmDemo,
     /// VM b.
     pub b: VmDemo,
-    /// The segid the test host typed into b.
-    pub typed: Option<u64>,
     /// The monitor was started.
     pub vmm_started: bool,
     /// The monitor's exit code.
@@ -268,7 +236,6 @@ impl Demo {
         Self {
             a: VmDemo::default(),
             b: VmDemo::default(),
-            typed: None,
             vmm_started: false,
             vmm_exit: None,
             domain: None,
@@ -296,8 +263,8 @@ impl Demo {
             Stage::Demo => {
                 if self.a.segid.is_none() {
                     "waiting for a to export".into()
-                } else if self.typed.is_none() {
-                    "waiting for b to ask for the segid".into()
+                } else if self.b.segid.is_none() {
+                    "waiting for b to get the segid from a over TCP".into()
                 } else {
                     "running the demo steps".into()
                 }
@@ -341,12 +308,6 @@ impl Demo {
                 self.vmm_exit
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| rc.to_string())
-            ));
-        } else if let Some(s) = line.strip_prefix(TYPED) {
-            self.typed = s.trim().parse().ok();
-            out.push(format!(
-                "[host] typed \"SEGID {}\" on b's console",
-                s.trim()
             ));
         } else if let Some(rest) = line.strip_prefix(DOMAIN) {
             self.domain = Some(parse_domain(rest));
@@ -415,7 +376,6 @@ impl Demo {
             }
             "DONE" => v.done = true,
             "SEGID" => v.segid = tail.trim().parse().ok(),
-            "WAITING" => v.waiting = true,
             "STATS" => {
                 let (label, kvs) = tail.split_once(' ').unwrap_or((tail, ""));
                 v.stats.insert(label.to_string(), parse_counters(kvs));
@@ -512,10 +472,10 @@ impl Demo {
                 )),
             }
         }
-        if self.a.segid.is_some() && self.typed != self.a.segid {
+        if self.a.segid.is_some() && self.b.segid != self.a.segid {
             p.push(format!(
-                "a exported segid {:?} but the test host typed {:?} into b",
-                self.a.segid, self.typed
+                "a exported segid {:?} but b received {:?} over TCP",
+                self.a.segid, self.b.segid
             ));
         }
         if self.vmm_started {
@@ -612,7 +572,8 @@ impl Demo {
     /// The verdict line for `problems`.
     pub fn verdict(problems: &[String]) -> String {
         if problems.is_empty() {
-            "DEMO SUCCEEDED: b read a's buffer and a read b's writes through XPMEM, \
+            "DEMO SUCCEEDED: b got a's segid over TCP, \
+             b read a's buffer and a read b's writes through XPMEM, \
              a's munmap was acknowledged by b (no forced invalidation), \
              b's next touch was refused with SIGBUS, a's remove revoked the rest, \
              nothing leaked"
@@ -755,8 +716,7 @@ mod tests {
             "[vm-b] [    5.2] XPMEM-DEMO STATS before owners=0 pages_mapped=0 inval_sent=0 inval_recv=0 revoked_recv=0".into(),
             "[vm-a] [    5.3] XPMEM-DEMO STEP export exported 64 pages (256 KiB) as segid 0x2a".into(),
             "[vm-a] [    5.3] XPMEM-DEMO SEGID 42".into(),
-            "[vm-b] [    5.4] XPMEM-DEMO WAITING SEGID".into(),
-            "XPMEM-DEMO-L1 TYPED SEGID 42".into(),
+            "[vm-b] [    5.4] XPMEM-DEMO SEGID 42".into(),
         ];
         // b's lines arrive late: all of them after all of a's.
         for s in steps_of("a").skip(1) {
@@ -809,13 +769,12 @@ mod tests {
             })
             .collect();
         assert_eq!(steps, want);
-        assert!(shown.contains(&"[host] typed \"SEGID 42\" on b's console".to_string()));
         assert!(shown.iter().any(|l| l.starts_with("[a] booted after")
             && l.contains("2 CPUs")
             && l.contains("id42/xpmem")));
         assert!(shown.contains(&"[host] xpmem-vmm exited with 0".to_string()));
         assert_eq!(d.a.segid, Some(42));
-        assert_eq!(d.typed, Some(42));
+        assert_eq!(d.b.segid, Some(42));
         let dom = d.domain.as_ref().unwrap();
         assert_eq!(counter(&dom.total, "invalidations_completed"), Some(2));
         assert_eq!(counter(&dom.held, "vms"), Some(0));
@@ -890,7 +849,9 @@ mod tests {
                     "STATS after owners=1 pages_mapped=0 inval_sent=2",
                 )
             })
-            .filter(|l| !l.contains("TYPED SEGID") && !l.starts_with("xpmem-vmm:"))
+            .filter(|l| {
+                !l.starts_with("[vm-b] [    5.4] XPMEM-DEMO SEGID") && !l.starts_with("xpmem-vmm:")
+            })
             .collect();
         let (d, _) = run_lines(&lines);
         let p = d.problems(false);
@@ -900,7 +861,7 @@ mod tests {
             "{p:?}"
         );
         assert!(
-            p.iter().any(|m| m.contains("test host typed None")),
+            p.iter().any(|m| m.contains("b received None over TCP")),
             "{p:?}"
         );
         assert!(
@@ -945,14 +906,15 @@ mod tests {
     }
 
     #[test]
-    fn config_makes_b_read_stdin() {
+    fn config_is_the_default_two_vms_on_the_network() {
         let text = config_text(Path::new("/k/vmlinuz"), Path::new("/i/guest.gz")).unwrap();
         let t: toml::Table = text.parse().unwrap();
         let vms = t["vm"].as_array().unwrap();
         assert_eq!(vms.len(), 2);
         assert_eq!(vms[0]["name"].as_str(), Some("a"));
-        assert_eq!(vms[0].get("stdin"), None);
-        assert_eq!(vms[1]["stdin"].as_bool(), Some(true));
+        assert!(vms.iter().all(|v| v.get("stdin").is_none()));
+        // No `net = false`: both VMs are on the switch, where b finds a.
+        assert!(vms.iter().all(|v| v.get("net").is_none()));
         assert_eq!(vms[0]["vcpus"].as_integer(), Some(2));
         assert!(vms[1]["cmdline"]
             .as_str()
@@ -961,10 +923,10 @@ mod tests {
     }
 
     #[test]
-    fn script_types_the_segid_into_b() {
+    fn script_runs_the_monitor_without_a_console_fifo() {
         let s = payload_script(Duration::from_secs(42));
-        assert!(s.contains("timeout -s KILL 42 ./xpmem-vmm --config config.toml <>stdin-b.fifo"));
-        assert!(s.contains(r#"echo "SEGID $seg" >stdin-b.fifo"#));
-        assert!(s.contains(TYPED));
+        assert!(s.contains("timeout -s KILL 42 ./xpmem-vmm --config config.toml </dev/null"));
+        assert!(!s.contains("fifo"));
+        assert!(s.contains(VMM_EXIT));
     }
 }

@@ -79,10 +79,7 @@ pub struct Parsed {
     notes: Vec<String>,
 }
 
-/// The word after `key` in `text`.
-fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.split(key).nth(1)?.split_whitespace().next()
-}
+use crate::bench::word_after;
 
 impl Parsed {
     pub fn feed(&mut self, line: &str) {
@@ -371,32 +368,26 @@ kill $hb 2>/dev/null
 
 /// The table `bench-disk` prints: guest, host and guest/host per figure.
 pub fn bench_table(host: &BenchFigures, guest: &BenchFigures) -> String {
-    let row = |name: &str, g: f64, h: f64| {
-        format!(
-            "{name:<28} {g:>12.1} {h:>12.1} {:>10.3}\n",
-            if h > 0.0 { g / h } else { 0.0 }
-        )
-    };
-    let mut t = format!(
-        "{:<28} {:>12} {:>12} {:>10}\n",
-        "virtio-blk, 64 MiB image", "guest", "host", "guest/host"
-    );
-    t += &row(
-        "sequential write MiB/s",
-        guest.seq_write_mibs,
-        host.seq_write_mibs,
-    );
-    t += &row(
-        "sequential read MiB/s",
-        guest.seq_read_mibs,
-        host.seq_read_mibs,
-    );
-    t += &row(
-        "4 KiB random read IOPS",
-        guest.rand_read_iops,
-        host.rand_read_iops,
-    );
-    t
+    crate::bench::ratio_table(
+        "virtio-blk, 64 MiB image",
+        &[
+            (
+                "sequential write MiB/s",
+                guest.seq_write_mibs,
+                host.seq_write_mibs,
+            ),
+            (
+                "sequential read MiB/s",
+                guest.seq_read_mibs,
+                host.seq_read_mibs,
+            ),
+            (
+                "4 KiB random read IOPS",
+                guest.rand_read_iops,
+                host.rand_read_iops,
+            ),
+        ],
+    )
 }
 
 #[cfg(test)]

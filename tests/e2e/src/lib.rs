@@ -9,6 +9,7 @@
 //! * [`demo`]: the two-VM XPMEM demo (`xpmem-e2e demo`, `./scripts/demo.sh`).
 //! * [`xpmem_group`]: the `xpmem` group (guest driver + device, one and two VMs).
 
+pub mod bench;
 pub mod cases;
 pub mod console;
 pub mod cpio;

@@ -53,6 +53,11 @@ commands:
                              virtio-blk benchmark: sequential MiB/s and 4 KiB random-read
                              IOPS in a guest and on the test host against the same
                              image file, one run; prints a table with guest/host ratios
+  bench-net --vmm BIN [--nested|--direct]
+                             virtio-net benchmark: TCP throughput and 1-byte round trips
+                             a->b between two VMs on the switch, and the same between two
+                             processes over the test host's loopback, one run; prints a
+                             table with guest/host ratios (XPMEM_BENCH_NET_MIB, default 16)
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
                              run end-to-end groups (default: errors boot xpmem disk rootdisk;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
@@ -474,7 +479,16 @@ fn cmd_demo(args: &mut Args) -> Result<ExitCode, CliError> {
     }
 }
 
-fn cmd_bench_disk(args: &mut Args) -> Result<ExitCode, CliError> {
+/// A benchmark: (test host, guest) figures of one run on the test host.
+type Bench<T> = fn(&Env, nested::Options) -> Result<(T, T), String>;
+
+/// A benchmark command: runs `bench` on the test host, prints its table.
+fn cmd_bench<T>(
+    args: &mut Args,
+    name: &str,
+    bench: Bench<T>,
+    table: fn(&T, &T) -> String,
+) -> Result<ExitCode, CliError> {
     let f = parse_run_flags(args, Echo::Progress)?;
     let vmm = f
         .vmm
@@ -486,13 +500,13 @@ fn cmd_bench_disk(args: &mut Args) -> Result<ExitCode, CliError> {
         opts: f.opts.clone(),
         echo: f.echo,
     };
-    match xpmem_e2e::disk_group::bench(&env, f.opts.clone()) {
+    match bench(&env, f.opts.clone()) {
         Ok((host, guest)) => {
-            print!("{}", xpmem_e2e::disk_group::bench_table(&host, &guest));
+            print!("{}", table(&host, &guest));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("xpmem-e2e: bench-disk: {e}");
+            eprintln!("xpmem-e2e: {name}: {e}");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -589,7 +603,18 @@ fn real_main() -> Result<ExitCode, CliError> {
         Some("scenario") => cmd_scenario(&mut args),
         Some("demo") => cmd_demo(&mut args),
         Some("test") => cmd_test(&mut args),
-        Some("bench-disk") => cmd_bench_disk(&mut args),
+        Some("bench-disk") => cmd_bench(
+            &mut args,
+            "bench-disk",
+            xpmem_e2e::disk_group::bench,
+            xpmem_e2e::disk_group::bench_table,
+        ),
+        Some("bench-net") => cmd_bench(
+            &mut args,
+            "bench-net",
+            xpmem_e2e::bench::net,
+            xpmem_e2e::bench::net_table,
+        ),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -39,12 +39,7 @@ pub const FLOOD_SECS: u64 = 300;
 
 /// Bytes of the a -> b transfer: `XPMEM_NET_MIB` MiB, default [`NET_MIB`].
 pub fn ci_bytes() -> u64 {
-    std::env::var("XPMEM_NET_MIB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|m| *m > 0)
-        .unwrap_or(NET_MIB)
-        << 20
+    crate::bench::mib_from_env("XPMEM_NET_MIB", NET_MIB)
 }
 
 /// The IPv6 link-local address Linux gives an Ethernet interface with this
@@ -99,10 +94,7 @@ kill $hb 2>/dev/null
     )
 }
 
-/// The word after `key` in `text`.
-fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.split(key).nth(1)?.split_whitespace().next()
-}
+use crate::bench::word_after;
 
 /// `key=value` pairs of a counters line, numbers only.
 fn counters(text: &str) -> HashMap<String, u64> {

@@ -1,6 +1,6 @@
 //! Runs the fuzz entry point (the same one `cargo fuzz run requests` uses)
 //! over a deterministic pseudo-random corpus, so it is exercised without
-//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400). With
+//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400), seed `FUZZ_SMOKE_SEED`. With
 //! `FUZZ_WRITE_SEEDS=<dir>` the inputs are also written there as a seed
 //! corpus for `cargo fuzz`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
@@ -46,7 +46,7 @@ fn add(total: &mut FuzzStats, s: FuzzStats) {
 fn fuzz_entry_point_over_pseudo_random_inputs() {
     let iters = virtio_driver_model::smoke_iters();
     let seeds_dir = std::env::var("FUZZ_WRITE_SEEDS").ok();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = virtio_driver_model::smoke_rng();
     let start = Instant::now();
     let mut total = FuzzStats::default();
     let mut bytes = 0usize;

@@ -169,6 +169,20 @@ impl XorShift {
     }
 }
 
+/// The generator of a fuzz smoke test's corpus: seeded from
+/// `FUZZ_SMOKE_SEED` (decimal or 0x-hex; `scripts/fuzz.sh` sets a fresh one
+/// per round), otherwise one fixed seed, so CI runs the same corpus always.
+pub fn smoke_rng() -> XorShift {
+    let seed = std::env::var("FUZZ_SMOKE_SEED")
+        .ok()
+        .and_then(|v| match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        });
+    // xorshift never leaves 0.
+    XorShift(seed.filter(|s| *s != 0).unwrap_or(0x9e37_79b9_7f4a_7c15))
+}
+
 /// How many inputs a fuzz smoke test runs: `FUZZ_SMOKE_ITERS`, default 400.
 pub fn smoke_iters() -> u64 {
     std::env::var("FUZZ_SMOKE_ITERS")

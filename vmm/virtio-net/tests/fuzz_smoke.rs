@@ -1,6 +1,6 @@
 //! Runs the fuzz entry point (the same one `cargo fuzz run frames` uses)
 //! over a deterministic pseudo-random corpus, so it is exercised without
-//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400).
+//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400), seed `FUZZ_SMOKE_SEED`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use virtio_driver_model::XorShift as Rng;
@@ -33,7 +33,7 @@ fn add(t: &mut FuzzStats, s: FuzzStats) {
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
     let iters = virtio_driver_model::smoke_iters();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = virtio_driver_model::smoke_rng();
     let mut total = FuzzStats::default();
     for i in 0..iters {
         let steps = (rng.next_u64() % 64) as usize;

@@ -1,0 +1,92 @@
+#!/bin/sh
+# Long fuzzing, outside ./scripts/test.sh (which runs every fuzz target's
+# smoke corpus and every property test once, with fixed seeds):
+#   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 3600)
+# Targets, each with fresh seeds until its time is up:
+#   - the device fuzz entry points (virtio-xpmem requests, virtio-blk
+#     requests, virtio-net frames): with libFuzzer (`cargo +nightly fuzz run`,
+#     coverage-guided) when a nightly toolchain and cargo-fuzz are there,
+#     otherwise through their smoke tests with a new FUZZ_SMOKE_SEED each round;
+#   - the xpmem domain's model and hostile-guest property tests and the
+#     virtio-mmio transport's, with a new PROPTEST_RNG_SEED each round.
+# Prints per target the inputs run and the failures, each failure with the
+# command that reproduces it; exits 1 if anything failed. Logs: build/fuzz/.
+set -u
+. "$(dirname "$0")/lib.sh"
+secs=${1:-3600}
+case $secs in '' | *[!0-9]*) die "usage: scripts/fuzz.sh [SECONDS per target]" ;; esac
+out=$repo/build/fuzz
+mkdir -p "$out"
+install_deps
+cd "$repo" || exit 1
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+failed=0
+summary=
+
+seed() { od -An -N8 -tx8 /dev/urandom | tr -d ' \n'; }
+note() { summary="$summary\n$1"; say "$1"; }
+
+have_libfuzzer() {
+	cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1
+}
+
+# libFuzzer: one run of SECS seconds; its last stats line has the count.
+libfuzzer() { # crate-dir target
+	log=$out/$(basename "$1")-$2.log
+	say "cargo +nightly fuzz run $2 in $1 for $secs s"
+	if (cd "$1" && cargo +nightly fuzz run "$2" -- -max_total_time="$secs") >"$log" 2>&1; then
+		n=$(grep -o '#[0-9]*' "$log" | tail -1 | tr -d '#')
+		note "$1 $2 (libFuzzer): ${n:-?} executions, no crash"
+	else
+		failed=$((failed + 1))
+		note "$1 $2 (libFuzzer): FAILED, see $log (crash input under $1/fuzz/artifacts/$2/)"
+	fi
+}
+
+# A smoke test or property test, round after round with fresh seeds.
+rounds() { # label env-var per-round-count unit cargo-test-args...
+	label=$1 var=$2 per=$3 unit=$4
+	shift 4
+	n=0 bad=0
+	log=$out/$(echo "$label" | tr ' /' '--').log
+	# Built once up front: a build error is not a fuzz failure.
+	if ! cargo test -q --release --target "$triple" --no-run "$@" >"$log" 2>&1; then
+		tail -20 "$log"
+		die "$label does not build (see $log)"
+	fi
+	end=$(($(date +%s) + secs))
+	say "$label: rounds of $per $unit (per test) until $secs s are up (log $log)"
+	while [ "$(date +%s)" -lt "$end" ]; do
+		s=0x$(seed)
+		if ! env "$var=$s" FUZZ_SMOKE_ITERS="$per" PROPTEST_CASES="$per" \
+			cargo test -q --release --target "$triple" "$@" >>"$log" 2>&1; then
+			bad=$((bad + 1))
+			note "$label: FAILED with $var=$s; reproduce: $var=$s FUZZ_SMOKE_ITERS=$per PROPTEST_CASES=$per cargo test --release --target $triple $*"
+		fi
+		n=$((n + per))
+	done
+	[ $bad = 0 ] || failed=$((failed + 1))
+	note "$label: $n $unit, $bad failed round(s)"
+}
+
+for t in virtio-xpmem:requests virtio-blk:requests virtio-net:frames; do
+	dir=vmm/${t%%:*} target=${t#*:}
+	if have_libfuzzer; then
+		libfuzzer "$dir" "$target"
+	else
+		rounds "$dir fuzz_smoke" FUZZ_SMOKE_SEED 20000 inputs \
+			-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)" --test fuzz_smoke
+	fi
+done
+have_libfuzzer || say "no nightly cargo-fuzz: ran the fuzz entry points on pseudo-random inputs (rustup toolchain install nightly && cargo install cargo-fuzz for coverage-guided runs)"
+rounds "xpmem-domain model" PROPTEST_RNG_SEED 20000 cases -p xpmem-domain --test model
+rounds "xpmem-domain hostile" PROPTEST_RNG_SEED 20000 cases -p xpmem-domain --test hostile
+rounds "virtio-mmio transport" PROPTEST_RNG_SEED 20000 cases -p virtio-mmio-transport --lib
+
+printf "%b\n" "$summary"
+if [ $failed = 0 ]; then
+	say "fuzz: every target ran $secs s without a failure"
+else
+	say "fuzz: $failed target(s) failed"
+	exit 1
+fi
