@@ -110,7 +110,8 @@ fn net_config(bytes: u64) -> String {
 
 fn net_script(bytes: u64) -> String {
     format!(
-        r#"{heartbeat}./xpmem-test net-recv --port 5101 --bytes {bytes} --timeout 60 >recv.log 2>&1 &
+        r#"{heartbeat}ip link set lo up
+./xpmem-test net-recv --port 5101 --bytes {bytes} --timeout 60 >recv.log 2>&1 &
 echo "host: $(./xpmem-test net-send --host 127.0.0.1 --port 5101 --bytes {bytes} --timeout 60 | grep SENT)"
 wait
 ./xpmem-test net-echo --port 5102 --timeout 60 >/dev/null 2>&1 &

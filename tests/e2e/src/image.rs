@@ -66,6 +66,9 @@ pub const RESULT_MARKER: &str = "XPMEM-GUEST RESULT";
 /// both for a VM with a network device: the init gives the first network
 /// device that address and writes `/etc/hosts`; the README's "Addresses
 /// between VMs" has the scheme). The READY line then ends with `ip=`.
+/// With vsock and `xpmem-agent` in the image, the guest agent runs (in the
+/// background; `xpmem.run=agent` makes it the VM's command) and the READY line
+/// ends with `agent=5252`.
 pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/scenario
@@ -152,6 +155,18 @@ net_up() {
 }
 net_up /etc/hosts
 echo "hosts: files" >/etc/nsswitch.conf
+# The guest agent (`xpmem-vmm exec`) when the VM has vsock: in the
+# background, or as the VM's whole job with xpmem.run=agent (until the host
+# sends EXIT).
+agent=
+if [ -e /dev/vsock ] && command -v xpmem-agent >/dev/null; then
+	if [ "$run" = agent ]; then
+		run=xpmem-agent
+	else
+		(xpmem-agent 2>&1 | while IFS= read -r l; do say "$l"; done) &
+	fi
+	agent=" agent=5252"
+fi
 virtio=
 for d in /sys/bus/virtio/devices/*; do
 	[ -e "$d" ] || continue
@@ -166,7 +181,7 @@ for range in $(echo "$online" | tr ',' ' '); do
 	hi=${range#*-}
 	cpus=$((cpus + hi - lo + 1))
 done
-say "XPMEM-GUEST READY $name cpus=$cpus virtio=${virtio:-none} uptime=$(cut -d' ' -f1 /proc/uptime)${addr:+ ip=$addr}"
+say "XPMEM-GUEST READY $name cpus=$cpus virtio=${virtio:-none} uptime=$(cut -d' ' -f1 /proc/uptime)${addr:+ ip=$addr}$agent"
 if [ -n "$run" ]; then
 	if [ "$out" = kmsg ]; then
 		(sh -c "$run" 2>&1; echo "rc=$?" >/tmp/rc) | while IFS= read -r l; do say "$l"; done

@@ -12,6 +12,7 @@ pub const USAGE: &str = "\
 usage: xpmem-vmm --config FILE
        xpmem-vmm --name NAME --memory SIZE --kernel PATH [options]
        xpmem-vmm switch --socket PATH [--mtu N]
+       xpmem-vmm exec --socket PATH [options] COMMAND...
 
 Launches one or more KVM guests. With --config, every [[vm]] table of the TOML
 file is started; otherwise one VM is described by flags:
@@ -37,6 +38,9 @@ file is started; otherwise one VM is described by flags:
 listening at PATH (one SOCK_SEQPACKET connection per port) until SIGINT or
 SIGTERM, then prints its counters; a config's [switch] socket = PATH makes
 the VMs connect to it.
+
+`xpmem-vmm exec --socket PATH COMMAND...` runs COMMAND in the VM whose vsock
+socket is PATH, through its guest agent; see `xpmem-vmm exec --help`.
 
   -h, --help             print this help
   -V, --version          print the version

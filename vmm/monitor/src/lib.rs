@@ -6,13 +6,14 @@
 //! fixes the guest-physical memory map; [`memory`] backs RAM with a memfd;
 //! [`boot`] loads the kernel and prepares the boot vCPU; [`devices`] and
 //! [`bus`] are the legacy platform devices and exit dispatch; [`switch`] runs the
-//! VM-to-VM switch; [`vm`] builds and runs one VM, [`vcpu`] is its run loop; [`monitor`] runs them all.
+//! VM-to-VM switch; [`exec`] runs a command in a VM through its guest agent; [`vm`] builds and runs one VM, [`vcpu`] is its run loop; [`monitor`] runs them all.
 
 pub mod boot;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod exec;
 pub mod kvm;
 pub mod layout;
 pub mod lifecycle;

@@ -11,6 +11,9 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("exec") {
+        return ExitCode::from(xpmem_vmm::exec::main(std::env::args().skip(2)));
+    }
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(command) => command,
         Err(e) => {
