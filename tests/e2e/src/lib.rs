@@ -16,6 +16,7 @@ pub mod cpio;
 pub mod debian;
 pub mod demo;
 pub mod disk_group;
+pub mod forced;
 pub mod hash;
 pub mod image;
 pub mod kmod;

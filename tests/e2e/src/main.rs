@@ -53,6 +53,11 @@ commands:
                              virtio-blk benchmark: sequential MiB/s and 4 KiB random-read
                              IOPS in a guest and on the test host against the same
                              image file, one run; prints a table with guest/host ratios
+  stress-forced --vmm BIN [TRIALS] [--nested|--direct]
+                             forced revocation TRIALS times (default 100): a's munmap
+                             while b's driver never acknowledges must return by the
+                             deadline + 10%, b gets SIGBUS, nothing leaks; prints the
+                             munmap times (scripts/forced-revocation.sh)
   bench-net --vmm BIN [--nested|--direct]
                              virtio-net benchmark: TCP throughput and 1-byte round trips
                              a->b between two VMs on the switch, and the same between two
@@ -512,6 +517,55 @@ fn cmd_bench<T>(
     }
 }
 
+fn cmd_stress_forced(args: &mut Args) -> Result<ExitCode, CliError> {
+    let mut f = parse_run_flags(args, Echo::Progress)?;
+    let trials = match f.positional.as_slice() {
+        [] => 100,
+        [n] => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| CliError::Usage(format!("trials {n:?}: give 1..10000")))?,
+        more => return Err(CliError::Usage(format!("one TRIALS number, got {more:?}"))),
+    };
+    let vmm = f
+        .vmm
+        .take()
+        .ok_or_else(|| CliError::Usage("--vmm BIN is required".into()))?;
+    let env = Env {
+        cache: cache(),
+        vmm,
+        opts: f.opts.clone(),
+        echo: f.echo,
+    };
+    match xpmem_e2e::forced::run(&env, f.opts.clone(), trials) {
+        Ok(report) => {
+            print!("{}", report.summary(trials));
+            let problems = report.problems(trials);
+            for p in &problems {
+                println!("  - {p}");
+            }
+            println!(
+                "stress-forced: {}",
+                if problems.is_empty() {
+                    "PASSED"
+                } else {
+                    "FAILED"
+                }
+            );
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => {
+            eprintln!("xpmem-e2e: stress-forced: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn cmd_test(args: &mut Args) -> Result<ExitCode, CliError> {
     let f = parse_run_flags(args, Echo::Progress)?;
     let groups: Vec<String> = if f.positional.is_empty() {
@@ -609,6 +663,7 @@ fn real_main() -> Result<ExitCode, CliError> {
             xpmem_e2e::disk_group::bench,
             xpmem_e2e::disk_group::bench_table,
         ),
+        Some("stress-forced") => cmd_stress_forced(&mut args),
         Some("bench-net") => cmd_bench(
             &mut args,
             "bench-net",
