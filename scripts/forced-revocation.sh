@@ -11,8 +11,5 @@
 # (flock /tmp/nested.lock ...).
 set -u
 . "$(dirname "$0")/lib.sh"
-install_deps
-build_all || die "build failed"
-kver=$(guest_kernel_release)
-make -C "$repo/guest-driver" KVER="$kver" all >/dev/null || die "guest-driver build failed"
+build_for_e2e
 "$bindir/xpmem-e2e" stress-forced --vmm "$bindir/xpmem-vmm" "${1:-100}"

@@ -63,3 +63,12 @@ guest_kernel_release() {
 	fi
 	echo "$kver"
 }
+
+# Everything an e2e run on the nested host needs, for the stress scripts:
+# packages, the workspace's binaries, and xpmem.ko + the guest tools.
+build_for_e2e() {
+	install_deps
+	build_all || die "build failed"
+	kver=$(guest_kernel_release)
+	make -C "$repo/guest-driver" KVER="$kver" all >/dev/null || die "guest-driver build failed"
+}

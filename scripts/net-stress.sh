@@ -7,8 +7,5 @@
 # the nested host if other runs share it (flock /tmp/nested.lock ...).
 set -u
 . "$(dirname "$0")/lib.sh"
-install_deps
-build_all || die "build failed"
-kver=$(guest_kernel_release)
-make -C "$repo/guest-driver" KVER="$kver" all >/dev/null || die "guest-driver build failed"
+build_for_e2e
 XPMEM_NET_MIB=${XPMEM_NET_MIB:-256} "$bindir/xpmem-e2e" test --vmm "$bindir/xpmem-vmm" net

@@ -484,6 +484,22 @@ fn cmd_demo(args: &mut Args) -> Result<ExitCode, CliError> {
     }
 }
 
+/// The environment of a command that runs on the test host (`--vmm BIN`
+/// required), and its positional arguments.
+fn run_env(args: &mut Args) -> Result<(Env, Vec<String>), CliError> {
+    let f = parse_run_flags(args, Echo::Progress)?;
+    let vmm = f
+        .vmm
+        .ok_or_else(|| CliError::Usage("--vmm BIN is required".into()))?;
+    let env = Env {
+        cache: cache(),
+        vmm,
+        opts: f.opts,
+        echo: f.echo,
+    };
+    Ok((env, f.positional))
+}
+
 /// A benchmark: (test host, guest) figures of one run on the test host.
 type Bench<T> = fn(&Env, nested::Options) -> Result<(T, T), String>;
 
@@ -494,18 +510,8 @@ fn cmd_bench<T>(
     bench: Bench<T>,
     table: fn(&T, &T) -> String,
 ) -> Result<ExitCode, CliError> {
-    let f = parse_run_flags(args, Echo::Progress)?;
-    let vmm = f
-        .vmm
-        .clone()
-        .ok_or_else(|| CliError::Usage("--vmm BIN is required".into()))?;
-    let env = Env {
-        cache: cache(),
-        vmm,
-        opts: f.opts.clone(),
-        echo: f.echo,
-    };
-    match bench(&env, f.opts.clone()) {
+    let (env, _) = run_env(args)?;
+    match bench(&env, env.opts.clone()) {
         Ok((host, guest)) => {
             print!("{}", table(&host, &guest));
             Ok(ExitCode::SUCCESS)
@@ -518,8 +524,8 @@ fn cmd_bench<T>(
 }
 
 fn cmd_stress_forced(args: &mut Args) -> Result<ExitCode, CliError> {
-    let mut f = parse_run_flags(args, Echo::Progress)?;
-    let trials = match f.positional.as_slice() {
+    let (env, positional) = run_env(args)?;
+    let trials = match positional.as_slice() {
         [] => 100,
         [n] => n
             .parse::<usize>()
@@ -528,17 +534,7 @@ fn cmd_stress_forced(args: &mut Args) -> Result<ExitCode, CliError> {
             .ok_or_else(|| CliError::Usage(format!("trials {n:?}: give 1..10000")))?,
         more => return Err(CliError::Usage(format!("one TRIALS number, got {more:?}"))),
     };
-    let vmm = f
-        .vmm
-        .take()
-        .ok_or_else(|| CliError::Usage("--vmm BIN is required".into()))?;
-    let env = Env {
-        cache: cache(),
-        vmm,
-        opts: f.opts.clone(),
-        echo: f.echo,
-    };
-    match xpmem_e2e::forced::run(&env, f.opts.clone(), trials) {
+    match xpmem_e2e::forced::run(&env, env.opts.clone(), trials) {
         Ok(report) => {
             print!("{}", report.summary(trials));
             let problems = report.problems(trials);
