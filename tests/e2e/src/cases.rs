@@ -43,7 +43,7 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
-    fn new(group: &str, case: &str, status: Status) -> Self {
+    pub fn new(group: &str, case: &str, status: Status) -> Self {
         Self {
             name: format!("{group}/{case}"),
             status,
@@ -86,7 +86,7 @@ pub struct Env {
 pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net"];
 
 /// Groups run only when named.
-pub const EXTRA_GROUPS: &[&str] = &[];
+pub const EXTRA_GROUPS: &[&str] = &["scale"];
 
 /// Runs a group by name; an error that prevents the group from running at all
 /// becomes one failed case.
@@ -98,6 +98,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "disk" => crate::disk_group::run(env, group_opts(env, group)),
         "rootdisk" => crate::rootdisk_group::run(env, group_opts(env, group)),
         "net" => crate::net_group::run(env, group_opts(env, group)),
+        "scale" => crate::scale_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,

@@ -25,6 +25,7 @@ pub mod net_group;
 pub mod process;
 pub mod relay;
 pub mod rootdisk_group;
+pub mod scale_group;
 pub mod scenario;
 pub mod xpmem_group;
 
