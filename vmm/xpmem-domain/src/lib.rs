@@ -66,7 +66,7 @@
 //! - **Teardown.** Nothing is emitted towards a removed VM; its pending requests are dropped.
 //!   After every VM is removed, every "held" counter is zero ([`Counters::nothing_held`]).
 
-mod aperture;
+mod aperture_alloc;
 mod domain;
 mod ids;
 mod types;

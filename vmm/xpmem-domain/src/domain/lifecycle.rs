@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::aperture::ApertureAllocator;
+use crate::aperture_alloc::ApertureAllocator;
 use crate::types::{
     Action, Event, OwnerToken, ResponseBody, RevokeReason, Status, VmId, VmSpec, Window, PAGE_SIZE,
 };

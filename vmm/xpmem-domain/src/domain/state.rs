@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::aperture::ApertureAllocator;
+use crate::aperture_alloc::ApertureAllocator;
 use crate::types::{OwnerToken, RequestTag, VmId, Window, PAGE_SIZE};
 
 pub(super) struct VmState {
