@@ -226,4 +226,5 @@ pub trait ApertureBackend: Send {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)] // test code: casts of test sizes and offsets
 mod tests;

@@ -34,7 +34,9 @@ fn create_filler() -> io::Result<File> {
     }
     // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
-    let content = vec![FILLER_BYTE; (FILLER_PAGES * PAGE_SIZE) as usize];
+    let len = usize::try_from(FILLER_PAGES * PAGE_SIZE)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    let content = vec![FILLER_BYTE; len];
     std::io::Write::write_all(&mut &file, &content)?;
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
     // SAFETY: F_ADD_SEALS on an fd we own, with an integer argument.
@@ -126,6 +128,10 @@ pub(super) struct MapSource<'a> {
     pub(super) flags: i32,
 }
 
+/// [`PAGE_SIZE`] as a host size.
+#[allow(clippy::cast_possible_truncation)] // 4096 fits every usize
+const PAGE_BYTES: usize = PAGE_SIZE as usize;
+
 /// One successful mmap over a window: pages `start..start + npages`.
 type OnMapped<'a> = &'a mut dyn FnMut(u64, u64);
 
@@ -166,7 +172,7 @@ impl ApertureWindow {
             guest_base,
             // SAFETY: the reservation is len + 2 pages long; one page in is
             // still inside it.
-            host: unsafe { base.cast::<u8>().add(PAGE_SIZE as usize) },
+            host: unsafe { base.cast::<u8>().add(PAGE_BYTES) },
             len,
         };
         window.fill(0, len / PAGE_SIZE, None, &mut |_, _| {})?;
@@ -242,6 +248,10 @@ impl ApertureWindow {
         };
         let file_off = libc::off_t::try_from(file_offset)
             .map_err(|_| err(io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
+        let (Ok(host_offset), Ok(host_len)) = (usize::try_from(offset), usize::try_from(len))
+        else {
+            return Err(err(io::Error::from_raw_os_error(libc::EOVERFLOW)));
+        };
         if faults.is_some_and(ApertureFaults::should_fail) {
             return Err(err(io::Error::from_raw_os_error(libc::ENOMEM)));
         }
@@ -251,8 +261,8 @@ impl ApertureWindow {
         // is FILLER_PAGES long, an exporter range lies inside its memfd.
         let ret = unsafe {
             libc::mmap(
-                self.host.add(offset as usize).cast(),
-                len as usize,
+                self.host.add(host_offset).cast(),
+                host_len,
                 prot,
                 flags | libc::MAP_FIXED,
                 file.as_raw_fd(),
@@ -298,13 +308,14 @@ impl ApertureWindow {
 }
 
 impl Drop for ApertureWindow {
+    #[allow(clippy::cast_possible_truncation)] // reserve() checked that len + 2 pages fits usize
     fn drop(&mut self) {
         // SAFETY: the reservation made in `reserve` starts one guard page
         // before `host` and is len + 2 pages long; it is owned by this object
         // and no longer referenced (the last Arc is gone).
         unsafe {
             libc::munmap(
-                self.host.sub(PAGE_SIZE as usize).cast(),
+                self.host.sub(PAGE_BYTES).cast(),
                 (self.len + 2 * PAGE_SIZE) as usize,
             )
         };

@@ -112,10 +112,12 @@ impl Domain {
                 continue;
             };
             // The FAULT's window starts inside the resolved range (checked when it joined).
-            let off =
-                ((a.vaddr + page_index * PAGE_SIZE).saturating_sub(r.vaddr) / PAGE_SIZE) as usize;
+            // An offset that does not fit usize lies beyond the reply.
+            let off = (a.vaddr + page_index * PAGE_SIZE).saturating_sub(r.vaddr) / PAGE_SIZE;
+            let off = usize::try_from(off).unwrap_or(usize::MAX);
             if off < gpas.len() {
-                let take = (f.want as usize).min(gpas.len() - off);
+                let want = usize::try_from(f.want).unwrap_or(usize::MAX);
+                let take = want.min(gpas.len() - off);
                 let part = gpas[off..off + take].to_vec();
                 self.map_pages(attach_id, page_index, &part, out);
             }
@@ -143,7 +145,7 @@ impl Domain {
             AttState::ExporterGone => return self.fail_fault(key, Status::Gone, out),
         }
         // page_index was checked against the attachment when the FAULT arrived.
-        let Some(&first) = a.slots.get(page_index as usize) else {
+        let Some(first) = a.slot(page_index) else {
             return self.fail_fault(key, Status::Invalid, out);
         };
         if first == SLOT_REVOKED {
@@ -154,7 +156,7 @@ impl Domain {
         let (segid, exporter, write) = (a.segid, a.exporter, a.writable);
         if first != SLOT_EMPTY {
             let n = (page_index..end)
-                .take_while(|&i| slot_gpa(a.slots[i as usize]).is_some())
+                .take_while(|&i| a.slot(i).and_then(slot_gpa).is_some())
                 .count() as u64;
             // Mapped slots that a pending invalidation covers are on their way out: the
             // importer may already have handled the INVALIDATE event and sent this FAULT
@@ -179,7 +181,7 @@ impl Domain {
             return;
         }
         let n = (page_index..end)
-            .take_while(|&i| a.slots[i as usize] == SLOT_EMPTY)
+            .take_while(|&i| a.slot(i) == Some(SLOT_EMPTY))
             .count() as u64;
         if self.invalidation_overlaps(segid, vaddr, vaddr + n * PAGE_SIZE) {
             if let Some(f) = self.faults.get_mut(&key) {
@@ -216,6 +218,10 @@ impl Domain {
             self.stats.resolves_shared += 1;
             return;
         }
+        // n <= want <= max_fault_pages, a u32.
+        let Ok(npages) = u32::try_from(n) else {
+            return self.fail_fault(key, Status::Invalid, out);
+        };
         let resolve_id = self.serial();
         let due_ms = self.now_ms.saturating_add(self.resolve_timeout_ms());
         if let Some(f) = self.faults.get_mut(&key) {
@@ -241,8 +247,7 @@ impl Domain {
                 resolve_id,
                 segid,
                 vaddr,
-                // n <= max_fault_pages, a u32.
-                npages: n as u32,
+                npages,
                 write,
             },
             out,

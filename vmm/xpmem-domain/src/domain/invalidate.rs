@@ -68,7 +68,7 @@ impl Domain {
             }
             let lo = (start.max(a.vaddr) - a.vaddr) / PAGE_SIZE;
             let hi = (end.min(a_end) - a.vaddr) / PAGE_SIZE;
-            let mapped = |i: &u64| slot_gpa(a.slots[*i as usize]).is_some();
+            let mapped = |i: &u64| a.slot(*i).and_then(slot_gpa).is_some();
             let Some(first) = (lo..hi).find(mapped) else {
                 continue;
             };

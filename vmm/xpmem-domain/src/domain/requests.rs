@@ -30,6 +30,7 @@ impl Domain {
             if owner.0 == 0 || permit_type != XPMEM_PERMIT_MODE || permit_value > 0o777 {
                 return Err(Status::Invalid);
             }
+            let mode = u32::try_from(permit_value).map_err(|_| Status::Invalid)?;
             let limit = self.cfg.user_addr_limit;
             if vaddr % PAGE_SIZE != 0 || vaddr >= limit {
                 return Err(Status::Invalid);
@@ -52,7 +53,7 @@ impl Domain {
                     owner,
                     vaddr,
                     size,
-                    mode: permit_value as u32,
+                    mode,
                     uid,
                     gid,
                     attachments: BTreeSet::new(),
@@ -252,13 +253,23 @@ impl Domain {
             let npages = size / PAGE_SIZE;
             let window = if rdonly { Window::Ro } else { Window::Rw };
             let max = self.cfg.max_attachments_per_vm;
+            // One slot per page, in a slab indexed by u32 (reverse-map entries pack the
+            // index in 32 bits): refuse what this host cannot index.
+            let nslots = usize::try_from(npages).map_err(|_| Status::NoSpc)?;
+            let idx = match self.slab_free.last() {
+                Some(&i) => i,
+                None => u32::try_from(self.slab.len()).map_err(|_| Status::NoSpc)?,
+            };
             let st = self.vms.get_mut(&vm).ok_or(Status::NoEnt)?;
             if st.atts.len() >= max as usize {
                 return Err(Status::NoSpc);
             }
             let aperture_page = st.aperture(window).alloc(npages).ok_or(Status::NoSpc)?;
-            let id = match self.new_id(IdKind::Attachment, vm) {
-                Some(id) => id as u64,
+            let id = match self
+                .new_id(IdKind::Attachment, vm)
+                .and_then(|id| u64::try_from(id).ok())
+            {
+                Some(id) => id,
                 None => {
                     if let Some(st) = self.vms.get_mut(&vm) {
                         st.aperture(window).free(aperture_page, npages);
@@ -278,19 +289,12 @@ impl Domain {
                 aperture_page,
                 writable: !rdonly,
                 state: AttState::Live,
-                // npages <= aperture pages <= MAX_APERTURE_PAGES, so this fits usize.
-                slots: vec![SLOT_EMPTY; npages as usize],
+                slots: vec![SLOT_EMPTY; nslots],
             };
-            let idx = match self.slab_free.pop() {
-                Some(i) => {
-                    self.slab[i as usize] = Some(a);
-                    i
-                }
-                None => {
-                    self.slab.push(Some(a));
-                    (self.slab.len() - 1) as u32
-                }
-            };
+            match self.slab_free.pop() {
+                Some(i) => self.slab[i as usize] = Some(a),
+                None => self.slab.push(Some(a)),
+            }
             self.attach_index.insert(id, idx);
             if let Some(st) = self.vms.get_mut(&vm) {
                 st.atts.insert(id);

@@ -93,7 +93,7 @@ impl Domain {
         let idx = (e >> 32) as usize;
         let page = e & 0xffff_ffff;
         let a = self.slab.get(idx)?.as_ref()?;
-        let gpa = slot_gpa(*a.slots.get(page as usize)?)?;
+        let gpa = slot_gpa(a.slot(page)?)?;
         Some(Mapping {
             exporter,
             exporter_gpa: gpa,
@@ -126,7 +126,10 @@ impl Domain {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut removed = 0u64;
         for i in lo..hi {
-            let s = a.slots[i as usize];
+            let Some(slot) = a.slot_mut(i) else {
+                break;
+            };
+            let s = *slot;
             if let Some(gpa) = slot_gpa(s) {
                 self.rmap
                     .remove(&(rmap_key(exporter, gpa), (u64::from(idx) << 32) | i));
@@ -137,9 +140,9 @@ impl Domain {
                 }
             }
             if revoke {
-                a.slots[i as usize] = SLOT_REVOKED;
+                *slot = SLOT_REVOKED;
             } else if s != SLOT_REVOKED {
-                a.slots[i as usize] = SLOT_EMPTY;
+                *slot = SLOT_EMPTY;
             }
         }
         self.mapped_pages -= removed;
@@ -182,7 +185,7 @@ impl Domain {
         let mut added = 0;
         for (i, &gpa) in gpas.iter().enumerate() {
             let page = page_index + i as u64;
-            let Some(slot) = a.slots.get_mut(page as usize) else {
+            let Some(slot) = a.slot_mut(page) else {
                 break;
             };
             if *slot != SLOT_EMPTY {

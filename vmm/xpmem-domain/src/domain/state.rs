@@ -88,6 +88,16 @@ impl Attachment {
     pub(super) fn npages(&self) -> u64 {
         self.slots.len() as u64
     }
+
+    /// Slot `page`, if the attachment has that page.
+    pub(super) fn slot(&self, page: u64) -> Option<u64> {
+        self.slots.get(usize::try_from(page).ok()?).copied()
+    }
+
+    /// Slot `page` for writing, if the attachment has that page.
+    pub(super) fn slot_mut(&mut self, page: u64) -> Option<&mut u64> {
+        self.slots.get_mut(usize::try_from(page).ok()?)
+    }
 }
 
 pub(super) enum FaultState {
