@@ -13,6 +13,15 @@
 //! All multi-byte fields are little-endian; the structures use
 //! [`vm_memory::Le32`]/[`vm_memory::Le64`], so no manual conversion is needed.
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod layout;
 pub mod reply;
 pub mod request;

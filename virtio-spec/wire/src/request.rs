@@ -352,19 +352,20 @@ impl Request {
                 }
                 permit_type(b.permit_type.to_native())?;
                 let mode = b.permit_value.to_native();
+                let bad_mode = || WireError::UnknownFlags {
+                    field: "permit_value",
+                    value: mode,
+                    allowed: VIRTIO_XPMEM_PERMIT_MODE_MASK,
+                };
                 if mode & !VIRTIO_XPMEM_PERMIT_MODE_MASK != 0 {
-                    return Err(WireError::UnknownFlags {
-                        field: "permit_value",
-                        value: mode,
-                        allowed: VIRTIO_XPMEM_PERMIT_MODE_MASK,
-                    });
+                    return Err(bad_mode());
                 }
                 reserved("reserved", b.reserved.to_native().into())?;
                 Ok(Request::Make {
                     vaddr,
                     size,
-                    // Fits: masked to 9 bits above.
-                    mode: mode as u32,
+                    // Always fits: checked against the 9-bit mask above.
+                    mode: u32::try_from(mode).map_err(|_| bad_mode())?,
                     uid: b.uid.to_native(),
                     gid: b.gid.to_native(),
                 })

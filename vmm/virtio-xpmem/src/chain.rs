@@ -183,6 +183,7 @@ pub fn write_to_buffers(mem: &GuestMemoryMmap, bufs: &[WritableBuf], bytes: &[u8
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)] // test code: casts of small constants
 mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};

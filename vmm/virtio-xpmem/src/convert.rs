@@ -115,6 +115,12 @@ pub fn request_to_domain(owner: u64, req: wire::Request) -> Option<dom::Request>
     })
 }
 
+/// The wire form of a segid or apid the domain issued.
+#[allow(clippy::cast_sign_loss)] // domain ids are positive (a 62-bit permutation plus one)
+fn id_to_wire(id: i64) -> u64 {
+    id as u64
+}
+
 /// The wire status of a domain status.
 pub fn status_to_wire(s: dom::Status) -> wire::Status {
     wire::Status::from_u32(s.code()).unwrap_or(wire::Status::Invalid)
@@ -134,13 +140,15 @@ pub fn response_to_wire(
         // MAKE and SEARCH both answer a segid.
         dom::ResponseBody::Segid(segid) if opcode == wire::VIRTIO_XPMEM_REQ_SEARCH => {
             wire::ResponseBody::Search {
-                segid: segid as u64,
+                segid: id_to_wire(segid),
             }
         }
         dom::ResponseBody::Segid(segid) => wire::ResponseBody::Make {
-            segid: segid as u64,
+            segid: id_to_wire(segid),
         },
-        dom::ResponseBody::Apid(apid) => wire::ResponseBody::Get { apid: apid as u64 },
+        dom::ResponseBody::Apid(apid) => wire::ResponseBody::Get {
+            apid: id_to_wire(apid),
+        },
         dom::ResponseBody::Attached {
             attach_id,
             window,
@@ -169,7 +177,7 @@ pub fn event_to_wire(ev: &dom::Event) -> wire::Event {
             write,
         } => wire::Event::Resolve {
             resolve_id,
-            segid: segid as u64,
+            segid: id_to_wire(segid),
             vaddr,
             npages,
             write,

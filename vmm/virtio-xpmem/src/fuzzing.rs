@@ -15,6 +15,13 @@
 //! so the budget and its fallbacks are reachable. At the end, dropping the
 //! devices must leave nothing held. Any panic is a bug.
 
+// A fuzz harness: its casts are of its own constants and of bounded fuzz input.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;

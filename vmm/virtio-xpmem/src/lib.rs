@@ -52,6 +52,15 @@
 //! chain gets status INVALID if it has a usable writable buffer, otherwise
 //! it is returned with length 0. Requests are parsed by the wire crate.
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod aperture;
 pub mod chain;
 mod convert;

@@ -65,6 +65,7 @@ impl IdCipher {
 
     /// Encodes `(vm, counter)`; `counter` must be below `1 << COUNTER_BITS` and `vm` below
     /// `1 << VM_BITS`.
+    #[allow(clippy::cast_possible_wrap)] // cipher < 2^46: cipher + 1 cannot wrap an i64
     pub(crate) fn encode(&self, kind: IdKind, vm: VmId, counter: u64) -> i64 {
         debug_assert!(counter < (1 << COUNTER_BITS));
         debug_assert!(u64::from(vm.0) < (1 << VM_BITS));
@@ -86,7 +87,7 @@ impl IdCipher {
         if id <= 0 || id > (1i64 << (2 * HALF_BITS)) {
             return None;
         }
-        let cipher = (id - 1) as u64;
+        let cipher = u64::try_from(id - 1).ok()?;
         let keys = &self.keys[kind as usize - 1];
         let (mut l, mut r) = (cipher >> HALF_BITS, cipher & HALF_MASK);
         for key in keys.iter().rev() {

@@ -1,4 +1,6 @@
-//! First-fit page allocator for one import aperture, with coalescing of free ranges.
+//! First-fit page allocator for one import aperture window, with coalescing of free ranges:
+//! which window pages each attachment occupies. (The host mappings behind the window are
+//! the device's business: `virtio_xpmem_device::aperture`.)
 
 use std::collections::BTreeMap;
 
