@@ -112,11 +112,13 @@ fn net_script(bytes: u64) -> String {
     format!(
         r#"{heartbeat}ip link set lo up
 ./xpmem-test net-recv --port 5101 --bytes {bytes} --timeout 60 >recv.log 2>&1 &
+receiver=$!
 echo "host: $(./xpmem-test net-send --host 127.0.0.1 --port 5101 --bytes {bytes} --timeout 60 | grep SENT)"
-wait
+wait $receiver
 ./xpmem-test net-echo --port 5102 --timeout 60 >/dev/null 2>&1 &
+echo=$!
 echo "host: $(./xpmem-test net-rtt --host 127.0.0.1 --port 5102 --rounds 1000 --timeout 60 | grep RESULT)"
-wait
+wait $echo
 timeout -s KILL 600 ./xpmem-vmm --config bench.toml </dev/null 2>&1
 kill $hb 2>/dev/null
 "#,
