@@ -68,7 +68,8 @@ pub const RESULT_MARKER: &str = "XPMEM-GUEST RESULT";
 /// between VMs" has the scheme). The READY line then ends with `ip=`.
 /// With vsock and `xpmem-agent` in the image, the guest agent runs (in the
 /// background; `xpmem.run=agent` makes it the VM's command) and the READY line
-/// ends with `agent=5252`.
+/// ends with `agent=5252`; `xpmem.input=agent` makes the command's stdin the
+/// FIFO `/run/xpmem-input` the host writes through the agent.
 pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/scenario
@@ -85,6 +86,7 @@ run=
 exitmode=reboot
 addr=
 hosts=
+input=console
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	xpmem.name=*) name=${arg#xpmem.name=} ;;
@@ -93,6 +95,7 @@ for arg in $(cat /proc/cmdline); do
 	xpmem.out=*) out=${arg#xpmem.out=} ;;
 	xpmem.ip=*) addr=${arg#xpmem.ip=} ;;
 	xpmem.hosts=*) hosts=${arg#xpmem.hosts=} ;;
+	xpmem.input=*) input=${arg#xpmem.input=} ;;
 	esac
 done
 hostname "$name"
@@ -166,6 +169,14 @@ if [ -e /dev/vsock ] && command -v xpmem-agent >/dev/null; then
 		(xpmem-agent 2>&1 | while IFS= read -r l; do say "$l"; done) &
 	fi
 	agent=" agent=5252"
+fi
+# xpmem.input=agent: the command reads its stdin from the FIFO
+# /run/xpmem-input, which the host fills through the agent (xpmem-relay
+# --agent), instead of from the serial console. Opened read-write, so the
+# command never sees end-of-file and writers never block on the open.
+if [ "$input" = agent ]; then
+	mkdir -p /run && mkfifo /run/xpmem-input && exec 0<>/run/xpmem-input ||
+		say "XPMEM-GUEST ERROR $name cannot make /run/xpmem-input"
 fi
 virtio=
 for d in /sys/bus/virtio/devices/*; do

@@ -5,7 +5,13 @@
 //!
 //! ```text
 //! xpmem-relay --input a=/tmp/a.in --input b=/tmp/b.in -- ./xpmem-vmm --config x.toml
+//! xpmem-relay --agent a=/tmp/a.vsock --agent b=/tmp/b.vsock -- ./xpmem-vmm --config x.toml
 //! ```
+//!
+//! With `--agent VM=SOCKET` a message goes to the VM through its guest agent
+//! over vsock (`xpmem-vmm exec`'s client), which appends the line to the
+//! FIFO `/run/xpmem-input` that the VM's command reads as its stdin (the
+//! guest's `xpmem.input=agent`), instead of being typed into its serial port.
 //!
 //! Prints every line of the command's stdout and stderr, plus
 //! `XPMEM-RELAY TYPED <vm> <text>` per message typed and, at the end,
@@ -24,8 +30,10 @@ use std::sync::mpsc;
 
 use xpmem_e2e::process::pump;
 use xpmem_e2e::relay::Router;
+use xpmem_vmm::exec::{self, ExecArgs, Request, AGENT_PORT};
 
-const USAGE: &str = "usage: xpmem-relay --input VM=FIFO [--input VM=FIFO ...] -- COMMAND [ARGS...]";
+const USAGE: &str =
+    "usage: xpmem-relay (--input VM=FIFO | --agent VM=SOCKET) [...] -- COMMAND [ARGS...]";
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -37,8 +45,16 @@ enum RelayError {
     Spawn { cmd: String, err: std::io::Error },
 }
 
+/// Where one VM's messages go.
+enum Sink {
+    /// A FIFO the monitor feeds into the VM's serial port (`input = PATH`).
+    Fifo(PathBuf),
+    /// The VM's vsock socket: through its guest agent into `/run/xpmem-input`.
+    Agent(PathBuf),
+}
+
 struct Args {
-    inputs: Vec<(String, PathBuf)>,
+    inputs: Vec<(String, Sink)>,
     command: Vec<String>,
 }
 
@@ -47,15 +63,21 @@ fn parse(args: &[String]) -> Result<Args, RelayError> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--input" => {
+            "--input" | "--agent" => {
                 let v = it
                     .next()
-                    .ok_or_else(|| RelayError::Usage("--input needs VM=FIFO".into()))?;
+                    .ok_or_else(|| RelayError::Usage(format!("{a} needs VM=PATH")))?;
                 let (vm, path) = v
                     .split_once('=')
                     .filter(|(vm, p)| !vm.is_empty() && !p.is_empty())
-                    .ok_or_else(|| RelayError::Usage(format!("--input {v}: want VM=FIFO")))?;
-                inputs.push((vm.to_string(), PathBuf::from(path)));
+                    .ok_or_else(|| RelayError::Usage(format!("{a} {v}: want VM=PATH")))?;
+                let path = PathBuf::from(path);
+                let sink = if a == "--input" {
+                    Sink::Fifo(path)
+                } else {
+                    Sink::Agent(path)
+                };
+                inputs.push((vm.to_string(), sink));
             }
             "--" => {
                 let command: Vec<String> = it.cloned().collect();
@@ -92,10 +114,59 @@ fn make_fifo(path: &PathBuf) -> Result<File, RelayError> {
         .map_err(err)
 }
 
+/// An open destination.
+enum Open {
+    Fifo(File),
+    Agent(PathBuf),
+}
+
+/// `text` as one word for the guest's `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Delivers one line; the error says why it was lost.
+fn deliver(open: &mut Open, text: &str) -> Result<(), String> {
+    match open {
+        Open::Fifo(f) => f
+            .write_all(format!("{text}\n").as_bytes())
+            .map_err(|e| e.to_string()),
+        Open::Agent(socket) => {
+            let args = ExecArgs {
+                socket: socket.clone(),
+                port: AGENT_PORT,
+                timeout_secs: 30,
+                // The VM printed WAITING, so its agent runs already.
+                wait_secs: 30,
+                request: Request::Run(format!(
+                    "printf '%s\\n' {} >>/run/xpmem-input",
+                    shell_quote(text)
+                )),
+            };
+            let mut err = Vec::new();
+            let code = exec::connect(&args)
+                .and_then(|mut s| exec::run_request(&mut s, &args, &mut std::io::sink(), &mut err))
+                .map_err(|e| e.to_string())?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the agent's command exited with {code}: {}",
+                    String::from_utf8_lossy(&err).trim()
+                ))
+            }
+        }
+    }
+}
+
 fn run(args: Args) -> Result<i32, RelayError> {
-    let mut fifos: BTreeMap<String, File> = BTreeMap::new();
-    for (vm, path) in &args.inputs {
-        fifos.insert(vm.clone(), make_fifo(path)?);
+    let mut fifos: BTreeMap<String, Open> = BTreeMap::new();
+    for (vm, sink) in &args.inputs {
+        let open = match sink {
+            Sink::Fifo(path) => Open::Fifo(make_fifo(path)?),
+            Sink::Agent(socket) => Open::Agent(socket.clone()),
+        };
+        fifos.insert(vm.clone(), open);
     }
     let mut child = Command::new(&args.command[0])
         .args(&args.command[1..])
@@ -122,7 +193,7 @@ fn run(args: Args) -> Result<i32, RelayError> {
         let _ = writeln!(out, "{line}");
         for t in router.feed(&line) {
             match fifos.get_mut(&t.vm) {
-                Some(f) => match f.write_all(format!("{}\n", t.text).as_bytes()) {
+                Some(f) => match deliver(f, &t.text) {
                     Ok(()) => {
                         let _ = writeln!(out, "XPMEM-RELAY TYPED {} {}", t.vm, t.text);
                     }
@@ -133,7 +204,7 @@ fn run(args: Args) -> Result<i32, RelayError> {
                 None => {
                     let _ = writeln!(
                         out,
-                        "XPMEM-RELAY LOST {} {}: no --input for it",
+                        "XPMEM-RELAY LOST {} {}: no --input or --agent for it",
                         t.vm, t.text
                     );
                 }
