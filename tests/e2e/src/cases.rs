@@ -83,7 +83,9 @@ pub struct Env {
 /// VMs from the Debian root image (built by `scripts/build-root-image.sh`).
 /// `net` (issue 10) runs three VMs on the monitor's switch: addresses without
 /// configuration, pings, a TCP transfer under a flood, a segid over TCP.
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net"];
+/// `tap` (issue 10) runs one VM on a TAP interface in a network namespace
+/// the test creates and removes.
+pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap"];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &["scale"];
@@ -99,6 +101,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "rootdisk" => crate::rootdisk_group::run(env, group_opts(env, group)),
         "net" => crate::net_group::run(env, group_opts(env, group)),
         "scale" => crate::scale_group::run(env, group_opts(env, group)),
+        "tap" => crate::tap_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,
