@@ -420,6 +420,8 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
     payload.data("odd.img", vec![0u8; 1000], 0o644);
     payload.data("ro.img", vec![0u8; 64 * 1024], 0o444);
     payload.data("imgdir/keep", Vec::new(), 0o644);
+    // TAP errors (issue 10): the tun module, so `tap = "lo"` reaches TUNSETIFF.
+    payload.modules.push("tun".into());
 
     let ok = |extra: &str| vm_toml("a", 1, "256", "../vmlinuz", "../guest.cpio.gz", extra);
     let configs: Vec<(&str, String)> = vec![
@@ -479,6 +481,11 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
                 )
             ),
         ),
+        (
+            "tap-name-too-long",
+            ok("net = { tap = \"a-too-long-tap-name\" }"),
+        ),
+        ("tap-not-a-tap", ok("net = { tap = \"lo\" }")),
     ];
     for (name, text) in &configs {
         payload.data(format!("cases/{name}.toml"), text.clone(), 0o644);
@@ -563,6 +570,16 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
             name: "disk-writable-twice",
             args: String::new(),
             keywords: &["disk.img", "one VM"],
+        },
+        BadInput {
+            name: "tap-name-too-long",
+            args: String::new(),
+            keywords: &["a-too-long-tap-name"],
+        },
+        BadInput {
+            name: "tap-not-a-tap",
+            args: String::new(),
+            keywords: &["not a TAP"],
         },
     ];
     let mut script = String::from(CASE_SCRIPT_HEAD);
