@@ -83,7 +83,9 @@ pub struct Env {
 /// VMs from the Debian root image (built by `scripts/build-root-image.sh`).
 /// `net` (issue 10) runs three VMs on the monitor's switch: addresses without
 /// configuration, pings, a TCP transfer under a flood, a segid over TCP.
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net"];
+/// `tap` (issue 10) runs one VM on a TAP interface in a network namespace
+/// the test creates and removes.
+pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap"];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &["scale"];
@@ -99,6 +101,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "rootdisk" => crate::rootdisk_group::run(env, group_opts(env, group)),
         "net" => crate::net_group::run(env, group_opts(env, group)),
         "scale" => crate::scale_group::run(env, group_opts(env, group)),
+        "tap" => crate::tap_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,
@@ -417,6 +420,8 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
     payload.data("odd.img", vec![0u8; 1000], 0o644);
     payload.data("ro.img", vec![0u8; 64 * 1024], 0o444);
     payload.data("imgdir/keep", Vec::new(), 0o644);
+    // TAP errors (issue 10): the tun module, so `tap = "lo"` reaches TUNSETIFF.
+    payload.modules.push("tun".into());
 
     let ok = |extra: &str| vm_toml("a", 1, "256", "../vmlinuz", "../guest.cpio.gz", extra);
     let configs: Vec<(&str, String)> = vec![
@@ -476,6 +481,11 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
                 )
             ),
         ),
+        (
+            "tap-name-too-long",
+            ok("net = { tap = \"a-too-long-tap-name\" }"),
+        ),
+        ("tap-not-a-tap", ok("net = { tap = \"lo\" }")),
     ];
     for (name, text) in &configs {
         payload.data(format!("cases/{name}.toml"), text.clone(), 0o644);
@@ -560,6 +570,16 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
             name: "disk-writable-twice",
             args: String::new(),
             keywords: &["disk.img", "one VM"],
+        },
+        BadInput {
+            name: "tap-name-too-long",
+            args: String::new(),
+            keywords: &["a-too-long-tap-name"],
+        },
+        BadInput {
+            name: "tap-not-a-tap",
+            args: String::new(),
+            keywords: &["not a TAP"],
         },
     ];
     let mut script = String::from(CASE_SCRIPT_HEAD);

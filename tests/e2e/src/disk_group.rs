@@ -100,15 +100,10 @@ impl Parsed {
             });
             return;
         }
-        let Some(at) = line.find("XPMEM-TEST ") else {
+        let Some((case, verdict, rest)) = crate::net_group::test_line(line) else {
             return;
         };
-        let text = &line[at + "XPMEM-TEST ".len()..];
-        let mut words = text.splitn(3, ' ');
-        let (Some(case), Some(verdict)) = (words.next(), words.next()) else {
-            return;
-        };
-        let rest = words.next().unwrap_or("").to_string();
+        let rest = rest.to_string();
         match verdict {
             "PASS" => self.results.push((case.to_string(), Ok(()))),
             "FAIL" => self.results.push((case.to_string(), Err(rest))),

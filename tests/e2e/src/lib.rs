@@ -27,6 +27,7 @@ pub mod relay;
 pub mod rootdisk_group;
 pub mod scale_group;
 pub mod scenario;
+pub mod tap_group;
 pub mod xpmem_group;
 
 use std::path::PathBuf;

@@ -64,7 +64,7 @@ commands:
                              processes over the test host's loopback, one run; prints a
                              table with guest/host ratios (XPMEM_BENCH_NET_MIB, default 16)
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot xpmem disk rootdisk;
+                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG

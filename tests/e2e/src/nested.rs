@@ -146,6 +146,10 @@ pub struct Payload {
     /// finds drive N at `$XPMEM_DRIVEN` (`/dev/vda`, `/dev/vdb`, ... in L1, the
     /// file itself when direct).
     pub drives: Vec<PathBuf>,
+    /// Modules of the L1 kernel (names as in `modules.dep`, e.g. `tun`)
+    /// that L1's init loads, with their dependencies, before the script
+    /// runs. Ignored when direct (the host has its own).
+    pub modules: Vec<String>,
 }
 
 impl Payload {
@@ -155,6 +159,7 @@ impl Payload {
             files: Vec::new(),
             script: script.into(),
             drives: Vec::new(),
+            modules: Vec::new(),
         }
     }
 
@@ -322,6 +327,11 @@ if [ -f /lib/modules/disk/order ]; then
 		n=$((n + 1))
 	done
 fi
+if [ -f /lib/modules/extra/order ]; then
+	for m in $(cat /lib/modules/extra/order); do
+		insmod /lib/modules/extra/$m || echo "XPMEM-L1 ERROR insmod $m failed"
+	done
+fi
 export XPMEM_HOST=nested
 cd /payload
 sh /payload/run.sh
@@ -356,6 +366,27 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// Adds the L1 kernel's modules `names` with their dependencies under
+/// `lib/modules/<dir>/`, and `order`, the order to load them in.
+fn add_modules(a: &mut Archive, idx: &ModuleIndex, dir: &str, names: &[&str]) -> Result<(), Error> {
+    let mut order = String::new();
+    for m in idx.resolve(names)? {
+        let name = m
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        a.add_file(&format!("lib/modules/{dir}/{name}"), 0o644, read(&m)?)?;
+        order.push_str(&name);
+        order.push('\n');
+    }
+    a.add_file(
+        &format!("lib/modules/{dir}/order"),
+        0o644,
+        order.into_bytes(),
+    )?;
+    Ok(())
+}
+
 /// Builds the L1 initramfs (uncompressed newc) for `payload`.
 pub fn build_l1_initramfs(
     kernel: &Kernel,
@@ -373,29 +404,13 @@ pub fn build_l1_initramfs(
     a.add_file("init", 0o755, L1_INIT.as_bytes().to_vec())?;
     a.add_file("bin/load-kvm", 0o755, L1_LOAD_KVM.as_bytes().to_vec())?;
     let idx = ModuleIndex::load(&kernel.modules_dir)?;
-    let mut order = String::new();
-    for m in idx.resolve(&["kvm-amd"])? {
-        let name = m
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        a.add_file(&format!("lib/modules/kvm/{name}"), 0o644, read(&m)?)?;
-        order.push_str(&name);
-        order.push('\n');
+    add_modules(&mut a, &idx, "kvm", &["kvm-amd"])?;
+    if !payload.modules.is_empty() {
+        let names: Vec<&str> = payload.modules.iter().map(String::as_str).collect();
+        add_modules(&mut a, &idx, "extra", &names)?;
     }
-    a.add_file("lib/modules/kvm/order", 0o644, order.into_bytes())?;
     if !payload.drives.is_empty() {
-        let mut order = String::new();
-        for m in idx.resolve(&["virtio_pci", "virtio_blk"])? {
-            let name = m
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            a.add_file(&format!("lib/modules/disk/{name}"), 0o644, read(&m)?)?;
-            order.push_str(&name);
-            order.push('\n');
-        }
-        a.add_file("lib/modules/disk/order", 0o644, order.into_bytes())?;
+        add_modules(&mut a, &idx, "disk", &["virtio_pci", "virtio_blk"])?;
         let names: Vec<String> = (0..payload.drives.len())
             .map(|i| format!("vd{}", (b'a' + i as u8) as char))
             .collect();

@@ -96,8 +96,42 @@ kill $hb 2>/dev/null
 
 use crate::bench::word_after;
 
+/// The check, verdict and the rest of an `XPMEM-TEST <check> <verdict> [rest]`
+/// line, from a guest's console or the test host's script.
+pub(crate) fn test_line(line: &str) -> Option<(&str, &str, &str)> {
+    let at = line.find("XPMEM-TEST ")?;
+    let mut words = line[at + "XPMEM-TEST ".len()..].splitn(3, ' ');
+    Some((words.next()?, words.next()?, words.next().unwrap_or("")))
+}
+
+/// A `guest/<check>` failed case per FAIL result of a check not in
+/// `expected`, then `monitor-exit` (the monitor's exit code must be 0).
+pub(crate) fn other_failures_and_exit(
+    results: &[(String, Result<(), String>)],
+    expected: &[String],
+    monitor_rc: Option<i32>,
+    r: impl Fn(&str, Status) -> CaseResult,
+) -> Vec<CaseResult> {
+    let mut out = Vec::new();
+    for (check, res) in results {
+        if let Err(why) = res {
+            if !expected.contains(check) {
+                out.push(r(&format!("guest/{check}"), Status::Fail(why.clone())));
+            }
+        }
+    }
+    out.push(r(
+        "monitor-exit",
+        match monitor_rc {
+            Some(0) => Status::Pass,
+            rc => Status::Fail(format!("the monitor ended with {rc:?}")),
+        },
+    ));
+    out
+}
+
 /// `key=value` pairs of a counters line, numbers only.
-fn counters(text: &str) -> HashMap<String, u64> {
+pub(crate) fn counters(text: &str) -> HashMap<String, u64> {
     text.split_whitespace()
         .filter_map(|w| {
             let (k, v) = w.split_once('=')?;
@@ -138,15 +172,10 @@ impl Parsed {
             }
             return;
         }
-        let Some(at) = line.find("XPMEM-TEST ") else {
+        let Some((check, verdict, rest)) = test_line(line) else {
             return;
         };
-        let text = &line[at + "XPMEM-TEST ".len()..];
-        let mut words = text.splitn(3, ' ');
-        let (Some(check), Some(verdict)) = (words.next(), words.next()) else {
-            return;
-        };
-        let rest = words.next().unwrap_or("").to_string();
+        let rest = rest.to_string();
         let sum = || word_after(&rest, "sum ").unwrap_or("").to_string();
         let bytes = || {
             rest.split_whitespace()
@@ -277,19 +306,11 @@ impl Parsed {
         guest(&mut out, "xpmem-tcp/export", "export");
         guest(&mut out, "xpmem-tcp/attach", "attach");
         // A failure line of a check not listed above fails too.
-        for (check, res) in &self.results {
-            if let Err(why) = res {
-                if !expected.contains(check) {
-                    out.push(r(&format!("guest/{check}"), Status::Fail(why.clone())));
-                }
-            }
-        }
-        out.push(r(
-            "monitor-exit",
-            match self.monitor_rc {
-                Some(0) => Status::Pass,
-                rc => Status::Fail(format!("the monitor ended with {rc:?}")),
-            },
+        out.extend(other_failures_and_exit(
+            &self.results,
+            &expected,
+            self.monitor_rc,
+            r,
         ));
         out
     }

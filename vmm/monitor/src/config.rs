@@ -29,6 +29,14 @@
 //!                              # switch (the default: every VM has one, MAC derived
 //!                              # from the name, MTU of the switch, IPv4 link-local
 //!                              # address from the VM's index); net = false: none
+//! # net = { tap = "xtap0", mac = "02:00:00:00:00:0b", mtu = 1500, ip = "169.254.100.2" }
+//!                              # instead: this VM's device on the host's TAP interface
+//!                              # xtap0 (not on the switch): an existing persistent TAP
+//!                              # (`ip tuntap add dev xtap0 mode tap user $USER`) or, with
+//!                              # CAP_NET_ADMIN, one the monitor creates for its lifetime;
+//!                              # the host side gives it an address and brings it up.
+//!                              # mtu: 68..=65535, default 1500; one TAP per VM; the VM
+//!                              # gets no host names (it cannot reach the switch's VMs)
 //!
 //! [switch]                     # optional: the VM-to-VM Ethernet switch
 //! mtu = 1500                   # largest payload (68..=65535); frames up to mtu + 14
@@ -227,11 +235,14 @@ pub enum NetSpec {
     Device(NetDeviceSpec),
 }
 
-/// `net = { mac = "02:..", mtu = 1500, ip = "169.254.7.1" }`: all optional.
+/// `net = { mac = "02:..", mtu = 1500, ip = "169.254.7.1", tap = "xtap0" }`:
+/// all optional.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetDeviceSpec {
     pub mac: Option<String>,
+    /// A host TAP interface instead of the setup's switch.
+    pub tap: Option<String>,
     pub mtu: Option<u64>,
     /// IPv4 link-local address the guest's init gives eth0 (default: from
     /// the VM's index, [`link_local_ipv4`]).
@@ -245,6 +256,15 @@ pub struct NetConfig {
     pub mtu: u16,
     /// The guest's IPv4 link-local address (`xpmem.ip=` on its command line).
     pub ip: Ipv4Addr,
+    /// The host TAP interface the device is on; `None`: the setup's switch.
+    pub tap: Option<virtio_net_device::TapName>,
+}
+
+impl NetConfig {
+    /// Whether the device is on the setup's switch (not on a TAP).
+    pub fn on_switch(&self) -> bool {
+        self.tap.is_none()
+    }
 }
 
 /// A validated switch: its MTU, and where it listens if the monitor does
@@ -523,11 +543,17 @@ impl VmSpec {
             vm: vm.to_string(),
             reason,
         };
-        let (mac, mtu, ip) = match &self.net {
+        let (mac, mtu, ip, tap) = match &self.net {
             Some(NetSpec::Enabled(false)) => return Ok(None),
-            None | Some(NetSpec::Enabled(true)) => (None, None, None),
-            Some(NetSpec::Device(d)) => (d.mac.as_deref(), d.mtu, d.ip.as_deref()),
+            None | Some(NetSpec::Enabled(true)) => (None, None, None, None),
+            Some(NetSpec::Device(d)) => {
+                (d.mac.as_deref(), d.mtu, d.ip.as_deref(), d.tap.as_deref())
+            }
         };
+        let tap = tap
+            .map(virtio_net_device::TapName::new)
+            .transpose()
+            .map_err(|e| bad(format!("tap: {e}")))?;
         let ip = match ip {
             None => link_local_ipv4(index).ok_or_else(|| {
                 bad(format!(
@@ -558,9 +584,10 @@ impl VmSpec {
                 mac
             }
         };
-        let mtu = match mtu {
-            None => switch_mtu,
-            Some(m) => match u16::try_from(m) {
+        let mtu = match (mtu, tap) {
+            (None, None) => switch_mtu,
+            (None, Some(_)) => DEFAULT_MTU,
+            (Some(m), None) => match u16::try_from(m) {
                 Ok(m) if (68..=switch_mtu).contains(&m) => m,
                 _ => {
                     return Err(bad(format!(
@@ -568,8 +595,16 @@ impl VmSpec {
                     )))
                 }
             },
+            (Some(m), Some(_)) => match u16::try_from(m) {
+                Ok(m) if m >= 68 => m,
+                _ => {
+                    return Err(bad(format!(
+                    "mtu {m} must be between 68 and 65535 (the TAP's MTU on the host should match)"
+                )))
+                }
+            },
         };
-        Ok(Some(NetConfig { mac, mtu, ip }))
+        Ok(Some(NetConfig { mac, mtu, ip, tap }))
     }
 
     /// Validates one VM; relative paths are resolved against `base_dir`.
@@ -819,6 +854,19 @@ impl Config {
                 }
             }
         }
+        let mut taps: HashMap<virtio_net_device::TapName, &str> = HashMap::new();
+        for vm in &vms {
+            if let Some(tap) = vm.net.and_then(|n| n.tap) {
+                if let Some(other) = taps.insert(tap, &vm.name) {
+                    return Err(ConfigError::BadNet {
+                        vm: vm.name.clone(),
+                        reason: format!(
+                            "tap {tap} is VM {other}'s too; a TAP interface serves one VM: give each its own"
+                        ),
+                    });
+                }
+            }
+        }
         let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
         for vm in &vms {
             if let Some(net) = &vm.net {
@@ -837,7 +885,7 @@ impl Config {
         if let Some(hosts) = Self::hosts_param(&vms) {
             let longest = vms
                 .iter()
-                .filter(|v| v.net.is_some())
+                .filter(|v| v.net.is_some_and(|n| n.on_switch()))
                 .map(|v| (v.cmdline_len_without_hosts(), v.name.as_str()))
                 .max();
             let extra = " xpmem.hosts=".len() + hosts.len();
@@ -847,16 +895,19 @@ impl Config {
                     len + extra
                 )),
                 _ => {
-                    for vm in vms.iter_mut().filter(|v| v.net.is_some()) {
+                    for vm in vms.iter_mut().filter(|v| v.net.is_some_and(|n| n.on_switch())) {
                         vm.hosts = Some(hosts.clone());
                     }
                 }
             }
         }
-        let switch = vms.iter().any(|v| v.net.is_some()).then(|| SwitchSetup {
-            mtu: switch_mtu,
-            socket: switch.socket.as_ref().map(|p| base_dir.join(p)),
-        });
+        let switch = vms
+            .iter()
+            .any(|v| v.net.is_some_and(|n| n.on_switch()))
+            .then(|| SwitchSetup {
+                mtu: switch_mtu,
+                socket: switch.socket.as_ref().map(|p| base_dir.join(p)),
+            });
         for vm in &vms {
             for (other, _) in vm.import_from.iter().flatten() {
                 if !seen.contains(other) {
@@ -908,12 +959,12 @@ impl Config {
     /// The `xpmem.hosts=` value: one entry per VM of the setup in config
     /// order, separated by commas; an entry is the VM's name, followed by
     /// `:C.D` when its address is 169.254.C.D but not the one of its index
-    /// ([`link_local_ipv4`]); a VM without a network device has an empty
-    /// entry (so positions stay indexes). `None` when no VM has a network
-    /// device. Example: `a,b,,d:7.1` (a is 169.254.1.1, b 169.254.1.2, the
+    /// ([`link_local_ipv4`]); a VM without a network device, or with its
+    /// device on a TAP, has an empty entry (so positions stay indexes).
+    /// `None` when no VM is on the switch. Example: `a,b,,d:7.1` (a is 169.254.1.1, b 169.254.1.2, the
     /// third VM has no network device, d is 169.254.7.1).
     pub fn hosts_param(vms: &[VmConfig]) -> Option<String> {
-        if vms.iter().all(|v| v.net.is_none()) {
+        if !vms.iter().any(|v| v.net.is_some_and(|n| n.on_switch())) {
             return None;
         }
         let entries: Vec<String> = vms
@@ -921,6 +972,7 @@ impl Config {
             .enumerate()
             .map(|(i, vm)| match &vm.net {
                 None => String::new(),
+                Some(net) if !net.on_switch() => String::new(),
                 Some(net) if link_local_ipv4(i) == Some(net.ip) => vm.name.clone(),
                 Some(net) => {
                     let [_, _, c, d] = net.ip.octets();
@@ -1600,6 +1652,70 @@ mod tests {
         for e in [
             err(vm("a", "net = { mac = \"02:00:00:00:00\" }")),
             err(format!("[switch]\nmtu = 70000\n{}", vm("a", ""))),
+        ] {
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn a_vm_on_a_tap_is_not_on_the_switch_and_gets_no_host_names() {
+        let text = format!(
+            "{}{}{}",
+            vm("a", ""),
+            vm(
+                "t",
+                "net = { tap = \"xtap0\", ip = \"169.254.100.2\", mtu = 9000 }"
+            ),
+            vm("b", "")
+        );
+        let c = parse(&text).unwrap();
+        let t = c.vms[1].net.unwrap();
+        assert_eq!(t.tap.map(|n| n.to_string()).as_deref(), Some("xtap0"));
+        assert_eq!((t.mtu, t.ip.to_string().as_str()), (9000, "169.254.100.2"));
+        assert!(!t.on_switch() && c.vms[0].net.unwrap().on_switch());
+        assert_eq!(c.vms[0].hosts.as_deref(), Some("a,,b"));
+        assert_eq!(c.vms[1].hosts, None);
+        assert!(c.vms[1]
+            .kernel_cmdline()
+            .contains("xpmem.ip=169.254.100.2/16"));
+        assert!(c.switch.is_some());
+        // Only TAP VMs: no switch, no host names; the MTU defaults to 1500.
+        let c = parse(&vm("t", "net = { tap = \"xtap0\" }")).unwrap();
+        assert_eq!((c.switch.clone(), c.vms[0].hosts.clone()), (None, None));
+        assert_eq!(c.vms[0].net.unwrap().mtu, DEFAULT_MTU);
+    }
+
+    #[test]
+    fn bad_tap_settings_are_one_clear_line() {
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        let e = err(vm("a", "net = { tap = \"abcdefghijklmnop\" }"));
+        assert!(
+            e.contains(
+                "VM a: net: tap: TAP name \"abcdefghijklmnop\" is empty or longer than 15 bytes"
+            ),
+            "{e}"
+        );
+        let e = err(vm("a", "net = { tap = \"tap%d\" }"));
+        assert!(
+            e.contains("characters an interface name cannot have"),
+            "{e}"
+        );
+        let e = err(vm("a", "net = { tap = \"\" }"));
+        assert!(e.contains("is empty or longer"), "{e}");
+        let e = err(vm("a", "net = { tap = \"x\", mtu = 67 }"));
+        assert!(e.contains("mtu 67 must be between 68 and 65535"), "{e}");
+        let e = err(format!(
+            "{}{}",
+            vm("a", "net = { tap = \"xtap0\" }"),
+            vm("b", "net = { tap = \"xtap0\" }")
+        ));
+        assert!(
+            e.contains("VM b: net: tap xtap0 is VM a's too; a TAP interface serves one VM"),
+            "{e}"
+        );
+        for e in [
+            err(vm("a", "net = { tap = \"a b\" }")),
+            err(vm("a", "net = { tap = 5 }")),
         ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }

@@ -138,6 +138,9 @@ fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
         ),
         None => eprintln!("xpmem-vmm: VM {name}: xpmem objects the guest left: none (its device is not active: never started by the driver, or reset)"),
     }
+    for line in vm.device_reports() {
+        eprintln!("xpmem-vmm: VM {name}: {line}");
+    }
 }
 
 /// Builds all VMs (so bad input fails before any guest runs), starts them,
@@ -308,7 +311,7 @@ fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
     let names: Vec<&str> = config
         .vms
         .iter()
-        .filter(|v| v.net.is_some())
+        .filter(|v| v.net.is_some_and(|n| n.on_switch()))
         .map(|v| v.name.as_str())
         .collect();
     for line in report.lines() {

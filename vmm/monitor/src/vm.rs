@@ -205,12 +205,22 @@ impl Vm {
         );
         // The network device last, so the disks keep their slots.
         if let Some(net) = &cfg.net {
-            let path = shared.switch_socket.as_deref().ok_or_else(|| {
-                VmError::Net("no switch socket; the monitor starts the switch first".into())
-            })?;
-            let port = virtio_net_device::SwitchPort::connect(path)
-                .map_err(|e| VmError::Net(e.to_string()))?;
-            let device = virtio_net_device::Net::new(Box::new(port), net.mac, net.mtu)
+            let backend: Box<dyn virtio_net_device::NetBackend> = match &net.tap {
+                Some(tap) => Box::new(
+                    virtio_net_device::TapBackend::open(tap)
+                        .map_err(|e| VmError::Net(e.to_string()))?,
+                ),
+                None => {
+                    let path = shared.switch_socket.as_deref().ok_or_else(|| {
+                        VmError::Net("no switch socket; the monitor starts the switch first".into())
+                    })?;
+                    Box::new(
+                        virtio_net_device::SwitchPort::connect(path)
+                            .map_err(|e| VmError::Net(e.to_string()))?,
+                    )
+                }
+            };
+            let device = virtio_net_device::Net::new(backend, net.mac, net.mtu)
                 .map_err(|e| VmError::Net(e.to_string()))?;
             devices.push(("net", Box::new(device)));
         }
@@ -292,6 +302,7 @@ impl Vm {
             started,
             xpmem: self.xpmem.clone(),
             held_at_exit: None,
+            device_reports: Vec::new(),
             vm: None,
         };
         running.event_thread = Some(
@@ -705,6 +716,8 @@ pub struct RunningVm {
     xpmem: (Arc<XpmemHub>, VmId),
     /// What the guest still held in the xpmem domain when it stopped.
     held_at_exit: Option<VmHoldings>,
+    /// The devices' counters when it stopped ([`VirtioDevice::exit_report`]).
+    device_reports: Vec<String>,
     /// Kept alive until every thread has stopped.
     vm: Option<Vm>,
 }
@@ -721,6 +734,11 @@ impl RunningVm {
     /// [`RunningVm::stop`]).
     pub fn xpmem_held_at_exit(&self) -> Option<VmHoldings> {
         self.held_at_exit
+    }
+
+    /// The devices' counters, one line each (set by [`RunningVm::stop`]).
+    pub fn device_reports(&self) -> &[String] {
+        &self.device_reports
     }
 
     /// Readable when the VM asks to end.
@@ -759,6 +777,13 @@ impl RunningVm {
         if self.vm.is_some() {
             let (hub, id) = &self.xpmem;
             self.held_at_exit = hub.vm_holdings(*id);
+        }
+        if let Some(vm) = &self.vm {
+            self.device_reports = vm
+                ._transports
+                .iter()
+                .filter_map(|t| lock(t).device().exit_report())
+                .collect();
         }
         self.vm = None;
         let reason = self

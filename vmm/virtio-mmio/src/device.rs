@@ -115,6 +115,11 @@ pub trait VirtioDevice: Send {
     /// move what can be moved without blocking. Called whether or not the
     /// driver has activated the device.
     fn process_backend(&mut self) {}
+    /// One line of counters for the monitor to print when the VM has
+    /// stopped (none by default).
+    fn exit_report(&self) -> Option<String> {
+        None
+    }
     /// The driver reset the device (status written as 0). The device drops
     /// its queues and returns to its initial state, releasing everything it
     /// holds on behalf of the driver.

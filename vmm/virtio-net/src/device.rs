@@ -256,7 +256,7 @@ impl Net {
             return;
         }
         warn!(
-            "virtio-net {}: the switch closed the connection; link down",
+            "virtio-net {}: the backend (switch connection or TAP) is gone; link down",
             self.mac
         );
         self.backend_open = false;
@@ -399,7 +399,7 @@ impl Net {
                 Ok(Recv::Closed) => self.backend_gone(),
                 Err(e) => {
                     warn!(
-                        "virtio-net {}: receive from the switch failed: {e}; link down",
+                        "virtio-net {}: receive from the backend failed: {e}; link down",
                         self.mac
                     );
                     self.backend_gone();
@@ -704,6 +704,10 @@ impl VirtioDevice for Net {
 
     fn backend_wants_write(&self) -> bool {
         self.tx_stalled.is_some()
+    }
+
+    fn exit_report(&self) -> Option<String> {
+        Some(format!("virtio-net {}: {}", self.mac, self.stats))
     }
 
     fn process_backend(&mut self) {

@@ -11,6 +11,7 @@
 //!
 //! Frames leave and arrive through a [`NetBackend`]; [`SwitchPort`] is one
 //! `SOCK_SEQPACKET` connection to the setup's [`net_switch`]. The backend's
+//! [`TapBackend`] is a TAP interface on the host (per VM, optional). The
 //! descriptor is polled by the VM's event thread
 //! ([`VirtioDevice::backend_fd`](virtio_mmio_transport::VirtioDevice::backend_fd)),
 //! which calls `process_backend` when it is ready.
@@ -34,6 +35,7 @@ mod backend;
 mod device;
 #[doc(hidden)]
 pub mod fuzzing;
+mod tap;
 
 pub use backend::{NetBackend, SwitchPort};
 pub use device::{
@@ -42,6 +44,7 @@ pub use device::{
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 pub use net_switch::Mac;
+pub use tap::{TapBackend, TapError, TapName, MAX_TAP_NAME, TUN_DEVICE};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code

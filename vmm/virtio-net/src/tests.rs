@@ -55,7 +55,26 @@ impl Rig {
 
     fn with_mtu(features: u64, mtu: u16) -> Self {
         let (ours, peer) = FrameSocket::pair().unwrap();
-        let mut dev = Net::new(Box::new(SwitchPort::from_socket(ours)), mac(1), mtu).unwrap();
+        Self::with_backend(features, mtu, Box::new(SwitchPort::from_socket(ours)), peer)
+    }
+
+    /// A device on a [`TapBackend`] whose descriptor is one end of a
+    /// `SOCK_SEQPACKET` pair (one frame per read and write, like a TAP queue).
+    fn on_tap(features: u64, mtu: u16) -> Self {
+        use std::os::fd::AsFd;
+        let (ours, peer) = FrameSocket::pair().unwrap();
+        let fd = ours.as_fd().try_clone_to_owned().unwrap();
+        drop(ours);
+        Self::with_backend(features, mtu, Box::new(TapBackend::from_fd(fd, "t0")), peer)
+    }
+
+    fn with_backend(
+        features: u64,
+        mtu: u16,
+        backend: Box<dyn NetBackend>,
+        peer: FrameSocket,
+    ) -> Self {
+        let mut dev = Net::new(backend, mac(1), mtu).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).unwrap();
         let rx = SplitRing::new(RX_RING, QSIZE);
         let tx = SplitRing::new(TX_RING, QSIZE);
@@ -433,4 +452,155 @@ fn when_the_switch_goes_away_the_link_goes_down() {
         .lock()
         .unwrap()
         .contains(&InterruptReason::ConfigChange));
+}
+
+#[test]
+fn tap_names_are_checked_before_anything_is_opened() {
+    for good in ["xtap0", "a", "tap-1.x_y", "abcdefghijklmno"] {
+        assert_eq!(TapName::new(good).unwrap().as_str(), good);
+    }
+    for long in ["", "abcdefghijklmnop"] {
+        let e = TapName::new(long).unwrap_err().to_string();
+        assert!(e.contains("longer than 15 bytes"), "{e}");
+    }
+    for bad in [
+        ".",
+        "..",
+        "tap%d",
+        "a/b",
+        "a b",
+        "eth0:1",
+        "tap\u{e9}",
+        "a\0b",
+    ] {
+        let e = TapName::new(bad).unwrap_err().to_string();
+        assert!(e.contains("letters, digits"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn frames_go_through_a_tap_backend_both_ways() {
+    let mut rig = Rig::on_tap(0, 1500);
+    rig.post_tx(0, &[(BUFS, with_hdr(&frame(60, 3)), 0)]);
+    rig.dev.queue_notify(1);
+    assert_eq!(rig.peer_frames(), vec![frame(60, 3)]);
+    rig.post_rx(0, 2, 2000);
+    rig.peer.send(&frame(1514, 4)).unwrap();
+    rig.dev.process_backend();
+    assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 1526)]);
+    assert_eq!(rig.rx_buf(0, 1526)[HDR_LEN..], frame(1514, 4)[..]);
+    let s = rig.dev.stats();
+    assert_eq!((s.tx_frames, s.rx_frames), (1, 1));
+}
+
+#[test]
+fn over_mtu_frames_on_a_tap_are_dropped_and_counted_both_ways() {
+    let mut rig = Rig::on_tap(0, 1000);
+    // Guest side: MTU + 14 passes, one byte more is refused.
+    rig.post_tx(0, &[(BUFS, with_hdr(&frame(1015, 1)), 0)]);
+    rig.post_tx(1, &[(BUFS + 0x1000, with_hdr(&frame(1014, 2)), 0)]);
+    rig.dev.queue_notify(1);
+    assert_eq!(rig.peer_frames(), vec![frame(1014, 2)]);
+    assert_eq!(rig.dev.stats().tx_bad_chains, 1);
+    // Host side: the same bound, and a frame far over it (cut by the read).
+    rig.post_rx(0, 4, 2000);
+    rig.peer.send(&frame(1015, 3)).unwrap();
+    rig.peer.send(&frame(9014, 4)).unwrap();
+    rig.peer.send(&frame(1014, 5)).unwrap();
+    rig.dev.process_backend();
+    assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 1026)]);
+    assert_eq!(rig.rx_buf(0, 1026)[HDR_LEN + 14], 5);
+    assert_eq!(rig.dev.stats().rx_dropped_malformed, 2);
+}
+
+#[test]
+fn when_the_tap_goes_away_the_link_goes_down() {
+    let Rig { mut dev, peer, .. } = Rig::on_tap(0, 1500);
+    drop(peer);
+    dev.process_backend();
+    assert_eq!(dev.backend_fd(), None);
+}
+
+/// Skips with a line saying why, or panics when `XPMEM_REQUIRE_KVM=1` (CI,
+/// where privileged tests must run).
+fn skip(test: &str, reason: &str) {
+    if std::env::var("XPMEM_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("XPMEM_REQUIRE_KVM=1 but {test} cannot run: {reason}");
+    }
+    eprintln!("SKIPPED: {test} because {reason} (set XPMEM_REQUIRE_KVM=1 to fail instead)");
+}
+
+fn ifflags_up(name: &str) -> std::io::Result<()> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `s` was just opened and is owned here only.
+    let s = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
+    // SAFETY: ifreq is plain old data; all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCSIFFLAGS reads one ifreq, which `req` is.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Received packets of interface `name` in this thread's network namespace.
+fn rx_packets(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{name}:")))
+        .unwrap();
+    let fields: Vec<&str> = line.split(':').nth(1).unwrap().split_whitespace().collect();
+    fields[1].parse().unwrap()
+}
+
+#[test]
+fn a_real_tap_in_a_private_network_namespace() {
+    const TEST: &str = "a_real_tap_in_a_private_network_namespace";
+    // unshare(CLONE_NEWNET) changes only the calling thread: do it on a thread
+    // of its own, whose namespace (and TAP) go away when it ends.
+    let outcome = std::thread::spawn(|| -> Result<(), String> {
+        // SAFETY: unshare only changes this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "it cannot create a network namespace ({}); it needs CAP_NET_ADMIN",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let name = TapName::new("xtap-unit0").unwrap();
+        let mut tap = match TapBackend::open(&name) {
+            Err(TapError::NoTunDevice(e)) => return Err(format!("{TUN_DEVICE} is missing ({e})")),
+            r => r.unwrap(),
+        };
+        assert_eq!(tap.name(), "xtap-unit0");
+        let again = TapBackend::open(&name).unwrap_err();
+        assert!(matches!(again, TapError::Busy(_)), "{again}");
+        let lo = TapBackend::open(&TapName::new("lo").unwrap()).unwrap_err();
+        assert!(matches!(lo, TapError::NotTap(_)), "{lo}");
+        ifflags_up("xtap-unit0").unwrap();
+        let before = rx_packets("xtap-unit0");
+        let mut f = frame(60, 1);
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        assert_eq!(tap.send(&f).unwrap(), net_switch::socket::Send::Sent);
+        assert_eq!(rx_packets("xtap-unit0"), before + 1);
+        let mut buf = [0u8; 100];
+        // Nothing may block: an empty queue reads as Empty or a frame the
+        // kernel sent on its own (IPv6 after link up).
+        let _ = tap.recv(&mut buf).unwrap();
+        Ok(())
+    })
+    .join()
+    .unwrap();
+    if let Err(reason) = outcome {
+        skip(TEST, &reason);
+    }
 }
