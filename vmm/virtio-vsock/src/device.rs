@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{debug, warn};
 use virtio_mmio_transport::chain::{self, ChainError, WritableChain};
@@ -71,6 +71,46 @@ pub struct VsockStats {
     pub replies_dropped: u64,
 }
 
+/// What the device last published: counters and holdings (the monitor
+/// prints it when the VM ends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VsockReport {
+    pub stats: VsockStats,
+    pub conns: ConnStats,
+    pub held: Held,
+    pub open_streams: usize,
+}
+
+impl std::fmt::Display for VsockReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, c, h) = (&self.stats, &self.conns, &self.held);
+        write!(
+            f,
+            "held conns={} to_host_bytes={} to_guest_bytes={} replies={} streams={}; \
+             total tx_packets={} tx_bad={} rx_packets={} rx_bad_chains={} to_guests={} refused={} \
+             conns_opened={} conns_refused={} bytes_to_host={} bytes_to_guest={} \
+             credit_violations={} protocol_errors={}",
+            h.conns,
+            h.to_host_bytes,
+            h.to_guest_bytes,
+            h.replies,
+            self.open_streams,
+            s.tx_packets,
+            s.tx_bad,
+            s.rx_packets,
+            s.rx_bad_chains,
+            s.to_guests,
+            s.refused,
+            c.conns_opened,
+            c.conns_refused,
+            c.bytes_to_host,
+            c.bytes_to_guest,
+            c.credit_violations,
+            c.protocol_errors
+        )
+    }
+}
+
 struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
@@ -91,6 +131,7 @@ pub struct Vsock {
     buf: Vec<u8>,
     stats: VsockStats,
     guest_warnings: u64,
+    report: Arc<Mutex<VsockReport>>,
 }
 
 impl Vsock {
@@ -111,6 +152,7 @@ impl Vsock {
             buf: vec![0u8; HDR_LEN + MAX_PKT_DATA],
             stats: VsockStats::default(),
             guest_warnings: 0,
+            report: Arc::default(),
         })
     }
 
@@ -132,6 +174,22 @@ impl Vsock {
         let mut h = self.conns.held();
         h.replies += self.replies.len();
         (h, self.host.open_streams())
+    }
+
+    /// A handle on the report the device publishes after every round.
+    pub fn report_handle(&self) -> Arc<Mutex<VsockReport>> {
+        self.report.clone()
+    }
+
+    fn publish(&self) {
+        let (held, open_streams) = self.held();
+        let r = VsockReport {
+            stats: self.stats,
+            conns: self.conns.stats(),
+            held,
+            open_streams,
+        };
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
     pub fn is_active(&self) -> bool {
@@ -333,6 +391,7 @@ impl Vsock {
             }
         }
         self.host.update_interest(&self.conns);
+        self.publish();
     }
 }
 
@@ -481,5 +540,6 @@ impl VirtioDevice for Vsock {
         if let Some(r) = &self.router {
             r.reset();
         }
+        self.publish();
     }
 }

@@ -43,7 +43,9 @@ pub mod router;
 
 pub use backend::{BackendError, HostSide};
 pub use conn::{ConnStats, Held, HostConns};
-pub use device::{Vsock, VsockError, VsockStats, CONFIG_LEN, QUEUE_SIZE, VIRTIO_ID_VSOCK};
+pub use device::{
+    Vsock, VsockError, VsockReport, VsockStats, CONFIG_LEN, QUEUE_SIZE, VIRTIO_ID_VSOCK,
+};
 pub use router::{LocalRouter, RouterPort};
 
 #[cfg(test)]

@@ -52,6 +52,26 @@ pub struct RouterStats {
     pub refused: u64,
     pub credit_violations: u64,
     pub control_dropped: u64,
+    /// Connections and waiting packets of guests that left (their VM
+    /// ended) while open: 0 when every guest closed its sockets first.
+    pub left_conns: u64,
+    pub left_packets: u64,
+}
+
+impl std::fmt::Display for RouterStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forwarded={} bytes={} refused={} credit_violations={} control_dropped={} left_conns={} left_packets={}",
+            self.forwarded,
+            self.bytes,
+            self.refused,
+            self.credit_violations,
+            self.control_dropped,
+            self.left_conns,
+            self.left_packets
+        )
+    }
 }
 
 /// Both ends of a connection, lower (cid, port) first.
@@ -267,6 +287,12 @@ impl Router {
 
     /// `cid` leaves the setup (its VM ended).
     pub fn remove(&mut self, cid: u64) -> Vec<u64> {
+        self.stats.left_conns += self
+            .conns
+            .keys()
+            .filter(|(a, b)| a.0 == cid || b.0 == cid)
+            .count() as u64;
+        self.stats.left_packets += self.inboxes.get(&cid).map_or(0, |i| i.packets.len() as u64);
         let woken = self.reset(cid);
         self.inboxes.remove(&cid);
         woken
