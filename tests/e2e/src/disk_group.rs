@@ -9,7 +9,7 @@
 //!   reads back as written (the sums agree), and its second disk (`/dev/vdb`,
 //!   serial `ro`, `read_only = true`) is read-only in the guest: reads work, a
 //!   write fails. The read-only image's SHA-256 is the same before and after.
-use crate::cases::{CaseResult, Env, Error, Status};
+use crate::cases::{test_line, word_after, CaseResult, Env, Error, Status};
 use crate::nested::{self, Payload};
 
 const G: &str = "disk";
@@ -79,11 +79,6 @@ pub struct Parsed {
     notes: Vec<String>,
 }
 
-/// The word after `key` in `text`.
-fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.split(key).nth(1)?.split_whitespace().next()
-}
-
 impl Parsed {
     pub fn feed(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("XPMEM-CASE-END ") {
@@ -103,15 +98,10 @@ impl Parsed {
             });
             return;
         }
-        let Some(at) = line.find("XPMEM-TEST ") else {
+        let Some((case, verdict, rest)) = test_line(line) else {
             return;
         };
-        let text = &line[at + "XPMEM-TEST ".len()..];
-        let mut words = text.splitn(3, ' ');
-        let (Some(case), Some(verdict)) = (words.next(), words.next()) else {
-            return;
-        };
-        let rest = words.next().unwrap_or("").to_string();
+        let rest = rest.to_string();
         match verdict {
             "PASS" => self.results.push((case.to_string(), Ok(()))),
             "FAIL" => self.results.push((case.to_string(), Err(rest))),

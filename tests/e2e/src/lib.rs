@@ -24,6 +24,8 @@ pub mod process;
 pub mod relay;
 pub mod rootdisk_group;
 pub mod scenario;
+pub mod vsock_group;
+pub mod vsock_host;
 pub mod xpmem_group;
 
 use std::path::PathBuf;

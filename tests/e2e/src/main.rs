@@ -31,7 +31,8 @@ commands:
       --quiet                do not echo the console (only the result)
   guest-image [options]      build (or reuse) a guest initramfs; prints its path
       --module NAME          a guest-kernel module to load (repeatable; default:
-                             virtio_ring virtio virtio_mmio virtio_rng virtio_net)
+                             virtio_ring virtio virtio_mmio virtio_rng virtio_net
+                             vmw_vsock_virtio_transport)
       --extra-module FILE    a .ko to load after them (e.g. xpmem.ko; repeatable)
       --extra-dir DIR        copy DIR's contents to the image root (repeatable)
       --run CMD              default command run after the banner
@@ -53,8 +54,12 @@ commands:
                              virtio-blk benchmark: sequential MiB/s and 4 KiB random-read
                              IOPS in a guest and on the test host against the same
                              image file, one run; prints a table with guest/host ratios
+  vsock-host echo|recv --socket PATH --port P --bytes N [--timeout S]
+                             host side of the vsock group (on the test host): echo
+                             streams the pattern through a guest's echo server on
+                             PATH (CONNECT P); recv listens at PATH_P for a guest
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot xpmem disk rootdisk;
+                             run end-to-end groups (default: errors boot xpmem disk rootdisk net vsock;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
@@ -590,6 +595,14 @@ fn real_main() -> Result<ExitCode, CliError> {
         Some("demo") => cmd_demo(&mut args),
         Some("test") => cmd_test(&mut args),
         Some("bench-disk") => cmd_bench_disk(&mut args),
+        Some("vsock-host") => {
+            let rest: Vec<String> = std::iter::from_fn(|| args.next()).collect();
+            Ok(match xpmem_e2e::vsock_host::main(&rest) {
+                0 => ExitCode::SUCCESS,
+                2 => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            })
+        }
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
