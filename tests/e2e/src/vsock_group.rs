@@ -19,8 +19,8 @@
 //!   guest-to-guest state of VMs that ended with it open) and no credit
 //!   violation.
 //!
-//! Size: `XPMEM_VSOCK_MIB` MiB per transfer, default [`VSOCK_MIB`]; see
-//! its doc for the measured rate.
+//! Size: `XPMEM_VSOCK_MIB` MiB per transfer, default [`VSOCK_MIB`] (64, as
+//! the issue asks; its doc has the rates measured on the nested host).
 //! Scripts: `guest-driver/tools/image/scenario/vsock-{a,b}.sh`.
 
 use std::collections::HashMap;
@@ -30,7 +30,11 @@ use crate::nested;
 
 const G: &str = "vsock";
 
-/// Size of each transfer in MiB unless `XPMEM_VSOCK_MIB` says otherwise.
+/// Size of each transfer in MiB unless `XPMEM_VSOCK_MIB` says otherwise:
+/// the issue's 64 MiB. On the nested host (2026-12-06) the echo took 48.7 s
+/// (1.3 MiB/s each way; host to guest goes in the guest's 4 KiB receive
+/// buffers), a to the host 15.0 s (4.3 MiB/s), a to b 15.5 s (4.1 MiB/s,
+/// against 0.8 MiB/s over TCP between guests); the group 141 s in all.
 pub const VSOCK_MIB: u64 = 64;
 
 /// Bytes of each transfer: `XPMEM_VSOCK_MIB` MiB, default [`VSOCK_MIB`].
