@@ -481,6 +481,26 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
                 )
             ),
         ),
+        ("vsock-reserved-cid", ok("vsock = { cid = 2 }")),
+        (
+            "vsock-duplicate-cid",
+            format!(
+                "{}{}",
+                ok("vsock = { cid = 5 }"),
+                vm_toml(
+                    "b",
+                    1,
+                    "256",
+                    "../vmlinuz",
+                    "../guest.cpio.gz",
+                    "vsock = { cid = 5 }"
+                )
+            ),
+        ),
+        (
+            "vsock-socket-not-socket",
+            ok("vsock = { socket = \"../disk.img\" }"),
+        ),
     ];
     for (name, text) in &configs {
         payload.data(format!("cases/{name}.toml"), text.clone(), 0o644);
@@ -555,6 +575,21 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
             name: "disk-directory",
             args: String::new(),
             keywords: &["imgdir", "directory"],
+        },
+        BadInput {
+            name: "vsock-reserved-cid",
+            args: String::new(),
+            keywords: &["cid 2", "reserved"],
+        },
+        BadInput {
+            name: "vsock-duplicate-cid",
+            args: String::new(),
+            keywords: &["CID 5", "vsock.cid"],
+        },
+        BadInput {
+            name: "vsock-socket-not-socket",
+            args: String::new(),
+            keywords: &["disk.img", "not a socket"],
         },
         BadInput {
             name: "disk-read-only-file",

@@ -482,6 +482,26 @@ impl Rig {
         }
         panic!("the packet never came; got {all:?}");
     }
+
+    /// A host program connects to the device's socket at `path` and asks
+    /// for port 52; the guest accepts with `buf_alloc`. Returns the host's
+    /// stream (past the `OK` line) and the guest's RESPONSE header.
+    fn host_connect(&mut self, path: &std::path::Path, buf_alloc: u32) -> (UnixStream, Header) {
+        let mut host = UnixStream::connect(path).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        let got = self.recv_until(|p| p.hdr.op == Op::Request);
+        let req = got.iter().find(|p| p.hdr.op == Op::Request).unwrap().hdr;
+        assert_eq!((req.dst_port, req.dst_cid), (52, GUEST));
+        let mut resp = req.reply(Op::Response);
+        resp.buf_alloc = buf_alloc;
+        self.send(resp, &[]);
+        self.dev.process_backend();
+        let want = format!("OK {}\n", req.src_port);
+        let mut line = vec![0u8; want.len()];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(line, want.as_bytes());
+        (host, resp)
+    }
 }
 
 #[test]
@@ -489,19 +509,8 @@ fn host_connects_over_the_unix_socket_and_data_flows_both_ways() {
     let dir = tmp("host");
     let path = dir.join("v.sock");
     let mut rig = Rig::new(GUEST, HostSide::listen(&path, None).unwrap(), None);
-    let mut host = UnixStream::connect(&path).unwrap();
-    host.write_all(b"CONNECT 52\n").unwrap();
-    let got = rig.recv_until(|p| p.hdr.op == Op::Request);
-    let req = got.iter().find(|p| p.hdr.op == Op::Request).unwrap().hdr;
-    assert_eq!((req.dst_port, req.dst_cid), (52, GUEST));
-    let mut resp = req.reply(Op::Response);
-    resp.buf_alloc = 1 << 20;
-    rig.send(resp, &[]);
-    rig.dev.process_backend();
+    let (mut host, resp) = rig.host_connect(&path, 1 << 20);
     let mut line = [0u8; 64];
-    let want = format!("OK {}\n", req.src_port);
-    host.read_exact(&mut line[..want.len()]).unwrap();
-    assert_eq!(&line[..want.len()], want.as_bytes());
     // 1 MiB host -> guest with a checksum, in 4 KiB receive buffers.
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     let writer = {
@@ -649,4 +658,40 @@ fn guest_to_guest_through_the_router_with_checksums() {
     b.dev.reset();
     a.recv_until(|p| p.hdr.op == Op::Rst);
     assert_eq!(router.held(), Default::default());
+}
+
+#[test]
+fn a_guest_that_posts_no_receive_buffers_costs_bounded_memory() {
+    let dir = tmp("noread");
+    let path = dir.join("v.sock");
+    let mut rig = Rig::new(GUEST, HostSide::listen(&path, None).unwrap(), None);
+    // The guest claims 4 GiB of buffer space and then never reads.
+    let (mut host, _) = rig.host_connect(&path, u32::MAX);
+    host.set_nonblocking(true).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let mut written = 0usize;
+    for _ in 0..200 {
+        match host.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        rig.dev.process_backend();
+    }
+    // What the device holds stays at the cap; the rest waits in the host's
+    // socket buffer, and the host's writes stop.
+    let (held, streams) = rig.dev.held();
+    assert_eq!(streams, 1);
+    assert!(held.to_guest_bytes <= TO_GUEST_CAP, "{held:?}");
+    assert!(
+        written < 200 * chunk.len(),
+        "the host could write {written} bytes"
+    );
+    let delivered: usize = rig
+        .rx
+        .take_used(&rig.mem)
+        .iter()
+        .map(|(_, len)| *len as usize)
+        .sum();
+    assert!(delivered <= usize::from(QSIZE) * RX_BUF_LEN as usize);
 }
