@@ -121,8 +121,15 @@ pub enum ConfigError {
     },
     #[error("VM {vm}: {reason}")]
     BadDisk { vm: String, reason: String },
-    #[error("VM {vm}: {count} disks, more than the {MAX_DISKS} a VM can have; use fewer disks")]
-    TooManyDisks { vm: String, count: usize },
+    #[error("VM {vm}: {count} disks{with}, more than the {MAX_DISKS} virtio-mmio slots a VM has for them; use fewer disks{or}")]
+    TooManyDisks {
+        vm: String,
+        count: usize,
+        /// " with its network and vsock devices" etc.
+        with: String,
+        /// ", or net = false / vsock = false" when they take slots.
+        or: String,
+    },
     #[error("disk image {path} is writable in VM {writer} and also used by VM {other}{via}; a writable image belongs to one VM only: give each VM its own copy, or set read_only = true for every use")]
     SharedWritableDisk {
         path: PathBuf,
@@ -774,7 +781,40 @@ impl VmSpec {
         let vsock = self.vsock_config(&name, index, base_dir)?;
         let count = self.disks.len() + usize::from(root.is_some());
         if count + usize::from(net.is_some()) + usize::from(vsock.is_some()) > MAX_DISKS {
-            return Err(ConfigError::TooManyDisks { vm: name, count });
+            let others: Vec<&str> = [("network", net.is_some()), ("vsock", vsock.is_some())]
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(what, _)| *what)
+                .collect();
+            let (with, or) = if others.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    format!(
+                        " with its {} device{}",
+                        others.join(" and "),
+                        if others.len() > 1 { "s" } else { "" }
+                    ),
+                    format!(
+                        ", or drop {}",
+                        others
+                            .iter()
+                            .map(|w| if *w == "network" {
+                                "net = false"
+                            } else {
+                                "vsock = false"
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    ),
+                )
+            };
+            return Err(ConfigError::TooManyDisks {
+                vm: name,
+                count,
+                with,
+                or,
+            });
         }
         let disks = root
             .iter()
@@ -1514,6 +1554,30 @@ mod tests {
             .parse(&vm("a", &format!("disks = [{}]", many.join(", "))))
             .unwrap_err();
         assert!(matches!(e, ConfigError::TooManyDisks { count, .. } if count == MAX_DISKS + 1));
+        // 16 disks fit only without one of the default devices.
+        let sixteen: Vec<String> = (0..MAX_DISKS - 1)
+            .map(|i| {
+                format!(
+                    "{{ path = \"{}\" }}",
+                    dir.image(&format!("s{i}.img"), 512).display()
+                )
+            })
+            .collect();
+        let e = dir
+            .parse(&vm("a", &format!("disks = [{}]", sixteen.join(", "))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("16 disks with its network and vsock devices")
+                && e.contains("or drop net = false / vsock = false"),
+            "{e}"
+        );
+        assert!(dir
+            .parse(&vm(
+                "a",
+                &format!("disks = [{}]\nvsock = false", sixteen.join(", "))
+            ))
+            .is_ok());
     }
 
     #[test]
