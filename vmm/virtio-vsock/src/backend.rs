@@ -38,6 +38,10 @@ pub enum BackendError {
     Listen { path: PathBuf, err: io::Error },
     #[error("vsock socket path {0} is too long: a Unix socket path with `_<port>` appended must fit in 107 bytes; use a shorter one")]
     PathTooLong(PathBuf),
+    #[error(
+        "vsock socket {0} is in use: another process listens there; stop it or choose another path"
+    )]
+    InUse(PathBuf),
     #[error("cannot create the vsock device's epoll descriptor: {0}")]
     Epoll(io::Error),
 }
@@ -78,6 +82,11 @@ impl HostSide {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
+                // A socket someone still listens on belongs to them; a
+                // leftover of a process that ended is replaced.
+                if UnixStream::connect(path).is_ok() {
+                    return Err(BackendError::InUse(path.to_path_buf()));
+                }
                 let _ = std::fs::remove_file(path);
             }
         }

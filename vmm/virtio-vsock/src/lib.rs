@@ -32,6 +32,15 @@
 //! ([`conn::HOST_BUF_ALLOC`], resets beyond it) and by
 //! [`conn::TO_GUEST_CAP`]; guest-to-guest by the router's clamped credit.
 //! A guest that never reads stops the reads from the host's sockets.
+//!
+//! Worst cases per device, with every limit reached at once (a guest and
+//! host programs that open the most connections and never read): host side
+//! [`conn::MAX_HOST_CONNS`] x ([`conn::HOST_BUF_ALLOC`] +
+//! [`conn::TO_GUEST_CAP`]) = 80 MiB; router inbox
+//! [`router::G2G_MAX_CONNS`] x [`router::G2G_MAX_CREDIT`] = 64 MiB of data
+//! plus [`router::INBOX_MAX_CONTROL`] control packets. Linux guests keep
+//! far below that: their kernel drains the receive queue into its socket
+//! buffers whether or not the program reads.
 
 pub mod backend;
 pub mod conn;

@@ -695,3 +695,21 @@ fn a_guest_that_posts_no_receive_buffers_costs_bounded_memory() {
         .sum();
     assert!(delivered <= usize::from(QSIZE) * RX_BUF_LEN as usize);
 }
+
+#[test]
+fn a_live_socket_is_not_taken_over_but_a_stale_one_is_replaced() {
+    let dir = tmp("inuse");
+    let path = dir.join("v.sock");
+    let first = HostSide::listen(&path, None).unwrap();
+    let e = HostSide::listen(&path, None).err().unwrap();
+    assert!(e.to_string().contains("is in use"), "{e}");
+    // A leftover socket file nobody listens on.
+    drop(first);
+    let stale = UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    HostSide::listen(&path, None).unwrap();
+    let long = dir.join("x".repeat(120));
+    let e = HostSide::listen(&long, None).err().unwrap();
+    assert!(e.to_string().contains("too long"), "{e}");
+}
