@@ -31,10 +31,11 @@ use crate::nested;
 const G: &str = "vsock";
 
 /// Size of each transfer in MiB unless `XPMEM_VSOCK_MIB` says otherwise:
-/// the 64 MiB. On the nested host (2026-12-06) the echo took 48.7 s
-/// (1.3 MiB/s each way; host to guest goes in the guest's 4 KiB receive
-/// buffers), a to the host 15.0 s (4.3 MiB/s), a to b 15.5 s (4.1 MiB/s,
-/// against 0.8 MiB/s over TCP between guests); the group 141 s in all.
+/// the 64 MiB. On the nested host (2026-12-06, two runs) the echo
+/// took 48.7 / 27.4 s (1.3-2.3 MiB/s each way; host to guest goes in the
+/// guest's 4 KiB receive buffers), a to the host 15.0 / 11.0 s (4.3-5.8
+/// MiB/s), a to b 15.5 / 12.2 s (4.1-5.3 MiB/s, against 0.8 MiB/s over TCP
+/// between guests); the group 141 / 87 s in all.
 pub const VSOCK_MIB: u64 = 64;
 
 /// Bytes of each transfer: `XPMEM_VSOCK_MIB` MiB, default [`VSOCK_MIB`].
