@@ -29,6 +29,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <linux/vm_sockets.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -94,6 +95,7 @@ static struct {
 	const char *dev;	/* disk-*: the block device */
 	const char *serial;	/* disk-*: the serial the device must report */
 	const char *host;	/* net-send: the receiver */
+	unsigned long long cid;	/* net-send, net-recv, vsock-echo: vsock instead of TCP (2: the host) */
 	unsigned int port;	/* net-send, net-recv */
 	unsigned long long bytes;	/* net-send, net-recv */
 	int seconds;		/* net-flood */
@@ -2823,31 +2825,127 @@ static uint64_t net_sum(uint64_t sum, uint64_t word)
 	return (sum ^ word) * 0x100000001b3ULL;
 }
 
-/* A TCP connection to --host:--port, retried for --timeout s (the peer may not listen yet). */
+/*
+ * The peer's address: --host:--port over TCP, or with --cid the vsock
+ * address --cid:--port. @len gets its size. False if --host is bad.
+ */
+static bool net_peer(struct sockaddr_storage *ss, socklen_t *len)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (opt.cid) {
+		struct sockaddr_vm *vm = (struct sockaddr_vm *)ss;
+
+		vm->svm_family = AF_VSOCK;
+		vm->svm_cid = (unsigned int)opt.cid;
+		vm->svm_port = opt.port;
+		*len = sizeof(*vm);
+		return true;
+	}
+	struct sockaddr_in *sa = (struct sockaddr_in *)ss;
+
+	sa->sin_family = AF_INET;
+	sa->sin_port = htons(opt.port);
+	*len = sizeof(*sa);
+	if (!opt.host || inet_pton(AF_INET, opt.host, &sa->sin_addr) != 1) {
+		fail("--host %s is not an IPv4 address", opt.host ? opt.host : "(none)");
+		return false;
+	}
+	return true;
+}
+
+/* A connection to the peer (net_peer), retried for --timeout s (the peer may not listen yet). */
 static int net_connect(void)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_storage ss;
+	socklen_t len;
 	double until = now() + opt.timeout;
 	int fd, err = 0;
 
-	sa.sin_port = htons(opt.port);
-	if (inet_pton(AF_INET, opt.host, &sa.sin_addr) != 1) {
-		fail("--host %s is not an IPv4 address", opt.host);
+	if (!net_peer(&ss, &len))
 		return -1;
-	}
 	do {
-		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0)
 			break;
-		if (!connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
+		if (!connect(fd, (struct sockaddr *)&ss, len))
 			return fd;
 		err = errno;
 		close(fd);
 		usleep(200 * 1000);
 	} while (now() < until);
-	fail("cannot connect to %s port %u within %d s: %s", opt.host, opt.port,
-	     opt.timeout, strerror(fd < 0 ? errno : err));
+	if (opt.cid)
+		fail("cannot connect to vsock cid %llu port %u within %d s: %s", opt.cid,
+		     opt.port, opt.timeout, strerror(fd < 0 ? errno : err));
+	else
+		fail("cannot connect to %s port %u within %d s: %s", opt.host, opt.port,
+		     opt.timeout, strerror(fd < 0 ? errno : err));
 	return -1;
+}
+
+/*
+ * Listens on --port (TCP, or vsock with --cid) and accepts one connection
+ * within --timeout s; reads on it time out after --timeout s too. -1 on
+ * failure (reported).
+ */
+static int net_accept(void)
+{
+	struct sockaddr_storage ss;
+	struct timeval tv = { .tv_sec = opt.timeout };
+	socklen_t len;
+	int one = 1, lfd, fd;
+
+	memset(&ss, 0, sizeof(ss));
+	if (opt.cid) {
+		struct sockaddr_vm *vm = (struct sockaddr_vm *)&ss;
+
+		vm->svm_family = AF_VSOCK;
+		vm->svm_cid = VMADDR_CID_ANY;
+		vm->svm_port = opt.port;
+		len = sizeof(*vm);
+	} else {
+		struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+
+		sa->sin_family = AF_INET;
+		sa->sin_port = htons(opt.port);
+		len = sizeof(*sa);
+	}
+	lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0) {
+		fail("socket: %s", strerror(errno));
+		return -1;
+	}
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(lfd, (struct sockaddr *)&ss, len) || listen(lfd, 1)) {
+		fail("listen on %s port %u: %s", opt.cid ? "vsock" : "TCP", opt.port,
+		     strerror(errno));
+		return -1;
+	}
+	/* accept() and every read give up after --timeout s without progress. */
+	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	say("LISTENING port %u", opt.port);
+	fd = accept(lfd, NULL, NULL);
+	if (fd < 0) {
+		fail("no connection on port %u within %d s: %s", opt.port, opt.timeout,
+		     strerror(errno));
+		close(lfd);
+		return -1;
+	}
+	close(lfd);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* Writes all @n bytes of @p to @fd: 0, or the errno (EPIPE when closed). */
+static int write_all(int fd, const char *p, size_t n)
+{
+	ssize_t done;
+
+	for (; n; p += done, n -= done) {
+		done = write(fd, p, n);
+		if (done <= 0)
+			return done ? errno : EPIPE;
+	}
+	return 0;
 }
 
 /*
@@ -2860,11 +2958,10 @@ static int case_net_send(void)
 	uint64_t *chunk, sum = 0xcbf29ce484222325ULL, off = 0, n, w;
 	double t0;
 	ssize_t done;
-	size_t at;
-	int fd;
+	int fd, err;
 
-	if (!opt.host || !opt.port || !opt.bytes || opt.bytes % 8)
-		return fail("needs --host, --port and --bytes (a multiple of 8)");
+	if ((!opt.host && !opt.cid) || !opt.port || !opt.bytes || opt.bytes % 8)
+		return fail("needs --host (or --cid), --port and --bytes (a multiple of 8)");
 	chunk = malloc(NET_CHUNK);
 	if (!chunk)
 		return fail("malloc");
@@ -2878,13 +2975,10 @@ static int case_net_send(void)
 			chunk[w] = net_word(off + w * 8);
 			sum = net_sum(sum, chunk[w]);
 		}
-		for (at = 0; at < n; at += done) {
-			done = write(fd, (char *)chunk + at, n - at);
-			if (done <= 0)
-				return fail("write at byte %llu: %s",
-					    (unsigned long long)(off + at),
-					    done ? strerror(errno) : "closed");
-		}
+		err = write_all(fd, (char *)chunk, n);
+		if (err)
+			return fail("write after byte %llu: %s", (unsigned long long)off,
+				    strerror(err));
 		off += n;
 		if (!(off % NET_PROGRESS) && off < opt.bytes)
 			say("NOTE %llu MiB sent in %.1f s", (unsigned long long)(off >> 20),
@@ -2908,40 +3002,6 @@ static int case_net_send(void)
  * the sender closes and check every word against the pattern; print
  * "RECEIVED n bytes sum S in T s". Exactly --bytes must arrive.
  */
-/*
- * One TCP connection accepted on --port (IPv4) within --timeout s; its reads
- * give up after --timeout s without progress. -1 (and a FAIL line) if none.
- */
-static int net_accept_one(void)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	struct timeval tv = { .tv_sec = opt.timeout };
-	int one = 1, lfd, fd;
-
-	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (lfd < 0) {
-		fail("socket: %s", strerror(errno));
-		return -1;
-	}
-	sa.sin_port = htons(opt.port);
-	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1)) {
-		fail("listen on port %u: %s", opt.port, strerror(errno));
-		close(lfd);
-		return -1;
-	}
-	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	say("LISTENING port %u", opt.port);
-	fd = accept(lfd, NULL, NULL);
-	if (fd < 0)
-		fail("no connection on port %u within %d s: %s", opt.port,
-		     opt.timeout, strerror(errno));
-	close(lfd);
-	if (fd >= 0)
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	return fd;
-}
-
 static int case_net_recv(void)
 {
 	uint64_t sum = 0xcbf29ce484222325ULL, off = 0, word;
@@ -2956,7 +3016,7 @@ static int case_net_recv(void)
 	buf = malloc(NET_CHUNK + 8);
 	if (!buf)
 		return fail("malloc");
-	fd = net_accept_one();
+	fd = net_accept();
 	if (fd < 0)
 		return EXIT_FAIL;
 	t0 = now();
@@ -2994,26 +3054,47 @@ static int case_net_recv(void)
 	return pass();
 }
 
-/* net-echo: accept one connection on --port and send back what arrives until EOF. */
-static int case_net_echo(void)
+/*
+ * vsock-echo (or TCP without --cid): accept one connection on --port and
+ * write back everything it reads until the peer half-closes; then close.
+ * Prints "ECHOED n bytes in T s (R MiB/s)".
+ */
+static int case_vsock_echo(void)
 {
-	char buf[4096];
-	ssize_t got, done;
-	size_t at;
-	int one = 1, fd = net_accept_one();
+	unsigned long long total = 0;
+	char *buf;
+	ssize_t got;
+	double t0;
+	int fd, err;
 
+	if (!opt.port)
+		return fail("needs --port");
+	buf = malloc(NET_CHUNK);
+	if (!buf)
+		return fail("malloc");
+	fd = net_accept();
 	if (fd < 0)
 		return EXIT_FAIL;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	while ((got = read(fd, buf, sizeof(buf))) > 0)
-		for (at = 0; at < (size_t)got; at += done) {
-			done = write(fd, buf + at, got - at);
-			if (done <= 0)
-				return fail("echo write: %s",
-					    done ? strerror(errno) : "closed");
-		}
+	if (!opt.cid) {
+		/* Answer each byte of net-rtt at once. */
+		int one = 1;
+
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	t0 = now();
+	while ((got = read(fd, buf, NET_CHUNK)) != 0) {
+		if (got < 0)
+			return fail("read after %llu bytes: %s", total, strerror(errno));
+		err = write_all(fd, buf, got);
+		if (err)
+			return fail("write after %llu bytes: %s", total, strerror(err));
+		total += got;
+	}
 	close(fd);
-	return got < 0 ? fail("echo read: %s", strerror(errno)) : pass();
+	free(buf);
+	say("ECHOED %llu bytes in %.1f s (%.1f MiB/s)", total, now() - t0,
+	    total / 1048576.0 / (now() - t0 > 0 ? now() - t0 : 1));
+	return pass();
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -3024,7 +3105,8 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /*
- * net-rtt: --rounds round trips of one byte to the net-echo at --host:--port
+ * net-rtt: --rounds round trips of one byte to the echo server (vsock-echo
+ * without --cid) at --host:--port
  * (TCP_NODELAY); prints "RESULT rounds=N mean_us=M p50_us=P p99_us=Q".
  */
 static int case_net_rtt(void)
@@ -4443,10 +4525,10 @@ static const struct {
 	{ "disk-verify", case_disk_verify, "read --pages MiB of --dev back and check every word" },
 	{ "disk-bench", case_disk_bench, "sequential MiB/s and 4 KiB random-read IOPS of --dev (--pages MiB, --rounds reads)" },
 	{ "disk-readonly", case_disk_readonly, "--dev is read-only in the guest; reads work, writes fail" },
-	{ "net-send", case_net_send, "send --bytes of a pattern to --host (IPv4):--port over TCP, print SENT and its sum" },
-	{ "net-recv", case_net_recv, "accept one TCP connection on --port, check --bytes of the pattern, print RECEIVED and its sum" },
-	{ "net-echo", case_net_echo, "accept one TCP connection on --port and echo what arrives until EOF" },
-	{ "net-rtt", case_net_rtt, "--rounds 1-byte round trips to a net-echo at --host:--port, print RESULT with mean/p50/p99 us" },
+	{ "net-send", case_net_send, "send --bytes of a pattern to --host (IPv4):--port over TCP (or vsock --cid:--port), print SENT and its sum" },
+	{ "net-recv", case_net_recv, "accept one TCP (or with --cid, vsock) connection on --port, check --bytes of the pattern, print RECEIVED and its sum" },
+	{ "vsock-echo", case_vsock_echo, "accept one vsock (--cid any) or TCP connection on --port, echo it until EOF, print ECHOED" },
+	{ "net-rtt", case_net_rtt, "--rounds 1-byte round trips to an echo server (vsock-echo without --cid) at --host:--port, print RESULT with mean/p50/p99 us" },
 	{ "net-flood", case_net_flood, "UDP broadcasts and bad raw frames on --dev for --seconds (or until --stop FILE exists)" },
 	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
 	{ "name-taken", case_name_taken, "--name of another VM's segment is found and cannot be taken here (EEXIST)" },
@@ -4461,7 +4543,7 @@ static void usage(void)
 		"usage: xpmem-test CASE [--pages N] [--segid ID] [--mode 0NNN] [--timeout S] [--uid U]\n"
 		"       [--to VM,..] [--importers N] [--index I] [--until N] [--threads N] [--rounds N]\n"
 		"       [--chunks N] [--misbehave MODE] [--hold S] [--name NAME]\n"
-		"       [--dev /dev/vdX] [--serial ID] [--host H] [--port P] [--bytes N]\n"
+		"       [--dev /dev/vdX] [--serial ID] [--host H] [--cid C] [--port P] [--bytes N]\n"
 		"       [--seconds S] [--stop FILE]\n"
 		"Output: lines 'XPMEM-TEST CASE SEGID n', 'XPMEM-TEST CASE PASS',\n"
 		"'XPMEM-TEST CASE FAIL reason'. Exit 0 pass, 1 fail, 2 usage.\n"
@@ -4520,6 +4602,8 @@ int main(int argc, char **argv)
 			opt.serial = v;
 		else if (!strcmp(k, "--host"))
 			opt.host = v;
+		else if (!strcmp(k, "--cid"))
+			opt.cid = strtoull(v, NULL, 0);
 		else if (!strcmp(k, "--port"))
 			opt.port = strtoul(v, NULL, 0);
 		else if (!strcmp(k, "--bytes"))

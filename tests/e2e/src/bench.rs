@@ -5,17 +5,12 @@
 //! `bench-net` (issue 10 item 7): VMs `a` and `b` on the monitor's switch;
 //! `a` sends [`net_bytes`] over TCP to `b` (`xpmem-test net-send` /
 //! `net-recv`, every word checked), then 1000 one-byte round trips to `b`'s
-//! echo server (`net-rtt` / `net-echo`, TCP_NODELAY). Before the VMs boot,
+//! echo server (`net-rtt` / `vsock-echo` without `--cid`, TCP_NODELAY). Before the VMs boot,
 //! the test host runs the same programs between two of its own processes
 //! over loopback. Guest scripts: `scenario/bench-net-{a,b}.sh`.
 
-use crate::cases::{CaseResult, Env, Status};
+use crate::cases::{word_after, CaseResult, Env, Status};
 use crate::nested::{self, Payload};
-
-/// The word after `key` in `text`.
-pub fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.split(key).nth(1)?.split_whitespace().next()
-}
 
 /// One row of a [`ratio_table`]: name, guest figure, host figure.
 pub type Row<'a> = (&'a str, f64, f64);
@@ -41,17 +36,7 @@ pub const NET_MIB: u64 = 16;
 
 /// Bytes of the `bench-net` transfer.
 pub fn net_bytes() -> u64 {
-    mib_from_env("XPMEM_BENCH_NET_MIB", NET_MIB)
-}
-
-/// Bytes of `var` MiB (a positive number), `default` MiB otherwise.
-pub fn mib_from_env(var: &str, default: u64) -> u64 {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|m| *m > 0)
-        .unwrap_or(default)
-        << 20
+    crate::cases::env_mib("XPMEM_BENCH_NET_MIB", NET_MIB)
 }
 
 /// The figures of one side (guest pair or test host).
@@ -115,7 +100,7 @@ fn net_script(bytes: u64) -> String {
 receiver=$!
 echo "host: $(./xpmem-test net-send --host 127.0.0.1 --port 5101 --bytes {bytes} --timeout 60 | grep SENT)"
 wait $receiver
-./xpmem-test net-echo --port 5102 --timeout 60 >/dev/null 2>&1 &
+./xpmem-test vsock-echo --port 5102 --timeout 60 >/dev/null 2>&1 &
 echo=$!
 echo "host: $(./xpmem-test net-rtt --host 127.0.0.1 --port 5102 --rounds 1000 --timeout 60 | grep RESULT)"
 wait $echo

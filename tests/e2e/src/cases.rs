@@ -85,7 +85,11 @@ pub struct Env {
 /// configuration, pings, a TCP transfer under a flood, a segid over TCP.
 /// `tap` (issue 10) runs one VM on a TAP interface in a network namespace
 /// the test creates and removes.
-pub const GROUPS: &[&str] = &["errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap"];
+/// `vsock` (issue 10) runs two VMs with virtio-vsock: host echo, guest to
+/// host, guest to guest, nothing held by the monitor at exit.
+pub const GROUPS: &[&str] = &[
+    "errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap", "vsock",
+];
 
 /// Groups run only when named.
 pub const EXTRA_GROUPS: &[&str] = &["scale"];
@@ -102,6 +106,7 @@ pub fn run_group(env: &Env, group: &str) -> Vec<CaseResult> {
         "net" => crate::net_group::run(env, group_opts(env, group)),
         "scale" => crate::scale_group::run(env, group_opts(env, group)),
         "tap" => crate::tap_group::run(env, group_opts(env, group)),
+        "vsock" => crate::vsock_group::run(env, group_opts(env, group)),
         other => {
             return vec![CaseResult::new(
                 other,
@@ -162,7 +167,8 @@ pub fn xpmem_image(env: &Env) -> Result<(PathBuf, PathBuf), Error> {
     guest_image(&env.cache, &Spec::xpmem())
 }
 
-/// The guest image with the base modules (virtio + virtio_rng + virtio_net).
+/// The guest image with the base modules (virtio + virtio_rng + virtio_net +
+/// vmw_vsock_virtio_transport).
 pub fn base_image(cache: &Cache) -> Result<(PathBuf, PathBuf), Error> {
     guest_image(cache, &Spec::base())
 }
@@ -486,6 +492,26 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
             ok("net = { tap = \"a-too-long-tap-name\" }"),
         ),
         ("tap-not-a-tap", ok("net = { tap = \"lo\" }")),
+        ("vsock-reserved-cid", ok("vsock = { cid = 2 }")),
+        (
+            "vsock-duplicate-cid",
+            format!(
+                "{}{}",
+                ok("vsock = { cid = 5 }"),
+                vm_toml(
+                    "b",
+                    1,
+                    "256",
+                    "../vmlinuz",
+                    "../guest.cpio.gz",
+                    "vsock = { cid = 5 }"
+                )
+            ),
+        ),
+        (
+            "vsock-socket-not-socket",
+            ok("vsock = { socket = \"../disk.img\" }"),
+        ),
     ];
     for (name, text) in &configs {
         payload.data(format!("cases/{name}.toml"), text.clone(), 0o644);
@@ -560,6 +586,21 @@ pub fn errors_group(env: &Env) -> Result<Vec<CaseResult>, Error> {
             name: "disk-directory",
             args: String::new(),
             keywords: &["imgdir", "directory"],
+        },
+        BadInput {
+            name: "vsock-reserved-cid",
+            args: String::new(),
+            keywords: &["cid 2", "reserved"],
+        },
+        BadInput {
+            name: "vsock-duplicate-cid",
+            args: String::new(),
+            keywords: &["CID 5", "vsock.cid"],
+        },
+        BadInput {
+            name: "vsock-socket-not-socket",
+            args: String::new(),
+            keywords: &["disk.img", "not a socket"],
         },
         BadInput {
             name: "disk-read-only-file",
@@ -710,6 +751,114 @@ fn which(prog: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(prog))
         .find(|p| p.exists())
+}
+
+/// The word after `key` in `text`.
+pub fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split(key).nth(1)?.split_whitespace().next()
+}
+
+/// `(check, verdict, rest)` of an `XPMEM-TEST <check> <verdict> [rest]`
+/// line (anywhere in `line`, after a console prefix).
+pub fn test_line(line: &str) -> Option<(&str, &str, &str)> {
+    let at = line.find("XPMEM-TEST ")?;
+    let mut words = line[at + "XPMEM-TEST ".len()..].splitn(3, ' ');
+    Some((words.next()?, words.next()?, words.next().unwrap_or("")))
+}
+
+/// `(bytes, sum)` of a transfer line's rest, `N bytes sum S ...` (0 and
+/// "" where missing).
+pub fn transfer(rest: &str) -> (u64, String) {
+    let bytes = rest
+        .split_whitespace()
+        .next()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    (bytes, word_after(rest, "sum ").unwrap_or("").to_string())
+}
+
+/// The monitor's exit code from a payload's `XPMEM-CASE-END <group> rc=N`
+/// line (`Some(None)`: the line without a number).
+pub fn case_end(line: &str, group: &str) -> Option<Option<i32>> {
+    let rest = line.strip_prefix("XPMEM-CASE-END ")?.strip_prefix(group)?;
+    Some(word_after(rest, "rc=").and_then(|r| r.parse().ok()))
+}
+
+/// What a group makes of the test host's output lines.
+pub trait GroupOutput {
+    fn feed(&mut self, line: &str);
+    /// Lines worth showing after the run (transfer figures, counters).
+    fn notes(&self) -> &[String];
+}
+
+/// Runs `payload` on the test host for `group`, feeding every line to
+/// `out`, then prints its notes; returns the stopped-host failure, if any.
+pub fn run_fed(
+    env: &Env,
+    opts: Options,
+    payload: &Payload,
+    group: &str,
+    out: &mut impl GroupOutput,
+) -> Result<Option<CaseResult>, Error> {
+    let stopped = run_on_test_host(env, opts, payload, group, &[], |l| out.feed(l))?;
+    for note in out.notes() {
+        println!("[{group}] {note}");
+    }
+    Ok(stopped)
+}
+
+/// `var` MiB in bytes when it is set to a positive number, else `default` MiB.
+pub fn env_mib(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or(default)
+        << 20
+}
+
+/// `<group>/guest/<check>` failures for FAIL lines of checks not in `known`
+/// (a failure the judge did not expect still fails the group).
+pub fn other_failures(
+    group: &str,
+    results: &[(String, Result<(), String>)],
+    known: &[String],
+) -> Vec<CaseResult> {
+    results
+        .iter()
+        .filter(|(check, _)| !known.contains(check))
+        .filter_map(|(check, res)| {
+            let why = res.as_ref().err()?;
+            Some(CaseResult::new(
+                group,
+                &format!("guest/{check}"),
+                Status::Fail(why.clone()),
+            ))
+        })
+        .collect()
+}
+
+/// The `<group>/monitor-exit` case: the monitor ended with 0.
+pub fn monitor_exit(group: &str, rc: Option<i32>) -> CaseResult {
+    CaseResult::new(
+        group,
+        "monitor-exit",
+        match rc {
+            Some(0) => Status::Pass,
+            rc => Status::Fail(format!("the monitor ended with {rc:?}")),
+        },
+    )
+}
+
+/// A test-host payload running `script` with the monitor (`xpmem-vmm`) and
+/// the xpmem guest image (`vmlinuz`, `guest.cpio.gz`).
+pub fn guest_payload(env: &Env, script: String) -> Result<Payload, Error> {
+    let (vmlinuz, initrd) = xpmem_image(env)?;
+    let mut payload = Payload::new(script);
+    payload.file(&env.vmm, "xpmem-vmm");
+    payload.file(&vmlinuz, "vmlinuz");
+    payload.file(&initrd, "guest.cpio.gz");
+    Ok(payload)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //!   reads back as written (the sums agree), and its second disk (`/dev/vdb`,
 //!   serial `ro`, `read_only = true`) is read-only in the guest: reads work, a
 //!   write fails. The read-only image's SHA-256 is the same before and after.
-use crate::cases::{CaseResult, Env, Error, Status};
+use crate::cases::{test_line, word_after, CaseResult, Env, Error, Status};
 use crate::nested::{self, Payload};
 
 const G: &str = "disk";
@@ -79,8 +79,6 @@ pub struct Parsed {
     notes: Vec<String>,
 }
 
-use crate::bench::word_after;
-
 impl Parsed {
     pub fn feed(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("XPMEM-CASE-END ") {
@@ -100,7 +98,7 @@ impl Parsed {
             });
             return;
         }
-        let Some((case, verdict, rest)) = crate::net_group::test_line(line) else {
+        let Some((case, verdict, rest)) = test_line(line) else {
             return;
         };
         let rest = rest.to_string();

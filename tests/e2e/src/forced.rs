@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::bench::word_after;
+use crate::cases::word_after;
 use crate::cases::Env;
 use crate::nested::{self, Payload};
 

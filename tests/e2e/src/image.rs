@@ -45,6 +45,8 @@ pub const BASE_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_rng",
     "virtio_net",
+    // virtio-vsock (with vsock and vmw_vsock_virtio_transport_common).
+    "vmw_vsock_virtio_transport",
 ];
 
 /// The banner the guest prints once init is done; see [`crate::console`].

@@ -28,6 +28,8 @@ pub mod rootdisk_group;
 pub mod scale_group;
 pub mod scenario;
 pub mod tap_group;
+pub mod vsock_group;
+pub mod vsock_host;
 pub mod xpmem_group;
 
 use std::path::PathBuf;

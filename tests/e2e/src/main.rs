@@ -31,7 +31,8 @@ commands:
       --quiet                do not echo the console (only the result)
   guest-image [options]      build (or reuse) a guest initramfs; prints its path
       --module NAME          a guest-kernel module to load (repeatable; default:
-                             virtio_ring virtio virtio_mmio virtio_rng virtio_net)
+                             virtio_ring virtio virtio_mmio virtio_rng virtio_net
+                             vmw_vsock_virtio_transport)
       --extra-module FILE    a .ko to load after them (e.g. xpmem.ko; repeatable)
       --extra-dir DIR        copy DIR's contents to the image root (repeatable)
       --run CMD              default command run after the banner
@@ -63,8 +64,12 @@ commands:
                              a->b between two VMs on the switch, and the same between two
                              processes over the test host's loopback, one run; prints a
                              table with guest/host ratios (XPMEM_BENCH_NET_MIB, default 16)
+  vsock-host echo|recv --socket PATH --port P --bytes N [--timeout S]
+                             host side of the vsock group (on the test host): echo
+                             streams the pattern through a guest's echo server on
+                             PATH (CONNECT P); recv listens at PATH_P for a guest
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap;
+                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock;
                              xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
@@ -666,6 +671,14 @@ fn real_main() -> Result<ExitCode, CliError> {
             xpmem_e2e::bench::net,
             xpmem_e2e::bench::net_table,
         ),
+        Some("vsock-host") => {
+            let rest: Vec<String> = std::iter::from_fn(|| args.next()).collect();
+            Ok(match xpmem_e2e::vsock_host::main(&rest) {
+                0 => ExitCode::SUCCESS,
+                2 => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            })
+        }
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

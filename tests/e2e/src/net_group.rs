@@ -23,8 +23,8 @@
 
 use std::collections::HashMap;
 
-use crate::cases::{CaseResult, Env, Error, Status};
-use crate::nested::{self, Payload};
+use crate::cases::{test_line, transfer, word_after, CaseResult, Env, Error, GroupOutput, Status};
+use crate::nested;
 
 const G: &str = "net";
 const VMS: &[&str] = &["a", "b", "c"];
@@ -39,7 +39,7 @@ pub const FLOOD_SECS: u64 = 300;
 
 /// Bytes of the a -> b transfer: `XPMEM_NET_MIB` MiB, default [`NET_MIB`].
 pub fn ci_bytes() -> u64 {
-    crate::bench::mib_from_env("XPMEM_NET_MIB", NET_MIB)
+    crate::cases::env_mib("XPMEM_NET_MIB", NET_MIB)
 }
 
 /// The IPv6 link-local address Linux gives an Ethernet interface with this
@@ -94,42 +94,6 @@ kill $hb 2>/dev/null
     )
 }
 
-use crate::bench::word_after;
-
-/// The check, verdict and the rest of an `XPMEM-TEST <check> <verdict> [rest]`
-/// line, from a guest's console or the test host's script.
-pub(crate) fn test_line(line: &str) -> Option<(&str, &str, &str)> {
-    let at = line.find("XPMEM-TEST ")?;
-    let mut words = line[at + "XPMEM-TEST ".len()..].splitn(3, ' ');
-    Some((words.next()?, words.next()?, words.next().unwrap_or("")))
-}
-
-/// A `guest/<check>` failed case per FAIL result of a check not in
-/// `expected`, then `monitor-exit` (the monitor's exit code must be 0).
-pub(crate) fn other_failures_and_exit(
-    results: &[(String, Result<(), String>)],
-    expected: &[String],
-    monitor_rc: Option<i32>,
-    r: impl Fn(&str, Status) -> CaseResult,
-) -> Vec<CaseResult> {
-    let mut out = Vec::new();
-    for (check, res) in results {
-        if let Err(why) = res {
-            if !expected.contains(check) {
-                out.push(r(&format!("guest/{check}"), Status::Fail(why.clone())));
-            }
-        }
-    }
-    out.push(r(
-        "monitor-exit",
-        match monitor_rc {
-            Some(0) => Status::Pass,
-            rc => Status::Fail(format!("the monitor ended with {rc:?}")),
-        },
-    ));
-    out
-}
-
 /// `key=value` pairs of a counters line, numbers only.
 pub(crate) fn counters(text: &str) -> HashMap<String, u64> {
     text.split_whitespace()
@@ -159,10 +123,14 @@ pub struct Parsed {
     pub notes: Vec<String>,
 }
 
-impl Parsed {
-    pub fn feed(&mut self, line: &str) {
-        if let Some(rest) = line.strip_prefix("XPMEM-CASE-END net ") {
-            self.monitor_rc = word_after(rest, "rc=").and_then(|r| r.parse().ok());
+impl GroupOutput for Parsed {
+    fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    fn feed(&mut self, line: &str) {
+        if let Some(rc) = crate::cases::case_end(line, G) {
+            self.monitor_rc = rc;
             return;
         }
         if let Some(rest) = line.strip_prefix("xpmem-vmm: switch (VM ") {
@@ -176,13 +144,6 @@ impl Parsed {
             return;
         };
         let rest = rest.to_string();
-        let sum = || word_after(&rest, "sum ").unwrap_or("").to_string();
-        let bytes = || {
-            rest.split_whitespace()
-                .next()
-                .and_then(|b| b.parse().ok())
-                .unwrap_or(0)
-        };
         match verdict {
             "PASS" => {
                 self.results.push((check.to_string(), Ok(())));
@@ -198,11 +159,11 @@ impl Parsed {
             }
             "FAIL" => self.results.push((check.to_string(), Err(rest))),
             "SENT" => {
-                self.sent = Some((bytes(), sum()));
+                self.sent = Some(transfer(&rest));
                 self.notes.push(format!("{check}: SENT {rest}"));
             }
             "RECEIVED" => {
-                self.received = Some((bytes(), sum()));
+                self.received = Some(transfer(&rest));
                 self.notes.push(format!("{check}: RECEIVED {rest}"));
             }
             "FLOODED" => {
@@ -212,7 +173,9 @@ impl Parsed {
             _ => {}
         }
     }
+}
 
+impl Parsed {
     fn guest(&self, check: &str) -> Status {
         let mut found = self.results.iter().filter(|(c, _)| c == check);
         match found.next() {
@@ -306,12 +269,8 @@ impl Parsed {
         guest(&mut out, "xpmem-tcp/export", "export");
         guest(&mut out, "xpmem-tcp/attach", "attach");
         // A failure line of a check not listed above fails too.
-        out.extend(other_failures_and_exit(
-            &self.results,
-            &expected,
-            self.monitor_rc,
-            r,
-        ));
+        out.extend(crate::cases::other_failures(G, &self.results, &expected));
+        out.push(crate::cases::monitor_exit(G, self.monitor_rc));
         out
     }
 }
@@ -321,17 +280,10 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         return Ok(vec![missing]);
     }
     let bytes = ci_bytes();
-    let (vmlinuz, initrd) = crate::cases::xpmem_image(env)?;
-    let mut payload = Payload::new(payload_script());
-    payload.file(&env.vmm, "xpmem-vmm");
-    payload.file(&vmlinuz, "vmlinuz");
-    payload.file(&initrd, "guest.cpio.gz");
+    let mut payload = crate::cases::guest_payload(env, payload_script())?;
     payload.data("net.toml", config_toml(bytes), 0o644);
     let mut parsed = Parsed::default();
-    let stopped = crate::cases::run_on_test_host(env, opts, &payload, G, &[], |l| parsed.feed(l))?;
-    for note in &parsed.notes {
-        println!("[net] {note}");
-    }
+    let stopped = crate::cases::run_fed(env, opts, &payload, G, &mut parsed)?;
     let mut results = parsed.judge(bytes);
     results.extend(stopped);
     Ok(results)

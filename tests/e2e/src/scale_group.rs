@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::bench::word_after;
+use crate::cases::word_after;
 use crate::cases::{CaseResult, Env, Error, Status};
 use crate::nested::{self, Payload};
 

@@ -25,10 +25,10 @@
 
 use std::collections::HashMap;
 
-use crate::bench::word_after;
+use crate::cases::{case_end, monitor_exit, other_failures, test_line, transfer};
 use crate::cases::{CaseResult, Env, Error, Status};
 use crate::nested::{self, Payload};
-use crate::net_group::{counters, link_local_ipv6, other_failures_and_exit, test_line};
+use crate::net_group::{counters, link_local_ipv6};
 
 const G: &str = "tap";
 /// The namespace and the TAP interface the payload creates.
@@ -162,19 +162,10 @@ pub struct Parsed {
     pub notes: Vec<String>,
 }
 
-fn bytes_and_sum(rest: &str) -> (u64, String) {
-    let bytes = rest
-        .split_whitespace()
-        .next()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(0);
-    (bytes, word_after(rest, "sum ").unwrap_or("").to_string())
-}
-
 impl Parsed {
     pub fn feed(&mut self, line: &str) {
-        if let Some(rest) = line.strip_prefix("XPMEM-CASE-END tap ") {
-            self.monitor_rc = word_after(rest, "rc=").and_then(|r| r.parse().ok());
+        if let Some(rc) = case_end(line, G) {
+            self.monitor_rc = rc;
             return;
         }
         if let Some(rest) = line.strip_prefix("xpmem-vmm: VM t: virtio-net ") {
@@ -193,11 +184,11 @@ impl Parsed {
             }
             "FAIL" => self.results.push((check.to_string(), Err(rest))),
             "SENT" if check == "tap-send" => {
-                self.sent = Some(bytes_and_sum(&rest));
+                self.sent = Some(transfer(&rest));
                 self.notes.push(format!("guest SENT {rest}"));
             }
             "RECEIVED" => {
-                self.received = Some(bytes_and_sum(&rest));
+                self.received = Some(transfer(&rest));
                 self.notes.push(format!("host side RECEIVED {rest}"));
             }
             "SENT" => {
@@ -274,12 +265,8 @@ impl Parsed {
                 None => Status::Fail("the monitor printed no virtio-net counters for VM t".into()),
             },
         ));
-        out.extend(other_failures_and_exit(
-            &self.results,
-            &expected,
-            self.monitor_rc,
-            r,
-        ));
+        out.extend(other_failures(G, &self.results, &expected));
+        out.push(monitor_exit(G, self.monitor_rc));
         out
     }
 }

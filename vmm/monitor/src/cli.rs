@@ -33,6 +33,8 @@ file is started; otherwise one VM is described by flags:
                          another raw disk image (repeatable; /dev/vdb, ...)
   --no-net               no virtio-net device (by default the VM has one on
                          a switch the monitor starts)
+  --no-vsock             no virtio-vsock device (by default the VM has one,
+                         CID 3, socket <name>.vsock in the runtime directory)
 
 `xpmem-vmm switch --socket PATH` runs only the VM-to-VM Ethernet switch,
 listening at PATH (one SOCK_SEQPACKET connection per port) until SIGINT or
@@ -100,6 +102,7 @@ struct Flags {
     root: Option<String>,
     disks: Vec<String>,
     no_net: bool,
+    no_vsock: bool,
     first_vm_flag: Option<String>,
 }
 
@@ -168,8 +171,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             "-V" | "--version" => return Ok(Command::Version),
             _ => {}
         }
-        if flag == "--no-net" {
-            flags.no_net = true;
+        if flag == "--no-net" || flag == "--no-vsock" {
+            if flag == "--no-net" {
+                flags.no_net = true;
+            } else {
+                flags.no_vsock = true;
+            }
             flags.first_vm_flag.get_or_insert(flag);
             continue;
         }
@@ -251,6 +258,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
         net: flags
             .no_net
             .then_some(crate::config::NetSpec::Enabled(false)),
+        vsock: flags
+            .no_vsock
+            .then_some(crate::config::VsockSpec::Enabled(false)),
     };
     Ok(Command::Run(Config::from_specs(
         XpmemSettings::default(),

@@ -38,6 +38,15 @@
 //!                              # mtu: 68..=65535, default 1500; one TAP per VM; the VM
 //!                              # gets no host names (it cannot reach the switch's VMs)
 //!
+//! vsock = { cid = 3, socket = "a.vsock" }
+//!                              # optional: this VM's virtio-vsock device (the default:
+//!                              # every VM has one, cid 3 + the VM's index, socket
+//!                              # `<name>.vsock` in the monitor's runtime directory);
+//!                              # the host connects to `socket` and writes
+//!                              # `CONNECT <port>\n`; the guest's connections to the
+//!                              # host (CID 2) port P go to `<socket>_P`; VMs of the
+//!                              # setup reach each other by CID; vsock = false: none
+//!
 //! [switch]                     # optional: the VM-to-VM Ethernet switch
 //! mtu = 1500                   # largest payload (68..=65535); frames up to mtu + 14
 //! socket = "/run/sw.sock"      # optional: use a switch already listening there
@@ -120,8 +129,15 @@ pub enum ConfigError {
     },
     #[error("VM {vm}: {reason}")]
     BadDisk { vm: String, reason: String },
-    #[error("VM {vm}: {count} disks, more than the {MAX_DISKS} a VM can have; use fewer disks")]
-    TooManyDisks { vm: String, count: usize },
+    #[error("VM {vm}: {count} disks{with}, more than the {MAX_DISKS} virtio-mmio slots a VM has for them; use fewer disks{or}")]
+    TooManyDisks {
+        vm: String,
+        count: usize,
+        /// " with its network and vsock devices" etc.
+        with: String,
+        /// ", or net = false / vsock = false" when they take slots.
+        or: String,
+    },
     #[error("disk image {path} is writable in VM {writer} and also used by VM {other}{via}; a writable image belongs to one VM only: give each VM its own copy, or set read_only = true for every use")]
     SharedWritableDisk {
         path: PathBuf,
@@ -133,6 +149,12 @@ pub enum ConfigError {
     BadNet { vm: String, reason: String },
     #[error("VMs {0} and {1} have the same MAC address {2}; give each VM its own (net.mac)")]
     DuplicateMac(String, String, String),
+    #[error("VM {vm}: vsock: {reason}")]
+    BadVsock { vm: String, reason: String },
+    #[error("VMs {0} and {1} have the same vsock CID {2}; give each VM its own (vsock.cid)")]
+    DuplicateCid(String, String, u64),
+    #[error("VMs {0} and {1} use the same vsock socket {2}; give each VM its own (vsock.socket)")]
+    DuplicateVsockSocket(String, String, PathBuf),
     #[error("invalid {what} {value}: {reason}")]
     BadSetting {
         what: &'static str,
@@ -267,6 +289,32 @@ impl NetConfig {
     }
 }
 
+/// `vsock = false`, `vsock = true` or `vsock = { cid = 3, socket = "a.vsock" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum VsockSpec {
+    Enabled(bool),
+    Device(VsockDeviceSpec),
+}
+
+/// `vsock = { cid = 3, socket = "a.vsock" }`: both optional.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDeviceSpec {
+    pub cid: Option<u64>,
+    pub socket: Option<PathBuf>,
+}
+
+/// A validated virtio-vsock device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's CID (3 + the VM's index unless set).
+    pub cid: u64,
+    /// The host side's Unix socket; `None`: `<name>.vsock` in the monitor's
+    /// runtime directory.
+    pub socket: Option<PathBuf>,
+}
+
 /// A validated switch: its MTU, and where it listens if the monitor does
 /// not start it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,6 +396,8 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// The VM's network device (default: one, on the setup's switch).
     pub net: Option<NetSpec>,
+    /// The VM's vsock device (default: one, CID 3 + index).
+    pub vsock: Option<VsockSpec>,
 }
 
 /// One virtio-blk disk as written in the file.
@@ -450,6 +500,8 @@ pub struct VmConfig {
     pub root_disk: bool,
     /// The virtio-net device on the setup's switch, if any.
     pub net: Option<NetConfig>,
+    /// The virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// `xpmem.hosts=` for the guest: the names of the setup's VMs with a
     /// network device, see [`Config::hosts_param`]. `None` without a network
     /// device, or when the list does not fit on the command line.
@@ -607,6 +659,66 @@ impl VmSpec {
         Ok(Some(NetConfig { mac, mtu, ip, tap }))
     }
 
+    fn vsock_config(
+        &self,
+        vm: &str,
+        index: usize,
+        base_dir: &Path,
+    ) -> Result<Option<VsockConfig>, ConfigError> {
+        let bad = |reason: String| ConfigError::BadVsock {
+            vm: vm.to_string(),
+            reason,
+        };
+        let (cid, socket) = match &self.vsock {
+            Some(VsockSpec::Enabled(false)) => return Ok(None),
+            None | Some(VsockSpec::Enabled(true)) => (None, None),
+            Some(VsockSpec::Device(d)) => (d.cid, d.socket.as_ref()),
+        };
+        let cid = cid.unwrap_or(3 + index as u64);
+        if !(virtio_vsock_device::packet::MIN_GUEST_CID
+            ..=virtio_vsock_device::packet::MAX_GUEST_CID)
+            .contains(&cid)
+        {
+            return Err(bad(format!(
+                "cid {cid} is reserved or too large: guest CIDs are 3..=4294967294 (0-2 are the hypervisor, local and host)"
+            )));
+        }
+        let socket = match socket {
+            None => None,
+            Some(p) => {
+                let path = base_dir.join(p);
+                let len = path.as_os_str().len();
+                if len > virtio_vsock_device::backend::MAX_SOCKET_PATH {
+                    return Err(bad(format!(
+                        "socket path {} is {len} bytes; with `_<port>` appended it must fit a Unix socket address, so use at most {} bytes",
+                        path.display(),
+                        virtio_vsock_device::backend::MAX_SOCKET_PATH
+                    )));
+                }
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                if let Some(dir) = dir {
+                    if !dir.is_dir() {
+                        return Err(bad(format!(
+                            "the directory of socket {} does not exist; create it or choose another path",
+                            path.display()
+                        )));
+                    }
+                }
+                if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if !meta.file_type().is_socket() {
+                        return Err(bad(format!(
+                            "socket path {} is an existing file that is not a socket; remove it or choose another path",
+                            path.display()
+                        )));
+                    }
+                }
+                Some(path)
+            }
+        };
+        Ok(Some(VsockConfig { cid, socket }))
+    }
+
     /// Validates one VM; relative paths are resolved against `base_dir`.
     pub fn validate(&self, base_dir: &Path) -> Result<VmConfig, ConfigError> {
         self.validate_with(base_dir, 0, DEFAULT_MTU)
@@ -701,9 +813,43 @@ impl VmSpec {
             RootSpec::Disk(d) => d.clone(),
         });
         let net = self.net_config(&name, index, switch_mtu)?;
+        let vsock = self.vsock_config(&name, index, base_dir)?;
         let count = self.disks.len() + usize::from(root.is_some());
-        if count + usize::from(net.is_some()) > MAX_DISKS {
-            return Err(ConfigError::TooManyDisks { vm: name, count });
+        if count + usize::from(net.is_some()) + usize::from(vsock.is_some()) > MAX_DISKS {
+            let others: Vec<&str> = [("network", net.is_some()), ("vsock", vsock.is_some())]
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(what, _)| *what)
+                .collect();
+            let (with, or) = if others.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    format!(
+                        " with its {} device{}",
+                        others.join(" and "),
+                        if others.len() > 1 { "s" } else { "" }
+                    ),
+                    format!(
+                        ", or drop {}",
+                        others
+                            .iter()
+                            .map(|w| if *w == "network" {
+                                "net = false"
+                            } else {
+                                "vsock = false"
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    ),
+                )
+            };
+            return Err(ConfigError::TooManyDisks {
+                vm: name,
+                count,
+                with,
+                or,
+            });
         }
         let disks = root
             .iter()
@@ -714,6 +860,7 @@ impl VmSpec {
             disks,
             root_disk: root.is_some(),
             net,
+            vsock,
             hosts: None,
             vcpus,
             memory,
@@ -864,6 +1011,28 @@ impl Config {
                             "tap {tap} is VM {other}'s too; a TAP interface serves one VM: give each its own"
                         ),
                     });
+                }
+            }
+        }
+        let mut cids: HashMap<u64, &str> = HashMap::new();
+        let mut sockets: HashMap<&Path, &str> = HashMap::new();
+        for vm in &vms {
+            if let Some(v) = &vm.vsock {
+                if let Some(other) = cids.insert(v.cid, &vm.name) {
+                    return Err(ConfigError::DuplicateCid(
+                        other.to_string(),
+                        vm.name.clone(),
+                        v.cid,
+                    ));
+                }
+                if let Some(path) = &v.socket {
+                    if let Some(other) = sockets.insert(path, &vm.name) {
+                        return Err(ConfigError::DuplicateVsockSocket(
+                            other.to_string(),
+                            vm.name.clone(),
+                            path.clone(),
+                        ));
+                    }
                 }
             }
         }
@@ -1437,6 +1606,30 @@ mod tests {
             .parse(&vm("a", &format!("disks = [{}]", many.join(", "))))
             .unwrap_err();
         assert!(matches!(e, ConfigError::TooManyDisks { count, .. } if count == MAX_DISKS + 1));
+        // 16 disks fit only without one of the default devices.
+        let sixteen: Vec<String> = (0..MAX_DISKS - 1)
+            .map(|i| {
+                format!(
+                    "{{ path = \"{}\" }}",
+                    dir.image(&format!("s{i}.img"), 512).display()
+                )
+            })
+            .collect();
+        let e = dir
+            .parse(&vm("a", &format!("disks = [{}]", sixteen.join(", "))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("16 disks with its network and vsock devices")
+                && e.contains("or drop net = false / vsock = false"),
+            "{e}"
+        );
+        assert!(dir
+            .parse(&vm(
+                "a",
+                &format!("disks = [{}]\nvsock = false", sixteen.join(", "))
+            ))
+            .is_ok());
     }
 
     #[test]
@@ -1719,5 +1912,84 @@ mod tests {
         ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn every_vm_has_vsock_by_default_with_cid_3_plus_index() {
+        let c = parse(&format!(
+            "{}{}{}",
+            vm("a", ""),
+            vm("b", "vsock = false"),
+            vm("c", "vsock = { cid = 77, socket = \"/tmp/c.vsock\" }")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.vms[0].vsock,
+            Some(VsockConfig {
+                cid: 3,
+                socket: None
+            })
+        );
+        assert_eq!(c.vms[1].vsock, None);
+        assert_eq!(
+            c.vms[2].vsock,
+            Some(VsockConfig {
+                cid: 77,
+                socket: Some(PathBuf::from("/tmp/c.vsock"))
+            })
+        );
+        // Relative sockets resolve against the config's directory.
+        let c = Config::from_toml(
+            &vm("a", "vsock = { socket = \"a.vsock\" }"),
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.vms[0].vsock.as_ref().unwrap().socket,
+            Some(PathBuf::from("/tmp/a.vsock"))
+        );
+    }
+
+    #[test]
+    fn each_bad_vsock_setting_is_one_clear_error() {
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        for cid in [0u64, 1, 2, u64::from(u32::MAX), 1 << 40] {
+            let e = err(vm("a", &format!("vsock = {{ cid = {cid} }}")));
+            assert!(
+                e.contains(&format!("VM a: vsock: cid {cid} is reserved or too large")),
+                "{e}"
+            );
+        }
+        let e = err(format!("{}{}", vm("a", ""), vm("b", "vsock = { cid = 3 }")));
+        assert_eq!(
+            e,
+            "VMs a and b have the same vsock CID 3; give each VM its own (vsock.cid)"
+        );
+        let e = err(format!(
+            "{}{}",
+            vm("a", "vsock = { socket = \"/tmp/x.vsock\" }"),
+            vm("b", "vsock = { socket = \"/tmp/x.vsock\" }")
+        ));
+        assert!(
+            e.contains("VMs a and b use the same vsock socket /tmp/x.vsock"),
+            "{e}"
+        );
+        let long = format!("/tmp/{}", "s".repeat(100));
+        let e = err(vm("a", &format!("vsock = {{ socket = \"{long}\" }}")));
+        assert!(e.contains("must fit a Unix socket address"), "{e}");
+        let e = err(vm("a", "vsock = { socket = \"/nonexistent-dir/a.vsock\" }"));
+        assert!(e.contains("does not exist; create it"), "{e}");
+        let e = err(vm("a", "vsock = { socket = \"/etc/passwd\" }"));
+        assert!(
+            e.contains("is an existing file that is not a socket"),
+            "{e}"
+        );
+        // An unknown key names the line (as for net).
+        let e = err(vm("a", "vsock = { port = 1 }"));
+        assert!(
+            e.contains("invalid config file") && e.contains("line 5"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 }

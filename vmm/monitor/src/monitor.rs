@@ -141,6 +141,9 @@ fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
     for line in vm.device_reports() {
         eprintln!("xpmem-vmm: VM {name}: {line}");
     }
+    if let Some((cid, _, r)) = vm.vsock() {
+        eprintln!("xpmem-vmm: VM {name}: vsock cid {cid} at exit: {r}");
+    }
 }
 
 /// Builds all VMs (so bad input fails before any guest runs), starts them,
@@ -190,7 +193,21 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         (_, Some(running)) => Some(running.socket().to_path_buf()),
         _ => None,
     };
+    // The runtime directory for default vsock sockets (the switch's, or
+    // one of its own); removed at the end.
+    let run_dir = crate::switch::runtime_dir();
+    let _run_dir_guard = if config
+        .vms
+        .iter()
+        .any(|v| v.vsock.as_ref().is_some_and(|s| s.socket.is_none()))
+    {
+        Some(crate::switch::RunDir::create(&run_dir)?)
+    } else {
+        None
+    };
     let shared = Shared {
+        vsock_router: virtio_vsock_device::LocalRouter::new(),
+        run_dir,
         switch_socket,
         xpmem: XpmemHub::new(HubConfig {
             invalidate_deadline: Duration::from_millis(deadline),
@@ -247,6 +264,14 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             name: cfg.name.clone(),
             source,
         })?);
+        if let Some((cid, path, _)) = running.last().and_then(RunningVm::vsock) {
+            eprintln!(
+                "xpmem-vmm: VM {}: vsock cid {cid}, host socket {} (CONNECT <port>; guest connections to the host at {}_<port>)",
+                cfg.name,
+                path.display(),
+                path.display()
+            );
+        }
     }
 
     let mut clean = true;
@@ -281,6 +306,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             }
             report_domain(&shared.xpmem);
             report_switch(switch.as_mut(), config);
+            report_vsock(&shared);
             return Ok(Outcome::Interrupted(signo));
         }
         let mut index = 0;
@@ -298,7 +324,21 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     }
     report_domain(&shared.xpmem);
     report_switch(switch.as_mut(), config);
+    report_vsock(&shared);
     Ok(Outcome::AllEnded { clean })
+}
+
+/// Prints the vsock router's counters once every VM has ended (`left_*`:
+/// guest-to-guest connections and packets of VMs that ended with them open).
+fn report_vsock(shared: &Shared) {
+    let held = shared.vsock_router.held();
+    eprintln!(
+        "xpmem-vmm: vsock router at exit: held conns={} packets={} bytes={}; total {}",
+        held.conns,
+        held.packets,
+        held.bytes,
+        shared.vsock_router.stats()
+    );
 }
 
 /// Stops the monitor's own switch and prints its counters. Its ports are

@@ -32,12 +32,39 @@ pub struct RunningSwitch {
 }
 
 /// The directory for this monitor's sockets.
-fn runtime_dir() -> PathBuf {
+pub fn runtime_dir() -> PathBuf {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
     base.join(format!("xpmem-vmm-{}", std::process::id()))
+}
+
+/// The runtime directory when the monitor needs it for other sockets
+/// (vsock): created (mode 0700) unless the switch made it, removed when
+/// dropped.
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    pub fn create(dir: &Path) -> Result<Self, SwitchError> {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(err) => {
+                return Err(SwitchError::RuntimeDir {
+                    path: dir.to_path_buf(),
+                    err,
+                })
+            }
+        }
+        Ok(RunDir(dir.to_path_buf()))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl RunningSwitch {

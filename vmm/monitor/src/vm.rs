@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -65,6 +65,8 @@ pub enum VmError {
     },
     #[error("network device: {0}")]
     Net(String),
+    #[error("vsock device: {0}")]
+    Vsock(String),
     #[error("cannot create virtio device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error(transparent)]
@@ -107,6 +109,10 @@ pub struct Shared {
     pub xpmem: Arc<XpmemHub>,
     /// Where the setup's switch listens (when a VM has a network device).
     pub switch_socket: Option<PathBuf>,
+    /// Routes vsock packets between the VMs' devices.
+    pub vsock_router: virtio_vsock_device::LocalRouter,
+    /// The monitor's runtime directory (default vsock sockets).
+    pub run_dir: PathBuf,
 }
 
 impl BusDevice for MmioTransport {
@@ -119,6 +125,9 @@ impl BusDevice for MmioTransport {
 }
 
 type SharedTransport = Arc<Mutex<MmioTransport>>;
+
+/// A VM's vsock device as the monitor reports it: CID, socket, counters.
+pub type VsockInfo = (u64, PathBuf, Arc<Mutex<virtio_vsock_device::VsockReport>>);
 
 /// A queue notification eventfd (ioeventfd on QueueNotify) and its target.
 struct Notifier {
@@ -141,6 +150,8 @@ pub struct Vm {
     input: Option<SerialInput>,
     /// The domain this VM joined, and its id there.
     xpmem: (Arc<XpmemHub>, VmId),
+    /// The vsock device's CID, socket and published report.
+    vsock: Option<VsockInfo>,
     // Drop order matters: the VM fd (and with it every memslot) must go
     // before the memory it points at.
     _vm_fd: Arc<VmFd>,
@@ -224,6 +235,23 @@ impl Vm {
                 .map_err(|e| VmError::Net(e.to_string()))?;
             devices.push(("net", Box::new(device)));
         }
+        let mut vsock = None;
+        if let Some(v) = &cfg.vsock {
+            let path = v
+                .socket
+                .clone()
+                .unwrap_or_else(|| shared.run_dir.join(format!("{}.vsock", cfg.name)));
+            let port = shared
+                .vsock_router
+                .port(v.cid)
+                .map_err(|e| VmError::Vsock(e.to_string()))?;
+            let host = virtio_vsock_device::HostSide::listen(&path, Some(port.wake_fd()))
+                .map_err(|e| VmError::Vsock(e.to_string()))?;
+            let device = virtio_vsock_device::Vsock::new(v.cid, host, Some(port))
+                .map_err(|e| VmError::Vsock(e.to_string()))?;
+            vsock = Some((v.cid, path, device.report_handle()));
+            devices.push(("vsock", Box::new(device)));
+        }
 
         let mut mmio = Bus::new();
         let mut slots = Vec::new();
@@ -267,6 +295,7 @@ impl Vm {
             exit,
             input,
             xpmem: (shared.xpmem.clone(), id),
+            vsock,
             _vm_fd: vm_fd,
             _transports: transports,
             _apertures: apertures,
@@ -301,6 +330,7 @@ impl Vm {
             stop,
             started,
             xpmem: self.xpmem.clone(),
+            vsock: self.vsock.clone(),
             held_at_exit: None,
             device_reports: Vec::new(),
             vm: None,
@@ -714,6 +744,7 @@ pub struct RunningVm {
     stop: EventFd,
     started: Instant,
     xpmem: (Arc<XpmemHub>, VmId),
+    vsock: Option<VsockInfo>,
     /// What the guest still held in the xpmem domain when it stopped.
     held_at_exit: Option<VmHoldings>,
     /// The devices' counters when it stopped ([`VirtioDevice::exit_report`]).
@@ -732,6 +763,14 @@ impl RunningVm {
 
     /// What the guest still held in the xpmem domain when it stopped (set by
     /// [`RunningVm::stop`]).
+    /// The vsock device's CID, socket and its last published report.
+    pub fn vsock(&self) -> Option<(u64, &Path, virtio_vsock_device::VsockReport)> {
+        self.vsock.as_ref().map(|(cid, path, report)| {
+            let r = *report.lock().unwrap_or_else(|e| e.into_inner());
+            (*cid, path.as_path(), r)
+        })
+    }
+
     pub fn xpmem_held_at_exit(&self) -> Option<VmHoldings> {
         self.held_at_exit
     }

@@ -9,6 +9,7 @@
 //! [`MmioTransport::queue_notify`], and registers the transport's
 //! [`MmioTransport::irqfd`] with KVM for the device's GSI.
 
+pub mod chain;
 pub mod device;
 mod transport;
 

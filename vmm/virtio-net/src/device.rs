@@ -8,12 +8,13 @@ use std::sync::Arc;
 use log::{debug, warn};
 use net_switch::socket::{Recv, Send};
 use net_switch::{Mac, ETH_HEADER_LEN};
+use virtio_mmio_transport::chain::{self, ChainError, WritableChain};
 use virtio_mmio_transport::{
-    signal_used, ActivateContext, ActivateError, InterruptReason, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
+    guest_warn, signal_used, ActivateContext, ActivateError, InterruptReason, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::backend::NetBackend;
 
@@ -45,24 +46,6 @@ const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 
-/// Guest-triggered warnings logged at warn level per device; later ones go to
-/// debug level, so a hostile driver cannot flood the host's log.
-const MAX_GUEST_WARNINGS: u64 = 32;
-
-macro_rules! guest_warn {
-    ($count:expr, $($arg:tt)+) => {{
-        $count += 1;
-        if $count <= MAX_GUEST_WARNINGS {
-            warn!($($arg)+);
-        } else {
-            if $count == MAX_GUEST_WARNINGS + 1 {
-                warn!("virtio-net: too many guest-triggered warnings; further ones are logged at debug level");
-            }
-            debug!($($arg)+);
-        }
-    }};
-}
-
 /// Errors of creating the device and of guest input (the latter are
 /// counted and logged, never returned to the monitor).
 #[derive(Debug, thiserror::Error)]
@@ -73,24 +56,14 @@ pub enum NetError {
         "MAC {0} is a multicast address; a NIC needs a unicast one (first byte even, e.g. 02:...)"
     )]
     MulticastMac(Mac),
-    #[error(
-        "a transmit chain has a device-writable descriptor; transmit buffers are device-readable"
-    )]
-    TxWritable,
     #[error("a transmit chain of {0} bytes is shorter than the header and an Ethernet header")]
     TxTooShort(usize),
-    #[error("a transmit chain is longer than the header and MTU + 14 bytes ({0})")]
-    TxTooLong(usize),
     #[error("a transmit header asks for offloads (flags {flags:#x}, gso_type {gso_type}) that were not negotiated")]
     TxOffload { flags: u8, gso_type: u8 },
-    #[error("a buffer at {addr:#x} (+{len:#x}) is outside guest memory")]
-    BadBuffer { addr: u64, len: u32 },
-    #[error(
-        "a receive chain has a device-readable descriptor; receive buffers are device-writable"
-    )]
-    RxReadable,
     #[error("virtqueue error: {0:?}")]
     Queue(virtio_queue::Error),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
 }
 
 /// A locally administered unicast MAC derived from `name` (02:xx:xx:xx:xx:xx,
@@ -158,13 +131,6 @@ impl std::fmt::Display for NetStats {
     }
 }
 
-/// A receive chain taken from the queue and not yet used.
-struct RxChain {
-    head: u16,
-    segments: Vec<(GuestAddress, u32)>,
-    capacity: usize,
-}
-
 struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
@@ -173,7 +139,7 @@ struct Active {
     mergeable: bool,
     /// Receive chains held for the next frame (with MRG_RXBUF, until they
     /// hold it; without, the one chain a too large frame did not fit).
-    gathered: Vec<RxChain>,
+    gathered: Vec<WritableChain>,
 }
 
 /// The virtio-net device model.
@@ -337,6 +303,7 @@ impl Net {
                 Ok(()) => used_any = true,
                 Err(e) => guest_warn!(
                     self.guest_warnings,
+                    "virtio-net",
                     "virtio-net: transmit chain {head} cannot be returned: {e:?}"
                 ),
             }
@@ -354,6 +321,7 @@ impl Net {
                     self.stats.tx_bad_chains += 1;
                     guest_warn!(
                         self.guest_warnings,
+                        "virtio-net",
                         "virtio-net: transmit chain {head} refused: {e}"
                     );
                 }
@@ -498,11 +466,15 @@ fn gather(
             return Gathered::Wait;
         };
         let head = chain.head_index();
-        match rx_chain(chain, &a.mem) {
+        match WritableChain::new(chain, &a.mem) {
             Ok(c) => a.gathered.push(c),
             Err(e) => {
                 stats.rx_bad_chains += 1;
-                guest_warn!(*warnings, "virtio-net: receive chain {head} refused: {e}");
+                guest_warn!(
+                    *warnings,
+                    "virtio-net",
+                    "virtio-net: receive chain {head} refused: {e}"
+                );
                 if a.rx.add_used(&a.mem, head, 0).is_ok() {
                     *used = true;
                 }
@@ -519,68 +491,23 @@ fn write_rx(a: &mut Active, n: usize, frame: &[u8], stats: &mut NetStats, warnin
     let num = u16::try_from(n).unwrap_or(u16::MAX);
     hdr[10..12].copy_from_slice(&num.to_le_bytes());
     let mut src = [&hdr[..], frame];
-    let chains: Vec<RxChain> = a.gathered.drain(..n).collect();
+    let chains: Vec<WritableChain> = a.gathered.drain(..n).collect();
     for c in chains {
-        let mut written = 0u32;
-        for &(addr, len) in &c.segments {
-            let mut room = len as usize;
-            let mut at = addr;
-            while room > 0 {
-                let Some(part) = src.iter_mut().find(|p| !p.is_empty()) else {
-                    break;
-                };
-                let k = room.min(part.len());
-                if a.mem.write_slice(&part[..k], at).is_err() {
-                    guest_warn!(
-                        *warnings,
-                        "virtio-net: receive buffer at {:#x} became unwritable",
-                        at.0
-                    );
-                    break;
-                }
-                *part = &part[k..];
-                room -= k;
-                written += k as u32;
-                at = GuestAddress(at.0 + k as u64);
-            }
-        }
+        let written = c.write(&a.mem, &mut src).unwrap_or_else(|w| {
+            guest_warn!(
+                *warnings,
+                "virtio-net",
+                "virtio-net: a receive buffer of chain {} became unwritable",
+                c.head
+            );
+            w
+        });
         if a.rx.add_used(&a.mem, c.head, written).is_ok() {
             stats.rx_buffers += 1;
         }
     }
     stats.rx_frames += 1;
     stats.rx_bytes += frame.len() as u64;
-}
-
-/// Checks a receive chain: device-writable only, every buffer inside guest RAM.
-fn rx_chain(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-) -> Result<RxChain, NetError> {
-    let head = chain.head_index();
-    let mut segments = Vec::new();
-    let mut capacity = 0usize;
-    for d in chain {
-        if !d.is_write_only() {
-            return Err(NetError::RxReadable);
-        }
-        if d.len() == 0 {
-            continue;
-        }
-        if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-            return Err(NetError::BadBuffer {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-        segments.push((d.addr(), d.len()));
-        capacity = capacity.saturating_add(d.len() as usize);
-    }
-    Ok(RxChain {
-        head,
-        segments,
-        capacity,
-    })
 }
 
 /// Copies a transmit chain (header and frame) into `buf`; returns its length.
@@ -590,25 +517,7 @@ fn read_tx_chain(
     max: usize,
     buf: &mut Vec<u8>,
 ) -> Result<usize, NetError> {
-    if buf.len() < max {
-        buf.resize(max, 0);
-    }
-    let mut len = 0usize;
-    for d in chain {
-        if d.is_write_only() {
-            return Err(NetError::TxWritable);
-        }
-        let n = d.len() as usize;
-        if n > max - len {
-            return Err(NetError::TxTooLong(max));
-        }
-        mem.read_slice(&mut buf[len..len + n], d.addr())
-            .map_err(|_| NetError::BadBuffer {
-                addr: d.addr().0,
-                len: d.len(),
-            })?;
-        len += n;
-    }
+    let len = chain::read_chain(chain, mem, max, buf)?;
     if len < HDR_LEN + ETH_HEADER_LEN {
         return Err(NetError::TxTooShort(len));
     }
@@ -638,20 +547,12 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o).copied())
-                .unwrap_or(0);
-        }
+        chain::read_config(&self.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The MAC is writable only with VIRTIO_NET_F_CTRL_MAC_ADDR (not offered).
-        guest_warn!(
-            self.guest_warnings,
+        guest_warn!(self.guest_warnings, "virtio-net",
             "virtio-net: {}-byte config write at {offset:#x} ignored; the configuration is read-only",
             data.len()
         );
@@ -689,6 +590,7 @@ impl VirtioDevice for Net {
             }
             _ => guest_warn!(
                 self.guest_warnings,
+                "virtio-net",
                 "virtio-net: notify for nonexistent queue {index} ignored"
             ),
         }

@@ -4,5 +4,5 @@
 . "$(dirname "$0")/xpmem-cases.sh"
 bytes=$(sed -n 's/.*[[:space:]]xpmem\.netbytes=\([0-9]*\).*/\1/p' /proc/cmdline)
 run net-recv --port 5101 --bytes "$bytes" --timeout 180
-run net-echo --port 5102 --timeout 60
+run vsock-echo --port 5102 --timeout 60
 exit $rc
