@@ -3097,6 +3097,41 @@ static int case_vsock_echo(void)
 	return pass();
 }
 
+/*
+ * agent-refused: connect to the guest agent (xpmem-agent) of another VM at
+ * --cid:--port (default 5252) over guest-to-guest vsock; the agent must answer
+ * "F ..." and close, never run a command for a guest.
+ */
+static int case_agent_refused(void)
+{
+	struct timeval tv = { .tv_sec = opt.timeout };
+	char line[160];
+	size_t got = 0;
+	ssize_t n;
+	int fd;
+
+	if (!opt.cid)
+		return fail("needs --cid of the VM whose agent is tried");
+	if (!opt.port)
+		opt.port = 5252;
+	fd = net_connect();
+	if (fd < 0)
+		return EXIT_FAIL;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* Ask for something harmless; a refusal comes before any command runs. */
+	if (write(fd, "RUN 5 echo ran\n", 15) != 15)
+		return fail("write: %s", strerror(errno));
+	while (got < sizeof(line) - 1 && (n = read(fd, line + got, sizeof(line) - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	line[got] = 0;
+	line[strcspn(line, "\n")] = 0;
+	if (strncmp(line, "F ", 2))
+		return fail("the agent of cid %llu answered '%.60s', want a refusal", opt.cid, line);
+	say("NOTE refused: %s", line + 2);
+	return pass();
+}
+
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -4528,6 +4563,7 @@ static const struct {
 	{ "net-send", case_net_send, "send --bytes of a pattern to --host (IPv4):--port over TCP (or vsock --cid:--port), print SENT and its sum" },
 	{ "net-recv", case_net_recv, "accept one TCP (or with --cid, vsock) connection on --port, check --bytes of the pattern, print RECEIVED and its sum" },
 	{ "vsock-echo", case_vsock_echo, "accept one vsock (--cid any) or TCP connection on --port, echo it until EOF, print ECHOED" },
+	{ "agent-refused", case_agent_refused, "connect to another VM's guest agent at --cid (--port 5252) over vsock: it must refuse" },
 	{ "net-rtt", case_net_rtt, "--rounds 1-byte round trips to an echo server (vsock-echo without --cid) at --host:--port, print RESULT with mean/p50/p99 us" },
 	{ "net-flood", case_net_flood, "UDP broadcasts and bad raw frames on --dev for --seconds (or until --stop FILE exists)" },
 	{ "self-attach", case_self_attach, "attach own buffer from own whole-space segment; munmap needs no forced revocation" },
