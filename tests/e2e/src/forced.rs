@@ -170,7 +170,7 @@ fn config(trials: usize) -> String {
                 vm,
                 1,
                 &format!("forced-{vm}.sh"),
-                Some(&format!("/tmp/fin-{vm}")),
+                true,
                 &format!("xpmem.trials={trials}"),
             )
         })
@@ -183,11 +183,12 @@ fn script(trials: usize) -> String {
     let t = 180 + trials as u64 * 15;
     format!(
         r#"{heartbeat}echo "XPMEM-CASE-BEGIN forced"
-./xpmem-relay --input a=/tmp/fin-a --input b=/tmp/fin-b -- timeout -s KILL {t} ./xpmem-vmm --config forced.toml </dev/null 2>&1
+./xpmem-relay {relay} -- timeout -s KILL {t} ./xpmem-vmm --config forced.toml </dev/null 2>&1
 echo "XPMEM-CASE-END forced rc=$?"
 kill $hb 2>/dev/null
 "#,
-        heartbeat = nested::HEARTBEAT
+        heartbeat = nested::HEARTBEAT,
+        relay = ["a", "b"].map(crate::xpmem_group::agent_arg).join(" "),
     )
 }
 

@@ -15,8 +15,10 @@
 //!   two exporters, two segments, two attachments, pages moving under memory
 //!   pressure, SIGBUS after munmap and exit, an importer process exiting and
 //!   a VM powering off while it imports from one VM and exports to another. The monitor runs under
-//!   `xpmem-relay` (see [`crate::relay`]), which types each segid and
-//!   DONE/GONE notice into the VMs' input FIFOs.
+//!   `xpmem-relay` (see [`crate::relay`]), which hands each segid and
+//!   DONE/GONE notice to the destination VM through its guest agent over
+//!   vsock (`xpmem-relay --agent`: the line lands in `/run/xpmem-input`, the
+//!   VM command's stdin), not through its serial console.
 //! * `hostile` (issue 13): three VMs `a`, `b`, `c` run `xpmem-hostile-{a,b,c}.sh`
 //!   under a [`HOSTILE_DEADLINE_MS`] deadline: b's driver turns hostile
 //!   (`test_misbehave` `no_ack` five times over, `no_refill`, `bad_evbufs`)
@@ -212,14 +214,8 @@ const HOSTILE_VMS: &[(&str, &str, &[&str])] = &[
 /// `XPMEM-CASE-END <case> rc=<monitor exit>`; `xpmem-relay` adds its own.
 fn payload_script(deadline: Duration) -> String {
     let t = deadline.as_secs().max(1);
-    let inputs: Vec<String> = SHARE_VMS
-        .iter()
-        .map(|(vm, _, _)| format!("--input {vm}=/tmp/in-{vm}"))
-        .collect();
-    let hostile_inputs: Vec<String> = HOSTILE_VMS
-        .iter()
-        .map(|(vm, _, _)| format!("--input {vm}=/tmp/hin-{vm}"))
-        .collect();
+    let inputs: Vec<String> = SHARE_VMS.iter().map(|(vm, _, _)| agent_arg(vm)).collect();
+    let hostile_inputs: Vec<String> = HOSTILE_VMS.iter().map(|(vm, _, _)| agent_arg(vm)).collect();
     format!(
         r#"{heartbeat}echo "XPMEM-CASE-BEGIN local"
 timeout -s KILL {t} ./xpmem-vmm --config local.toml </dev/null 2>&1
@@ -246,23 +242,33 @@ pub(crate) fn deadline_toml(ms: u64) -> String {
     format!("[xpmem]\ninvalidate_deadline_ms = {ms}\n\n")
 }
 
-pub(crate) fn vm_toml(
-    name: &str,
-    vcpus: u32,
-    run: &str,
-    input: Option<&str>,
-    extra: &str,
-) -> String {
+/// The vsock socket of VM `vm` in the payload directory, through which
+/// `xpmem-relay --agent` reaches its guest agent.
+fn agent_socket(vm: &str) -> String {
+    format!("{vm}.vsock")
+}
+
+/// `xpmem-relay`'s argument for VM `vm`.
+pub(crate) fn agent_arg(vm: &str) -> String {
+    format!("--agent {vm}={}", agent_socket(vm))
+}
+
+/// One `[[vm]]` table. `relayed`: the VM's command reads the relay's
+/// messages, which come through its guest agent over vsock (its stdin is
+/// `/run/xpmem-input`, `xpmem.input=agent`), not through its serial console.
+pub(crate) fn vm_toml(name: &str, vcpus: u32, run: &str, relayed: bool, extra: &str) -> String {
     let append = std::env::var("XPMEM_GUEST_APPEND").unwrap_or_default();
-    let cmdline = format!("xpmem.name={name} xpmem.run={run} xpmem.out=kmsg {extra} {append}");
+    let input = if relayed { "xpmem.input=agent" } else { "" };
+    let cmdline =
+        format!("xpmem.name={name} xpmem.run={run} xpmem.out=kmsg {input} {extra} {append}");
     let mut s = format!(
         "[[vm]]\nname = \"{name}\"\nvcpus = {vcpus}\nmemory = 512\nkernel = \"vmlinuz\"\ninitrd = \"guest.cpio.gz\"\ncmdline = {}\n",
-        toml::Value::String(cmdline.trim().to_string())
+        toml::Value::String(cmdline.split_whitespace().collect::<Vec<_>>().join(" "))
     );
-    if let Some(path) = input {
+    if relayed {
         s.push_str(&format!(
-            "input = {}\n",
-            toml::Value::String(path.to_string())
+            "vsock = {{ socket = {} }}\n",
+            toml::Value::String(agent_socket(name))
         ));
     }
     s.push('\n');
@@ -785,19 +791,19 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         format!(
             "{}{}",
             xpmem_toml(),
-            vm_toml("local", 2, "xpmem-local.sh", None, LOCAL_APPEND)
+            vm_toml("local", 2, "xpmem-local.sh", false, LOCAL_APPEND)
         ),
         0o644,
     );
     let share_toml: String = SHARE_VMS
         .iter()
-        .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}")), ""))
+        .map(|(vm, script, _)| vm_toml(vm, 1, script, true, ""))
         .collect();
     payload.data("share.toml", format!("{}{share_toml}", xpmem_toml()), 0o644);
     let hostile_toml: String = HOSTILE_VMS
         .iter()
         .map(|(vm, script, _)| {
-            let mut t = vm_toml(vm, 1, script, Some(&format!("/tmp/hin-{vm}")), "");
+            let mut t = vm_toml(vm, 1, script, true, "");
             if *vm == "c" {
                 // The host's import policy: c may import from no other VM.
                 t.insert_str(t.len() - 1, "import_from = {}\n");
@@ -1055,7 +1061,7 @@ mod tests {
 
     #[test]
     fn local_vm_boots_with_slab_debugging() {
-        let toml = vm_toml("local", 2, "xpmem-local.sh", None, LOCAL_APPEND);
+        let toml = vm_toml("local", 2, "xpmem-local.sh", false, LOCAL_APPEND);
         assert!(toml.contains("xpmem.out=kmsg slub_debug=FZPU"), "{toml}");
     }
 
@@ -1077,7 +1083,7 @@ mod tests {
     fn script_runs_the_share_monitor_under_the_relay() {
         let s = payload_script(Duration::from_secs(42));
         assert!(s.contains(
-            "./xpmem-relay --input a=/tmp/in-a --input b=/tmp/in-b --input c=/tmp/in-c -- \
+            "./xpmem-relay --agent a=a.vsock --agent b=b.vsock --agent c=c.vsock -- \
              timeout -s KILL 42 ./xpmem-vmm --config share.toml"
         ));
         assert!(s.contains("timeout -s KILL 42 ./xpmem-vmm --config local.toml"));
@@ -1087,16 +1093,21 @@ mod tests {
     }
 
     #[test]
-    fn share_config_gives_each_vm_its_input_fifo() {
+    fn share_config_gives_each_vm_a_vsock_socket_for_the_relay() {
         let toml: String = SHARE_VMS
             .iter()
-            .map(|(vm, script, _)| vm_toml(vm, 1, script, Some(&format!("/tmp/in-{vm}")), ""))
+            .map(|(vm, script, _)| vm_toml(vm, 1, script, true, ""))
             .collect();
         let text = format!("{}{toml}", xpmem_toml());
         let parsed: toml::Value = toml::from_str(&text).unwrap();
         let vms = parsed["vm"].as_array().unwrap();
         assert_eq!(vms.len(), 3);
-        assert_eq!(vms[2]["input"].as_str(), Some("/tmp/in-c"));
+        assert_eq!(vms[2]["vsock"]["socket"].as_str(), Some("c.vsock"));
+        assert!(vms[2].get("input").is_none());
+        assert!(vms[2]["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("xpmem.input=agent"));
         assert!(vms[1]["cmdline"]
             .as_str()
             .unwrap()
