@@ -5,7 +5,8 @@
 //! `bench-net` (issue 10 item 7): VMs `a` and `b` on the monitor's switch;
 //! `a` sends [`net_bytes`] over TCP to `b` (`xpmem-test net-send` /
 //! `net-recv`, every word checked), then 1000 one-byte round trips to `b`'s
-//! echo server (`net-rtt` / `vsock-echo` without `--cid`, TCP_NODELAY). Before the VMs boot,
+//! echo server (`net-rtt` / `vsock-echo` without `--cid`, TCP_NODELAY), then the
+//! same bytes over guest-to-guest vsock. Before the VMs boot,
 //! the test host runs the same programs between two of its own processes
 //! over loopback. Guest scripts: `scenario/bench-net-{a,b}.sh`.
 
@@ -45,6 +46,9 @@ pub struct NetFigures {
     /// TCP throughput, MiB/s (as `net-send` measures it: until the receiver
     /// has read and checked everything).
     pub tcp_mibs: Option<f64>,
+    /// Guest-to-guest vsock throughput, MiB/s (guests only; the test host's
+    /// reference for it is its TCP loopback).
+    pub vsock_mibs: Option<f64>,
     /// Round-trip time of one byte, microseconds.
     pub rtt_mean_us: Option<f64>,
     pub rtt_p50_us: Option<f64>,
@@ -57,10 +61,16 @@ impl NetFigures {
     pub fn feed(&mut self, line: &str) -> bool {
         let num = |key: &str| word_after(line, key).and_then(|v| v.parse().ok());
         if line.contains("XPMEM-TEST net-send SENT ") {
-            self.tcp_mibs = line
+            let mibs = line
                 .rsplit_once('(')
                 .and_then(|(_, r)| r.split_whitespace().next())
                 .and_then(|v| v.parse().ok());
+            // The guest sends over TCP first, then over vsock.
+            if self.tcp_mibs.is_none() {
+                self.tcp_mibs = mibs;
+            } else {
+                self.vsock_mibs = mibs;
+            }
             true
         } else if line.contains("XPMEM-TEST net-rtt RESULT ") {
             self.rtt_mean_us = num("mean_us=");
@@ -165,6 +175,11 @@ pub fn net_table(host: &NetFigures, guest: &NetFigures) -> String {
         &[
             ("throughput MiB/s", f(guest.tcp_mibs), f(host.tcp_mibs)),
             (
+                "vsock a->b MiB/s (host: TCP)",
+                f(guest.vsock_mibs),
+                f(host.tcp_mibs),
+            ),
+            (
                 "1-byte round trip, mean us",
                 f(guest.rtt_mean_us),
                 f(host.rtt_mean_us),
@@ -195,6 +210,10 @@ mod tests {
             "[vm-a] [ 9.0] XPMEM-TEST net-send SENT 16777216 bytes sum 00ff in 20.0 s (0.8 MiB/s)"
         ));
         assert!(g.feed("[vm-a] [ 9.5] XPMEM-TEST net-rtt RESULT rounds=1000 mean_us=900.0 p50_us=800.0 p99_us=2000.0"));
+        assert!(g.feed(
+            "[vm-a] [ 9.9] XPMEM-TEST net-send SENT 16777216 bytes sum 00ff in 4.0 s (4.0 MiB/s)"
+        ));
+        assert_eq!((g.tcp_mibs, g.vsock_mibs), (Some(0.8), Some(4.0)));
         assert!(!g.feed("[vm-a] XPMEM-TEST net-rtt PASS"));
         assert!(g.complete());
         let mut h = NetFigures::default();
