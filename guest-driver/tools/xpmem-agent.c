@@ -4,7 +4,7 @@
  * a user, with `xpmem-vmm exec`) gets a command's stdout, stderr and exit code
  * without typing into a serial console.
  *
- *   xpmem-agent [--port P]
+ *   xpmem-agent [--port P] [--main]
  *
  * Listens on vsock port P (default 5252) and accepts connections from the
  * host only (CID 2): the monitor routes guest-to-guest vsock too, and another
@@ -13,8 +13,10 @@
  * connection; every header is one text line):
  *
  *   host -> agent   RUN <timeout-seconds> <shell command>\n
- *                   EXIT <code>\n      the agent exits with <code> (the init
- *                                      then reports it and powers off)
+ *                   EXIT <code>\n      with --main (the agent is the VM's
+ *                                      command), the agent exits with <code>
+ *                                      (the init then reports it and powers
+ *                                      off); refused otherwise
  *   agent -> host   O <n>\n + n bytes  the command's stdout
  *                   E <n>\n + n bytes  its stderr
  *                   X <code>\n         it ended: its exit status, 128 + the
@@ -217,7 +219,10 @@ static int run_command(int fd, const char *cmd, long timeout)
 	return code;
 }
 
-/* Serves one connection; writes the code of an EXIT request to @exit_fd. */
+/*
+ * Serves one connection; writes the code of an EXIT request to @exit_fd, or
+ * refuses it when @exit_fd is -1 (the agent is not the VM's command).
+ */
 static void serve(int fd, int exit_fd)
 {
 	char *req = read_request(fd), *cmd;
@@ -237,6 +242,8 @@ static void serve(int fd, int exit_fd)
 		} else {
 			run_command(fd, cmd + 1, v);
 		}
+	} else if (!strncmp(req, "EXIT ", 5) && exit_fd < 0) {
+		send_line(fd, "F this agent runs beside the VM's command (not xpmem.run=agent): it does not exit\n");
 	} else if (!strncmp(req, "EXIT ", 5)) {
 		int code = atoi(req + 5) & 0xff;
 
@@ -253,13 +260,18 @@ int main(int argc, char **argv)
 {
 	struct sockaddr_vm sa = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
 				  .svm_port = DEFAULT_PORT };
-	int lfd, exit_pipe[2];
+	int lfd, exit_pipe[2], i;
+	bool main_command = false;
 
-	if (argc == 3 && !strcmp(argv[1], "--port")) {
-		sa.svm_port = strtoul(argv[2], NULL, 0);
-	} else if (argc != 1) {
-		fprintf(stderr, "usage: xpmem-agent [--port P]\n");
-		return 2;
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--port") && i + 1 < argc) {
+			sa.svm_port = strtoul(argv[++i], NULL, 0);
+		} else if (!strcmp(argv[i], "--main")) {
+			main_command = true;
+		} else {
+			fprintf(stderr, "usage: xpmem-agent [--port P] [--main]\n");
+			return 2;
+		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	/* Handlers are reaped by the kernel; each one waits for its own command. */
@@ -308,7 +320,7 @@ int main(int argc, char **argv)
 		}
 		if (fork() == 0) {
 			close(lfd);
-			serve(fd, exit_pipe[1]);
+			serve(fd, main_command ? exit_pipe[1] : -1);
 			_exit(0);
 		}
 		close(fd);

@@ -166,7 +166,7 @@ echo "hosts: files" >/etc/nsswitch.conf
 agent=
 if [ -e /dev/vsock ] && command -v xpmem-agent >/dev/null; then
 	if [ "$run" = agent ]; then
-		run=xpmem-agent
+		run='xpmem-agent --main'
 	else
 		(xpmem-agent 2>&1 | while IFS= read -r l; do say "$l"; done) &
 	fi

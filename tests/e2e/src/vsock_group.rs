@@ -19,7 +19,8 @@
 //!   a command's stdout and stderr arrive apart and its exit code comes back
 //!   (3), that `--timeout 2` kills `sleep 60` (124, in seconds, not a
 //!   minute), that 4 MiB of output arrive whole, and that `--exit 0` ends
-//!   `b` with status 0; `a` tries `b`'s agent over guest-to-guest vsock and
+//!   `b` with status 0, while `a`'s agent, which runs beside `a`'s script,
+//!   refuses `--exit`; `a` tries `b`'s agent over guest-to-guest vsock and
 //!   must be refused (`xpmem-test agent-refused`).
 //! * `monitor/holds-nothing`: when the VMs end (each closed its sockets),
 //!   each device's at-exit line and the router's show nothing held
@@ -72,6 +73,9 @@ fn payload_script(bytes: u64) -> String {
         r#"{heartbeat}echo "XPMEM-CASE-BEGIN vsock"
 timeout -s KILL 2400 ./xpmem-vmm --config vsock.toml </dev/null 2>&1 &
 vmm=$!
+# a's agent runs beside a's script: it must refuse to end a.
+./xpmem-vmm exec --socket a.vsock --wait 600 --exit 0 >/dev/null 2>aexit.err &
+aexit=$!
 # b runs only its agent: its receiver starts through it (retrying while b boots).
 ./xpmem-vmm exec --socket b.vsock --wait 600 -- xpmem-test net-recv --cid 1 --port 7000 --bytes {bytes} --timeout 1800 2>&1 &
 brecv=$!
@@ -81,6 +85,8 @@ rcv=$!
 wait $rcv
 wait $brecv
 echo "XPMEM-AGENT recv rc=$?"
+wait $aexit
+echo "XPMEM-AGENT exit-refused rc=$? err=$(tr '\n' ' ' <aexit.err)"
 out=$(./xpmem-vmm exec --socket b.vsock -- 'echo out-$((6 * 7)); echo err >&2; exit 3' 2>agent.err)
 echo "XPMEM-AGENT streams rc=$? out=$out err=$(cat agent.err)"
 t0=$(cut -d' ' -f1 /proc/uptime)
@@ -272,6 +278,15 @@ impl Parsed {
                 ),
             ),
             r("refuses-guests", self.guest("agent-refused", 0)),
+            r(
+                "no-exit-beside-a-command",
+                check(
+                    "exit-refused",
+                    rc("exit-refused") == Some(255)
+                        && line("exit-refused").contains("does not exit"),
+                    "a's agent refusing --exit (exec exits 255 saying it does not exit)",
+                ),
+            ),
         ]
     }
 
@@ -440,6 +455,7 @@ XPMEM-AGENT streams rc=3 out=out-42 err=err
 XPMEM-AGENT timeout rc=124 from=100.5 to=103.0
 XPMEM-AGENT bulk rc=0 bytes=4194304
 XPMEM-AGENT exit rc=0
+XPMEM-AGENT exit-refused rc=255 err=xpmem-vmm exec: the agent refused the request: this agent runs beside the VM's command (not xpmem.run=agent): it does not exit 
 [vm-b] [ 30.0] XPMEM-GUEST RESULT b rc=0
 xpmem-vmm: VM a: vsock cid 3 at exit: held conns=0 to_host_bytes=0 to_guest_bytes=0 replies=0 streams=0; total tx_packets=9 credit_violations=0 protocol_errors=0
 xpmem-vmm: VM b: vsock cid 4 at exit: held conns=0 to_host_bytes=0 to_guest_bytes=0 replies=0 streams=0; total tx_packets=9 credit_violations=0 protocol_errors=0
@@ -458,7 +474,7 @@ XPMEM-CASE-END vsock rc=0
     #[test]
     fn a_clean_run_passes_every_case() {
         let res = judge(GOOD);
-        assert_eq!(res.len(), 17, "{res:?}");
+        assert_eq!(res.len(), 18, "{res:?}");
         for c in &res {
             assert_eq!(c.status, Status::Pass, "{c:?}");
         }
@@ -490,6 +506,10 @@ XPMEM-CASE-END vsock rc=0
         assert!(failed(
             GOOD.replace("bytes=4194304", "bytes=65536"),
             "bulk-output"
+        ));
+        assert!(failed(
+            GOOD.replace("exit-refused rc=255", "exit-refused rc=0"),
+            "no-exit-beside-a-command"
         ));
         assert!(failed(
             GOOD.replace("RESULT b rc=0", "RESULT b rc=1"),
