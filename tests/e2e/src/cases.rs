@@ -87,12 +87,14 @@ pub struct Env {
 /// the test creates and removes.
 /// `vsock` (issue 10) runs two VMs with virtio-vsock: host echo, guest to
 /// host, guest to guest, nothing held by the monitor at exit.
+/// `scale` (issue 12) runs 8 VMs of 256 MiB in a ring of named exports and
+/// attaches (about 2 minutes on the nested host).
 pub const GROUPS: &[&str] = &[
-    "errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap", "vsock",
+    "errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap", "vsock", "scale",
 ];
 
 /// Groups run only when named.
-pub const EXTRA_GROUPS: &[&str] = &["scale"];
+pub const EXTRA_GROUPS: &[&str] = &[];
 
 /// Runs a group by name; an error that prevents the group from running at all
 /// becomes one failed case.
