@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS]      each target for SECONDS (default 3600)
 # Targets, each with fresh seeds until its time is up:
 #   - the device fuzz entry points (virtio-xpmem requests, virtio-blk
-#     requests, virtio-net frames): with libFuzzer (`cargo +nightly fuzz run`,
+#     requests, virtio-net frames, virtio-vsock packets): with libFuzzer (`cargo +nightly fuzz run`,
 #     coverage-guided) when a nightly toolchain and cargo-fuzz are there,
 #     otherwise through their smoke tests with a new FUZZ_SMOKE_SEED each round;
 #   - the xpmem domain's model and hostile-guest property tests and the
@@ -69,7 +69,7 @@ rounds() { # label env-var per-round-count unit cargo-test-args...
 	note "$label: $n $unit, $bad failed round(s)"
 }
 
-for t in virtio-xpmem:requests virtio-blk:requests virtio-net:frames; do
+for t in virtio-xpmem:requests virtio-blk:requests virtio-net:frames virtio-vsock:packets; do
 	dir=vmm/${t%%:*} target=${t#*:}
 	if have_libfuzzer; then
 		libfuzzer "$dir" "$target"
