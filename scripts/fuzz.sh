@@ -74,14 +74,14 @@ for t in virtio-xpmem:requests virtio-blk:requests virtio-net:frames virtio-vsoc
 	if have_libfuzzer; then
 		libfuzzer "$dir" "$target"
 	else
-		rounds "$dir fuzz_smoke" FUZZ_SMOKE_SEED 20000 inputs \
+		rounds "$dir fuzz_smoke" FUZZ_SMOKE_SEED 2000 inputs \
 			-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)" --test fuzz_smoke
 	fi
 done
 have_libfuzzer || say "no nightly cargo-fuzz: ran the fuzz entry points on pseudo-random inputs (rustup toolchain install nightly && cargo install cargo-fuzz for coverage-guided runs)"
-rounds "xpmem-domain model" PROPTEST_RNG_SEED 20000 cases -p xpmem-domain --test model
-rounds "xpmem-domain hostile" PROPTEST_RNG_SEED 20000 cases -p xpmem-domain --test hostile
-rounds "virtio-mmio transport" PROPTEST_RNG_SEED 20000 cases -p virtio-mmio-transport --lib
+rounds "xpmem-domain model" PROPTEST_RNG_SEED 2000 cases -p xpmem-domain --test model
+rounds "xpmem-domain hostile" PROPTEST_RNG_SEED 2000 cases -p xpmem-domain --test hostile
+rounds "virtio-mmio transport" PROPTEST_RNG_SEED 2000 cases -p virtio-mmio-transport --lib
 
 printf "%b\n" "$summary"
 if [ $failed = 0 ]; then
