@@ -1,7 +1,6 @@
 //! The virtio-net device model: features, configuration space, the receive
 //! and transmit queues.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::backend::NetBackend;
+use crate::fair::FairQueue;
 
 /// Virtio device ID of the network device.
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -149,8 +149,7 @@ pub struct Net {
     mac: Mac,
     mtu: u16,
     active: Option<Active>,
-    rx_pending: VecDeque<Vec<u8>>,
-    rx_pending_bytes: usize,
+    rx_pending: FairQueue,
     /// A frame the backend could not take yet (its chain is already used).
     tx_stalled: Option<Vec<u8>>,
     buf: Vec<u8>,
@@ -173,8 +172,7 @@ impl Net {
             mac,
             mtu,
             active: None,
-            rx_pending: VecDeque::new(),
-            rx_pending_bytes: 0,
+            rx_pending: FairQueue::default(),
             tx_stalled: None,
             buf: vec![0u8; max_frame + 1],
             stats: NetStats::default(),
@@ -353,13 +351,13 @@ impl Net {
                 Ok(Recv::Frame(n)) => {
                     if self.active.is_none() {
                         self.stats.rx_dropped_inactive += 1;
-                    } else if self.rx_pending.len() >= RX_QUEUE_FRAMES
-                        || self.rx_pending_bytes + n > byte_bound
-                    {
-                        self.stats.rx_dropped_queue_full += 1;
                     } else {
-                        self.rx_pending.push_back(self.buf[..n].to_vec());
-                        self.rx_pending_bytes += n;
+                        // Fair between senders: a full queue drops the oldest
+                        // frame of whoever holds the most (see `fair`).
+                        let frame = self.buf[..n].to_vec();
+                        if !self.rx_pending.push(frame, RX_QUEUE_FRAMES, byte_bound) {
+                            self.stats.rx_dropped_queue_full += 1;
+                        }
                         self.deliver_rx();
                     }
                 }
@@ -401,9 +399,7 @@ impl Net {
                     used = true;
                 }
             }
-            if let Some(f) = self.rx_pending.pop_front() {
-                self.rx_pending_bytes -= f.len();
-            }
+            self.rx_pending.pop_front();
         }
         if used {
             if let Err(e) = signal_used(&mut active.rx, &active.mem, &*active.interrupt) {
@@ -625,7 +621,6 @@ impl VirtioDevice for Net {
         // Held receive chains and waiting frames belong to the old driver.
         self.active = None;
         self.rx_pending.clear();
-        self.rx_pending_bytes = 0;
         self.tx_stalled = None;
     }
 }

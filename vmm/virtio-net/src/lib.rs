@@ -26,13 +26,17 @@
 //! - RX: frames from the backend wait in a queue of at most
 //!   [`RX_QUEUE_FRAMES`] frames and [`RX_QUEUE_BYTES`] bytes until the guest
 //!   posts buffers; beyond that they are dropped and counted, so a guest
-//!   that never reads costs bounded host memory. Each poll reads at most
+//!   that never reads costs bounded host memory. The queue is fair between
+//!   source MACs (round robin; when full, the sender holding the most
+//!   frames loses its oldest), so one VM flooding this guest cannot starve
+//!   another VM's traffic to it. Each poll reads at most
 //!   [`RX_READ_BATCH`] frames. A receive chain must be device-writable only
 //!   and inside guest RAM; a bad one is returned with length 0. With
 //!   `MRG_RXBUF` a frame spans as many chains as it needs.
 
 mod backend;
 mod device;
+mod fair;
 #[doc(hidden)]
 pub mod fuzzing;
 mod tap;
