@@ -8,6 +8,20 @@
 //! [`bus`] are the legacy platform devices and exit dispatch; [`switch`] runs the
 //! VM-to-VM switch; [`exec`] runs a command in a VM through its guest agent; [`vm`] builds and runs one VM, [`vcpu`] is its run loop; [`monitor`] runs them all.
 
+/// `eprintln!` that writes the whole line with one `write` (a line of at
+/// most `PIPE_BUF` bytes then reaches a pipe in one piece): `eprintln!`
+/// writes each formatted part on its own, and the VMs' console lines, written
+/// to the same pipe by other threads, landed in the middle of the monitor's
+/// at-exit lines.
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 pub mod boot;
 pub mod bus;
 pub mod cli;

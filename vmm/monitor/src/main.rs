@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("xpmem-vmm: error: {e}");
+            xpmem_vmm::report!("xpmem-vmm: error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -37,12 +37,12 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             let code = outcome.exit_code();
             if code != 0 {
-                eprintln!("xpmem-vmm: exiting with status {code}");
+                xpmem_vmm::report!("xpmem-vmm: exiting with status {code}");
             }
             ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE))
         }
         Err(e) => {
-            eprintln!("xpmem-vmm: error: {e}");
+            xpmem_vmm::report!("xpmem-vmm: error: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -53,23 +53,23 @@ fn run_switch(socket: &std::path::Path, mtu: u16) -> ExitCode {
     let stop = match xpmem_vmm::signals::install() {
         Ok(stop) => stop,
         Err(e) => {
-            eprintln!("xpmem-vmm: error: cannot install signal handlers: {e}");
+            xpmem_vmm::report!("xpmem-vmm: error: cannot install signal handlers: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    eprintln!(
+    xpmem_vmm::report!(
         "xpmem-vmm: switch listening at {} (MTU {mtu})",
         socket.display()
     );
     match xpmem_vmm::switch::serve(socket, mtu, stop) {
         Ok(report) => {
             for line in report.lines() {
-                eprintln!("xpmem-vmm: switch: {line}");
+                xpmem_vmm::report!("xpmem-vmm: switch: {line}");
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("xpmem-vmm: error: {e}");
+            xpmem_vmm::report!("xpmem-vmm: error: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

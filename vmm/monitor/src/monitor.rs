@@ -125,24 +125,24 @@ fn mappings_per_vm(vms: usize) -> u64 {
 
 fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
     let name = vm.name();
-    eprintln!(
+    crate::report!(
         "xpmem-vmm: VM {name}: {reason} after {:.2} s",
         ran.as_secs_f64()
     );
     // Objects a guest made and never released (a clean shutdown leaves none);
     // the domain tears them down now.
     match vm.xpmem_held_at_exit() {
-        Some(h) => eprintln!(
+        Some(h) => crate::report!(
             "xpmem-vmm: VM {name}: xpmem objects the guest left: segments={} permits={} attachments={}",
             h.segments, h.permits, h.attachments
         ),
-        None => eprintln!("xpmem-vmm: VM {name}: xpmem objects the guest left: none (its device is not active: never started by the driver, or reset)"),
+        None => crate::report!("xpmem-vmm: VM {name}: xpmem objects the guest left: none (its device is not active: never started by the driver, or reset)"),
     }
     for line in vm.device_reports() {
-        eprintln!("xpmem-vmm: VM {name}: {line}");
+        crate::report!("xpmem-vmm: VM {name}: {line}");
     }
     if let Some((cid, _, r)) = vm.vsock() {
-        eprintln!("xpmem-vmm: VM {name}: vsock cid {cid} at exit: {r}");
+        crate::report!("xpmem-vmm: VM {name}: vsock cid {cid} at exit: {r}");
     }
 }
 
@@ -150,7 +150,7 @@ fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
 /// and waits.
 pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     for note in &config.notes {
-        eprintln!("xpmem-vmm: note: {note}");
+        crate::report!("xpmem-vmm: note: {note}");
     }
     for cfg in &config.vms {
         boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| MonitorError::Vm {
@@ -251,7 +251,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
                 format!(", disk {} ({mode})", d.path.display())
             })
             .collect();
-        eprintln!(
+        crate::report!(
             "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {}{disks})",
             cfg.name,
             cfg.kernel.display(),
@@ -265,7 +265,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             source,
         })?);
         if let Some((cid, path, _)) = running.last().and_then(RunningVm::vsock) {
-            eprintln!(
+            crate::report!(
                 "xpmem-vmm: VM {}: vsock cid {cid}, host socket {} (CONNECT <port>; guest connections to the host at {}_<port>)",
                 cfg.name,
                 path.display(),
@@ -295,7 +295,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         }
         if fds[0].revents != 0 {
             let signo = signals::received().unwrap_or(libc::SIGTERM);
-            eprintln!(
+            crate::report!(
                 "xpmem-vmm: received {}, stopping {} VM(s)",
                 signals::name(signo),
                 running.len()
@@ -332,7 +332,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
 /// guest-to-guest connections and packets of VMs that ended with them open).
 fn report_vsock(shared: &Shared) {
     let held = shared.vsock_router.held();
-    eprintln!(
+    crate::report!(
         "xpmem-vmm: vsock router at exit: held conns={} packets={} bytes={}; total {}",
         held.conns,
         held.packets,
@@ -362,7 +362,7 @@ fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
             .and_then(|n| names.get(n.wrapping_sub(1)))
             .map(|name| format!(" (VM {name})"))
             .unwrap_or_default();
-        eprintln!("xpmem-vmm: switch{vm}: {line}");
+        crate::report!("xpmem-vmm: switch{vm}: {line}");
     }
 }
 
@@ -372,7 +372,7 @@ fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
 fn report_domain(hub: &XpmemHub) {
     let c = hub.counters();
     let a = hub.aperture_stats();
-    eprintln!(
+    crate::report!(
         "xpmem-vmm: xpmem domain at exit: held vms={} segments={} names={} permits={} attachments={} \
          mapped_pages={} rmap_entries={} pending_faults={} pending_resolves={} \
          pending_invalidations={} pending_invalidation_targets={} aperture_pages_reserved={}; \

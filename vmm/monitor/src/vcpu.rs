@@ -74,13 +74,18 @@ fn report_position(vcpu: &VcpuFd, ctx: &VcpuContext) {
         Err(_) => "in an unknown state",
     };
     match vcpu.get_regs() {
-        Ok(regs) => eprintln!(
+        Ok(regs) => crate::report!(
             "xpmem-vmm: VM {} vCPU {}: stopped while {state}, rip {:#x} rsp {:#x} rflags {:#x}",
-            ctx.vm_name, ctx.id, regs.rip, regs.rsp, regs.rflags
+            ctx.vm_name,
+            ctx.id,
+            regs.rip,
+            regs.rsp,
+            regs.rflags
         ),
-        Err(e) => eprintln!(
+        Err(e) => crate::report!(
             "xpmem-vmm: VM {} vCPU {}: stopped while {state} (registers unavailable: {e})",
-            ctx.vm_name, ctx.id
+            ctx.vm_name,
+            ctx.id
         ),
     }
 }
