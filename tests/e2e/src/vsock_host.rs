@@ -122,22 +122,8 @@ fn send_pattern(w: &mut impl Write, bytes: u64) -> Result<u64, VsockHostError> {
 pub fn connect(socket: &Path, port: u32, timeout: Duration) -> Result<UnixStream, VsockHostError> {
     let until = Instant::now() + timeout;
     while Instant::now() < until {
-        if let Ok(mut s) = UnixStream::connect(socket) {
-            if s.write_all(format!("CONNECT {port}\n").as_bytes()).is_ok() {
-                let mut line = Vec::new();
-                let mut byte = [0u8; 1];
-                // Byte by byte: the stream's data follows the line.
-                while line.len() < 64 {
-                    match s.read(&mut byte) {
-                        Ok(1) if byte[0] == b'\n' => break,
-                        Ok(1) => line.push(byte[0]),
-                        _ => break,
-                    }
-                }
-                if line.starts_with(b"OK ") {
-                    return Ok(s);
-                }
-            }
+        if let Ok(s) = xpmem_vmm::exec::handshake(socket, port) {
+            return Ok(s);
         }
         std::thread::sleep(Duration::from_millis(300));
     }

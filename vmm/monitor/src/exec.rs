@@ -9,7 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -160,20 +160,38 @@ pub fn connect(args: &ExecArgs) -> Result<BufReader<UnixStream>, ExecError> {
 }
 
 fn try_connect(args: &ExecArgs) -> io::Result<BufReader<UnixStream>> {
-    let mut stream = UnixStream::connect(&args.socket)?;
-    stream.write_all(format!("CONNECT {}\n", args.port).as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if line.starts_with("OK ") {
-        Ok(reader)
+    handshake(&args.socket, args.port).map(BufReader::new)
+}
+
+/// One attempt at Firecracker's handshake on a VM's vsock socket: connect,
+/// write `CONNECT <port>\n`, read `OK <hostport>\n`. The answer is read byte
+/// by byte, so nothing of the guest's stream after it is consumed. An empty
+/// answer (the monitor closed the connection) means nothing listens on the
+/// guest's port yet.
+pub fn handshake(socket: &Path, port: u32) -> io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 64 {
+        match stream.read(&mut byte)? {
+            1 if byte[0] == b'\n' => break,
+            1 => line.push(byte[0]),
+            _ => break,
+        }
+    }
+    if line.starts_with(b"OK ") {
+        Ok(stream)
     } else if line.is_empty() {
         Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
             "the guest refused the port (agent not listening yet)",
         ))
     } else {
-        Err(io::Error::other(format!("unexpected answer {line:?}")))
+        Err(io::Error::other(format!(
+            "unexpected answer {:?}",
+            String::from_utf8_lossy(&line)
+        )))
     }
 }
 
