@@ -11,7 +11,7 @@
 //! over loopback. Guest scripts: `scenario/bench-net-{a,b}.sh`.
 
 use crate::cases::{word_after, CaseResult, Env, Status};
-use crate::nested::{self, Payload};
+use crate::nested;
 
 /// One row of a [`ratio_table`]: name, guest figure, host figure.
 pub type Row<'a> = (&'a str, f64, f64);
@@ -132,12 +132,9 @@ pub fn net(env: &Env, opts: nested::Options) -> Result<(NetFigures, NetFigures),
     }
     let bytes = net_bytes();
     let tool = crate::repo_root().join("guest-driver/tools/image/bin/xpmem-test");
-    let (vmlinuz, initrd) = crate::cases::xpmem_image(env).map_err(|e| e.to_string())?;
-    let mut payload = Payload::new(net_script(bytes));
-    payload.file(&env.vmm, "xpmem-vmm");
+    let mut payload =
+        crate::cases::guest_payload(env, net_script(bytes)).map_err(|e| e.to_string())?;
     payload.file(&tool, "xpmem-test");
-    payload.file(&vmlinuz, "vmlinuz");
-    payload.file(&initrd, "guest.cpio.gz");
     payload.data("bench.toml", net_config(bytes), 0o644);
     let mut opts = opts;
     opts.silence_limit = Some(nested::SILENCE_LIMIT);

@@ -10,12 +10,11 @@
 //!
 //! Guest scripts: `scenario/forced-{a,b}.sh` (`xpmem.trials=N`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cases::word_after;
 use crate::cases::Env;
-use crate::nested::{self, Payload};
+use crate::nested;
 
 /// The monitor's invalidation deadline for the trials (the CI case uses the
 /// same).
@@ -194,22 +193,16 @@ kill $hb 2>/dev/null
 
 /// Runs `trials` trials on the test host.
 pub fn run(env: &Env, opts: nested::Options, trials: usize) -> Result<Report, String> {
-    let relay = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("xpmem-relay")))
-        .unwrap_or_else(|| PathBuf::from("xpmem-relay"));
+    let relay = crate::xpmem_group::relay_binary();
     if !relay.exists() {
         return Err(format!(
             "{} is missing: build it beside xpmem-e2e (`cargo build -p xpmem-e2e`)",
             relay.display()
         ));
     }
-    let (vmlinuz, initrd) = crate::cases::xpmem_image(env).map_err(|e| e.to_string())?;
-    let mut payload = Payload::new(script(trials));
-    payload.file(&env.vmm, "xpmem-vmm");
+    let mut payload =
+        crate::cases::guest_payload(env, script(trials)).map_err(|e| e.to_string())?;
     payload.file(&relay, "xpmem-relay");
-    payload.file(&vmlinuz, "vmlinuz");
-    payload.file(&initrd, "guest.cpio.gz");
     payload.data("forced.toml", config(trials), 0o644);
     let mut opts = opts;
     opts.timeout = opts

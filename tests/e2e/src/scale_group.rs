@@ -11,9 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::cases::word_after;
+use crate::cases::{test_line, word_after};
 use crate::cases::{CaseResult, Env, Error, Status};
-use crate::nested::{self, Payload};
+use crate::nested;
 
 const G: &str = "scale";
 /// VMs in the ring unless `XPMEM_SCALE_VMS` says otherwise.
@@ -103,14 +103,10 @@ impl Parsed {
                 self.ready.insert(vm.to_string(), up);
             }
         }
-        if let Some(rest) = text.split("XPMEM-TEST ").nth(1) {
-            let mut w = rest.splitn(3, ' ');
-            let (Some(case), Some(verdict)) = (w.next(), w.next()) else {
-                return;
-            };
+        if let Some((case, verdict, rest)) = test_line(text) {
             let r = match verdict {
                 "PASS" => Ok(()),
-                "FAIL" => Err(w.next().unwrap_or("").to_string()),
+                "FAIL" => Err(rest.to_string()),
                 _ => return,
             };
             self.results
@@ -195,11 +191,7 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         return Ok(vec![missing]);
     }
     let n = vm_count();
-    let (vmlinuz, initrd) = crate::cases::xpmem_image(env)?;
-    let mut payload = Payload::new(script(n));
-    payload.file(&env.vmm, "xpmem-vmm");
-    payload.file(&vmlinuz, "vmlinuz");
-    payload.file(&initrd, "guest.cpio.gz");
+    let mut payload = crate::cases::guest_payload(env, script(n))?;
     payload.data("scale.toml", config(n), 0o644);
     let mut opts = opts;
     opts.timeout = opts

@@ -753,16 +753,21 @@ impl Parsed {
     }
 }
 
+/// `xpmem-relay`, built beside this binary (`cargo build -p xpmem-e2e`
+/// builds both).
+pub(crate) fn relay_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("xpmem-relay")))
+        .unwrap_or_else(|| PathBuf::from("xpmem-relay"))
+}
+
 /// Runs the group (see the module documentation).
 pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     let root = crate::repo_root();
     let ko = root.join("guest-driver/kmod/xpmem.ko");
     let tools = root.join("guest-driver/tools/image");
-    // Built beside this binary (`cargo build -p xpmem-e2e` builds both).
-    let relay = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("xpmem-relay")))
-        .unwrap_or_else(|| PathBuf::from("xpmem-relay"));
+    let relay = relay_binary();
     for (p, how) in [
         (&ko, "run `make -C guest-driver`"),
         (&tools.join("bin/xpmem-test"), "run `make -C guest-driver`"),
