@@ -72,10 +72,11 @@ fn bench_map() {
             let mut ap = MmapAperture::new();
             let w = ApertureWindows::reserve(APERTURE_RW_GPA, 8 << 20, APERTURE_RO_GPA, PAGE_SIZE)
                 .unwrap();
-            ap.add_vm(VmId(1), layout.clone(), w.clone()).unwrap();
+            ap.add_vm(VmId(1), layout.clone(), w.clone().into())
+                .unwrap();
             let w2 = ApertureWindows::reserve(APERTURE_RW_GPA, 8 << 20, APERTURE_RO_GPA, PAGE_SIZE)
                 .unwrap();
-            ap.add_vm(VmId(2), layout.clone(), w2).unwrap();
+            ap.add_vm(VmId(2), layout.clone(), w2.into()).unwrap();
             let mut calls = 0;
             let map = measure(Duration::from_millis(200), || {
                 calls = 0;

@@ -68,6 +68,7 @@ mod device;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
+pub mod remote;
 
 pub use device::{XpmemDevice, QUEUE_SIZE};
 pub use hub::{

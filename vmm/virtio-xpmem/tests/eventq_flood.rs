@@ -130,7 +130,6 @@ fn one_delivery_attempt_looks_at_one_queue_of_unusable_buffers_at_most() {
     RING_REQ.set(ring).unwrap();
     REFILLS_LEFT.store(100_000, Ordering::SeqCst);
     let chains_before = hub.device_stats(r.vm).unwrap().chains;
-    use virtio_mmio_transport::VirtioDevice;
     let mut r = r;
     r.dev.queue_notify(0);
     let handled = hub.device_stats(r.vm).unwrap().chains - chains_before;

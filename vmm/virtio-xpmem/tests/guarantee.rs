@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use virtio_mmio_transport::VirtioDevice;
 use virtio_xpmem_device::aperture::{
     ApertureFaults, ApertureWindows, MmapAperture, FILLER_BYTE, PAGE_SIZE,
 };

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_mmio_transport::VirtioDevice;
 use virtio_xpmem_device::aperture::MmapAperture;
 use virtio_xpmem_device::{HubClock, HubConfig, ManualClock, XpmemHub};
 use virtio_xpmem_wire as wire;
@@ -174,7 +173,7 @@ fn malformed_chains_get_invalid_and_change_nothing() {
     assert!(matches!(got, Some((0, _))), "loop: {got:?}");
     assert_eq!(hub.counters(), before);
 
-    let st = g.dev.stats();
+    let st = g.stats();
     assert_eq!(st.dispatched, 0, "{st:?}");
     assert_eq!(st.rejected, st.chains, "{st:?}");
 
@@ -394,12 +393,12 @@ fn reposted_heads_cannot_grow_the_pending_table() {
         .set_desc(0, REQ, req.to_bytes(b.owner).len() as u32, N, 1);
     b.reqq.set_desc(1, RESP, 16, W, 0);
     let reposts = 3 * QSIZE;
-    let st0 = b.dev.stats();
+    let st0 = b.stats();
     for _ in 0..reposts {
         b.reqq.make_available(0);
         b.dev.queue_notify(0);
     }
-    let st = b.dev.stats();
+    let st = b.stats();
     assert!(st.pending_requests <= u64::from(QSIZE), "{st:?}");
     assert_eq!(st.chains - st0.chains, u64::from(reposts));
     assert_eq!(

@@ -401,7 +401,7 @@ impl virtio_xpmem_device::aperture::ApertureBackend for FlakyAperture {
         &mut self,
         vm: virtio_xpmem_device::VmId,
         ram: virtio_xpmem_device::aperture::VmRamLayout,
-        windows: virtio_xpmem_device::aperture::ApertureWindows,
+        windows: virtio_xpmem_device::aperture::VmWindows,
     ) -> Result<(), virtio_xpmem_device::aperture::ApertureError> {
         self.inner.add_vm(vm, ram, windows)
     }

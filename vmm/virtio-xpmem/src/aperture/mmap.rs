@@ -10,7 +10,7 @@ use xpmem_domain::{VmId, Window};
 use super::window::MapSource;
 use super::{
     split_reserve, ApertureBackend, ApertureError, ApertureFaults, ApertureWindows, MapStats,
-    Result, VmRamLayout, DEFAULT_MAPPINGS_PER_VM, FILLER_PAGES, PAGE_SIZE,
+    Result, VmRamLayout, VmWindows, DEFAULT_MAPPINGS_PER_VM, FILLER_PAGES, PAGE_SIZE,
 };
 
 /// An upper bound of the host mappings behind one window: the window is cut
@@ -82,6 +82,9 @@ impl VmAperture {
 /// The real [`ApertureBackend`]: memfd ranges mapped over host windows.
 pub struct MmapAperture {
     vms: HashMap<VmId, VmAperture>,
+    /// RAM of exporters that live in other processes (per-VM processes: the broker
+    /// hands each importer's process the exporter's memfd when it first maps from it).
+    exporters: HashMap<VmId, VmRamLayout>,
     budget: u64,
     faults: Option<Arc<ApertureFaults>>,
 }
@@ -103,6 +106,7 @@ impl MmapAperture {
     pub fn with_budget(mappings_per_vm: u64) -> Self {
         Self {
             vms: HashMap::new(),
+            exporters: HashMap::new(),
             budget: mappings_per_vm,
             faults: None,
         }
@@ -122,6 +126,27 @@ impl MmapAperture {
     /// Upper bound of the host mappings behind `vm`'s two windows.
     pub fn mappings_in_use(&self, vm: VmId) -> Option<u64> {
         self.vms.get(&vm).map(VmAperture::total_mappings)
+    }
+
+    /// Registers the RAM of an exporter whose windows are not in this process, so
+    /// that [`ApertureBackend::map`] can map from it (replacing an earlier layout).
+    pub fn add_exporter(&mut self, vm: VmId, ram: VmRamLayout) {
+        self.exporters.insert(vm, ram);
+    }
+
+    /// Forgets an exporter registered with [`MmapAperture::add_exporter`] (its memfd is
+    /// closed here once no window maps it any more).
+    pub fn forget_exporter(&mut self, vm: VmId) {
+        self.exporters.remove(&vm);
+    }
+
+    /// The RAM layout of `vm` as an exporter: its own registration, or an outside one.
+    fn exporter_ram(&self, vm: VmId) -> Result<&VmRamLayout> {
+        self.vms
+            .get(&vm)
+            .map(|v| &v.ram)
+            .or_else(|| self.exporters.get(&vm))
+            .ok_or(ApertureError::UnknownVm(vm))
     }
 
     /// The apertures of `vm`, or UnknownVm.
@@ -151,10 +176,13 @@ impl MmapAperture {
 }
 
 impl ApertureBackend for MmapAperture {
-    fn add_vm(&mut self, vm: VmId, ram: VmRamLayout, windows: ApertureWindows) -> Result<()> {
+    fn add_vm(&mut self, vm: VmId, ram: VmRamLayout, windows: VmWindows) -> Result<()> {
         if self.vms.contains_key(&vm) {
             return Err(ApertureError::DuplicateVm(vm));
         }
+        let VmWindows::Local(windows) = windows else {
+            return Err(ApertureError::WindowsElsewhere(vm));
+        };
         let mappings = [
             WindowMappings::filled(windows.rw.pages()),
             WindowMappings::filled(windows.ro.pages()),
@@ -204,7 +232,7 @@ impl ApertureBackend for MmapAperture {
         let budget = self.budget;
         let faults = self.faults.clone();
         let imp = self.vm(importer)?;
-        let exp = self.vm(exporter)?;
+        let exp = self.exporter_ram(exporter)?;
         let win = imp.windows.get(window).clone();
         win.check_range(aperture_page, npages)?;
         if writable && window == Window::Ro {
@@ -228,8 +256,8 @@ impl ApertureBackend for MmapAperture {
         let mut done = 0;
         while done < npages {
             let gpa = exporter_gpa + done * PAGE_SIZE;
-            let (region, off) = exp.ram.translate(exporter, gpa)?;
-            let r = &exp.ram.regions[region];
+            let (region, off) = exp.translate(exporter, gpa)?;
+            let r = &exp.regions[region];
             let left_in_region = (r.guest_base + r.len - gpa) / PAGE_SIZE;
             let n = left_in_region.min(npages - done);
             runs.push((aperture_page + done, n, r.file.clone(), off));

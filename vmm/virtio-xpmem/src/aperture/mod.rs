@@ -115,6 +115,10 @@ pub enum ApertureError {
     UnknownVm(VmId),
     #[error("VM {0:?} is already registered with the aperture")]
     DuplicateVm(VmId),
+    #[error("the aperture windows of VM {0:?} are in another process; register them with that process's aperture")]
+    WindowsElsewhere(VmId),
+    #[error("the process of VM {vm:?} failed the aperture operation: {message}")]
+    Remote { vm: VmId, message: String },
     #[error(
         "pages {page}..{page}+{npages} are outside the {window:?} aperture window of {pages} pages"
     )]
@@ -156,6 +160,45 @@ pub enum ApertureError {
 
 type Result<T> = std::result::Result<T, ApertureError>;
 
+/// Where a VM's two aperture windows are, as [`ApertureBackend::add_vm`] gets them.
+#[derive(Clone, Debug)]
+pub enum VmWindows {
+    /// Reserved in this process (one process runs the VM and the hub).
+    Local(ApertureWindows),
+    /// In the VM's own process; only their guest-physical placement is known here.
+    Remote(WindowGeometry),
+}
+
+/// Guest-physical placement of a VM's two aperture windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowGeometry {
+    pub rw_base: u64,
+    pub rw_len: u64,
+    pub ro_base: u64,
+    pub ro_len: u64,
+}
+
+impl VmWindows {
+    /// The windows' guest-physical placement.
+    pub fn geometry(&self) -> WindowGeometry {
+        match self {
+            VmWindows::Local(w) => WindowGeometry {
+                rw_base: w.rw.guest_base(),
+                rw_len: w.rw.len(),
+                ro_base: w.ro.guest_base(),
+                ro_len: w.ro.len(),
+            },
+            VmWindows::Remote(g) => *g,
+        }
+    }
+}
+
+impl From<ApertureWindows> for VmWindows {
+    fn from(w: ApertureWindows) -> Self {
+        VmWindows::Local(w)
+    }
+}
+
 /// What a map or unmap did, for statistics and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapStats {
@@ -178,7 +221,7 @@ pub struct MapStats {
 pub trait ApertureBackend: Send {
     /// Registers a VM: its RAM (for when it exports) and its windows (for
     /// when it imports).
-    fn add_vm(&mut self, vm: VmId, ram: VmRamLayout, windows: ApertureWindows) -> Result<()>;
+    fn add_vm(&mut self, vm: VmId, ram: VmRamLayout, windows: VmWindows) -> Result<()>;
     /// Revokes every page of the VM's windows (they show the filler) and
     /// forgets the VM. The caller must first have unmapped the VM's RAM from
     /// every other VM's window (the domain does this on `remove_vm`).

@@ -108,7 +108,7 @@ fn add_two_region_exporter(ap: &mut MmapAperture, vm: VmId) -> (Ram, Ram) {
     };
     let layout = VmRamLayout::new(vec![region(0, &lo), region(MIB, &hi)]).unwrap();
     let w = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
-    ap.add_vm(vm, layout, w).unwrap();
+    ap.add_vm(vm, layout, w.into()).unwrap();
     (lo, hi)
 }
 
@@ -365,10 +365,11 @@ fn setup_with(ap: MmapAperture) -> (MmapAperture, Ram, ApertureWindows) {
     let mut ap = ap;
     let ram = Ram::new(4 * MIB);
     let exp_windows = ApertureWindows::reserve(0x1_0000_0000, MIB, 0x1_1000_0000, MIB).unwrap();
-    ap.add_vm(EXP, ram.layout(EXP_BASE), exp_windows).unwrap();
+    ap.add_vm(EXP, ram.layout(EXP_BASE), exp_windows.into())
+        .unwrap();
     let imp_windows = ApertureWindows::reserve(0x1_0000_0000, 4 * MIB, 0x1_1000_0000, MIB).unwrap();
     let imp_ram = Ram::new(MIB);
-    ap.add_vm(IMP, imp_ram.layout(0), imp_windows.clone())
+    ap.add_vm(IMP, imp_ram.layout(0), imp_windows.clone().into())
         .unwrap();
     (ap, ram, imp_windows)
 }
@@ -465,7 +466,7 @@ fn the_budget_refuses_maps_keeps_room_for_revocations_and_refuses_a_window_that_
     let mut small = MmapAperture::with_budget(18);
     let big = ApertureWindows::reserve(0, 8 * MIB, 1 << 30, MIB).unwrap();
     assert!(matches!(
-        small.add_vm(VmId(9), ram.layout(EXP_BASE), big),
+        small.add_vm(VmId(9), ram.layout(EXP_BASE), big.into()),
         Err(ApertureError::MappingBudget {
             needed: 21,
             budget: 18,

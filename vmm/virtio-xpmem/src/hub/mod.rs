@@ -46,7 +46,7 @@ use xpmem_domain::{
 };
 
 use crate::aperture::{
-    ApertureBackend, ApertureError, ApertureWindows, MmapAperture, VmRamLayout, PAGE_SIZE,
+    ApertureBackend, ApertureError, MmapAperture, VmRamLayout, VmWindows, PAGE_SIZE,
 };
 
 mod endpoint;
@@ -280,16 +280,19 @@ impl XpmemHub {
 
     /// Creates the virtio-xpmem device of VM `vm`: `ram` is its guest RAM
     /// (memfd-backed, for exporting), `windows` its two aperture windows
-    /// (register them as memslots; the ro one with `KVM_MEM_READONLY`).
+    /// (register them as memslots; the ro one with `KVM_MEM_READONLY`), or where they
+    /// are when the VM runs in a process of its own ([`VmWindows::Remote`]).
     pub fn add_vm(
         self: &Arc<Self>,
         vm: VmId,
         ram: VmRamLayout,
-        windows: ApertureWindows,
+        windows: impl Into<VmWindows>,
     ) -> Result<crate::XpmemDevice, HubError> {
         if vm.0 == 0 || vm.0 >= xpmem_domain::MAX_VM_ID {
             return Err(HubError::BadVmId(vm));
         }
+        let windows = windows.into();
+        let geometry = windows.geometry();
         let mut st = lock(&self.state);
         if st.endpoints.contains_key(&vm) {
             return Err(HubError::DuplicateVm(vm));
@@ -303,24 +306,24 @@ impl XpmemHub {
                     len: r.len,
                 })
                 .collect(),
-            rw_aperture_pages: windows.rw.len() / PAGE_SIZE,
-            ro_aperture_pages: windows.ro.len() / PAGE_SIZE,
+            rw_aperture_pages: geometry.rw_len / PAGE_SIZE,
+            ro_aperture_pages: geometry.ro_len / PAGE_SIZE,
             names: true,
         };
         let forbidden = [
-            (windows.rw.guest_base(), windows.rw.len()),
-            (windows.ro.guest_base(), windows.ro.len()),
+            (geometry.rw_base, geometry.rw_len),
+            (geometry.ro_base, geometry.ro_len),
         ];
         let regions = vec![
             virtio_mmio_transport::SharedMemoryRegion {
                 id: wire::VIRTIO_XPMEM_SHM_RW,
-                guest_base: windows.rw.guest_base(),
-                len: windows.rw.len(),
+                guest_base: geometry.rw_base,
+                len: geometry.rw_len,
             },
             virtio_mmio_transport::SharedMemoryRegion {
                 id: wire::VIRTIO_XPMEM_SHM_RO,
-                guest_base: windows.ro.guest_base(),
-                len: windows.ro.len(),
+                guest_base: geometry.ro_base,
+                len: geometry.ro_len,
             },
         ];
         st.aperture.add_vm(vm, ram, windows)?;

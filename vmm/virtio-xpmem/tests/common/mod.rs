@@ -17,7 +17,8 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout, PAGE_SIZE};
-use virtio_xpmem_device::{HubClock, HubConfig, ManualClock, VmId, XpmemDevice, XpmemHub};
+use virtio_xpmem_device::remote::{self, BrokerHandle};
+use virtio_xpmem_device::{HubClock, HubConfig, ManualClock, VmId, XpmemHub};
 use virtio_xpmem_wire as wire;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
@@ -192,8 +193,12 @@ pub struct Guest<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub reqq: DriverQueue<'a>,
     pub evq: DriverQueue<'a>,
-    pub dev: XpmemDevice,
+    pub dev: Box<dyn VirtioDevice>,
+    pub hub: Arc<XpmemHub>,
     pub windows: ApertureWindows,
+    /// For a VM whose device model runs behind a broker connection: a round trip on it
+    /// after each notification waits until the broker has handled it.
+    barrier: Option<BrokerHandle>,
     pub irq: Arc<CountingInterrupt>,
     free_slots: Vec<u16>,
     /// head -> (slot, response length)
@@ -224,12 +229,54 @@ impl<'a> Guest<'a> {
                 .unwrap();
         let layout = VmRamLayout::from_guest_memory(mem).unwrap();
         let dev = hub.add_vm(VmId(vm), layout, windows.clone()).unwrap();
+        Self::with_device(hub, vm, mem, nbufs, Box::new(dev), windows, None)
+    }
+
+    /// A VM whose device model runs in `broker` (see `TestBroker`): the device here is the
+    /// VM process's side of the connection.
+    pub fn remote(broker: &TestBroker, vm: u32, mem: &'a GuestMemoryMmap) -> Self {
+        let windows =
+            ApertureWindows::reserve(APERTURE_RW_GPA, APERTURE_LEN, APERTURE_RO_GPA, APERTURE_LEN)
+                .unwrap();
+        let (vm_end, broker_end) = remote::seqpacket_pair().unwrap();
+        broker.serve(VmId(vm), broker_end);
+        let (dev, handle, _thread) = remote::RemoteXpmemDevice::connect(
+            VmId(vm),
+            vm_end,
+            mem,
+            windows.clone(),
+            8192,
+            Box::new(|_| Err(std::io::Error::other("no memslot to delete in tests"))),
+        )
+        .unwrap();
+        Self::with_device(
+            &broker.hub,
+            vm,
+            mem,
+            QSIZE,
+            Box::new(dev),
+            windows,
+            Some(handle),
+        )
+    }
+
+    fn with_device(
+        hub: &Arc<XpmemHub>,
+        vm: u32,
+        mem: &'a GuestMemoryMmap,
+        nbufs: u16,
+        dev: Box<dyn VirtioDevice>,
+        windows: ApertureWindows,
+        barrier: Option<BrokerHandle>,
+    ) -> Self {
         let mut g = Self {
             vm: VmId(vm),
             mem,
             reqq: DriverQueue::new(mem, REQQ_ADDR),
             evq: DriverQueue::new(mem, EVQ_ADDR),
             dev,
+            hub: hub.clone(),
+            barrier,
             windows,
             irq: Arc::new(CountingInterrupt::default()),
             free_slots: (0..NSLOTS).rev().collect(),
@@ -242,6 +289,19 @@ impl<'a> Guest<'a> {
         };
         g.activate();
         g
+    }
+
+    /// Notifies queue `q`; with a broker, returns once the broker has handled it.
+    pub fn notify(&mut self, q: u16) {
+        self.dev.queue_notify(q);
+        if let Some(b) = &self.barrier {
+            b.holdings().unwrap();
+        }
+    }
+
+    /// This VM's device counters.
+    pub fn stats(&self) -> virtio_xpmem_device::DeviceStats {
+        self.hub.device_stats(self.vm).unwrap()
     }
 
     pub fn activate(&mut self) {
@@ -258,8 +318,8 @@ impl<'a> Guest<'a> {
             self.evq
                 .add_chain(k, &[(EVBUF_BASE + u64::from(k) * 0x100, EVBUF_LEN, true)]);
         }
-        self.dev.queue_notify(0);
-        self.dev.queue_notify(1);
+        self.notify(0);
+        self.notify(1);
     }
 
     /// Device reset by the driver, then a fresh driver initialisation.
@@ -290,7 +350,7 @@ impl<'a> Guest<'a> {
             &[(base, req.len() as u32, false), (resp, resp_len, true)],
         );
         self.outstanding.insert(head, (slot, resp_len));
-        self.dev.queue_notify(0);
+        self.notify(0);
         head
     }
 
@@ -332,7 +392,7 @@ impl<'a> Guest<'a> {
             refill = true;
         }
         if refill {
-            self.dev.queue_notify(1);
+            self.notify(1);
         }
     }
 
@@ -474,6 +534,55 @@ impl ExporterModel {
             }
         }
         rest
+    }
+}
+
+/// A broker in this process: a hub whose aperture is `RemoteAperture`, serving each VM's
+/// connection on a thread, as the monitor's broker process does.
+pub struct TestBroker {
+    pub hub: Arc<XpmemHub>,
+    pub clock: ManualClock,
+    pub links: remote::ApertureLinks,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl TestBroker {
+    pub fn new(deadline_ms: u64) -> Self {
+        let clock = ManualClock::default();
+        let links = remote::ApertureLinks::default();
+        let hub = XpmemHub::with_backend(
+            HubConfig {
+                invalidate_deadline: Duration::from_millis(deadline_ms),
+                ..HubConfig::default()
+            },
+            Box::new(remote::RemoteAperture::new(links.clone())),
+            HubClock::Manual(clock.clone()),
+        )
+        .unwrap();
+        Self {
+            hub,
+            clock,
+            links,
+            threads: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Serves VM `vm`'s connection on a thread until it closes.
+    pub fn serve(&self, vm: VmId, sock: std::os::unix::net::UnixStream) {
+        let (hub, links) = (self.hub.clone(), self.links.clone());
+        let t = std::thread::spawn(move || {
+            if let Err(e) = remote::serve_vm_process(&hub, &links, vm, sock, None) {
+                panic!("serving VM {vm:?}: {e}");
+            }
+        });
+        self.threads.lock().unwrap().push(t);
+    }
+
+    /// Waits until every served connection has closed (and so every VM has left).
+    pub fn join(&self) {
+        for t in self.threads.lock().unwrap().drain(..) {
+            t.join().unwrap();
+        }
     }
 }
 

@@ -1,0 +1,523 @@
+//! The broker's side: [`RemoteAperture`], the aperture backend that asks each VM's process
+//! to map and unmap its own windows, and [`serve_vm_process`], which runs one VM process's
+//! virtio-xpmem device in the broker on the memory, queues and eventfds that process sent.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use xpmem_domain::{VmId, Window};
+
+use super::protocol::{
+    self, ApertureOp, ApertureReply, FromBroker, ToBroker, WireApertureError, WireWindow,
+};
+use super::RemoteError;
+use crate::aperture::{ApertureBackend, ApertureError, MapStats, VmRamLayout, VmWindows};
+use crate::XpmemHub;
+
+/// How long a VM process may take to answer an aperture request before the broker kills
+/// it: its answer is only an mmap, so silence means it is stopped or broken, and the
+/// other VMs must not wait for it.
+pub const APERTURE_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed VM process may take to close its connections.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Link {
+    sock: UnixStream,
+    /// The VM process, killed if it stops answering.
+    pid: Option<i32>,
+    /// Exporters whose RAM this process has been given.
+    exporters: HashSet<VmId>,
+    /// The connection closed: the process has exited (see [`RemoteAperture`]).
+    gone: bool,
+}
+
+/// The aperture connections of the VM processes, shared by the serving threads (which
+/// add and remove them) and the [`RemoteAperture`] inside the hub. Lock order: the hub's
+/// state, then this.
+#[derive(Clone, Default)]
+pub struct ApertureLinks(Arc<Mutex<HashMap<VmId, Link>>>);
+
+/// What a request on a link came back with.
+enum Answer {
+    Reply(ApertureReply),
+    /// The process has exited: nothing of it maps anything any more.
+    Gone,
+}
+
+impl ApertureLinks {
+    fn insert(&self, vm: VmId, sock: UnixStream, pid: Option<i32>) -> io::Result<()> {
+        sock.set_read_timeout(Some(APERTURE_REPLY_TIMEOUT))?;
+        lock(&self.0).insert(
+            vm,
+            Link {
+                sock,
+                pid,
+                exporters: HashSet::new(),
+                gone: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove(&self, vm: VmId) {
+        lock(&self.0).remove(&vm);
+    }
+
+    /// Sends `op` to `vm`'s process and waits for its answer. A process that does not
+    /// answer in time is killed; a closed connection means the process has exited.
+    fn ask(&self, vm: VmId, op: &ApertureOp, fds: &[i32]) -> Result<Answer, ApertureError> {
+        let mut links = lock(&self.0);
+        let link = links.get_mut(&vm).ok_or(ApertureError::UnknownVm(vm))?;
+        if link.gone {
+            return Ok(Answer::Gone);
+        }
+        let answer = match protocol::send(&link.sock, op, fds) {
+            Ok(()) => protocol::recv::<ApertureReply>(&link.sock),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Some((reply, _))) => Ok(Answer::Reply(reply)),
+            Ok(None) => {
+                link.gone = true;
+                Ok(Answer::Gone)
+            }
+            Err(e) => {
+                log::error!("virtio-xpmem: the process of VM {vm:?} did not answer an aperture request ({e}); killing it");
+                wait_gone(link, vm)?;
+                Ok(Answer::Gone)
+            }
+        }
+    }
+}
+
+/// Kills a VM process that stopped answering and waits until its connection closes,
+/// which happens only after the kernel has torn down its memory (a process's files
+/// close after its address space on exit).
+fn wait_gone(link: &mut Link, vm: VmId) -> Result<(), ApertureError> {
+    if let Some(pid) = link.pid {
+        // SAFETY: plain kill(2) on the pid of a child the broker started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = link.sock.set_read_timeout(Some(EXIT_WAIT));
+    loop {
+        match protocol::recv::<ApertureReply>(&link.sock) {
+            Ok(Some(_)) => continue,
+            Ok(None) => {
+                link.gone = true;
+                return Ok(());
+            }
+            Err(RemoteError::Decode(_)) => continue,
+            Err(e) => {
+                return Err(ApertureError::Remote {
+                    vm,
+                    message: format!("the process neither answers nor exits ({e})"),
+                })
+            }
+        }
+    }
+}
+
+fn wire_window(w: Window) -> WireWindow {
+    match w {
+        Window::Rw => 0,
+        Window::Ro => 1,
+    }
+}
+
+fn stats_or_error(vm: VmId, reply: ApertureReply) -> Result<MapStats, ApertureError> {
+    match reply {
+        ApertureReply::Done { mmap_calls, pages } => Ok(MapStats { mmap_calls, pages }),
+        ApertureReply::Failed(WireApertureError::Budget { needed, budget }) => {
+            Err(ApertureError::MappingBudget { vm, needed, budget })
+        }
+        ApertureReply::Failed(WireApertureError::Unrestored(message)) => {
+            Err(ApertureError::Unrestored {
+                vm,
+                source: Box::new(ApertureError::Remote { vm, message }),
+            })
+        }
+        ApertureReply::Failed(WireApertureError::Other(message)) => {
+            Err(ApertureError::Remote { vm, message })
+        }
+    }
+}
+
+/// The aperture backend of a broker: every VM's windows live in that VM's process, which
+/// maps and unmaps them when asked ([`super::vm`]'s aperture thread). Exporter RAM is
+/// handed to an importer's process (its memfd, by `SCM_RIGHTS`) the first time it maps
+/// from it, and taken back when the exporter leaves.
+///
+/// A process whose connection has closed has exited, and with it its mappings: an unmap
+/// or revocation of its windows then succeeds, a map fails.
+pub struct RemoteAperture {
+    links: ApertureLinks,
+    ram: HashMap<VmId, VmRamLayout>,
+}
+
+impl RemoteAperture {
+    pub fn new(links: ApertureLinks) -> Self {
+        Self {
+            links,
+            ram: HashMap::new(),
+        }
+    }
+
+    fn give_exporter(&mut self, importer: VmId, exporter: VmId) -> Result<(), ApertureError> {
+        let has = lock(&self.links.0)
+            .get(&importer)
+            .is_some_and(|l| l.exporters.contains(&exporter));
+        if has {
+            return Ok(());
+        }
+        let ram = self
+            .ram
+            .get(&exporter)
+            .ok_or(ApertureError::UnknownVm(exporter))?;
+        let (regions, files) = protocol::wire_ram(ram).map_err(|e| ApertureError::Remote {
+            vm: exporter,
+            message: e.to_string(),
+        })?;
+        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let op = ApertureOp::AddExporter {
+            vm: exporter.0,
+            ram: regions,
+            ram_files: u8::try_from(fds.len()).unwrap_or(u8::MAX),
+        };
+        match self.links.ask(importer, &op, &fds)? {
+            Answer::Reply(r) => {
+                stats_or_error(importer, r)?;
+                if let Some(l) = lock(&self.links.0).get_mut(&importer) {
+                    l.exporters.insert(exporter);
+                }
+                Ok(())
+            }
+            Answer::Gone => Err(gone(importer)),
+        }
+    }
+}
+
+fn gone(vm: VmId) -> ApertureError {
+    ApertureError::Remote {
+        vm,
+        message: "the VM's process has exited".into(),
+    }
+}
+
+impl ApertureBackend for RemoteAperture {
+    fn add_vm(
+        &mut self,
+        vm: VmId,
+        ram: VmRamLayout,
+        windows: VmWindows,
+    ) -> Result<(), ApertureError> {
+        if self.ram.contains_key(&vm) {
+            return Err(ApertureError::DuplicateVm(vm));
+        }
+        if let VmWindows::Local(_) = windows {
+            return Err(ApertureError::Remote {
+                vm,
+                message: "a broker runs no VM in its own process".into(),
+            });
+        }
+        self.ram.insert(vm, ram);
+        Ok(())
+    }
+
+    fn remove_vm(&mut self, vm: VmId) -> Result<(), ApertureError> {
+        self.revoke_all(vm)?;
+        self.ram.remove(&vm);
+        // Other processes close this VM's RAM files: nothing of them maps it any more
+        // (the domain unmapped every attachment before it removed the VM).
+        let holders: Vec<VmId> = lock(&self.links.0)
+            .iter()
+            .filter(|(_, l)| l.exporters.contains(&vm))
+            .map(|(id, _)| *id)
+            .collect();
+        for importer in holders {
+            if let Err(e) = self
+                .links
+                .ask(importer, &ApertureOp::ForgetExporter { vm: vm.0 }, &[])
+            {
+                log::warn!(
+                    "virtio-xpmem: VM {importer:?} could not drop the RAM of VM {vm:?}: {e}"
+                );
+            }
+            if let Some(l) = lock(&self.links.0).get_mut(&importer) {
+                l.exporters.remove(&vm);
+            }
+        }
+        Ok(())
+    }
+
+    fn revoke_window(&mut self, vm: VmId, window: Window) -> Result<MapStats, ApertureError> {
+        let op = ApertureOp::RevokeWindow {
+            window: wire_window(window),
+        };
+        match self.links.ask(vm, &op, &[])? {
+            Answer::Reply(r) => stats_or_error(vm, r),
+            Answer::Gone => Ok(MapStats::default()),
+        }
+    }
+
+    fn map(
+        &mut self,
+        importer: VmId,
+        window: Window,
+        aperture_page: u64,
+        exporter: VmId,
+        exporter_gpa: u64,
+        npages: u64,
+        writable: bool,
+    ) -> Result<MapStats, ApertureError> {
+        self.give_exporter(importer, exporter)?;
+        let op = ApertureOp::Map {
+            window: wire_window(window),
+            page: aperture_page,
+            exporter: exporter.0,
+            gpa: exporter_gpa,
+            npages,
+            writable,
+        };
+        match self.links.ask(importer, &op, &[])? {
+            Answer::Reply(r) => stats_or_error(importer, r),
+            Answer::Gone => Err(gone(importer)),
+        }
+    }
+
+    fn unmap(
+        &mut self,
+        importer: VmId,
+        window: Window,
+        aperture_page: u64,
+        npages: u64,
+    ) -> Result<MapStats, ApertureError> {
+        let op = ApertureOp::Unmap {
+            window: wire_window(window),
+            page: aperture_page,
+            npages,
+        };
+        match self.links.ask(importer, &op, &[])? {
+            Answer::Reply(r) => stats_or_error(importer, r),
+            Answer::Gone => Ok(MapStats::default()),
+        }
+    }
+}
+
+/// The interrupt of a device whose transport is in another process: the broker writes the
+/// call eventfd, the VM process's event thread raises the interrupt.
+struct CallInterrupt(EventFd);
+
+impl VirtioInterrupt for CallInterrupt {
+    fn trigger(&self, _reason: InterruptReason) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+fn eventfd(fd: OwnedFd) -> EventFd {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor came with the Hello message as an eventfd and is owned by
+    // nothing else; a descriptor of another kind only makes reads and writes fail.
+    unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Guest memory of a VM process: its RAM files mapped here (`MAP_SHARED`), so the device
+/// reads and writes its queues in place.
+fn guest_memory(ram: &VmRamLayout) -> Result<GuestMemoryMmap, RemoteError> {
+    let ranges: Vec<_> = ram
+        .regions()
+        .iter()
+        .map(|r| {
+            Ok((
+                GuestAddress(r.guest_base),
+                usize::try_from(r.len)
+                    .map_err(|_| RemoteError::Protocol("RAM region too large".into()))?,
+                Some(FileOffset::from_arc(r.file.clone(), r.file_offset)),
+            ))
+        })
+        .collect::<Result<_, RemoteError>>()?;
+    GuestMemoryMmap::from_ranges_with_files(ranges)
+        .map_err(|e| RemoteError::Protocol(format!("cannot map the VM's RAM: {e}")))
+}
+
+fn queue(q: &protocol::WireQueue, mem: &GuestMemoryMmap) -> Result<Queue, String> {
+    let state = QueueState {
+        max_size: crate::QUEUE_SIZE,
+        next_avail: q.next_avail,
+        next_used: q.next_used,
+        event_idx_enabled: q.event_idx,
+        size: q.size,
+        ready: q.ready,
+        desc_table: q.desc_table,
+        avail_ring: q.avail_ring,
+        used_ring: q.used_ring,
+    };
+    let queue = Queue::try_from(state).map_err(|e| format!("bad queue: {e}"))?;
+    if !queue.is_valid(mem) {
+        return Err("queue rings are not inside guest RAM or not ready".into());
+    }
+    Ok(queue)
+}
+
+/// Runs VM `vm`'s virtio-xpmem device for the VM process at the other end of `control`
+/// (pid `pid`, killed if it stops answering aperture requests) until that connection
+/// closes; then the VM leaves the domain like a VM whose device was dropped. Returns an
+/// error for a process that breaks the protocol (its VM has left the domain then, too).
+pub fn serve_vm_process(
+    hub: &Arc<XpmemHub>,
+    links: &ApertureLinks,
+    vm: VmId,
+    control: UnixStream,
+    pid: Option<i32>,
+) -> Result<(), RemoteError> {
+    let Some((
+        ToBroker::Hello {
+            ram,
+            ram_files,
+            rw_base,
+            rw_len,
+            ro_base,
+            ro_len,
+        },
+        mut fds,
+    )) = protocol::recv::<ToBroker>(&control)?
+    else {
+        return Err(RemoteError::Protocol(
+            "the first message is not Hello".into(),
+        ));
+    };
+    let nfiles = usize::from(ram_files);
+    if fds.len() != nfiles + 4 {
+        return Err(RemoteError::Protocol(format!(
+            "Hello came with {} descriptors, {} expected",
+            fds.len(),
+            nfiles + 4
+        )));
+    }
+    let rest = fds.split_off(nfiles);
+    let layout = protocol::layout_from_wire(&ram, fds)?;
+    let mem = guest_memory(&layout)?;
+    let mut rest = rest.into_iter();
+    let (Some(kick_req), Some(kick_ev), Some(call), Some(aperture)) =
+        (rest.next(), rest.next(), rest.next(), rest.next())
+    else {
+        return Err(RemoteError::Protocol("Hello lacks its eventfds".into()));
+    };
+    let kicks = [eventfd(kick_req), eventfd(kick_ev)];
+    let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(CallInterrupt(eventfd(call)));
+    links
+        .insert(vm, UnixStream::from(aperture), pid)
+        .map_err(RemoteError::Io)?;
+    let geometry = crate::aperture::WindowGeometry {
+        rw_base,
+        rw_len,
+        ro_base,
+        ro_len,
+    };
+    let mut device = match hub.add_vm(vm, layout, VmWindows::Remote(geometry)) {
+        Ok(d) => d,
+        Err(e) => {
+            links.remove(vm);
+            let _ = protocol::send(&control, &FromBroker::Failed(e.to_string()), &[]);
+            return Err(RemoteError::Protocol(e.to_string()));
+        }
+    };
+    let mut config = vec![0u8; core::mem::size_of::<virtio_xpmem_wire::VirtioXpmemConfig>()];
+    device.read_config(0, &mut config);
+    let welcome = FromBroker::Welcome {
+        config,
+        features: device.device_features(),
+    };
+    let result = protocol::send(&control, &welcome, &[])
+        .and_then(|()| serve_loop(hub, vm, &mut device, &control, &kicks, &mem, &interrupt));
+    // The device's drop removes the VM from the domain: its segments are revoked, its
+    // attachments unmapped, everything it held released.
+    drop(device);
+    links.remove(vm);
+    result
+}
+
+fn serve_loop(
+    hub: &Arc<XpmemHub>,
+    vm: VmId,
+    device: &mut crate::XpmemDevice,
+    control: &UnixStream,
+    kicks: &[EventFd; 2],
+    mem: &GuestMemoryMmap,
+    interrupt: &Arc<dyn VirtioInterrupt>,
+) -> Result<(), RemoteError> {
+    loop {
+        let mut fds = [
+            control.as_raw_fd(),
+            kicks[0].as_raw_fd(),
+            kicks[1].as_raw_fd(),
+        ]
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `fds` is an array of three valid pollfds for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(RemoteError::Io(err));
+        }
+        for (i, kick) in kicks.iter().enumerate() {
+            if fds[i + 1].revents != 0 && kick.read().is_ok() {
+                device.queue_notify(u16::try_from(i).unwrap_or(0));
+            }
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let Some((msg, _)) = protocol::recv::<ToBroker>(control)? else {
+            return Ok(());
+        };
+        let answer = match msg {
+            ToBroker::Hello { .. } => FromBroker::Failed("Hello was already said".into()),
+            ToBroker::Activate {
+                acked_features,
+                queues,
+            } => {
+                let built: Result<Vec<Queue>, String> =
+                    queues.iter().take(2).map(|q| queue(q, mem)).collect();
+                match built {
+                    Ok(queues) => match device.activate(ActivateContext {
+                        mem: mem.clone(),
+                        queues,
+                        interrupt: interrupt.clone(),
+                        acked_features,
+                    }) {
+                        Ok(()) => FromBroker::Done,
+                        Err(e) => FromBroker::Failed(e.to_string()),
+                    },
+                    Err(e) => FromBroker::Failed(e),
+                }
+            }
+            ToBroker::Reset => {
+                device.reset();
+                FromBroker::Done
+            }
+            ToBroker::Holdings => FromBroker::Holdings(
+                hub.vm_holdings(vm)
+                    .map(|h| (h.segments, h.permits, h.attachments)),
+            ),
+        };
+        protocol::send(control, &answer, &[])?;
+    }
+}
