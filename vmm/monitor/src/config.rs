@@ -470,7 +470,29 @@ pub struct FileSpec {
     #[serde(default)]
     pub switch: SwitchSettings,
     #[serde(default)]
+    pub monitor: MonitorSettings,
+    #[serde(default)]
     pub vm: Vec<VmSpec>,
+}
+
+/// How the monitor runs the setup (`[monitor]` table).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSettings {
+    /// `"per-vm"` (default): a broker process and one process per VM; `"one"`: every VM
+    /// in the monitor's own process.
+    pub processes: Option<String>,
+}
+
+/// Which processes run the VMs of a setup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Processes {
+    /// A broker (xpmem domain, switch) and one process per VM: a VM whose process dies
+    /// takes only itself down.
+    #[default]
+    PerVm,
+    /// Every VM in the monitor's own process.
+    One,
 }
 
 /// A validated VM configuration.
@@ -552,6 +574,7 @@ impl VmConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub xpmem: XpmemSettings,
+    pub processes: Processes,
     /// The switch, when at least one VM has a network device.
     pub switch: Option<SwitchSetup>,
     pub vms: Vec<VmConfig>,
@@ -946,7 +969,19 @@ impl Config {
                 reason,
             }
         })?;
-        Self::from_specs(spec.xpmem, spec.switch, &spec.vm, base_dir)
+        let mut config = Self::from_specs(spec.xpmem, spec.switch, &spec.vm, base_dir)?;
+        config.processes = match spec.monitor.processes.as_deref() {
+            None | Some("per-vm") => Processes::PerVm,
+            Some("one") => Processes::One,
+            Some(other) => {
+                return Err(ConfigError::BadSetting {
+                    what: "monitor.processes",
+                    value: other.to_string(),
+                    reason: "must be \"per-vm\" (a process per VM) or \"one\" (every VM in one process)",
+                })
+            }
+        };
+        Ok(config)
     }
 
     /// Validates VM specs together: unique names, one stdin owner.
@@ -1119,6 +1154,7 @@ impl Config {
         }
         Ok(Config {
             xpmem,
+            processes: Processes::default(),
             switch,
             vms,
             notes,

@@ -23,6 +23,7 @@ macro_rules! report {
 }
 
 pub mod boot;
+pub mod broker;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -38,3 +39,4 @@ pub mod switch;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
+pub mod vm_process;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use xpmem_vmm::cli::{self, Command, USAGE};
+use xpmem_vmm::config::Processes;
 use xpmem_vmm::monitor;
 
 /// Exit status for command-line and configuration errors.
@@ -13,6 +14,12 @@ const EXIT_FAILURE: u8 = 1;
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("exec") {
         return ExitCode::from(xpmem_vmm::exec::main(std::env::args().skip(2)));
+    }
+    if std::env::args().nth(1).as_deref() == Some("vm-process") {
+        let result = xpmem_vmm::vm_process::parse(std::env::args().skip(2))
+            .map_err(xpmem_vmm::monitor::MonitorError::VmProcess)
+            .and_then(|p| xpmem_vmm::vm_process::run(&p));
+        return finish(result);
     }
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(command) => command,
@@ -33,7 +40,19 @@ fn main() -> ExitCode {
         Command::Run(config) => config,
         Command::Switch { socket, mtu } => return run_switch(&socket, mtu),
     };
-    match monitor::run(&config) {
+    let result = match config.processes {
+        Processes::PerVm => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            xpmem_vmm::broker::run(&config, &args)
+        }
+        Processes::One => monitor::run(&config),
+    };
+    finish(result)
+}
+
+/// The exit status for how the run ended (errors reported on one line).
+fn finish(result: Result<monitor::Outcome, monitor::MonitorError>) -> ExitCode {
+    match result {
         Ok(outcome) => {
             let code = outcome.exit_code();
             if code != 0 {

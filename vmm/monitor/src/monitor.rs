@@ -19,7 +19,7 @@ use crate::signals;
 use crate::switch::RunningSwitch;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
-use crate::vm::{RunningVm, Shared, Vm, VmError};
+use crate::vm::{RunningVm, Shared, Vm, VmError, XpmemAttach};
 
 /// Used when the config does not set `xpmem.invalidate_deadline_ms`.
 pub const DEFAULT_INVALIDATE_DEADLINE_MS: u64 = 1000;
@@ -38,6 +38,8 @@ pub enum MonitorError {
     Switch(#[from] crate::switch::SwitchError),
     #[error("cannot wait for VM events: {0}")]
     Poll(std::io::Error),
+    #[error("{0}")]
+    VmProcess(String),
 }
 
 /// How the run ended.
@@ -110,7 +112,7 @@ pub fn import_policy(config: &Config) -> ImportPolicy {
 /// threads, RAM and devices of every VM) are counted. A guest that scatters its window
 /// beyond its share gets FAULT errors; revocations never need more (see the
 /// virtio-xpmem aperture docs).
-fn mappings_per_vm(vms: usize) -> u64 {
+pub(crate) fn mappings_per_vm(vms: usize) -> u64 {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let max = read("/proc/sys/vm/max_map_count")
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -123,7 +125,23 @@ fn mappings_per_vm(vms: usize) -> u64 {
     share
 }
 
-fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
+/// The xpmem hub's settings for `config`, each VM's windows allowed `mappings` host
+/// mappings.
+pub(crate) fn hub_config(config: &Config, mappings: u64) -> HubConfig {
+    let deadline = config
+        .xpmem
+        .invalidate_deadline_ms
+        .unwrap_or(DEFAULT_INVALIDATE_DEADLINE_MS);
+    HubConfig {
+        invalidate_deadline: Duration::from_millis(deadline),
+        seed: random_seed(),
+        mappings_per_vm: mappings,
+        policy: import_policy(config),
+        ..HubConfig::default()
+    }
+}
+
+pub(crate) fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
     let name = vm.name();
     crate::report!(
         "xpmem-vmm: VM {name}: {reason} after {:.2} s",
@@ -173,10 +191,6 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;
 
-    let deadline = config
-        .xpmem
-        .invalidate_deadline_ms
-        .unwrap_or(DEFAULT_INVALIDATE_DEADLINE_MS);
     // The switch listens before any VM is built: each network device
     // connects to it while its VM is set up.
     let mut switch = match &config.switch {
@@ -205,17 +219,13 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     } else {
         None
     };
+    let hub = XpmemHub::new(hub_config(config, mappings_per_vm(config.vms.len())))?;
     let shared = Shared {
         vsock_router: virtio_vsock_device::LocalRouter::new(),
         run_dir,
         switch_socket,
-        xpmem: XpmemHub::new(HubConfig {
-            invalidate_deadline: Duration::from_millis(deadline),
-            seed: random_seed(),
-            mappings_per_vm: mappings_per_vm(config.vms.len()),
-            policy: import_policy(config),
-            ..HubConfig::default()
-        })?,
+        switch_port: std::sync::Mutex::new(None),
+        xpmem: XpmemAttach::Local(hub.clone()),
     };
 
     let mut built = Vec::with_capacity(config.vms.len());
@@ -304,7 +314,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
                 let (reason, ran) = vm.stop(ExitReason::Stopped);
                 report(&vm, &reason, ran);
             }
-            report_domain(&shared.xpmem);
+            report_domain(&hub);
             report_switch(switch.as_mut(), config);
             report_vsock(&shared);
             return Ok(Outcome::Interrupted(signo));
@@ -322,7 +332,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             }
         }
     }
-    report_domain(&shared.xpmem);
+    report_domain(&hub);
     report_switch(switch.as_mut(), config);
     report_vsock(&shared);
     Ok(Outcome::AllEnded { clean })
@@ -330,7 +340,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
 
 /// Prints the vsock router's counters once every VM has ended (`left_*`:
 /// guest-to-guest connections and packets of VMs that ended with them open).
-fn report_vsock(shared: &Shared) {
+pub(crate) fn report_vsock(shared: &Shared) {
     let held = shared.vsock_router.held();
     crate::report!(
         "xpmem-vmm: vsock router at exit: held conns={} packets={} bytes={}; total {}",
@@ -344,7 +354,7 @@ fn report_vsock(shared: &Shared) {
 /// Stops the monitor's own switch and prints its counters. Its ports are
 /// numbered in connection order, which is the order of the VMs with a
 /// network device in the config.
-fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
+pub(crate) fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
     let Some(report) = switch.and_then(RunningSwitch::stop) else {
         return;
     };
@@ -369,7 +379,7 @@ fn report_switch(switch: Option<&mut RunningSwitch>, config: &Config) {
 /// Prints the xpmem domain's counters once every VM has ended: the "held"
 /// ones must all be zero (anything else is a leak), the totals say what the
 /// run did.
-fn report_domain(hub: &XpmemHub) {
+pub(crate) fn report_domain(hub: &XpmemHub) {
     let c = hub.counters();
     let a = hub.aperture_stats();
     crate::report!(

@@ -14,6 +14,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use virtio_mmio_transport::{MmioTransport, VirtioDevice, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
 use virtio_xpmem_device::aperture::{ApertureWindows, VmRamLayout};
+use virtio_xpmem_device::remote::{BrokerHandle, RemoteXpmemDevice};
 use virtio_xpmem_device::{CutOff, VmHoldings, VmId, Window, XpmemHub};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_acpi::{AcpiConfig, MmioDeviceInfo};
@@ -103,12 +104,46 @@ pub fn open_disks(cfg: &VmConfig) -> Result<Vec<virtio_blk_device::Block>, VmErr
         .collect()
 }
 
+/// Where a VM's virtio-xpmem device model runs.
+pub enum XpmemAttach {
+    /// In this process, on the monitor's hub (one process runs every VM).
+    Local(Arc<XpmemHub>),
+    /// In the broker at the other end of this control connection (one process per VM);
+    /// taken by the VM that is built. The VM's windows may use `mappings` host mappings.
+    Broker {
+        control: Mutex<Option<std::os::unix::net::UnixStream>>,
+        mappings: u64,
+    },
+}
+
+/// A built VM's handle on its xpmem device model, for the report at its end.
+#[derive(Clone)]
+enum XpmemLink {
+    Local(Arc<XpmemHub>, VmId),
+    Broker(BrokerHandle),
+}
+
+impl XpmemLink {
+    fn holdings(&self) -> Option<VmHoldings> {
+        match self {
+            XpmemLink::Local(hub, id) => hub.vm_holdings(*id),
+            XpmemLink::Broker(handle) => handle.holdings().unwrap_or_else(|e| {
+                log::warn!("xpmem: cannot ask the broker what this VM holds: {e}");
+                None
+            }),
+        }
+    }
+}
+
 /// Objects shared by all VMs of the monitor.
 pub struct Shared {
     /// The xpmem domain every VM's virtio-xpmem device joins.
-    pub xpmem: Arc<XpmemHub>,
+    pub xpmem: XpmemAttach,
     /// Where the setup's switch listens (when a VM has a network device).
     pub switch_socket: Option<PathBuf>,
+    /// A switch port already connected for this process's VM (the broker connects each
+    /// VM's port, so ports are numbered in config order); taken by the VM that is built.
+    pub switch_port: Mutex<Option<net_switch::socket::FrameSocket>>,
     /// Routes vsock packets between the VMs' devices.
     pub vsock_router: virtio_vsock_device::LocalRouter,
     /// The monitor's runtime directory (default vsock sockets).
@@ -148,8 +183,8 @@ pub struct Vm {
     backends: Vec<SharedTransport>,
     exit: Arc<ExitHandle>,
     input: Option<SerialInput>,
-    /// The domain this VM joined, and its id there.
-    xpmem: (Arc<XpmemHub>, VmId),
+    /// The domain this VM joined (its id there, or the broker connection).
+    xpmem: XpmemLink,
     /// The vsock device's CID, socket and published report.
     vsock: Option<VsockInfo>,
     // Drop order matters: the VM fd (and with it every memslot) must go
@@ -189,22 +224,40 @@ impl Vm {
         let (pio, serial) = legacy_devices(&vm_fd, cfg, &exit, stdout_consoles)?;
 
         // virtio devices, in slot order. Adding a device is one entry here.
-        let xpmem = shared
-            .xpmem
-            .add_vm(
-                id,
-                VmRamLayout::from_guest_memory(&ram.mem)
-                    .map_err(|e| VmError::Xpmem(e.to_string()))?,
-                apertures.clone(),
-            )
-            .map_err(|e| VmError::Xpmem(e.to_string()))?;
-        shared.xpmem.set_cut_off(
-            id,
-            aperture_cut_off(Arc::downgrade(&vm_fd), next_slot, &apertures),
-        );
+        let cut_off = aperture_cut_off(Arc::downgrade(&vm_fd), next_slot, &apertures);
+        let (xpmem, xpmem_link): (Box<dyn VirtioDevice>, XpmemLink) = match &shared.xpmem {
+            XpmemAttach::Local(hub) => {
+                let device = hub
+                    .add_vm(
+                        id,
+                        VmRamLayout::from_guest_memory(&ram.mem)
+                            .map_err(|e| VmError::Xpmem(e.to_string()))?,
+                        apertures.clone(),
+                    )
+                    .map_err(|e| VmError::Xpmem(e.to_string()))?;
+                hub.set_cut_off(id, cut_off);
+                (Box::new(device), XpmemLink::Local(hub.clone(), id))
+            }
+            XpmemAttach::Broker { control, mappings } => {
+                let control = lock(control)
+                    .take()
+                    .ok_or_else(|| VmError::Xpmem("the broker connection is taken".into()))?;
+                // The aperture thread runs until the broker closes the connection.
+                let (device, handle, _aperture_thread) = RemoteXpmemDevice::connect(
+                    id,
+                    control,
+                    &ram.mem,
+                    apertures.clone(),
+                    *mappings,
+                    cut_off,
+                )
+                .map_err(|e| VmError::Xpmem(e.to_string()))?;
+                (Box::new(device), XpmemLink::Broker(handle))
+            }
+        };
         let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = vec![
             ("rng", Box::new(virtio_rng_device::Rng::new())),
-            ("xpmem", Box::new(xpmem)),
+            ("xpmem", xpmem),
         ];
         // Disks after the fixed devices (whose slots and GSIs stay put); the guest
         // names virtio-blk disks in probe order, which is DSDT order: the first
@@ -221,6 +274,12 @@ impl Vm {
                     virtio_net_device::TapBackend::open(tap)
                         .map_err(|e| VmError::Net(e.to_string()))?,
                 ),
+                None if lock(&shared.switch_port).is_some() => {
+                    let port = lock(&shared.switch_port).take().ok_or_else(|| {
+                        VmError::Net("the switch port is taken".into())
+                    })?;
+                    Box::new(virtio_net_device::SwitchPort::from_socket(port))
+                }
                 None => {
                     let path = shared.switch_socket.as_deref().ok_or_else(|| {
                         VmError::Net("no switch socket; the monitor starts the switch first".into())
@@ -294,7 +353,7 @@ impl Vm {
             backends,
             exit,
             input,
-            xpmem: (shared.xpmem.clone(), id),
+            xpmem: xpmem_link,
             vsock,
             _vm_fd: vm_fd,
             _transports: transports,
@@ -743,7 +802,7 @@ pub struct RunningVm {
     event_thread: Option<JoinHandle<()>>,
     stop: EventFd,
     started: Instant,
-    xpmem: (Arc<XpmemHub>, VmId),
+    xpmem: XpmemLink,
     vsock: Option<VsockInfo>,
     /// What the guest still held in the xpmem domain when it stopped.
     held_at_exit: Option<VmHoldings>,
@@ -769,6 +828,15 @@ impl RunningVm {
             let r = *report.lock().unwrap_or_else(|e| e.into_inner());
             (*cid, path.as_path(), r)
         })
+    }
+
+    /// The broker connection (POLLHUP when the broker is gone), when this VM's xpmem
+    /// device model runs in a broker.
+    pub fn broker_fd(&self) -> Option<RawFd> {
+        match &self.xpmem {
+            XpmemLink::Broker(handle) => Some(handle.raw_fd()),
+            XpmemLink::Local(..) => None,
+        }
     }
 
     pub fn xpmem_held_at_exit(&self) -> Option<VmHoldings> {
@@ -814,8 +882,7 @@ impl RunningVm {
         // Nothing of the guest runs any more: what it holds now, it never
         // released (dropping the VM below tears it down).
         if self.vm.is_some() {
-            let (hub, id) = &self.xpmem;
-            self.held_at_exit = hub.vm_holdings(*id);
+            self.held_at_exit = self.xpmem.holdings();
         }
         if let Some(vm) = &self.vm {
             self.device_reports = vm

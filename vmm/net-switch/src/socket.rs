@@ -306,6 +306,14 @@ impl FrameSocket {
     }
 }
 
+impl From<OwnedFd> for FrameSocket {
+    /// A connection made elsewhere (a port the broker connected and handed to a VM
+    /// process). It must be a connected, nonblocking `SOCK_SEQPACKET` socket.
+    fn from(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+}
+
 impl AsRawFd for FrameSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

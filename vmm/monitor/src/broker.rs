@@ -1,0 +1,305 @@
+//! The broker: one process per VM (issue 12's topology). The broker owns the xpmem domain
+//! (the hub with [`RemoteAperture`]), the switch and the runtime directory; every VM runs
+//! in a child process of its own ([`crate::vm_process`]), so a VM whose process dies takes
+//! only itself down: the broker removes it from the domain and the others go on.
+//!
+//! Start-up: the broker checks every VM's files, starts the switch, then starts one
+//! `xpmem-vmm vm-process` per VM with its control connection, a handshake socket and its
+//! switch port (connected here, so ports are numbered in config order). Each child builds
+//! its VM and says so; only when all are built does the broker tell them to start, so bad
+//! input still fails before any guest runs. Children die with the broker
+//! (`PR_SET_PDEATHSIG`), and see its end on their control connection.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command};
+use std::thread::JoinHandle;
+
+use virtio_xpmem_device::remote::{self, ApertureLinks, RemoteAperture};
+use virtio_xpmem_device::{HubClock, VmId, XpmemHub};
+
+use crate::boot;
+use crate::config::{Config, SwitchSetup};
+use crate::monitor::{hub_config, report_domain, report_switch, MonitorError, Outcome};
+use crate::signals;
+use crate::switch::{RunDir, RunningSwitch};
+use crate::vm::VmError;
+use crate::vm_process::{self, CONTROL_FD, HANDSHAKE_FD, SWITCH_FD};
+
+/// One VM process as the broker sees it.
+struct VmProcess {
+    name: String,
+    child: Child,
+    /// Readable when the child has exited (pidfd).
+    exited: OwnedFd,
+    handshake: UnixStream,
+    serve: Option<JoinHandle<()>>,
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the descriptor was just created and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Starts `xpmem-vmm vm-process` for VM `index` with `fds` (source, number in the child).
+fn spawn(
+    index: usize,
+    run_dir: &std::path::Path,
+    args: &[String],
+    fds: Vec<(RawFd, RawFd)>,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("vm-process")
+        .arg("--index")
+        .arg(index.to_string())
+        .arg("--run-dir")
+        .arg(run_dir);
+    if fds.iter().any(|&(_, to)| to == SWITCH_FD) {
+        cmd.arg("--switch-fd").arg(SWITCH_FD.to_string());
+    }
+    cmd.arg("--").args(args);
+    // SAFETY: getpid(2) has no preconditions.
+    let broker = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (fcntl, dup2, prctl, getppid, _exit) on descriptors
+    // this process owns; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First out of the way (a source may sit on a target number), then in place;
+            // dup2 clears close-on-exec on the copy.
+            let mut moved = [(-1, -1); 3];
+            for (slot, &(from, to)) in moved.iter_mut().zip(fds.iter()) {
+                let high = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 64);
+                if high < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                *slot = (high, to);
+            }
+            for &(high, to) in moved.iter().filter(|(h, _)| *h >= 0) {
+                if libc::dup2(high, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Die with the broker; if it is already gone, do not start at all.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != broker {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("ended with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig} ({})", signals::name(sig)),
+        _ => "ended".to_string(),
+    }
+}
+
+/// Kills the processes that are still running and waits for them.
+fn kill_all(procs: &mut [VmProcess]) {
+    for p in procs.iter_mut() {
+        let _ = p.child.kill();
+    }
+    for p in procs.iter_mut() {
+        let _ = p.child.wait();
+        if let Some(t) = p.serve.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs every VM of `config` in a process of its own; `args` are this process's
+/// arguments, which each VM process parses again.
+pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
+    for note in &config.notes {
+        crate::report!("xpmem-vmm: note: {note}");
+    }
+    for cfg in &config.vms {
+        boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| MonitorError::Vm {
+            name: cfg.name.clone(),
+            source: VmError::Boot(e),
+        })?;
+    }
+    let signal_evt = signals::install().map_err(MonitorError::Signals)?;
+    let mut switch = match &config.switch {
+        Some(SwitchSetup { socket: None, mtu }) => Some(RunningSwitch::start(*mtu)?),
+        _ => None,
+    };
+    let switch_socket = match (&config.switch, &switch) {
+        (
+            Some(SwitchSetup {
+                socket: Some(path), ..
+            }),
+            _,
+        ) => Some(path.clone()),
+        (_, Some(running)) => Some(running.socket().to_path_buf()),
+        _ => None,
+    };
+    let run_dir = crate::switch::runtime_dir();
+    let _run_dir_guard = RunDir::create(&run_dir)?;
+    let links = ApertureLinks::default();
+    // Each VM process budgets its own windows' mappings; the broker maps none.
+    let hub = XpmemHub::with_backend(
+        hub_config(config, 0),
+        Box::new(RemoteAperture::new(links.clone())),
+        HubClock::Monotonic,
+    )?;
+
+    let mut procs: Vec<VmProcess> = Vec::with_capacity(config.vms.len());
+    for (index, cfg) in config.vms.iter().enumerate() {
+        let failed = |e: std::io::Error| MonitorError::VmProcess(format!("VM {}: cannot start its process: {e}", cfg.name));
+        let setup = (|| {
+            let (vm_control, broker_control) = remote::seqpacket_pair()?;
+            let (vm_handshake, handshake) = UnixStream::pair()?;
+            let port = match (&cfg.net, &switch_socket) {
+                (Some(net), Some(path)) if net.on_switch() => Some(
+                    net_switch::socket::FrameSocket::connect(path)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            let mut fds = vec![
+                (vm_control.as_raw_fd(), CONTROL_FD),
+                (vm_handshake.as_raw_fd(), HANDSHAKE_FD),
+            ];
+            if let Some(port) = &port {
+                fds.push((port.as_raw_fd(), SWITCH_FD));
+            }
+            let child = spawn(index, &run_dir, args, fds)?;
+            let exited = pidfd_open(child.id())?;
+            Ok::<_, std::io::Error>((child, exited, handshake, broker_control))
+        })();
+        let (child, exited, handshake, broker_control) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                kill_all(&mut procs);
+                return Err(failed(e));
+            }
+        };
+        let pid = i32::try_from(child.id()).ok();
+        let (hub, links, name) = (hub.clone(), links.clone(), cfg.name.clone());
+        let id = VmId(u32::try_from(index + 1).unwrap_or(u32::MAX));
+        let serve = std::thread::Builder::new()
+            .name(format!("broker-{name}"))
+            .spawn(move || {
+                if let Err(e) = remote::serve_vm_process(&hub, &links, id, broker_control, pid) {
+                    crate::report!("xpmem-vmm: VM {name}: xpmem broker connection: {e}");
+                }
+            });
+        let serve = match serve {
+            Ok(t) => Some(t),
+            Err(e) => {
+                procs.push(VmProcess {
+                    name: cfg.name.clone(),
+                    child,
+                    exited,
+                    handshake,
+                    serve: None,
+                });
+                kill_all(&mut procs);
+                return Err(MonitorError::VmProcess(format!("cannot start a broker thread: {e}")));
+            }
+        };
+        procs.push(VmProcess {
+            name: cfg.name.clone(),
+            child,
+            exited,
+            handshake,
+            serve,
+        });
+    }
+
+    // Every VM built, or none starts.
+    for i in 0..procs.len() {
+        let mut ready = [0u8; 1];
+        let built = procs[i].handshake.read_exact(&mut ready).is_ok() && ready[0] == b'R';
+        if !built {
+            let name = procs[i].name.clone();
+            kill_all(&mut procs);
+            return Err(MonitorError::VmProcess(format!(
+                "VM {name} could not be set up (its process said why above); no VM was started"
+            )));
+        }
+    }
+    for p in &mut procs {
+        // A child that died since it said R is seen in the loop below.
+        let _ = p.handshake.write_all(b"G");
+    }
+
+    let outcome = wait_all(&mut procs, signal_evt)?;
+    for p in &mut procs {
+        if let Some(t) = p.serve.take() {
+            let _ = t.join();
+        }
+    }
+    report_domain(&hub);
+    report_switch(switch.as_mut(), config);
+    drop(hub);
+    Ok(outcome)
+}
+
+/// Waits until every VM process has ended (or a signal stops them all).
+fn wait_all(
+    procs: &mut [VmProcess],
+    signal_evt: &vmm_sys_util::eventfd::EventFd,
+) -> Result<Outcome, MonitorError> {
+    let mut clean = true;
+    let mut running: Vec<usize> = (0..procs.len()).collect();
+    let mut interrupted = None;
+    while !running.is_empty() {
+        let mut fds = vec![(signal_evt.as_raw_fd(), libc::POLLIN)];
+        fds.extend(running.iter().map(|&i| (procs[i].exited.as_raw_fd(), libc::POLLIN)));
+        let revents = vm_process::poll(&fds).map_err(MonitorError::Poll)?;
+        if revents[0] != 0 && interrupted.is_none() {
+            let signo = signals::received().unwrap_or(libc::SIGTERM);
+            crate::report!(
+                "xpmem-vmm: received {}, stopping {} VM(s)",
+                signals::name(signo),
+                running.len()
+            );
+            for &i in &running {
+                // SAFETY: kill(2) on a child that has not been reaped (its pid is ours).
+                unsafe { libc::kill(procs[i].child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+            interrupted = Some(signo);
+        }
+        let mut still = Vec::with_capacity(running.len());
+        for (k, &i) in running.iter().enumerate() {
+            if revents[k + 1] == 0 {
+                still.push(i);
+                continue;
+            }
+            let p = &mut procs[i];
+            match p.child.wait() {
+                Ok(status) => {
+                    if !status.success() && interrupted.is_none() {
+                        crate::report!("xpmem-vmm: VM {}: its process {}", p.name, describe(status));
+                    }
+                    clean &= status.success();
+                }
+                Err(e) => {
+                    crate::report!("xpmem-vmm: VM {}: cannot wait for its process: {e}", p.name);
+                    clean = false;
+                }
+            }
+        }
+        running = still;
+    }
+    Ok(match interrupted {
+        Some(signo) => Outcome::Interrupted(signo),
+        None => Outcome::AllEnded { clean },
+    })
+}
+

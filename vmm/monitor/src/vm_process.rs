@@ -1,0 +1,229 @@
+//! One VM in a process of its own, started by the broker ([`crate::broker`]): builds the
+//! VM with its virtio-xpmem device model in the broker, waits for the broker's go, runs
+//! the VM until it ends, the broker goes away or a signal stops it.
+//!
+//! `xpmem-vmm vm-process --index I --run-dir DIR [--switch-fd 5] -- ARGS...` is how the
+//! broker starts it (not meant to be typed): ARGS are the broker's own arguments, parsed
+//! again here so that both see the same configuration; descriptor 3 is the xpmem control
+//! connection, 4 the start-up handshake (this process writes `R` once its VM is built and
+//! waits for `G`), and the optional switch descriptor a switch port the broker connected.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use virtio_xpmem_device::VmId;
+
+use crate::boot;
+use crate::cli::{self, Command};
+use crate::config::Config;
+use crate::kvm;
+use crate::layout::MIB;
+use crate::lifecycle::ExitReason;
+use crate::monitor::{mappings_per_vm, report, MonitorError, Outcome};
+use crate::signals;
+use crate::terminal::RawModeGuard;
+use crate::vcpu;
+use crate::vm::{Shared, Vm, VmError, XpmemAttach};
+
+/// Descriptor of the xpmem control connection in a VM process.
+pub const CONTROL_FD: RawFd = 3;
+/// Descriptor of the start-up handshake in a VM process.
+pub const HANDSHAKE_FD: RawFd = 4;
+/// Descriptor of the switch port, when the VM has one.
+pub const SWITCH_FD: RawFd = 5;
+
+/// What `vm-process` was told.
+pub struct VmProcessArgs {
+    pub index: usize,
+    pub run_dir: PathBuf,
+    pub switch_fd: Option<RawFd>,
+    /// The broker's own arguments.
+    pub args: Vec<String>,
+}
+
+/// Parses `vm-process` arguments (after the subcommand).
+pub fn parse(args: impl Iterator<Item = String>) -> Result<VmProcessArgs, String> {
+    let mut args = args.peekable();
+    let (mut index, mut run_dir, mut switch_fd) = (None, None, None);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--" => break,
+            "--index" => index = args.next().and_then(|v| v.parse().ok()),
+            "--run-dir" => run_dir = args.next().map(PathBuf::from),
+            "--switch-fd" => switch_fd = args.next().and_then(|v| v.parse().ok()),
+            other => return Err(format!("vm-process: unknown argument {other:?}")),
+        }
+    }
+    Ok(VmProcessArgs {
+        index: index.ok_or("vm-process: --index N is missing")?,
+        run_dir: run_dir.ok_or("vm-process: --run-dir DIR is missing")?,
+        switch_fd,
+        args: args.collect(),
+    })
+}
+
+/// Takes ownership of an inherited descriptor (checking that it is open).
+fn inherited(fd: RawFd) -> Result<OwnedFd, MonitorError> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(MonitorError::VmProcess(format!(
+            "descriptor {fd} is not open; vm-process is started by the broker, not by hand"
+        )));
+    }
+    // SAFETY: the broker passed `fd` to this process for this purpose and nothing else in
+    // the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Polls `fds` for the events given with each; returns what happened to each.
+pub(crate) fn poll(fds: &[(RawFd, i16)]) -> std::io::Result<Vec<i16>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, events)| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds for the call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n >= 0 {
+            return Ok(pfds.iter().map(|p| p.revents).collect());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Runs VM `index` of the broker's configuration in this process.
+pub fn run(p: &VmProcessArgs) -> Result<Outcome, MonitorError> {
+    let control = UnixStream::from(inherited(CONTROL_FD)?);
+    let mut handshake = UnixStream::from(inherited(HANDSHAKE_FD)?);
+    let switch_port = p
+        .switch_fd
+        .map(inherited)
+        .transpose()?
+        .map(net_switch::socket::FrameSocket::from);
+    let config = match cli::parse(p.args.iter().cloned()) {
+        Ok(Command::Run(config)) => config,
+        Ok(_) => return Err(MonitorError::VmProcess("the broker's arguments run no VMs".into())),
+        Err(e) => return Err(MonitorError::VmProcess(e.to_string())),
+    };
+    run_vm(p, &config, control, &mut handshake, switch_port)
+}
+
+fn run_vm(
+    p: &VmProcessArgs,
+    config: &Config,
+    control: UnixStream,
+    handshake: &mut UnixStream,
+    switch_port: Option<net_switch::socket::FrameSocket>,
+) -> Result<Outcome, MonitorError> {
+    let cfg = config.vms.get(p.index).ok_or_else(|| {
+        MonitorError::VmProcess(format!("the configuration has no VM {}", p.index))
+    })?;
+    let vm_error = |source| MonitorError::Vm {
+        name: cfg.name.clone(),
+        source,
+    };
+    boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| vm_error(VmError::Boot(e)))?;
+    let disks = crate::vm::open_disks(cfg).map_err(vm_error)?;
+    let kvm = kvm::open(&kvm::device_path())?;
+    vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
+    let signal_evt = signals::install().map_err(MonitorError::Signals)?;
+    let shared = Shared {
+        vsock_router: virtio_vsock_device::LocalRouter::new(),
+        run_dir: p.run_dir.clone(),
+        switch_socket: None,
+        switch_port: Mutex::new(switch_port),
+        xpmem: XpmemAttach::Broker {
+            control: Mutex::new(Some(control)),
+            mappings: mappings_per_vm(1),
+        },
+    };
+    let id = u32::try_from(p.index + 1)
+        .map(VmId)
+        .map_err(|_| vm_error(VmError::Xpmem("too many VMs".into())))?;
+    let vm = Vm::new(&kvm, cfg, id, &shared, config.stdout_consoles(), disks).map_err(vm_error)?;
+
+    // Built: tell the broker, and start only when every VM of the setup is built.
+    let mut go = [0u8; 1];
+    let told = handshake.write_all(b"R").and_then(|()| handshake.read_exact(&mut go));
+    if told.is_err() || go[0] != b'G' {
+        return Err(MonitorError::VmProcess(
+            "the broker did not start this VM (another VM of the setup failed, or the broker ended)".into(),
+        ));
+    }
+
+    let _raw_terminal = if cfg.stdin {
+        RawModeGuard::enable().unwrap_or_else(|e| {
+            log::warn!("cannot put the terminal in raw mode: {e}");
+            None
+        })
+    } else {
+        None
+    };
+    let disks: String = cfg
+        .disks
+        .iter()
+        .map(|d| {
+            let mode = if d.read_only { "ro" } else { "rw" };
+            format!(", disk {} ({mode})", d.path.display())
+        })
+        .collect();
+    crate::report!(
+        "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {}{disks}; process {})",
+        cfg.name,
+        cfg.kernel.display(),
+        cfg.vcpus,
+        cfg.memory / MIB,
+        cfg.console,
+        std::process::id()
+    );
+    let mut running = vm.start().map_err(vm_error)?;
+    if let Some((cid, path, _)) = running.vsock() {
+        crate::report!(
+            "xpmem-vmm: VM {}: vsock cid {cid}, host socket {} (CONNECT <port>; guest connections to the host at {}_<port>)",
+            cfg.name,
+            path.display(),
+            path.display()
+        );
+    }
+    let broker = running.broker_fd().unwrap_or(-1);
+    loop {
+        // The broker connection is watched for hang-up only: answers on it belong to the
+        // device, which reads them itself.
+        let revents = poll(&[
+            (signal_evt.as_raw_fd(), libc::POLLIN),
+            (running.exit_event().as_raw_fd(), libc::POLLIN),
+            (broker, 0),
+        ])
+        .map_err(MonitorError::Poll)?;
+        if revents[0] != 0 {
+            let signo = signals::received().unwrap_or(libc::SIGTERM);
+            let (reason, ran) = running.stop(ExitReason::Stopped);
+            report(&running, &reason, ran);
+            return Ok(Outcome::Interrupted(signo));
+        }
+        if revents[2] != 0 {
+            crate::report!("xpmem-vmm: VM {}: the broker has gone away; stopping", cfg.name);
+            let (reason, ran) = running.stop(ExitReason::Stopped);
+            report(&running, &reason, ran);
+            return Ok(Outcome::AllEnded { clean: false });
+        }
+        if running.exit_requested() {
+            // The reason recorded by the guest wins over this placeholder.
+            let (reason, ran) = running.stop(ExitReason::Stopped);
+            report(&running, &reason, ran);
+            return Ok(Outcome::AllEnded {
+                clean: reason.is_clean(),
+            });
+        }
+    }
+}
