@@ -106,6 +106,8 @@ struct Shell {
     next_id: u64,
     buf: Vec<u8>,
     malformed: u64,
+    /// Connections closed so far.
+    closes: u64,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
@@ -172,9 +174,18 @@ impl Shell {
         if fds[1].revents != 0 {
             self.accept();
         }
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.flush(id);
+        // A connection found closed while writing leaves RSTs in its peers'
+        // inboxes, perhaps of peers already written: write again until a
+        // pass closes nothing (each pass that does has one connection less).
+        loop {
+            let closes = self.closes;
+            let ids: Vec<u64> = self.conns.keys().copied().collect();
+            for id in ids {
+                self.flush(id);
+            }
+            if self.closes == closes {
+                break;
+            }
         }
         self.publish();
         Ok(false)
@@ -230,6 +241,7 @@ impl Shell {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.closes += 1;
         match c.cid {
             Some(cid) => {
                 self.router.remove(cid);
@@ -420,6 +432,7 @@ impl RouterServer {
             // One byte more than the largest packet: a longer one shows.
             buf: vec![0u8; HDR_LEN + MAX_PKT_DATA + 1],
             malformed: 0,
+            closes: 0,
             snapshot: snapshot.clone(),
         };
         // On failure the closure, and with it the listener, is dropped:
