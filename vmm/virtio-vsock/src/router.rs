@@ -536,3 +536,7 @@ impl RouterPort {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+mod socket_tests;
