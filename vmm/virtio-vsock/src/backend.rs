@@ -65,6 +65,8 @@ pub struct HostSide {
     interest: BTreeMap<StreamId, EventSet>,
     next_id: u64,
     buf: Vec<u8>,
+    /// The router's wake-up descriptor and whether it is in the epoll set.
+    wake: Option<(RawFd, bool)>,
 }
 
 fn register(epoll: &Epoll, fd: RawFd, set: EventSet, token: u64) -> io::Result<()> {
@@ -124,6 +126,7 @@ impl HostSide {
             interest: BTreeMap::new(),
             next_id: FIRST_STREAM,
             buf: vec![0u8; READ_CHUNK],
+            wake: wake_fd.map(|fd| (fd, true)),
         })
     }
 
@@ -133,6 +136,29 @@ impl HostSide {
 
     pub fn epoll_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
+    }
+
+    /// Puts the router's wake-up descriptor into the epoll set or takes it
+    /// out ([`crate::RouterPort::wake_armed`]). Out, not just without
+    /// interest: epoll reports a hung-up socket even with no events asked
+    /// for, and the device's event loop would spin on it.
+    pub fn arm_wake(&mut self, armed: bool) {
+        let Some((fd, was)) = self.wake else {
+            return;
+        };
+        if was == armed {
+            return;
+        }
+        let r = if armed {
+            register(&self.epoll, fd, EventSet::IN, TOKEN_WAKE)
+        } else {
+            self.epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        };
+        match r {
+            Ok(()) => self.wake = Some((fd, armed)),
+            Err(e) => log::warn!("virtio-vsock: cannot change the router wake-up polling: {e}"),
+        }
     }
 
     /// Open streams and handshakes (for the exit report).

@@ -391,7 +391,19 @@ impl Vsock {
             }
         }
         self.host.update_interest(&self.conns);
+        self.arm_wake();
         self.publish();
+    }
+
+    /// Polls the router's wake-up descriptor only while it can bring
+    /// something the device can take: a router socket stays readable while
+    /// a packet waits for receive buffers the guest has not posted, and the
+    /// event loop would spin on it; the guest's next buffers (an rx queue
+    /// notification) run the device anyway.
+    fn arm_wake(&mut self) {
+        if let Some(r) = &self.router {
+            self.host.arm_wake(r.wake_armed());
+        }
     }
 }
 
@@ -540,6 +552,7 @@ impl VirtioDevice for Vsock {
         if let Some(r) = &self.router {
             r.reset();
         }
+        self.arm_wake();
         self.publish();
     }
 }

@@ -18,8 +18,34 @@
 //!   (`CONNECT <port>\n` / `OK <hostport>\n` on the device's socket; the
 //!   guest's connections to the host go to `<socket>_<port>`).
 //! - [`router`]: guest-to-guest routing between the devices of one setup,
-//!   a sans-IO core ([`router::Router`]) and its in-process shell
-//!   ([`router::LocalRouter`]).
+//!   a sans-IO core ([`router::Router`]) and two shells: in-process
+//!   ([`router::LocalRouter`], a mutex and an eventfd per device) or a
+//!   component of its own ([`router::RouterServer`], a thread behind a Unix
+//!   `SOCK_SEQPACKET` socket, one connection per guest CID, protocol in
+//!   [`router::wire`]), so that devices in other processes can share it.
+//!   A device holds a [`RouterPort`] from either ([`LocalRouter::port`],
+//!   [`RouterPort::connect`]) and uses both alike.
+//!
+//! # Router over a socket
+//!
+//! A port's connection starts with a hello naming its CID; the server
+//! answers with a welcome or, for a CID that is taken or not a guest CID,
+//! closes the connection (so [`RouterPort::connect`] fails). Then every
+//! SEQPACKET packet is one vsock packet, the 44-byte header and its data,
+//! checked on arrival like the device checks a guest's (a malformed one is
+//! dropped and counted in [`router::RouterStats::malformed`]); short
+//! control messages carry a device reset and its answer, which marks where
+//! the packets queued before the reset end. The server writes each
+//! connection until its socket is full and then holds at most that one
+//! packet; everything else stays in the router's bounded inboxes. The port
+//! sends without blocking: a full socket refuses the packet
+//! ([`router::RouteError::Busy`]) and the device answers RST, as for any
+//! packet the router refuses (refusals of the router itself come back as
+//! RST packets). On receive the port holds at most one packet, split to
+//! fit the guest's buffers; while it holds one the device takes the socket
+//! out of its epoll set (a readable socket would keep the event loop
+//! spinning), and the guest's next receive buffers run the device again.
+//! A closed connection is the guest leaving: its peers get RST.
 //!
 //! # Guest input and bounds
 //!
@@ -55,7 +81,7 @@ pub use conn::{ConnStats, Held, HostConns};
 pub use device::{
     Vsock, VsockError, VsockReport, VsockStats, CONFIG_LEN, QUEUE_SIZE, VIRTIO_ID_VSOCK,
 };
-pub use router::{LocalRouter, RouterPort};
+pub use router::{LocalRouter, RouterPort, RouterServer, RouterServerError};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code

@@ -1,9 +1,15 @@
 //! Guest-to-guest routing, sans-IO: packets a guest sends to another
 //! guest's CID go through a [`Router`], which checks them, enforces the
 //! receiver's credit and keeps them in the receiver's bounded inbox until
-//! its device has receive buffers. [`LocalRouter`] is the in-process shell
-//! (a mutex and one eventfd per device); the core can move into a broker
-//! process unchanged.
+//! its device has receive buffers. Two shells run it:
+//!
+//! - [`LocalRouter`]: in-process, a mutex and one eventfd per device;
+//! - [`RouterServer`]: its own thread behind a Unix `SOCK_SEQPACKET`
+//!   socket, one connection per guest CID ([`wire`] has the protocol), so
+//!   the devices may live in other processes.
+//!
+//! A device holds a [`RouterPort`] either way ([`LocalRouter::port`] or
+//! [`RouterPort::connect`]) and uses it the same way.
 //!
 //! Bounds: the router clamps every `buf_alloc` it forwards to
 //! [`G2G_MAX_CREDIT`] and resets a connection whose sender goes beyond the
@@ -19,6 +25,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::packet::{Header, Op, Packet};
+
+mod client;
+mod server;
+pub mod wire;
+
+pub use client::PortError;
+pub use server::{RouterServer, RouterServerError, MAX_ROUTER_CONNS};
 
 /// Largest credit one guest may have with another through the router.
 pub const G2G_MAX_CREDIT: u32 = 256 << 10;
@@ -42,6 +55,10 @@ pub enum RouteError {
     CreditViolation,
     #[error("the receiver's inbox is full")]
     InboxFull,
+    #[error("the vsock router's socket is full; the connection is reset (the router is slow or stuck: check its log)")]
+    Busy,
+    #[error("the connection to the vsock router is closed; guest-to-guest vsock is off until the VM restarts with a running router")]
+    RouterGone,
 }
 
 /// Counters, for tests and the monitor's exit report.
@@ -56,20 +73,24 @@ pub struct RouterStats {
     /// ended) while open: 0 when every guest closed its sockets first.
     pub left_conns: u64,
     pub left_packets: u64,
+    /// Packets a [`RouterServer`] connection sent that failed the header
+    /// checks (dropped; always 0 in-process, where the device checks).
+    pub malformed: u64,
 }
 
 impl std::fmt::Display for RouterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "forwarded={} bytes={} refused={} credit_violations={} control_dropped={} left_conns={} left_packets={}",
+            "forwarded={} bytes={} refused={} credit_violations={} control_dropped={} left_conns={} left_packets={} malformed={}",
             self.forwarded,
             self.bytes,
             self.refused,
             self.credit_violations,
             self.control_dropped,
             self.left_conns,
-            self.left_packets
+            self.left_packets,
+            self.malformed
         )
     }
 }
@@ -237,6 +258,31 @@ impl Router {
         Ok(vec![h.dst_cid])
     }
 
+    /// Answers a packet [`Router::forward`] refused with an RST to its
+    /// sender, as the sender's device does in-process; for a shell whose
+    /// sender is not waiting for the result ([`RouterServer`]). It goes
+    /// through the sender's inbox, bounded like any control packet.
+    pub fn refuse(&mut self, refused: &Header) {
+        if refused.op == Op::Rst {
+            return;
+        }
+        let Some(inbox) = self.inboxes.get_mut(&refused.src_cid) else {
+            return;
+        };
+        if inbox.control >= INBOX_MAX_CONTROL {
+            self.stats.control_dropped += 1;
+            return;
+        }
+        inbox.control += 1;
+        inbox
+            .packets
+            .push_back(Packet::control(refused.reply(Op::Rst)));
+    }
+
+    pub fn has_cid(&self, cid: u64) -> bool {
+        self.inboxes.contains_key(&cid)
+    }
+
     /// The next packet for `cid`'s guest with at most `max_data` payload
     /// bytes (an RW packet is split to fit).
     pub fn pop(&mut self, cid: u64, max_data: usize) -> Option<Packet> {
@@ -340,9 +386,11 @@ impl LocalRouter {
         s.router.add(cid);
         s.wakers.insert(cid, wake.clone());
         Ok(RouterPort {
-            router: self.clone(),
-            cid,
-            wake,
+            kind: PortKind::Local(LocalPort {
+                router: self.clone(),
+                cid,
+                wake,
+            }),
         })
     }
 
@@ -355,14 +403,25 @@ impl LocalRouter {
     }
 }
 
-/// One device's handle on the [`LocalRouter`].
+/// One device's handle on a router: a [`LocalRouter`] in this process or
+/// a connection to a [`RouterServer`]. The device uses both the same way.
 pub struct RouterPort {
+    kind: PortKind,
+}
+
+enum PortKind {
+    Local(LocalPort),
+    Socket(client::SocketPort),
+}
+
+/// A port of a [`LocalRouter`].
+struct LocalPort {
     router: LocalRouter,
     cid: u64,
     wake: Arc<EventFd>,
 }
 
-impl RouterPort {
+impl LocalPort {
     fn wake(s: &Shared, cids: &[u64]) {
         for c in cids {
             if let Some(w) = s.wakers.get(c) {
@@ -371,7 +430,7 @@ impl RouterPort {
         }
     }
 
-    pub fn forward(&self, pkt: Packet) -> Result<(), RouteError> {
+    fn forward(&self, pkt: Packet) -> Result<(), RouteError> {
         let dst = pkt.hdr.dst_cid;
         let mut s = self.router.lock();
         let r = s.router.forward(pkt);
@@ -384,31 +443,14 @@ impl RouterPort {
         r.map(|_| ())
     }
 
-    pub fn pop(&self, max_data: usize) -> Option<Packet> {
-        self.router.lock().router.pop(self.cid, max_data)
-    }
-
-    pub fn has_packet(&self) -> bool {
-        self.router.lock().router.has_packet(self.cid)
-    }
-
-    /// Clears the wake-up (after the device looked at its inbox).
-    pub fn clear_wake(&self) {
-        let _ = self.wake.read();
-    }
-
-    pub fn reset(&self) {
+    fn reset(&self) {
         let mut s = self.router.lock();
         let cids = s.router.reset(self.cid);
         Self::wake(&s, &cids);
     }
-
-    pub fn wake_fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
-    }
 }
 
-impl Drop for RouterPort {
+impl Drop for LocalPort {
     fn drop(&mut self) {
         let mut s = self.router.lock();
         let cids = s.router.remove(self.cid);
@@ -416,3 +458,85 @@ impl Drop for RouterPort {
         Self::wake(&s, &cids);
     }
 }
+
+impl RouterPort {
+    /// Connects to the [`RouterServer`] listening at `path` as guest `cid`
+    /// and waits for the router's welcome, so that once this returns the
+    /// other guests can reach `cid`. Fails if the router is not there or
+    /// refuses the CID (taken by another VM, or not a guest CID).
+    pub fn connect(path: &std::path::Path, cid: u64) -> std::io::Result<RouterPort> {
+        Ok(RouterPort {
+            kind: PortKind::Socket(client::SocketPort::connect(path, cid)?),
+        })
+    }
+
+    /// Forwards a packet the guest sent to another guest. On `Err` the
+    /// device answers RST (over a socket also when the socket is full,
+    /// [`RouteError::Busy`]; refusals of the router itself then come back
+    /// as RST packets).
+    pub fn forward(&self, pkt: Packet) -> Result<(), RouteError> {
+        match &self.kind {
+            PortKind::Local(p) => p.forward(pkt),
+            PortKind::Socket(p) => p.forward(&pkt),
+        }
+    }
+
+    /// The next packet for the guest with at most `max_data` payload bytes
+    /// (an RW packet is split to fit).
+    pub fn pop(&self, max_data: usize) -> Option<Packet> {
+        match &self.kind {
+            PortKind::Local(p) => p.router.lock().router.pop(p.cid, max_data),
+            PortKind::Socket(p) => p.pop(max_data),
+        }
+    }
+
+    pub fn has_packet(&self) -> bool {
+        match &self.kind {
+            PortKind::Local(p) => p.router.lock().router.has_packet(p.cid),
+            PortKind::Socket(p) => p.has_packet(),
+        }
+    }
+
+    /// Clears the wake-up (after the device looked at its inbox); nothing
+    /// to do for a socket, which is readable exactly while packets wait.
+    pub fn clear_wake(&self) {
+        if let PortKind::Local(p) = &self.kind {
+            let _ = p.wake.read();
+        }
+    }
+
+    /// Whether the device should poll [`RouterPort::wake_fd`] now. An
+    /// eventfd is cleared by [`RouterPort::clear_wake`], so always. A
+    /// socket stays readable while a packet waits in it: once the port
+    /// holds a packet the guest has no receive buffer for, or the router
+    /// is gone, polling it would only spin the device's event loop, and
+    /// the guest's next receive buffers (a queue notification) run the
+    /// device anyway.
+    pub fn wake_armed(&self) -> bool {
+        match &self.kind {
+            PortKind::Local(_) => true,
+            PortKind::Socket(p) => p.wake_armed(),
+        }
+    }
+
+    /// The device was reset: its inbox is emptied, its connections are
+    /// forgotten and their other ends get RST.
+    pub fn reset(&self) {
+        match &self.kind {
+            PortKind::Local(p) => p.reset(),
+            PortKind::Socket(p) => p.reset(),
+        }
+    }
+
+    /// Readable when packets wait (an eventfd, or the router socket).
+    pub fn wake_fd(&self) -> RawFd {
+        match &self.kind {
+            PortKind::Local(p) => p.wake.as_raw_fd(),
+            PortKind::Socket(p) => p.as_raw_fd(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+mod socket_tests;
