@@ -22,11 +22,13 @@ use virtio_xpmem_device::{HubClock, VmId, XpmemHub};
 
 use crate::boot;
 use crate::config::{Config, SwitchSetup};
-use crate::monitor::{hub_config, report_domain, report_switch, MonitorError, Outcome};
+use crate::monitor::{
+    hub_config, report_domain, report_switch, report_vsock, MonitorError, Outcome,
+};
 use crate::signals;
 use crate::switch::{RunDir, RunningSwitch};
 use crate::vm::VmError;
-use crate::vm_process::{self, CONTROL_FD, HANDSHAKE_FD, SWITCH_FD};
+use crate::vm_process::{self, CONTROL_FD, HANDSHAKE_FD, SWITCH_FD, VSOCK_ROUTER_SOCKET};
 
 /// One VM process as the broker sees it.
 struct VmProcess {
@@ -149,6 +151,8 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
     };
     let run_dir = crate::switch::runtime_dir();
     let _run_dir_guard = RunDir::create(&run_dir)?;
+    let router = virtio_vsock_device::RouterServer::bind(&run_dir.join(VSOCK_ROUTER_SOCKET))
+        .map_err(|e| MonitorError::VmProcess(format!("cannot start the vsock router: {e}")))?;
     let links = ApertureLinks::default();
     // Each VM process budgets its own windows' mappings; the broker maps none.
     let hub = XpmemHub::with_backend(
@@ -159,7 +163,9 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
 
     let mut procs: Vec<VmProcess> = Vec::with_capacity(config.vms.len());
     for (index, cfg) in config.vms.iter().enumerate() {
-        let failed = |e: std::io::Error| MonitorError::VmProcess(format!("VM {}: cannot start its process: {e}", cfg.name));
+        let failed = |e: std::io::Error| {
+            MonitorError::VmProcess(format!("VM {}: cannot start its process: {e}", cfg.name))
+        };
         let setup = (|| {
             let (vm_control, broker_control) = remote::seqpacket_pair()?;
             let (vm_handshake, handshake) = UnixStream::pair()?;
@@ -209,7 +215,9 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
                     serve: None,
                 });
                 kill_all(&mut procs);
-                return Err(MonitorError::VmProcess(format!("cannot start a broker thread: {e}")));
+                return Err(MonitorError::VmProcess(format!(
+                    "cannot start a broker thread: {e}"
+                )));
             }
         };
         procs.push(VmProcess {
@@ -246,6 +254,8 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
     }
     report_domain(&hub);
     report_switch(switch.as_mut(), config);
+    let held = router.held();
+    report_vsock(held, router.stop());
     drop(hub);
     Ok(outcome)
 }
@@ -260,7 +270,11 @@ fn wait_all(
     let mut interrupted = None;
     while !running.is_empty() {
         let mut fds = vec![(signal_evt.as_raw_fd(), libc::POLLIN)];
-        fds.extend(running.iter().map(|&i| (procs[i].exited.as_raw_fd(), libc::POLLIN)));
+        fds.extend(
+            running
+                .iter()
+                .map(|&i| (procs[i].exited.as_raw_fd(), libc::POLLIN)),
+        );
         let revents = vm_process::poll(&fds).map_err(MonitorError::Poll)?;
         if revents[0] != 0 && interrupted.is_none() {
             let signo = signals::received().unwrap_or(libc::SIGTERM);
@@ -285,7 +299,11 @@ fn wait_all(
             match p.child.wait() {
                 Ok(status) => {
                     if !status.success() && interrupted.is_none() {
-                        crate::report!("xpmem-vmm: VM {}: its process {}", p.name, describe(status));
+                        crate::report!(
+                            "xpmem-vmm: VM {}: its process {}",
+                            p.name,
+                            describe(status)
+                        );
                     }
                     clean &= status.success();
                 }
@@ -302,4 +320,3 @@ fn wait_all(
         None => Outcome::AllEnded { clean },
     })
 }
-

@@ -977,7 +977,8 @@ impl Config {
                 return Err(ConfigError::BadSetting {
                     what: "monitor.processes",
                     value: other.to_string(),
-                    reason: "must be \"per-vm\" (a process per VM) or \"one\" (every VM in one process)",
+                    reason:
+                        "must be \"per-vm\" (a process per VM) or \"one\" (every VM in one process)",
                 })
             }
         };

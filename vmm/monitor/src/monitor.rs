@@ -19,7 +19,7 @@ use crate::signals;
 use crate::switch::RunningSwitch;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
-use crate::vm::{RunningVm, Shared, Vm, VmError, XpmemAttach};
+use crate::vm::{RunningVm, Shared, Vm, VmError, VsockRouting, XpmemAttach};
 
 /// Used when the config does not set `xpmem.invalidate_deadline_ms`.
 pub const DEFAULT_INVALIDATE_DEADLINE_MS: u64 = 1000;
@@ -220,8 +220,9 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         None
     };
     let hub = XpmemHub::new(hub_config(config, mappings_per_vm(config.vms.len())))?;
+    let router = virtio_vsock_device::LocalRouter::new();
     let shared = Shared {
-        vsock_router: virtio_vsock_device::LocalRouter::new(),
+        vsock_router: VsockRouting::Local(router.clone()),
         run_dir,
         switch_socket,
         switch_port: std::sync::Mutex::new(None),
@@ -316,7 +317,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             }
             report_domain(&hub);
             report_switch(switch.as_mut(), config);
-            report_vsock(&shared);
+            report_vsock(router.held(), router.stats());
             return Ok(Outcome::Interrupted(signo));
         }
         let mut index = 0;
@@ -334,20 +335,22 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     }
     report_domain(&hub);
     report_switch(switch.as_mut(), config);
-    report_vsock(&shared);
+    report_vsock(router.held(), router.stats());
     Ok(Outcome::AllEnded { clean })
 }
 
 /// Prints the vsock router's counters once every VM has ended (`left_*`:
 /// guest-to-guest connections and packets of VMs that ended with them open).
-pub(crate) fn report_vsock(shared: &Shared) {
-    let held = shared.vsock_router.held();
+pub(crate) fn report_vsock(
+    held: virtio_vsock_device::router::RouterHeld,
+    stats: virtio_vsock_device::router::RouterStats,
+) {
     crate::report!(
         "xpmem-vmm: vsock router at exit: held conns={} packets={} bytes={}; total {}",
         held.conns,
         held.packets,
         held.bytes,
-        shared.vsock_router.stats()
+        stats
     );
 }
 

@@ -135,6 +135,23 @@ impl XpmemLink {
     }
 }
 
+/// How a VM's vsock device reaches the other guests of the setup.
+pub enum VsockRouting {
+    /// The router in this process (one process runs every VM).
+    Local(virtio_vsock_device::LocalRouter),
+    /// The broker's router, listening at this path.
+    Socket(PathBuf),
+}
+
+impl VsockRouting {
+    fn port(&self, cid: u64) -> std::io::Result<virtio_vsock_device::RouterPort> {
+        match self {
+            VsockRouting::Local(router) => router.port(cid),
+            VsockRouting::Socket(path) => virtio_vsock_device::RouterPort::connect(path, cid),
+        }
+    }
+}
+
 /// Objects shared by all VMs of the monitor.
 pub struct Shared {
     /// The xpmem domain every VM's virtio-xpmem device joins.
@@ -145,7 +162,7 @@ pub struct Shared {
     /// VM's port, so ports are numbered in config order); taken by the VM that is built.
     pub switch_port: Mutex<Option<net_switch::socket::FrameSocket>>,
     /// Routes vsock packets between the VMs' devices.
-    pub vsock_router: virtio_vsock_device::LocalRouter,
+    pub vsock_router: VsockRouting,
     /// The monitor's runtime directory (default vsock sockets).
     pub run_dir: PathBuf,
 }
@@ -275,9 +292,9 @@ impl Vm {
                         .map_err(|e| VmError::Net(e.to_string()))?,
                 ),
                 None if lock(&shared.switch_port).is_some() => {
-                    let port = lock(&shared.switch_port).take().ok_or_else(|| {
-                        VmError::Net("the switch port is taken".into())
-                    })?;
+                    let port = lock(&shared.switch_port)
+                        .take()
+                        .ok_or_else(|| VmError::Net("the switch port is taken".into()))?;
                     Box::new(virtio_net_device::SwitchPort::from_socket(port))
                 }
                 None => {

@@ -26,7 +26,7 @@ use crate::monitor::{mappings_per_vm, report, MonitorError, Outcome};
 use crate::signals;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
-use crate::vm::{Shared, Vm, VmError, XpmemAttach};
+use crate::vm::{Shared, Vm, VmError, VsockRouting, XpmemAttach};
 
 /// Descriptor of the xpmem control connection in a VM process.
 pub const CONTROL_FD: RawFd = 3;
@@ -34,6 +34,9 @@ pub const CONTROL_FD: RawFd = 3;
 pub const HANDSHAKE_FD: RawFd = 4;
 /// Descriptor of the switch port, when the VM has one.
 pub const SWITCH_FD: RawFd = 5;
+
+/// The broker's guest-to-guest vsock router, in the runtime directory.
+pub const VSOCK_ROUTER_SOCKET: &str = "vsock-router.sock";
 
 /// What `vm-process` was told.
 pub struct VmProcessArgs {
@@ -112,7 +115,11 @@ pub fn run(p: &VmProcessArgs) -> Result<Outcome, MonitorError> {
         .map(net_switch::socket::FrameSocket::from);
     let config = match cli::parse(p.args.iter().cloned()) {
         Ok(Command::Run(config)) => config,
-        Ok(_) => return Err(MonitorError::VmProcess("the broker's arguments run no VMs".into())),
+        Ok(_) => {
+            return Err(MonitorError::VmProcess(
+                "the broker's arguments run no VMs".into(),
+            ))
+        }
         Err(e) => return Err(MonitorError::VmProcess(e.to_string())),
     };
     run_vm(p, &config, control, &mut handshake, switch_port)
@@ -132,13 +139,14 @@ fn run_vm(
         name: cfg.name.clone(),
         source,
     };
-    boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| vm_error(VmError::Boot(e)))?;
+    boot::check_files(&cfg.kernel, cfg.initrd.as_deref())
+        .map_err(|e| vm_error(VmError::Boot(e)))?;
     let disks = crate::vm::open_disks(cfg).map_err(vm_error)?;
     let kvm = kvm::open(&kvm::device_path())?;
     vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;
     let shared = Shared {
-        vsock_router: virtio_vsock_device::LocalRouter::new(),
+        vsock_router: VsockRouting::Socket(p.run_dir.join(VSOCK_ROUTER_SOCKET)),
         run_dir: p.run_dir.clone(),
         switch_socket: None,
         switch_port: Mutex::new(switch_port),
@@ -154,7 +162,9 @@ fn run_vm(
 
     // Built: tell the broker, and start only when every VM of the setup is built.
     let mut go = [0u8; 1];
-    let told = handshake.write_all(b"R").and_then(|()| handshake.read_exact(&mut go));
+    let told = handshake
+        .write_all(b"R")
+        .and_then(|()| handshake.read_exact(&mut go));
     if told.is_err() || go[0] != b'G' {
         return Err(MonitorError::VmProcess(
             "the broker did not start this VM (another VM of the setup failed, or the broker ended)".into(),
@@ -212,7 +222,10 @@ fn run_vm(
             return Ok(Outcome::Interrupted(signo));
         }
         if revents[2] != 0 {
-            crate::report!("xpmem-vmm: VM {}: the broker has gone away; stopping", cfg.name);
+            crate::report!(
+                "xpmem-vmm: VM {}: the broker has gone away; stopping",
+                cfg.name
+            );
             let (reason, ran) = running.stop(ExitReason::Stopped);
             report(&running, &reason, ran);
             return Ok(Outcome::AllEnded { clean: false });
