@@ -65,8 +65,9 @@ pub struct HostSide {
     interest: BTreeMap<StreamId, EventSet>,
     next_id: u64,
     buf: Vec<u8>,
-    /// The router's wake-up descriptor and whether it is in the epoll set.
-    wake: Option<(RawFd, bool)>,
+    /// The router's wake-up descriptor and what it is polled for: (readable, writable);
+    /// neither means it is out of the epoll set.
+    wake: Option<(RawFd, (bool, bool))>,
 }
 
 fn register(epoll: &Epoll, fd: RawFd, set: EventSet, token: u64) -> io::Result<()> {
@@ -126,7 +127,7 @@ impl HostSide {
             interest: BTreeMap::new(),
             next_id: FIRST_STREAM,
             buf: vec![0u8; READ_CHUNK],
-            wake: wake_fd.map(|fd| (fd, true)),
+            wake: wake_fd.map(|fd| (fd, (true, false))),
         })
     }
 
@@ -143,20 +144,38 @@ impl HostSide {
     /// interest: epoll reports a hung-up socket even with no events asked
     /// for, and the device's event loop would spin on it.
     pub fn arm_wake(&mut self, armed: bool) {
+        self.wake_interest(armed, false);
+    }
+
+    /// Polls the router's descriptor for reading, writing (a packet waits for room in
+    /// the router's socket), both or neither (out of the epoll set).
+    pub fn wake_interest(&mut self, read: bool, write: bool) {
         let Some((fd, was)) = self.wake else {
             return;
         };
-        if was == armed {
+        if was == (read, write) {
             return;
         }
-        let r = if armed {
-            register(&self.epoll, fd, EventSet::IN, TOKEN_WAKE)
-        } else {
-            self.epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        let mut set = EventSet::empty();
+        if read {
+            set |= EventSet::IN;
+        }
+        if write {
+            set |= EventSet::OUT;
+        }
+        let r = match (was != (false, false), read || write) {
+            (false, true) => register(&self.epoll, fd, set, TOKEN_WAKE),
+            (true, true) => self.epoll.ctl(
+                ControlOperation::Modify,
+                fd,
+                EpollEvent::new(set, TOKEN_WAKE),
+            ),
+            _ => self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default()),
         };
         match r {
-            Ok(()) => self.wake = Some((fd, armed)),
+            Ok(()) => self.wake = Some((fd, (read, write))),
             Err(e) => log::warn!("virtio-vsock: cannot change the router wake-up polling: {e}"),
         }
     }

@@ -21,7 +21,7 @@ use crate::conn::{ConnStats, Held, HostConns};
 use crate::packet::{
     Header, Op, Packet, PacketError, HDR_LEN, HOST_CID, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID,
 };
-use crate::router::RouterPort;
+use crate::router::{RouterPort, Sent};
 
 /// Virtio device ID of the socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -126,6 +126,9 @@ pub struct Vsock {
     conns: HostConns,
     host: HostSide,
     router: Option<RouterPort>,
+    /// A guest-to-guest packet the router's socket had no room for: the transmit queue
+    /// is not read until it has gone (one packet, at most 64 KiB of data).
+    stalled: Option<Packet>,
     active: Option<Active>,
     replies: VecDeque<Header>,
     buf: Vec<u8>,
@@ -147,6 +150,7 @@ impl Vsock {
             conns: HostConns::new(cid),
             host,
             router,
+            stalled: None,
             active: None,
             replies: VecDeque::new(),
             buf: vec![0u8; HDR_LEN + MAX_PKT_DATA],
@@ -211,6 +215,13 @@ impl Vsock {
     fn process_tx(&mut self) -> Result<(), VsockError> {
         let mut used_any = false;
         loop {
+            if let Some(pkt) = self.stalled.take() {
+                self.dispatch(pkt);
+                if self.stalled.is_some() {
+                    // Still no room: the socket's writability runs the device again.
+                    break;
+                }
+            }
             let Some(a) = self.active.as_mut() else {
                 return Ok(());
             };
@@ -287,9 +298,10 @@ impl Vsock {
         }
         let hdr = pkt.hdr;
         match &self.router {
-            Some(r) => match r.forward(pkt) {
-                Ok(()) => self.stats.to_guests += 1,
-                Err(e) => {
+            Some(r) => match r.send(pkt) {
+                Sent::Sent => self.stats.to_guests += 1,
+                Sent::Busy(pkt) => self.stalled = Some(pkt),
+                Sent::Refused(e) => {
                     self.stats.refused += 1;
                     debug!(
                         "virtio-vsock cid {}: packet to cid {dst} refused: {e}",
@@ -381,6 +393,11 @@ impl Vsock {
     /// Moves everything that can move: host streams, router inbox, guest
     /// receive buffers.
     fn run(&mut self) {
+        if self.stalled.is_some() {
+            if let Err(e) = self.process_tx() {
+                warn!("virtio-vsock: transmit processing stopped: {e}");
+            }
+        }
         for _ in 0..MAX_ROUNDS {
             self.host.apply(&mut self.conns);
             let before = self.conns.stats();
@@ -402,7 +419,8 @@ impl Vsock {
     /// notification) run the device anyway.
     fn arm_wake(&mut self) {
         if let Some(r) = &self.router {
-            self.host.arm_wake(r.wake_armed());
+            self.host
+                .wake_interest(r.wake_armed(), self.stalled.is_some() && r.is_socket());
         }
     }
 }
@@ -546,6 +564,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.stalled = None;
         self.conns.reset();
         self.host.apply(&mut self.conns);
         self.replies.clear();

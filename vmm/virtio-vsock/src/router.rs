@@ -403,6 +403,15 @@ impl LocalRouter {
     }
 }
 
+/// What [`RouterPort::send`] did with a packet.
+#[derive(Debug)]
+pub enum Sent {
+    Sent,
+    /// The router's socket is full: the packet is back, try again when it is writable.
+    Busy(Packet),
+    Refused(RouteError),
+}
+
 /// One device's handle on a router: a [`LocalRouter`] in this process or
 /// a connection to a [`RouterServer`]. The device uses both the same way.
 pub struct RouterPort {
@@ -479,6 +488,29 @@ impl RouterPort {
             PortKind::Local(p) => p.forward(pkt),
             PortKind::Socket(p) => p.forward(&pkt),
         }
+    }
+
+    /// Like [`RouterPort::forward`], but a packet the router's socket has no room for
+    /// now comes back ([`Sent::Busy`]), so the device can hold it and stop reading its
+    /// transmit queue until the socket is writable, instead of resetting the connection.
+    pub fn send(&self, pkt: Packet) -> Sent {
+        let result = match &self.kind {
+            PortKind::Local(p) => p.forward(pkt),
+            PortKind::Socket(p) => match p.forward(&pkt) {
+                Err(RouteError::Busy) => return Sent::Busy(pkt),
+                other => other,
+            },
+        };
+        match result {
+            Ok(()) => Sent::Sent,
+            Err(e) => Sent::Refused(e),
+        }
+    }
+
+    /// Whether the port is a connection to a router in another process (which can be
+    /// [`Sent::Busy`]).
+    pub fn is_socket(&self) -> bool {
+        matches!(self.kind, PortKind::Socket(_))
     }
 
     /// The next packet for the guest with at most `max_data` payload bytes

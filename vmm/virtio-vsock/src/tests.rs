@@ -810,3 +810,67 @@ fn guest_to_guest_through_the_router_socket_without_spinning() {
     assert_eq!(stats.bytes, data.len() as u64);
     assert!(!path.exists());
 }
+
+#[test]
+fn a_full_router_socket_holds_the_transmit_queue_instead_of_resetting() {
+    use crate::router::wire;
+    use net_switch::socket::{FrameListener, Recv};
+    let dir = tmp("g2gfull");
+    // A router that completes the handshake and then reads only when told to.
+    let listener = FrameListener::bind(&dir.join("r.sock")).unwrap();
+    let path = listener.path().to_path_buf();
+    let client = std::thread::spawn(move || RouterPort::connect(&path, 3).unwrap());
+    let conn = loop {
+        if let Some(c) = listener.accept().unwrap() {
+            break c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let mut buf = vec![0u8; 70 << 10];
+    loop {
+        match conn.recv(&mut buf).unwrap() {
+            Recv::Frame(n) => {
+                assert_eq!(&buf[..n], &wire::hello(3)[..]);
+                break;
+            }
+            Recv::Empty => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Recv::Closed => panic!("the port closed during the handshake"),
+        }
+    }
+    conn.send(&wire::WELCOME).unwrap();
+    let port = client.join().unwrap();
+    let host = HostSide::without_socket(Some(port.wake_fd())).unwrap();
+    let mut a = Rig::new(3, host, Some(port));
+
+    // Seven 60 KiB packets: far more than the socket takes while nobody reads.
+    let req = Header::new(Op::Rw, (3, 1000), (4, 80));
+    let payload = vec![0x5a_u8; 60 << 10];
+    for _ in 0..7 {
+        a.send(req, &payload);
+    }
+    assert_eq!(
+        a.dev.stats().refused,
+        0,
+        "a full socket reset the connection"
+    );
+    assert!(
+        a.recv().iter().all(|p| p.hdr.op != Op::Rst),
+        "the guest got an RST for a full socket"
+    );
+    // The router reads again: every packet arrives, in order, whole.
+    let mut arrived = 0;
+    for _ in 0..2000 {
+        while let Recv::Frame(n) = conn.recv(&mut buf).unwrap() {
+            assert_eq!(n, HDR_LEN + payload.len());
+            arrived += 1;
+        }
+        if arrived == 7 {
+            break;
+        }
+        a.dev.process_backend();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(arrived, 7, "packets were lost behind the full socket");
+    assert_eq!(a.dev.stats().tx_packets, 7);
+    let _ = std::fs::remove_dir_all(&dir);
+}
