@@ -109,6 +109,42 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Waits (at most [`SETUP_EXIT_WAIT`]) for a VM process that failed its set-up to end;
+/// returns the status to exit with.
+fn wait_failed(mut p: VmProcess) -> i32 {
+    let deadline = std::time::Instant::now() + SETUP_EXIT_WAIT;
+    let status = loop {
+        match p.child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => {
+                let _ = p.child.kill();
+                break p.child.wait().ok();
+            }
+        }
+    };
+    if let Some(t) = p.serve.take() {
+        let _ = t.join();
+    }
+    match status {
+        Some(s) if s.code().is_some_and(|c| c != 0) => s.code().unwrap_or(1),
+        Some(s) => {
+            crate::report!(
+                "xpmem-vmm: error: VM {}: its process {} while setting up",
+                p.name,
+                describe(s)
+            );
+            1
+        }
+        None => 1,
+    }
+}
+
+/// How long a VM process that failed its set-up may take to say why and end.
+const SETUP_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Kills the processes that are still running and waits for them.
 fn kill_all(procs: &mut [VmProcess]) {
     for p in procs.iter_mut() {
@@ -234,11 +270,12 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
         let mut ready = [0u8; 1];
         let built = procs[i].handshake.read_exact(&mut ready).is_ok() && ready[0] == b'R';
         if !built {
-            let name = procs[i].name.clone();
+            // That process is ending and says why itself: wait for it (it must not be
+            // killed before its message is out), then stop the others.
+            let failed = procs.remove(i);
+            let code = wait_failed(failed);
             kill_all(&mut procs);
-            return Err(MonitorError::VmProcess(format!(
-                "VM {name} could not be set up (its process said why above); no VM was started"
-            )));
+            return Ok(Outcome::SetupFailed(code));
         }
     }
     for p in &mut procs {

@@ -55,7 +55,8 @@ fn finish(result: Result<monitor::Outcome, monitor::MonitorError>) -> ExitCode {
     match result {
         Ok(outcome) => {
             let code = outcome.exit_code();
-            if code != 0 {
+            // A VM process that could not set its VM up has said why, in one line.
+            if code != 0 && !matches!(outcome, monitor::Outcome::SetupFailed(_)) {
                 xpmem_vmm::report!("xpmem-vmm: exiting with status {code}");
             }
             ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE))

@@ -49,6 +49,8 @@ pub enum Outcome {
     AllEnded { clean: bool },
     /// SIGINT/SIGTERM stopped the VMs.
     Interrupted(i32),
+    /// A VM process could not set its VM up and said why; no VM ran. Its exit status.
+    SetupFailed(i32),
 }
 
 impl Outcome {
@@ -59,6 +61,7 @@ impl Outcome {
             Outcome::AllEnded { clean: true } => 0,
             Outcome::AllEnded { clean: false } => 1,
             Outcome::Interrupted(signo) => 128 + signo,
+            Outcome::SetupFailed(code) => *code,
         }
     }
 }

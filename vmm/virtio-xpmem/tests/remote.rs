@@ -118,9 +118,17 @@ fn a_broken_vm_process_is_refused_without_harm_to_the_broker() {
     let (ours, theirs) = remote::seqpacket_pair().unwrap();
     std::io::Write::write_all(&mut &ours, &[0xff; 40]).unwrap();
     assert!(serve(theirs).is_err());
-    // A connection that closes before saying anything.
+    // A connection that closes before saying anything (a VM process that failed before
+    // its VM was built): nothing to do, nothing held.
     let (ours, theirs) = remote::seqpacket_pair().unwrap();
     drop(ours);
+    let closed = serve(theirs);
+    assert!(closed.is_ok(), "{closed:?}");
+    // A first message that is not Hello.
+    let (ours, theirs) = remote::seqpacket_pair().unwrap();
+    let mut bytes = vec![3u8, 0, 0, 0];
+    bytes.resize(4, 0);
+    std::io::Write::write_all(&mut &ours, &bytes).unwrap();
     assert!(serve(theirs).is_err());
     // The broker still serves a well-behaved VM, and holds nothing of the broken ones.
     let ma = guest_ram();

@@ -381,22 +381,28 @@ pub fn serve_vm_process(
     control: UnixStream,
     pid: Option<i32>,
 ) -> Result<(), RemoteError> {
-    let Some((
-        ToBroker::Hello {
-            ram,
-            ram_files,
-            rw_base,
-            rw_len,
-            ro_base,
-            ro_len,
-        },
-        mut fds,
-    )) = protocol::recv::<ToBroker>(&control)?
-    else {
-        return Err(RemoteError::Protocol(
-            "the first message is not Hello".into(),
-        ));
-    };
+    let (ram, ram_files, rw_base, rw_len, ro_base, ro_len, mut fds) =
+        match protocol::recv::<ToBroker>(&control)? {
+            Some((
+                ToBroker::Hello {
+                    ram,
+                    ram_files,
+                    rw_base,
+                    rw_len,
+                    ro_base,
+                    ro_len,
+                },
+                fds,
+            )) => (ram, ram_files, rw_base, rw_len, ro_base, ro_len, fds),
+            // The process ended before its VM was built: it says why itself, and it
+            // left nothing here.
+            None => return Ok(()),
+            Some(_) => {
+                return Err(RemoteError::Protocol(
+                    "the first message is not Hello".into(),
+                ))
+            }
+        };
     let nfiles = usize::from(ram_files);
     if fds.len() != nfiles + 4 {
         return Err(RemoteError::Protocol(format!(
