@@ -283,6 +283,11 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
         let _ = p.handshake.write_all(b"G");
     }
 
+    // Every thread and process of the setup runs now.
+    if let Err(e) = crate::sandbox::install(crate::sandbox::ProcessKind::Broker, config.seccomp) {
+        kill_all(&mut procs);
+        return Err(MonitorError::VmProcess(e.to_string()));
+    }
     let outcome = wait_all(&mut procs, signal_evt)?;
     for p in &mut procs {
         if let Some(t) = p.serve.take() {

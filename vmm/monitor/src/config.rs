@@ -482,6 +482,9 @@ pub struct MonitorSettings {
     /// `"per-vm"` (default): a broker process and one process per VM; `"one"`: every VM
     /// in the monitor's own process.
     pub processes: Option<String>,
+    /// With per-VM processes: `"kill"` (default), `"log"` or `"off"` (see
+    /// [`crate::sandbox`]).
+    pub seccomp: Option<String>,
 }
 
 /// Which processes run the VMs of a setup.
@@ -575,6 +578,7 @@ impl VmConfig {
 pub struct Config {
     pub xpmem: XpmemSettings,
     pub processes: Processes,
+    pub seccomp: crate::sandbox::SeccompMode,
     /// The switch, when at least one VM has a network device.
     pub switch: Option<SwitchSetup>,
     pub vms: Vec<VmConfig>,
@@ -1156,6 +1160,7 @@ impl Config {
         Ok(Config {
             xpmem,
             processes: Processes::default(),
+            seccomp: crate::sandbox::SeccompMode::default(),
             switch,
             vms,
             notes,

@@ -34,6 +34,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod memory;
 pub mod monitor;
+pub mod sandbox;
 pub mod signals;
 pub mod switch;
 pub mod terminal;

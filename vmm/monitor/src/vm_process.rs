@@ -205,6 +205,12 @@ fn run_vm(
             path.display()
         );
     }
+    // Every thread of this process runs now, every file it needs is open.
+    if let Err(e) = crate::sandbox::install(crate::sandbox::ProcessKind::Vm, config.seccomp) {
+        let (_, ran) = running.stop(ExitReason::Error(e.to_string()));
+        report(&running, &ExitReason::Error(e.to_string()), ran);
+        return Err(MonitorError::VmProcess(e.to_string()));
+    }
     let broker = running.broker_fd().unwrap_or(-1);
     loop {
         // The broker connection is watched for hang-up only: answers on it belong to the
