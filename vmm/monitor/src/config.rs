@@ -2034,4 +2034,27 @@ mod tests {
         );
         assert!(!e.contains('\n'), "one line: {e}");
     }
+
+    #[test]
+    fn monitor_settings_default_to_per_vm_processes_with_seccomp() {
+        let vm = "[[vm]]\nname = \"a\"\nmemory = \"256M\"\nkernel = \"k\"\n";
+        let c = Config::from_toml(vm, Path::new("/")).unwrap();
+        assert_eq!(c.processes, Processes::PerVm);
+        assert_eq!(c.seccomp, crate::sandbox::SeccompMode::Kill);
+        let text = format!("[monitor]\nprocesses = \"one\"\nseccomp = \"log\"\n{vm}");
+        let c = Config::from_toml(&text, Path::new("/")).unwrap();
+        assert_eq!(c.processes, Processes::One);
+        assert_eq!(c.seccomp, crate::sandbox::SeccompMode::Log);
+        for (key, value) in [("processes", "two"), ("seccomp", "maybe")] {
+            let text = format!("[monitor]\n{key} = \"{value}\"\n{vm}");
+            let e = Config::from_toml(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("monitor.{key}")) && e.contains(value),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
 }
