@@ -986,6 +986,18 @@ impl Config {
                 })
             }
         };
+        config.seccomp = match spec.monitor.seccomp.as_deref() {
+            None | Some("kill") => crate::sandbox::SeccompMode::Kill,
+            Some("log") => crate::sandbox::SeccompMode::Log,
+            Some("off") => crate::sandbox::SeccompMode::Off,
+            Some(other) => {
+                return Err(ConfigError::BadSetting {
+                    what: "monitor.seccomp",
+                    value: other.to_string(),
+                    reason: "must be \"kill\" (a forbidden system call kills the process), \"log\" or \"off\"",
+                })
+            }
+        };
         Ok(config)
     }
 
