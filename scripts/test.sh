@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what is needed, builds, and runs every test: the workspace's unit
-# tests, the guest driver build (if guest-driver/Makefile exists), and the
-# end-to-end groups on the KVM test host. Ends with one summary line
+# tests, the guest driver build (if guest-driver/Makefile exists), every fuzz
+# target for 60 s (XPMEM_FUZZ_SECS) beside the end-to-end groups on the KVM
+# test host. Ends with one summary line
 # `N passed, N failed, N skipped`; exits non-zero if anything failed.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -99,7 +100,14 @@ if [ -e "$repo/guest-driver/Makefile" ]; then
 	fi
 fi
 
-# 5. End-to-end groups on the KVM test host.
+# 5. Fuzzing, 60 s per target (scripts/fuzz.sh), on the CPU the nested test host leaves
+# idle: its QEMU runs one TCG thread, so this adds no time to the run.
+fuzz_secs=${XPMEM_FUZZ_SECS:-60}
+say "fuzzing every target for ${fuzz_secs}s in the background (log $log/fuzz.txt)"
+nice -n 10 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
+fuzz_pid=$!
+
+# 6. End-to-end groups on the KVM test host.
 if [ -x "$bindir/xpmem-e2e" ] && [ -x "$bindir/xpmem-vmm" ]; then
 	say "end-to-end tests (xpmem-e2e test)"
 	"$bindir/xpmem-e2e" test --vmm "$bindir/xpmem-vmm" 2>&1 | tee "$log/e2e.txt"
@@ -118,6 +126,14 @@ if [ -x "$bindir/xpmem-e2e" ] && [ -x "$bindir/xpmem-vmm" ]; then
 else
 	fail "e2e: binaries missing ($bindir/xpmem-e2e, $bindir/xpmem-vmm); the build failed"
 fi
+
+say "waiting for the fuzzing to finish"
+if wait "$fuzz_pid"; then
+	passed=$((passed + 1))
+else
+	fail "fuzzing (see $log/fuzz.txt)"
+fi
+grep -v '^==>' "$log/fuzz.txt" | grep -E 'inputs,|cases,|executions|FAILED' | sed 's/^/  fuzz: /'
 
 elapsed=$(($(date +%s) - start))
 say "total time ${elapsed}s"

@@ -20,14 +20,12 @@ use std::thread::JoinHandle;
 use virtio_xpmem_device::remote::{self, ApertureLinks, RemoteAperture};
 use virtio_xpmem_device::{HubClock, VmId, XpmemHub};
 
-use crate::boot;
-use crate::config::{Config, SwitchSetup};
+use crate::config::Config;
 use crate::monitor::{
     hub_config, report_domain, report_switch, report_vsock, MonitorError, Outcome,
 };
 use crate::signals;
-use crate::switch::{RunDir, RunningSwitch};
-use crate::vm::VmError;
+use crate::switch::RunDir;
 use crate::vm_process::{self, CONTROL_FD, HANDSHAKE_FD, SWITCH_FD, VSOCK_ROUTER_SOCKET};
 
 /// One VM process as the broker sees it.
@@ -161,30 +159,9 @@ fn kill_all(procs: &mut [VmProcess]) {
 /// Runs every VM of `config` in a process of its own; `args` are this process's
 /// arguments, which each VM process parses again.
 pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
-    for note in &config.notes {
-        crate::report!("xpmem-vmm: note: {note}");
-    }
-    for cfg in &config.vms {
-        boot::check_files(&cfg.kernel, cfg.initrd.as_deref()).map_err(|e| MonitorError::Vm {
-            name: cfg.name.clone(),
-            source: VmError::Boot(e),
-        })?;
-    }
+    crate::monitor::announce_and_check(config)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;
-    let mut switch = match &config.switch {
-        Some(SwitchSetup { socket: None, mtu }) => Some(RunningSwitch::start(*mtu)?),
-        _ => None,
-    };
-    let switch_socket = match (&config.switch, &switch) {
-        (
-            Some(SwitchSetup {
-                socket: Some(path), ..
-            }),
-            _,
-        ) => Some(path.clone()),
-        (_, Some(running)) => Some(running.socket().to_path_buf()),
-        _ => None,
-    };
+    let (mut switch, switch_socket) = crate::switch::start_for(config)?;
     let run_dir = crate::switch::runtime_dir();
     let _run_dir_guard = RunDir::create(&run_dir)?;
     let router = virtio_vsock_device::RouterServer::bind(&run_dir.join(VSOCK_ROUTER_SOCKET))

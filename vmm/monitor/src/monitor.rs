@@ -11,7 +11,7 @@ use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub};
 use xpmem_domain::ImportPolicy;
 
 use crate::boot;
-use crate::config::{Config, SwitchSetup};
+use crate::config::Config;
 use crate::kvm::{self, KvmError};
 use crate::layout::MIB;
 use crate::lifecycle::ExitReason;
@@ -128,6 +128,41 @@ pub(crate) fn mappings_per_vm(vms: usize) -> u64 {
     share
 }
 
+/// The line a VM's start is announced with (`process`: the VM's own process, if any).
+pub(crate) fn report_booting(cfg: &crate::config::VmConfig, process: Option<u32>) {
+    let disks: String = cfg
+        .disks
+        .iter()
+        .map(|d| {
+            let mode = if d.read_only { "ro" } else { "rw" };
+            format!(", disk {} ({mode})", d.path.display())
+        })
+        .collect();
+    let process = process
+        .map(|p| format!("; process {p}"))
+        .unwrap_or_default();
+    crate::report!(
+        "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {}{disks}{process})",
+        cfg.name,
+        cfg.kernel.display(),
+        cfg.vcpus,
+        cfg.memory / MIB,
+        cfg.console
+    );
+}
+
+/// Where a started VM's vsock device listens, if it has one.
+pub(crate) fn report_vsock_socket(vm: &RunningVm) {
+    if let Some((cid, path, _)) = vm.vsock() {
+        crate::report!(
+            "xpmem-vmm: VM {}: vsock cid {cid}, host socket {} (CONNECT <port>; guest connections to the host at {}_<port>)",
+            vm.name(),
+            path.display(),
+            path.display()
+        );
+    }
+}
+
 /// The xpmem hub's settings for `config`, each VM's windows allowed `mappings` host
 /// mappings.
 pub(crate) fn hub_config(config: &Config, mappings: u64) -> HubConfig {
@@ -167,9 +202,9 @@ pub(crate) fn report(vm: &RunningVm, reason: &ExitReason, ran: Duration) {
     }
 }
 
-/// Builds all VMs (so bad input fails before any guest runs), starts them,
-/// and waits.
-pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
+/// Prints the config's notes and checks every VM's kernel and initrd, so that a bad
+/// file fails before anything is set up.
+pub(crate) fn announce_and_check(config: &Config) -> Result<(), MonitorError> {
     for note in &config.notes {
         crate::report!("xpmem-vmm: note: {note}");
     }
@@ -179,6 +214,13 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
             source: VmError::Boot(e),
         })?;
     }
+    Ok(())
+}
+
+/// Builds all VMs (so bad input fails before any guest runs), starts them,
+/// and waits.
+pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
+    announce_and_check(config)?;
     // Disk images are opened and locked before anything else is set up, so a
     // conflict with another VM or monitor leaves nothing behind.
     let mut disks = Vec::with_capacity(config.vms.len());
@@ -196,20 +238,7 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
 
     // The switch listens before any VM is built: each network device
     // connects to it while its VM is set up.
-    let mut switch = match &config.switch {
-        Some(SwitchSetup { socket: None, mtu }) => Some(RunningSwitch::start(*mtu)?),
-        _ => None,
-    };
-    let switch_socket = match (&config.switch, &switch) {
-        (
-            Some(SwitchSetup {
-                socket: Some(path), ..
-            }),
-            _,
-        ) => Some(path.clone()),
-        (_, Some(running)) => Some(running.socket().to_path_buf()),
-        _ => None,
-    };
+    let (mut switch, switch_socket) = crate::switch::start_for(config)?;
     // The runtime directory for default vsock sockets (the switch's, or
     // one of its own); removed at the end.
     let run_dir = crate::switch::runtime_dir();
@@ -257,34 +286,14 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
 
     let mut running: Vec<RunningVm> = Vec::with_capacity(built.len());
     for (vm, cfg) in built.into_iter().zip(&config.vms) {
-        let disks: String = cfg
-            .disks
-            .iter()
-            .map(|d| {
-                let mode = if d.read_only { "ro" } else { "rw" };
-                format!(", disk {} ({mode})", d.path.display())
-            })
-            .collect();
-        crate::report!(
-            "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {}{disks})",
-            cfg.name,
-            cfg.kernel.display(),
-            cfg.vcpus,
-            cfg.memory / MIB,
-            cfg.console
-        );
+        report_booting(cfg, None);
         // On error the VMs already in `running` are stopped when it drops.
         running.push(vm.start().map_err(|source| MonitorError::Vm {
             name: cfg.name.clone(),
             source,
         })?);
-        if let Some((cid, path, _)) = running.last().and_then(RunningVm::vsock) {
-            crate::report!(
-                "xpmem-vmm: VM {}: vsock cid {cid}, host socket {} (CONNECT <port>; guest connections to the host at {}_<port>)",
-                cfg.name,
-                path.display(),
-                path.display()
-            );
+        if let Some(vm) = running.last() {
+            report_vsock_socket(vm);
         }
     }
 

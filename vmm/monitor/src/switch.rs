@@ -67,6 +67,26 @@ impl Drop for RunDir {
     }
 }
 
+/// The switch a setup's VMs connect to: started here (on a thread, in a new runtime
+/// directory) unless `[switch] socket` names one; none without network devices.
+/// Returns the running switch, if started here, and the socket to connect to.
+pub fn start_for(
+    config: &crate::config::Config,
+) -> Result<(Option<RunningSwitch>, Option<PathBuf>), SwitchError> {
+    use crate::config::SwitchSetup;
+    match &config.switch {
+        Some(SwitchSetup { socket: None, mtu }) => {
+            let running = RunningSwitch::start(*mtu)?;
+            let socket = running.socket().to_path_buf();
+            Ok((Some(running), Some(socket)))
+        }
+        Some(SwitchSetup {
+            socket: Some(path), ..
+        }) => Ok((None, Some(path.clone()))),
+        None => Ok((None, None)),
+    }
+}
+
 impl RunningSwitch {
     /// Starts a switch with `mtu` listening in a new runtime directory.
     pub fn start(mtu: u16) -> Result<Self, SwitchError> {

@@ -20,9 +20,10 @@ use crate::boot;
 use crate::cli::{self, Command};
 use crate::config::Config;
 use crate::kvm;
-use crate::layout::MIB;
 use crate::lifecycle::ExitReason;
-use crate::monitor::{mappings_per_vm, report, MonitorError, Outcome};
+use crate::monitor::{
+    mappings_per_vm, report, report_booting, report_vsock_socket, MonitorError, Outcome,
+};
 use crate::signals;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
@@ -179,32 +180,9 @@ fn run_vm(
     } else {
         None
     };
-    let disks: String = cfg
-        .disks
-        .iter()
-        .map(|d| {
-            let mode = if d.read_only { "ro" } else { "rw" };
-            format!(", disk {} ({mode})", d.path.display())
-        })
-        .collect();
-    crate::report!(
-        "xpmem-vmm: VM {}: booting {} ({} vCPUs, {} MiB, console {}{disks}; process {})",
-        cfg.name,
-        cfg.kernel.display(),
-        cfg.vcpus,
-        cfg.memory / MIB,
-        cfg.console,
-        std::process::id()
-    );
+    report_booting(cfg, Some(std::process::id()));
     let mut running = vm.start().map_err(vm_error)?;
-    if let Some((cid, path, _)) = running.vsock() {
-        crate::report!(
-            "xpmem-vmm: VM {}: vsock cid {cid}, host socket {} (CONNECT <port>; guest connections to the host at {}_<port>)",
-            cfg.name,
-            path.display(),
-            path.display()
-        );
-    }
+    report_vsock_socket(&running);
     // Every thread of this process runs now, every file it needs is open.
     if let Err(e) = crate::sandbox::install(crate::sandbox::ProcessKind::Vm, config.seccomp) {
         let (_, ran) = running.stop(ExitReason::Error(e.to_string()));

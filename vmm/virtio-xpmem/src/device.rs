@@ -60,6 +60,26 @@ impl XpmemDevice {
     }
 }
 
+/// Copies `data.len()` bytes of the config space `cfg` from `offset` (zeros beyond it).
+pub(crate) fn read_config_space(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| cfg.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// The config space is read-only: a write is logged and dropped.
+pub(crate) fn ignore_config_write(vm: VmId, offset: u64, data: &[u8]) {
+    log::debug!(
+        "virtio-xpmem: VM {vm:?}: ignoring a {}-byte write to read-only config space at {offset:#x}",
+        data.len()
+    );
+}
+
 impl VirtioDevice for XpmemDevice {
     fn device_type(&self) -> u32 {
         wire::VIRTIO_ID_XPMEM
@@ -76,23 +96,11 @@ impl VirtioDevice for XpmemDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.config.as_slice();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| cfg.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(self.config.as_slice(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-xpmem: VM {:?}: ignoring a {}-byte write to read-only config space at {offset:#x}",
-            self.vm,
-            data.len()
-        );
+        ignore_config_write(self.vm, offset, data);
     }
 
     fn shared_memory_regions(&self) -> Vec<SharedMemoryRegion> {

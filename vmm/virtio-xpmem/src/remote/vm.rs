@@ -196,22 +196,11 @@ impl VirtioDevice for RemoteXpmemDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-xpmem: VM {:?}: ignoring a {}-byte write to read-only config space at {offset:#x}",
-            self.vm,
-            data.len()
-        );
+        crate::device::ignore_config_write(self.vm, offset, data);
     }
 
     fn shared_memory_regions(&self) -> Vec<SharedMemoryRegion> {
