@@ -236,14 +236,17 @@ impl Harness {
                 i += 1;
                 continue;
             };
-            assert!(
-                len <= size,
-                "used length {len} beyond the {size}-byte buffer"
-            );
+            // Raw steps may have rewritten this head's descriptor since it was posted
+            // (the device used the one it read when it took the chain), so only the
+            // structured runs can hold the device to the posted size.
             if self.raw {
                 i += 1;
                 continue;
             }
+            assert!(
+                len <= size,
+                "used length {len} beyond the {size}-byte buffer"
+            );
             let mut buf = vec![0u8; len as usize];
             assert!(self.mem.read_slice(&mut buf, GuestAddress(a)).is_ok());
             assert!(
