@@ -119,20 +119,26 @@ impl WritableChain {
     pub fn write(&self, mem: &GuestMemoryMmap, parts: &mut [&[u8]]) -> Result<u32, u32> {
         let mut written = 0u32;
         for &(addr, len) in &self.segments {
-            let mut room = len as usize;
+            let mut room = len;
             let mut at = addr;
             while room > 0 {
                 let Some(part) = parts.iter_mut().find(|p| !p.is_empty()) else {
                     return Ok(written);
                 };
-                let k = room.min(part.len());
-                if mem.write_slice(&part[..k], at).is_err() {
+                // At most `room`, so it fits a u32 (a part longer than
+                // u32::MAX is cut to `room` anyway).
+                let k = u32::try_from(part.len()).map_or(room, |n| room.min(n));
+                let k_bytes = k as usize;
+                if mem.write_slice(&part[..k_bytes], at).is_err() {
                     return Err(written);
                 }
-                *part = &part[k..];
+                *part = &part[k_bytes..];
                 room -= k;
-                written += k as u32;
-                at = GuestAddress(at.0 + k as u64);
+                // The guest's segments may add up to more than u32::MAX;
+                // the parts (the device's packets) do not, but should they,
+                // the used length saturates instead of wrapping.
+                written = written.saturating_add(k);
+                at = GuestAddress(at.0 + u64::from(k));
             }
         }
         Ok(written)

@@ -9,6 +9,15 @@
 //! [`MmioTransport::queue_notify`], and registers the transport's
 //! [`MmioTransport::irqfd`] with KVM for the device's GSI.
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod chain;
 pub mod device;
 mod transport;

@@ -280,7 +280,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             regs::DEVICE_ID => self.device.device_type(),
             regs::VENDOR_ID => MMIO_VENDOR_ID,
             regs::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.device_features() as u32,
+                0 => low_half(self.device.device_features()),
                 1 => (self.device.device_features() >> 32) as u32,
                 _ => 0,
             },
@@ -312,9 +312,9 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         // the base of a non-existent region also reads as all ones.
         let (base, len) = region.map_or((u64::MAX, u64::MAX), |r| (r.guest_base, r.len));
         match offset {
-            regs::SHM_LEN_LOW => len as u32,
+            regs::SHM_LEN_LOW => low_half(len),
             regs::SHM_LEN_HIGH => (len >> 32) as u32,
-            regs::SHM_BASE_LOW => base as u32,
+            regs::SHM_BASE_LOW => low_half(base),
             _ => (base >> 32) as u32,
         }
     }
@@ -556,6 +556,16 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
     }
 }
 
+/// The low 32 bits of a 64-bit value that the registers show as a LOW/HIGH
+/// pair (device features, shared memory region base and length); the HIGH
+/// register shows `v >> 32`.
+#[allow(clippy::cast_possible_truncation)] // keeping the low half is the point
+fn low_half(v: u64) -> u32 {
+    v as u32
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)]
+// test code: splits test addresses and features into registers
 mod tests;
