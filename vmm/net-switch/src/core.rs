@@ -607,4 +607,5 @@ fn mac_at(frame: &[u8], at: usize) -> Mac {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)] // test code: casts of small port indices
 mod tests;

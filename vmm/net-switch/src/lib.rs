@@ -21,6 +21,15 @@
 //! [`socket`] has the `SOCK_SEQPACKET` helpers both sides use (listen,
 //! accept, connect, send and receive one frame).
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod core;
 pub mod server;
 pub mod socket;

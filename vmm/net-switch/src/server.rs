@@ -252,4 +252,5 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)] // test code: casts of small port indices
 mod tests;

@@ -65,10 +65,13 @@ pub enum Send {
     Closed,
 }
 
+#[allow(clippy::cast_possible_truncation)] // AF_UNIX is 1
+const AF_UNIX_FAMILY: libc::sa_family_t = libc::AF_UNIX as libc::sa_family_t;
+
 fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), SocketError> {
     // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = AF_UNIX_FAMILY;
     let bytes = path.as_os_str().as_bytes();
     if bytes.len() >= addr.sun_path.len() {
         return Err(SocketError::PathTooLong {
@@ -77,10 +80,15 @@ fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), SocketE
         });
     }
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([*s]);
     }
+    // Less than size_of::<sockaddr_un>() (checked above).
     let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
+    let len = libc::socklen_t::try_from(len).map_err(|_| SocketError::PathTooLong {
+        path: path.to_path_buf(),
+        len: bytes.len(),
+    })?;
+    Ok((addr, len))
 }
 
 fn new_socket() -> Result<OwnedFd, SocketError> {
@@ -271,11 +279,11 @@ impl FrameSocket {
                     libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                 )
             };
-            if n > 0 {
-                return Ok(Recv::Frame(n as usize));
-            }
-            if n == 0 {
-                return Ok(Recv::Closed);
+            // Negative: an error, below.
+            match usize::try_from(n) {
+                Ok(0) => return Ok(Recv::Closed),
+                Ok(len) => return Ok(Recv::Frame(len)),
+                Err(_) => {}
             }
             let e = io::Error::last_os_error();
             match e.kind() {
@@ -291,7 +299,7 @@ impl FrameSocket {
     pub fn peer_pid(&self) -> Option<i32> {
         // SAFETY: ucred is plain old data; all zeroes is valid.
         let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).ok()?;
         // SAFETY: `cred` and `len` are valid for getsockopt to write.
         let r = unsafe {
             libc::getsockopt(
