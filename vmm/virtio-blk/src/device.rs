@@ -383,7 +383,9 @@ fn execute(
                 written += n;
             }
             stats.get_ids += 1;
-            Ok(written as u32)
+            #[allow(clippy::cast_possible_truncation)] // at most ID_BYTES (20)
+            let written = written as u32;
+            Ok(written)
         }
         Kind::Discard | Kind::WriteZeroes => {
             for Range { offset, len, unmap } in ranges {

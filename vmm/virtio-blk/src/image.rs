@@ -249,7 +249,7 @@ impl DiskImage {
             .checked_add(len)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         while offset < end {
-            let n = (end - offset).min(ZEROES.len() as u64) as usize;
+            let n = usize::try_from(end - offset).map_or(ZEROES.len(), |r| r.min(ZEROES.len()));
             std::os::unix::fs::FileExt::write_all_at(&self.file, &ZEROES[..n], offset)?;
             offset += n as u64;
         }
@@ -283,16 +283,19 @@ fn positioned_io(
             .map_err(|e| io::Error::other(e.to_string()))?;
         match op(&rest, offset_arg(offset)?) {
             0 => return Err(at_zero()),
-            n if n < 0 => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
+            n => match usize::try_from(n) {
+                Ok(n) => {
+                    done += n;
+                    offset += n as u64;
                 }
-            }
-            n => {
-                done += n as usize;
-                offset += n as u64;
-            }
+                // Negative: the call failed.
+                Err(_) => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::Interrupted {
+                        return Err(err);
+                    }
+                }
+            },
         }
     }
     Ok(())

@@ -32,6 +32,15 @@
 //! segment between guest memory and the file (`pread`/`pwrite` straight into
 //! guest RAM), so a request costs no host memory proportional to its size.
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod device;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -48,4 +57,6 @@ pub use image::{check_image, DiskBackend, DiskImage, ImageError, ImageInfo, SECT
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)]
+// test code: casts of test sizes, sectors and pattern bytes
 mod tests;

@@ -297,19 +297,22 @@ pub fn parse(
 
     // The header, possibly split across descriptors.
     let mut header = [0u8; HEADER_LEN as usize];
-    let mut filled = 0usize;
+    let mut filled = 0u32;
     let mut out_data = Vec::new();
     for d in &readable {
-        let take = (HEADER_LEN as usize - filled).min(d.len as usize);
+        let take = (HEADER_LEN - filled).min(d.len);
         if take > 0 {
-            let seg = checked(mem, d.addr, take as u32).map_err(reject)?;
-            mem.read_slice(&mut header[filled..filled + take], seg.addr)
-                .map_err(|e| reject(RequestError::Memory(e)))?;
+            let seg = checked(mem, d.addr, take).map_err(reject)?;
+            mem.read_slice(
+                &mut header[filled as usize..(filled + take) as usize],
+                seg.addr,
+            )
+            .map_err(|e| reject(RequestError::Memory(e)))?;
             filled += take;
         }
-        let rest = d.len - take as u32;
+        let rest = d.len - take;
         if rest > 0 {
-            out_data.push((d.addr.wrapping_add(take as u64), rest));
+            out_data.push((d.addr.wrapping_add(u64::from(take)), rest));
         }
     }
     let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -422,7 +425,9 @@ impl Request {
             });
         }
         // At most max_ranges * 16 bytes: bounded by the device's own limit.
-        let mut raw = vec![0u8; self.data_len as usize];
+        let raw_len =
+            usize::try_from(self.data_len).map_err(|_| RequestError::BadRanges(self.data_len))?;
+        let mut raw = vec![0u8; raw_len];
         let mut off = 0usize;
         for seg in &self.data {
             let n = seg.len as usize;
@@ -437,7 +442,7 @@ impl Request {
                 VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
             ),
         };
-        let mut ranges = Vec::with_capacity(count as usize);
+        let mut ranges = Vec::with_capacity(raw_len / RANGE_LEN as usize);
         for rec in raw.chunks_exact(RANGE_LEN as usize) {
             let mut s = [0u8; 8];
             s.copy_from_slice(&rec[0..8]);
