@@ -34,6 +34,15 @@
 //!   and inside guest RAM; a bad one is returned with length 0. With
 //!   `MRG_RXBUF` a frame spans as many chains as it needs.
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod backend;
 mod device;
 mod fair;
@@ -52,4 +61,6 @@ pub use tap::{TapBackend, TapError, TapName, MAX_TAP_NAME, TUN_DEVICE};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+// test code: casts of test sizes, indices and ifreq fields
 mod tests;

@@ -79,7 +79,7 @@ impl TapName {
         let mut bytes = [0u8; MAX_TAP_NAME];
         bytes[..name.len()].copy_from_slice(name.as_bytes());
         Ok(Self {
-            len: name.len() as u8,
+            len: u8::try_from(name.len()).map_err(|_| TapError::NameLength(name.to_string()))?,
             bytes,
         })
     }
@@ -101,6 +101,10 @@ impl fmt::Debug for TapName {
         write!(f, "TapName({:?})", self.as_str())
     }
 }
+
+/// `ifr_flags` for TUNSETIFF: a TAP without the packet-information prefix.
+#[allow(clippy::cast_possible_truncation)] // IFF_TAP | IFF_NO_PI is 0x1002
+const TAP_FLAGS: libc::c_short = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
 
 /// A TAP interface's queue: one Ethernet frame per `read`/`write`,
 /// nonblocking.
@@ -129,10 +133,10 @@ impl TapBackend {
         // SAFETY: ifreq is plain old data; all zeroes is a valid value.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in req.ifr_name.iter_mut().zip(cname.as_bytes()) {
-            *dst = *src as libc::c_char;
+            *dst = libc::c_char::from_ne_bytes([*src]);
         }
         // The name is at most 15 bytes and ifr_name has 16: the last stays NUL.
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        req.ifr_ifru.ifru_flags = TAP_FLAGS;
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req`
         // is and which lives across the call; `fd` is an open tun clone device.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
