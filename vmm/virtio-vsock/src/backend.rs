@@ -398,6 +398,9 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
     port.parse().ok()
 }
 
+#[allow(clippy::cast_possible_truncation)] // AF_UNIX is 1
+const AF_UNIX_FAMILY: libc::sa_family_t = libc::AF_UNIX as libc::sa_family_t;
+
 /// Connects a nonblocking Unix stream socket: a listener whose backlog is
 /// full refuses at once instead of blocking the device.
 fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
@@ -407,9 +410,9 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     if bytes.len() >= addr.sun_path.len() {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = AF_UNIX_FAMILY;
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([*s]);
     }
     // SAFETY: socket() has no memory arguments; the result is checked.
     let fd = unsafe {
@@ -424,13 +427,16 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     }
     // SAFETY: fd is a new descriptor that nothing else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Less than size_of::<sockaddr_un>() (checked above).
     let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    let len =
+        libc::socklen_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: addr is a valid sockaddr_un and len does not exceed its size.
     let r = unsafe {
         libc::connect(
             owned.as_raw_fd(),
             std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
+            len,
         )
     };
     if r < 0 {

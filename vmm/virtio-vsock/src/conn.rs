@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::packet::{Header, Op, Packet, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use crate::packet::{
+    len_field, Header, Op, Packet, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
 
 /// The shell's name for a host stream.
 pub type StreamId = u64;
@@ -282,7 +284,7 @@ impl HostConns {
         };
         let n = data.len().min(allowed);
         c.to_guest.extend(&data[..n]);
-        c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
+        c.tx_cnt = counter_add(c.tx_cnt, n);
         if n < data.len() {
             self.stats.protocol_errors += 1;
         }
@@ -329,7 +331,7 @@ impl HostConns {
         c.to_host.drain(..n);
         let skipped = n.min(c.skip);
         c.skip -= skipped;
-        c.fwd_cnt = c.fwd_cnt.wrapping_add((n - skipped) as u32);
+        c.fwd_cnt = counter_add(c.fwd_cnt, n - skipped);
         self.stats.bytes_to_host += (n - skipped) as u64;
         let unreported = c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent);
         if unreported >= HOST_BUF_ALLOC / 4 || (c.to_host.is_empty() && unreported > 0) {
@@ -389,12 +391,15 @@ impl HostConns {
                 self.stats.conns_opened += 1;
             }
             (Op::Rw, State::Established) if !c.guest_shut_send => {
-                if pkt.data.len() > c.our_free() as usize {
+                let Some(len) = u32::try_from(pkt.data.len())
+                    .ok()
+                    .filter(|&len| len <= c.our_free())
+                else {
                     self.stats.credit_violations += 1;
                     self.drop_conn(key, true);
                     return;
-                }
-                c.rx_cnt = c.rx_cnt.wrapping_add(pkt.data.len() as u32);
+                };
+                c.rx_cnt = c.rx_cnt.wrapping_add(len);
                 c.to_host.extend(&pkt.data);
             }
             (Op::CreditUpdate, State::Established) => {}
@@ -482,7 +487,7 @@ impl HostConns {
         } else if !c.to_guest.is_empty() && max_data > 0 {
             let n = c.to_guest.len().min(max_data);
             data = c.to_guest.drain(..n).collect();
-            hdr.len = n as u32;
+            hdr.len = len_field(n);
             self.stats.bytes_to_guest += n as u64;
         } else if c.host_eof && c.to_guest.is_empty() && !c.shutdown_sent {
             c.shutdown_sent = true;
@@ -518,6 +523,13 @@ impl HostConns {
         self.replies.clear();
         self.cursor = None;
     }
+}
+
+/// `counter + n` for the free-running byte counters (`tx_cnt`, `fwd_cnt`),
+/// which count modulo 2^32 (virtio 1.2 section 5.10.6.3).
+#[allow(clippy::cast_possible_truncation)] // n mod 2^32 is what a modulo-2^32 counter adds
+fn counter_add(counter: u32, n: usize) -> u32 {
+    counter.wrapping_add(n as u32)
 }
 
 fn has_work(c: &Conn) -> bool {

@@ -19,7 +19,8 @@ use vm_memory::GuestMemoryMmap;
 use crate::backend::{BackendError, HostSide, TOKEN_LISTENER, TOKEN_WAKE};
 use crate::conn::{ConnStats, Held, HostConns};
 use crate::packet::{
-    Header, Op, Packet, PacketError, HDR_LEN, HOST_CID, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID,
+    len_field, Header, Op, Packet, PacketError, HDR_LEN, HOST_CID, MAX_GUEST_CID, MAX_PKT_DATA,
+    MIN_GUEST_CID,
 };
 use crate::router::{RouterPort, Sent};
 
@@ -474,7 +475,7 @@ fn rx_chain(
 /// Writes header and payload across the chain; returns the bytes written.
 fn write_rx(a: &Active, chain: &WritableChain, pkt: &Packet) -> u32 {
     let mut hdr = pkt.hdr;
-    hdr.len = pkt.data.len() as u32;
+    hdr.len = len_field(pkt.data.len());
     let hdr = hdr.encode();
     let written = chain.write(&a.mem, &mut [&hdr[..], &pkt.data[..]]);
     written.unwrap_or_else(|w| w)

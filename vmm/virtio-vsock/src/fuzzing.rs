@@ -19,6 +19,13 @@
 //!
 //! Any panic is a bug.
 
+// A fuzz harness: its casts are of its own constants and of bounded fuzz input.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::sync::Arc;
 
 use virtio_driver_model::{Input, NoIrq, SplitRing};

@@ -68,6 +68,15 @@
 //! far below that: their kernel drains the receive queue into its socket
 //! buffers whether or not the program reads.
 
+// Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
+// checks that answer an error status; a cast that cannot lose anything by construction
+// carries an `allow` saying why. Tests and the fuzz harness may cast freely.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod backend;
 pub mod conn;
 mod device;
@@ -85,4 +94,5 @@ pub use router::{LocalRouter, RouterPort, RouterServer, RouterServerError};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)] // test code: casts of test lengths
 mod tests;

@@ -93,6 +93,15 @@ pub struct Header {
     pub fwd_cnt: u32,
 }
 
+/// A payload length for a header's `len` field. Payloads are at most
+/// [`MAX_PKT_DATA`] bytes ([`Header::parse`] refuses longer guest packets, and
+/// the host cuts its data to that), so this is exact; a longer payload (a
+/// bug) would be announced as `u32::MAX`, which the receivers' length checks
+/// refuse, rather than as a truncated length.
+pub fn len_field(data_len: usize) -> u32 {
+    u32::try_from(data_len).unwrap_or(u32::MAX)
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[at..at + 4]);
@@ -212,9 +221,9 @@ impl Packet {
         }
         let rest = self.data.split_off(max);
         let front = std::mem::replace(&mut self.data, rest);
-        self.hdr.len = self.data.len() as u32;
+        self.hdr.len = len_field(self.data.len());
         let mut hdr = self.hdr;
-        hdr.len = front.len() as u32;
+        hdr.len = len_field(front.len());
         Some(Packet { hdr, data: front })
     }
 }

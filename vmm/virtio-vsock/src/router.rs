@@ -233,17 +233,19 @@ impl Router {
                     Op::Rw => {
                         let peer = &c.sides[1 - me];
                         let in_flight = c.sides[me].tx_cnt.wrapping_sub(peer.fwd_cnt);
-                        let len = pkt.data.len() as u32;
-                        if !c.established
-                            || u64::from(in_flight) + u64::from(len) > u64::from(peer.buf_alloc)
-                        {
+                        let len = u32::try_from(pkt.data.len()).ok().filter(|&len| {
+                            c.established
+                                && u64::from(in_flight) + u64::from(len)
+                                    <= u64::from(peer.buf_alloc)
+                        });
+                        let Some(len) = len else {
                             self.stats.credit_violations += 1;
                             self.conns.remove(&key);
                             // The receiver learns of it too.
                             let _ = self
                                 .push(h.dst_cid, Packet::control(h.reply(Op::Rst).reply(Op::Rst)));
                             return Err(RouteError::CreditViolation);
-                        }
+                        };
                         c.sides[me].tx_cnt = c.sides[me].tx_cnt.wrapping_add(len);
                     }
                     Op::Rst => {
@@ -571,4 +573,5 @@ impl RouterPort {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+#[allow(clippy::cast_possible_truncation)] // test code: casts of test lengths
 mod socket_tests;

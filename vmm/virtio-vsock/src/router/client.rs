@@ -19,7 +19,9 @@ use net_switch::SocketError;
 
 use super::wire::{self, Msg};
 use super::RouteError;
-use crate::packet::{Header, Packet, HDR_LEN, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID};
+use crate::packet::{
+    len_field, Header, Packet, HDR_LEN, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID,
+};
 
 /// How long [`SocketPort::connect`] waits for the router's welcome.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -254,7 +256,7 @@ impl SocketPort {
             return Err(RouteError::Busy);
         }
         let mut hdr = pkt.hdr;
-        hdr.len = pkt.data.len() as u32;
+        hdr.len = len_field(pkt.data.len());
         st.sbuf.clear();
         st.sbuf.extend_from_slice(&hdr.encode());
         st.sbuf.extend_from_slice(&pkt.data);

@@ -26,7 +26,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::wire::{self, Msg};
 use super::{Router, RouterHeld, RouterStats};
-use crate::packet::{Header, Packet, HDR_LEN, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID};
+use crate::packet::{
+    len_field, Header, Packet, HDR_LEN, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID,
+};
 
 /// Most messages read from one connection per poll round.
 pub const RX_BATCH: usize = 64;
@@ -381,7 +383,7 @@ impl Shell {
         // The port splits packets further for the guest's buffers.
         while let Some(pkt) = self.router.pop(cid, MAX_PKT_DATA) {
             let mut hdr = pkt.hdr;
-            hdr.len = pkt.data.len() as u32;
+            hdr.len = len_field(pkt.data.len());
             let mut bytes = Vec::with_capacity(HDR_LEN + pkt.data.len());
             bytes.extend_from_slice(&hdr.encode());
             bytes.extend_from_slice(&pkt.data);
