@@ -159,6 +159,7 @@ fn kill_all(procs: &mut [VmProcess]) {
 /// Runs every VM of `config` in a process of its own; `args` are this process's
 /// arguments, which each VM process parses again.
 pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
+    vm_process::abort_on_panic("broker");
     crate::monitor::announce_and_check(config)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;
     let (mut switch, switch_socket) = crate::switch::start_for(config)?;

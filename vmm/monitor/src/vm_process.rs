@@ -69,6 +69,20 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<VmProcessArgs, String
     })
 }
 
+/// A panic in any thread of a broker or VM process ends that process at once (after
+/// saying where): half a VM, or a broker with one serving thread gone, must not run on.
+/// A VM process that ends is cleaned up by the broker; a broker that ends takes its VM
+/// processes with it.
+pub(crate) fn abort_on_panic(what: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        crate::report!(
+            "xpmem-vmm: {what} {}: {info}; stopping it",
+            std::process::id()
+        );
+        std::process::abort();
+    }));
+}
+
 /// Takes ownership of an inherited descriptor (checking that it is open).
 fn inherited(fd: RawFd) -> Result<OwnedFd, MonitorError> {
     // SAFETY: F_GETFD only reads the descriptor's flags.
@@ -107,6 +121,7 @@ pub(crate) fn poll(fds: &[(RawFd, i16)]) -> std::io::Result<Vec<i16>> {
 
 /// Runs VM `index` of the broker's configuration in this process.
 pub fn run(p: &VmProcessArgs) -> Result<Outcome, MonitorError> {
+    abort_on_panic("VM process");
     let control = UnixStream::from(inherited(CONTROL_FD)?);
     let mut handshake = UnixStream::from(inherited(HANDSHAKE_FD)?);
     let switch_port = p
