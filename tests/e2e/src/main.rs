@@ -70,7 +70,7 @@ commands:
                              PATH (CONNECT P); recv listens at PATH_P for a guest
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
                              run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock scale;
-                             xpmem needs `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
+                             also: kill; xpmem and kill need `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
 ";
