@@ -3434,12 +3434,14 @@ static int name_gone(void)
 
 /*
  * attach-kill --name NAME: attach and read the segment of a VM the test host
- * is about to kill (READ tells it when). After the kill the next touches
- * must give SIGBUS, the name must be gone, detach and release must work.
+ * is about to kill (READ tells it when). After the kill a REVOKED event must
+ * arrive (revoked_recv) and the next touches must give SIGBUS, the name must
+ * be gone, detach and release must work.
  */
 static int case_attach_kill(void)
 {
 	volatile struct ctl *ctl;
+	long long rv0, rv1;
 	double t0, end;
 	int rc, sig = 0;
 
@@ -3449,6 +3451,8 @@ static int case_attach_kill(void)
 	if (rc)
 		return rc;
 	ctl = (volatile struct ctl *)imp_buf;
+	if (read_stat("revoked_recv", &rv0))
+		return fail("/proc/xpmem/stats has no revoked_recv");
 	say("READ %lu pages", opt.pages + 1);
 	t0 = now();
 	end = t0 + opt.timeout;
@@ -3461,7 +3465,11 @@ static int case_attach_kill(void)
 	if (sig != SIGBUS)
 		return fail("no SIGBUS within %d s of READ (signal %d)",
 			    opt.timeout, sig);
-	say("NOTE SIGBUS %.1f s after READ", now() - t0);
+	read_stat("revoked_recv", &rv1);
+	say("NOTE SIGBUS %.1f s after READ; REVOKED events received %lld",
+	    now() - t0, rv1 - rv0);
+	if (rv1 == rv0)
+		return fail("SIGBUS without a REVOKED event for the attachment");
 	sig = touch(imp_buf + opt.pages * WORDS, false);
 	if (sig != SIGBUS)
 		return fail("the last data page gave signal %d once the exporter's VM was gone, want SIGBUS",
