@@ -42,7 +42,7 @@
 //! `PR_SET_PDEATHSIG`). What is left of the broker's runtime directory is
 //! reported (a SIGKILLed broker cannot remove it).
 //!
-//! On the nested host the group took 163 s (2026-12-06; the seven boots,
+//! On the nested host the group took 163 s and 151 s (2026-12-06; the seven boots,
 //! sharing L1's one CPU, are 108 s of it), so it is in the default list;
 //! `scripts/kill-points.sh` runs it alone.
 
