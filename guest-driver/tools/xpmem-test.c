@@ -99,9 +99,9 @@ static struct {
 	unsigned int port;	/* net-send, net-recv */
 	unsigned long long bytes;	/* net-send, net-recv */
 	int seconds;		/* net-flood */
-	const char *stop;	/* net-flood: stop once this file exists */
+	const char *stop;	/* net-flood, export-hold: stop once this file exists */
 } opt = { .pages = 16, .segid = -1, .mode = 0666, .timeout = 60, .uid = -1,
-	  .to = "b", .importers = 1, .chunks = 1, .stop = "/tmp/net-flood.stop" };
+	  .to = "b", .importers = 1, .chunks = 1 };
 
 static void say(const char *fmt, ...)
 {
@@ -392,18 +392,27 @@ static int case_export(void)
 
 /*
  * export-hold: export and keep the buffer until --until N "DONE" lines came
- * on the console (from importers that cannot write: read-only, refused), or
- * for --timeout seconds without --until.
+ * on the console (from importers that cannot write: read-only, refused),
+ * until the file --stop FILE exists (fails after --timeout seconds), or for
+ * --timeout seconds.
  */
 static int case_export_hold(void)
 {
 	unsigned int i;
 	char who[64];
+	double end;
 	int rc = export_setup();
 
 	if (rc)
 		return rc;
-	if (!opt.until)
+	end = now() + opt.timeout;
+	while (opt.stop && access(opt.stop, F_OK)) {
+		if (now() > end)
+			return fail("%s did not appear within %d s", opt.stop,
+				    opt.timeout);
+		usleep(100 * 1000);
+	}
+	if (!opt.stop && !opt.until)
 		sleep(opt.timeout);
 	for (i = 0; i < opt.until; i++)
 		if (!wait_line("DONE", who, sizeof(who)))
@@ -3233,6 +3242,8 @@ static int case_net_flood(void)
 	frame[13] = 0xb5;
 	memset(payload, 0x5a, sizeof(payload));
 	say("FLOODING for %d s", opt.seconds);
+	if (!opt.stop)
+		opt.stop = "/tmp/net-flood.stop";
 	while (udp < max && now() < until && access(opt.stop, F_OK)) {
 		unsigned int i;
 
@@ -3403,6 +3414,178 @@ static int case_attach_hostile(void)
 	    off ? 0 : opt.hold);
 	ctl->imp_state = IMP_DONE;
 	return imp_finish();
+}
+
+/* ---- VM processes killed under the others (e2e group kill, issue 12) ---- */
+
+/* The --name of an exporter whose VM was killed must be gone too. */
+static int name_gone(void)
+{
+	long long segid = xpmem_search(opt.name);
+
+	if (segid > 0)
+		return fail("\"%s\" is still found (segid %lld) after its VM died",
+			    opt.name, segid);
+	if (errno != ENOENT)
+		return fail("xpmem_search(\"%s\"): %s, want ENOENT", opt.name,
+			    strerror(errno));
+	return EXIT_PASS;
+}
+
+/*
+ * attach-kill --name NAME: attach and read the segment of a VM the test host
+ * is about to kill (READ tells it when). After the kill a REVOKED event must
+ * arrive (revoked_recv) and the next touches must give SIGBUS, the name must
+ * be gone, detach and release must work.
+ */
+static int case_attach_kill(void)
+{
+	volatile struct ctl *ctl;
+	long long rv0, rv1;
+	double t0, end;
+	int rc, sig = 0;
+
+	if (!opt.name)
+		return fail("--name NAME missing");
+	rc = attach_and_read();
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)imp_buf;
+	if (read_stat("revoked_recv", &rv0))
+		return fail("/proc/xpmem/stats has no revoked_recv");
+	say("READ %lu pages", opt.pages + 1);
+	t0 = now();
+	end = t0 + opt.timeout;
+	while (now() < end) {
+		sig = touch(&ctl->magic, false);
+		if (sig)
+			break;
+		usleep(1000);
+	}
+	if (sig != SIGBUS)
+		return fail("no SIGBUS within %d s of READ (signal %d)",
+			    opt.timeout, sig);
+	read_stat("revoked_recv", &rv1);
+	say("NOTE SIGBUS %.1f s after READ; REVOKED events received %lld",
+	    now() - t0, rv1 - rv0);
+	if (rv1 == rv0)
+		return fail("SIGBUS without a REVOKED event for the attachment");
+	sig = touch(imp_buf + opt.pages * WORDS, false);
+	if (sig != SIGBUS)
+		return fail("the last data page gave signal %d once the exporter's VM was gone, want SIGBUS",
+			    sig);
+	rc = name_gone();
+	if (rc)
+		return rc;
+	return imp_finish();
+}
+
+/*
+ * attach-fault --name NAME: attach the segment of an exporter whose driver
+ * answers no RESOLVE (test_misbehave=no_resolve) and touch a data page: the
+ * FAULT stays pending until the test host kills the exporter's VM (TOUCHING
+ * tells it when); then the touch must end with SIGBUS. NOTE: how long it
+ * blocked (the group compares that with the kill and the resolve timeout).
+ */
+static int case_attach_fault(void)
+{
+	double t0;
+	int rc, sig;
+
+	if (!opt.name)
+		return fail("--name NAME missing");
+	rc = attach(XPMEM_RDWR);
+	if (rc)
+		return rc;
+	say("TOUCHING data page 1");
+	t0 = now();
+	sig = touch(imp_buf + WORDS, false);
+	say("NOTE the touch ended after %.2f s with signal %d", now() - t0,
+	    sig);
+	if (!sig)
+		return fail("the touch read data: the exporter answered the FAULT");
+	if (sig != SIGBUS)
+		return fail("the touch gave signal %d, want SIGBUS", sig);
+	sig = touch(imp_buf + 2 * WORDS, false);
+	if (sig != SIGBUS)
+		return fail("data page 2 gave signal %d once the exporter's VM was gone, want SIGBUS",
+			    sig);
+	rc = name_gone();
+	if (rc)
+		return rc;
+	return imp_finish();
+}
+
+/*
+ * export-inval-kill --name NAME: export; once the importer read everything
+ * and stopped acknowledging invalidations (attach-hostile --misbehave no_ack
+ * sets IMP_WROTE), say UNMAPPING and munmap the data pages while the test
+ * host kills the importer's VM. The munmap must return with no importer
+ * target revoked by force (the dead importer's target ends with its VM) and
+ * by the device deadline + 10%. NOTE: how long the munmap took.
+ */
+static int case_export_inval_kill(void)
+{
+	volatile struct ctl *ctl;
+	long long deadline, s0, s1, r0, r1;
+	double t0, ms;
+	int per_process, rc;
+
+	rc = export_setup();
+	if (rc)
+		return rc;
+	ctl = (volatile struct ctl *)exp_buf;
+	device_limits(&deadline, &per_process);
+	if (deadline <= 0)
+		return fail("no device deadline in /proc/xpmem/stats");
+	if (!wait_for(&ctl->imp_state, IMP_WROTE))
+		return fail("importer did not stop acknowledging within %d s (state %llu)",
+			    opt.timeout, (unsigned long long)ctl->imp_state);
+	if (read_stat("inval_sent", &s0) || read_stat("inval_revoked", &r0))
+		return fail("/proc/xpmem/stats has no inval_sent or inval_revoked");
+	say("UNMAPPING %lu pages", opt.pages);
+	t0 = now();
+	if (munmap((void *)(exp_buf + WORDS), opt.pages * PAGE))
+		return fail("munmap: %s", strerror(errno));
+	ms = (now() - t0) * 1000;
+	if (read_stat("inval_sent", &s1) || read_stat("inval_revoked", &r1))
+		return fail("/proc/xpmem/stats lost inval_sent or inval_revoked");
+	say("NOTE munmap of %lu pages took %.1f ms (device deadline %lld ms); INVALIDATEs sent %lld, importer targets revoked by force %lld",
+	    opt.pages, ms, deadline, s1 - s0, r1 - r0);
+	if (s1 == s0)
+		return fail("munmap sent no INVALIDATE: nothing was tested");
+	if (r1 != r0)
+		return fail("%lld importer target(s) revoked by force: the dead importer's target did not end with its VM",
+			    r1 - r0);
+	if (ms > deadline * 1.1)
+		return fail("munmap took %.1f ms, above the device deadline %lld ms + 10%%",
+			    ms, deadline);
+	if (xpmem_remove(exp_segid))
+		return fail("xpmem_remove: %s", strerror(errno));
+	return pass();
+}
+
+/*
+ * get-hold --name NAME: xpmem_get the segment (a permit, no attachment), say
+ * GOT and hold it for --timeout s (the test host kills this VM meanwhile),
+ * then release it.
+ */
+static int case_get_hold(void)
+{
+	xpmem_apid_t apid;
+
+	if (!opt.name)
+		return fail("--name NAME missing");
+	if (!need_segid())
+		return EXIT_FAIL;
+	apid = xpmem_get(opt.segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+	if (apid == -1)
+		return fail("xpmem_get(%lld): %s", opt.segid, strerror(errno));
+	say("GOT apid %lld", (long long)apid);
+	sleep(opt.timeout);
+	if (xpmem_release(apid))
+		return fail("xpmem_release: %s", strerror(errno));
+	return pass();
 }
 
 /*
@@ -4532,7 +4715,7 @@ static const struct {
 	{ "big-segment", case_big_segment, "1 GiB MAP_NORESERVE segment attached whole (the whole read-write aperture)" },
 	{ "get-ipc-owner", case_get_ipc_owner, "root gets uid 1000's 0600 segment (CAP_IPC_OWNER); uid 2000 gets EACCES" },
 	{ "export", case_export, "export; wait for an importer to write (pairs with attach)" },
-	{ "export-hold", case_export_hold, "export and hold for --timeout s (attach-ro, get-denied)" },
+	{ "export-hold", case_export_hold, "export and hold for --timeout s, --until N DONE lines or until --stop FILE exists" },
 	{ "export-fork", case_export_fork, "fork + copy-on-write in the exporter (attach-fork)" },
 	{ "export-unmap", NULL, "munmap after the importer read (attach-gone)" },
 	{ "export-exit", NULL, "exit after the importer read (attach-gone)" },
@@ -4557,6 +4740,10 @@ static const struct {
 	{ "fault-hog", case_fault_hog, "uid 1000 keeps --threads FAULTs pending (no_resolve); another munmap returns" },
 	{ "export-hostile", case_export_hostile, "munmap in --chunks steps while the importer misbehaves; each by the deadline + 10%" },
 	{ "attach-hostile", case_attach_hostile, "--misbehave MODE after reading; old data or filler, then SIGBUS (export-hostile)" },
+	{ "attach-kill", case_attach_kill, "--name: read, say READ; once the exporter's VM is killed: SIGBUS, name gone" },
+	{ "attach-fault", case_attach_fault, "--name: touch a page of a no_resolve exporter; SIGBUS once its VM is killed" },
+	{ "export-inval-kill", case_export_inval_kill, "--name: munmap while a no_ack importer's VM is killed; no forced revocation" },
+	{ "get-hold", case_get_hold, "--name: xpmem_get, say GOT, hold the permit --timeout s (its VM is killed)" },
 	{ "names", case_names, "named segments in one VM: make_name, search, /proc/xpmem/names, EEXIST, gone with the segment" },
 	{ "export-space", case_export_space, "--name: whole address space with a hole at 0x100000000000, filled later, then SIGKILL (attach-space)" },
 	{ "attach-space", case_attach_space, "--name: attach by the exporter's address, hole SIGBUS, later data, threads, SIGBUS after the kill" },

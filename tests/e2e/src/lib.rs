@@ -19,6 +19,7 @@ pub mod disk_group;
 pub mod forced;
 pub mod hash;
 pub mod image;
+pub mod kill_group;
 pub mod kmod;
 pub mod nested;
 pub mod net_group;

@@ -49,11 +49,31 @@ pub fn received() -> Option<i32> {
     }
 }
 
-/// Human name of the signals handled here.
+/// Human name of the signals handled here and of those that end a VM process (the
+/// broker reports them); "signal" for any other.
 pub fn name(signo: i32) -> &'static str {
     match signo {
+        libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_killed_vm_process_is_named_sigkill() {
+        assert_eq!(super::name(9), "SIGKILL");
+        assert_eq!(super::name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(super::name(libc::SIGUSR1), "signal");
     }
 }
