@@ -91,6 +91,11 @@ impl RunningSwitch {
     /// Starts a switch with `mtu` listening in a new runtime directory.
     pub fn start(mtu: u16) -> Result<Self, SwitchError> {
         let dir = runtime_dir();
+        // Its name holds this process's pid, so a directory that is already there is the
+        // leftover of a dead process (one killed by SIGKILL) whose pid was reused.
+        if dir.is_dir() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
