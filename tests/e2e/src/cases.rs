@@ -87,17 +87,18 @@ pub struct Env {
 /// the test creates and removes.
 /// `vsock` (issue 10) runs two VMs with virtio-vsock: host echo, guest to
 /// host, guest to guest, nothing held by the monitor at exit.
-/// `scale` (issue 12) runs 8 VMs of 256 MiB in a ring of named exports and
-/// attaches (about 2 minutes on the nested host).
 /// `kill` (issue 12) kills VM processes at five points under a broker with
 /// seven VMs, then kills a broker (under 3 minutes on the nested host;
 /// `scripts/kill-points.sh` runs it alone).
 pub const GROUPS: &[&str] = &[
-    "errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap", "vsock", "scale", "kill",
+    "errors", "boot", "xpmem", "disk", "rootdisk", "net", "tap", "vsock", "kill",
 ];
 
-/// Groups run only when named.
-pub const EXTRA_GROUPS: &[&str] = &[];
+/// Groups run only when named: `scale` (issue 12) runs 8 VMs of 256 MiB in a
+/// ring of named exports and attaches (2-3 minutes on the nested host;
+/// `scripts/scale.sh`). It left CI when the `kill` group (seven VMs) came in,
+/// to keep the full run within 25 minutes.
+pub const EXTRA_GROUPS: &[&str] = &["scale"];
 
 /// Runs a group by name; an error that prevents the group from running at all
 /// becomes one failed case.

@@ -69,7 +69,7 @@ commands:
                              streams the pattern through a guest's echo server on
                              PATH (CONNECT P); recv listens at PATH_P for a guest
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
-                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock scale kill;
+                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock kill; also scale;
                              xpmem, scale and kill need `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
