@@ -17,10 +17,12 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command};
 use std::thread::JoinHandle;
 
+use event_manager::EventSet;
 use virtio_xpmem_device::remote::{self, ApertureLinks, RemoteAperture};
 use virtio_xpmem_device::{HubClock, VmId, XpmemHub};
 
 use crate::config::Config;
+use crate::events::Watch;
 use crate::monitor::{
     hub_config, report_domain, report_switch, report_vsock, MonitorError, Outcome,
 };
@@ -261,12 +263,20 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
         let _ = p.handshake.write_all(b"G");
     }
 
-    // Every thread and process of the setup runs now.
+    // Every thread and process of the setup runs now. The wait's epoll instance is
+    // created before the filter, which does not allow that.
+    let watch = match watch_all(&procs, signal_evt) {
+        Ok(watch) => watch,
+        Err(e) => {
+            kill_all(&mut procs);
+            return Err(MonitorError::Events(e));
+        }
+    };
     if let Err(e) = crate::sandbox::install(crate::sandbox::ProcessKind::Broker, config.seccomp) {
         kill_all(&mut procs);
         return Err(MonitorError::VmProcess(e.to_string()));
     }
-    let outcome = wait_all(&mut procs, signal_evt)?;
+    let outcome = wait_all(&mut procs, watch)?;
     for p in &mut procs {
         if let Some(t) = p.serve.take() {
             let _ = t.join();
@@ -280,42 +290,66 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
     Ok(outcome)
 }
 
+/// What the broker's main thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BrokerEvent {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// VM process `i` (index in the processes) has ended: its pidfd is readable.
+    Exited(usize),
+}
+
+/// The broker's wait: the signal eventfd and one pidfd per VM process. Each is watched
+/// until it first fires: a pidfd stays readable once its process has ended, and the
+/// signal eventfd is not read (later signals change nothing).
+fn watch_all(
+    procs: &[VmProcess],
+    signal_evt: &vmm_sys_util::eventfd::EventFd,
+) -> Result<Watch<BrokerEvent>, event_manager::Error> {
+    let mut watch = Watch::new()?;
+    watch.watch(signal_evt, EventSet::IN, BrokerEvent::Signal, true)?;
+    for (i, p) in procs.iter().enumerate() {
+        watch.watch(&p.exited, EventSet::IN, BrokerEvent::Exited(i), true)?;
+    }
+    Ok(watch)
+}
+
 /// Waits until every VM process has ended (or a signal stops them all).
 fn wait_all(
     procs: &mut [VmProcess],
-    signal_evt: &vmm_sys_util::eventfd::EventFd,
+    mut watch: Watch<BrokerEvent>,
 ) -> Result<Outcome, MonitorError> {
     let mut clean = true;
-    let mut running: Vec<usize> = (0..procs.len()).collect();
+    let mut running = vec![true; procs.len()];
     let mut interrupted = None;
-    while !running.is_empty() {
-        let mut fds = vec![(signal_evt.as_raw_fd(), libc::POLLIN)];
-        fds.extend(
-            running
-                .iter()
-                .map(|&i| (procs[i].exited.as_raw_fd(), libc::POLLIN)),
-        );
-        let revents = vm_process::poll(&fds).map_err(MonitorError::Poll)?;
-        if revents[0] != 0 && interrupted.is_none() {
+    while running.contains(&true) {
+        let mut fired = watch.wait().map_err(MonitorError::Events)?;
+        if fired.contains(&BrokerEvent::Signal) && interrupted.is_none() {
             let signo = signals::received().unwrap_or(libc::SIGTERM);
             crate::report!(
                 "xpmem-vmm: received {}, stopping {} VM(s)",
                 signals::name(signo),
-                running.len()
+                running.iter().filter(|&&r| r).count()
             );
-            for &i in &running {
+            for (p, _) in procs.iter().zip(&running).filter(|(_, &r)| r) {
                 // SAFETY: kill(2) on a child that has not been reaped (its pid is ours).
-                unsafe { libc::kill(procs[i].child.id() as libc::pid_t, libc::SIGTERM) };
+                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
             }
             interrupted = Some(signo);
         }
-        let mut still = Vec::with_capacity(running.len());
-        for (k, &i) in running.iter().enumerate() {
-            if revents[k + 1] == 0 {
-                still.push(i);
+        // In process order, as they are reported.
+        fired.sort_by_key(|e| match e {
+            BrokerEvent::Signal => 0,
+            BrokerEvent::Exited(i) => i + 1,
+        });
+        for event in fired {
+            let BrokerEvent::Exited(i) = event else {
                 continue;
-            }
-            let p = &mut procs[i];
+            };
+            let (Some(p), Some(alive)) = (procs.get_mut(i), running.get_mut(i)) else {
+                continue;
+            };
+            *alive = false;
             match p.child.wait() {
                 Ok(status) => {
                     if !status.success() && interrupted.is_none() {
@@ -333,7 +367,6 @@ fn wait_all(
                 }
             }
         }
-        running = still;
     }
     Ok(match interrupted {
         Some(signo) => Outcome::Interrupted(signo),

@@ -28,6 +28,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub(crate) mod events;
 pub mod exec;
 pub mod kvm;
 pub mod layout;

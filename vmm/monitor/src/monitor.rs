@@ -38,6 +38,8 @@ pub enum MonitorError {
     Switch(#[from] crate::switch::SwitchError),
     #[error("cannot wait for VM events: {0}")]
     Poll(std::io::Error),
+    #[error("cannot wait for events: {0}")]
+    Events(event_manager::Error),
     #[error("{0}")]
     VmProcess(String),
 }

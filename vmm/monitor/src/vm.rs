@@ -27,6 +27,7 @@ use crate::devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use crate::devices::cmos::{Cmos, CMOS_BASE, CMOS_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{ConsoleSink, SerialDevice, SERIAL_BASE, SERIAL_LEN};
+use crate::events::{EventThread, Input, QueueNotifiers};
 use crate::layout::{MemoryLayout, MmioSlot, KVM_TSS_ADDR, SERIAL_GSI};
 use crate::lifecycle::{ExitHandle, ExitReason};
 use crate::memory::{set_memslot, GuestRam};
@@ -80,6 +81,8 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot set up the VM's event thread: {0}")]
+    Events(event_manager::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -176,17 +179,10 @@ impl BusDevice for MmioTransport {
     }
 }
 
-type SharedTransport = Arc<Mutex<MmioTransport>>;
+pub(crate) type SharedTransport = Arc<Mutex<MmioTransport>>;
 
 /// A VM's vsock device as the monitor reports it: CID, socket, counters.
 pub type VsockInfo = (u64, PathBuf, Arc<Mutex<virtio_vsock_device::VsockReport>>);
-
-/// A queue notification eventfd (ioeventfd on QueueNotify) and its target.
-struct Notifier {
-    evt: EventFd,
-    transport: SharedTransport,
-    queue: u32,
-}
 
 /// A VM that is built but not started.
 pub struct Vm {
@@ -195,8 +191,10 @@ pub struct Vm {
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<SerialDevice>>,
-    notifiers: Vec<Notifier>,
-    /// Transports whose device has a backend descriptor to poll (virtio-net).
+    /// Each transport's queue notification eventfds.
+    notifiers: Vec<QueueNotifiers>,
+    /// Transports whose device has a backend descriptor to watch (virtio-net, vsock,
+    /// remote xpmem).
     backends: Vec<SharedTransport>,
     exit: Arc<ExitHandle>,
     input: Option<SerialInput>,
@@ -338,7 +336,7 @@ impl Vm {
             let slot = MemoryLayout::mmio_slot(index)?;
             let (transport, queue_notifiers) =
                 attach_virtio(&vm_fd, &mut mmio, slot, name, device, &ram)?;
-            notifiers.extend(queue_notifiers);
+            notifiers.push(queue_notifiers);
             if lock(&transport).backend_poll().is_some() {
                 backends.push(transport.clone());
             }
@@ -388,15 +386,16 @@ impl Vm {
         let started = Instant::now();
         let stop = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         let loop_stop = stop.try_clone().map_err(VmError::EventFd)?;
-        let events = EventLoop {
-            stop: loop_stop,
-            notifiers: std::mem::take(&mut self.notifiers),
-            backends: std::mem::take(&mut self.backends),
-            input: self
-                .input
+        // Its epoll instance and registrations are made here, during set-up.
+        let events = EventThread::new(
+            loop_stop,
+            std::mem::take(&mut self.notifiers),
+            std::mem::take(&mut self.backends),
+            self.input
                 .take()
-                .map(|source| (source, self.serial.clone())),
-        };
+                .map(|source| Input::new(source, self.serial.clone())),
+        )
+        .map_err(VmError::Events)?;
         let mut running = RunningVm {
             name: self.name.clone(),
             exit: self.exit.clone(),
@@ -623,7 +622,7 @@ fn attach_virtio(
     name: &'static str,
     device: Box<dyn VirtioDevice>,
     ram: &GuestRam,
-) -> Result<(SharedTransport, Vec<Notifier>), VmError> {
+) -> Result<(SharedTransport, QueueNotifiers), VmError> {
     let queues = device.queue_max_sizes().len();
     let transport = MmioTransport::new(device, ram.mem.clone()).map_err(|e| VmError::Device {
         name,
@@ -633,7 +632,7 @@ fn attach_virtio(
         .register_irqfd(transport.irqfd(), slot.gsi)
         .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
     let transport = Arc::new(Mutex::new(transport));
-    let mut notifiers = Vec::with_capacity(queues);
+    let mut evts = Vec::with_capacity(queues);
     for queue in 0..queues {
         let queue = u32::try_from(queue).map_err(|_| VmError::Device {
             name,
@@ -648,18 +647,15 @@ fn attach_virtio(
                 queue,
             )
             .map_err(kvm_err("KVM_IOEVENTFD"))?;
-        notifiers.push(Notifier {
-            evt,
-            transport: transport.clone(),
-            queue,
-        });
+        evts.push(evt);
     }
     mmio.insert(slot.base, MMIO_DEVICE_SIZE, transport.clone())?;
+    let notifiers = QueueNotifiers::new(transport.clone(), evts);
     Ok((transport, notifiers))
 }
 
 /// Where a VM's serial port reads its input from.
-enum SerialInput {
+pub(crate) enum SerialInput {
     /// The monitor's stdin (the terminal).
     Stdin,
     /// A file or FIFO of the config's `input`; a FIFO is opened read-write so it
@@ -686,126 +682,10 @@ impl SerialInput {
         Ok(Some(SerialInput::File(file)))
     }
 
-    fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         match self {
             SerialInput::Stdin => libc::STDIN_FILENO,
             SerialInput::File(f) => f.as_raw_fd(),
-        }
-    }
-}
-
-/// Per-VM thread forwarding queue notifications, device backends (the
-/// network device's switch socket) and serial input.
-struct EventLoop {
-    stop: EventFd,
-    notifiers: Vec<Notifier>,
-    backends: Vec<SharedTransport>,
-    /// Set when this VM's serial port reads stdin or an input file.
-    input: Option<(SerialInput, Arc<Mutex<SerialDevice>>)>,
-}
-
-/// How long to wait before retrying when the guest's receive FIFO is full.
-const INPUT_RETRY: Duration = Duration::from_millis(10);
-
-impl EventLoop {
-    fn run(self) {
-        let mut input_open = self.input.is_some();
-        loop {
-            // Only read the input when the UART can take the bytes, so
-            // typed-ahead input waits instead of being dropped.
-            let room = match (&self.input, input_open) {
-                (Some((_, serial)), true) => lock(serial).input_room() > 0,
-                _ => false,
-            };
-            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.notifiers.len() + 2);
-            fds.push(pollfd(self.stop.as_raw_fd()));
-            fds.extend(self.notifiers.iter().map(|n| pollfd(n.evt.as_raw_fd())));
-            // Asked every round: a device stops polling a backend that has
-            // gone, and wants POLLOUT only while a frame waits for room.
-            let first_backend = fds.len();
-            let mut polled = Vec::with_capacity(self.backends.len());
-            for transport in &self.backends {
-                if let Some((fd, write)) = lock(transport).backend_poll() {
-                    let mut p = pollfd(fd);
-                    if write {
-                        p.events |= libc::POLLOUT;
-                    }
-                    fds.push(p);
-                    polled.push(transport);
-                }
-            }
-            if let (true, Some((source, _))) = (room, &self.input) {
-                fds.push(pollfd(source.fd()));
-            }
-            let timeout = if input_open && !room {
-                INPUT_RETRY.as_millis() as i32
-            } else {
-                -1
-            };
-            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs
-            // that lives across the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("event loop: poll failed: {err}");
-                return;
-            }
-            if fds[0].revents != 0 {
-                return;
-            }
-            for (notifier, fd) in self.notifiers.iter().zip(&fds[1..]) {
-                if fd.revents & libc::POLLIN != 0 && notifier.evt.read().is_ok() {
-                    lock(&notifier.transport).queue_notify(notifier.queue);
-                }
-            }
-            for (transport, fd) in polled.iter().zip(&fds[first_backend..]) {
-                if fd.revents != 0 {
-                    lock(transport).process_backend();
-                }
-            }
-            if room {
-                if let (Some((source, serial)), Some(fd)) = (&self.input, fds.last()) {
-                    if fd.revents != 0 {
-                        input_open = forward_input(source.fd(), serial);
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
-/// Reads what `fd` has (at most what the FIFO takes) into the UART.
-/// Returns false once the input has ended.
-fn forward_input(fd: RawFd, serial: &Mutex<SerialDevice>) -> bool {
-    let room = lock(serial).input_room();
-    let mut buf = [0u8; 64];
-    let want = room.min(buf.len());
-    // SAFETY: `buf` is valid for `want` bytes of writes; `fd` is open for the
-    // lifetime of the event loop that owns it.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), want) };
-    match n {
-        0 => false,
-        n if n < 0 => {
-            let err = std::io::Error::last_os_error();
-            matches!(
-                err.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
-            )
-        }
-        n => {
-            lock(serial).enqueue_input(&buf[..n as usize]);
-            true
         }
     }
 }

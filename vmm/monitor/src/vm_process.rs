@@ -9,16 +9,18 @@
 //! waits for `G`), and the optional switch descriptor a switch port the broker connected.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use event_manager::EventSet;
 use virtio_xpmem_device::VmId;
 
 use crate::boot;
 use crate::cli::{self, Command};
 use crate::config::Config;
+use crate::events::Watch;
 use crate::kvm;
 use crate::lifecycle::ExitReason;
 use crate::monitor::{
@@ -27,7 +29,7 @@ use crate::monitor::{
 use crate::signals;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
-use crate::vm::{Shared, Vm, VmError, VsockRouting, XpmemAttach};
+use crate::vm::{RunningVm, Shared, Vm, VmError, VsockRouting, XpmemAttach};
 
 /// Descriptor of the xpmem control connection in a VM process.
 pub const CONTROL_FD: RawFd = 3;
@@ -94,29 +96,6 @@ fn inherited(fd: RawFd) -> Result<OwnedFd, MonitorError> {
     // SAFETY: the broker passed `fd` to this process for this purpose and nothing else in
     // the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Polls `fds` for the events given with each; returns what happened to each.
-pub(crate) fn poll(fds: &[(RawFd, i16)]) -> std::io::Result<Vec<i16>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, events)| libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds for the call.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
-        if n >= 0 {
-            return Ok(pfds.iter().map(|p| p.revents).collect());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 /// Runs VM `index` of the broker's configuration in this process.
@@ -198,29 +177,32 @@ fn run_vm(
     report_booting(cfg, Some(std::process::id()));
     let mut running = vm.start().map_err(vm_error)?;
     report_vsock_socket(&running);
-    // Every thread of this process runs now, every file it needs is open.
-    if let Err(e) = crate::sandbox::install(crate::sandbox::ProcessKind::Vm, config.seccomp) {
-        let (_, ran) = running.stop(ExitReason::Error(e.to_string()));
-        report(&running, &ExitReason::Error(e.to_string()), ran);
-        return Err(MonitorError::VmProcess(e.to_string()));
-    }
-    let broker = running.broker_fd().unwrap_or(-1);
+    // Every thread of this process runs now, every file it needs is open (the wait's
+    // epoll instance too: it is created before the filter, which does not allow that).
+    let set_up = main_watch(signal_evt, &running)
+        .map_err(|e| MonitorError::Events(e).to_string())
+        .and_then(|watch| {
+            crate::sandbox::install(crate::sandbox::ProcessKind::Vm, config.seccomp)
+                .map(|()| watch)
+                .map_err(|e| e.to_string())
+        });
+    let mut watch = match set_up {
+        Ok(watch) => watch,
+        Err(e) => {
+            let (_, ran) = running.stop(ExitReason::Error(e.clone()));
+            report(&running, &ExitReason::Error(e.clone()), ran);
+            return Err(MonitorError::VmProcess(e));
+        }
+    };
     loop {
-        // The broker connection is watched for hang-up only: answers on it belong to the
-        // device, which reads them itself.
-        let revents = poll(&[
-            (signal_evt.as_raw_fd(), libc::POLLIN),
-            (running.exit_event().as_raw_fd(), libc::POLLIN),
-            (broker, 0),
-        ])
-        .map_err(MonitorError::Poll)?;
-        if revents[0] != 0 {
+        let fired = watch.wait().map_err(MonitorError::Events)?;
+        if fired.contains(&MainEvent::Signal) {
             let signo = signals::received().unwrap_or(libc::SIGTERM);
             let (reason, ran) = running.stop(ExitReason::Stopped);
             report(&running, &reason, ran);
             return Ok(Outcome::Interrupted(signo));
         }
-        if revents[2] != 0 {
+        if fired.contains(&MainEvent::BrokerGone) {
             crate::report!(
                 "xpmem-vmm: VM {}: the broker has gone away; stopping",
                 cfg.name
@@ -238,4 +220,32 @@ fn run_vm(
             });
         }
     }
+}
+
+/// What the VM process's main thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MainEvent {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The VM asked to end.
+    VmExit,
+    /// The broker's control connection hung up (or is in error).
+    BrokerGone,
+}
+
+/// The main thread's wait: the signal eventfd, the VM's exit eventfd and the broker
+/// connection. That connection is watched for hang-up only (no events asked: epoll
+/// reports hang-up and error anyway): answers on it belong to the device, which reads
+/// them itself.
+fn main_watch(
+    signal_evt: &vmm_sys_util::eventfd::EventFd,
+    running: &RunningVm,
+) -> Result<Watch<MainEvent>, event_manager::Error> {
+    let mut watch = Watch::new()?;
+    watch.watch(signal_evt, EventSet::IN, MainEvent::Signal, false)?;
+    watch.watch(running.exit_event(), EventSet::IN, MainEvent::VmExit, false)?;
+    if let Some(broker) = running.broker_fd() {
+        watch.watch(&broker, EventSet::empty(), MainEvent::BrokerGone, false)?;
+    }
+    Ok(watch)
 }

@@ -100,10 +100,12 @@ pub trait VirtioDevice: Send {
     /// available before DRIVER_OK are not missed.
     fn queue_notify(&mut self, index: u16);
     /// A descriptor of the device's own I/O source (a network backend's
-    /// socket) that the VM's event thread polls for reading, and for writing
-    /// while [`VirtioDevice::backend_wants_write`]; it calls
-    /// [`VirtioDevice::process_backend`] when it is ready. The descriptor
-    /// must stay open as long as the device lives. None by default.
+    /// socket) that the VM's event thread watches (epoll, level-triggered) for
+    /// reading, and for writing while [`VirtioDevice::backend_wants_write`]; it
+    /// calls [`VirtioDevice::process_backend`] when it is ready, and asks again
+    /// after that and after every round of events. The descriptor must stay
+    /// open as long as the device lives (also once the device stops returning
+    /// it: taking it out of the epoll set needs it open). None by default.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }

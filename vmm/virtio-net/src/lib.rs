@@ -12,7 +12,7 @@
 //! Frames leave and arrive through a [`NetBackend`]; [`SwitchPort`] is one
 //! `SOCK_SEQPACKET` connection to the setup's [`net_switch`]. The backend's
 //! [`TapBackend`] is a TAP interface on the host (per VM, optional). The
-//! descriptor is polled by the VM's event thread
+//! descriptor is watched by the VM's event thread
 //! ([`VirtioDevice::backend_fd`](virtio_mmio_transport::VirtioDevice::backend_fd)),
 //! which calls `process_backend` when it is ready.
 //!
