@@ -162,6 +162,15 @@ for vm in @VMS@; do
 	timeout -s KILL 600 ./xpmem-vmm exec --socket $vm.vsock --wait 500 -- true >/dev/null 2>&1
 	echo "XPMEM-KILL ready vm=$vm rc=$? at=$(up)"
 done
+# Every VM process and the broker run under their seccomp filter with no_new_privs.
+sandbox() { # NAME PID
+	st=/proc/$2/status
+	echo "XPMEM-KILL sandbox who=$1 pid=$2 seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' $st 2>/dev/null) nnp=$(sed -n 's/^NoNewPrivs:[[:space:]]*//p' $st 2>/dev/null)"
+}
+for vm in @VMS@; do
+	sandbox $vm "$(pid_of $vm vmm.out)"
+done
+sandbox broker "$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$(pid_of x vmm.out)/status 2>/dev/null)"
 
 # 1. exporting with an importer attached
 ex e-exp ve 900 xpmem-test export-hold --name kill-e --timeout 900
@@ -341,6 +350,8 @@ struct Kill {
 pub struct Parsed {
     /// Agents that answered: VM -> exit code of `exec true`.
     ready: BTreeMap<String, i32>,
+    /// Process (VM name or `broker`) -> (Seccomp mode, NoNewPrivs) from /proc.
+    sandbox: BTreeMap<String, (String, String)>,
     steps: BTreeMap<String, Step>,
     kills: BTreeMap<String, Kill>,
     /// The broker's "its process ..." lines: VM -> what it said.
@@ -378,6 +389,12 @@ impl Parsed {
         } else if let Some(rest) = line.strip_prefix("XPMEM-KILL-RC ") {
             let (step, text) = rest.split_once(' ').unwrap_or((rest, ""));
             self.steps.entry(step.to_string()).or_default().rc = num(text, "rc=");
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL sandbox ") {
+            if let Some(who) = word_after(rest, "who=") {
+                let field = |k| word_after(rest, k).unwrap_or("").to_string();
+                self.sandbox
+                    .insert(who.to_string(), (field("seccomp="), field("nnp=")));
+            }
         } else if let Some(rest) = line.strip_prefix("XPMEM-KILL ready ") {
             if let (Some(vm), Some(rc)) = (word_after(rest, "vm="), num(rest, "rc=")) {
                 self.ready.insert(vm.to_string(), rc);
@@ -483,6 +500,27 @@ impl Parsed {
                 Status::Pass
             } else {
                 Status::Fail(format!("no answer from the agent of {not_ready:?}"))
+            },
+        );
+
+        // Seccomp mode 2 is a filter; every VM process and the broker must run under one.
+        let unfiltered: Vec<String> = vms()
+            .into_iter()
+            .map(|vm| vm.to_string())
+            .chain(std::iter::once("broker".to_string()))
+            .filter(|who| {
+                self.sandbox.get(who).map(|(s, n)| (s.as_str(), n.as_str())) != Some(("2", "1"))
+            })
+            .collect();
+        push(
+            "setup/seccomp-filtered",
+            if unfiltered.is_empty() {
+                Status::Pass
+            } else {
+                Status::Fail(format!(
+                    "not under a seccomp filter with no_new_privs: {unfiltered:?} ({:?})",
+                    self.sandbox
+                ))
             },
         );
 
@@ -734,6 +772,12 @@ mod tests {
             .iter()
             .map(|vm| format!("XPMEM-KILL ready vm={vm} rc=0 at=50.1"))
             .collect();
+        for (i, who) in vms().iter().chain(&["broker"]).enumerate() {
+            l.push(format!(
+                "XPMEM-KILL sandbox who={who} pid={} seccomp=2 nnp=1",
+                400 + i
+            ));
+        }
         l.push(
             "xpmem-vmm: VM ve: booting vmlinuz (1 vCPUs, 256 MiB, console stdout; process 301)"
                 .into(),
@@ -867,9 +911,27 @@ mod tests {
             p.feed(&l);
         }
         let r = p.judge();
-        assert_eq!(r.len(), 25, "{r:?}");
+        assert_eq!(r.len(), 26, "{r:?}");
         assert!(r.iter().all(|c| c.status == Status::Pass), "{r:?}");
         assert!(p.summary().contains("1450.2"), "{}", p.summary());
+    }
+
+    #[test]
+    fn a_process_without_its_seccomp_filter_fails() {
+        assert_eq!(
+            failed(&edit(
+                "who=vz pid=406 seccomp=2 nnp=1",
+                "who=vz pid=406 seccomp=0 nnp=1"
+            )),
+            ["kill/setup/seccomp-filtered"]
+        );
+        assert_eq!(
+            failed(&edit(
+                "who=broker pid=407 seccomp=2 nnp=1",
+                "who=broker pid=407 seccomp=2 nnp=0"
+            )),
+            ["kill/setup/seccomp-filtered"]
+        );
     }
 
     #[test]
