@@ -421,7 +421,28 @@ impl EventThread {
     /// One round: waits at most `timeout` ms (-1: no limit) and dispatches what is
     /// ready, then [`EventThread::refresh`]; returns the next round's timeout.
     fn round(&mut self, timeout: i32) -> event_manager::Result<i32> {
+        // Devices that asked to be run again on a timer (VirtioDevice::backend_retry).
+        let retry: Vec<(SharedTransport, i32)> = self
+            .backends
+            .iter()
+            .filter_map(|(_, b)| {
+                let transport = lock(b).transport.clone();
+                let after = lock(&transport).backend_retry()?;
+                Some((
+                    transport,
+                    i32::try_from(after.as_millis()).unwrap_or(i32::MAX),
+                ))
+            })
+            .collect();
+        let timeout =
+            retry
+                .iter()
+                .map(|(_, ms)| *ms)
+                .fold(timeout, |t, ms| if t < 0 { ms } else { t.min(ms) });
         self.manager.run_with_timeout(timeout)?;
+        for (transport, _) in retry {
+            lock(&transport).process_backend();
+        }
         Ok(self.refresh())
     }
 

@@ -113,6 +113,13 @@ pub trait VirtioDevice: Send {
     fn backend_wants_write(&self) -> bool {
         false
     }
+    /// The device holds work its backend descriptor may not announce when it can be
+    /// done (a packet for a full socket whose room comes back without the descriptor
+    /// becoming writable to us): the event thread calls
+    /// [`VirtioDevice::process_backend`] again after at most this long. None by default.
+    fn backend_retry(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// `backend_fd` is ready (or the device should look at its backend):
     /// move what can be moved without blocking. Called whether or not the
     /// driver has activated the device.

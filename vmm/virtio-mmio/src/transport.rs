@@ -264,6 +264,12 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             .map(|fd| (fd, self.device.backend_wants_write()))
     }
 
+    /// How soon the device wants [`MmioTransport::process_backend`] again without an
+    /// event ([`VirtioDevice::backend_retry`]).
+    pub fn backend_retry(&self) -> Option<std::time::Duration> {
+        self.device.backend_retry()
+    }
+
     /// The backend descriptor is ready: lets the device move data.
     pub fn process_backend(&mut self) {
         self.device.process_backend();

@@ -121,6 +121,9 @@ struct Active {
     held: Option<WritableChain>,
 }
 
+/// How often a packet held for a full router socket is retried without an event.
+const STALL_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The virtio-vsock device.
 pub struct Vsock {
     cid: u64,
@@ -548,6 +551,13 @@ impl VirtioDevice for Vsock {
 
     fn backend_fd(&self) -> Option<RawFd> {
         Some(self.host.epoll_fd())
+    }
+
+    /// While a packet waits for room in the router's socket the device also retries on
+    /// a timer: the socket's writability is watched, but a lost wake-up must not stall
+    /// the guest's transmit queue for good.
+    fn backend_retry(&self) -> Option<std::time::Duration> {
+        self.stalled.as_ref().map(|_| STALL_RETRY)
     }
 
     fn process_backend(&mut self) {

@@ -854,6 +854,10 @@ fn a_full_router_socket_holds_the_transmit_queue_instead_of_resetting() {
         "a full socket reset the connection"
     );
     assert!(
+        a.dev.backend_retry().is_some(),
+        "a held packet must also be retried on a timer"
+    );
+    assert!(
         a.recv().iter().all(|p| p.hdr.op != Op::Rst),
         "the guest got an RST for a full socket"
     );
@@ -871,6 +875,7 @@ fn a_full_router_socket_holds_the_transmit_queue_instead_of_resetting() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert_eq!(arrived, 7, "packets were lost behind the full socket");
+    assert!(a.dev.backend_retry().is_none(), "nothing is held any more");
     assert_eq!(a.dev.stats().tx_packets, 7);
     let _ = std::fs::remove_dir_all(&dir);
 }
