@@ -104,7 +104,8 @@ fi
 # idle: its QEMU runs one TCG thread, so this adds no time to the run.
 fuzz_secs=${XPMEM_FUZZ_SECS:-60}
 say "fuzzing every target for ${fuzz_secs}s in the background (log $log/fuzz.txt)"
-nice -n 10 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
+# The debug test binaries of step 3 are reused: nothing is compiled beside the e2e run.
+FUZZ_PROFILE=debug nice -n 19 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
 fuzz_pid=$!
 
 # 6. End-to-end groups on the KVM test host.
