@@ -797,6 +797,18 @@ fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// The monitor's `xpmem domain at exit: held ...; total ...` line, split: whether every
+/// held counter is 0, and the totals part. None for any other line.
+pub fn domain_at_exit(line: &str) -> Option<(bool, &str)> {
+    let rest = line.strip_prefix("xpmem-vmm: xpmem domain at exit: ")?;
+    let (held, total) = rest.split_once(';').unwrap_or((rest, ""));
+    let zero = held
+        .split_whitespace()
+        .filter(|kv| kv.contains('='))
+        .all(|kv| kv.ends_with("=0"));
+    Some((zero, total))
+}
+
 /// The word after `key` in `text`.
 pub fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.split(key).nth(1)?.split_whitespace().next()

@@ -46,13 +46,8 @@ impl Report {
     pub fn feed(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("XPMEM-CASE-END forced ") {
             self.monitor_rc = word_after(rest, "rc=").and_then(|r| r.parse().ok());
-        } else if let Some(rest) = line.strip_prefix("xpmem-vmm: xpmem domain at exit: ") {
-            let (held, total) = rest.split_once(';').unwrap_or((rest, ""));
-            self.held_zero = Some(
-                held.split_whitespace()
-                    .filter(|kv| kv.contains('='))
-                    .all(|kv| kv.ends_with("=0")),
-            );
+        } else if let Some((zero, total)) = crate::cases::domain_at_exit(line) {
+            self.held_zero = Some(zero);
             self.forced = word_after(total, "invalidations_forced=").and_then(|v| v.parse().ok());
         } else if let Some(at) = line.find("XPMEM-TEST ") {
             let text = &line[at + "XPMEM-TEST ".len()..];

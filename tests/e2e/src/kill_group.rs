@@ -436,14 +436,10 @@ impl Parsed {
         } else if let Some(rest) = line.strip_prefix("XPMEM-CASE-END kill ") {
             // Not "XPMEM-CASE-END kill-broker".
             self.monitor_rc = num(rest, "rc=");
-        } else if let Some(rest) = line.strip_prefix("xpmem-vmm: xpmem domain at exit: ") {
-            let (held, total) = rest.split_once(';').unwrap_or((rest, ""));
-            self.held_zero = Some(
-                held.split_whitespace()
-                    .filter(|kv| kv.contains('='))
-                    .all(|kv| kv.ends_with("=0")),
-            );
+        } else if let Some((zero, total)) = crate::cases::domain_at_exit(line) {
+            self.held_zero = Some(zero);
             self.forced = num(total, "invalidations_forced=");
+            let rest = line.trim_start_matches("xpmem-vmm: xpmem domain at exit: ");
             self.notes.push(format!("domain at exit: {rest}"));
         } else if let Some(rest) = line.strip_prefix("xpmem-vmm: VM ") {
             let Some((vm, text)) = rest.split_once(": ") else {

@@ -86,13 +86,8 @@ impl Parsed {
             self.run_secs = num("end=").zip(num("start=")).map(|(e, s)| e - s);
             return;
         }
-        if let Some(rest) = line.strip_prefix("xpmem-vmm: xpmem domain at exit: ") {
-            let held = rest.split(';').next().unwrap_or("");
-            self.held_zero = Some(
-                held.split_whitespace()
-                    .filter(|kv| kv.contains('='))
-                    .all(|kv| kv.ends_with("=0")),
-            );
+        if let Some((zero, _)) = crate::cases::domain_at_exit(line) {
+            self.held_zero = Some(zero);
             return;
         }
         let Some((vm, text)) = line.strip_prefix("[vm-").and_then(|r| r.split_once(']')) else {
