@@ -140,12 +140,18 @@ impl Backend {
         }
     }
 
-    /// Asks the device what to watch and registers that.
-    fn refresh(&mut self, ops: &mut EventOps) {
-        let want = lock(&self.transport).backend_poll();
+    /// Asks the device what to watch and registers that; returns how soon it wants to
+    /// be run again without an event ([`VirtioDevice::backend_retry`]), asked under the
+    /// same lock.
+    fn refresh(&mut self, ops: &mut EventOps) -> Option<std::time::Duration> {
+        let (want, retry) = {
+            let t = lock(&self.transport);
+            (t.backend_poll(), t.backend_retry())
+        };
         if let Err(e) = self.register(want, ops) {
             log::error!("event loop: cannot watch a device's backend: {e}");
         }
+        retry
     }
 
     /// Makes the registration match `want` (the descriptor, and whether to watch it for
@@ -369,6 +375,9 @@ pub struct EventThread {
     /// Asked after every round what they watch next.
     backends: Vec<(SubscriberId, Arc<Mutex<Backend>>)>,
     input: Option<(SubscriberId, Arc<Mutex<Input>>)>,
+    /// Backends that asked, at the last refresh, to be run again after the next round
+    /// even without an event (`VirtioDevice::backend_retry`).
+    retry: Vec<SharedTransport>,
 }
 
 impl EventThread {
@@ -401,6 +410,7 @@ impl EventThread {
             stopped,
             backends,
             input,
+            retry: Vec::new(),
         })
     }
 
@@ -421,26 +431,8 @@ impl EventThread {
     /// One round: waits at most `timeout` ms (-1: no limit) and dispatches what is
     /// ready, then [`EventThread::refresh`]; returns the next round's timeout.
     fn round(&mut self, timeout: i32) -> event_manager::Result<i32> {
-        // Devices that asked to be run again on a timer (VirtioDevice::backend_retry).
-        let retry: Vec<(SharedTransport, i32)> = self
-            .backends
-            .iter()
-            .filter_map(|(_, b)| {
-                let transport = lock(b).transport.clone();
-                let after = lock(&transport).backend_retry()?;
-                Some((
-                    transport,
-                    i32::try_from(after.as_millis()).unwrap_or(i32::MAX),
-                ))
-            })
-            .collect();
-        let timeout =
-            retry
-                .iter()
-                .map(|(_, ms)| *ms)
-                .fold(timeout, |t, ms| if t < 0 { ms } else { t.min(ms) });
         self.manager.run_with_timeout(timeout)?;
-        for (transport, _) in retry {
+        for transport in std::mem::take(&mut self.retry) {
             lock(&transport).process_backend();
         }
         Ok(self.refresh())
@@ -451,13 +443,22 @@ impl EventThread {
     /// notification, may have changed it without an event of its own), the serial input
     /// whether the UART has room. Returns the next round's timeout (ms, -1 for none).
     fn refresh(&mut self) -> i32 {
+        // The soonest retry a backend asked for bounds the next wait.
+        let mut retry_ms: Option<i32> = None;
         for (id, backend) in &self.backends {
             match self.manager.event_ops(*id) {
-                Ok(mut ops) => lock(backend).refresh(&mut ops),
+                Ok(mut ops) => {
+                    let mut b = lock(backend);
+                    if let Some(after) = b.refresh(&mut ops) {
+                        self.retry.push(b.transport.clone());
+                        let ms = i32::try_from(after.as_millis()).unwrap_or(i32::MAX);
+                        retry_ms = Some(retry_ms.map_or(ms, |r| r.min(ms)));
+                    }
+                }
                 Err(e) => log::error!("event loop: {e}"),
             }
         }
-        match &self.input {
+        let input_ms = match &self.input {
             Some((id, input)) => match self.manager.event_ops(*id) {
                 Ok(mut ops) => lock(input).refresh(&mut ops),
                 Err(e) => {
@@ -466,6 +467,10 @@ impl EventThread {
                 }
             },
             None => -1,
+        };
+        match retry_ms {
+            Some(ms) if input_ms < 0 || ms < input_ms => ms,
+            _ => input_ms,
         }
     }
 }
