@@ -10,7 +10,9 @@
 #   - the xpmem domain's model and hostile-guest property tests and the
 #     virtio-mmio transport's, with a new PROPTEST_RNG_SEED each round.
 # Prints per target the inputs run and the failures, each failure with the
-# command that reproduces it; exits 1 if anything failed. Logs: build/fuzz/.
+# command that reproduces it; a round that does not end within FUZZ_ROUND_LIMIT
+# seconds (default SECONDS + 600) is killed and counted as a hang. Exits 1 if
+# anything failed or hung. Logs: build/fuzz/.
 # FUZZ_PROFILE=debug runs the test binaries the unit tests already built (what
 # scripts/test.sh does, so its fuzzing compiles nothing); the default, release,
 # runs several times more inputs per second.
@@ -25,11 +27,15 @@ cd "$repo" || exit 1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 failed=0
 summary=
+# Inputs per round: a round is one test run with one seed, the unit of a failure report.
 case ${FUZZ_PROFILE:-release} in
-release) profile=--release ;;
-debug) profile= ;;
+release) profile=--release per=2000 ;;
+debug) profile= per=500 ;;
 *) die "FUZZ_PROFILE must be release or debug" ;;
 esac
+# A round that runs past this is a hang (an input the device never finishes with):
+# it is killed and reported with its seed, like a crash.
+round_limit=${FUZZ_ROUND_LIMIT:-$((secs + 600))}
 
 seed() { od -An -N8 -tx8 /dev/urandom | tr -d ' \n'; }
 note() { summary="$summary\n$1"; say "$1"; }
@@ -42,7 +48,7 @@ have_libfuzzer() {
 libfuzzer() { # crate-dir target
 	log=$out/$(basename "$1")-$2.log
 	say "cargo +nightly fuzz run $2 in $1 for $secs s"
-	if (cd "$1" && cargo +nightly fuzz run "$2" -- -max_total_time="$secs") >"$log" 2>&1; then
+	if (cd "$1" && cargo +nightly fuzz run "$2" -- -max_total_time="$secs" -timeout=30) >"$log" 2>&1; then
 		n=$(grep -o '#[0-9]*' "$log" | tail -1 | tr -d '#')
 		note "$1 $2 (libFuzzer): ${n:-?} executions, no crash"
 	else
@@ -66,10 +72,21 @@ rounds() { # label env-var per-round-count unit cargo-test-args...
 	say "$label: rounds of $per $unit (per test) until $secs s are up (log $log)"
 	while [ "$(date +%s)" -lt "$end" ]; do
 		s=0x$(seed)
-		if ! env "$var=$s" FUZZ_SMOKE_ITERS="$per" PROPTEST_CASES="$per" \
-			cargo test -q $profile --target "$triple" "$@" >>"$log" 2>&1; then
+		echo "==> round with $var=$s" >>"$log"
+		timeout -k 10 "$round_limit" env "$var=$s" FUZZ_SMOKE_ITERS="$per" PROPTEST_CASES="$per" \
+			cargo test -q $profile --target "$triple" "$@" >>"$log" 2>&1
+		rc=$?
+		repro="$var=$s FUZZ_SMOKE_ITERS=$per PROPTEST_CASES=$per cargo test $profile --target $triple $*"
+		if [ $rc = 124 ] || [ $rc = 137 ]; then
 			bad=$((bad + 1))
-			note "$label: FAILED with $var=$s; reproduce: $var=$s FUZZ_SMOKE_ITERS=$per PROPTEST_CASES=$per cargo test $profile --target $triple $*"
+			case $var in
+			FUZZ_SMOKE_SEED) find="FUZZ_WRITE_SEEDS=<dir> $repro (the newest file is the input that hung)" ;;
+			*) find="$repro -- --nocapture" ;;
+			esac
+			note "$label: HUNG, a round of $per did not end within ${round_limit}s with $var=$s; find the input: $find"
+		elif [ $rc != 0 ]; then
+			bad=$((bad + 1))
+			note "$label: FAILED with $var=$s; reproduce: $repro"
 		fi
 		n=$((n + per))
 	done
@@ -82,14 +99,14 @@ for t in virtio-xpmem:requests virtio-blk:requests virtio-net:frames virtio-vsoc
 	if have_libfuzzer; then
 		libfuzzer "$dir" "$target"
 	else
-		rounds "$dir fuzz_smoke" FUZZ_SMOKE_SEED 2000 inputs \
+		rounds "$dir fuzz_smoke" FUZZ_SMOKE_SEED "$per" inputs \
 			-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)" --test fuzz_smoke
 	fi
 done
 have_libfuzzer || say "no nightly cargo-fuzz: ran the fuzz entry points on pseudo-random inputs (rustup toolchain install nightly && cargo install cargo-fuzz for coverage-guided runs)"
-rounds "xpmem-domain model" PROPTEST_RNG_SEED 2000 cases -p xpmem-domain --test model
-rounds "xpmem-domain hostile" PROPTEST_RNG_SEED 2000 cases -p xpmem-domain --test hostile
-rounds "virtio-mmio transport" PROPTEST_RNG_SEED 2000 cases -p virtio-mmio-transport --lib
+rounds "xpmem-domain model" PROPTEST_RNG_SEED "$per" cases -p xpmem-domain --test model
+rounds "xpmem-domain hostile" PROPTEST_RNG_SEED "$per" cases -p xpmem-domain --test hostile
+rounds "virtio-mmio transport" PROPTEST_RNG_SEED "$per" cases -p virtio-mmio-transport --lib
 
 printf "%b\n" "$summary"
 if [ $failed = 0 ]; then

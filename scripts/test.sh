@@ -105,7 +105,8 @@ fi
 fuzz_secs=${XPMEM_FUZZ_SECS:-60}
 say "fuzzing every target for ${fuzz_secs}s in the background (log $log/fuzz.txt)"
 # The debug test binaries of step 3 are reused: nothing is compiled beside the e2e run.
-FUZZ_PROFILE=debug nice -n 19 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
+# Its own session, so that all of it can be stopped if it overruns (below).
+FUZZ_PROFILE=debug setsid nice -n 19 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
 fuzz_pid=$!
 
 # 6. End-to-end groups on the KVM test host.
@@ -128,8 +129,21 @@ else
 	fail "e2e: binaries missing ($bindir/xpmem-e2e, $bindir/xpmem-vmm); the build failed"
 fi
 
-say "waiting for the fuzzing to finish"
-if wait "$fuzz_pid"; then
+# Each fuzz round has its own hang limit; this bounds the whole phase, so a run
+# always ends with its summary.
+fuzz_wait=${XPMEM_FUZZ_WAIT:-1200}
+say "waiting for the fuzzing to finish (at most ${fuzz_wait}s more)"
+waited=0
+while kill -0 "$fuzz_pid" 2>/dev/null && [ "$waited" -lt "$fuzz_wait" ]; do
+	sleep 5
+	waited=$((waited + 5))
+done
+if kill -0 "$fuzz_pid" 2>/dev/null; then
+	kill -KILL -- "-$fuzz_pid" 2>/dev/null
+	wait "$fuzz_pid" 2>/dev/null
+	tail -5 "$log/fuzz.txt"
+	fail "fuzzing did not end ${fuzz_wait}s after the end-to-end groups; stopped (see $log/fuzz.txt and build/fuzz/)"
+elif wait "$fuzz_pid"; then
 	passed=$((passed + 1))
 else
 	fail "fuzzing (see $log/fuzz.txt)"

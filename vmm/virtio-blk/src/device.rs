@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use log::{debug, warn};
+use virtio_mmio_transport::avail::{ask_for_reset, next_available};
 use virtio_mmio_transport::{
     signal_used, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
@@ -208,12 +209,26 @@ impl Block {
             return Ok(false);
         };
         let mut used_any = false;
+        active
+            .queue
+            .disable_notification(&active.mem)
+            .map_err(BlockError::Queue)?;
         loop {
-            active
-                .queue
-                .disable_notification(&active.mem)
-                .map_err(BlockError::Queue)?;
-            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            let chain = match next_available(&mut active.queue, &active.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    guest_warn!(self, "virtio-blk: {e}");
+                    if used_any {
+                        let _ = signal_used(&mut active.queue, &active.mem, &*active.interrupt);
+                    }
+                    ask_for_reset(&*active.interrupt, "virtio-blk");
+                    // Every request was completed synchronously: nothing is in flight.
+                    self.active = None;
+                    return Ok(false);
+                }
+            };
+            {
                 let head = chain.head_index();
                 let (descs, total, cut) = collect(chain, request::max_descriptors(&LIMITS));
                 let outcome = if cut {
@@ -271,13 +286,6 @@ impl Block {
                         guest_warn!(self, "virtio-blk: request {head} cannot be returned: {e:?}")
                     }
                 }
-            }
-            if !active
-                .queue
-                .enable_notification(&active.mem)
-                .map_err(BlockError::Queue)?
-            {
-                break;
             }
         }
         Ok(used_any)

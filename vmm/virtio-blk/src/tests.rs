@@ -50,13 +50,17 @@ impl Drop for TempImage {
     }
 }
 
+/// Counts used-buffer interrupts (`.0`) and reset requests (`.1`).
 #[derive(Default)]
-struct CountingInterrupt(AtomicUsize);
+struct CountingInterrupt(AtomicUsize, AtomicUsize);
 
 impl VirtioInterrupt for CountingInterrupt {
     fn trigger(&self, reason: InterruptReason) -> std::io::Result<()> {
-        assert_eq!(reason, InterruptReason::UsedBuffer);
-        self.0.fetch_add(1, Ordering::SeqCst);
+        match reason {
+            InterruptReason::UsedBuffer => self.0.fetch_add(1, Ordering::SeqCst),
+            InterruptReason::NeedsReset => self.1.fetch_add(1, Ordering::SeqCst),
+            InterruptReason::ConfigChange => panic!("virtio-blk has no config changes"),
+        };
         Ok(())
     }
 }
@@ -848,4 +852,28 @@ fn lifecycle_notify_before_activate_wrong_queue_and_reset() {
             acked_features: VIRTIO_F_VERSION_1,
         })
         .is_err());
+}
+
+#[test]
+fn an_available_index_past_the_ring_stops_the_queue_and_asks_for_a_reset() {
+    let img = TempImage::new("avail", IMAGE_SECTORS);
+    let mut h = Harness::new(&img, false);
+    assert_eq!(h.request(VIRTIO_BLK_T_IN, 1, &[(DATA, 512, W)]), (513, 0));
+    // A hostile driver claims more chains than the ring holds. The device loop used to
+    // spin here for ever (pop: nothing; enable_notification: "more available").
+    h.vq.avail().idx().store(h.used + QUEUE_SIZE + 1);
+    h.dev.queue_notify(0);
+    assert_eq!(h.irq.1.load(Ordering::SeqCst), 1, "no reset requested");
+    assert!(
+        !h.dev.is_active(),
+        "the device still uses the corrupt queue"
+    );
+    assert_eq!(h.vq.used().idx().load(), h.used, "a chain was used");
+    // Further notifications are ignored, and a reset brings the device back.
+    h.dev.queue_notify(0);
+    assert_eq!(h.irq.1.load(Ordering::SeqCst), 1);
+    h.dev.reset();
+    let features = h.dev.device_features();
+    let mut h = Harness::with_device(h.dev, features);
+    assert_eq!(h.request(VIRTIO_BLK_T_IN, 2, &[(DATA, 512, W)]), (513, 0));
 }

@@ -76,6 +76,7 @@ pub struct SplitRing {
     used: u64,
     avail_idx: u16,
     used_seen: u16,
+    overruns: u64,
 }
 
 impl SplitRing {
@@ -88,6 +89,7 @@ impl SplitRing {
             used: base + 2 * stride,
             avail_idx: 0,
             used_seen: 0,
+            overruns: 0,
         }
     }
 
@@ -130,17 +132,24 @@ impl SplitRing {
         let _ = mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2));
     }
 
-    /// The used entries `(id, len)` since the last call; at most a ring's
-    /// worth, whatever the used index says.
+    /// How often [`SplitRing::take_used`] skipped entries: completions it never saw.
+    pub fn overruns(&self) -> u64 {
+        self.overruns
+    }
+
+    /// The used entries `(id, len)` since the last call, at most a ring's worth: when
+    /// the device used more than that since (a hostile available index reuses heads),
+    /// the older entries were overwritten and are skipped.
     pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
         let idx: u16 = mem
             .read_obj(GuestAddress(self.used + 2))
             .unwrap_or(self.used_seen);
+        if idx.wrapping_sub(self.used_seen) > self.size {
+            self.used_seen = idx.wrapping_sub(self.size);
+            self.overruns += 1;
+        }
         let mut out = Vec::new();
-        for _ in 0..self.size {
-            if self.used_seen == idx {
-                break;
-            }
+        while self.used_seen != idx {
             let e = self.used + 4 + u64::from(self.used_seen % self.size) * 8;
             let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(0);
             let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
@@ -189,4 +198,73 @@ pub fn smoke_iters() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(400)
+}
+
+/// What [`run_smoke_corpus`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmokeRun {
+    /// The generated corpus: how many inputs and bytes.
+    Corpus { inputs: u64, bytes: u64 },
+    /// Only the one input named by `FUZZ_SMOKE_REPLAY` (coverage totals mean
+    /// nothing then).
+    Replayed,
+}
+
+/// Runs a fuzz smoke test's corpus: [`smoke_iters`] inputs, input `i` made by
+/// `generate(rng, i)` from [`smoke_rng`] (or from `fixed_seed` when
+/// `FUZZ_SMOKE_SEED` is unset and the test keeps its own corpus), each handed
+/// to `run`.
+///
+/// For finding the input behind a failure:
+/// - `FUZZ_WRITE_SEEDS=<dir>` writes each input to `<dir>/input-NNNNN` *before*
+///   it runs, so after a hang the newest file is the one that hung (the files
+///   also seed `cargo fuzz`);
+/// - `FUZZ_SMOKE_REPLAY=<file>` runs only that input;
+/// - a panicking input is named (index and seed) before the panic goes on.
+///
+/// # Panics
+/// When `run` panics, or a seed file cannot be written or read.
+pub fn run_smoke_corpus(
+    fixed_seed: Option<u64>,
+    mut generate: impl FnMut(&mut XorShift, u64) -> Vec<u8>,
+    mut run: impl FnMut(&[u8]),
+) -> SmokeRun {
+    if let Some(path) = std::env::var_os("FUZZ_SMOKE_REPLAY") {
+        let data = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("FUZZ_SMOKE_REPLAY={}: {e}", path.to_string_lossy()));
+        run(&data);
+        return SmokeRun::Replayed;
+    }
+    let seeded = std::env::var_os("FUZZ_SMOKE_SEED").is_some();
+    let mut rng = match fixed_seed {
+        Some(seed) if !seeded => XorShift(seed),
+        _ => smoke_rng(),
+    };
+    let seed = rng.0;
+    let seeds_dir = std::env::var_os("FUZZ_WRITE_SEEDS").map(std::path::PathBuf::from);
+    let iters = smoke_iters();
+    let mut bytes = 0u64;
+    for i in 0..iters {
+        let data = generate(&mut rng, i);
+        if let Some(dir) = &seeds_dir {
+            let file = dir.join(format!("input-{i:05}"));
+            std::fs::write(&file, &data)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+        }
+        bytes += data.len() as u64;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&data)));
+        if let Err(panic) = outcome {
+            eprintln!(
+                "fuzz smoke: input {i} of seed {seed:#x} failed; to get it alone: \
+                 FUZZ_SMOKE_SEED={seed:#x} FUZZ_SMOKE_ITERS={} FUZZ_WRITE_SEEDS=<dir>, \
+                 then FUZZ_SMOKE_REPLAY=<dir>/input-{i:05}",
+                i + 1
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+    SmokeRun::Corpus {
+        inputs: iters,
+        bytes,
+    }
 }

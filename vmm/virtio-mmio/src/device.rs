@@ -14,8 +14,12 @@ use vm_memory::GuestMemoryMmap;
 pub enum InterruptReason {
     /// Bit 0: the device used a buffer in at least one queue.
     UsedBuffer,
-    /// Bit 1: the device configuration changed (or the device needs reset).
+    /// Bit 1: the device configuration changed.
     ConfigChange,
+    /// The device cannot go on until the driver resets it (a queue the driver
+    /// corrupted): DEVICE_NEEDS_RESET in the status register and bit 1, as
+    /// virtio 1.2 section 2.1.2 asks.
+    NeedsReset,
 }
 
 /// Raises the device's interrupt. The implementation sets the InterruptStatus

@@ -18,6 +18,7 @@
     clippy::cast_possible_wrap
 )]
 
+pub mod avail;
 pub mod chain;
 pub mod device;
 mod transport;

@@ -1,6 +1,6 @@
 //! The virtio-mmio v2 register file and device status state machine.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -63,6 +63,9 @@ pub enum TransportError {
 pub struct MmioInterrupt {
     status: Arc<AtomicU32>,
     config_generation: Arc<AtomicU32>,
+    /// Set by the device ([`InterruptReason::NeedsReset`]); the transport moves it
+    /// into its status register at the next register access.
+    needs_reset: Arc<AtomicBool>,
     irqfd: EventFd,
 }
 
@@ -74,6 +77,10 @@ impl VirtioInterrupt for MmioInterrupt {
                 // The driver re-reads configuration until the generation is
                 // stable; a change notification implies a new generation.
                 self.config_generation.fetch_add(1, Ordering::SeqCst);
+                interrupt_bits::CONFIG_CHANGE
+            }
+            InterruptReason::NeedsReset => {
+                self.needs_reset.store(true, Ordering::SeqCst);
                 interrupt_bits::CONFIG_CHANGE
             }
         };
@@ -93,6 +100,8 @@ pub struct MmioTransport<D: VirtioDevice + ?Sized = dyn VirtioDevice> {
     interrupt: Arc<MmioInterrupt>,
     interrupt_status: Arc<AtomicU32>,
     config_generation: Arc<AtomicU32>,
+    /// The device asked for a reset ([`MmioInterrupt`]'s copy).
+    needs_reset: Arc<AtomicBool>,
     device_status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -127,9 +136,11 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd)?;
         let interrupt_status = Arc::new(AtomicU32::new(0));
         let config_generation = Arc::new(AtomicU32::new(0));
+        let needs_reset = Arc::new(AtomicBool::new(false));
         let interrupt = Arc::new(MmioInterrupt {
             status: interrupt_status.clone(),
             config_generation: config_generation.clone(),
+            needs_reset: needs_reset.clone(),
             irqfd,
         });
         Ok(Self {
@@ -139,6 +150,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             interrupt,
             interrupt_status,
             config_generation,
+            needs_reset,
             device_status: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -192,6 +204,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
     /// Registers are 32 bits wide; a read of another width or alignment
     /// returns zeros. Configuration space (from 0x100) accepts any width.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.take_needs_reset();
         if offset >= regs::CONFIG {
             self.device.read_config(offset - regs::CONFIG, data);
             return;
@@ -211,6 +224,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
 
     /// Handles a guest write of `data` at `offset` inside the window.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
+        self.take_needs_reset();
         if offset >= regs::CONFIG {
             if self.device_status & status::FAILED != 0 {
                 guest_warn!(self, "virtio-mmio: config write after FAILED ignored");
@@ -273,6 +287,18 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
     /// The backend descriptor is ready: lets the device move data.
     pub fn process_backend(&mut self) {
         self.device.process_backend();
+    }
+
+    /// Moves a device's reset request ([`InterruptReason::NeedsReset`]) into the status
+    /// register, where the driver reads it and which refuses DRIVER_OK until a reset.
+    fn take_needs_reset(&mut self) {
+        if self.activated && self.needs_reset.swap(false, Ordering::SeqCst) {
+            guest_warn!(
+                self,
+                "virtio-mmio: the device stopped (see its warning) and needs a reset; DEVICE_NEEDS_RESET set"
+            );
+            self.device_status |= status::DEVICE_NEEDS_RESET;
+        }
     }
 
     fn selected_queue(&self) -> Option<&Queue> {
@@ -559,6 +585,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
             q.reset();
         }
         self.interrupt_status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 

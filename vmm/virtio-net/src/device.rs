@@ -7,6 +7,7 @@ use std::sync::Arc;
 use log::{debug, warn};
 use net_switch::socket::{Recv, Send};
 use net_switch::{Mac, ETH_HEADER_LEN};
+use virtio_mmio_transport::avail::{ask_for_reset, next_available, AvailError};
 use virtio_mmio_transport::chain::{self, ChainError, WritableChain};
 use virtio_mmio_transport::{
     guest_warn, signal_used, ActivateContext, ActivateError, InterruptReason, VirtioDevice,
@@ -272,6 +273,16 @@ impl Net {
         }
     }
 
+    /// The driver corrupted a queue: the device drops what it holds for the driver
+    /// and asks it for a reset (DEVICE_NEEDS_RESET); until then it is inert.
+    fn stop_for_reset(&mut self, e: &AvailError) {
+        guest_warn!(self.guest_warnings, "virtio-net", "virtio-net: {e}");
+        if let Some(a) = &self.active {
+            ask_for_reset(&*a.interrupt, "virtio-net");
+        }
+        VirtioDevice::reset(self);
+    }
+
     /// Processes the transmit queue until it is empty or the backend is full.
     fn process_tx(&mut self) -> Result<(), NetError> {
         if !self.flush_stalled() {
@@ -286,13 +297,13 @@ impl Net {
             let Some(a) = self.active.as_mut() else {
                 return Ok(());
             };
-            let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) else {
-                if a.tx.enable_notification(&a.mem).map_err(NetError::Queue)? {
-                    // More arrived while notifications were off.
-                    a.tx.disable_notification(&a.mem).map_err(NetError::Queue)?;
-                    continue;
+            let chain = match next_available(&mut a.tx, &a.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    self.stop_for_reset(&e);
+                    return Ok(());
                 }
-                break;
             };
             let head = chain.head_index();
             let frame = read_tx_chain(chain, &a.mem, max, &mut self.buf);

@@ -1,9 +1,10 @@
 //! Runs the fuzz entry point (the same one `cargo fuzz run frames` uses)
 //! over a deterministic pseudo-random corpus, so it is exercised without
-//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400), seed `FUZZ_SMOKE_SEED`.
+//! libFuzzer. Iterations, seed, replay of one input: see
+//! `virtio_driver_model::run_smoke_corpus`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use virtio_driver_model::XorShift as Rng;
+use virtio_driver_model::{SmokeRun, XorShift as Rng};
 use virtio_net_device::fuzzing::{run_one, FuzzStats, STEP_BYTES};
 
 /// Mostly structured steps (no raw descriptors), so the content oracles
@@ -32,19 +33,23 @@ fn add(t: &mut FuzzStats, s: FuzzStats) {
 
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
-    let iters = virtio_driver_model::smoke_iters();
-    let mut rng = virtio_driver_model::smoke_rng();
     let mut total = FuzzStats::default();
-    for i in 0..iters {
-        let steps = (rng.next_u64() % 64) as usize;
-        let data = if i % 2 == 0 {
-            rng.bytes(1 + steps * STEP_BYTES)
-        } else {
-            guided(&mut rng, steps)
-        };
-        add(&mut total, run_one(&data));
+    let run = virtio_driver_model::run_smoke_corpus(
+        None,
+        |rng, i| {
+            let steps = (rng.next_u64() % 64) as usize;
+            if i % 2 == 0 {
+                rng.bytes(1 + steps * STEP_BYTES)
+            } else {
+                guided(rng, steps)
+            }
+        },
+        |data| add(&mut total, run_one(data)),
+    );
+    if run == SmokeRun::Replayed {
+        return;
     }
-    eprintln!("{iters} inputs: {total:?}");
+    eprintln!("{run:?}: {total:?}");
     // The corpus must reach the interesting paths, or the smoke test proves nothing.
     assert!(total.tx_delivered > 100, "{total:?}");
     assert!(total.tx_bad_chains > 20, "{total:?}");

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use log::{debug, warn};
+use virtio_mmio_transport::avail::{ask_for_reset, next_available};
 use virtio_mmio_transport::{
     signal_used, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
@@ -159,12 +160,25 @@ impl Rng {
             return Ok(false);
         };
         let mut used_any = false;
+        active
+            .queue
+            .disable_notification(&active.mem)
+            .map_err(RngError::Queue)?;
         loop {
-            active
-                .queue
-                .disable_notification(&active.mem)
-                .map_err(RngError::Queue)?;
-            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            let chain = match next_available(&mut active.queue, &active.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    guest_warn!(self, "virtio-rng: {e}");
+                    if used_any {
+                        let _ = signal_used(&mut active.queue, &active.mem, &*active.interrupt);
+                    }
+                    ask_for_reset(&*active.interrupt, "virtio-rng");
+                    self.active = None;
+                    return Ok(false);
+                }
+            };
+            {
                 let head = chain.head_index();
                 let len = match fill_chain(chain, &active.mem, self.source.as_mut(), &mut self.buf)
                 {
@@ -184,13 +198,6 @@ impl Rng {
                     .add_used(&active.mem, head, len)
                     .map_err(RngError::Queue)?;
                 used_any = true;
-            }
-            if !active
-                .queue
-                .enable_notification(&active.mem)
-                .map_err(RngError::Queue)?
-            {
-                break;
             }
         }
         Ok(used_any)

@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use log::{debug, warn};
+use virtio_mmio_transport::avail::{ask_for_reset, next_available, AvailError};
 use virtio_mmio_transport::chain::{self, ChainError, WritableChain};
 use virtio_mmio_transport::{
     guest_warn, signal_used, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
@@ -215,6 +216,17 @@ impl Vsock {
         }
     }
 
+    /// The driver corrupted a queue: the device drops what it holds for the driver
+    /// (its connections are reset) and asks it for a reset (DEVICE_NEEDS_RESET); until
+    /// then it is inert.
+    fn stop_for_reset(&mut self, e: &AvailError) {
+        guest_warn!(self.guest_warnings, "virtio-vsock", "virtio-vsock: {e}");
+        if let Some(a) = &self.active {
+            ask_for_reset(&*a.interrupt, "virtio-vsock");
+        }
+        VirtioDevice::reset(self);
+    }
+
     /// Reads and dispatches every transmit chain.
     fn process_tx(&mut self) -> Result<(), VsockError> {
         let mut used_any = false;
@@ -229,16 +241,13 @@ impl Vsock {
             let Some(a) = self.active.as_mut() else {
                 return Ok(());
             };
-            let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) else {
-                if a.tx
-                    .enable_notification(&a.mem)
-                    .map_err(VsockError::Queue)?
-                {
-                    a.tx.disable_notification(&a.mem)
-                        .map_err(VsockError::Queue)?;
-                    continue;
+            let chain = match next_available(&mut a.tx, &a.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    self.stop_for_reset(&e);
+                    return Ok(());
                 }
-                break;
             };
             let head = chain.head_index();
             let read = chain::read_chain(chain, &a.mem, HDR_LEN + MAX_PKT_DATA, &mut self.buf)

@@ -1,9 +1,10 @@
 //! Runs the fuzz entry point (the same one `cargo fuzz run packets` uses)
 //! over a deterministic pseudo-random corpus, so it is exercised without
-//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400).
+//! libFuzzer. Iterations, seed, replay of one input: see
+//! `virtio_driver_model::run_smoke_corpus`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use virtio_driver_model::XorShift as Rng;
+use virtio_driver_model::{SmokeRun, XorShift as Rng};
 use virtio_vsock_device::fuzzing::{run_one, FuzzStats, STEP_BYTES};
 
 /// Structured steps only (no raw descriptors), so the content oracles hold.
@@ -19,31 +20,33 @@ fn guided(rng: &mut Rng, steps: usize) -> Vec<u8> {
 
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
-    let iters = virtio_driver_model::smoke_iters();
-    // Its own fixed corpus, unless scripts/fuzz.sh asks for a fresh seed.
-    let mut rng = if std::env::var_os("FUZZ_SMOKE_SEED").is_some() {
-        virtio_driver_model::smoke_rng()
-    } else {
-        Rng(0x51a7_c0de_2026_0010)
-    };
     let mut t = FuzzStats::default();
-    for i in 0..iters {
-        let steps = (rng.next_u64() % 96) as usize;
-        let data = if i % 2 == 0 {
-            rng.bytes(steps * STEP_BYTES)
-        } else {
-            guided(&mut rng, steps)
-        };
-        let s = run_one(&data);
-        t.tx_structured += s.tx_structured;
-        t.tx_bad += s.tx_bad;
-        t.rx_packets += s.rx_packets;
-        t.to_peer += s.to_peer;
-        t.peer_packets += s.peer_packets;
-        t.resets += s.resets;
-        t.raw_steps += s.raw_steps;
+    // Its own fixed corpus, unless scripts/fuzz.sh asks for a fresh seed.
+    let run = virtio_driver_model::run_smoke_corpus(
+        Some(0x51a7_c0de_2026_0010),
+        |rng, i| {
+            let steps = (rng.next_u64() % 96) as usize;
+            if i % 2 == 0 {
+                rng.bytes(steps * STEP_BYTES)
+            } else {
+                guided(rng, steps)
+            }
+        },
+        |data| {
+            let s = run_one(data);
+            t.tx_structured += s.tx_structured;
+            t.tx_bad += s.tx_bad;
+            t.rx_packets += s.rx_packets;
+            t.to_peer += s.to_peer;
+            t.peer_packets += s.peer_packets;
+            t.resets += s.resets;
+            t.raw_steps += s.raw_steps;
+        },
+    );
+    if run == SmokeRun::Replayed {
+        return;
     }
-    eprintln!("{iters} inputs: {t:?}");
+    eprintln!("{run:?}: {t:?}");
     // The corpus must reach the interesting paths, or the smoke test proves nothing.
     assert!(t.tx_structured > 1000 && t.tx_bad > 50, "{t:?}");
     assert!(

@@ -1,15 +1,14 @@
 //! Runs the fuzz entry point (the same one `cargo fuzz run requests` uses)
 //! over a deterministic pseudo-random corpus, so it is exercised without
-//! libFuzzer. Iterations: `FUZZ_SMOKE_ITERS` (default 400), seed `FUZZ_SMOKE_SEED`. With
-//! `FUZZ_WRITE_SEEDS=<dir>` the guided inputs are also written there as a
-//! seed corpus for `cargo fuzz`.
+//! libFuzzer. Iterations, seed, replay of one input: see
+//! `virtio_driver_model::run_smoke_corpus`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::time::Instant;
 
 use virtio_xpmem_device::fuzzing::{run_one, STEP_BYTES};
 
-use virtio_driver_model::XorShift as Rng;
+use virtio_driver_model::{SmokeRun, XorShift as Rng};
 
 /// Step records following a MAKE / GET / ATTACH / FAULT / RESOLVE_REPLY /
 /// INVALIDATE / ACK flow between VM 0 (exporter) and VM 1 (importer), with
@@ -109,36 +108,36 @@ fn scatter(rng: &mut Rng, blocks: usize) -> Vec<u8> {
 
 #[test]
 fn fuzz_entry_point_over_pseudo_random_inputs() {
-    let iters = virtio_driver_model::smoke_iters();
-    let seeds_dir = std::env::var("FUZZ_WRITE_SEEDS").ok();
-    let mut rng = virtio_driver_model::smoke_rng();
     let start = Instant::now();
-    let mut bytes_total = 0usize;
     let (mut segments, mut maps, mut invals, mut events) = (0u64, 0u64, 0u64, 0u64);
     let mut windows_revoked = 0;
-    for i in 0..iters {
-        let steps = (rng.next_u64() % 48) as usize;
-        let data = match i % 3 {
-            0 => rng.bytes(steps * STEP_BYTES),
-            1 => guided(&mut rng, steps),
-            _ => {
-                let blocks = 4 + (rng.next_u64() % 6) as usize;
-                scatter(&mut rng, blocks)
+    let run = virtio_driver_model::run_smoke_corpus(
+        None,
+        |rng, i| {
+            let steps = (rng.next_u64() % 48) as usize;
+            match i % 3 {
+                0 => rng.bytes(steps * STEP_BYTES),
+                1 => guided(rng, steps),
+                _ => {
+                    let blocks = 4 + (rng.next_u64() % 6) as usize;
+                    scatter(rng, blocks)
+                }
             }
-        };
-        if let (Some(dir), 1) = (&seeds_dir, i % 2) {
-            std::fs::write(format!("{dir}/guided-{i:04}"), &data).unwrap();
-        }
-        bytes_total += data.len();
-        let c = run_one(&data);
-        segments += c.segments;
-        maps += c.map_actions;
-        invals += c.invalidations_started;
-        events += c.events_posted;
-        windows_revoked += c.windows_revoked;
+        },
+        |data| {
+            let c = run_one(data);
+            segments += c.segments;
+            maps += c.map_actions;
+            invals += c.invalidations_started;
+            events += c.events_posted;
+            windows_revoked += c.windows_revoked;
+        },
+    );
+    if run == SmokeRun::Replayed {
+        return;
     }
     eprintln!(
-        "fuzz_smoke: {iters} inputs, {bytes_total} bytes, {:.2?}; reached: {segments} live segments, {maps} maps, {invals} invalidations, {events} events, {windows_revoked} windows revoked",
+        "fuzz_smoke: {run:?}, {:.2?}; reached: {segments} live segments, {maps} maps, {invals} invalidations, {events} events, {windows_revoked} windows revoked",
         start.elapsed()
     );
     // The harness must get past request parsing deep into the domain, and into the

@@ -325,6 +325,39 @@ fn activation_error_sets_needs_reset_and_reset_recovers() {
 }
 
 #[test]
+fn a_device_that_needs_a_reset_shows_it_in_status_until_the_driver_resets() {
+    let (mut t, rec) = transport();
+    full_init(&mut t);
+    assert!(t.is_activated());
+    let _ = t.irqfd().read();
+    t.interrupt().trigger(InterruptReason::NeedsReset).unwrap();
+    let s = rd(&mut t, regs::STATUS);
+    assert_ne!(s & status::DEVICE_NEEDS_RESET, 0);
+    assert_ne!(s & status::DRIVER_OK, 0, "DRIVER_OK stays with NEEDS_RESET");
+    assert_ne!(t.interrupt_status() & interrupt_bits::CONFIG_CHANGE, 0);
+    assert_eq!(t.irqfd().read().unwrap(), 1);
+    // Queue registers stay closed; a reset clears the bit and the device comes back.
+    wr(&mut t, regs::STATUS, 0);
+    assert_eq!(rd(&mut t, regs::STATUS), 0);
+    assert_eq!(rec.lock().unwrap().resets, 1);
+    full_init(&mut t);
+    assert!(t.is_activated());
+    assert_eq!(rd(&mut t, regs::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn a_reset_request_before_activation_is_not_carried_into_it() {
+    let (mut t, _) = transport();
+    // A stale request (from a device of a previous activation) must not poison the
+    // next one: the transport clears it on reset.
+    t.interrupt().trigger(InterruptReason::NeedsReset).unwrap();
+    wr(&mut t, regs::STATUS, 0);
+    full_init(&mut t);
+    assert!(t.is_activated());
+    assert_eq!(rd(&mut t, regs::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
 fn ready_with_rings_outside_memory_fails_activation() {
     let (mut t, _) = transport();
     assert!(negotiate(&mut t, DEV_FEATURES));
