@@ -241,6 +241,38 @@ for vm in p q; do
 	timeout -s KILL 600 ./xpmem-vmm exec --socket $vm.vsock --wait 500 -- true >/dev/null 2>&1
 	echo "XPMEM-KILL death-ready vm=$vm rc=$?"
 done
+# 6a. a VM joins the running setup, shares memory with p, and leaves
+sock=$(sed -n 's/^xpmem-vmm: more VMs can join this setup: xpmem-vmm vm --broker \([^ ]*\) .*/\1/p' death.out | head -n 1)
+echo "XPMEM-KILL join-socket path=${sock:-none}"
+jvm() { # NAME: the joining VM's flags
+	echo "--name $1 --memory @VM_MIB@ --kernel vmlinuz --initrd guest.cpio.gz --no-net"
+}
+# A name the setup has is refused, before any VM is built.
+timeout -s KILL 60 ./xpmem-vmm vm --broker "$sock" $(jvm p) --cmdline "xpmem.name=p xpmem.run=agent" </dev/null >join-dup.out 2>&1
+echo "XPMEM-KILL join-dup rc=$? said=$(grep -c 'cannot join the setup' join-dup.out)"
+sed 's/^/XPMEM-KILL-JOIN-DUP /' join-dup.out
+(
+	timeout -s KILL 900 ./xpmem-vmm vm --broker "$sock" $(jvm j) --cmdline "xpmem.name=j xpmem.run=agent xpmem.out=kmsg" </dev/null >join.out 2>&1
+	echo "XPMEM-KILL join-exit rc=$?" >join-exit.out
+) &
+waitfor join.out "VM j: vsock cid" 120 >/dev/null
+ln -sf "$(sed -n 's/^xpmem-vmm: VM j: vsock cid [0-9]*, host socket \([^ ]*\) .*/\1/p' join.out | head -n 1)" j.vsock
+timeout -s KILL 600 ./xpmem-vmm exec --socket j.vsock --wait 500 -- true >/dev/null 2>&1
+echo "XPMEM-KILL join-ready rc=$?"
+ex jn-exp p 120 xpmem-test export --name kill-join --timeout 90
+waitfor jn-exp.out "NAMED kill-join" 60
+ex jn-imp j 120 xpmem-test attach --name kill-join --timeout 90
+finish jn-imp 150
+finish jn-exp 60
+ex jn-zero j 60 xpmem-test proc-zero
+finish jn-zero 90
+timeout -s KILL 120 ./xpmem-vmm exec --socket j.vsock --exit 0 >/dev/null 2>&1
+waitfor join-exit.out rc= 120 >/dev/null
+cat join-exit.out
+waitfor death.out "VM j left the setup" 30 >/dev/null
+echo "XPMEM-KILL join-left rc=$?"
+grep -E '^xpmem-vmm:|XPMEM-GUEST ' join.out | sed 's/^/XPMEM-KILL-JOIN /'
+
 pids="$(pid_of p death.out) $(pid_of q death.out)"
 t0=$(up)
 kill -9 $b
@@ -291,6 +323,7 @@ fn script() -> String {
         SCRIPT
             .replace("@VMS@", &vms().join(" "))
             .replace("@ORPHAN_TICKS@", &ticks.to_string())
+            .replace("@VM_MIB@", &VM_MIB.to_string())
     )
 }
 
@@ -370,6 +403,13 @@ pub struct Parsed {
     death_left: Option<String>,
     death_secs: Option<f64>,
     death_rundir: Vec<String>,
+    /// The VM that joins the broker-death setup.
+    join_socket: Option<String>,
+    /// (exit code, lines saying "cannot join the setup") of the refused duplicate.
+    join_dup: Option<(i32, u32)>,
+    join_ready: Option<i32>,
+    join_exit: Option<i32>,
+    join_left: Option<i32>,
     pub notes: Vec<String>,
 }
 
@@ -433,6 +473,18 @@ impl Parsed {
                 .map(|(t, f)| t - f);
         } else if let Some(rest) = line.strip_prefix("XPMEM-KILL death-rundir ") {
             self.death_rundir.push(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL join-socket ") {
+            self.join_socket = word_after(rest, "path=")
+                .filter(|p| *p != "none")
+                .map(str::to_string);
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL join-dup ") {
+            self.join_dup = num(rest, "rc=").zip(num(rest, "said="));
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL join-ready ") {
+            self.join_ready = num(rest, "rc=");
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL join-exit ") {
+            self.join_exit = num(rest, "rc=");
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL join-left ") {
+            self.join_left = num(rest, "rc=");
         } else if let Some(rest) = line.strip_prefix("XPMEM-CASE-END kill ") {
             // Not "XPMEM-CASE-END kill-broker".
             self.monitor_rc = num(rest, "rc=");
@@ -699,6 +751,44 @@ impl Parsed {
                 )),
             },
         );
+        push(
+            "join/duplicate-refused",
+            match (&self.join_socket, self.join_dup) {
+                (None, _) => Status::Fail("the broker printed no socket to join".into()),
+                (Some(_), Some((rc, said))) if rc == 1 && said > 0 => Status::Pass,
+                (Some(_), dup) => Status::Fail(format!(
+                    "a VM named like a running one: (exit code, refusals said) {dup:?}, want exit 1 with `cannot join the setup`"
+                )),
+            },
+        );
+        push(
+            "join/agent-answers",
+            match self.join_ready {
+                Some(0) => Status::Pass,
+                rc => Status::Fail(format!("the joined VM's agent: exit code {rc:?}")),
+            },
+        );
+        push(
+            "join/export-to-joined",
+            self.step("jn-exp").verdict("export"),
+        );
+        push(
+            "join/joined-attaches",
+            self.step("jn-imp").verdict("attach"),
+        );
+        push(
+            "join/joined-proc-zero",
+            self.step("jn-zero").verdict("proc-zero"),
+        );
+        push(
+            "join/leaves",
+            match (self.join_exit, self.join_left) {
+                (Some(0), Some(0)) => Status::Pass,
+                (exit, left) => Status::Fail(format!(
+                    "the joined VM's monitor exited {exit:?}; the broker saying it left: {left:?} (0: said)"
+                )),
+            },
+        );
         out
     }
 
@@ -869,6 +959,21 @@ mod tests {
         l.push("XPMEM-CASE-BEGIN kill-broker".into());
         l.push("XPMEM-KILL death-ready vm=p rc=0".into());
         l.push("XPMEM-KILL death-ready vm=q rc=0".into());
+        l.push("XPMEM-KILL join-socket path=/tmp/xpmem-vmm-400/broker.sock".into());
+        l.push("XPMEM-KILL join-dup rc=1 said=1".into());
+        l.push("XPMEM-KILL join-ready rc=0".into());
+        l.extend(out(
+            "jn-exp",
+            &[
+                "XPMEM-TEST export NAMED kill-join",
+                "XPMEM-TEST export PASS",
+            ],
+            0,
+        ));
+        l.extend(out("jn-imp", &["XPMEM-TEST attach PASS"], 0));
+        l.extend(out("jn-zero", &["XPMEM-TEST proc-zero PASS"], 0));
+        l.push("XPMEM-KILL join-exit rc=0".into());
+        l.push("XPMEM-KILL join-left rc=0".into());
         l.push("XPMEM-KILL death-killed broker=400 rc=0 vms=401,402 at=260.0".into());
         l.push("XPMEM-KILL death-gone left=none from=260.0 to=260.4".into());
         l.push(
@@ -907,9 +1012,31 @@ mod tests {
             p.feed(&l);
         }
         let r = p.judge();
-        assert_eq!(r.len(), 26, "{r:?}");
+        assert_eq!(r.len(), 32, "{r:?}");
         assert!(r.iter().all(|c| c.status == Status::Pass), "{r:?}");
         assert!(p.summary().contains("1450.2"), "{}", p.summary());
+    }
+
+    #[test]
+    fn a_duplicate_that_joins_or_a_joined_vm_that_never_leaves_fails() {
+        let mut p = Parsed::default();
+        for l in good() {
+            let l = match l.as_str() {
+                "XPMEM-KILL join-dup rc=1 said=1" => {
+                    "XPMEM-KILL join-dup rc=124 said=0".to_string()
+                }
+                "XPMEM-KILL join-left rc=0" => "XPMEM-KILL join-left rc=1".to_string(),
+                _ => l,
+            };
+            p.feed(&l);
+        }
+        let failed: Vec<String> = p
+            .judge()
+            .into_iter()
+            .filter(|c| c.status != Status::Pass)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, ["kill/join/duplicate-refused", "kill/join/leaves"]);
     }
 
     #[test]

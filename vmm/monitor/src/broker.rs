@@ -21,8 +21,9 @@ use event_manager::EventSet;
 use virtio_xpmem_device::remote::{self, ApertureLinks, RemoteAperture};
 use virtio_xpmem_device::{HubClock, VmId, XpmemHub};
 
-use crate::config::Config;
+use crate::config::{Config, VmConfig};
 use crate::events::Watch;
+use crate::join::{JoinServer, Setup};
 use crate::monitor::{
     hub_config, report_domain, report_switch, report_vsock, MonitorError, Outcome,
 };
@@ -33,11 +34,61 @@ use crate::vm_process::{self, CONTROL_FD, HANDSHAKE_FD, SWITCH_FD, VSOCK_ROUTER_
 /// One VM process as the broker sees it.
 struct VmProcess {
     name: String,
-    child: Child,
-    /// Readable when the child has exited (pidfd).
+    /// Its VM's configuration (what a joining VM is checked against).
+    vm: VmConfig,
+    origin: Origin,
+    /// Readable when the process has exited (pidfd).
     exited: OwnedFd,
-    handshake: UnixStream,
     serve: Option<JoinHandle<()>>,
+}
+
+/// How a VM process came to be.
+enum Origin {
+    /// Started by the broker with the setup; says `R` on `handshake` once built.
+    Started { child: Child, handshake: UnixStream },
+    /// Joined the running setup (`xpmem-vmm vm --broker`); not the broker's child, so its
+    /// exit status is its own parent's.
+    Joined { pid: i32 },
+}
+
+impl VmProcess {
+    /// Sends `signal` through the pidfd, so a joined process whose pid was reused since is
+    /// not hit.
+    fn signal(&self, signal: i32) {
+        // SAFETY: pidfd_send_signal(2) with a pidfd this process owns, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.exited.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+/// Serves VM `id`'s xpmem device on `control` in a thread of its own.
+fn serve_thread(
+    hub: &std::sync::Arc<XpmemHub>,
+    links: &ApertureLinks,
+    id: VmId,
+    control: UnixStream,
+    pid: Option<i32>,
+    name: &str,
+) -> std::io::Result<JoinHandle<()>> {
+    let (hub, links, name) = (hub.clone(), links.clone(), name.to_string());
+    std::thread::Builder::new()
+        .name(format!("broker-{name}"))
+        .spawn(move || {
+            if let Err(e) = remote::serve_vm_process(&hub, &links, id, control, pid) {
+                crate::report!("xpmem-vmm: VM {name}: xpmem broker connection: {e}");
+            }
+        })
+}
+
+fn vm_id(index: usize) -> VmId {
+    VmId(u32::try_from(index + 1).unwrap_or(u32::MAX))
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -112,16 +163,19 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// Waits (at most [`SETUP_EXIT_WAIT`]) for a VM process that failed its set-up to end;
 /// returns the status to exit with.
 fn wait_failed(mut p: VmProcess) -> i32 {
+    let Origin::Started { child, .. } = &mut p.origin else {
+        return 1;
+    };
     let deadline = std::time::Instant::now() + SETUP_EXIT_WAIT;
     let status = loop {
-        match p.child.try_wait() {
+        match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             _ => {
-                let _ = p.child.kill();
-                break p.child.wait().ok();
+                let _ = child.kill();
+                break child.wait().ok();
             }
         }
     };
@@ -148,10 +202,12 @@ const SETUP_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Kills the processes that are still running and waits for them.
 fn kill_all(procs: &mut [VmProcess]) {
     for p in procs.iter_mut() {
-        let _ = p.child.kill();
+        p.signal(libc::SIGKILL);
     }
     for p in procs.iter_mut() {
-        let _ = p.child.wait();
+        if let Origin::Started { child, .. } = &mut p.origin {
+            let _ = child.wait();
+        }
         if let Some(t) = p.serve.take() {
             let _ = t.join();
         }
@@ -211,44 +267,38 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
             }
         };
         let pid = i32::try_from(child.id()).ok();
-        let (hub, links, name) = (hub.clone(), links.clone(), cfg.name.clone());
-        let id = VmId(u32::try_from(index + 1).unwrap_or(u32::MAX));
-        let serve = std::thread::Builder::new()
-            .name(format!("broker-{name}"))
-            .spawn(move || {
-                if let Err(e) = remote::serve_vm_process(&hub, &links, id, broker_control, pid) {
-                    crate::report!("xpmem-vmm: VM {name}: xpmem broker connection: {e}");
+        let serve = serve_thread(&hub, &links, vm_id(index), broker_control, pid, &cfg.name);
+        procs.push(VmProcess {
+            name: cfg.name.clone(),
+            vm: cfg.clone(),
+            origin: Origin::Started { child, handshake },
+            exited,
+            serve: None,
+        });
+        match serve {
+            Ok(t) => {
+                if let Some(p) = procs.last_mut() {
+                    p.serve = Some(t);
                 }
-            });
-        let serve = match serve {
-            Ok(t) => Some(t),
+            }
             Err(e) => {
-                procs.push(VmProcess {
-                    name: cfg.name.clone(),
-                    child,
-                    exited,
-                    handshake,
-                    serve: None,
-                });
                 kill_all(&mut procs);
                 return Err(MonitorError::VmProcess(format!(
                     "cannot start a broker thread: {e}"
                 )));
             }
-        };
-        procs.push(VmProcess {
-            name: cfg.name.clone(),
-            child,
-            exited,
-            handshake,
-            serve,
-        });
+        }
     }
 
     // Every VM built, or none starts.
     for i in 0..procs.len() {
         let mut ready = [0u8; 1];
-        let built = procs[i].handshake.read_exact(&mut ready).is_ok() && ready[0] == b'R';
+        let built = match &mut procs[i].origin {
+            Origin::Started { handshake, .. } => {
+                handshake.read_exact(&mut ready).is_ok() && ready[0] == b'R'
+            }
+            Origin::Joined { .. } => true,
+        };
         if !built {
             // That process is ending and says why itself: wait for it (it must not be
             // killed before its message is out), then stop the others.
@@ -260,12 +310,25 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
     }
     for p in &mut procs {
         // A child that died since it said R is seen in the loop below.
-        let _ = p.handshake.write_all(b"G");
+        if let Origin::Started { handshake, .. } = &mut p.origin {
+            let _ = handshake.write_all(b"G");
+        }
     }
+    let joins = match JoinServer::bind(&run_dir) {
+        Ok(joins) => joins,
+        Err(e) => {
+            kill_all(&mut procs);
+            return Err(e);
+        }
+    };
+    crate::report!(
+        "xpmem-vmm: more VMs can join this setup: xpmem-vmm vm --broker {} --name NAME --memory SIZE --kernel PATH ...",
+        joins.path().display()
+    );
 
     // Every thread and process of the setup runs now. The wait's epoll instance is
     // created before the filter, which does not allow that.
-    let watch = match watch_all(&procs, signal_evt) {
+    let watch = match watch_all(&procs, signal_evt, &joins) {
         Ok(watch) => watch,
         Err(e) => {
             kill_all(&mut procs);
@@ -276,7 +339,19 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
         kill_all(&mut procs);
         return Err(MonitorError::VmProcess(e.to_string()));
     }
-    let outcome = wait_all(&mut procs, watch)?;
+    let setup = Setup {
+        switch_mtu: config.switch_mtu(),
+        switch_socket: switch_socket.as_deref(),
+        seccomp: config.seccomp,
+        imports_restricted: config.vms.iter().any(|vm| vm.import_from.is_some()),
+    };
+    let joining = Joining {
+        server: &joins,
+        setup: &setup,
+        hub: &hub,
+        links: &links,
+    };
+    let outcome = wait_all(&mut procs, watch, &joining)?;
     for p in &mut procs {
         if let Some(t) = p.serve.take() {
             let _ = t.join();
@@ -295,29 +370,112 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
 enum BrokerEvent {
     /// SIGINT or SIGTERM.
     Signal,
+    /// A VM waits on the broker socket to join.
+    Join,
     /// VM process `i` (index in the processes) has ended: its pidfd is readable.
     Exited(usize),
 }
 
-/// The broker's wait: the signal eventfd and one pidfd per VM process. Each is watched
-/// until it first fires: a pidfd stays readable once its process has ended, and the
-/// signal eventfd is not read (later signals change nothing).
+/// The broker's wait: the signal eventfd, the broker socket and one pidfd per VM process.
+/// The pidfds and the signal are watched until they first fire: a pidfd stays readable
+/// once its process has ended, and the signal eventfd is not read (later signals change
+/// nothing).
 fn watch_all(
     procs: &[VmProcess],
     signal_evt: &vmm_sys_util::eventfd::EventFd,
+    joins: &JoinServer,
 ) -> Result<Watch<BrokerEvent>, event_manager::Error> {
     let mut watch = Watch::new()?;
     watch.watch(signal_evt, EventSet::IN, BrokerEvent::Signal, true)?;
+    watch.watch(joins.listener_fd(), EventSet::IN, BrokerEvent::Join, false)?;
     for (i, p) in procs.iter().enumerate() {
         watch.watch(&p.exited, EventSet::IN, BrokerEvent::Exited(i), true)?;
     }
     Ok(watch)
 }
 
-/// Waits until every VM process has ended (or a signal stops them all).
+/// What admitting a joining VM takes.
+struct Joining<'a> {
+    server: &'a JoinServer,
+    setup: &'a Setup<'a>,
+    hub: &'a std::sync::Arc<XpmemHub>,
+    links: &'a ApertureLinks,
+}
+
+/// Admits the VM waiting on the broker socket, if it may join: its xpmem connection is
+/// served and its process watched like those of the setup's own VMs.
+fn join_one(
+    procs: &mut Vec<VmProcess>,
+    running: &mut Vec<bool>,
+    watch: &mut Watch<BrokerEvent>,
+    joining: &Joining<'_>,
+) {
+    let index = procs.len();
+    let live: Vec<VmConfig> = procs
+        .iter()
+        .zip(running.iter())
+        .filter(|(_, &r)| r)
+        .map(|(p, _)| p.vm.clone())
+        .collect();
+    let Some(joined) = joining.server.accept(joining.setup, index, &live) else {
+        return;
+    };
+    let name = joined.vm.name.clone();
+    let exited = match pidfd_open(u32::try_from(joined.pid).unwrap_or(0)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            crate::report!("xpmem-vmm: VM {name} cannot join: its process: {e}");
+            return;
+        }
+    };
+    if let Err(e) = watch.watch(&exited, EventSet::IN, BrokerEvent::Exited(index), true) {
+        crate::report!("xpmem-vmm: VM {name} cannot join: {e}");
+        return;
+    }
+    let serve = match serve_thread(
+        joining.hub,
+        joining.links,
+        vm_id(index),
+        joined.control,
+        Some(joined.pid),
+        &name,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            // Its connection is closed with the failed thread's closure: the VM stops.
+            crate::report!("xpmem-vmm: VM {name} cannot join: no thread to serve it: {e}");
+            running.push(false);
+            procs.push(VmProcess {
+                name,
+                vm: joined.vm,
+                origin: Origin::Joined { pid: joined.pid },
+                exited,
+                serve: None,
+            });
+            return;
+        }
+    };
+    crate::report!(
+        "xpmem-vmm: VM {name} joined the setup (VM number {}, process {})",
+        index + 1,
+        joined.pid
+    );
+    running.push(true);
+    procs.push(VmProcess {
+        name,
+        vm: joined.vm,
+        origin: Origin::Joined { pid: joined.pid },
+        exited,
+        serve: Some(serve),
+    });
+}
+
+/// Waits until every VM process has ended (or a signal stops them all), admitting VMs
+/// that join meanwhile.
 fn wait_all(
-    procs: &mut [VmProcess],
+    procs: &mut Vec<VmProcess>,
     mut watch: Watch<BrokerEvent>,
+    joining: &Joining<'_>,
 ) -> Result<Outcome, MonitorError> {
     let mut clean = true;
     let mut running = vec![true; procs.len()];
@@ -332,15 +490,23 @@ fn wait_all(
                 running.iter().filter(|&&r| r).count()
             );
             for (p, _) in procs.iter().zip(&running).filter(|(_, &r)| r) {
-                // SAFETY: kill(2) on a child that has not been reaped (its pid is ours).
-                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+                p.signal(libc::SIGTERM);
             }
             interrupted = Some(signo);
+        }
+        if fired.contains(&BrokerEvent::Join) {
+            if interrupted.is_some() {
+                // The socket stays readable until the connection is taken.
+                joining.server.turn_away("the setup is stopping");
+            } else {
+                join_one(procs, &mut running, &mut watch, joining);
+            }
         }
         // In process order, as they are reported.
         fired.sort_by_key(|e| match e {
             BrokerEvent::Signal => 0,
-            BrokerEvent::Exited(i) => i + 1,
+            BrokerEvent::Join => 1,
+            BrokerEvent::Exited(i) => i + 2,
         });
         for event in fired {
             let BrokerEvent::Exited(i) = event else {
@@ -350,7 +516,19 @@ fn wait_all(
                 continue;
             };
             *alive = false;
-            match p.child.wait() {
+            let child = match &mut p.origin {
+                Origin::Started { child, .. } => child,
+                Origin::Joined { pid } => {
+                    if interrupted.is_none() {
+                        crate::report!(
+                            "xpmem-vmm: VM {} left the setup (its process {pid} ended)",
+                            p.name
+                        );
+                    }
+                    continue;
+                }
+            };
+            match child.wait() {
                 Ok(status) => {
                     if !status.success() && interrupted.is_none() {
                         crate::report!(

@@ -12,6 +12,7 @@ pub const USAGE: &str = "\
 usage: xpmem-vmm --config FILE
        xpmem-vmm --name NAME --memory SIZE --kernel PATH [options]
        xpmem-vmm switch --socket PATH [--mtu N]
+       xpmem-vmm vm --broker SOCKET --name NAME --memory SIZE --kernel PATH [options]
        xpmem-vmm exec --socket PATH [options] COMMAND...
 
 Launches one or more KVM guests. With --config, every [[vm]] table of the TOML
@@ -40,6 +41,13 @@ file is started; otherwise one VM is described by flags:
 listening at PATH (one SOCK_SEQPACKET connection per port) until SIGINT or
 SIGTERM, then prints its counters; a config's [switch] socket = PATH makes
 the VMs connect to it.
+
+`xpmem-vmm vm --broker SOCKET VM-FLAGS...` starts one more VM, described by
+the VM flags above, in a setup that is running: SOCKET is the broker socket
+its monitor printed at start (broker.sock in its runtime directory). The VM
+gets the CID, address and MAC of the next VM number of the setup, shares
+XPMEM, the switch and guest-to-guest vsock with the others, and leaves the
+setup when it ends; it ends when the setup's monitor ends.
 
 `xpmem-vmm exec --socket PATH COMMAND...` runs COMMAND in the VM whose vsock
 socket is PATH, through its guest agent; see `xpmem-vmm exec --help`.
@@ -70,6 +78,8 @@ pub enum CliError {
     },
     #[error("switch: {0}; usage: xpmem-vmm switch --socket PATH [--mtu N]")]
     Switch(String),
+    #[error("vm: {0}; usage: xpmem-vmm vm --broker SOCKET --name NAME --memory SIZE --kernel PATH [VM flags]")]
+    Join(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -154,12 +164,108 @@ fn set(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), CliEr
 
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
-    let mut flags = Flags::default();
     let mut args = args.into_iter().peekable();
     if args.peek().map(String::as_str) == Some("switch") {
         args.next();
         return parse_switch(args);
     }
+    let flags = match parse_flags(args)? {
+        Parsed::Early(command) => return Ok(command),
+        Parsed::Flags(flags) => flags,
+    };
+    if let Some(path) = flags.config {
+        if let Some(flag) = flags.first_vm_flag {
+            return Err(CliError::ConfigAndFlags(flag));
+        }
+        return Ok(Command::Run(Config::from_file(&path)?));
+    }
+    let spec = spec_from_flags(flags)?;
+    Ok(Command::Run(Config::from_specs(
+        XpmemSettings::default(),
+        SwitchSettings::default(),
+        &[spec],
+        Path::new(""),
+    )?))
+}
+
+/// `xpmem-vmm vm --broker SOCKET VM-FLAGS...`: one VM, described by flags, that joins the
+/// running setup whose broker listens at SOCKET.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JoinArgs {
+    pub broker: PathBuf,
+    pub spec: VmSpec,
+}
+
+/// Parses the arguments after `vm`; `Ok(None)` for `--help`.
+pub fn parse_join<I: IntoIterator<Item = String>>(args: I) -> Result<Option<JoinArgs>, CliError> {
+    let mut broker = None;
+    let mut rest = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "--broker" {
+            let value = flag_value(&flag, inline, &mut args)?;
+            set(&mut broker, &flag, value)?;
+        } else {
+            rest.push(arg);
+        }
+    }
+    if rest.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(None);
+    }
+    let spec = parse_vm_spec(rest)?;
+    let broker = broker.ok_or_else(|| CliError::Join("--broker SOCKET is required".into()))?;
+    Ok(Some(JoinArgs {
+        broker: PathBuf::from(broker),
+        spec,
+    }))
+}
+
+/// `args` of `vm` without `--broker SOCKET`: the VM flags a joining process sends.
+pub fn without_broker(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip = false;
+    for arg in args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if arg == "--broker" {
+            skip = true;
+        } else if !arg.starts_with("--broker=") {
+            out.push(arg.clone());
+        }
+    }
+    out
+}
+
+/// The one VM that VM flags describe (no `--config`).
+pub fn parse_vm_spec<I: IntoIterator<Item = String>>(args: I) -> Result<VmSpec, CliError> {
+    let flags = match parse_flags(args.into_iter().peekable())? {
+        Parsed::Early(_) => return Err(CliError::Join("--help is not a VM flag".into())),
+        Parsed::Flags(flags) => flags,
+    };
+    if flags.config.is_some() {
+        return Err(CliError::Join(
+            "--config does not go with vm --broker; describe the joining VM with flags".into(),
+        ));
+    }
+    spec_from_flags(flags)
+}
+
+enum Parsed {
+    /// `--help` or `--version`.
+    Early(Command),
+    Flags(Box<Flags>),
+}
+
+/// The VM flags and `--config`.
+fn parse_flags(
+    mut args: std::iter::Peekable<impl Iterator<Item = String>>,
+) -> Result<Parsed, CliError> {
+    let mut flags = Flags::default();
     while let Some(arg) = args.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -167,8 +273,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             _ => (arg.clone(), None),
         };
         match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
+            "-h" | "--help" => return Ok(Parsed::Early(Command::Help)),
+            "-V" | "--version" => return Ok(Parsed::Early(Command::Version)),
             _ => {}
         }
         if flag == "--no-net" || flag == "--no-vsock" {
@@ -219,13 +325,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
         }
     }
 
-    if let Some(path) = flags.config {
-        if let Some(flag) = flags.first_vm_flag {
-            return Err(CliError::ConfigAndFlags(flag));
-        }
-        return Ok(Command::Run(Config::from_file(&path)?));
-    }
+    Ok(Parsed::Flags(Box::new(flags)))
+}
 
+/// The VM the flags describe.
+fn spec_from_flags(flags: Box<Flags>) -> Result<VmSpec, CliError> {
     let name = flags.name.ok_or(CliError::MissingFlag("--name"))?;
     let memory = flags.memory.ok_or(CliError::MissingFlag("--memory"))?;
     let kernel = flags.kernel.ok_or(CliError::MissingFlag("--kernel"))?;
@@ -262,12 +366,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             .no_vsock
             .then_some(crate::config::VsockSpec::Enabled(false)),
     };
-    Ok(Command::Run(Config::from_specs(
-        XpmemSettings::default(),
-        SwitchSettings::default(),
-        &[spec],
-        Path::new(""),
-    )?))
+    Ok(spec)
 }
 
 /// `switch --socket PATH [--mtu N]`.
@@ -314,6 +413,37 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_joining_vm_is_its_flags_and_a_broker_socket() {
+        let a = args("--name j --memory 256M --broker /run/x/broker.sock --kernel bz --no-vsock");
+        let join = parse_join(a.clone()).unwrap().unwrap();
+        assert_eq!(join.broker, PathBuf::from("/run/x/broker.sock"));
+        assert_eq!(join.spec.name, "j");
+        assert_eq!(
+            join.spec.vsock,
+            Some(crate::config::VsockSpec::Enabled(false))
+        );
+        // What the joining process sends the broker, which parses it the same way.
+        let sent = without_broker(&a);
+        assert_eq!(sent, args("--name j --memory 256M --kernel bz --no-vsock"));
+        assert_eq!(parse_vm_spec(sent).unwrap(), join.spec);
+        assert_eq!(
+            without_broker(&args("--broker=/s --name j")),
+            args("--name j")
+        );
+        assert_eq!(parse_join(args("--broker /s --help")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_joining_vm_needs_a_broker_and_flags_not_a_config() {
+        let e = parse_join(args("--name j --memory 256M --kernel bz")).unwrap_err();
+        assert!(e.to_string().contains("--broker SOCKET is required"), "{e}");
+        let e = parse_join(args("--broker /s --config c.toml")).unwrap_err();
+        assert!(e.to_string().contains("--config does not go with"), "{e}");
+        let e = parse_join(args("--broker /s --name j --kernel bz")).unwrap_err();
+        assert_eq!(e, CliError::MissingFlag("--memory"));
     }
 
     #[test]

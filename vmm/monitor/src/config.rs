@@ -751,7 +751,7 @@ impl VmSpec {
         self.validate_with(base_dir, 0, DEFAULT_MTU)
     }
 
-    fn validate_with(
+    pub(crate) fn validate_with(
         &self,
         base_dir: &Path,
         index: usize,
@@ -906,6 +906,80 @@ impl VmSpec {
     }
 }
 
+/// What no two VMs of a setup may share: a name, a writable disk, a MAC, a TAP, a vsock
+/// CID or socket, an address.
+fn check_distinct(vms: &[VmConfig]) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for vm in vms {
+        if !names.insert(vm.name.as_str()) {
+            return Err(ConfigError::DuplicateName(vm.name.clone()));
+        }
+    }
+    check_shared_disks(vms)?;
+    let mut macs: HashMap<net_switch::Mac, &str> = HashMap::new();
+    for vm in vms {
+        if let Some(net) = &vm.net {
+            if let Some(other) = macs.insert(net.mac, &vm.name) {
+                return Err(ConfigError::DuplicateMac(
+                    other.to_string(),
+                    vm.name.clone(),
+                    net.mac.to_string(),
+                ));
+            }
+        }
+    }
+    let mut taps: HashMap<virtio_net_device::TapName, &str> = HashMap::new();
+    for vm in vms {
+        if let Some(tap) = vm.net.and_then(|n| n.tap) {
+            if let Some(other) = taps.insert(tap, &vm.name) {
+                return Err(ConfigError::BadNet {
+                    vm: vm.name.clone(),
+                    reason: format!(
+                        "tap {tap} is VM {other}'s too; a TAP interface serves one VM: give each its own"
+                    ),
+                });
+            }
+        }
+    }
+    let mut cids: HashMap<u64, &str> = HashMap::new();
+    let mut sockets: HashMap<&Path, &str> = HashMap::new();
+    for vm in vms {
+        if let Some(v) = &vm.vsock {
+            if let Some(other) = cids.insert(v.cid, &vm.name) {
+                return Err(ConfigError::DuplicateCid(
+                    other.to_string(),
+                    vm.name.clone(),
+                    v.cid,
+                ));
+            }
+            if let Some(path) = &v.socket {
+                if let Some(other) = sockets.insert(path, &vm.name) {
+                    return Err(ConfigError::DuplicateVsockSocket(
+                        other.to_string(),
+                        vm.name.clone(),
+                        path.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
+    for vm in vms {
+        if let Some(net) = &vm.net {
+            if let Some(other) = ips.insert(net.ip, &vm.name) {
+                return Err(ConfigError::BadNet {
+                    vm: vm.name.clone(),
+                    reason: format!(
+                        "ip {} is VM {other}'s address too; give each VM its own (net.ip)",
+                        net.ip
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An image used writable by one disk must not be used by any other disk of the
 /// setup (same VM or not); read-only uses may share.
 fn check_shared_disks(vms: &[VmConfig]) -> Result<(), ConfigError> {
@@ -1040,68 +1114,7 @@ impl Config {
             }
             vms.push(vm);
         }
-        check_shared_disks(&vms)?;
-        let mut macs: HashMap<net_switch::Mac, &str> = HashMap::new();
-        for vm in &vms {
-            if let Some(net) = &vm.net {
-                if let Some(other) = macs.insert(net.mac, &vm.name) {
-                    return Err(ConfigError::DuplicateMac(
-                        other.to_string(),
-                        vm.name.clone(),
-                        net.mac.to_string(),
-                    ));
-                }
-            }
-        }
-        let mut taps: HashMap<virtio_net_device::TapName, &str> = HashMap::new();
-        for vm in &vms {
-            if let Some(tap) = vm.net.and_then(|n| n.tap) {
-                if let Some(other) = taps.insert(tap, &vm.name) {
-                    return Err(ConfigError::BadNet {
-                        vm: vm.name.clone(),
-                        reason: format!(
-                            "tap {tap} is VM {other}'s too; a TAP interface serves one VM: give each its own"
-                        ),
-                    });
-                }
-            }
-        }
-        let mut cids: HashMap<u64, &str> = HashMap::new();
-        let mut sockets: HashMap<&Path, &str> = HashMap::new();
-        for vm in &vms {
-            if let Some(v) = &vm.vsock {
-                if let Some(other) = cids.insert(v.cid, &vm.name) {
-                    return Err(ConfigError::DuplicateCid(
-                        other.to_string(),
-                        vm.name.clone(),
-                        v.cid,
-                    ));
-                }
-                if let Some(path) = &v.socket {
-                    if let Some(other) = sockets.insert(path, &vm.name) {
-                        return Err(ConfigError::DuplicateVsockSocket(
-                            other.to_string(),
-                            vm.name.clone(),
-                            path.clone(),
-                        ));
-                    }
-                }
-            }
-        }
-        let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
-        for vm in &vms {
-            if let Some(net) = &vm.net {
-                if let Some(other) = ips.insert(net.ip, &vm.name) {
-                    return Err(ConfigError::BadNet {
-                        vm: vm.name.clone(),
-                        reason: format!(
-                            "ip {} is VM {other}'s address too; give each VM its own (net.ip)",
-                            net.ip
-                        ),
-                    });
-                }
-            }
-        }
+        check_distinct(&vms)?;
         let mut notes = Vec::new();
         if let Some(hosts) = Self::hosts_param(&vms) {
             let longest = vms
@@ -1176,6 +1189,42 @@ impl Config {
             switch,
             vms,
             notes,
+        })
+    }
+
+    /// The MTU of the setup's switch (the default when it has none).
+    pub fn switch_mtu(&self) -> u16 {
+        self.switch.as_ref().map_or(DEFAULT_MTU, |s| s.mtu)
+    }
+
+    /// VM `spec` (paths relative to `base_dir`) joining a running setup as its VM number
+    /// `index + 1`: its configuration as if it had been that entry of the config file
+    /// (CID, address and MAC from `index`). The joining process and the broker both call
+    /// this with the broker's `index` and `switch_mtu`, so they get the same VM; the
+    /// broker then checks it with [`Config::admit`].
+    pub fn joining_vm(
+        spec: &VmSpec,
+        base_dir: &Path,
+        index: usize,
+        switch_mtu: u16,
+    ) -> Result<VmConfig, ConfigError> {
+        let mut vm = spec.validate_with(base_dir, index, switch_mtu)?;
+        vm.stdin =
+            vm.console == Console::Stdout && spec.stdin != Some(false) && spec.input.is_none();
+        Ok(vm)
+    }
+
+    /// Checks that `vm` shares nothing it may not with the VMs running now, `live`
+    /// ([`check_distinct`]); returns its guest's `xpmem.hosts=` (the names of the live
+    /// VMs and its own, when it is on the switch).
+    pub fn admit(vm: &VmConfig, live: &[VmConfig]) -> Result<Option<String>, ConfigError> {
+        let mut all: Vec<VmConfig> = live.to_vec();
+        all.push(vm.clone());
+        check_distinct(&all)?;
+        Ok(if vm.net.is_some_and(|n| n.on_switch()) {
+            Self::hosts_param(&all)
+        } else {
+            None
         })
     }
 
@@ -1966,6 +2015,42 @@ mod tests {
         ] {
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn a_joining_vm_is_configured_as_the_next_vm_number_and_must_share_nothing() {
+        let live = Config::from_toml(
+            &format!("{}{}", vm("a", ""), vm("b", "")),
+            Path::new("/cfg"),
+        )
+        .unwrap()
+        .vms;
+        let spec = |name: &str| {
+            crate::cli::parse_vm_spec(
+                format!("--name {name} --memory 256M --kernel bz")
+                    .split_whitespace()
+                    .map(String::from),
+            )
+            .unwrap()
+        };
+        // VM number 4 (a third VM left before): CID 3 + 3, address 169.254.1.4.
+        let j = Config::joining_vm(&spec("j"), Path::new("/home/u"), 3, DEFAULT_MTU).unwrap();
+        assert_eq!(j.vsock.as_ref().map(|v| v.cid), Some(6));
+        assert_eq!(j.net.map(|n| n.ip), link_local_ipv4(3));
+        assert_eq!(j.kernel, PathBuf::from("/home/u/bz"));
+        let hosts = Config::admit(&j, &live).unwrap();
+        // a and b at their index addresses; j is third in the list, so its address is
+        // spelled out.
+        assert_eq!(hosts.as_deref(), Some("a,b,j:1.4"));
+        // A name, a CID or an address that a live VM has is refused.
+        let dup = Config::joining_vm(&spec("a"), Path::new("/"), 3, DEFAULT_MTU).unwrap();
+        assert_eq!(
+            Config::admit(&dup, &live).unwrap_err(),
+            ConfigError::DuplicateName("a".into())
+        );
+        let same_cid = Config::joining_vm(&spec("k"), Path::new("/"), 1, DEFAULT_MTU).unwrap();
+        let e = Config::admit(&same_cid, &live).unwrap_err().to_string();
+        assert!(e.contains("same vsock CID 4"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod config;
 pub mod devices;
 pub(crate) mod events;
 pub mod exec;
+pub mod join;
 pub mod kvm;
 pub mod layout;
 pub mod lifecycle;

@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("exec") {
         return ExitCode::from(xpmem_vmm::exec::main(std::env::args().skip(2)));
     }
+    if std::env::args().nth(1).as_deref() == Some("vm") {
+        return finish(xpmem_vmm::join::run(std::env::args().skip(2).collect()));
+    }
     if std::env::args().nth(1).as_deref() == Some("vm-process") {
         let result = xpmem_vmm::vm_process::parse(std::env::args().skip(2))
             .map_err(xpmem_vmm::monitor::MonitorError::VmProcess)

@@ -8,8 +8,9 @@
 //! through and has the kernel log them (to find what a new code path needs), `"off"`
 //! installs nothing (`no_new_privs` is set anyway).
 //!
-//! What is left out: process creation (`fork`, `clone`, `clone3`, `execve`: no thread
-//! or process is started after set-up), new files by path (`open`/`openat` only in the
+//! What is left out: process creation (`fork`, `clone` without `CLONE_THREAD`, `execve`;
+//! a VM process starts no thread after set-up either, the broker one per VM that joins),
+//! new files by path (`open`/`openat` only in the
 //! broker, which removes its runtime directory at the end), mounting, ptrace, module
 //! loading, `bpf`, namespaces, `kexec`, and everything else not listed.
 
@@ -122,10 +123,16 @@ const VM_ONLY: &[i64] = &[
     libc::SYS_unlinkat,
 ];
 
-/// The broker also: signals and reaps its VM processes, and removes its runtime
-/// directory (and the sockets in it) at the end.
+/// The broker also: signals and reaps its VM processes (through pidfds for VMs that
+/// joined), admits joining VMs (a pidfd, a switch port it connects, a serving thread:
+/// `clone` for threads only, see [`THREADS_ONLY`]), and removes its runtime directory
+/// (and the sockets in it) at the end.
 const BROKER_ONLY: &[i64] = &[
     libc::SYS_kill,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_socket,
+    libc::SYS_connect,
     libc::SYS_wait4,
     libc::SYS_waitid,
     libc::SYS_openat,
@@ -135,18 +142,49 @@ const BROKER_ONLY: &[i64] = &[
     libc::SYS_rmdir,
 ];
 
+/// `clone` flags a new thread has and a new process has not.
+const THREADS_ONLY: u64 = libc::CLONE_THREAD as u64;
+
 /// The filter of `kind` with `mismatch` for calls outside its list.
 pub fn filter(kind: ProcessKind, mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
     let extra = match kind {
         ProcessKind::Broker => BROKER_ONLY,
         ProcessKind::Vm => VM_ONLY,
     };
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = COMMON
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(extra)
         .map(|&nr| (nr, Vec::new()))
         .collect();
+    if kind == ProcessKind::Broker {
+        // A thread for each VM that joins, never a process. glibc creates threads with
+        // clone3, whose flags sit in memory a filter cannot read: clone3 is allowed here
+        // and answered ENOSYS by `clone3_unsupported`, and glibc falls back to clone.
+        let thread = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(THREADS_ONLY),
+            THREADS_ONLY,
+        )?;
+        rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![thread])?]);
+        rules.insert(libc::SYS_clone3, Vec::new());
+    }
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
+    Ok(filter.try_into()?)
+}
+
+/// The second filter of a process that may start threads: `clone3` fails with ENOSYS
+/// (with two filters the kernel takes the stricter answer, so this wins over the first
+/// filter's allowing it).
+fn clone3_unsupported() -> Result<BpfProgram, SandboxError> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )?;
     Ok(filter.try_into()?)
 }
 
@@ -162,7 +200,11 @@ pub fn install(kind: ProcessKind, mode: SeccompMode) -> Result<(), SandboxError>
         SeccompMode::Log => Some(SeccompAction::Log),
     };
     let program = mismatch.map(|m| filter(kind, m)).transpose()?;
-    apply(program.as_ref())
+    let threads = match (kind, program.is_some()) {
+        (ProcessKind::Broker, true) => Some(clone3_unsupported()?),
+        _ => None,
+    };
+    apply(program.as_ref(), threads.as_ref())
 }
 
 /// Offset of `si_syscall` in a SIGSYS `siginfo_t` on x86_64 (after `si_signo`, `si_errno`,
@@ -225,14 +267,15 @@ fn install_sigsys_reporter() -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Sets `no_new_privs` and installs `program` (if any) on every thread. Allocates
-/// nothing (the tests call it in a child forked from a multi-threaded process).
-fn apply(program: Option<&BpfProgram>) -> Result<(), SandboxError> {
+/// Sets `no_new_privs` and installs `second` and `program` (if any) on every thread. Allocates nothing (the tests call it in a child forked from a multi-threaded
+/// process).
+fn apply(program: Option<&BpfProgram>, second: Option<&BpfProgram>) -> Result<(), SandboxError> {
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes no pointers.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(SandboxError::NoNewPrivs(std::io::Error::last_os_error()));
     }
-    if let Some(program) = program {
+    // `second` first: installing a filter is a system call `program` does not allow.
+    for program in [second, program].into_iter().flatten() {
         seccompiler::apply_filter_all_threads(program)?;
     }
     Ok(())
@@ -266,7 +309,7 @@ mod tests {
         for kind in [ProcessKind::Vm, ProcessKind::Broker] {
             let program = filter(kind, SeccompAction::Trap).unwrap();
             let status = in_child(|| {
-                if install_sigsys_reporter().is_err() || apply(Some(&program)).is_err() {
+                if install_sigsys_reporter().is_err() || apply(Some(&program), None).is_err() {
                     return 3;
                 }
                 // Allowed calls work under the filter...
@@ -289,10 +332,48 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_may_start_threads_but_not_processes() {
+        let program = filter(ProcessKind::Broker, SeccompAction::Trap).unwrap();
+        let threads = clone3_unsupported().unwrap();
+        let filtered =
+            || install_sigsys_reporter().is_ok() && apply(Some(&program), Some(&threads)).is_ok();
+        // A thread, as for a VM that joins (glibc: clone3 gets ENOSYS, then clone).
+        let status = in_child(|| {
+            if !filtered() {
+                return 3;
+            }
+            match std::thread::Builder::new().spawn(|| 7).map(|t| t.join()) {
+                Ok(Ok(7)) => 0,
+                _ => 4,
+            }
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the broker's filter stopped a thread (status {status:#x})"
+        );
+        // A process is still forbidden: fork must not return.
+        let status = in_child(|| {
+            if !filtered() {
+                return 3;
+            }
+            // SAFETY: fork in the child; the grandchild would only _exit.
+            if unsafe { libc::fork() } == 0 {
+                // SAFETY: _exit in the forked grandchild.
+                unsafe { libc::_exit(6) };
+            }
+            5
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "the broker's filter let a process start (status {status:#x})"
+        );
+    }
+
+    #[test]
     fn log_mode_lets_the_call_through_and_no_new_privs_is_set() {
         let program = filter(ProcessKind::Vm, SeccompAction::Log).unwrap();
         let status = in_child(|| {
-            if apply(Some(&program)).is_err() {
+            if apply(Some(&program), None).is_err() {
                 return 3;
             }
             // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes no pointers.

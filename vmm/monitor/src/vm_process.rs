@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use event_manager::EventSet;
@@ -19,13 +19,14 @@ use virtio_xpmem_device::VmId;
 
 use crate::boot;
 use crate::cli::{self, Command};
-use crate::config::Config;
+use crate::config::VmConfig;
 use crate::events::Watch;
 use crate::kvm;
 use crate::lifecycle::ExitReason;
 use crate::monitor::{
     mappings_per_vm, report, report_booting, report_vsock_socket, MonitorError, Outcome,
 };
+use crate::sandbox::SeccompMode;
 use crate::signals;
 use crate::terminal::RawModeGuard;
 use crate::vcpu;
@@ -117,19 +118,47 @@ pub fn run(p: &VmProcessArgs) -> Result<Outcome, MonitorError> {
         }
         Err(e) => return Err(MonitorError::VmProcess(e.to_string())),
     };
-    run_vm(p, &config, control, &mut handshake, switch_port)
-}
-
-fn run_vm(
-    p: &VmProcessArgs,
-    config: &Config,
-    control: UnixStream,
-    handshake: &mut UnixStream,
-    switch_port: Option<net_switch::socket::FrameSocket>,
-) -> Result<Outcome, MonitorError> {
     let cfg = config.vms.get(p.index).ok_or_else(|| {
         MonitorError::VmProcess(format!("the configuration has no VM {}", p.index))
     })?;
+    let start = VmStart {
+        index: p.index,
+        run_dir: &p.run_dir,
+        cfg,
+        stdout_consoles: config.stdout_consoles(),
+        seccomp: config.seccomp,
+        handshake: Some(&mut handshake),
+    };
+    run_vm(start, control, switch_port)
+}
+
+/// What a VM process runs: VM `index` of the setup whose runtime directory is `run_dir`.
+pub(crate) struct VmStart<'a> {
+    pub index: usize,
+    pub run_dir: &'a Path,
+    pub cfg: &'a VmConfig,
+    /// VMs of the setup whose console is stdout (prefixes console lines when more than 1).
+    pub stdout_consoles: usize,
+    pub seccomp: SeccompMode,
+    /// Started with the setup: says `R` once built and runs only after the broker's `G`.
+    /// `None`: a VM that joins a running setup and starts at once.
+    pub handshake: Option<&'a mut UnixStream>,
+}
+
+/// Builds and runs the VM; `control` is its xpmem connection to the broker.
+pub(crate) fn run_vm(
+    start: VmStart<'_>,
+    control: UnixStream,
+    switch_port: Option<net_switch::socket::FrameSocket>,
+) -> Result<Outcome, MonitorError> {
+    let VmStart {
+        index,
+        run_dir,
+        cfg,
+        stdout_consoles,
+        seccomp,
+        handshake,
+    } = start;
     let vm_error = |source| MonitorError::Vm {
         name: cfg.name.clone(),
         source,
@@ -141,8 +170,8 @@ fn run_vm(
     vcpu::install_kick_handler().map_err(MonitorError::Signals)?;
     let signal_evt = signals::install().map_err(MonitorError::Signals)?;
     let shared = Shared {
-        vsock_router: VsockRouting::Socket(p.run_dir.join(VSOCK_ROUTER_SOCKET)),
-        run_dir: p.run_dir.clone(),
+        vsock_router: VsockRouting::Socket(run_dir.join(VSOCK_ROUTER_SOCKET)),
+        run_dir: run_dir.to_path_buf(),
         switch_socket: None,
         switch_port: Mutex::new(switch_port),
         xpmem: XpmemAttach::Broker {
@@ -150,20 +179,22 @@ fn run_vm(
             mappings: mappings_per_vm(1),
         },
     };
-    let id = u32::try_from(p.index + 1)
+    let id = u32::try_from(index + 1)
         .map(VmId)
         .map_err(|_| vm_error(VmError::Xpmem("too many VMs".into())))?;
-    let vm = Vm::new(&kvm, cfg, id, &shared, config.stdout_consoles(), disks).map_err(vm_error)?;
+    let vm = Vm::new(&kvm, cfg, id, &shared, stdout_consoles, disks).map_err(vm_error)?;
 
     // Built: tell the broker, and start only when every VM of the setup is built.
-    let mut go = [0u8; 1];
-    let told = handshake
-        .write_all(b"R")
-        .and_then(|()| handshake.read_exact(&mut go));
-    if told.is_err() || go[0] != b'G' {
-        return Err(MonitorError::VmProcess(
-            "the broker did not start this VM (another VM of the setup failed, or the broker ended)".into(),
-        ));
+    if let Some(handshake) = handshake {
+        let mut go = [0u8; 1];
+        let told = handshake
+            .write_all(b"R")
+            .and_then(|()| handshake.read_exact(&mut go));
+        if told.is_err() || go[0] != b'G' {
+            return Err(MonitorError::VmProcess(
+                "the broker did not start this VM (another VM of the setup failed, or the broker ended)".into(),
+            ));
+        }
     }
 
     let _raw_terminal = if cfg.stdin {
@@ -182,7 +213,7 @@ fn run_vm(
     let set_up = main_watch(signal_evt, &running)
         .map_err(|e| MonitorError::Events(e).to_string())
         .and_then(|watch| {
-            crate::sandbox::install(crate::sandbox::ProcessKind::Vm, config.seccomp)
+            crate::sandbox::install(crate::sandbox::ProcessKind::Vm, seccomp)
                 .map(|()| watch)
                 .map_err(|e| e.to_string())
         });

@@ -322,6 +322,13 @@ impl From<OwnedFd> for FrameSocket {
     }
 }
 
+impl From<FrameSocket> for OwnedFd {
+    /// The connection, to hand to another process (or use as another socket type).
+    fn from(socket: FrameSocket) -> Self {
+        socket.fd
+    }
+}
+
 impl AsRawFd for FrameSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

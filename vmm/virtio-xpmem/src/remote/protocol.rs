@@ -149,11 +149,7 @@ fn codec() -> impl bincode::Options {
 }
 
 /// Sends one message with `fds` beside it.
-pub(crate) fn send<T: Serialize>(
-    sock: &UnixStream,
-    msg: &T,
-    fds: &[RawFd],
-) -> Result<(), RemoteError> {
+pub fn send<T: Serialize>(sock: &UnixStream, msg: &T, fds: &[RawFd]) -> Result<(), RemoteError> {
     use bincode::Options;
     let bytes = codec()
         .serialize(msg)
@@ -177,7 +173,7 @@ pub(crate) fn send<T: Serialize>(
 
 /// Receives one message and the descriptors that came with it. `Ok(None)`: the peer closed
 /// the connection.
-pub(crate) fn recv<T: DeserializeOwned>(
+pub fn recv<T: DeserializeOwned>(
     sock: &UnixStream,
 ) -> Result<Option<(T, Vec<OwnedFd>)>, RemoteError> {
     use bincode::Options;
