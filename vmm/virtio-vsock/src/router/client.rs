@@ -341,9 +341,13 @@ impl SocketPort {
         g.held.is_some()
     }
 
+    /// Whether the device should poll the socket: while it holds no packet. This must
+    /// not read the socket itself: a packet read here, after the device last looked for
+    /// one and before it waits, would be held with nothing left to make the socket
+    /// readable, and a guest that already posted its receive buffers (and sends nothing,
+    /// waiting for exactly that packet, say a credit update) would never get it.
     pub(super) fn wake_armed(&self) -> bool {
-        let mut g = self.lock();
-        self.fill(&mut g);
+        let g = self.lock();
         !g.gone && g.held.is_none()
     }
 
