@@ -93,6 +93,10 @@ const COMMON: &[i64] = &[
     libc::SYS_exit_group,
     libc::SYS_poll,
     libc::SYS_ppoll,
+    // No epoll_create1: every event loop's epoll instance is made before the filter (the
+    // event threads', the main waits', the switch's and the router's during set-up; a
+    // broker-vm thread's before its VM process is welcomed, which is before that process
+    // reports itself built, and the broker installs its filter only after all have).
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
