@@ -6,9 +6,9 @@
 //! - A VM's **event thread** ([`EventThread`]): one [`QueueNotifiers`] per virtio
 //!   transport (its ioeventfds), one [`Backend`] per device with a backend descriptor,
 //!   the serial [`Input`] and the [`Stop`] eventfd.
-//! - The **main threads** of a VM process and of the broker wait on a [`Watch`]: one
-//!   [`Watched`] subscriber per descriptor records that it fired, and the loop acts on
-//!   it (stopping the VM, reaping a child: what the loop itself owns).
+//! - The **main threads** of a VM process, of the broker and of the single process wait
+//!   on a [`Watch`]: one [`Watched`] subscriber per descriptor records that it fired,
+//!   and the loop acts on it (stopping a VM, reaping a child: what the loop itself owns).
 //!
 //! The subscribers' mutexes are taken by their loop's thread only, before any other
 //! lock (a transport's, the UART's): they add nothing to the lock order
@@ -520,6 +520,8 @@ impl<T: Copy + PartialEq + Send> Registering for Watched<T> {
 pub struct Watch<T> {
     manager: Manager,
     fired: Arc<Mutex<Vec<T>>>,
+    /// Every watched descriptor's tag and subscriber, for [`Watch::forget`].
+    watched: Vec<(T, SubscriberId)>,
 }
 
 impl<T: Copy + PartialEq + Send + 'static> Watch<T> {
@@ -528,6 +530,7 @@ impl<T: Copy + PartialEq + Send + 'static> Watch<T> {
         Ok(Watch {
             manager: Manager::new()?,
             fired: Arc::new(Mutex::new(Vec::new())),
+            watched: Vec::new(),
         })
     }
 
@@ -540,7 +543,7 @@ impl<T: Copy + PartialEq + Send + 'static> Watch<T> {
         tag: T,
         once: bool,
     ) -> Result<(), event_manager::Error> {
-        subscribe(
+        let (id, _) = subscribe(
             &mut self.manager,
             Watched {
                 fd: fd.as_raw_fd(),
@@ -550,8 +553,23 @@ impl<T: Copy + PartialEq + Send + 'static> Watch<T> {
                 fired: self.fired.clone(),
                 init_error: None,
             },
-        )
-        .map(|_| ())
+        )?;
+        self.watched.push((tag, id));
+        Ok(())
+    }
+
+    /// Stops watching the descriptors tagged `tag`; called while they are still open (a
+    /// descriptor closed while in the epoll set stays there as long as another descriptor
+    /// refers to the same file, and can no longer be removed by its number).
+    pub fn forget(&mut self, tag: T) {
+        let (gone, kept) = std::mem::take(&mut self.watched)
+            .into_iter()
+            .partition(|(t, _)| *t == tag);
+        self.watched = kept;
+        for (_, id) in gone {
+            // Only an unknown id fails, and each is removed once.
+            let _ = self.manager.remove_subscriber(id);
+        }
     }
 
     /// Blocks until a watched descriptor is ready (a signal's interruption is not an
@@ -754,6 +772,30 @@ mod tests {
         level.read().unwrap();
         drop(peer);
         assert_eq!(watch.wait().unwrap(), vec!['h']);
+    }
+
+    #[test]
+    fn a_forgotten_descriptor_is_no_longer_reported() {
+        let mut watch = Watch::new().unwrap();
+        let a = EventFd::new(EFD_NONBLOCK).unwrap();
+        let b = EventFd::new(EFD_NONBLOCK).unwrap();
+        watch.watch(&a, EventSet::IN, 'a', false).unwrap();
+        watch.watch(&b, EventSet::IN, 'b', false).unwrap();
+        a.write(1).unwrap();
+        b.write(1).unwrap();
+        assert_eq!(watch.wait().unwrap().len(), 2);
+        // Both stay readable; only b is still watched. Forgetting twice is harmless.
+        watch.forget('a');
+        watch.forget('a');
+        assert_eq!(watch.wait().unwrap(), vec!['b']);
+        // A forgotten descriptor can be closed, and its number (likely that of the next
+        // new descriptor) watched again.
+        drop(a);
+        let c = EventFd::new(EFD_NONBLOCK).unwrap();
+        watch.watch(&c, EventSet::IN, 'c', false).unwrap();
+        b.read().unwrap();
+        c.write(1).unwrap();
+        assert_eq!(watch.wait().unwrap(), vec!['c']);
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! Runs every VM of a configuration until they have all ended or the
-//! monitor is told to stop.
+//! monitor is told to stop. The main thread waits on an `event-manager` loop
+//! ([`crate::events::Watch`]) for the signal eventfd and every VM's exit eventfd.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+use event_manager::EventSet;
 use std::collections::BTreeMap;
 use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
 
 use virtio_xpmem_device::{HubConfig, HubError, VmId, XpmemHub};
 use xpmem_domain::ImportPolicy;
 
 use crate::boot;
 use crate::config::Config;
+use crate::events::Watch;
 use crate::kvm::{self, KvmError};
 use crate::layout::MIB;
 use crate::lifecycle::ExitReason;
@@ -36,8 +40,6 @@ pub enum MonitorError {
     Hub(#[from] HubError),
     #[error(transparent)]
     Switch(#[from] crate::switch::SwitchError),
-    #[error("cannot wait for VM events: {0}")]
-    Poll(std::io::Error),
     #[error("cannot wait for events: {0}")]
     Events(event_manager::Error),
     #[error("{0}")]
@@ -299,26 +301,11 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         }
     }
 
+    let mut watch = main_watch(signal_evt, &running).map_err(MonitorError::Events)?;
     let mut clean = true;
     while !running.is_empty() {
-        let mut fds: Vec<libc::pollfd> = std::iter::once(signal_evt.as_raw_fd())
-            .chain(running.iter().map(|vm| vm.exit_event().as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(MonitorError::Poll(err));
-        }
-        if fds[0].revents != 0 {
+        let fired = watch.wait().map_err(MonitorError::Events)?;
+        if fired.contains(&MainEvent::Signal) {
             let signo = signals::received().unwrap_or(libc::SIGTERM);
             crate::report!(
                 "xpmem-vmm: received {}, stopping {} VM(s)",
@@ -338,6 +325,8 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
         while index < running.len() {
             if running[index].exit_requested() {
                 let mut vm = running.swap_remove(index);
+                // Out of the set before the VM, and with it its exit eventfd, goes.
+                watch.forget(MainEvent::VmExit(vm.exit_event().as_raw_fd()));
                 // The reason recorded by the guest wins over this placeholder.
                 let (reason, ran) = vm.stop(ExitReason::Stopped);
                 report(&vm, &reason, ran);
@@ -351,6 +340,31 @@ pub fn run(config: &Config) -> Result<Outcome, MonitorError> {
     report_switch(switch.as_mut(), config);
     report_vsock(router.held(), router.stats());
     Ok(Outcome::AllEnded { clean })
+}
+
+/// What the single process's main thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MainEvent {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The VM with this exit eventfd asked to end.
+    VmExit(RawFd),
+}
+
+/// The main thread's wait: the signal eventfd and every VM's exit eventfd. An exit
+/// eventfd is written once, when its VM is asked to end, and never read: it is forgotten
+/// when its VM is stopped, which the loop does in the round it fires.
+fn main_watch(
+    signal_evt: &EventFd,
+    running: &[RunningVm],
+) -> Result<Watch<MainEvent>, event_manager::Error> {
+    let mut watch = Watch::new()?;
+    watch.watch(signal_evt, EventSet::IN, MainEvent::Signal, false)?;
+    for vm in running {
+        let evt = vm.exit_event();
+        watch.watch(evt, EventSet::IN, MainEvent::VmExit(evt.as_raw_fd()), false)?;
+    }
+    Ok(watch)
 }
 
 /// Prints the vsock router's counters once every VM has ended (`left_*`:

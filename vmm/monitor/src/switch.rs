@@ -211,4 +211,40 @@ mod tests {
         assert!(!dir.exists(), "the runtime directory is removed");
         assert_eq!(sw.stop(), None);
     }
+
+    #[test]
+    fn the_standalone_switch_serves_until_its_stop_eventfd_fires() {
+        let dir = std::env::temp_dir().join(format!("xpmem-vmm-switch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("switch.sock");
+        let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stop2 = stop.try_clone().unwrap();
+        let path = socket.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let r = serve(&path, 1500, &stop2);
+            let _ = done_tx.send(());
+            r
+        });
+        // Connected and idle (nothing learned): it waits for the stop eventfd alone.
+        let mut port = None;
+        for _ in 0..500 {
+            if let Ok(p) = FrameSocket::connect(&socket) {
+                port = Some(p);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(port.is_some(), "the switch did not listen");
+        let wait = std::time::Duration::from_millis(200);
+        assert!(done_rx.recv_timeout(wait).is_err(), "it ended by itself");
+        stop.write(1).unwrap();
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the switch did not stop on its eventfd");
+        let report = thread.join().unwrap().unwrap();
+        assert!(report.contains("port 1: rx_frames=0"), "{report}");
+        assert!(!socket.exists(), "the socket file is removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -14,12 +14,14 @@
 //!   passes the time), so every rule is unit-testable.
 //! - [`server`]: the thin I/O shell ([`SwitchServer`]): the listening
 //!   socket, accepting ports, nonblocking reads and writes driven by
-//!   `poll(2)`. Each poll round reads a bounded batch from every port, so a
-//!   port that floods cannot starve the others; a port that does not read
-//!   only fills its own bounded queue and gets drops.
+//!   rust-vmm's `event-manager`. Each round reads a bounded batch from every
+//!   ready port, so a port that floods cannot starve the others; a port that
+//!   does not read only fills its own bounded queue and gets drops.
 //!
 //! [`socket`] has the `SOCK_SEQPACKET` helpers both sides use (listen,
-//! accept, connect, send and receive one frame).
+//! accept, connect, send and receive one frame); [`readiness`] the
+//! round-at-a-time wait on `event-manager` that the switch and the vsock
+//! router's server share.
 
 // Values from guests (lengths, counts, addresses, page numbers, ids) are converted with
 // checks that answer an error status; a cast that cannot lose anything by construction
@@ -31,6 +33,7 @@
 )]
 
 pub mod core;
+pub mod readiness;
 pub mod server;
 pub mod socket;
 

@@ -1,33 +1,41 @@
 //! The switch's I/O shell: a listening socket, one `SOCK_SEQPACKET`
-//! connection per port, nonblocking reads and writes driven by `poll(2)`.
+//! connection per port, nonblocking reads and writes driven by rust-vmm's
+//! `event-manager` ([`crate::readiness`]: one epoll instance, level-triggered).
 //!
-//! One [`SwitchServer::step`] is one poll round: accept waiting
-//! connections, read at most [`RX_BATCH`] frames from every readable port
-//! into the [`Switch`], then write every port's queue until its socket is
-//! full. Reading is never held back (a port's frames go to the others'
-//! bounded queues or are dropped), so a port that floods gets no more than
-//! its batch per round, and a port that does not read only fills its own
-//! queue and gets drops: no port waits for another.
+//! One [`SwitchServer::step`] is one round: wait until a socket is ready, read
+//! at most [`RX_BATCH`] frames from every readable port into the [`Switch`],
+//! accept waiting connections, then write every port's queue until its socket
+//! is full. A port is watched for writing only while frames wait for it.
+//! Reading is never held back (a port's frames go to the others' bounded
+//! queues or are dropped), so a port that floods gets no more than its batch
+//! per round, and a port that does not read only fills its own queue and gets
+//! drops: no port waits for another.
+//!
+//! [`SwitchServer::run`] also watches its stop eventfd; it waits without a
+//! timeout while no address is learned, and at most [`AGE_INTERVAL`] while
+//! some are, to age them out.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use event_manager::EventSet;
 use log::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::core::{PortCounters, PortId, Switch, SwitchConfig, SwitchError};
+use crate::readiness::Readiness;
 use crate::socket::{FrameListener, FrameSocket, Recv, Send, SocketError};
 
-/// Most frames read from one port per poll round.
+/// Most frames read from one port per round.
 pub const RX_BATCH: usize = 64;
-/// Most connections accepted per poll round.
+/// Most connections accepted per round.
 const ACCEPT_BATCH: usize = 16;
 /// Most ports at once; later connections are closed at once.
 pub const MAX_PORTS: usize = 256;
 /// How often learned addresses are aged out (lookups ignore expired ones anyway).
-const AGE_INTERVAL: Duration = Duration::from_secs(1);
+pub const AGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of the switch server.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +44,8 @@ pub enum ServerError {
     Config(#[from] SwitchError),
     #[error(transparent)]
     Socket(#[from] SocketError),
-    #[error("switch: poll failed: {0}")]
-    Poll(#[source] std::io::Error),
+    #[error("switch: cannot wait for its sockets: {0}")]
+    Events(#[source] event_manager::Error),
     #[error("switch: accepting a connection failed: {0} (check the open file limit)")]
     Accept(#[source] std::io::Error),
 }
@@ -47,6 +55,8 @@ pub struct SwitchServer {
     switch: Switch,
     listener: Option<FrameListener>,
     conns: BTreeMap<PortId, FrameSocket>,
+    /// The listener and every port (the stop eventfd too while [`SwitchServer::run`]s).
+    events: Readiness,
     buf: Vec<u8>,
     start: Instant,
     last_age: Duration,
@@ -57,26 +67,34 @@ impl SwitchServer {
     pub fn bind(config: SwitchConfig, path: &Path) -> Result<Self, ServerError> {
         let switch = Switch::new(config)?;
         let listener = FrameListener::bind(path)?;
-        Ok(Self::with(switch, Some(listener)))
+        Self::with(switch, Some(listener))
     }
 
     /// A switch without a listening socket; ports are added with
     /// [`SwitchServer::add_connection`].
     pub fn unbound(config: SwitchConfig) -> Result<Self, ServerError> {
-        Ok(Self::with(Switch::new(config)?, None))
+        Self::with(Switch::new(config)?, None)
     }
 
-    fn with(switch: Switch, listener: Option<FrameListener>) -> Self {
+    fn with(switch: Switch, listener: Option<FrameListener>) -> Result<Self, ServerError> {
+        // Every port, the listener and the stop eventfd can be reported in one round.
+        let mut events = Readiness::new(MAX_PORTS + 2).map_err(ServerError::Events)?;
+        if let Some(l) = &listener {
+            events
+                .watch(l.as_raw_fd(), EventSet::IN)
+                .map_err(ServerError::Events)?;
+        }
         // One byte more than the largest frame: a packet that fills it is too long.
         let buf = vec![0u8; switch.config().max_frame() + 1];
-        Self {
+        Ok(Self {
             switch,
             listener,
             conns: BTreeMap::new(),
+            events,
             buf,
             start: Instant::now(),
             last_age: Duration::ZERO,
-        }
+        })
     }
 
     pub fn socket_path(&self) -> Option<&Path> {
@@ -84,10 +102,13 @@ impl SwitchServer {
     }
 
     /// Makes `socket` a port.
-    pub fn add_connection(&mut self, socket: FrameSocket) -> PortId {
+    pub fn add_connection(&mut self, socket: FrameSocket) -> Result<PortId, ServerError> {
+        self.events
+            .watch(socket.as_raw_fd(), EventSet::IN)
+            .map_err(ServerError::Events)?;
         let id = self.switch.add_port();
         self.conns.insert(id, socket);
-        id
+        Ok(id)
     }
 
     pub fn switch(&self) -> &Switch {
@@ -108,53 +129,60 @@ impl SwitchServer {
 
     /// Runs until `stop` is readable; returns the switch for its counters.
     pub fn run(mut self, stop: &EventFd) -> Result<Switch, ServerError> {
-        let timeout = i32::try_from(AGE_INTERVAL.as_millis()).unwrap_or(1000);
-        while !self.step(timeout, Some(stop.as_raw_fd()))? {}
+        let stop = stop.as_raw_fd();
+        self.events
+            .watch(stop, EventSet::IN)
+            .map_err(ServerError::Events)?;
+        let age = i32::try_from(AGE_INTERVAL.as_millis()).unwrap_or(1000);
+        loop {
+            // Nothing to age: no need to wake up before something happens.
+            let timeout = if self.switch.table_len() > 0 { age } else { -1 };
+            if self.round(timeout, Some(stop))? {
+                break;
+            }
+        }
+        // The stop eventfd is the caller's: out of the set before the caller closes it.
+        self.events.unwatch(stop).map_err(ServerError::Events)?;
         Ok(self.switch)
     }
 
-    /// One poll round (waiting at most `timeout_ms`, -1 for ever). Returns
-    /// true when `stop` became readable (nothing else is done then).
-    pub fn step(&mut self, timeout_ms: i32, stop: Option<RawFd>) -> Result<bool, ServerError> {
-        let ids: Vec<PortId> = self.conns.keys().copied().collect();
-        let mut fds = Vec::with_capacity(ids.len() + 2);
-        let stop_at = stop.map(|fd| {
-            fds.push(pollfd(fd, libc::POLLIN));
-            fds.len() - 1
-        });
-        let listen_at = self.listener.as_ref().map(|l| {
-            fds.push(pollfd(l.as_raw_fd(), libc::POLLIN));
-            fds.len() - 1
-        });
-        let first_port = fds.len();
-        for id in &ids {
-            let mut events = libc::POLLIN;
+    /// One round, waiting at most `timeout_ms` (-1 for ever).
+    pub fn step(&mut self, timeout_ms: i32) -> Result<(), ServerError> {
+        self.round(timeout_ms, None).map(|_| ())
+    }
+
+    /// One round; true when `stop` became readable (nothing else is done then).
+    fn round(&mut self, timeout_ms: i32, stop: Option<RawFd>) -> Result<bool, ServerError> {
+        // A port is watched for writing while frames wait for it.
+        for (id, conn) in &self.conns {
+            let mut events = EventSet::IN;
             if self.switch.queued(*id).0 > 0 {
-                events |= libc::POLLOUT;
+                events |= EventSet::OUT;
             }
-            if let Some(c) = self.conns.get(id) {
-                fds.push(pollfd(c.as_raw_fd(), events));
-            }
+            self.events
+                .watch(conn.as_raw_fd(), events)
+                .map_err(ServerError::Events)?;
         }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(ServerError::Poll(e));
-        }
-        if stop_at.is_some_and(|i| fds[i].revents != 0) {
+        let ready = self.events.wait(timeout_ms).map_err(ServerError::Events)?;
+        if stop.is_some_and(|fd| ready.contains(fd)) {
             return Ok(true);
         }
         let now = self.now();
-        for (id, fd) in ids.iter().zip(&fds[first_port..]) {
-            if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                self.read_port(*id, now);
-            }
+        // Which ports are readable, before any is removed (and its number reused).
+        let readable: Vec<PortId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| ready.readable(c.as_raw_fd()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in readable {
+            self.read_port(id, now);
         }
-        if listen_at.is_some_and(|i| fds[i].revents != 0) {
+        if self
+            .listener
+            .as_ref()
+            .is_some_and(|l| ready.contains(l.as_raw_fd()))
+        {
             self.accept()?;
         }
         let ids: Vec<PortId> = self.conns.keys().copied().collect();
@@ -178,6 +206,10 @@ impl SwitchServer {
             };
             if self.conns.len() >= MAX_PORTS {
                 warn!("switch: {MAX_PORTS} ports in use; connection refused");
+                continue;
+            }
+            if let Err(e) = self.events.watch(sock.as_raw_fd(), EventSet::IN) {
+                warn!("switch: cannot watch a new connection ({e}); it is closed");
                 continue;
             }
             let pid = sock.peer_pid();
@@ -235,18 +267,15 @@ impl SwitchServer {
     }
 
     fn remove(&mut self, id: PortId, why: &str) {
-        self.conns.remove(&id);
+        if let Some(conn) = self.conns.remove(&id) {
+            // Out of the set while still open.
+            if let Err(e) = self.events.unwatch(conn.as_raw_fd()) {
+                warn!("switch: {id}: cannot stop watching its socket: {e}");
+            }
+        }
         if let Some(c) = self.switch.remove_port(id) {
             info!("switch: {id} {why}: {c}");
         }
-    }
-}
-
-fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
     }
 }
 

@@ -63,7 +63,11 @@ fn recv_wait(s: &FrameSocket) -> Vec<u8> {
         if let Recv::Frame(n) = s.recv(&mut buf).unwrap() {
             return buf[..n].to_vec();
         }
-        let mut fds = [pollfd(s.as_raw_fd(), libc::POLLIN)];
+        let mut fds = [libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(fds.as_mut_ptr(), 1, 10) };
     }
@@ -84,7 +88,7 @@ fn connect(server: &mut SwitchServer, path: &Path, n: usize) -> Vec<FrameSocket>
         if server.switch().ports().count() == n {
             return clients;
         }
-        server.step(100, None).unwrap();
+        server.step(100).unwrap();
     }
     panic!("the server did not accept {n} connections");
 }
@@ -96,14 +100,14 @@ fn ports_connect_through_the_socket_path_and_exchange_frames() {
     assert_eq!(server.socket_path(), Some(dir.sock().as_path()));
     let c = connect(&mut server, &dir.sock(), 3);
     send(&c[0], &frame(Mac::BROADCAST, mac(1), 60, 7));
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     for other in &c[1..] {
         assert_eq!(recv_all(other), vec![frame(Mac::BROADCAST, mac(1), 60, 7)]);
     }
     assert!(recv_all(&c[0]).is_empty(), "no hairpin");
     // 1 is learned: 2 -> 1 reaches only port 1.
     send(&c[1], &frame(mac(1), mac(2), 1514, 8));
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     assert_eq!(recv_all(&c[0]), vec![frame(mac(1), mac(2), 1514, 8)]);
     assert!(recv_all(&c[2]).is_empty());
     let counters = server.counters();
@@ -143,13 +147,13 @@ fn oversized_and_short_frames_from_a_socket_are_dropped_and_counted() {
     let mut server = SwitchServer::unbound(cfg).unwrap();
     let (a, a_peer) = FrameSocket::pair().unwrap();
     let (b, b_peer) = FrameSocket::pair().unwrap();
-    let pa = server.add_connection(a_peer);
-    let pb = server.add_connection(b_peer);
+    let pa = server.add_connection(a_peer).unwrap();
+    let pb = server.add_connection(b_peer).unwrap();
     send(&a, &[0u8; 13]);
     send(&a, &frame(Mac::BROADCAST, mac(1), 1515, 0));
     send(&a, &frame(Mac::BROADCAST, mac(1), 9000, 0));
     send(&a, &frame(Mac::BROADCAST, mac(1), 1514, 1));
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     let got = recv_all(&b);
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].len(), tag(&got[0])), (1514, 1));
@@ -183,7 +187,7 @@ fn a_flood_is_dropped_without_delaying_the_other_ports() {
     for (i, s) in c.iter().enumerate() {
         send(s, &frame(Mac::BROADCAST, mac(i as u8 + 1), 60, 0));
     }
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     for s in [a, b, cc] {
         assert_eq!(recv_all(s).len(), 3);
     }
@@ -217,7 +221,7 @@ fn a_flood_is_dropped_without_delaying_the_other_ports() {
         if i % 2 == 0 {
             send(cc, &frame(mac(2), mac(3), 300, i));
         }
-        server.step(0, None).unwrap();
+        server.step(0).unwrap();
         // a's backlog was read only up to the batch in this round.
         assert_eq!(
             server.switch().counters(pa).unwrap().rx_frames - a_rx,
@@ -285,16 +289,16 @@ fn a_port_that_disconnects_is_removed_and_its_addresses_forgotten() {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let (c, peer) = FrameSocket::pair().unwrap();
-        server.add_connection(peer);
+        server.add_connection(peer).unwrap();
         clients.push(c);
     }
     send(&clients[2], &frame(Mac::BROADCAST, mac(3), 60, 0));
     send(&clients[0], &frame(mac(3), mac(1), 60, 1)); // queued for 3, never read
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     assert_eq!(server.switch().table_len(), 2);
     let gone = server.switch().ports().nth(2).unwrap();
     drop(clients.pop());
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     assert_eq!(server.switch().ports().count(), 2);
     assert_eq!(server.switch().queued(gone), (0, 0));
     assert_eq!(server.switch().table_len(), 1);
@@ -302,7 +306,7 @@ fn a_port_that_disconnects_is_removed_and_its_addresses_forgotten() {
     // Frames for the forgotten address now flood to the remaining port.
     recv_all(&clients[1]);
     send(&clients[0], &frame(mac(3), mac(1), 60, 2));
-    server.step(0, None).unwrap();
+    server.step(0).unwrap();
     assert_eq!(
         recv_all(&clients[1])
             .iter()
@@ -337,4 +341,89 @@ fn run_serves_ports_on_its_own_thread_until_stopped() {
     assert!(sw
         .report()
         .contains("port 2: rx_frames=1 rx_bytes=60 tx_frames=100"));
+}
+
+#[test]
+fn run_stops_on_its_eventfd_while_idle() {
+    // No port, no learned address: the round waits without a timeout, so only the
+    // stop eventfd can end it.
+    let server = SwitchServer::unbound(SwitchConfig::default()).unwrap();
+    let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let stop2 = stop.try_clone().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let r = server.run(&stop2);
+        let _ = done_tx.send(());
+        r
+    });
+    assert!(
+        done_rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err(),
+        "run ended before it was stopped"
+    );
+    stop.write(1).unwrap();
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("run did not stop on its eventfd");
+    let sw = thread.join().unwrap().unwrap();
+    assert!(sw.report().contains("no port was connected"));
+}
+
+#[test]
+fn a_port_waiting_for_room_is_served_when_its_socket_drains() {
+    let cfg = SwitchConfig {
+        queue_frames: 1024,
+        ..SwitchConfig::default()
+    };
+    let mut server = SwitchServer::unbound(cfg).unwrap();
+    let (a, a_peer) = FrameSocket::pair().unwrap();
+    let (b, b_peer) = FrameSocket::pair().unwrap();
+    server.add_connection(a_peer).unwrap();
+    let pb = server.add_connection(b_peer).unwrap();
+    send(&b, &frame(Mac::BROADCAST, mac(2), 60, 0));
+    server.step(0).unwrap();
+    recv_all(&a);
+    // a sends frames for b, which does not read, until frames wait in b's queue.
+    let mut tag_n = 1;
+    while server.switch().queued(pb).0 == 0 {
+        for _ in 0..32 {
+            send(&a, &frame(mac(2), mac(1), 1000, tag_n));
+            tag_n += 1;
+        }
+        server.step(0).unwrap();
+    }
+    // b reads: its socket has room, and the round wakes for that alone (a sends
+    // nothing more), long before its timeout.
+    let got = recv_all(&b).len();
+    assert!(got > 0);
+    let start = Instant::now();
+    server.step(10_000).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the round did not wake when b's socket had room"
+    );
+    let more = recv_all(&b).len();
+    assert!(more > 0, "nothing more was written to b");
+}
+
+#[test]
+fn a_closed_port_leaves_the_set_and_its_descriptor_number_can_serve_a_new_one() {
+    let mut server = SwitchServer::unbound(SwitchConfig::default()).unwrap();
+    let (a, a_peer) = FrameSocket::pair().unwrap();
+    server.add_connection(a_peer).unwrap();
+    for round in 0..3u32 {
+        let (b, b_peer) = FrameSocket::pair().unwrap();
+        server.add_connection(b_peer).unwrap();
+        send(&b, &frame(Mac::BROADCAST, mac(2), 60, round));
+        server.step(0).unwrap();
+        assert_eq!(
+            recv_all(&a).iter().map(|f| tag(f)).collect::<Vec<_>>(),
+            [round]
+        );
+        // b goes; the switch closes its end, whose number the next pair is likely to get.
+        drop(b);
+        server.step(0).unwrap();
+        assert_eq!(server.switch().ports().count(), 1);
+    }
 }

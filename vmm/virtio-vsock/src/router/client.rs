@@ -95,6 +95,12 @@ pub(super) struct SocketPort {
 }
 
 /// Waits until `fd` has one of `events` or `deadline` passes.
+///
+/// Not an event loop but one bounded wait on one descriptor, so `poll(2)` rather than
+/// `event-manager`: an epoll instance per wait would need `epoll_create1`, which the VM
+/// process's seccomp filter does not allow, and a reset (a guest's status write) waits
+/// here after that filter is installed; one kept for the port would be a descriptor per
+/// port for a wait that is rare (a full socket at reset, the welcome at connect).
 fn wait_for(fd: RawFd, events: libc::c_short, deadline: Instant) -> bool {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

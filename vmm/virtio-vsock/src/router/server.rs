@@ -3,7 +3,13 @@
 //! (protocol in [`super::wire`]), like the network switch
 //! (`net_switch::SwitchServer`, whose socket helpers it uses).
 //!
-//! One poll round: read at most [`RX_BATCH`] messages from every readable
+//! The thread waits on rust-vmm's `event-manager` (the switch's
+//! `net_switch::readiness`: one epoll instance, created with the listener and
+//! the stop eventfd in it before the thread starts, level-triggered). A
+//! connection is watched for reading, and for writing while something waits
+//! for room in its socket.
+//!
+//! One round: read at most [`RX_BATCH`] messages from every readable
 //! connection and forward the packets, accept new connections, then write
 //! every connection's inbox until its socket is full. Reading is never held
 //! back (a packet goes into the receiver's bounded inbox or is refused with
@@ -13,13 +19,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use event_manager::EventSet;
 use log::{debug, error, info, warn};
+use net_switch::readiness::Readiness;
 use net_switch::socket::{FrameListener, FrameSocket, Recv, Send};
 use net_switch::SocketError;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -30,12 +38,12 @@ use crate::packet::{
     len_field, Header, Packet, HDR_LEN, MAX_GUEST_CID, MAX_PKT_DATA, MIN_GUEST_CID,
 };
 
-/// Most messages read from one connection per poll round.
+/// Most messages read from one connection per round.
 pub const RX_BATCH: usize = 64;
 /// Most connections at once (with or without their hello); later ones are
 /// closed at once.
 pub const MAX_ROUTER_CONNS: usize = 1024;
-/// Most connections accepted per poll round.
+/// Most connections accepted per round.
 const ACCEPT_BATCH: usize = 16;
 /// Pause after a failed accept (the listener stays readable: without it
 /// the thread would spin, e.g. while the open file limit is reached).
@@ -54,8 +62,8 @@ pub enum RouterServerError {
     EventFd(#[source] io::Error),
     #[error("cannot start the vsock router thread: {0} (check the process and memory limits)")]
     Spawn(#[source] io::Error),
-    #[error("vsock router: poll failed: {0}")]
-    Poll(#[source] io::Error),
+    #[error("vsock router: cannot wait for its sockets: {0}")]
+    Events(#[source] event_manager::Error),
 }
 
 /// What [`RouterServer::stats`] and [`RouterServer::held`] return: the
@@ -105,20 +113,14 @@ struct Shell {
     router: Router,
     listener: FrameListener,
     conns: BTreeMap<u64, Conn>,
+    /// The stop eventfd, the listener and every connection.
+    events: Readiness,
     next_id: u64,
     buf: Vec<u8>,
     malformed: u64,
     /// Connections closed so far.
     closes: u64,
     snapshot: Arc<Mutex<Snapshot>>,
-}
-
-fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
 }
 
 fn lock(s: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
@@ -129,7 +131,7 @@ fn lock(s: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
 impl Shell {
     fn run(mut self, stop: &EventFd) {
         loop {
-            match self.step(stop.as_raw_fd()) {
+            match self.step(stop) {
                 Ok(false) => {}
                 Ok(true) => break,
                 Err(e) => {
@@ -141,39 +143,39 @@ impl Shell {
         self.publish();
     }
 
-    /// One poll round; true when `stop` became readable.
-    fn step(&mut self, stop: RawFd) -> Result<bool, RouterServerError> {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        let mut fds = Vec::with_capacity(ids.len() + 2);
-        fds.push(pollfd(stop, libc::POLLIN));
-        fds.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
+    /// One round; true when `stop` became readable.
+    fn step(&mut self, stop: &EventFd) -> Result<bool, RouterServerError> {
+        // A connection is watched for writing while something waits for room.
         for c in self.conns.values() {
-            let mut events = libc::POLLIN;
+            let mut events = EventSet::IN;
             if c.wants_out() {
-                events |= libc::POLLOUT;
+                events |= EventSet::OUT;
             }
-            fds.push(pollfd(c.sock.as_raw_fd(), events));
+            self.events
+                .watch(c.sock.as_raw_fd(), events)
+                .map_err(RouterServerError::Events)?;
         }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(RouterServerError::Poll(e));
+        let ready = self.events.wait(-1).map_err(RouterServerError::Events)?;
+        if ready.is_empty() {
+            // Interrupted by a signal.
+            return Ok(false);
         }
-        if fds[0].revents != 0 {
+        if ready.contains(stop.as_raw_fd()) {
             return Ok(true);
         }
-        for (id, fd) in ids.iter().zip(&fds[2..]) {
-            if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                let mut buf = std::mem::take(&mut self.buf);
-                self.read_conn(*id, &mut buf);
-                self.buf = buf;
-            }
+        // Which connections are readable, before any is closed (and its number reused).
+        let readable: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| ready.readable(c.sock.as_raw_fd()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in readable {
+            let mut buf = std::mem::take(&mut self.buf);
+            self.read_conn(id, &mut buf);
+            self.buf = buf;
         }
-        if fds[1].revents != 0 {
+        if ready.contains(self.listener.as_raw_fd()) {
             self.accept();
         }
         // A connection found closed while writing leaves RSTs in its peers'
@@ -219,6 +221,10 @@ impl Shell {
                 warn!("vsock router: {MAX_ROUTER_CONNS} connections open; a new one is closed");
                 continue;
             }
+            if let Err(e) = self.events.watch(sock.as_raw_fd(), EventSet::IN) {
+                warn!("vsock router: cannot watch a new connection ({e}); it is closed");
+                continue;
+            }
             let id = self.next_id;
             self.next_id += 1;
             debug!(
@@ -243,6 +249,10 @@ impl Shell {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        // Out of the set while still open.
+        if let Err(e) = self.events.unwatch(c.sock.as_raw_fd()) {
+            warn!("vsock router: connection {id}: cannot stop watching its socket: {e}");
+        }
         self.closes += 1;
         match c.cid {
             Some(cid) => {
@@ -425,11 +435,22 @@ impl RouterServer {
         let listener = FrameListener::bind(path)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(RouterServerError::EventFd)?;
         let thread_stop = stop.try_clone().map_err(RouterServerError::EventFd)?;
+        // The epoll instance is made here, before the broker's seccomp filter (which
+        // does not allow epoll_create1); every connection, the listener and the stop
+        // eventfd can be reported in one round.
+        let mut events = Readiness::new(MAX_ROUTER_CONNS + 2).map_err(RouterServerError::Events)?;
+        events
+            .watch(thread_stop.as_raw_fd(), EventSet::IN)
+            .map_err(RouterServerError::Events)?;
+        events
+            .watch(listener.as_raw_fd(), EventSet::IN)
+            .map_err(RouterServerError::Events)?;
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let shell = Shell {
             router: Router::default(),
             listener,
             conns: BTreeMap::new(),
+            events,
             next_id: 0,
             // One byte more than the largest packet: a longer one shows.
             buf: vec![0u8; HDR_LEN + MAX_PKT_DATA + 1],

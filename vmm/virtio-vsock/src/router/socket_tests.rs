@@ -438,3 +438,44 @@ fn the_socket_is_the_wake_descriptor() {
         s.as_raw_fd()
     });
 }
+
+#[test]
+fn a_full_socket_is_written_again_once_its_port_reads() {
+    let (srv, path) = server("full");
+    let a = RouterPort::connect(&path, 3).unwrap();
+    let b = RouterPort::connect(&path, 4).unwrap();
+    establish(&a, &b, A, 4096);
+    // More control packets for b than its socket takes (its inbox takes them all).
+    const N: usize = 900;
+    for _ in 0..N {
+        fwd(&a, ctl(Op::CreditRequest, A, B, 4096, 0));
+    }
+    wait_until("the router holding what b's socket did not take", || {
+        srv.held().packets > 0
+    });
+    assert_eq!(srv.stats().control_dropped, 0);
+    // b reads; nothing else happens, so only its socket's room wakes the router.
+    let mut got = 0;
+    pop_until(&b, MAX_PKT_DATA, |p| {
+        got += usize::from(p.hdr.op == Op::CreditRequest);
+        got == N
+    });
+    wait_until("no packet held", || srv.held().packets == 0);
+}
+
+#[test]
+fn connections_that_come_and_go_leave_the_router_working() {
+    let (srv, path) = server("churn");
+    let a = RouterPort::connect(&path, 3).unwrap();
+    // Each new connection likely gets the descriptor number of the one before.
+    for round in 0..5u32 {
+        let b = RouterPort::connect(&path, 4).unwrap();
+        establish(&a, &b, (3, 2000 + round), 4096);
+        drop(b);
+        pop_until(&a, MAX_PKT_DATA, |p| p.hdr.op == Op::Rst);
+        wait_until("b's leaving counted", || {
+            srv.stats().left_conns == u64::from(round) + 1
+        });
+    }
+    assert_eq!(srv.held(), RouterHeld::default());
+}

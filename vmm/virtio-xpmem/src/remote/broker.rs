@@ -1,14 +1,18 @@
 //! The broker's side: [`RemoteAperture`], the aperture backend that asks each VM's process
 //! to map and unmap its own windows, and [`serve_vm_process`], which runs one VM process's
-//! virtio-xpmem device in the broker on the memory, queues and eventfds that process sent.
+//! virtio-xpmem device in the broker on the memory, queues and eventfds that process sent
+//! (one thread per VM process, waiting on an `event-manager` loop of its own).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use event_manager::{
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use virtio_mmio_transport::{ActivateContext, InterruptReason, VirtioDevice, VirtioInterrupt};
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
@@ -445,8 +449,15 @@ pub fn serve_vm_process(
         config,
         features: device.device_features(),
     };
-    let result = protocol::send(&control, &welcome, &[])
-        .and_then(|()| serve_loop(hub, vm, &mut device, &control, &kicks, &mem, &interrupt));
+    // The wait is set up before the Welcome (see ServeEvents).
+    let events = ServeEvents::new(&control, kicks);
+    if let Err(e) = &events {
+        let _ = protocol::send(&control, &FromBroker::Failed(e.to_string()), &[]);
+    }
+    let result = events.and_then(|events| {
+        protocol::send(&control, &welcome, &[])?;
+        serve_loop(hub, vm, &mut device, &control, events, &mem, &interrupt)
+    });
     // The device's drop removes the VM from the domain: its segments are revoked, its
     // attachments unmapped, everything it held released.
     drop(device);
@@ -454,41 +465,123 @@ pub fn serve_vm_process(
     result
 }
 
+/// A broker thread's wait ([`serve_loop`]): one VM process's two kick eventfds (requestq,
+/// eventq) and its control connection, on an `event-manager` loop of their own
+/// (level-triggered: what stays readable is reported again next round, as `poll(2)`
+/// reported it). The subscriber only records what fired; the loop handles it in a fixed
+/// order, the kicks before the control connection.
+struct Ready {
+    /// Queue 0's kick, queue 1's kick, the control connection: the index is the event's
+    /// data.
+    fds: [RawFd; 3],
+    fired: [bool; 3],
+    init_error: Option<event_manager::Error>,
+}
+
+/// The control connection's index in [`Ready`].
+const CONTROL: usize = 2;
+
+impl MutEventSubscriber for Ready {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (data, fd) in (0u32..).zip(self.fds) {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                self.init_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        // Readable, hung up or in error: the loop looks.
+        let slot = usize::try_from(events.data())
+            .ok()
+            .and_then(|i| self.fired.get_mut(i));
+        if let Some(fired) = slot {
+            *fired = true;
+        }
+    }
+}
+
+/// What one round of a broker thread brought.
+struct Round {
+    /// The queues whose kick fired (its eventfd was read).
+    kicked: [bool; 2],
+    /// The control connection is readable (or hung up).
+    control: bool,
+}
+
+/// The epoll instance of one broker thread and the kick eventfds it reads.
+///
+/// It is created before the Welcome goes out ([`serve_vm_process`]): the VM process
+/// reports itself built only after the Welcome, and the broker installs its seccomp
+/// filter, which does not allow `epoll_create1`, only once every VM process has done so.
+/// While serving, the loop calls only `epoll_wait` (and `epoll_ctl` never again).
+struct ServeEvents {
+    manager: EventManager<Ready>,
+    id: SubscriberId,
+    kicks: [EventFd; 2],
+}
+
+impl ServeEvents {
+    fn new(control: &UnixStream, kicks: [EventFd; 2]) -> Result<Self, RemoteError> {
+        let mut manager = EventManager::new_with_capacity(3).map_err(RemoteError::Events)?;
+        let id = manager.add_subscriber(Ready {
+            fds: [
+                kicks[0].as_raw_fd(),
+                kicks[1].as_raw_fd(),
+                control.as_raw_fd(),
+            ],
+            fired: [false; 3],
+            init_error: None,
+        });
+        let ready = manager.subscriber_mut(id).map_err(RemoteError::Events)?;
+        if let Some(e) = ready.init_error.take() {
+            return Err(RemoteError::Events(e));
+        }
+        Ok(ServeEvents { manager, id, kicks })
+    }
+
+    /// Blocks until a kick fired or the control connection is readable (a signal's
+    /// interruption is not an answer); reads the kicks that fired.
+    fn wait(&mut self) -> Result<Round, RemoteError> {
+        loop {
+            self.manager.run().map_err(RemoteError::Events)?;
+            let ready = self
+                .manager
+                .subscriber_mut(self.id)
+                .map_err(RemoteError::Events)?;
+            let fired = std::mem::take(&mut ready.fired);
+            if !fired.contains(&true) {
+                continue;
+            }
+            let mut kicked = [false; 2];
+            for ((k, kick), fired) in kicked.iter_mut().zip(&self.kicks).zip(fired) {
+                *k = fired && kick.read().is_ok();
+            }
+            return Ok(Round {
+                kicked,
+                control: fired[CONTROL],
+            });
+        }
+    }
+}
+
 fn serve_loop(
     hub: &Arc<XpmemHub>,
     vm: VmId,
     device: &mut crate::XpmemDevice,
     control: &UnixStream,
-    kicks: &[EventFd; 2],
+    mut events: ServeEvents,
     mem: &GuestMemoryMmap,
     interrupt: &Arc<dyn VirtioInterrupt>,
 ) -> Result<(), RemoteError> {
     loop {
-        let mut fds = [
-            control.as_raw_fd(),
-            kicks[0].as_raw_fd(),
-            kicks[1].as_raw_fd(),
-        ]
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // SAFETY: `fds` is an array of three valid pollfds for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(RemoteError::Io(err));
-        }
-        for (i, kick) in kicks.iter().enumerate() {
-            if fds[i + 1].revents != 0 && kick.read().is_ok() {
-                device.queue_notify(u16::try_from(i).unwrap_or(0));
+        let round = events.wait()?;
+        for (queue, kicked) in (0u16..).zip(round.kicked) {
+            if kicked {
+                device.queue_notify(queue);
             }
         }
-        if fds[0].revents == 0 {
+        if !round.control {
             continue;
         }
         let Some((msg, _)) = protocol::recv::<ToBroker>(control)? else {
@@ -525,5 +618,46 @@ fn serve_loop(
             ),
         };
         protocol::send(control, &answer, &[])?;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn a_round_reads_the_kicks_that_fired_and_reports_the_control_connection() {
+        let (control, peer) = protocol::seqpacket_pair().unwrap();
+        let kicks = [
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ];
+        let writers = [kicks[0].try_clone().unwrap(), kicks[1].try_clone().unwrap()];
+        let mut events = ServeEvents::new(&control, kicks).unwrap();
+        // One kick: only its queue, and its eventfd is read.
+        writers[1].write(1).unwrap();
+        let round = events.wait().unwrap();
+        assert_eq!((round.kicked, round.control), ([false, true], false));
+        assert!(writers[1].read().is_err(), "the kick was consumed");
+        // Both kicks and a message: everything in one round; the message stays for the
+        // loop to read, so it is reported again.
+        writers[0].write(1).unwrap();
+        writers[1].write(1).unwrap();
+        protocol::send(&peer, &ToBroker::Reset, &[]).unwrap();
+        let round = events.wait().unwrap();
+        assert_eq!((round.kicked, round.control), ([true, true], true));
+        let round = events.wait().unwrap();
+        assert_eq!((round.kicked, round.control), ([false, false], true));
+        assert!(matches!(
+            protocol::recv::<ToBroker>(&control).unwrap(),
+            Some((ToBroker::Reset, _))
+        ));
+        // The VM process goes away: hang-up is reported as the control connection.
+        drop(peer);
+        let round = events.wait().unwrap();
+        assert_eq!((round.kicked, round.control), ([false, false], true));
+        assert!(protocol::recv::<ToBroker>(&control).unwrap().is_none());
     }
 }

@@ -47,4 +47,6 @@ pub enum RemoteError {
     Refused(String),
     #[error("the broker has gone away; the setup is stopping")]
     BrokerGone,
+    #[error("cannot wait for the VM process's messages and kicks: {0}")]
+    Events(#[source] event_manager::Error),
 }
