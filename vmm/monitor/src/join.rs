@@ -224,7 +224,8 @@ impl JoinServer {
                 Some(Admitted { vm, control, pid })
             }
             Err(why) => {
-                crate::report!("xpmem-vmm: a VM (process {pid:?}) may not join: {why}");
+                let who = pid.map_or_else(|| "?".to_string(), |p| p.to_string());
+                crate::report!("xpmem-vmm: a VM (process {who}) may not join: {why}");
                 refuse(&control, why);
                 None
             }
