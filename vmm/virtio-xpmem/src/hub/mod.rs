@@ -32,8 +32,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use virtio_mmio_transport::VirtioInterrupt;
@@ -56,7 +55,8 @@ mod timer;
 pub(crate) use endpoint::Endpoint;
 use endpoint::{Active, Popped};
 use route::HubState;
-use timer::{timer_loop, TimerCtl};
+pub use timer::TimerError;
+use timer::{DeadlineTimer, TIMER_IDLE};
 
 /// Errors of hub and VM management (not of guest requests, which get a
 /// status instead).
@@ -71,7 +71,7 @@ pub enum HubError {
     #[error("xpmem domain: {0}")]
     Domain(#[from] DomainError),
     #[error("cannot start the xpmem deadline timer thread: {0}")]
-    Timer(std::io::Error),
+    Timer(#[from] TimerError),
 }
 
 /// Configuration of a hub (one per monitor).
@@ -200,8 +200,8 @@ pub struct XpmemHub {
     cfg: HubConfig,
     clock: HubClock,
     start: Instant,
-    timer: Arc<TimerCtl>,
-    timer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The deadline timer thread ([`HubClock::Monotonic`] only).
+    timer: Option<DeadlineTimer>,
 }
 
 impl XpmemHub {
@@ -232,6 +232,10 @@ impl XpmemHub {
         let mut cfg = cfg;
         cfg.max_fault_pages = max_fault_pages;
         cfg.invalidate_deadline = deadline;
+        let timer = match clock {
+            HubClock::Monotonic => Some(DeadlineTimer::new()?),
+            HubClock::Manual(_) => None,
+        };
         let hub = Arc::new(Self {
             state: Mutex::new(HubState {
                 domain: Domain::new(dcfg),
@@ -244,22 +248,12 @@ impl XpmemHub {
                 stats: ApertureStats::default(),
             }),
             cfg,
-            clock: clock.clone(),
+            clock,
             start: Instant::now(),
-            timer: Arc::new(TimerCtl {
-                flags: Mutex::new((false, false)),
-                cv: Condvar::new(),
-            }),
-            timer_thread: Mutex::new(None),
+            timer,
         });
-        if let HubClock::Monotonic = clock {
-            let weak = Arc::downgrade(&hub);
-            let ctl = hub.timer.clone();
-            let handle = std::thread::Builder::new()
-                .name("xpmem-deadline".into())
-                .spawn(move || timer_loop(weak, ctl))
-                .map_err(HubError::Timer)?;
-            *lock(&hub.timer_thread) = Some(handle);
+        if let Some(timer) = &hub.timer {
+            timer.start(Arc::downgrade(&hub), TIMER_IDLE)?;
         }
         Ok(hub)
     }
@@ -464,7 +458,9 @@ impl XpmemHub {
                 }
             }
         }
-        self.timer.kick();
+        if let Some(timer) = &self.timer {
+            timer.kick();
+        }
     }
 
     /// Registers how to cut `vm` off from an aperture window whose pages cannot be revoked
@@ -547,13 +543,8 @@ impl XpmemHub {
 
 impl Drop for XpmemHub {
     fn drop(&mut self) {
-        lock(&self.timer.flags).0 = true;
-        self.timer.cv.notify_all();
-        if let Some(h) = lock(&self.timer_thread).take() {
-            // The last reference may be dropped by the timer thread itself.
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+        if let Some(timer) = &self.timer {
+            timer.stop();
         }
     }
 }
