@@ -99,6 +99,9 @@ for t in virtio-xpmem:requests virtio-blk:requests virtio-net:frames virtio-vsoc
 	if have_libfuzzer; then
 		libfuzzer "$dir" "$target"
 	else
+		# fuzz_smoke needs the crate's `fuzzing` feature; the crate's dev-dependency
+		# on itself turns it on, so this is the binary `cargo test --workspace` built.
+		# The package name is the first `name =` line (the [package] one).
 		rounds "$dir fuzz_smoke" FUZZ_SMOKE_SEED "$per" inputs \
 			-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)" --test fuzz_smoke
 	fi

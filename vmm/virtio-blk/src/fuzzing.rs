@@ -1,5 +1,8 @@
 //! Fuzzing entry point shared by the `cargo fuzz` target (`fuzz/`) and the
 //! deterministic `fuzz_smoke` test.
+//! Compiled only with the crate's `fuzzing` feature (off by default), which
+//! `fuzz/Cargo.toml` and the crate's self dev-dependency (for `cargo test`)
+//! turn on.
 //!
 //! [`run_one`] opens a small image (a memfd of [`IMAGE_SECTORS`] sectors with
 //! a known pattern, through the real [`DiskImage`]) behind a recording backend,

@@ -1,5 +1,8 @@
 //! Fuzzing entry point shared by the `cargo fuzz` target (`fuzz/`) and the
 //! deterministic `fuzz_smoke` test.
+//! Compiled only with the crate's `fuzzing` feature (off by default), which
+//! `fuzz/Cargo.toml` and the crate's self dev-dependency (for `cargo test`)
+//! turn on.
 //!
 //! [`run_one`] activates two devices (CIDs 3 and 4) on one router, each
 //! on 1 MiB of guest RAM, and interprets the input as a program of steps

@@ -80,6 +80,10 @@
 pub mod backend;
 pub mod conn;
 mod device;
+// The fuzz entry point and its fake guest driver: only with the `fuzzing` feature
+// (the `cargo fuzz` target and the `fuzz_smoke` test turn it on), never in a
+// normal build's API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod packet;

@@ -2,6 +2,10 @@
 //! over a deterministic pseudo-random corpus, so it is exercised without
 //! libFuzzer. Iterations, seed, replay of one input: see
 //! `virtio_driver_model::run_smoke_corpus`.
+//!
+//! Needs the crate's `fuzzing` feature (`required-features` in Cargo.toml);
+//! the crate's dev-dependency on itself turns it on, so a plain `cargo test`
+//! runs this.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use virtio_driver_model::{SmokeRun, XorShift as Rng};

@@ -1,5 +1,8 @@
 //! Fuzzing entry point shared by the `cargo fuzz` target (`fuzz/`) and the
 //! deterministic `fuzz_smoke` test.
+//! Compiled only with the crate's `fuzzing` feature (off by default), which
+//! `fuzz/Cargo.toml` and the crate's self dev-dependency (for `cargo test`)
+//! turn on.
 //!
 //! [`run_one`] builds a hub with two VMs (memfd-backed RAM, real
 //! [`MmapAperture`](crate::aperture::MmapAperture), manual clock) and

@@ -1,7 +1,8 @@
 //! Arbitrary bytes -> guest actions (descriptor chains, structured requests
 //! with defects, notifies, resets, injected sync/write failures) against one
 //! virtio-blk device on a small memfd image. See
-//! `virtio_blk_device::fuzzing::run_one`.
+//! `virtio_blk_device::fuzzing::run_one`, behind the
+//! crate's `fuzzing` feature (turned on in this project's Cargo.toml).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

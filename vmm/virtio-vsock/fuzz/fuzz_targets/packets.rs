@@ -2,7 +2,8 @@
 //! the host, a peer guest, itself and unknown CIDs; receive buffers of any
 //! size; a peer that answers or stays silent; resets) against two
 //! virtio-vsock devices on one router. See
-//! `virtio_vsock_device::fuzzing::run_one`.
+//! `virtio_vsock_device::fuzzing::run_one`, behind the
+//! crate's `fuzzing` feature (turned on in this project's Cargo.toml).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
