@@ -52,6 +52,10 @@ setup when it ends; it ends when the setup's monitor ends.
 `xpmem-vmm exec --socket PATH COMMAND...` runs COMMAND in the VM whose vsock
 socket is PATH, through its guest agent; see `xpmem-vmm exec --help`.
 
+Warnings of the devices (a guest's malformed request, a host I/O error) go to
+stderr, at most 100 at once and 10 a second after that; XPMEM_VMM_LOG=off,
+error, warn (the default), info or debug sets the level.
+
   -h, --help             print this help
   -V, --version          print the version
 ";

@@ -34,6 +34,7 @@ pub mod join;
 pub mod kvm;
 pub mod layout;
 pub mod lifecycle;
+pub mod logging;
 pub mod memory;
 pub mod monitor;
 pub mod sandbox;

@@ -12,6 +12,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
+    xpmem_vmm::logging::install();
     if std::env::args().nth(1).as_deref() == Some("exec") {
         return ExitCode::from(xpmem_vmm::exec::main(std::env::args().skip(2)));
     }

@@ -159,6 +159,7 @@ pub(crate) fn run_vm(
         seccomp,
         handshake,
     } = start;
+    crate::logging::set_vm(&cfg.name);
     let vm_error = |source| MonitorError::Vm {
         name: cfg.name.clone(),
         source,
