@@ -97,6 +97,18 @@ impl ApertureLinks {
                 link.gone = true;
                 Ok(Answer::Gone)
             }
+            // Its end is closed: the process has exited (the aperture thread never closes
+            // it while the process lives), as when a VM process fails its set-up.
+            Err(RemoteError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                log::debug!("virtio-xpmem: the process of VM {vm:?} has exited ({e})");
+                link.gone = true;
+                Ok(Answer::Gone)
+            }
             Err(e) => {
                 log::error!("virtio-xpmem: the process of VM {vm:?} did not answer an aperture request ({e}); killing it");
                 wait_gone(link, vm)?;
