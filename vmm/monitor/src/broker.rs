@@ -268,25 +268,19 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
         };
         let pid = i32::try_from(child.id()).ok();
         let serve = serve_thread(&hub, &links, vm_id(index), broker_control, pid, &cfg.name);
+        let failed = serve.as_ref().err().map(ToString::to_string);
         procs.push(VmProcess {
             name: cfg.name.clone(),
             vm: cfg.clone(),
             origin: Origin::Started { child, handshake },
             exited,
-            serve: None,
+            serve: serve.ok(),
         });
-        match serve {
-            Ok(t) => {
-                if let Some(p) = procs.last_mut() {
-                    p.serve = Some(t);
-                }
-            }
-            Err(e) => {
-                kill_all(&mut procs);
-                return Err(MonitorError::VmProcess(format!(
-                    "cannot start a broker thread: {e}"
-                )));
-            }
+        if let Some(e) = failed {
+            kill_all(&mut procs);
+            return Err(MonitorError::VmProcess(format!(
+                "cannot start a broker thread: {e}"
+            )));
         }
     }
 
@@ -432,41 +426,32 @@ fn join_one(
         crate::report!("xpmem-vmm: VM {name} cannot join: {e}");
         return;
     }
-    let serve = match serve_thread(
+    let serve = serve_thread(
         joining.hub,
         joining.links,
         vm_id(index),
         joined.control,
         Some(joined.pid),
         &name,
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            // Its connection is closed with the failed thread's closure: the VM stops.
-            crate::report!("xpmem-vmm: VM {name} cannot join: no thread to serve it: {e}");
-            running.push(false);
-            procs.push(VmProcess {
-                name,
-                vm: joined.vm,
-                origin: Origin::Joined { pid: joined.pid },
-                exited,
-                serve: None,
-            });
-            return;
-        }
-    };
-    crate::report!(
-        "xpmem-vmm: VM {name} joined the setup (VM number {}, process {})",
-        index + 1,
-        joined.pid
     );
-    running.push(true);
+    match &serve {
+        Ok(_) => crate::report!(
+            "xpmem-vmm: VM {name} joined the setup (VM number {}, process {})",
+            index + 1,
+            joined.pid
+        ),
+        // Its connection is closed with the failed thread's closure: the VM stops.
+        Err(e) => {
+            crate::report!("xpmem-vmm: VM {name} cannot join: no thread to serve it: {e}")
+        }
+    }
+    running.push(serve.is_ok());
     procs.push(VmProcess {
         name,
         vm: joined.vm,
         origin: Origin::Joined { pid: joined.pid },
         exited,
-        serve: Some(serve),
+        serve: serve.ok(),
     });
 }
 

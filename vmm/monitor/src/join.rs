@@ -52,26 +52,10 @@ pub(crate) enum JoinReply {
         hosts: Option<String>,
         /// A switch port comes with the reply.
         switch_port: bool,
-        /// The setup's `[monitor] seccomp`: 0 kill, 1 log, 2 off.
-        seccomp: u8,
+        /// The setup's `[monitor] seccomp`.
+        seccomp: SeccompMode,
     },
     Refused(String),
-}
-
-fn seccomp_code(mode: SeccompMode) -> u8 {
-    match mode {
-        SeccompMode::Kill => 0,
-        SeccompMode::Log => 1,
-        SeccompMode::Off => 2,
-    }
-}
-
-fn seccomp_mode(code: u8) -> SeccompMode {
-    match code {
-        1 => SeccompMode::Log,
-        2 => SeccompMode::Off,
-        _ => SeccompMode::Kill,
-    }
 }
 
 fn join_error(what: impl std::fmt::Display) -> MonitorError {
@@ -142,7 +126,7 @@ pub fn run(args: Vec<String>) -> Result<Outcome, MonitorError> {
         run_dir: &run_dir,
         cfg: &vm,
         stdout_consoles: usize::from(vm.console == crate::config::Console::Stdout),
-        seccomp: seccomp_mode(seccomp),
+        seccomp,
         handshake: None,
     };
     vm_process::run_vm(start, control, switch_port)
@@ -187,6 +171,14 @@ impl JoinServer {
         &self.listener
     }
 
+    /// Tells a VM waiting on the socket that it may not join now (the setup is stopping).
+    pub fn turn_away(&self, why: &str) {
+        if let Ok(Some(connection)) = self.listener.accept() {
+            let control = UnixStream::from(OwnedFd::from(connection));
+            refuse(&control, why.to_string());
+        }
+    }
+
     /// Takes one joining VM waiting on the socket, if any: VM number `index + 1`, checked
     /// against the VMs running now, `live`. A refused VM is told why (and the broker
     /// reports it); `None` then, as when nobody was waiting.
@@ -212,7 +204,7 @@ impl JoinServer {
                     switch_mtu: setup.switch_mtu,
                     hosts: vm.hosts.clone(),
                     switch_port: port.is_some(),
-                    seccomp: seccomp_code(setup.seccomp),
+                    seccomp: setup.seccomp,
                 };
                 let fds: Vec<_> = port.iter().map(AsRawFd::as_raw_fd).collect();
                 if let Err(e) = protocol::send(&control, &reply, &fds) {
@@ -229,16 +221,6 @@ impl JoinServer {
                 refuse(&control, why);
                 None
             }
-        }
-    }
-}
-
-impl JoinServer {
-    /// Tells a VM waiting on the socket that it may not join now (the setup is stopping).
-    pub fn turn_away(&self, why: &str) {
-        if let Ok(Some(connection)) = self.listener.accept() {
-            let control = UnixStream::from(OwnedFd::from(connection));
-            refuse(&control, why.to_string());
         }
     }
 }

@@ -31,8 +31,8 @@ pub enum SandboxError {
     Handler(std::io::Error),
 }
 
-/// `[monitor] seccomp`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `[monitor] seccomp` (also sent to a VM that joins the setup).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SeccompMode {
     /// A call outside the allow-list kills the process.
     #[default]

@@ -228,63 +228,61 @@ impl Block {
                     return Ok(false);
                 }
             };
-            {
-                let head = chain.head_index();
-                let (descs, total, cut) = collect(chain, request::max_descriptors(&LIMITS));
-                let outcome = if cut {
-                    Err(Rejected {
-                        error: RequestError::NoStatus,
-                        status: None,
-                    })
-                } else {
-                    request::parse(&active.mem, &descs, total, &LIMITS)
-                };
-                let len = match outcome {
-                    Ok(req) => {
-                        let (status, written) = match execute(
-                            &req,
-                            &active.mem,
-                            &active.disk,
-                            active.flush_negotiated,
-                            self.backend.as_mut(),
-                            &self.id,
-                            &mut self.stats,
-                        ) {
-                            Ok(written) => (VIRTIO_BLK_S_OK, written),
-                            Err(e) => {
-                                guest_warn!(
-                                    self,
-                                    "virtio-blk: request {head} ({:?}, sector {}) failed: {e}",
-                                    req.kind,
-                                    req.sector
-                                );
-                                self.stats.errors += 1;
-                                (e.status(), 0)
-                            }
-                        };
-                        finish(&active.mem, req.status, status, written)
-                    }
-                    Err(Rejected { error, status }) => {
-                        guest_warn!(self, "virtio-blk: request {head} refused: {error}");
-                        match status {
-                            Some(addr) => {
-                                self.stats.errors += 1;
-                                finish(&active.mem, addr, error.status(), 0)
-                            }
-                            None => {
-                                self.stats.rejected += 1;
-                                0
-                            }
+            let head = chain.head_index();
+            let (descs, total, cut) = collect(chain, request::max_descriptors(&LIMITS));
+            let outcome = if cut {
+                Err(Rejected {
+                    error: RequestError::NoStatus,
+                    status: None,
+                })
+            } else {
+                request::parse(&active.mem, &descs, total, &LIMITS)
+            };
+            let len = match outcome {
+                Ok(req) => {
+                    let (status, written) = match execute(
+                        &req,
+                        &active.mem,
+                        &active.disk,
+                        active.flush_negotiated,
+                        self.backend.as_mut(),
+                        &self.id,
+                        &mut self.stats,
+                    ) {
+                        Ok(written) => (VIRTIO_BLK_S_OK, written),
+                        Err(e) => {
+                            guest_warn!(
+                                self,
+                                "virtio-blk: request {head} ({:?}, sector {}) failed: {e}",
+                                req.kind,
+                                req.sector
+                            );
+                            self.stats.errors += 1;
+                            (e.status(), 0)
+                        }
+                    };
+                    finish(&active.mem, req.status, status, written)
+                }
+                Err(Rejected { error, status }) => {
+                    guest_warn!(self, "virtio-blk: request {head} refused: {error}");
+                    match status {
+                        Some(addr) => {
+                            self.stats.errors += 1;
+                            finish(&active.mem, addr, error.status(), 0)
+                        }
+                        None => {
+                            self.stats.rejected += 1;
+                            0
                         }
                     }
-                };
-                // A head outside the descriptor table cannot be returned; the
-                // chain is dropped and the queue goes on.
-                match active.queue.add_used(&active.mem, head, len) {
-                    Ok(()) => used_any = true,
-                    Err(e) => {
-                        guest_warn!(self, "virtio-blk: request {head} cannot be returned: {e:?}")
-                    }
+                }
+            };
+            // A head outside the descriptor table cannot be returned; the
+            // chain is dropped and the queue goes on.
+            match active.queue.add_used(&active.mem, head, len) {
+                Ok(()) => used_any = true,
+                Err(e) => {
+                    guest_warn!(self, "virtio-blk: request {head} cannot be returned: {e:?}")
                 }
             }
         }

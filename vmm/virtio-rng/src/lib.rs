@@ -178,27 +178,24 @@ impl Rng {
                     return Ok(false);
                 }
             };
-            {
-                let head = chain.head_index();
-                let len = match fill_chain(chain, &active.mem, self.source.as_mut(), &mut self.buf)
-                {
-                    Ok(n) => {
-                        self.stats.requests += 1;
-                        self.stats.bytes += u64::from(n);
-                        n
-                    }
-                    Err(e) => {
-                        guest_warn!(self, "virtio-rng: request {head} refused: {e}");
-                        self.stats.rejected += 1;
-                        0
-                    }
-                };
-                active
-                    .queue
-                    .add_used(&active.mem, head, len)
-                    .map_err(RngError::Queue)?;
-                used_any = true;
-            }
+            let head = chain.head_index();
+            let len = match fill_chain(chain, &active.mem, self.source.as_mut(), &mut self.buf) {
+                Ok(n) => {
+                    self.stats.requests += 1;
+                    self.stats.bytes += u64::from(n);
+                    n
+                }
+                Err(e) => {
+                    guest_warn!(self, "virtio-rng: request {head} refused: {e}");
+                    self.stats.rejected += 1;
+                    0
+                }
+            };
+            active
+                .queue
+                .add_used(&active.mem, head, len)
+                .map_err(RngError::Queue)?;
+            used_any = true;
         }
         Ok(used_any)
     }
