@@ -6,9 +6,11 @@
 //! `a` sends [`net_bytes`] over TCP to `b` (`xpmem-test net-send` /
 //! `net-recv`, every word checked), then 1000 one-byte round trips to `b`'s
 //! echo server (`net-rtt` / `vsock-echo` without `--cid`, TCP_NODELAY), then the
-//! same bytes over guest-to-guest vsock. Before the VMs boot,
-//! the test host runs the same programs between two of its own processes
-//! over loopback. Guest scripts: `scenario/bench-net-{a,b}.sh`.
+//! same bytes over guest-to-guest vsock. Then the same VMs once more with
+//! `net = { offloads = false }`, so the table shows what the checksum and
+//! segmentation offloads bring. Before the VMs boot, the test host runs the
+//! same programs between two of its own processes over loopback. Guest
+//! scripts: `scenario/bench-net-{a,b}.sh`.
 
 use crate::cases::{word_after, CaseResult, Env, Status};
 use crate::nested;
@@ -53,6 +55,10 @@ pub struct NetFigures {
     pub rtt_mean_us: Option<f64>,
     pub rtt_p50_us: Option<f64>,
     pub rtt_p99_us: Option<f64>,
+    /// The guests' TCP throughput and mean round trip with the offloads off
+    /// (guests only).
+    pub tcp_mibs_no_offloads: Option<f64>,
+    pub rtt_mean_us_no_offloads: Option<f64>,
 }
 
 impl NetFigures {
@@ -87,7 +93,7 @@ impl NetFigures {
     }
 }
 
-fn net_config(bytes: u64) -> String {
+fn net_config(bytes: u64, offloads: bool) -> String {
     ["a", "b"]
         .iter()
         .map(|vm| {
@@ -96,12 +102,15 @@ fn net_config(bytes: u64) -> String {
             );
             format!(
                 "[[vm]]\nname = \"{vm}\"\nvcpus = 1\nmemory = 512\nkernel = \"vmlinuz\"\n\
-                 initrd = \"guest.cpio.gz\"\ncmdline = {}\n",
+                 initrd = \"guest.cpio.gz\"\ncmdline = {}\nnet = {{ offloads = {offloads} }}\n",
                 toml::Value::String(cmdline)
             )
         })
         .collect()
 }
+
+/// What the L1 script prints between the run with offloads and the one without.
+const NO_OFFLOADS_MARK: &str = "bench: offloads off";
 
 fn net_script(bytes: u64) -> String {
     format!(
@@ -115,6 +124,8 @@ echo=$!
 echo "host: $(./xpmem-test net-rtt --host 127.0.0.1 --port 5102 --rounds 1000 --timeout 60 | grep RESULT)"
 wait $echo
 timeout -s KILL 600 ./xpmem-vmm --config bench.toml </dev/null 2>&1
+echo "{NO_OFFLOADS_MARK}"
+timeout -s KILL 600 ./xpmem-vmm --config bench-no-offloads.toml </dev/null 2>&1
 kill $hb 2>/dev/null
 "#,
         heartbeat = nested::HEARTBEAT,
@@ -135,14 +146,19 @@ pub fn net(env: &Env, opts: nested::Options) -> Result<(NetFigures, NetFigures),
     let mut payload =
         crate::cases::guest_payload(env, net_script(bytes)).map_err(|e| e.to_string())?;
     payload.file(&tool, "xpmem-test");
-    payload.data("bench.toml", net_config(bytes), 0o644);
+    payload.data("bench.toml", net_config(bytes, true), 0o644);
+    payload.data("bench-no-offloads.toml", net_config(bytes, false), 0o644);
     let mut opts = opts;
     opts.silence_limit = Some(nested::SILENCE_LIMIT);
     let (mut host, mut guest) = (NetFigures::default(), NetFigures::default());
+    let (mut plain, mut after_mark) = (NetFigures::default(), false);
     let mut failures = Vec::new();
     nested::run(&env.cache, &payload, &opts, |l| {
+        after_mark |= l.contains(NO_OFFLOADS_MARK);
         let side = if l.starts_with("host: ") {
             &mut host
+        } else if after_mark {
+            &mut plain
         } else {
             &mut guest
         };
@@ -154,7 +170,9 @@ pub fn net(env: &Env, opts: nested::Options) -> Result<(NetFigures, NetFigures),
         }
     })
     .map_err(|e| e.to_string())?;
-    if host.complete() && guest.complete() && failures.is_empty() {
+    guest.tcp_mibs_no_offloads = plain.tcp_mibs;
+    guest.rtt_mean_us_no_offloads = plain.rtt_mean_us;
+    if host.complete() && guest.complete() && plain.complete() && failures.is_empty() {
         Ok((host, guest))
     } else {
         Err(format!(
@@ -171,6 +189,11 @@ pub fn net_table(host: &NetFigures, guest: &NetFigures) -> String {
         &title,
         &[
             ("throughput MiB/s", f(guest.tcp_mibs), f(host.tcp_mibs)),
+            (
+                "  same, offloads off",
+                f(guest.tcp_mibs_no_offloads),
+                f(host.tcp_mibs),
+            ),
             (
                 "vsock a->b MiB/s (host: TCP)",
                 f(guest.vsock_mibs),
@@ -191,7 +214,15 @@ pub fn net_table(host: &NetFigures, guest: &NetFigures) -> String {
                 f(guest.rtt_p99_us),
                 f(host.rtt_p99_us),
             ),
+            (
+                "  mean us, offloads off",
+                f(guest.rtt_mean_us_no_offloads),
+                f(host.rtt_mean_us),
+            ),
         ],
+    ) + &format!(
+        "offloads on/off, guest TCP throughput: {:.2}\n",
+        f(guest.tcp_mibs) / guest.tcp_mibs_no_offloads.unwrap_or(f64::NAN)
     )
 }
 
@@ -225,13 +256,15 @@ mod tests {
 
     #[test]
     fn the_config_runs_both_scripts_with_the_size() {
-        let c: toml::Table = net_config(1 << 20).parse().unwrap();
+        let c: toml::Table = net_config(1 << 20, false).parse().unwrap();
         let vms = c["vm"].as_array().unwrap();
         assert_eq!(vms.len(), 2);
         assert!(vms[1]["cmdline"]
             .as_str()
             .unwrap()
             .contains("xpmem.run=bench-net-b.sh xpmem.out=kmsg xpmem.netbytes=1048576"));
+        assert_eq!(vms[0]["net"]["offloads"].as_bool(), Some(false));
         assert!(net_script(1 << 20).contains("--bytes 1048576"));
+        assert!(net_script(1 << 20).contains("--config bench-no-offloads.toml"));
     }
 }

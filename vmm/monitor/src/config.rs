@@ -37,6 +37,10 @@
 //!                              # the host side gives it an address and brings it up.
 //!                              # mtu: 68..=65535, default 1500; one TAP per VM; the VM
 //!                              # gets no host names (it cannot reach the switch's VMs)
+//!                              # net.offloads = false: no checksum or TCP segmentation
+//!                              # offloads (default true: the guests leave checksums and
+//!                              # cutting 64 KiB TCP packets to the devices, which pass
+//!                              # them on whole to guests that take them)
 //!
 //! vsock = { cid = 3, socket = "a.vsock" }
 //!                              # optional: this VM's virtio-vsock device (the default:
@@ -269,6 +273,8 @@ pub struct NetDeviceSpec {
     /// IPv4 link-local address the guest's init gives eth0 (default: from
     /// the VM's index, [`link_local_ipv4`]).
     pub ip: Option<String>,
+    /// Checksum and TCP segmentation offloads (default true).
+    pub offloads: Option<bool>,
 }
 
 /// A validated virtio-net device.
@@ -280,6 +286,8 @@ pub struct NetConfig {
     pub ip: Ipv4Addr,
     /// The host TAP interface the device is on; `None`: the setup's switch.
     pub tap: Option<virtio_net_device::TapName>,
+    /// Offer the guest checksum and TCP segmentation offloads.
+    pub offloads: bool,
 }
 
 impl NetConfig {
@@ -622,12 +630,16 @@ impl VmSpec {
             vm: vm.to_string(),
             reason,
         };
-        let (mac, mtu, ip, tap) = match &self.net {
+        let (mac, mtu, ip, tap, offloads) = match &self.net {
             Some(NetSpec::Enabled(false)) => return Ok(None),
-            None | Some(NetSpec::Enabled(true)) => (None, None, None, None),
-            Some(NetSpec::Device(d)) => {
-                (d.mac.as_deref(), d.mtu, d.ip.as_deref(), d.tap.as_deref())
-            }
+            None | Some(NetSpec::Enabled(true)) => (None, None, None, None, None),
+            Some(NetSpec::Device(d)) => (
+                d.mac.as_deref(),
+                d.mtu,
+                d.ip.as_deref(),
+                d.tap.as_deref(),
+                d.offloads,
+            ),
         };
         let tap = tap
             .map(virtio_net_device::TapName::new)
@@ -683,7 +695,13 @@ impl VmSpec {
                 }
             },
         };
-        Ok(Some(NetConfig { mac, mtu, ip, tap }))
+        Ok(Some(NetConfig {
+            mac,
+            mtu,
+            ip,
+            tap,
+            offloads: offloads.unwrap_or(true),
+        }))
     }
 
     fn vsock_config(
@@ -1945,6 +1963,10 @@ mod tests {
         assert!(e.contains("switch.mtu 70000"), "{e}");
         let e = err(vm("a", "net = { speed = 10 }"));
         assert!(e.contains("invalid config file"), "{e}");
+        let c = parse(&vm("a", "net = { offloads = false }")).unwrap();
+        assert!(!c.vms[0].net.unwrap().offloads);
+        let e = err(vm("a", "net = { offloads = \"no\" }"));
+        assert!(e.contains("invalid config file"), "{e}");
         for e in [
             err(vm("a", "net = { mac = \"02:00:00:00:00\" }")),
             err(format!("[switch]\nmtu = 70000\n{}", vm("a", ""))),
@@ -1969,6 +1991,10 @@ mod tests {
         assert_eq!(t.tap.map(|n| n.to_string()).as_deref(), Some("xtap0"));
         assert_eq!((t.mtu, t.ip.to_string().as_str()), (9000, "169.254.100.2"));
         assert!(!t.on_switch() && c.vms[0].net.unwrap().on_switch());
+        assert!(
+            t.offloads && c.vms[0].net.unwrap().offloads,
+            "offloads by default"
+        );
         assert_eq!(c.vms[0].hosts.as_deref(), Some("a,,b"));
         assert_eq!(c.vms[1].hosts, None);
         assert!(c.vms[1]

@@ -177,9 +177,11 @@ mod tests {
         let dir = sw.dir.clone();
         let a = FrameSocket::connect(sw.socket()).unwrap();
         let b = FrameSocket::connect(sw.socket()).unwrap();
-        let mut f = vec![0u8; 60];
-        f[0..6].copy_from_slice(&[0xff; 6]);
-        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        // A plain header, then a 60-byte broadcast frame.
+        let h = net_switch::NET_HDR_LEN;
+        let mut f = vec![0u8; h + 60];
+        f[h..h + 6].copy_from_slice(&[0xff; 6]);
+        f[h + 6..h + 12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         a.send(&f).unwrap();
         let mut buf = [0u8; 2048];
         let mut got = None;
@@ -197,8 +199,8 @@ mod tests {
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(p.as_mut_ptr(), 1, 10) };
         }
-        assert_eq!(got, Some(60));
-        assert_eq!(&buf[..60], &f[..]);
+        assert_eq!(got, Some(h + 60));
+        assert_eq!(&buf[..h + 60], &f[..]);
         let report = sw.stop().unwrap();
         assert!(
             report.contains("port 1: rx_frames=1 rx_bytes=60"),

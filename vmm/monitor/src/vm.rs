@@ -305,8 +305,9 @@ impl Vm {
                     )
                 }
             };
-            let device = virtio_net_device::Net::new(backend, net.mac, net.mtu)
+            let mut device = virtio_net_device::Net::new(backend, net.mac, net.mtu)
                 .map_err(|e| VmError::Net(e.to_string()))?;
+            device.set_offloads(net.offloads);
             devices.push(("net", Box::new(device)));
         }
         let mut vsock = None;

@@ -1,5 +1,11 @@
 //! The switch as a state machine: frames in, per-port output queues out.
 //!
+//! Every message on a port is a [`NET_HDR_LEN`]-byte `virtio_net_hdr_v1`
+//! followed by an Ethernet frame: the header says whether the frame's
+//! checksum is left partial or it is one TCP packet of up to 64 KiB still to
+//! be segmented (the devices at both ends check and act on it; the switch
+//! only uses its `gso_type` to bound the frame's length).
+//!
 //! [`Switch::ingress`] takes one frame that arrived on a port and the current
 //! time; it validates the frame, learns its source MAC, and puts it (shared,
 //! not copied) on the output queue of the port that owns the destination, or
@@ -28,6 +34,15 @@ pub const MIN_FRAME_LEN: usize = ETH_HEADER_LEN;
 pub const MAX_MTU: usize = 65535;
 /// Smallest MTU (IPv4's minimum).
 pub const MIN_MTU: usize = 68;
+/// Bytes of the header in front of every frame on a port.
+pub const NET_HDR_LEN: usize = 12;
+/// Largest frame of a segmentation-offload message (any MTU): a 64 KiB IPv4
+/// packet and its Ethernet header.
+pub const MAX_GSO_FRAME: usize = MAX_MTU + ETH_HEADER_LEN;
+/// Largest message on a port: header and segmentation-offload frame.
+pub const MAX_MESSAGE: usize = NET_HDR_LEN + MAX_GSO_FRAME;
+/// Where the header keeps `gso_type` (0: a plain frame, at most MTU + 14).
+const GSO_TYPE_AT: usize = 1;
 
 /// Errors of building a switch.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,7 +51,7 @@ pub enum SwitchError {
     BadMtu(usize),
     #[error("switch {what} is 0; every bound must be at least 1")]
     ZeroBound { what: &'static str },
-    #[error("switch output queue of {bytes} bytes cannot hold one frame of {frame} bytes; make queue_bytes at least the largest frame")]
+    #[error("switch output queue of {bytes} bytes cannot hold one message of {frame} bytes (a 64 KiB segmentation-offload frame and its header); make queue_bytes at least {frame}")]
     QueueTooSmall { bytes: usize, frame: usize },
 }
 
@@ -129,7 +144,8 @@ impl Default for SwitchConfig {
 }
 
 impl SwitchConfig {
-    /// Largest frame the switch forwards (header included, no FCS).
+    /// Largest plain frame the switch forwards (Ethernet header included,
+    /// no FCS); segmentation-offload frames may be up to [`MAX_GSO_FRAME`].
     pub fn max_frame(&self) -> usize {
         self.mtu + ETH_HEADER_LEN
     }
@@ -148,10 +164,10 @@ impl SwitchConfig {
                 return Err(SwitchError::ZeroBound { what });
             }
         }
-        if self.queue_bytes < self.max_frame() {
+        if self.queue_bytes < MAX_MESSAGE {
             return Err(SwitchError::QueueTooSmall {
                 bytes: self.queue_bytes,
-                frame: self.max_frame(),
+                frame: MAX_MESSAGE,
             });
         }
         Ok(())
@@ -163,7 +179,8 @@ impl SwitchConfig {
 pub enum DropReason {
     /// Shorter than an Ethernet header (counted on the ingress port).
     TooShort,
-    /// Longer than `mtu + 14` (counted on the ingress port).
+    /// Longer than `mtu + 14` (64 KiB + 14 for a segmentation-offload
+    /// frame), counted on the ingress port.
     TooLong,
     /// Source address is a group address or all zeroes (ingress port).
     BadSource,
@@ -176,7 +193,7 @@ pub enum DropReason {
 }
 
 /// Counters of one port. `rx` is what the switch received from the port,
-/// `tx` what it sent to it.
+/// `tx` what it sent to it; bytes are Ethernet frames' (headers not counted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {
     pub rx_frames: u64,
@@ -405,8 +422,8 @@ impl Switch {
         });
     }
 
-    /// Handles one frame received on `from` at time `now`.
-    pub fn ingress(&mut self, from: PortId, frame: &[u8], now: Duration) -> Verdict {
+    /// Handles one message (header and frame) received on `from` at time `now`.
+    pub fn ingress(&mut self, from: PortId, message: &[u8], now: Duration) -> Verdict {
         let Some(port) = self.ports.get_mut(&from) else {
             return Verdict::Forwarded {
                 to: Vec::new(),
@@ -415,10 +432,15 @@ impl Switch {
             };
         };
         port.counters.rx_frames += 1;
-        port.counters.rx_bytes += frame.len() as u64;
+        port.counters.rx_bytes += frame_len(message.len());
+        let frame = message.get(NET_HDR_LEN..).unwrap_or(&[]);
+        let max = match message.get(GSO_TYPE_AT) {
+            Some(0) | None => self.config.max_frame(),
+            Some(_) => MAX_GSO_FRAME,
+        };
         let reason = if frame.len() < MIN_FRAME_LEN {
             Some(DropReason::TooShort)
-        } else if frame.len() > self.config.max_frame() {
+        } else if frame.len() > max {
             Some(DropReason::TooLong)
         } else {
             None
@@ -454,7 +476,7 @@ impl Switch {
                 p.counters.rx_flooded += 1;
             }
         }
-        let shared: Arc<[u8]> = Arc::from(frame);
+        let shared: Arc<[u8]> = Arc::from(message);
         let mut to = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
         for id in targets {
@@ -475,13 +497,13 @@ impl Switch {
         Verdict::Forwarded { to, full, flooded }
     }
 
-    /// A frame of `len` bytes arrived on `from` that was too long to be
-    /// read whole (the shell reads at most `mtu + 15` bytes): counted and
-    /// dropped.
+    /// A message of `len` bytes arrived on `from` that was too long to be
+    /// read whole (the shell reads at most [`MAX_MESSAGE`] + 1 bytes):
+    /// counted and dropped.
     pub fn oversized(&mut self, from: PortId, len: usize) {
         if let Some(p) = self.ports.get_mut(&from) {
             p.counters.rx_frames += 1;
-            p.counters.rx_bytes += len as u64;
+            p.counters.rx_bytes += frame_len(len);
             p.counters.count_drop(DropReason::TooLong);
         }
     }
@@ -554,7 +576,7 @@ impl Switch {
             if let Some(f) = p.queue.pop_front() {
                 p.queued_bytes -= f.len();
                 p.counters.tx_frames += 1;
-                p.counters.tx_bytes += f.len() as u64;
+                p.counters.tx_bytes += frame_len(f.len());
             }
         }
     }
@@ -597,6 +619,11 @@ impl Switch {
         }
         out
     }
+}
+
+/// Bytes of the frame in a message of `len` bytes.
+fn frame_len(len: usize) -> u64 {
+    len.saturating_sub(NET_HDR_LEN) as u64
 }
 
 fn mac_at(frame: &[u8], at: usize) -> Mac {

@@ -39,7 +39,7 @@ pub mod socket;
 
 pub use crate::core::{
     DropReason, Mac, PortCounters, PortId, Switch, SwitchConfig, SwitchError, Verdict,
-    ETH_HEADER_LEN, MIN_FRAME_LEN,
+    ETH_HEADER_LEN, MAX_GSO_FRAME, MAX_MESSAGE, MIN_FRAME_LEN, NET_HDR_LEN,
 };
 pub use server::{ServerError, SwitchServer};
 pub use socket::SocketError;

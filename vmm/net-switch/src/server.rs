@@ -24,7 +24,7 @@ use event_manager::EventSet;
 use log::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::core::{PortCounters, PortId, Switch, SwitchConfig, SwitchError};
+use crate::core::{PortCounters, PortId, Switch, SwitchConfig, SwitchError, MAX_MESSAGE};
 use crate::readiness::Readiness;
 use crate::socket::{FrameListener, FrameSocket, Recv, Send, SocketError};
 
@@ -84,8 +84,8 @@ impl SwitchServer {
                 .watch(l.as_raw_fd(), EventSet::IN)
                 .map_err(ServerError::Events)?;
         }
-        // One byte more than the largest frame: a packet that fills it is too long.
-        let buf = vec![0u8; switch.config().max_frame() + 1];
+        // One byte more than the largest message: a packet that fills it is too long.
+        let buf = vec![0u8; MAX_MESSAGE + 1];
         Ok(Self {
             switch,
             listener,
@@ -226,7 +226,7 @@ impl SwitchServer {
                 return;
             };
             match conn.recv(&mut self.buf) {
-                Ok(Recv::Frame(n)) if n <= self.switch.config().max_frame() => {
+                Ok(Recv::Frame(n)) if n <= MAX_MESSAGE => {
                     self.switch.ingress(id, &self.buf[..n], now);
                 }
                 Ok(Recv::Frame(n)) => self.switch.oversized(id, n),

@@ -7,13 +7,14 @@ use std::path::Path;
 
 use net_switch::socket::{FrameSocket, Recv, Send, SocketError};
 
-/// A frame transport behind the device: nonblocking, one frame per call,
-/// Ethernet frames without the virtio header.
+/// A frame transport behind the device: nonblocking, one message per call;
+/// a message is the 12-byte `virtio_net_hdr_v1` (see `offload`) and then
+/// the Ethernet frame.
 pub trait NetBackend: std::marker::Send {
-    /// Sends one frame.
-    fn send(&mut self, frame: &[u8]) -> io::Result<Send>;
-    /// Receives one frame into `buf` (see [`Recv::Frame`] for frames longer
-    /// than `buf`).
+    /// Sends one message.
+    fn send(&mut self, message: &[u8]) -> io::Result<Send>;
+    /// Receives one message into `buf` (see [`Recv::Frame`] for messages
+    /// longer than `buf`).
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Recv>;
     /// The descriptor to poll, if any.
     fn fd(&self) -> Option<RawFd>;
@@ -40,8 +41,8 @@ impl SwitchPort {
 }
 
 impl NetBackend for SwitchPort {
-    fn send(&mut self, frame: &[u8]) -> io::Result<Send> {
-        self.socket.send(frame)
+    fn send(&mut self, message: &[u8]) -> io::Result<Send> {
+        self.socket.send(message)
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Recv> {

@@ -18,13 +18,15 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::backend::NetBackend;
 use crate::fair::FairQueue;
+use crate::offload::{self, Allowed, NetHeader, OffloadError, MAX_GSO_FRAME, NET_HDR_LEN};
 
 /// Virtio device ID of the network device.
 pub const VIRTIO_ID_NET: u32 = 1;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// Bytes of `virtio_net_hdr` with VERSION_1 (num_buffers included).
-pub const HDR_LEN: usize = 12;
+/// Bytes of `virtio_net_hdr` with VERSION_1 (num_buffers included); the
+/// same header goes in front of every frame to and from the backend.
+pub const HDR_LEN: usize = NET_HDR_LEN;
 /// Most frames waiting for receive buffers.
 pub const RX_QUEUE_FRAMES: usize = 256;
 /// Most bytes waiting for receive buffers (the larger of this and one
@@ -36,8 +38,19 @@ pub const RX_READ_BATCH: usize = 256;
 pub const CONFIG_LEN: usize = 12;
 
 /// Feature bits (virtio 1.2 section 5.1.3).
+/// The device completes partial checksums of transmitted frames.
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// The driver takes received frames with partial checksums.
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
 pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// The driver takes received IPv4 TCP packets of up to 64 KiB unsegmented.
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// The device segments transmitted IPv4 TCP packets of up to 64 KiB.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// The four offload features, offered unless turned off.
+pub const OFFLOAD_FEATURES: u64 =
+    VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_HOST_TSO4;
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 /// `status` bit: the link is up.
@@ -59,8 +72,8 @@ pub enum NetError {
     MulticastMac(Mac),
     #[error("a transmit chain of {0} bytes is shorter than the header and an Ethernet header")]
     TxTooShort(usize),
-    #[error("a transmit header asks for offloads (flags {flags:#x}, gso_type {gso_type}) that were not negotiated")]
-    TxOffload { flags: u8, gso_type: u8 },
+    #[error("a transmit header was refused: {0}")]
+    TxOffload(#[from] OffloadError),
     #[error("virtqueue error: {0:?}")]
     Queue(virtio_queue::Error),
     #[error(transparent)]
@@ -101,9 +114,15 @@ pub struct NetStats {
     pub rx_dropped_queue_full: u64,
     /// Frames dropped because the guest's buffers could not hold them.
     pub rx_dropped_small_buffers: u64,
-    /// Frames from the backend that were shorter than an Ethernet header or
-    /// longer than MTU + 14.
+    /// Frames from the backend that were shorter than an Ethernet header,
+    /// longer than MTU + 14, or whose offload header was not valid.
     pub rx_dropped_malformed: u64,
+    /// Frames the guest sent for segmentation (each counts once in
+    /// `tx_frames`).
+    pub tx_segmentation: u64,
+    /// Received frames the device completed for a guest that does not take
+    /// partial checksums or unsegmented packets (segments or checksums).
+    pub rx_finished_in_software: u64,
     /// Frames from the backend while the driver had not started the device.
     pub rx_dropped_inactive: u64,
 }
@@ -115,7 +134,8 @@ impl std::fmt::Display for NetStats {
             "tx_frames={} tx_bytes={} tx_bad_chains={} tx_dropped_backend={} \
              rx_frames={} rx_bytes={} rx_buffers={} rx_bad_chains={} \
              rx_dropped_queue_full={} rx_dropped_small_buffers={} \
-             rx_dropped_malformed={} rx_dropped_inactive={}",
+             rx_dropped_malformed={} rx_dropped_inactive={} tx_segmentation={} \
+             rx_finished_in_software={}",
             self.tx_frames,
             self.tx_bytes,
             self.tx_bad_chains,
@@ -127,7 +147,9 @@ impl std::fmt::Display for NetStats {
             self.rx_dropped_queue_full,
             self.rx_dropped_small_buffers,
             self.rx_dropped_malformed,
-            self.rx_dropped_inactive
+            self.rx_dropped_inactive,
+            self.tx_segmentation,
+            self.rx_finished_in_software
         )
     }
 }
@@ -138,6 +160,11 @@ struct Active {
     tx: Queue,
     interrupt: Arc<dyn VirtioInterrupt>,
     mergeable: bool,
+    /// Offloads the driver may ask of the device when it transmits.
+    tx_offloads: Allowed,
+    /// Offloads the driver takes in received frames; the device does the
+    /// rest ([`offload::finish`]).
+    rx_offloads: Allowed,
     /// Receive chains held for the next frame (with MRG_RXBUF, until they
     /// hold it; without, the one chain a too large frame did not fit).
     gathered: Vec<WritableChain>,
@@ -149,9 +176,12 @@ pub struct Net {
     backend_open: bool,
     mac: Mac,
     mtu: u16,
+    /// Offer the checksum and segmentation offloads.
+    offloads: bool,
     active: Option<Active>,
     rx_pending: FairQueue,
-    /// A frame the backend could not take yet (its chain is already used).
+    /// A message (header and frame) the backend could not take yet (its
+    /// chain is already used).
     tx_stalled: Option<Vec<u8>>,
     buf: Vec<u8>,
     stats: NetStats,
@@ -166,19 +196,26 @@ impl Net {
         if mac.is_group() {
             return Err(NetError::MulticastMac(mac));
         }
-        let max_frame = usize::from(mtu) + ETH_HEADER_LEN;
         Ok(Self {
             backend,
             backend_open: true,
             mac,
             mtu,
+            offloads: true,
             active: None,
             rx_pending: FairQueue::default(),
             tx_stalled: None,
-            buf: vec![0u8; max_frame + 1],
+            // One byte more than the largest message: one that fills it is too long.
+            buf: vec![0u8; HDR_LEN + MAX_GSO_FRAME + 1],
             stats: NetStats::default(),
             guest_warnings: 0,
         })
+    }
+
+    /// Whether the checksum and segmentation offloads are offered (on by
+    /// default; off, the guests checksum and segment every frame themselves).
+    pub fn set_offloads(&mut self, on: bool) {
+        self.offloads = on;
     }
 
     pub fn stats(&self) -> NetStats {
@@ -196,10 +233,6 @@ impl Net {
     /// Frames waiting for receive buffers.
     pub fn rx_pending(&self) -> usize {
         self.rx_pending.len()
-    }
-
-    fn max_frame(&self) -> usize {
-        usize::from(self.mtu) + ETH_HEADER_LEN
     }
 
     fn config(&self) -> [u8; CONFIG_LEN] {
@@ -230,7 +263,7 @@ impl Net {
         }
     }
 
-    /// Sends the stalled frame; false if the backend is still full.
+    /// Sends the stalled message; false if the backend is still full.
     fn flush_stalled(&mut self) -> bool {
         let Some(frame) = self.tx_stalled.take() else {
             return true;
@@ -244,16 +277,17 @@ impl Net {
         }
     }
 
-    /// Hands a frame to the backend and counts it; `WouldBlock` if it is full.
-    fn send(&mut self, frame: &[u8]) -> Option<Send> {
+    /// Hands a message (header and frame) to the backend and counts it;
+    /// `WouldBlock` if it is full.
+    fn send(&mut self, message: &[u8]) -> Option<Send> {
         if !self.backend_open {
             self.stats.tx_dropped_backend += 1;
             return None;
         }
-        match self.backend.send(frame) {
+        match self.backend.send(message) {
             Ok(Send::Sent) => {
                 self.stats.tx_frames += 1;
-                self.stats.tx_bytes += frame.len() as u64;
+                self.stats.tx_bytes += message.len().saturating_sub(HDR_LEN) as u64;
                 Some(Send::Sent)
             }
             Ok(Send::WouldBlock) => Some(Send::WouldBlock),
@@ -265,7 +299,7 @@ impl Net {
             Err(e) => {
                 debug!(
                     "virtio-net: backend refused a {}-byte frame: {e}",
-                    frame.len()
+                    message.len().saturating_sub(HDR_LEN)
                 );
                 self.stats.tx_dropped_backend += 1;
                 None
@@ -288,8 +322,7 @@ impl Net {
         if !self.flush_stalled() {
             return Ok(());
         }
-        let max = HDR_LEN + self.max_frame();
-        let mut used_any = false;
+        let (mtu, mut used_any) = (usize::from(self.mtu), false);
         if let Some(a) = self.active.as_mut() {
             a.tx.disable_notification(&a.mem).map_err(NetError::Queue)?;
         }
@@ -306,7 +339,8 @@ impl Net {
                 }
             };
             let head = chain.head_index();
-            let frame = read_tx_chain(chain, &a.mem, max, &mut self.buf);
+            let allowed = a.tx_offloads;
+            let frame = read_tx_chain(chain, &a.mem, allowed, mtu, &mut self.buf);
             // The frame is copied out of guest memory: the chain goes back now.
             match a.tx.add_used(&a.mem, head, 0) {
                 Ok(()) => used_any = true,
@@ -317,8 +351,11 @@ impl Net {
                 ),
             }
             match frame {
-                Ok(len) => {
-                    let frame = self.buf[HDR_LEN..len].to_vec();
+                Ok((len, header)) => {
+                    if header.tso.is_some() {
+                        self.stats.tx_segmentation += 1;
+                    }
+                    let frame = self.buf[..len].to_vec();
                     if let Some(Send::WouldBlock) = self.send(&frame) {
                         // Wait for the backend (`backend_wants_write`); the
                         // queue is read again once this frame has gone.
@@ -349,28 +386,34 @@ impl Net {
     /// Reads frames from the backend into the waiting queue and delivers
     /// what the guest has buffers for.
     fn read_backend(&mut self) {
-        let max = self.max_frame();
-        let byte_bound = RX_QUEUE_BYTES.max(max);
+        let byte_bound = RX_QUEUE_BYTES.max(HDR_LEN + MAX_GSO_FRAME);
         for _ in 0..RX_READ_BATCH {
             if !self.backend_open {
                 break;
             }
             match self.backend.recv(&mut self.buf) {
-                Ok(Recv::Frame(n)) if !(ETH_HEADER_LEN..=max).contains(&n) => {
-                    self.stats.rx_dropped_malformed += 1;
-                }
                 Ok(Recv::Frame(n)) => {
-                    if self.active.is_none() {
+                    let Some(a) = &self.active else {
                         self.stats.rx_dropped_inactive += 1;
-                    } else {
-                        // Fair between senders: a full queue drops the oldest
-                        // frame of whoever holds the most (see `fair`).
-                        let frame = self.buf[..n].to_vec();
-                        if !self.rx_pending.push(frame, RX_QUEUE_FRAMES, byte_bound) {
-                            self.stats.rx_dropped_queue_full += 1;
-                        }
-                        self.deliver_rx();
+                        continue;
+                    };
+                    let can = a.rx_offloads;
+                    let Some((len, header)) = self.check_received(n) else {
+                        self.stats.rx_dropped_malformed += 1;
+                        continue;
+                    };
+                    if offload::needs_finishing(&header, can) {
+                        self.stats.rx_finished_in_software += 1;
                     }
+                    // Fair between senders: a full queue drops the oldest
+                    // frame of whoever holds the most (see `fair`).
+                    let (pending, stats) = (&mut self.rx_pending, &mut self.stats);
+                    offload::finish(self.buf[..len].to_vec(), header, can, |m| {
+                        if !pending.push(m, RX_QUEUE_FRAMES, byte_bound) {
+                            stats.rx_dropped_queue_full += 1;
+                        }
+                    });
+                    self.deliver_rx();
                 }
                 Ok(Recv::Empty) => break,
                 Ok(Recv::Closed) => self.backend_gone(),
@@ -385,6 +428,26 @@ impl Net {
         }
     }
 
+    /// Checks the message of `n` bytes the backend put in `buf`: its length
+    /// and its header (`DATA_VALID` cleared: the device does not pass on
+    /// another's claim). Returns its length and header, `None` to drop it.
+    fn check_received(&mut self, n: usize) -> Option<(usize, NetHeader)> {
+        // `n` is the message's real length; one that filled `buf` was cut.
+        if n < HDR_LEN + ETH_HEADER_LEN || n >= self.buf.len() {
+            return None;
+        }
+        self.buf[0] &= !offload::VIRTIO_NET_HDR_F_DATA_VALID;
+        let (hdr, frame) = self.buf[..n].split_at(HDR_LEN);
+        let hdr: &[u8; HDR_LEN] = hdr.try_into().ok()?;
+        match NetHeader::parse(hdr, frame, Allowed::ALL, usize::from(self.mtu)) {
+            Ok(h) => Some((n, h)),
+            Err(e) => {
+                debug!("virtio-net {}: a received frame was dropped: {e}", self.mac);
+                None
+            }
+        }
+    }
+
     /// Moves waiting frames into the guest's receive buffers; raises the
     /// interrupt if any buffer was used.
     fn deliver_rx(&mut self) {
@@ -392,8 +455,8 @@ impl Net {
             return;
         };
         let mut used = false;
-        while let Some(frame) = self.rx_pending.front() {
-            let need = HDR_LEN + frame.len();
+        while let Some(message) = self.rx_pending.front() {
+            let need = message.len();
             match gather(
                 active,
                 need,
@@ -406,7 +469,13 @@ impl Net {
                     self.stats.rx_dropped_small_buffers += 1;
                 }
                 Gathered::Ready(n) => {
-                    write_rx(active, n, frame, &mut self.stats, &mut self.guest_warnings);
+                    write_rx(
+                        active,
+                        n,
+                        message,
+                        &mut self.stats,
+                        &mut self.guest_warnings,
+                    );
                     used = true;
                 }
             }
@@ -490,11 +559,14 @@ fn gather(
     }
 }
 
-/// Writes the header and `frame` across the first `n` gathered chains and
-/// returns them to the guest.
-fn write_rx(a: &mut Active, n: usize, frame: &[u8], stats: &mut NetStats, warnings: &mut u64) {
+/// Writes `message` (its header, checked and finished for this guest, then
+/// the frame) across the first `n` gathered chains and returns them to the
+/// guest.
+fn write_rx(a: &mut Active, n: usize, message: &[u8], stats: &mut NetStats, warnings: &mut u64) {
+    let (header, frame) = message.split_at(HDR_LEN.min(message.len()));
     let mut hdr = [0u8; HDR_LEN];
-    // flags 0, gso_type NONE, num_buffers = chains used (1 without MRG_RXBUF).
+    hdr.copy_from_slice(header);
+    // num_buffers = chains used (1 without MRG_RXBUF).
     let num = u16::try_from(n).unwrap_or(u16::MAX);
     hdr[10..12].copy_from_slice(&num.to_le_bytes());
     let mut src = [&hdr[..], frame];
@@ -517,22 +589,42 @@ fn write_rx(a: &mut Active, n: usize, frame: &[u8], stats: &mut NetStats, warnin
     stats.rx_bytes += frame.len() as u64;
 }
 
-/// Copies a transmit chain (header and frame) into `buf`; returns its length.
+/// Copies a transmit chain (header and frame) into `buf` and checks the
+/// header against the offloads `allowed` and the MTU; leaves the header in
+/// its canonical form (`num_buffers` 0, unused fields 0). Returns the
+/// message's length and its header.
 fn read_tx_chain(
     chain: DescriptorChain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
-    max: usize,
+    allowed: Allowed,
+    mtu: usize,
     buf: &mut Vec<u8>,
-) -> Result<usize, NetError> {
+) -> Result<(usize, NetHeader), NetError> {
+    let max = HDR_LEN
+        + if allowed.tso4 {
+            MAX_GSO_FRAME
+        } else {
+            mtu + ETH_HEADER_LEN
+        };
     let len = chain::read_chain(chain, mem, max, buf)?;
     if len < HDR_LEN + ETH_HEADER_LEN {
         return Err(NetError::TxTooShort(len));
     }
-    let (flags, gso_type) = (buf[0], buf[1]);
-    if flags != 0 || gso_type != 0 {
-        return Err(NetError::TxOffload { flags, gso_type });
+    let (hdr, frame) = buf[..len].split_at(HDR_LEN);
+    let hdr: [u8; HDR_LEN] = hdr.try_into().map_err(|_| NetError::TxTooShort(len))?;
+    let header = NetHeader::parse(&hdr, frame, allowed, mtu)?;
+    buf[..HDR_LEN].copy_from_slice(&header.encode());
+    Ok((len, header))
+}
+
+/// The offloads `features` turn on: for transmitting (CSUM, HOST_TSO4) or
+/// receiving (GUEST_CSUM, GUEST_TSO4). Segmentation needs checksums too.
+fn offloads(features: u64, csum: u64, tso4: u64) -> Allowed {
+    let checksum = features & csum != 0;
+    Allowed {
+        checksum,
+        tso4: checksum && features & tso4 != 0,
     }
-    Ok(len)
 }
 
 impl VirtioDevice for Net {
@@ -551,6 +643,7 @@ impl VirtioDevice for Net {
             | VIRTIO_NET_F_MTU
             | VIRTIO_NET_F_STATUS
             | VIRTIO_NET_F_MRG_RXBUF
+            | if self.offloads { OFFLOAD_FEATURES } else { 0 }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -572,12 +665,15 @@ impl VirtioDevice for Net {
                 "virtio-net has exactly two queues (receiveq1, transmitq1)".into(),
             ));
         };
+        let features = ctx.acked_features & self.device_features();
         self.active = Some(Active {
             mem: ctx.mem,
             rx,
             tx,
             interrupt: ctx.interrupt,
-            mergeable: ctx.acked_features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            tx_offloads: offloads(features, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4),
+            rx_offloads: offloads(features, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4),
             gathered: Vec::new(),
         });
         Ok(())

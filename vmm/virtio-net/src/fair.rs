@@ -8,11 +8,13 @@
 
 use std::collections::VecDeque;
 
-/// Source MAC of a frame (bytes 6..12; a frame shorter than the Ethernet
-/// header never gets here).
-fn source(frame: &[u8]) -> [u8; 6] {
+use crate::offload::NET_HDR_LEN;
+
+/// Source MAC of a message (header and frame; a frame shorter than the
+/// Ethernet header never gets here).
+fn source(message: &[u8]) -> [u8; 6] {
     let mut mac = [0u8; 6];
-    if let Some(s) = frame.get(6..12) {
+    if let Some(s) = message.get(NET_HDR_LEN + 6..NET_HDR_LEN + 12) {
         mac.copy_from_slice(s);
     }
     mac
@@ -113,7 +115,8 @@ mod tests {
     use super::*;
 
     fn frame(src: u8, n: u8) -> Vec<u8> {
-        let mut f = vec![0xff; 6];
+        let mut f = vec![0; NET_HDR_LEN];
+        f.extend_from_slice(&[0xff; 6]);
         f.extend_from_slice(&[2, 0, 0, 0, 0, src]);
         f.extend_from_slice(&[8, 0, n]);
         f
@@ -132,7 +135,9 @@ mod tests {
         assert!(!q.push(frame(0xc, 99), 8, 1 << 20));
         assert_eq!(q.len(), 8);
         // Round robin: a's frame comes out within two.
-        let out: Vec<u8> = (0..2).map(|_| q.pop_front().unwrap()[11]).collect();
+        let out: Vec<u8> = (0..2)
+            .map(|_| q.pop_front().unwrap()[NET_HDR_LEN + 11])
+            .collect();
         assert!(out.contains(&0xa), "{out:?}");
         assert_eq!(q.len(), 6);
     }
@@ -145,7 +150,8 @@ mod tests {
             q.push(frame(0xb, i), 100, 1 << 20);
             q.push(frame(0xb, 10 + i), 100, 1 << 20);
         }
-        let order: Vec<u8> = std::iter::from_fn(|| q.pop_front().map(|f| f[11])).collect();
+        let order: Vec<u8> =
+            std::iter::from_fn(|| q.pop_front().map(|f| f[NET_HDR_LEN + 11])).collect();
         assert_eq!(order, vec![0xa, 0xb, 0xa, 0xb, 0xa, 0xb, 0xb, 0xb, 0xb]);
         assert_eq!((q.len(), q.front()), (0, None));
         // A byte bound of two frames keeps two.

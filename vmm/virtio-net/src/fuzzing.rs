@@ -4,22 +4,30 @@
 //! `fuzz/Cargo.toml` and the crate's self dev-dependency (for `cargo test`)
 //! turn on.
 //!
-//! [`run_one`] activates a device (MTU, MRG_RXBUF from the first byte) on
-//! 256 KiB of guest RAM with a socketpair as its switch port, and
-//! interprets the rest as a program of steps: raw descriptors and bytes
-//! written anywhere (including outside RAM), heads made available on either
-//! queue, structured transmit frames (valid, or with one defect: writable
-//! descriptor, too short, too long, offload header), structured receive
-//! buffers, frames of any length from the switch side, notifications of
-//! any queue, the switch side draining its socket, and resets.
+//! [`run_one`] activates a device (MTU, MRG_RXBUF and the four offloads
+//! from the first byte) on 256 KiB of guest RAM with a socketpair as its
+//! switch port, and interprets the rest as a program of steps: raw
+//! descriptors and bytes written anywhere (including outside RAM), heads
+//! made available on either queue, structured transmit frames (plain, with
+//! a partial TCP checksum, or a TCP packet for segmentation; or with one
+//! defect: writable descriptor, too short, too long, offload header not
+//! negotiated), structured receive buffers, messages of any length from the
+//! switch side (plain, partial checksum, segmentation, or a header of random
+//! bytes), notifications of any queue, the switch side draining its socket,
+//! and resets.
 //!
 //! Oracles, after every step:
-//! - every frame that reaches the switch is 14..=MTU+14 bytes;
+//! - every message that reaches the switch has a frame of 14..=MTU+14 bytes
+//!   (64 KiB + 14 for segmentation, and only if the guest negotiated it);
+//! - no received frame has offloads the guest did not negotiate, and every
+//!   IPv4/TCP frame received without NEEDS_CSUM has valid checksums;
 //! - while no raw step has run: the switch gets exactly the valid
-//!   structured transmit frames, in order; every receive buffer the device
-//!   used holds a header whose `num_buffers` spans used buffers, and the
-//!   reassembled frame is byte for byte one the switch side sent, in send
-//!   order; a guard region no descriptor points at is never written;
+//!   structured transmit frames, in order, behind the header written by
+//!   hand here; every receive buffer the device used holds a header whose
+//!   `num_buffers` spans used buffers, and the reassembled message is byte
+//!   for byte one the switch side sent (as [`offload::finish`] makes it for
+//!   this guest), in send order; a guard region no descriptor points at is
+//!   never written;
 //! - the frames waiting for receive buffers never exceed the bound.
 //!
 //! Any panic is a bug.
@@ -39,7 +47,11 @@ use virtio_driver_model::{Input, NoIrq, SplitRing};
 use virtio_mmio_transport::{ActivateContext, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::{Net, SwitchPort, HDR_LEN, RX_QUEUE_FRAMES, VIRTIO_NET_F_MRG_RXBUF};
+use crate::offload::{self, sample, Allowed, NetHeader, MAX_GSO_FRAME};
+use crate::{
+    Net, SwitchPort, HDR_LEN, OFFLOAD_FEATURES, RX_QUEUE_FRAMES, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+};
 
 const RAM: u64 = 256 << 10;
 const QSIZE: u16 = 16;
@@ -63,6 +75,13 @@ pub struct FuzzStats {
     pub rx_delivered: u64,
     pub rx_merged: u64,
     pub rx_dropped: u64,
+    /// Offload messages: transmitted by the guest, and sent by the switch side.
+    pub tx_offload: u64,
+    pub rx_offload: u64,
+    /// The device's own counts: segmentation frames sent on, and received
+    /// frames it finished (segmented or checksummed) for the guest.
+    pub tx_segmentation: u64,
+    pub rx_finished: u64,
     pub resets: u64,
     pub raw_steps: u64,
 }
@@ -81,7 +100,8 @@ struct Harness {
     tx_busy: [bool; QSIZE as usize],
     /// Posted receive buffers by head: (address, size).
     rx_posted: BTreeMap<u16, (u64, u32)>,
-    /// Frames sent by the switch side, by tag, not yet seen in the guest.
+    /// Messages the guest should see (`num_buffers` 0) for what the switch
+    /// side sent, by tag, not yet seen in the guest.
     rx_sent: VecDeque<(u32, Vec<u8>)>,
     next_tag: u32,
     stats: FuzzStats,
@@ -124,9 +144,20 @@ impl Harness {
         loop {
             match self.peer.recv(&mut buf) {
                 Ok(Recv::Frame(n)) => {
+                    let gso = n > HDR_LEN && buf[1] != 0;
+                    let max = if gso {
+                        assert_ne!(
+                            self.features & OFFLOAD_FEATURES,
+                            0,
+                            "segmentation not negotiated"
+                        );
+                        MAX_GSO_FRAME
+                    } else {
+                        self.mtu + 14
+                    };
                     assert!(
-                        (14..=self.mtu + 14).contains(&n),
-                        "the device sent a {n}-byte frame (MTU {})",
+                        (HDR_LEN + 14..=HDR_LEN + max).contains(&n),
+                        "the device sent a {n}-byte message (MTU {})",
                         self.mtu
                     );
                     self.stats.tx_delivered += 1;
@@ -161,10 +192,37 @@ impl Harness {
         let tag = inp.u8();
         let split = inp.u8() & 1 == 1;
         let mut hdr = [0u8; HDR_LEN];
+        let offloads = self.features & OFFLOAD_FEATURES != 0;
         if defect == 4 {
-            hdr[0] = 1;
+            // Never valid: NEEDS_CSUM without CSUM, or UDP segmentation.
+            if offloads {
+                hdr[1] = 3;
+            } else {
+                hdr[0] = 1;
+            }
         }
-        let frame: Vec<u8> = (0..len).map(|i| (i as u8) ^ tag).collect();
+        let mut frame: Vec<u8> = (0..len).map(|i| (i as u8) ^ tag).collect();
+        let kind = if offloads && defect == 0 {
+            inp.u8() % 3
+        } else {
+            0
+        };
+        let max_mss = self.mtu.saturating_sub(40).min(3000);
+        if kind == 1 || (kind == 2 && max_mss == 0) {
+            // A partial TCP checksum, which the device passes on.
+            frame = sample::tcp4_frame(usize::from(inp.u16()) % 1400.min(self.mtu - 40), 0x18, 0);
+            hdr = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+        } else if kind == 2 {
+            // A TCP packet for segmentation, bigger than the MTU when it can be.
+            let mss = 1 + usize::from(inp.u16()) % max_mss;
+            frame = sample::tcp4_frame(usize::from(inp.u16()) % 3000, 0x18, 0);
+            hdr = [1, 1, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+            hdr[4..6].copy_from_slice(&(mss as u16).to_le_bytes());
+        }
+        if kind != 0 {
+            self.stats.tx_offload += 1;
+        }
+        let len = frame.len();
         let base = TX_BUFS + u64::from(slot) * SLOT;
         let flags = if defect == 1 { 2 } else { 0 };
         if len + HDR_LEN > 2 * SLOT as usize {
@@ -189,7 +247,7 @@ impl Harness {
         self.tx.make_available(&self.mem, slot);
         self.stats.tx_structured += 1;
         if defect == 0 {
-            self.tx_expect.push_back(frame);
+            self.tx_expect.push_back([&hdr[..], &frame].concat());
         }
         self.dev.queue_notify(1);
     }
@@ -216,23 +274,73 @@ impl Harness {
             _ => 14 + usize::from(inp.u16()) % (self.mtu + 1),
         };
         let count = inp.u8() % 8 + 1;
+        let kind = inp.u8() % 8;
+        let mut hdr = [0u8; HDR_LEN];
+        let mut sample_len = 0;
+        match kind {
+            // A partial checksum, or a packet for segmentation (MSS from the input).
+            4 | 5 => {
+                hdr = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+                sample_len = usize::from(inp.u16()) % self.mtu.saturating_sub(40).max(1);
+            }
+            6 => {
+                hdr = [1, 1, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+                hdr[4..6].copy_from_slice(&(1 + inp.u16() % 2000).to_le_bytes());
+                sample_len = usize::from(inp.u16()) % 6000;
+            }
+            // Random header bytes (DATA_VALID, gso types, offsets, num_buffers).
+            7 => hdr.iter_mut().for_each(|b| *b = inp.u8()),
+            _ => {}
+        }
         for _ in 0..count {
             let tag = self.next_tag;
             self.next_tag += 1;
-            let mut f: Vec<u8> = (0..len)
-                .map(|i| (i as u8).wrapping_add(tag as u8))
-                .collect();
-            if len >= 18 {
+            let mut f: Vec<u8> = if matches!(kind, 4..=6) {
+                self.stats.rx_offload += 1;
+                sample::tcp4_frame(sample_len, 0x18, 0)
+            } else {
+                (0..len)
+                    .map(|i| (i as u8).wrapping_add(tag as u8))
+                    .collect()
+            };
+            if f.len() >= 18 && !matches!(kind, 4..=6) {
                 f[14..18].copy_from_slice(&tag.to_le_bytes());
             }
-            if matches!(self.peer.send(&f), Ok(net_switch::socket::Send::Sent)) {
+            let message = [&hdr[..], &f].concat();
+            if matches!(self.peer.send(&message), Ok(net_switch::socket::Send::Sent)) {
                 self.stats.rx_sent += 1;
-                if (14..=self.mtu + 14).contains(&len) {
-                    self.rx_sent.push_back((tag, f));
+                for m in self.expected_rx(message) {
+                    self.rx_sent.push_back((tag, m));
                 }
             }
         }
         self.dev.process_backend();
+    }
+
+    /// What the guest should receive for `message` from the switch side:
+    /// nothing if it is malformed, else the message or its segments as
+    /// finished for what this guest negotiated.
+    fn expected_rx(&self, mut message: Vec<u8>) -> Vec<Vec<u8>> {
+        if message.len() < HDR_LEN + 14 {
+            return Vec::new();
+        }
+        message[0] &= !offload::VIRTIO_NET_HDR_F_DATA_VALID;
+        let mut hdr = [0u8; HDR_LEN];
+        hdr.copy_from_slice(&message[..HDR_LEN]);
+        let Ok(h) = NetHeader::parse(&hdr, &message[HDR_LEN..], Allowed::ALL, self.mtu) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        offload::finish(message, h, self.guest_offloads(), |m| out.push(m));
+        out
+    }
+
+    fn guest_offloads(&self) -> Allowed {
+        let checksum = self.features & VIRTIO_NET_F_GUEST_CSUM != 0;
+        Allowed {
+            checksum,
+            tso4: checksum && self.features & VIRTIO_NET_F_GUEST_TSO4 != 0,
+        }
     }
 
     /// Checks what the device put in the receive ring.
@@ -283,18 +391,47 @@ impl Harness {
             if num > 1 {
                 self.stats.rx_merged += 1;
             }
+            let (flags, gso) = (data[0], data[1]);
+            let can = self.guest_offloads();
+            assert!(
+                flags == 0 || (flags == 1 && can.checksum),
+                "flags {flags:#x} for {can:?}"
+            );
+            assert!(
+                gso == 0 || (gso == 1 && can.tso4),
+                "gso_type {gso:#x} for {can:?}"
+            );
             let frame = &data[HDR_LEN..];
-            // The oldest frames may have been dropped; this one is the next
-            // one sent that has its bytes.
-            let pos = self.rx_sent.iter().position(|(_, f)| f == frame);
-            let Some(pos) = pos else {
-                panic!(
-                    "the guest received a {}-byte frame the switch never sent",
-                    frame.len()
+            if gso == 0 {
+                assert!(frame.len() <= self.mtu + 14, "a {}-byte frame", frame.len());
+            }
+            let tcp4 = frame.len() >= 54 && frame[12..14] == [8, 0] && frame[23] == 6;
+            if flags == 0 && tcp4 {
+                assert!(
+                    sample::checksums_verify(frame),
+                    "a TCP frame with a bad checksum"
                 );
+            }
+            let frame_len = frame.len();
+            data[10..12].copy_from_slice(&[0, 0]);
+            // The oldest frames may have been dropped; this one is the next
+            // one sent that has its bytes. Frames are in order per source MAC
+            // only (the device serves sources round robin), so the ones before
+            // it from its source were dropped, other sources' wait.
+            let pos = self.rx_sent.iter().position(|(_, m)| *m == data);
+            let Some(pos) = pos else {
+                panic!("the guest received a {frame_len}-byte frame the switch never sent");
             };
-            self.stats.rx_dropped += pos as u64;
-            self.rx_sent.drain(..=pos);
+            let source = |m: &[u8]| m.get(HDR_LEN + 6..HDR_LEN + 12).map(<[u8]>::to_vec);
+            let src = source(&data);
+            let before = self.rx_sent.len();
+            let mut i_msg = 0;
+            self.rx_sent.retain(|(_, m)| {
+                let keep = i_msg > pos || (i_msg < pos && source(m) != src);
+                i_msg += 1;
+                keep
+            });
+            self.stats.rx_dropped += (before - self.rx_sent.len() - 1) as u64;
             self.stats.rx_delivered += 1;
             i = j;
         }
@@ -323,7 +460,8 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
         VIRTIO_NET_F_MRG_RXBUF
     } else {
         0
-    } | virtio_mmio_transport::VIRTIO_F_VERSION_1;
+    } | if mode & 8 == 8 { OFFLOAD_FEATURES } else { 0 }
+        | virtio_mmio_transport::VIRTIO_F_VERSION_1;
     let Ok((ours, peer)) = FrameSocket::pair() else {
         return FuzzStats::default();
     };
@@ -430,6 +568,9 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
         }
     }
     h.drain_peer();
-    h.stats.tx_bad_chains = h.dev.stats().tx_bad_chains;
+    let dev = h.dev.stats();
+    h.stats.tx_bad_chains = dev.tx_bad_chains;
+    h.stats.tx_segmentation = dev.tx_segmentation;
+    h.stats.rx_finished = dev.rx_finished_in_software;
     h.stats
 }

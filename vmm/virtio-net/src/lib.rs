@@ -46,6 +46,7 @@
 mod backend;
 mod device;
 mod fair;
+pub mod offload;
 // The fuzz entry point and its fake guest driver: only with the `fuzzing` feature
 // (the `cargo fuzz` target and the `fuzz_smoke` test turn it on), never in a
 // normal build's API.
@@ -56,9 +57,10 @@ mod tap;
 
 pub use backend::{NetBackend, SwitchPort};
 pub use device::{
-    mac_from_name, Net, NetError, NetStats, CONFIG_LEN, HDR_LEN, QUEUE_SIZE, RX_QUEUE_BYTES,
-    RX_QUEUE_FRAMES, RX_READ_BATCH, VIRTIO_ID_NET, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    mac_from_name, Net, NetError, NetStats, CONFIG_LEN, HDR_LEN, OFFLOAD_FEATURES, QUEUE_SIZE,
+    RX_QUEUE_BYTES, RX_QUEUE_FRAMES, RX_READ_BATCH, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 pub use net_switch::Mac;
 pub use tap::{TapBackend, TapError, TapName, MAX_TAP_NAME, TUN_DEVICE};

@@ -133,13 +133,30 @@ impl Rig {
         b
     }
 
-    fn peer_frames(&self) -> Vec<Vec<u8>> {
+    /// Every message the device sent to the backend (header and frame).
+    fn peer_messages(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 70_000];
         while let net_switch::socket::Recv::Frame(n) = self.peer.recv(&mut buf).unwrap() {
             out.push(buf[..n].to_vec());
         }
         out
+    }
+
+    /// Every frame the device sent to the backend, each behind a plain header.
+    fn peer_frames(&self) -> Vec<Vec<u8>> {
+        self.peer_messages()
+            .into_iter()
+            .map(|m| {
+                assert_eq!(&m[..HDR_LEN], &[0u8; HDR_LEN], "a plain header");
+                m[HDR_LEN..].to_vec()
+            })
+            .collect()
+    }
+
+    /// The backend sends `f` behind a plain header.
+    fn peer_send(&self, f: &[u8]) {
+        self.peer.send(&with_hdr(f)).unwrap();
     }
 }
 
@@ -175,6 +192,142 @@ fn features_and_config_space() {
     assert_eq!(one[0], (9000u16 & 0xff) as u8);
     rig.dev.read_config(u64::MAX, &mut one);
     assert_eq!(one[0], 0);
+}
+
+/// A 64 KiB-style TCP packet for segmentation: its header and frame.
+fn tso4_message(payload: usize, mss: u16) -> ([u8; HDR_LEN], Vec<u8>) {
+    (
+        offload::tests::tso_hdr(mss),
+        offload::sample::tcp4_frame(payload, 0x18, 0),
+    )
+}
+
+const ALL_OFFLOADS: u64 = VIRTIO_NET_F_MRG_RXBUF | OFFLOAD_FEATURES;
+
+#[test]
+fn offloads_are_offered_unless_turned_off() {
+    let mut rig = Rig::new(0);
+    assert_eq!(
+        rig.dev.device_features() & OFFLOAD_FEATURES,
+        OFFLOAD_FEATURES
+    );
+    rig.dev.set_offloads(false);
+    assert_eq!(rig.dev.device_features() & OFFLOAD_FEATURES, 0);
+}
+
+#[test]
+fn a_segmentation_frame_goes_to_the_backend_whole_with_its_header() {
+    let mut rig = Rig::new(ALL_OFFLOADS);
+    let (hdr, f) = tso4_message(40_000, 1448);
+    let mut guest_hdr = hdr;
+    guest_hdr[2] = 77; // hdr_len: a hint, put in canonical form
+    guest_hdr[10] = 9; // num_buffers: not the driver's to set on transmit
+    rig.post_tx(
+        0,
+        &[(BUFS, guest_hdr.to_vec(), 0), (BUFS + 0x1000, f.clone(), 0)],
+    );
+    rig.dev.queue_notify(1);
+    let got = rig.peer_messages();
+    assert_eq!(got.len(), 1);
+    let h = offload::NetHeader::parse(&hdr, &f, offload::Allowed::ALL, 1500).unwrap();
+    assert_eq!(&got[0][..HDR_LEN], &h.encode());
+    assert_eq!(
+        (got[0][2], got[0][10]),
+        (54, 0),
+        "hdr_len computed, num_buffers 0"
+    );
+    assert_eq!(&got[0][HDR_LEN..], &f[..]);
+    let s = rig.dev.stats();
+    assert_eq!(
+        (s.tx_frames, s.tx_bytes, s.tx_segmentation),
+        (1, f.len() as u64, 1)
+    );
+    // Without HOST_TSO4 the same chain is refused.
+    let mut rig = Rig::new(VIRTIO_NET_F_CSUM);
+    rig.post_tx(0, &[(BUFS, hdr.to_vec(), 0), (BUFS + 0x1000, f, 0)]);
+    rig.dev.queue_notify(1);
+    assert!(rig.peer_messages().is_empty());
+    assert_eq!(rig.dev.stats().tx_bad_chains, 1);
+}
+
+#[test]
+fn a_segmentation_frame_reaches_a_capable_guest_whole() {
+    let mut rig = Rig::new(ALL_OFFLOADS);
+    rig.post_rx(0, QSIZE, 4096);
+    let (hdr, f) = tso4_message(40_000, 1448);
+    rig.peer.send(&[&hdr[..], &f].concat()).unwrap();
+    rig.dev.process_backend();
+    let used = rig.rx.take_used(&rig.mem);
+    let total = HDR_LEN + f.len();
+    assert_eq!(used.len(), total.div_ceil(4096));
+    let mut all = Vec::new();
+    for (i, (head, len)) in used.iter().enumerate() {
+        assert_eq!(usize::from(*head), i);
+        all.extend(rig.rx_buf(*head, *len as usize));
+    }
+    assert_eq!(all.len(), total);
+    assert_eq!((all[0], all[1]), (1, 1), "NEEDS_CSUM, GSO_TCPV4");
+    assert_eq!(u16::from_le_bytes([all[4], all[5]]), 1448, "gso_size");
+    assert_eq!(u16::from_le_bytes([all[10], all[11]]) as usize, used.len());
+    assert_eq!(&all[HDR_LEN..], &f[..]);
+    assert_eq!(rig.dev.stats().rx_finished_in_software, 0);
+}
+
+#[test]
+fn a_guest_without_offloads_gets_segments_with_checksums() {
+    let mut rig = Rig::new(VIRTIO_NET_F_MRG_RXBUF);
+    rig.post_rx(0, QSIZE, 2048);
+    let (hdr, f) = tso4_message(10_000, 1448);
+    rig.peer.send(&[&hdr[..], &f].concat()).unwrap();
+    // DATA_VALID from the backend is not passed on.
+    let mut plain = with_hdr(&frame(100, 9));
+    plain[0] = offload::VIRTIO_NET_HDR_F_DATA_VALID;
+    rig.peer.send(&plain).unwrap();
+    rig.dev.process_backend();
+    let used = rig.rx.take_used(&rig.mem);
+    assert_eq!(used.len(), 10_000usize.div_ceil(1448) + 1);
+    let mut payload = Vec::new();
+    for (head, len) in &used[..used.len() - 1] {
+        let b = rig.rx_buf(*head, *len as usize);
+        assert_eq!(&b[..10], &[0u8; 10], "a plain header");
+        assert!(offload::sample::checksums_verify(&b[HDR_LEN..]));
+        assert!(b.len() - HDR_LEN <= 1514);
+        payload.extend_from_slice(&b[HDR_LEN + 54..]);
+    }
+    assert_eq!(&payload[..], &f[54..]);
+    let (head, len) = used[used.len() - 1];
+    assert_eq!(rig.rx_buf(head, len as usize)[0], 0, "DATA_VALID cleared");
+    let s = rig.dev.stats();
+    assert_eq!(
+        (s.rx_finished_in_software, s.rx_frames),
+        (1, used.len() as u64)
+    );
+}
+
+#[test]
+fn bad_offload_headers_from_the_backend_are_dropped() {
+    let mut rig = Rig::new(ALL_OFFLOADS);
+    rig.post_rx(0, QSIZE, 4096);
+    let (hdr, f) = tso4_message(3000, 1448);
+    let mut bad = Vec::new();
+    let mut udp = hdr;
+    udp[1] = 3; // GSO_UDP
+    bad.push([&udp[..], &f].concat());
+    let mut outside = hdr;
+    outside[1] = 0;
+    outside[6..8].copy_from_slice(&u16::MAX.to_le_bytes());
+    bad.push([&outside[..], &f].concat());
+    let mut huge_mss = hdr;
+    huge_mss[4..6].copy_from_slice(&9000u16.to_le_bytes());
+    bad.push([&huge_mss[..], &f].concat());
+    // A plain frame over the MTU.
+    bad.push(with_hdr(&frame(1515, 1)));
+    for m in &bad {
+        rig.peer.send(m).unwrap();
+    }
+    rig.dev.process_backend();
+    assert!(rig.rx.take_used(&rig.mem).is_empty());
+    assert_eq!(rig.dev.stats().rx_dropped_malformed, bad.len() as u64);
 }
 
 #[test]
@@ -272,7 +425,7 @@ fn a_received_frame_lands_in_a_buffer_after_its_header() {
     let mut rig = Rig::new(0);
     rig.post_rx(0, 2, 1600);
     let f = frame(1514, 3);
-    rig.peer.send(&f).unwrap();
+    rig.peer_send(&f);
     rig.dev.process_backend();
     assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 1526)]);
     let got = rig.rx_buf(0, 1526);
@@ -287,7 +440,7 @@ fn with_mrg_rxbuf_a_frame_spans_several_buffers() {
     let mut rig = Rig::new(VIRTIO_NET_F_MRG_RXBUF);
     rig.post_rx(0, 4, 512);
     let f = frame(1400, 4);
-    rig.peer.send(&f).unwrap();
+    rig.peer_send(&f);
     rig.dev.process_backend();
     assert_eq!(
         rig.rx.take_used(&rig.mem),
@@ -301,7 +454,7 @@ fn with_mrg_rxbuf_a_frame_spans_several_buffers() {
     assert_eq!(&all[HDR_LEN..HDR_LEN + 1400], &f[..]);
     // The fourth buffer is held for the next frame, which needs two: it
     // waits for one more buffer, then uses 3 and the new 4.
-    rig.peer.send(&frame(600, 5)).unwrap();
+    rig.peer_send(&frame(600, 5));
     rig.dev.process_backend();
     assert!(rig.rx.take_used(&rig.mem).is_empty());
     assert_eq!(rig.dev.rx_pending(), 1);
@@ -316,8 +469,8 @@ fn with_mrg_rxbuf_a_frame_spans_several_buffers() {
 fn without_mrg_rxbuf_a_frame_larger_than_the_buffer_is_dropped() {
     let mut rig = Rig::new(0);
     rig.post_rx(0, 1, 100);
-    rig.peer.send(&frame(200, 6)).unwrap();
-    rig.peer.send(&frame(80, 7)).unwrap();
+    rig.peer_send(&frame(200, 6));
+    rig.peer_send(&frame(80, 7));
     rig.dev.process_backend();
     // The 200-byte frame did not fit; the 80-byte one took the buffer.
     assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 92)]);
@@ -335,7 +488,7 @@ fn bad_receive_chains_are_returned_with_length_zero() {
         .set_desc(&rig.mem, 1, RAM as u64 - 100, 2000, F_WRITE, 0);
     rig.rx.make_available(&rig.mem, 1);
     rig.post_rx(2, 1, 2000);
-    rig.peer.send(&frame(64, 8)).unwrap();
+    rig.peer_send(&frame(64, 8));
     rig.dev.process_backend();
     assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 0), (1, 0), (2, 76)]);
     assert_eq!(rig.dev.stats().rx_bad_chains, 2);
@@ -350,7 +503,7 @@ fn a_guest_without_receive_buffers_costs_a_bounded_queue_and_drops() {
     while sent < total {
         // In rounds, as the socket holds only so much.
         for _ in 0..100.min(total - sent) {
-            rig.peer.send(&frame(60, (sent % 256) as u8)).unwrap();
+            rig.peer_send(&frame(60, (sent % 256) as u8));
             sent += 1;
         }
         rig.dev.process_backend();
@@ -372,9 +525,9 @@ fn a_guest_without_receive_buffers_costs_a_bounded_queue_and_drops() {
 fn oversized_and_short_frames_from_the_backend_are_dropped() {
     let mut rig = Rig::new(0);
     rig.post_rx(0, 4, 2000);
-    rig.peer.send(&frame(1515, 0)).unwrap();
+    rig.peer_send(&frame(1515, 0));
     rig.peer.send(&[0u8; 13]).unwrap();
-    rig.peer.send(&frame(1514, 1)).unwrap();
+    rig.peer_send(&frame(1514, 1));
     rig.dev.process_backend();
     assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 1526)]);
     assert_eq!(rig.dev.stats().rx_dropped_malformed, 2);
@@ -416,13 +569,13 @@ fn transmit_waits_while_the_switch_is_full_and_resumes_when_it_drains() {
 #[test]
 fn reset_drops_waiting_frames_and_inactive_devices_count_arrivals() {
     let mut rig = Rig::new(0);
-    rig.peer.send(&frame(60, 0)).unwrap();
+    rig.peer_send(&frame(60, 0));
     rig.dev.process_backend();
     assert_eq!(rig.dev.rx_pending(), 1);
     rig.dev.reset();
     assert!(!rig.dev.is_active());
     assert_eq!(rig.dev.rx_pending(), 0);
-    rig.peer.send(&frame(60, 1)).unwrap();
+    rig.peer_send(&frame(60, 1));
     rig.dev.process_backend();
     assert_eq!(rig.dev.stats().rx_dropped_inactive, 1);
     // Notifications of an inactive device do nothing.
@@ -485,7 +638,7 @@ fn frames_go_through_a_tap_backend_both_ways() {
     rig.dev.queue_notify(1);
     assert_eq!(rig.peer_frames(), vec![frame(60, 3)]);
     rig.post_rx(0, 2, 2000);
-    rig.peer.send(&frame(1514, 4)).unwrap();
+    rig.peer_send(&frame(1514, 4));
     rig.dev.process_backend();
     assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 1526)]);
     assert_eq!(rig.rx_buf(0, 1526)[HDR_LEN..], frame(1514, 4)[..]);
@@ -504,9 +657,9 @@ fn over_mtu_frames_on_a_tap_are_dropped_and_counted_both_ways() {
     assert_eq!(rig.dev.stats().tx_bad_chains, 1);
     // Host side: the same bound, and a frame far over it (cut by the read).
     rig.post_rx(0, 4, 2000);
-    rig.peer.send(&frame(1015, 3)).unwrap();
-    rig.peer.send(&frame(9014, 4)).unwrap();
-    rig.peer.send(&frame(1014, 5)).unwrap();
+    rig.peer_send(&frame(1015, 3));
+    rig.peer_send(&frame(9014, 4));
+    rig.peer_send(&frame(1014, 5));
     rig.dev.process_backend();
     assert_eq!(rig.rx.take_used(&rig.mem), vec![(0, 1026)]);
     assert_eq!(rig.rx_buf(0, 1026)[HDR_LEN + 14], 5);
@@ -590,8 +743,16 @@ fn a_real_tap_in_a_private_network_namespace() {
         let before = rx_packets("xtap-unit0");
         let mut f = frame(60, 1);
         f[0..6].copy_from_slice(&[0xff; 6]);
-        assert_eq!(tap.send(&f).unwrap(), net_switch::socket::Send::Sent);
+        assert_eq!(
+            tap.send(&with_hdr(&f)).unwrap(),
+            net_switch::socket::Send::Sent
+        );
         assert_eq!(rx_packets("xtap-unit0"), before + 1);
+        // The TAP takes a 64 KiB TCP packet for segmentation as it is.
+        let (hdr, tcp) = tso4_message(60_000, 1448);
+        let message = [&hdr[..], &tcp].concat();
+        assert_eq!(tap.send(&message).unwrap(), net_switch::socket::Send::Sent);
+        assert_eq!(rx_packets("xtap-unit0"), before + 2);
         let mut buf = [0u8; 100];
         // Nothing may block: an empty queue reads as Empty or a frame the
         // kernel sent on its own (IPv6 after link up).

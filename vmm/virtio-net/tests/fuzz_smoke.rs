@@ -31,6 +31,10 @@ fn add(t: &mut FuzzStats, s: FuzzStats) {
     t.rx_delivered += s.rx_delivered;
     t.rx_merged += s.rx_merged;
     t.rx_dropped += s.rx_dropped;
+    t.tx_offload += s.tx_offload;
+    t.rx_offload += s.rx_offload;
+    t.tx_segmentation += s.tx_segmentation;
+    t.rx_finished += s.rx_finished;
     t.resets += s.resets;
     t.raw_steps += s.raw_steps;
 }
@@ -61,4 +65,10 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
     assert!(total.rx_merged > 10, "{total:?}");
     assert!(total.rx_dropped > 0, "{total:?}");
     assert!(total.resets > 10 && total.raw_steps > 100, "{total:?}");
+    // Offloads both ways: segmentation frames sent on, and finished for guests.
+    assert!(total.tx_offload > 50 && total.rx_offload > 50, "{total:?}");
+    assert!(
+        total.tx_segmentation > 10 && total.rx_finished > 10,
+        "{total:?}"
+    );
 }

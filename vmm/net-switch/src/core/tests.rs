@@ -6,13 +6,14 @@ fn mac(n: u8) -> Mac {
     Mac([0x02, 0, 0, 0, 0, n])
 }
 
+/// A message: a plain header and a frame of `len` bytes.
 fn frame(dst: Mac, src: Mac, len: usize, tag: u8) -> Vec<u8> {
     let mut f = vec![tag; len.max(14)];
     f[0..6].copy_from_slice(&dst.0);
     f[6..12].copy_from_slice(&src.0);
     f[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
     f.truncate(len);
-    f
+    [vec![0u8; NET_HDR_LEN], f].concat()
 }
 
 fn switch(cfg: SwitchConfig) -> (Switch, Vec<PortId>) {
@@ -227,7 +228,7 @@ fn mac_table_is_bounded_per_port_and_in_total() {
 fn output_queues_are_bounded_in_frames_and_bytes_per_port() {
     let cfg = SwitchConfig {
         queue_frames: 4,
-        queue_bytes: 2000,
+        queue_bytes: MAX_MESSAGE,
         ..SwitchConfig::default()
     };
     let (mut sw, p) = switch(cfg);
@@ -244,22 +245,28 @@ fn output_queues_are_bounded_in_frames_and_bytes_per_port() {
         }
         drain(&mut sw, p[1]);
     }
-    assert_eq!(sw.queued(p[2]), (4, 400));
+    // Queued bytes are messages' (headers included): the memory they hold.
+    assert_eq!(sw.queued(p[2]), (4, 4 * (100 + NET_HDR_LEN)));
     assert_eq!(sw.counters(p[2]).unwrap().drop_queue_full, 6);
     assert_eq!(sw.counters(p[1]).unwrap().tx_frames, 10);
     assert_eq!(sw.counters(p[1]).unwrap().dropped(), 0);
     // The queue kept the oldest frames, in order.
     let kept = drain(&mut sw, p[2]);
-    assert_eq!(kept.iter().map(|f| f[14]).collect::<Vec<_>>(), [0, 1, 2, 3]);
-    // Byte bound: two 1000-byte frames fill 2000 bytes; the third is dropped.
+    assert_eq!(
+        kept.iter().map(|f| f[NET_HDR_LEN + 14]).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    // Byte bound: two 30000-byte segmentation frames fit, the third does not.
+    let mut big = frame(mac(3), mac(1), 30_000, 0);
+    big[1] = 1; // gso_type TCPV4: longer than the MTU is allowed
     for _ in 0..3 {
-        sw.ingress(p[0], &frame(mac(3), mac(1), 1000, 0), S);
+        sw.ingress(p[0], &big, S);
     }
-    assert_eq!(sw.queued(p[2]), (2, 2000));
+    assert_eq!(sw.queued(p[2]), (2, 2 * big.len()));
     assert_eq!(sw.counters(p[2]).unwrap().drop_queue_full, 7);
     // A send failure takes the frame off and counts it.
     sw.send_failed(p[2]);
-    assert_eq!(sw.queued(p[2]), (1, 1000));
+    assert_eq!(sw.queued(p[2]), (1, big.len()));
     assert_eq!(sw.counters(p[2]).unwrap().drop_send_error, 1);
 }
 
@@ -268,7 +275,7 @@ fn removing_a_port_frees_its_queue_and_forgets_its_addresses() {
     let (mut sw, p) = switch(SwitchConfig::default());
     sw.ingress(p[1], &frame(Mac::BROADCAST, mac(2), 60, 0), S);
     sw.ingress(p[0], &frame(mac(2), mac(1), 60, 0), S);
-    assert_eq!(sw.queued(p[1]), (1, 60));
+    assert_eq!(sw.queued(p[1]), (1, 60 + NET_HDR_LEN));
     let c = sw.remove_port(p[1]).unwrap();
     assert_eq!(c.rx_frames, 1);
     assert_eq!(sw.lookup(&mac(2), S), None);

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
-use crate::core::Mac;
+use crate::core::{Mac, MAX_GSO_FRAME, NET_HDR_LEN};
 
 /// A socket path in a fresh temp directory, removed on drop.
 struct TempDir(PathBuf);
@@ -33,17 +33,20 @@ fn mac(n: u8) -> Mac {
     Mac([0x02, 0, 0, 0, 0, n])
 }
 
+/// A message: a plain header and a frame of `len` bytes.
 fn frame(dst: Mac, src: Mac, len: usize, tag: u32) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst.0);
-    f[6..12].copy_from_slice(&src.0);
-    f[12..14].copy_from_slice(&[0x88, 0xb5]);
-    f[14..18].copy_from_slice(&tag.to_le_bytes());
+    let mut f = vec![0u8; NET_HDR_LEN + len];
+    let e = &mut f[NET_HDR_LEN..];
+    e[0..6].copy_from_slice(&dst.0);
+    e[6..12].copy_from_slice(&src.0);
+    e[12..14].copy_from_slice(&[0x88, 0xb5]);
+    e[14..18].copy_from_slice(&tag.to_le_bytes());
     f
 }
 
 fn tag(f: &[u8]) -> u32 {
-    u32::from_le_bytes([f[14], f[15], f[16], f[17]])
+    let e = &f[NET_HDR_LEN..];
+    u32::from_le_bytes([e[14], e[15], e[16], e[17]])
 }
 
 /// Every frame waiting on `s` now (nonblocking).
@@ -153,17 +156,29 @@ fn oversized_and_short_frames_from_a_socket_are_dropped_and_counted() {
     send(&a, &frame(Mac::BROADCAST, mac(1), 1515, 0));
     send(&a, &frame(Mac::BROADCAST, mac(1), 9000, 0));
     send(&a, &frame(Mac::BROADCAST, mac(1), 1514, 1));
+    // A segmentation-offload frame (gso_type set) may be up to 64 KiB + 14.
+    let mut gso = frame(Mac::BROADCAST, mac(1), 9000, 2);
+    gso[1] = 1;
+    send(&a, &gso);
+    let mut gso_too_long = frame(Mac::BROADCAST, mac(1), MAX_GSO_FRAME + 1, 3);
+    gso_too_long[1] = 1;
+    send(&a, &gso_too_long);
     server.step(0).unwrap();
     let got = recv_all(&b);
-    assert_eq!(got.len(), 1);
-    assert_eq!((got[0].len(), tag(&got[0])), (1514, 1));
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].len(), tag(&got[0])), (NET_HDR_LEN + 1514, 1));
+    assert_eq!((got[1].len(), tag(&got[1])), (NET_HDR_LEN + 9000, 2));
     let ca = server.switch().counters(pa).unwrap();
     assert_eq!(
         (ca.drop_too_short, ca.drop_too_long, ca.rx_frames),
-        (1, 2, 4)
+        (1, 3, 6)
     );
-    assert_eq!(ca.rx_bytes, 13 + 1515 + 9000 + 1514);
-    assert_eq!(server.switch().counters(pb).unwrap().tx_frames, 1);
+    // Bytes count frames, not headers (the 13-byte message holds 1 byte of frame).
+    assert_eq!(
+        ca.rx_bytes,
+        1 + 1515 + 9000 + 1514 + 9000 + MAX_GSO_FRAME as u64 + 1
+    );
+    assert_eq!(server.switch().counters(pb).unwrap().tx_frames, 2);
 }
 
 /// Ports: a floods (frames for d, broadcasts, and bad frames) as fast as its
@@ -231,7 +246,7 @@ fn a_flood_is_dropped_without_delaying_the_other_ports() {
         // Each of b's and c's frames arrived in this very round.
         let at_c: Vec<_> = recv_all(cc)
             .into_iter()
-            .filter(|f| f[6..12] == mac(2).0)
+            .filter(|f| f[NET_HDR_LEN + 6..NET_HDR_LEN + 12] == mac(2).0)
             .collect();
         assert_eq!(
             at_c.iter().map(|f| tag(f)).collect::<Vec<_>>(),
@@ -241,7 +256,7 @@ fn a_flood_is_dropped_without_delaying_the_other_ports() {
         to_c.extend(at_c);
         let at_b: Vec<_> = recv_all(b)
             .into_iter()
-            .filter(|f| f[6..12] == mac(3).0)
+            .filter(|f| f[NET_HDR_LEN + 6..NET_HDR_LEN + 12] == mac(3).0)
             .collect();
         let want: Vec<u32> = if i % 2 == 0 { vec![i] } else { vec![] };
         assert_eq!(at_b.iter().map(|f| tag(f)).collect::<Vec<_>>(), want);
@@ -249,7 +264,7 @@ fn a_flood_is_dropped_without_delaying_the_other_ports() {
     }
     assert_eq!(to_c.len(), N as usize);
     assert_eq!(to_b.len(), N as usize / 2);
-    assert!(to_c.iter().all(|f| f.len() == 200));
+    assert!(to_c.iter().all(|f| f.len() == NET_HDR_LEN + 200));
     let sw = server.switch();
     let (ca, cb, cc_, cd) = (
         sw.counters(pa).unwrap(),
