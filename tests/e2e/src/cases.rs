@@ -174,6 +174,40 @@ pub fn missing_xpmem_test(group: &str) -> Option<CaseResult> {
     })
 }
 
+/// `xpmem-inject` (`tests/e2e/src/bin/xpmem-inject.rs`: runs one system call
+/// in a thread of a running process, through ptrace), built beside this
+/// binary: `cargo build -p xpmem-e2e` builds both, statically linked with
+/// `RUSTFLAGS=-C target-feature=+crt-static` as `scripts/test.sh` does.
+pub fn inject_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("xpmem-inject")))
+        .unwrap_or_else(|| PathBuf::from("xpmem-inject"))
+}
+
+/// Puts `xpmem-inject` into `payload` as `./xpmem-inject` (the script runs it
+/// as `./xpmem-inject --pid PID --syscall NR [--arg N]...`); a failed
+/// `<group>/setup/inputs` case, and nothing added, when it has not been built.
+pub fn ship_inject(payload: &mut Payload, group: &str) -> Option<CaseResult> {
+    ship_inject_from(payload, group, &inject_binary())
+}
+
+fn ship_inject_from(payload: &mut Payload, group: &str, binary: &Path) -> Option<CaseResult> {
+    if !binary.exists() {
+        return Some(CaseResult::new(
+            group,
+            "setup/inputs",
+            Status::Fail(format!(
+                "{} is missing: build it beside xpmem-e2e: `cargo build -p xpmem-e2e` \
+                 (static, as scripts/test.sh does)",
+                binary.display()
+            )),
+        ));
+    }
+    payload.file(binary, "xpmem-inject");
+    None
+}
+
 /// The guest kernel (`vmlinuz`) and the (cached) initramfs built from `spec`.
 fn guest_image(cache: &Cache, spec: &Spec) -> Result<(PathBuf, PathBuf), Error> {
     let kernel = cache.kernel()?;
@@ -921,6 +955,27 @@ pub fn guest_payload(env: &Env, script: String) -> Result<Payload, Error> {
 #[allow(clippy::unwrap_used, clippy::expect_used)] // test code
 mod tests {
     use super::*;
+
+    #[test]
+    fn xpmem_inject_is_shipped_or_its_absence_is_a_setup_failure() {
+        let mut payload = Payload::new("true");
+        let missing = Path::new("/nonexistent/xpmem-inject");
+        let failed = ship_inject_from(&mut payload, "kill", missing).unwrap();
+        assert_eq!(failed.name, "kill/setup/inputs");
+        assert!(
+            matches!(&failed.status, Status::Fail(why) if why.contains("cargo build -p xpmem-e2e")),
+            "{:?}",
+            failed.status
+        );
+        assert!(payload.files.is_empty());
+
+        let exe = std::env::current_exe().unwrap();
+        assert!(ship_inject_from(&mut payload, "kill", &exe).is_none());
+        assert_eq!(payload.files.len(), 1);
+        assert_eq!(payload.files[0].dest, "xpmem-inject");
+        assert_eq!(payload.files[0].mode & 0o111, 0o111, "shipped executable");
+        assert!(inject_binary().ends_with("xpmem-inject"));
+    }
 
     #[test]
     fn only_a_stalled_host_makes_a_group_run_again() {
