@@ -7,14 +7,15 @@
 //! * `addr/<vm>`: eth0 holds both addresses (IPv6 past DAD).
 //! * `ping4/<x>-<y>`, `ping6/<x>-<y>`: every ordered pair, by name over IPv4
 //!   and by link-local address over IPv6, 3 of 3 echoes.
-//! * `transfer/*`: `a` sends [`ci_bytes`] of a pattern to `b` over TCP
-//!   (`xpmem-test net-send` / `net-recv`, every word checked in `b`); the
-//!   sums both sides print agree.
-//! * `flood/*`: during the transfer `c` floods the switch (UDP broadcasts,
-//!   frames with a group source address, runts of a bare header) until `a`
-//!   says stop; the transfer still completes with the same sum, and the
-//!   switch's at-exit counters for `c`'s port show every bad-source frame
-//!   dropped.
+//! * `transfer/*`: `a` sends [`ci_bytes`] (256 MiB) of a pattern to `b`
+//!   over TCP (`xpmem-test net-send` / `net-recv`, every word checked in
+//!   `b`); the sums both sides print agree; `a`'s device sent segmentation
+//!   frames (TSO) and `b`'s took them whole (none finished in software).
+//! * `flood/*`: then `a` sends [`flood_bytes`] more to `b` while `c` floods
+//!   the switch (UDP broadcasts, frames with a group source address, runts
+//!   of a bare header) until `a` says stop; that transfer still completes
+//!   with the same sum, and the switch's at-exit counters for `c`'s port
+//!   show every bad-source frame dropped.
 //! * `xpmem-tcp/*`: `a` exports a segment and sends its segid to `b` over TCP
 //!   (busybox `nc`, not the console relay); `b` attaches it and both check
 //!   the data (the `export`/`attach` pair of `xpmem-test`).
@@ -30,18 +31,26 @@ const G: &str = "net";
 const VMS: &[&str] = &["a", "b", "c"];
 
 /// Size of the CI transfer in MiB unless `XPMEM_NET_MIB` says otherwise.
-/// The nested host moves about 0.8 MiB/s between two guests (256 MiB took
-/// 327 s under a mild flood, 2026-12-06), but only 0.1 MiB/s under c's heaviest
-/// floods (32 MiB took 237 s with one process per VM, the fair receive queue
-/// keeping the stream alive), so CI sends 16 MiB; the issue's 256 MiB is
-/// `scripts/net-stress.sh`.
-pub const NET_MIB: u64 = 16;
+/// With the segmentation and checksum offloads the nested host moves about
+/// 1.9 MiB/s between two guests (0.4 without, `xpmem-e2e bench-net`,
+/// 2026-12-06), so the issue's 256 MiB take about two minutes.
+pub const NET_MIB: u64 = 256;
+/// Size of the transfer under c's flood in MiB unless `XPMEM_NET_FLOOD_MIB`
+/// says otherwise: a flood costs the receiving guests most of their CPU
+/// (0.1-0.3 MiB/s get through), so CI sends 8 MiB.
+pub const FLOOD_MIB: u64 = 8;
 /// Longest flood (c stops earlier when a's transfer is done).
 pub const FLOOD_SECS: u64 = 300;
 
 /// Bytes of the a -> b transfer: `XPMEM_NET_MIB` MiB, default [`NET_MIB`].
 pub fn ci_bytes() -> u64 {
     crate::cases::env_mib("XPMEM_NET_MIB", NET_MIB)
+}
+
+/// Bytes of the a -> b transfer under c's flood: `XPMEM_NET_FLOOD_MIB` MiB,
+/// default [`FLOOD_MIB`].
+pub fn flood_bytes() -> u64 {
+    crate::cases::env_mib("XPMEM_NET_FLOOD_MIB", FLOOD_MIB)
 }
 
 /// The IPv6 link-local address Linux gives an Ethernet interface with this
@@ -68,13 +77,13 @@ fn peers6() -> String {
         .join(",")
 }
 
-fn config_toml(bytes: u64) -> String {
+fn config_toml(bytes: u64, flood: u64) -> String {
     let peers = peers6();
     VMS.iter()
         .map(|vm| {
             let cmdline = format!(
                 "xpmem.name={vm} xpmem.run=net-{vm}.sh xpmem.out=kmsg xpmem.peers6={peers} \
-                 xpmem.netbytes={bytes} xpmem.floodsecs={FLOOD_SECS}"
+                 xpmem.netbytes={bytes} xpmem.floodbytes={flood} xpmem.floodsecs={FLOOD_SECS}"
             );
             format!(
                 "[[vm]]\nname = \"{vm}\"\nvcpus = 1\nmemory = 512\nkernel = \"vmlinuz\"\n\
@@ -111,9 +120,12 @@ pub(crate) fn counters(text: &str) -> HashMap<String, u64> {
 pub struct Parsed {
     /// `(check, PASS or the FAIL reason)` of every `XPMEM-TEST` result line.
     results: Vec<(String, Result<(), String>)>,
-    /// (bytes, sum) of `SENT` and `RECEIVED`.
-    sent: Option<(u64, String)>,
-    received: Option<(u64, String)>,
+    /// (bytes, sum) of `SENT` and `RECEIVED`: the plain transfer, then the
+    /// one under the flood.
+    sent: Vec<(u64, String)>,
+    received: Vec<(u64, String)>,
+    /// The virtio-net devices' at-exit counters per VM.
+    device: HashMap<String, HashMap<String, u64>>,
     /// `FLOODED` counters of c.
     flooded: Option<HashMap<String, u64>>,
     /// The segid a's exporter printed, and the one b got over TCP.
@@ -133,6 +145,13 @@ impl GroupOutput for Parsed {
     fn feed(&mut self, line: &str) {
         if let Some(rc) = crate::cases::case_end(line, G) {
             self.monitor_rc = rc;
+            return;
+        }
+        if let Some((vm, rest)) = line
+            .strip_prefix("xpmem-vmm: VM ")
+            .and_then(|r| r.split_once(": virtio-net "))
+        {
+            self.device.insert(vm.to_string(), counters(rest));
             return;
         }
         if let Some(rest) = line.strip_prefix("xpmem-vmm: switch (VM ") {
@@ -161,11 +180,11 @@ impl GroupOutput for Parsed {
             }
             "FAIL" => self.results.push((check.to_string(), Err(rest))),
             "SENT" => {
-                self.sent = Some(transfer(&rest));
+                self.sent.push(transfer(&rest));
                 self.notes.push(format!("{check}: SENT {rest}"));
             }
             "RECEIVED" => {
-                self.received = Some(transfer(&rest));
+                self.received.push(transfer(&rest));
                 self.notes.push(format!("{check}: RECEIVED {rest}"));
             }
             "FLOODED" => {
@@ -192,7 +211,32 @@ impl Parsed {
         }
     }
 
-    pub fn judge(&self, bytes: u64) -> Vec<CaseResult> {
+    /// Transfer `i` (0: plain, 1: under the flood) of `bytes` arrived whole.
+    fn same_sum(&self, i: usize, bytes: u64) -> Status {
+        match (self.sent.get(i), self.received.get(i)) {
+            (Some((n, a)), Some((m, b))) if *n == bytes && *m == bytes && a == b => Status::Pass,
+            (s, d) => Status::Fail(format!(
+                "want {bytes} bytes with one sum both sides; sent {s:?}, received {d:?}"
+            )),
+        }
+    }
+
+    /// a's device sent segmentation frames and b's took them whole.
+    fn offloads_used(&self) -> Status {
+        let get = |vm: &str, key: &str| self.device.get(vm).and_then(|d| d.get(key)).copied();
+        match (
+            get("a", "tx_segmentation"),
+            get("b", "rx_finished_in_software"),
+        ) {
+            (Some(tso), Some(0)) if tso > 0 => Status::Pass,
+            (tso, finished) => Status::Fail(format!(
+                "want a's device to send segmentation frames and b's to finish none in software; \
+                 a tx_segmentation={tso:?}, b rx_finished_in_software={finished:?}"
+            )),
+        }
+    }
+
+    pub fn judge(&self, bytes: u64, flood: u64) -> Vec<CaseResult> {
         let r = |case: &str, status: Status| CaseResult {
             name: format!("{G}/{case}"),
             status,
@@ -216,18 +260,10 @@ impl Parsed {
         }
         guest(&mut out, "transfer/sent", "net-send");
         guest(&mut out, "transfer/received", "net-recv");
-        out.push(r(
-            "transfer/same-sum",
-            match (&self.sent, &self.received) {
-                (Some((n, a)), Some((m, b))) if *n == bytes && *m == bytes && a == b => {
-                    Status::Pass
-                }
-                (s, d) => Status::Fail(format!(
-                    "want {bytes} bytes with one sum both sides; sent {s:?}, received {d:?}"
-                )),
-            },
-        ));
+        out.push(r("transfer/same-sum", self.same_sum(0, bytes)));
+        out.push(r("transfer/segmentation-offload", self.offloads_used()));
         guest(&mut out, "flood/ran", "net-flood");
+        out.push(r("flood/transfer-same-sum", self.same_sum(1, flood)));
         out.push(r(
             "flood/bad-source-dropped",
             match (&self.flooded, self.switch.get("c")) {
@@ -281,12 +317,12 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
     if let Some(missing) = crate::cases::missing_xpmem_test(G) {
         return Ok(vec![missing]);
     }
-    let bytes = ci_bytes();
+    let (bytes, flood) = (ci_bytes(), flood_bytes());
     let mut payload = crate::cases::guest_payload(env, payload_script())?;
-    payload.data("net.toml", config_toml(bytes), 0o644);
+    payload.data("net.toml", config_toml(bytes, flood), 0o644);
     let mut parsed = Parsed::default();
     let stopped = crate::cases::run_fed(env, opts, &payload, G, &mut parsed)?;
-    let mut results = parsed.judge(bytes);
+    let mut results = parsed.judge(bytes, flood);
     results.extend(stopped);
     Ok(results)
 }
@@ -312,12 +348,16 @@ mod tests {
         }
         l.extend(
             [
-                "[vm-c] [20.0] XPMEM-TEST net-flood FLOODING for 300 s",
                 "[vm-b] [20.1] XPMEM-TEST net-recv LISTENING port 5001",
                 "[vm-a] [30.0] XPMEM-TEST net-send SENT 1048576 bytes sum 00ff in 9.0 s (0.1 MiB/s)",
                 "[vm-a] [30.1] XPMEM-TEST net-send PASS",
                 "[vm-b] [30.0] XPMEM-TEST net-recv RECEIVED 1048576 bytes sum 00ff in 9.0 s",
                 "[vm-b] [30.1] XPMEM-TEST net-recv PASS",
+                "[vm-c] [30.2] XPMEM-TEST net-flood FLOODING for 300 s",
+                "[vm-a] [31.0] XPMEM-TEST net-send SENT 4096 bytes sum 0a0a in 1.0 s (0.0 MiB/s)",
+                "[vm-a] [31.0] XPMEM-TEST net-send PASS",
+                "[vm-b] [31.0] XPMEM-TEST net-recv RECEIVED 4096 bytes sum 0a0a in 1.0 s",
+                "[vm-b] [31.0] XPMEM-TEST net-recv PASS",
                 "[vm-c] [31.0] XPMEM-TEST net-flood FLOODED udp=1600 bad_source=100 runt=100 errors=0 in 11.0 s",
                 "[vm-c] [31.1] XPMEM-TEST net-flood PASS",
                 "[vm-a] [32.0] XPMEM-TEST export SEGID 77 TO b",
@@ -325,6 +365,8 @@ mod tests {
                 "[vm-b] [32.2] XPMEM-TEST xpmem-tcp/segid-received PASS segid 77 from a",
                 "[vm-b] [33.0] XPMEM-TEST attach PASS",
                 "[vm-a] [33.1] XPMEM-TEST export PASS",
+                "xpmem-vmm: VM a: virtio-net 02:4c:86:01:ec:8c: tx_frames=5759 tx_segmentation=5659 rx_finished_in_software=0",
+                "xpmem-vmm: VM b: virtio-net 02:4c:86:01:f1:a5: tx_frames=2816 tx_segmentation=0 rx_finished_in_software=0",
                 "xpmem-vmm: switch (VM a): port 1 (closed): rx_frames=10 drop_bad_source=0 drop_queue_full=5",
                 "xpmem-vmm: switch (VM b): port 2 (closed): rx_frames=10 drop_bad_source=0",
                 "xpmem-vmm: switch (VM c): port 3 (closed): rx_frames=1800 drop_bad_source=100",
@@ -340,7 +382,7 @@ mod tests {
         for l in lines {
             p.feed(l);
         }
-        p.judge(BYTES)
+        p.judge(BYTES, 4096)
             .into_iter()
             .map(|r| (r.name, r.status == Status::Pass))
             .collect()
@@ -367,8 +409,8 @@ mod tests {
     fn a_full_run_passes_with_one_line_per_check() {
         let r = judge(&lines());
         assert!(failed(&r).is_empty(), "{r:?}");
-        // 3 addr + 12 pings + 3 transfer + 3 flood + 5 xpmem-tcp + monitor.
-        assert_eq!(r.len(), 27, "{r:?}");
+        // 3 addr + 12 pings + 4 transfer + 4 flood + 5 xpmem-tcp + monitor.
+        assert_eq!(r.len(), 29, "{r:?}");
     }
 
     #[test]
@@ -392,8 +434,27 @@ mod tests {
         // Both sides agree, but on less than was asked for.
         let r = judge(&replaced("1048576 bytes", "1048568 bytes"));
         assert_eq!(failed(&r), ["net/transfer/same-sum"]);
-        let r = judge(&without("net-recv RECEIVED"));
+        let r = judge(&without("net-recv RECEIVED 1048576"));
         assert!(failed(&r).contains(&"net/transfer/same-sum"), "{r:?}");
+        // The transfer under the flood is judged on its own.
+        let r = judge(&replaced(
+            "RECEIVED 4096 bytes sum 0a0a",
+            "RECEIVED 4096 bytes sum 0a0b",
+        ));
+        assert_eq!(failed(&r), ["net/flood/transfer-same-sum"]);
+    }
+
+    #[test]
+    fn the_transfer_must_use_segmentation_offload_end_to_end() {
+        let r = judge(&replaced("tx_segmentation=5659", "tx_segmentation=0"));
+        assert_eq!(failed(&r), ["net/transfer/segmentation-offload"]);
+        let r = judge(&replaced(
+            "tx_segmentation=0 rx_finished_in_software=0",
+            "tx_segmentation=0 rx_finished_in_software=3",
+        ));
+        assert_eq!(failed(&r), ["net/transfer/segmentation-offload"]);
+        let r = judge(&without("VM a: virtio-net"));
+        assert_eq!(failed(&r), ["net/transfer/segmentation-offload"]);
     }
 
     #[test]

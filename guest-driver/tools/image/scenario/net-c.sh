@@ -5,7 +5,7 @@
 . "$(dirname "$0")/net-lib.sh"
 check_addr
 ping_matrix
-timeout 300 nc -l -p 5003 </dev/null >/dev/null || res flood/go FAIL "no GO from a"
+timeout 1200 nc -l -p 5003 </dev/null >/dev/null || res flood/go FAIL "no GO from a"
 (timeout $((floodsecs + 60)) nc -l -p 5004 </dev/null >/dev/null; touch /tmp/net-flood.stop) &
 xpmem-test net-flood --dev eth0 --seconds "$floodsecs" --stop /tmp/net-flood.stop || rc=1
 wait

@@ -4,7 +4,8 @@
 # Kernel command line: xpmem.peers6=a@fe80::..,b@..,c@.. (each VM's IPv6
 # link-local address as the harness derives it from the MAC the monitor
 # derives from the name), xpmem.netbytes=N (the a->b transfer),
-# xpmem.floodsecs=S (longest flood by c).
+# xpmem.floodbytes=N (the a->b transfer under c's flood), xpmem.floodsecs=S
+# (longest flood by c).
 rc=0
 me=$(hostname)
 res() {
@@ -15,6 +16,7 @@ arg() { sed -n "s/.*[[:space:]]xpmem\.$1=\([^[:space:]]*\).*/\1/p" /proc/cmdline
 addr_of() { awk -v n="$1" '$2 == n { print $1; exit }' /etc/hosts; }
 v6_of() { arg peers6 | tr ',' '\n' | sed -n "s/^$1@//p"; }
 bytes=$(arg netbytes)
+floodbytes=$(arg floodbytes)
 floodsecs=$(arg floodsecs)
 # nc to $1 port $2 (stdin goes along) until it connects, for $3 s at most.
 send_to() {
