@@ -26,12 +26,16 @@
 //! * `permits`: `vp` takes a permit of a segment of `x` and holds it
 //!   (`get-hold`); `vp` is killed; `x` then removes its segment
 //!   (`export-hold --stop`), and the broker holds no permit at exit.
-//! * `idle`: `vz` is killed doing nothing.
+//! * `idle`: `vz`, doing nothing, is made to call `getppid`, which its VM
+//!   process's seccomp filter forbids: `xpmem-inject` (ptrace; no test hook
+//!   in the monitor) has the process's main thread, asleep in `epoll_wait`,
+//!   run it. The process must say which call was forbidden and die by
+//!   SIGSYS, and only it: the rest below shows the others go on.
 //!
 //! Then `x` exports and `y` attaches once more (data checked both ways), both
 //! guests' `/proc/xpmem` counters are 0 (`proc-zero`) and both power off
 //! through their agents. The broker must have reported exactly the five
-//! victims, each "killed by signal 9 (SIGKILL)", `x` and `y` must have left no
+//! victims, each "killed by signal 9 (SIGKILL)" (`vz`: "signal 31 (SIGSYS)"), `x` and `y` must have left no
 //! xpmem objects, the domain must hold nothing at exit, and the monitor must
 //! exit 1 (its VM processes did not all end cleanly) — not 137 (the
 //! deadline).
@@ -72,6 +76,9 @@ const POINTS: [(&str, &str); 5] = [
     ("permits", "vp"),
     ("idle", "vz"),
 ];
+/// The system call `vz`'s process is made to run: getppid, not on a VM
+/// process's allow-list (`vmm/monitor/src/sandbox.rs`).
+const FORBIDDEN_SYSCALL: u32 = 110;
 /// Steps (guest commands through an agent) that run in a victim and end
 /// with its kill.
 const VICTIM_STEPS: [&str; 4] = ["e-exp", "f-exp", "i-imp", "p-get"];
@@ -150,6 +157,18 @@ kill_vm() {
 		echo "XPMEM-KILL kill vm=$1 point=$2 pid=none ready=$3"
 	fi
 }
+# forbid_vm VM POINT: the VM's process's main thread runs a forbidden system call.
+forbid_vm() {
+	p=$(pid_of "$1" vmm.out)
+	if [ -n "$p" ]; then
+		out=$(./xpmem-inject --pid "$p" --syscall @FORBIDDEN@ 2>&1)
+		rc=$?
+		echo "$out" | sed 's/^/XPMEM-KILL-INJECT /'
+		echo "XPMEM-KILL kill vm=$1 point=$2 pid=$p rc=$rc ready=yes at=$(up)"
+	else
+		echo "XPMEM-KILL kill vm=$1 point=$2 pid=none ready=yes"
+	fi
+}
 ok() { if "$@" >/dev/null; then echo yes; else echo no; fi; }
 
 echo "XPMEM-CASE-BEGIN kill"
@@ -211,8 +230,8 @@ finish p-get 30
 timeout -s KILL 120 ./xpmem-vmm exec --socket x.vsock -- touch /tmp/kill-p.stop
 finish p-exp 60
 
-# 5. idle
-kill_vm vz idle yes
+# 5. idle, then a forbidden system call
+forbid_vm vz idle
 waitfor vmm.out "VM vz: its process" 30 >/dev/null
 
 # The survivors go on.
@@ -322,6 +341,7 @@ fn script() -> String {
         nested::HEARTBEAT,
         SCRIPT
             .replace("@VMS@", &vms().join(" "))
+            .replace("@FORBIDDEN@", &FORBIDDEN_SYSCALL.to_string())
             .replace("@ORPHAN_TICKS@", &ticks.to_string())
             .replace("@VM_MIB@", &VM_MIB.to_string())
     )
@@ -389,6 +409,10 @@ pub struct Parsed {
     kills: BTreeMap<String, Kill>,
     /// The broker's "its process ..." lines: VM -> what it said.
     died: BTreeMap<String, String>,
+    /// Numbers of the calls a process's seccomp handler said were forbidden.
+    forbidden: Vec<u32>,
+    /// `xpmem-inject`'s output lines.
+    inject: Vec<String>,
     /// "xpmem objects the guest left: ..." per VM.
     left: BTreeMap<String, String>,
     /// `exec --exit 0` exit codes of the survivors.
@@ -429,6 +453,12 @@ impl Parsed {
         } else if let Some(rest) = line.strip_prefix("XPMEM-KILL-RC ") {
             let (step, text) = rest.split_once(' ').unwrap_or((rest, ""));
             self.steps.entry(step.to_string()).or_default().rc = num(text, "rc=");
+        } else if let Some(rest) = line.strip_prefix("XPMEM-KILL-INJECT ") {
+            self.inject.push(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("xpmem-vmm: seccomp: forbidden system call ") {
+            if let Some(nr) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                self.forbidden.push(nr);
+            }
         } else if let Some(rest) = line.strip_prefix("XPMEM-KILL sandbox ") {
             if let Some(who) = word_after(rest, "who=") {
                 let field = |k| word_after(rest, k).unwrap_or("").to_string();
@@ -525,8 +555,13 @@ impl Parsed {
                 "{vm} was killed without its point `{point}` having been reached"
             ));
         }
+        let want = if point == "idle" {
+            "was killed by signal 31 (SIGSYS)"
+        } else {
+            "was killed by signal 9 (SIGKILL)"
+        };
         match self.died.get(vm) {
-            Some(what) if what == "was killed by signal 9 (SIGKILL)" => Status::Pass,
+            Some(what) if what == want => Status::Pass,
             Some(what) => Status::Fail(format!("the broker says VM {vm}: its process {what}")),
             None => Status::Fail(format!("the broker never reported {vm}'s process dying")),
         }
@@ -634,8 +669,20 @@ impl Parsed {
             self.step("p-exp").verdict("export-hold"),
         );
 
-        // 5. idle
+        // 5. idle, then a forbidden system call
         push("idle/killed", self.killed("idle", "vz"));
+        push(
+            "idle/forbidden-call-reported",
+            match (self.forbidden.as_slice(), self.inject.iter().any(|l| l.contains(" done"))) {
+                ([nr], true) if *nr == FORBIDDEN_SYSCALL => Status::Pass,
+                (calls, injected) => Status::Fail(format!(
+                    "want xpmem-inject to run system call {FORBIDDEN_SYSCALL} in vz's process and that \
+                     process alone to report it forbidden; inject said {:?} (done: {injected}), \
+                     processes reported {calls:?}",
+                    self.inject
+                )),
+            },
+        );
 
         let victims_failed: Vec<String> = VICTIM_STEPS
             .iter()
@@ -821,6 +868,9 @@ pub fn run(env: &Env, opts: nested::Options) -> Result<Vec<CaseResult>, Error> {
         return Ok(vec![missing]);
     }
     let mut payload = crate::cases::guest_payload(env, script())?;
+    if let Some(missing) = crate::cases::ship_inject(&mut payload, G) {
+        return Ok(vec![missing]);
+    }
     payload.data("kill.toml", config(), 0o644);
     payload.data("death.toml", death_config(), 0o644);
     let mut opts = opts;
@@ -869,12 +919,24 @@ mod tests {
                 .into(),
         );
         for (i, (point, vm)) in POINTS.iter().enumerate() {
+            if *point == "idle" {
+                l.push(format!(
+                    "XPMEM-KILL-INJECT XPMEM-INJECT pid={} syscall=110 rip=0x7f00 done",
+                    300 + i
+                ));
+                l.push("xpmem-vmm: seccomp: forbidden system call 110 (see vmm/monitor/src/sandbox.rs); stopping this process".into());
+            }
             l.push(format!(
                 "XPMEM-KILL kill vm={vm} point={point} pid={} rc=0 ready=yes at=60.0",
                 300 + i
             ));
+            let how = if *point == "idle" {
+                "31 (SIGSYS)"
+            } else {
+                "9 (SIGKILL)"
+            };
             l.push(format!(
-                "xpmem-vmm: VM {vm}: its process was killed by signal 9 (SIGKILL)"
+                "xpmem-vmm: VM {vm}: its process was killed by signal {how}"
             ));
         }
         l.extend(out(
@@ -1012,7 +1074,7 @@ mod tests {
             p.feed(&l);
         }
         let r = p.judge();
-        assert_eq!(r.len(), 32, "{r:?}");
+        assert_eq!(r.len(), 33, "{r:?}");
         assert!(r.iter().all(|c| c.status == Status::Pass), "{r:?}");
         assert!(p.summary().contains("1450.2"), "{}", p.summary());
     }
@@ -1095,10 +1157,22 @@ mod tests {
         );
         assert_eq!(
             failed(&edit(
-                "VM vz: its process was killed by signal 9",
-                "VM vz: its process was killed by signal 6"
+                "VM vz: its process was killed by signal 31 (SIGSYS)",
+                "VM vz: its process was killed by signal 9 (SIGKILL)"
             )),
             ["kill/idle/killed"]
+        );
+        // The forbidden call must be the injected one, reported once.
+        assert_eq!(
+            failed(&edit(
+                "forbidden system call 110",
+                "forbidden system call 57"
+            )),
+            ["kill/idle/forbidden-call-reported"]
+        );
+        assert_eq!(
+            failed(&edit("syscall=110 rip=0x7f00 done", "syscall=110 refused")),
+            ["kill/idle/forbidden-call-reported"]
         );
         assert_eq!(
             failed(&edit(
@@ -1174,8 +1248,14 @@ mod tests {
         let s = script();
         assert!(s.contains("for vm in x y ve vf vi vp vz; do"));
         assert!(!s.contains("@VMS@") && !s.contains("@ORPHAN_TICKS@"));
+        assert!(!s.contains("@FORBIDDEN@") && s.contains("--syscall 110"));
         for (point, vm) in POINTS {
-            assert!(s.contains(&format!("kill_vm {vm} {point} ")), "{point}");
+            let how = if point == "idle" {
+                "forbid_vm"
+            } else {
+                "kill_vm"
+            };
+            assert!(s.contains(&format!("{how} {vm} {point}")), "{point}");
         }
     }
 }

@@ -64,6 +64,14 @@ pub fn name(signo: i32) -> &'static str {
         libc::SIGSEGV => "SIGSEGV",
         libc::SIGPIPE => "SIGPIPE",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        // A forbidden system call under the seccomp filter (`sandbox`).
+        libc::SIGSYS => "SIGSYS",
         _ => "signal",
     }
 }
@@ -74,6 +82,11 @@ mod tests {
     fn a_killed_vm_process_is_named_sigkill() {
         assert_eq!(super::name(9), "SIGKILL");
         assert_eq!(super::name(libc::SIGTERM), "SIGTERM");
-        assert_eq!(super::name(libc::SIGUSR1), "signal");
+        assert_eq!(
+            super::name(libc::SIGSYS),
+            "SIGSYS",
+            "how a seccomp kill reads"
+        );
+        assert_eq!(super::name(libc::SIGWINCH), "signal");
     }
 }
