@@ -101,18 +101,19 @@ if [ -e "$repo/guest-driver/Makefile" ]; then
 	fi
 fi
 
-# 5. Fuzzing, 60 s per target (scripts/fuzz.sh), on the CPU the nested test host leaves
-# idle: its QEMU runs one TCG thread, so this adds no time to the run.
+# 5. Fuzzing, 60 s per target (scripts/fuzz.sh), beside the end-to-end groups. Those run
+# in one lane per CPU (a nested test host's QEMU is one TCG thread), so the fuzzing
+# shares the CPUs with them: niced, but not so far that its rounds would starve.
 fuzz_secs=${XPMEM_FUZZ_SECS:-60}
 say "fuzzing every target for ${fuzz_secs}s in the background (log $log/fuzz.txt)"
 # The debug test binaries of step 3 are reused: nothing is compiled beside the e2e run.
 # Its own session, so that all of it can be stopped if it overruns (below).
-FUZZ_PROFILE=debug setsid nice -n 19 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
+FUZZ_PROFILE=debug setsid nice -n 5 "$repo/scripts/fuzz.sh" "$fuzz_secs" >"$log/fuzz.txt" 2>&1 &
 fuzz_pid=$!
 
 # 6. End-to-end groups on the KVM test host.
 if [ -x "$bindir/xpmem-e2e" ] && [ -x "$bindir/xpmem-vmm" ]; then
-	say "end-to-end tests (xpmem-e2e test)"
+	say "end-to-end tests (xpmem-e2e test: the first group, then the others in parallel lanes)"
 	"$bindir/xpmem-e2e" test --vmm "$bindir/xpmem-vmm" 2>&1 | tee "$log/e2e.txt"
 	sum=$(grep -E '^e2e: [0-9]+ passed' "$log/e2e.txt" | tail -1)
 	if [ -n "$sum" ]; then

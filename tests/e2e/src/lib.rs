@@ -21,6 +21,7 @@ pub mod hash;
 pub mod image;
 pub mod kill_group;
 pub mod kmod;
+pub mod lanes;
 pub mod nested;
 pub mod net_group;
 pub mod process;

@@ -68,9 +68,11 @@ commands:
                              host side of the vsock group (on the test host): echo
                              streams the pattern through a guest's echo server on
                              PATH (CONNECT P); recv listens at PATH_P for a guest
-  test --vmm BIN [GROUP..] [--nested|--direct] [--verbose]
+  test --vmm BIN [GROUP..] [--nested|--direct] [--verbose] [--lanes N]
                              run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock kill; also scale;
-                             xpmem, scale and kill need `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`
+                             xpmem, scale and kill need `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`;
+                             the first group alone, then the others in N parallel lanes (processes, each with its own
+                             nested host; default XPMEM_E2E_LANES, else one per CPU up to 2), every line tagged [lane K]
 
 environment: XPMEM_BUILD_DIR (default <repo>/build), XPMEM_KERNEL_PKG
 ";
@@ -343,6 +345,10 @@ struct RunFlags {
     vmm: Option<PathBuf>,
     echo: Echo,
     positional: Vec<String>,
+    /// `test --lanes N`.
+    lanes: Option<usize>,
+    /// The options as given (not the positional words), for lane processes.
+    given: Vec<String>,
 }
 
 fn parse_run_flags(args: &mut Args, echo: Echo) -> Result<RunFlags, CliError> {
@@ -351,22 +357,54 @@ fn parse_run_flags(args: &mut Args, echo: Echo) -> Result<RunFlags, CliError> {
         vmm: None,
         echo,
         positional: Vec::new(),
+        lanes: None,
+        given: Vec::new(),
     };
     while let Some(a) = args.next() {
+        // Options with a value: (the option, its value) go to lane processes as given.
+        let mut with_value = |args: &mut Args| -> Result<String, CliError> {
+            let v = args.value(&a)?;
+            f.given.extend([a.clone(), v.clone()]);
+            Ok(v)
+        };
+        let number = |v: String| -> Result<u64, CliError> {
+            v.parse()
+                .map_err(|_| CliError::Usage(format!("{a}: `{v}` is not a valid number")))
+        };
         match a.as_str() {
+            "--vmm" => f.vmm = Some(PathBuf::from(with_value(args)?)),
+            "--timeout" => f.opts.timeout = Duration::from_secs(number(with_value(args)?)?),
+            "--memory" | "--cpus" => {
+                let n = u32::try_from(number(with_value(args)?)?)
+                    .map_err(|_| CliError::Usage(format!("{a}: too large")))?;
+                if a == "--memory" {
+                    f.opts.memory_mib = n;
+                } else {
+                    f.opts.cpus = n;
+                }
+            }
+            "--lanes" => {
+                let n = number(args.value("--lanes")?)?;
+                f.lanes = Some(usize::try_from(n).unwrap_or(8).clamp(1, 8));
+            }
             "--nested" => f.opts.mode = Mode::Nested,
             "--direct" => f.opts.mode = Mode::Direct,
-            "--vmm" => f.vmm = Some(PathBuf::from(args.value("--vmm")?)),
-            "--timeout" => f.opts.timeout = Duration::from_secs(args.number("--timeout")?),
-            "--memory" => f.opts.memory_mib = args.number("--memory")?,
-            "--cpus" => f.opts.cpus = args.number("--cpus")?,
             "--verbose" => f.echo = Echo::All,
             "--guests" => f.echo = Echo::Guests,
             "--quiet" => f.echo = Echo::Progress,
             s if s.starts_with("--") => {
                 return Err(CliError::Usage(format!("unknown option `{s}`")))
             }
-            _ => f.positional.push(a),
+            _ => {
+                f.positional.push(a);
+                continue;
+            }
+        }
+        if !matches!(
+            a.as_str(),
+            "--vmm" | "--timeout" | "--memory" | "--cpus" | "--lanes"
+        ) {
+            f.given.push(a);
         }
     }
     Ok(f)
@@ -567,6 +605,17 @@ fn cmd_stress_forced(args: &mut Args) -> Result<ExitCode, CliError> {
     }
 }
 
+/// Lanes of `test` unless `--lanes` says: `XPMEM_E2E_LANES`, else one per
+/// CPU up to 2 (a nested test host keeps one CPU busy; more lanes than CPUs
+/// would only slow each down).
+fn default_lanes() -> usize {
+    std::env::var("XPMEM_E2E_LANES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)))
+        .clamp(1, 8)
+}
+
 fn cmd_test(args: &mut Args) -> Result<ExitCode, CliError> {
     let f = parse_run_flags(args, Echo::Progress)?;
     let groups: Vec<String> = if f.positional.is_empty() {
@@ -601,16 +650,35 @@ fn cmd_test(args: &mut Args) -> Result<ExitCode, CliError> {
             opts: f.opts.clone(),
             echo: f.echo,
         };
-        for g in &groups {
-            let start = std::time::Instant::now();
-            println!("[e2e] group {g}: starting");
-            let r = cases::run_group(&env, g);
-            println!(
-                "[e2e] group {g}: {} cases in {:.1}s",
-                r.len(),
-                start.elapsed().as_secs_f64()
-            );
-            results.extend(r);
+        let run_here = |groups: &[String], results: &mut Vec<CaseResult>| {
+            for g in groups {
+                let start = std::time::Instant::now();
+                println!("[e2e] group {g}: starting");
+                let r = cases::run_group(&env, g);
+                println!(
+                    "[e2e] group {g}: {} cases in {:.1}s",
+                    r.len(),
+                    start.elapsed().as_secs_f64()
+                );
+                results.extend(r);
+            }
+        };
+        let lanes = f.lanes.unwrap_or_else(default_lanes);
+        let exe = std::env::current_exe().ok();
+        match (lanes, groups.split_first(), exe) {
+            (2.., Some((first, rest)), Some(exe)) if rest.len() > 1 => {
+                // The first group alone fills the caches the lanes share.
+                run_here(std::slice::from_ref(first), &mut results);
+                let plan = xpmem_e2e::lanes::plan(rest, lanes);
+                let started = std::time::Instant::now();
+                results.extend(xpmem_e2e::lanes::run(&exe, &f.given, &plan));
+                println!(
+                    "[e2e] {} lanes done in {:.1}s",
+                    plan.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            _ => run_here(&groups, &mut results),
         }
     }
     for r in &results {
