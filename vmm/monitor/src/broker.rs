@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use event_manager::EventSet;
@@ -37,8 +38,9 @@ struct VmProcess {
     /// Its VM's configuration (what a joining VM is checked against).
     vm: VmConfig,
     origin: Origin,
-    /// Readable when the process has exited (pidfd).
-    exited: OwnedFd,
+    /// Readable when the process has exited (pidfd); also how it is signalled, here
+    /// and by its serving thread.
+    exited: Arc<OwnedFd>,
     serve: Option<JoinHandle<()>>,
 }
 
@@ -74,14 +76,15 @@ fn serve_thread(
     links: &ApertureLinks,
     id: VmId,
     control: UnixStream,
-    pid: Option<i32>,
+    process: &Arc<OwnedFd>,
     name: &str,
 ) -> std::io::Result<JoinHandle<()>> {
     let (hub, links, name) = (hub.clone(), links.clone(), name.to_string());
+    let process = Some(process.clone());
     std::thread::Builder::new()
         .name(format!("broker-{name}"))
         .spawn(move || {
-            if let Err(e) = remote::serve_vm_process(&hub, &links, id, control, pid) {
+            if let Err(e) = remote::serve_vm_process(&hub, &links, id, control, process) {
                 crate::report!("xpmem-vmm: VM {name}: xpmem broker connection: {e}");
             }
         })
@@ -256,7 +259,7 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
                 fds.push((port.as_raw_fd(), SWITCH_FD));
             }
             let child = spawn(index, &run_dir, args, fds)?;
-            let exited = pidfd_open(child.id())?;
+            let exited = Arc::new(pidfd_open(child.id())?);
             Ok::<_, std::io::Error>((child, exited, handshake, broker_control))
         })();
         let (child, exited, handshake, broker_control) = match setup {
@@ -266,8 +269,14 @@ pub fn run(config: &Config, args: &[String]) -> Result<Outcome, MonitorError> {
                 return Err(failed(e));
             }
         };
-        let pid = i32::try_from(child.id()).ok();
-        let serve = serve_thread(&hub, &links, vm_id(index), broker_control, pid, &cfg.name);
+        let serve = serve_thread(
+            &hub,
+            &links,
+            vm_id(index),
+            broker_control,
+            &exited,
+            &cfg.name,
+        );
         let failed = serve.as_ref().err().map(ToString::to_string);
         procs.push(VmProcess {
             name: cfg.name.clone(),
@@ -416,7 +425,7 @@ fn join_one(
     };
     let name = joined.vm.name.clone();
     let exited = match pidfd_open(u32::try_from(joined.pid).unwrap_or(0)) {
-        Ok(fd) => fd,
+        Ok(fd) => Arc::new(fd),
         Err(e) => {
             crate::report!("xpmem-vmm: VM {name} cannot join: its process: {e}");
             return;
@@ -431,7 +440,7 @@ fn join_one(
         joining.links,
         vm_id(index),
         joined.control,
-        Some(joined.pid),
+        &exited,
         &name,
     );
     match &serve {

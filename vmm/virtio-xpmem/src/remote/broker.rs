@@ -39,8 +39,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct Link {
     sock: UnixStream,
-    /// The VM process, killed if it stops answering.
-    pid: Option<i32>,
+    /// The VM process (its pidfd), killed if it stops answering.
+    process: Option<Arc<OwnedFd>>,
     /// Exporters whose RAM this process has been given.
     exporters: HashSet<VmId>,
     /// The connection closed: the process has exited (see [`RemoteAperture`]).
@@ -48,10 +48,13 @@ struct Link {
 }
 
 /// The aperture connections of the VM processes, shared by the serving threads (which
-/// add and remove them) and the [`RemoteAperture`] inside the hub. Lock order: the hub's
-/// state, then this.
+/// add and remove them) and the [`RemoteAperture`] inside the hub. The map's mutex is
+/// held only to look a link up, add or remove one, never across a request, so a VM
+/// that joins or leaves does not wait for another VM process's answer; each link has
+/// its own mutex, held for one request and its answer. Lock order: the hub's state,
+/// then a link; the map's mutex is a leaf.
 #[derive(Clone, Default)]
-pub struct ApertureLinks(Arc<Mutex<HashMap<VmId, Link>>>);
+pub struct ApertureLinks(Arc<Mutex<HashMap<VmId, Arc<Mutex<Link>>>>>);
 
 /// What a request on a link came back with.
 enum Answer {
@@ -61,17 +64,15 @@ enum Answer {
 }
 
 impl ApertureLinks {
-    fn insert(&self, vm: VmId, sock: UnixStream, pid: Option<i32>) -> io::Result<()> {
+    fn insert(&self, vm: VmId, sock: UnixStream, process: Option<Arc<OwnedFd>>) -> io::Result<()> {
         sock.set_read_timeout(Some(APERTURE_REPLY_TIMEOUT))?;
-        lock(&self.0).insert(
-            vm,
-            Link {
-                sock,
-                pid,
-                exporters: HashSet::new(),
-                gone: false,
-            },
-        );
+        let link = Link {
+            sock,
+            process,
+            exporters: HashSet::new(),
+            gone: false,
+        };
+        lock(&self.0).insert(vm, Arc::new(Mutex::new(link)));
         Ok(())
     }
 
@@ -79,11 +80,25 @@ impl ApertureLinks {
         lock(&self.0).remove(&vm);
     }
 
+    /// `vm`'s link, if its process is connected (the map's mutex only for the lookup).
+    fn link(&self, vm: VmId) -> Option<Arc<Mutex<Link>>> {
+        lock(&self.0).get(&vm).cloned()
+    }
+
+    /// Every link, each with its VM.
+    fn all(&self) -> Vec<(VmId, Arc<Mutex<Link>>)> {
+        lock(&self.0)
+            .iter()
+            .map(|(vm, l)| (*vm, l.clone()))
+            .collect()
+    }
+
     /// Sends `op` to `vm`'s process and waits for its answer. A process that does not
     /// answer in time is killed; a closed connection means the process has exited.
     fn ask(&self, vm: VmId, op: &ApertureOp, fds: &[i32]) -> Result<Answer, ApertureError> {
-        let mut links = lock(&self.0);
-        let link = links.get_mut(&vm).ok_or(ApertureError::UnknownVm(vm))?;
+        let link = self.link(vm).ok_or(ApertureError::UnknownVm(vm))?;
+        let mut link = lock(&link);
+        let link = &mut *link;
         if link.gone {
             return Ok(Answer::Gone);
         }
@@ -122,9 +137,20 @@ impl ApertureLinks {
 /// which happens only after the kernel has torn down its memory (a process's files
 /// close after its address space on exit).
 fn wait_gone(link: &mut Link, vm: VmId) -> Result<(), ApertureError> {
-    if let Some(pid) = link.pid {
-        // SAFETY: plain kill(2) on the pid of a child the broker started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    if let Some(pidfd) = &link.process {
+        // Through its pidfd: a process that has exited since cannot be mistaken for
+        // another that got its pid.
+        // SAFETY: pidfd_send_signal(2) with a pidfd this process holds, no siginfo, no
+        // flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
     let _ = link.sock.set_read_timeout(Some(EXIT_WAIT));
     loop {
@@ -191,9 +217,10 @@ impl RemoteAperture {
     }
 
     fn give_exporter(&mut self, importer: VmId, exporter: VmId) -> Result<(), ApertureError> {
-        let has = lock(&self.links.0)
-            .get(&importer)
-            .is_some_and(|l| l.exporters.contains(&exporter));
+        let has = self
+            .links
+            .link(importer)
+            .is_some_and(|l| lock(&l).exporters.contains(&exporter));
         if has {
             return Ok(());
         }
@@ -214,8 +241,8 @@ impl RemoteAperture {
         match self.links.ask(importer, &op, &fds)? {
             Answer::Reply(r) => {
                 stats_or_error(importer, r)?;
-                if let Some(l) = lock(&self.links.0).get_mut(&importer) {
-                    l.exporters.insert(exporter);
+                if let Some(l) = self.links.link(importer) {
+                    lock(&l).exporters.insert(exporter);
                 }
                 Ok(())
             }
@@ -256,10 +283,12 @@ impl ApertureBackend for RemoteAperture {
         self.ram.remove(&vm);
         // Other processes close this VM's RAM files: nothing of them maps it any more
         // (the domain unmapped every attachment before it removed the VM).
-        let holders: Vec<VmId> = lock(&self.links.0)
-            .iter()
-            .filter(|(_, l)| l.exporters.contains(&vm))
-            .map(|(id, _)| *id)
+        let holders: Vec<VmId> = self
+            .links
+            .all()
+            .into_iter()
+            .filter(|(_, l)| lock(l).exporters.contains(&vm))
+            .map(|(id, _)| id)
             .collect();
         for importer in holders {
             if let Err(e) = self
@@ -270,8 +299,8 @@ impl ApertureBackend for RemoteAperture {
                     "virtio-xpmem: VM {importer:?} could not drop the RAM of VM {vm:?}: {e}"
                 );
             }
-            if let Some(l) = lock(&self.links.0).get_mut(&importer) {
-                l.exporters.remove(&vm);
+            if let Some(l) = self.links.link(importer) {
+                lock(&l).exporters.remove(&vm);
             }
         }
         Ok(())
@@ -387,7 +416,7 @@ fn queue(q: &protocol::WireQueue, mem: &GuestMemoryMmap) -> Result<Queue, String
 }
 
 /// Runs VM `vm`'s virtio-xpmem device for the VM process at the other end of `control`
-/// (pid `pid`, killed if it stops answering aperture requests) until that connection
+/// (`process`, its pidfd: killed if it stops answering aperture requests) until that connection
 /// closes; then the VM leaves the domain like a VM whose device was dropped. Returns an
 /// error for a process that breaks the protocol (its VM has left the domain then, too).
 pub fn serve_vm_process(
@@ -395,7 +424,7 @@ pub fn serve_vm_process(
     links: &ApertureLinks,
     vm: VmId,
     control: UnixStream,
-    pid: Option<i32>,
+    process: Option<Arc<OwnedFd>>,
 ) -> Result<(), RemoteError> {
     let (ram, ram_files, rw_base, rw_len, ro_base, ro_len, mut fds) =
         match protocol::recv::<ToBroker>(&control)? {
@@ -439,7 +468,7 @@ pub fn serve_vm_process(
     let kicks = [eventfd(kick_req), eventfd(kick_ev)];
     let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(CallInterrupt(eventfd(call)));
     links
-        .insert(vm, UnixStream::from(aperture), pid)
+        .insert(vm, UnixStream::from(aperture), process)
         .map_err(RemoteError::Io)?;
     let geometry = crate::aperture::WindowGeometry {
         rw_base,
