@@ -53,8 +53,21 @@ struct Link {
 /// that joins or leaves does not wait for another VM process's answer; each link has
 /// its own mutex, held for one request and its answer. Lock order: the hub's state,
 /// then a link; the map's mutex is a leaf.
-#[derive(Clone, Default)]
-pub struct ApertureLinks(Arc<Mutex<HashMap<VmId, Arc<Mutex<Link>>>>>);
+#[derive(Clone)]
+pub struct ApertureLinks {
+    map: Arc<Mutex<HashMap<VmId, Arc<Mutex<Link>>>>>,
+    /// How long a VM process may take to answer ([`APERTURE_REPLY_TIMEOUT`]).
+    reply_timeout: Duration,
+}
+
+impl Default for ApertureLinks {
+    fn default() -> Self {
+        Self {
+            map: Arc::default(),
+            reply_timeout: APERTURE_REPLY_TIMEOUT,
+        }
+    }
+}
 
 /// What a request on a link came back with.
 enum Answer {
@@ -65,29 +78,29 @@ enum Answer {
 
 impl ApertureLinks {
     fn insert(&self, vm: VmId, sock: UnixStream, process: Option<Arc<OwnedFd>>) -> io::Result<()> {
-        sock.set_read_timeout(Some(APERTURE_REPLY_TIMEOUT))?;
+        sock.set_read_timeout(Some(self.reply_timeout))?;
         let link = Link {
             sock,
             process,
             exporters: HashSet::new(),
             gone: false,
         };
-        lock(&self.0).insert(vm, Arc::new(Mutex::new(link)));
+        lock(&self.map).insert(vm, Arc::new(Mutex::new(link)));
         Ok(())
     }
 
     fn remove(&self, vm: VmId) {
-        lock(&self.0).remove(&vm);
+        lock(&self.map).remove(&vm);
     }
 
     /// `vm`'s link, if its process is connected (the map's mutex only for the lookup).
     fn link(&self, vm: VmId) -> Option<Arc<Mutex<Link>>> {
-        lock(&self.0).get(&vm).cloned()
+        lock(&self.map).get(&vm).cloned()
     }
 
     /// Every link, each with its VM.
     fn all(&self) -> Vec<(VmId, Arc<Mutex<Link>>)> {
-        lock(&self.0)
+        lock(&self.map)
             .iter()
             .map(|(vm, l)| (*vm, l.clone()))
             .collect()
@@ -114,12 +127,7 @@ impl ApertureLinks {
             }
             // Its end is closed: the process has exited (the aperture thread never closes
             // it while the process lives), as when a VM process fails its set-up.
-            Err(RemoteError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
+            Err(RemoteError::Io(e)) if closed(&e) => {
                 log::debug!("virtio-xpmem: the process of VM {vm:?} has exited ({e})");
                 link.gone = true;
                 Ok(Answer::Gone)
@@ -131,6 +139,14 @@ impl ApertureLinks {
             }
         }
     }
+}
+
+/// The peer's end of a connection is closed: its process has exited.
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Kills a VM process that stopped answering and waits until its connection closes,
@@ -156,7 +172,12 @@ fn wait_gone(link: &mut Link, vm: VmId) -> Result<(), ApertureError> {
     loop {
         match protocol::recv::<ApertureReply>(&link.sock) {
             Ok(Some(_)) => continue,
+            // Closed; "reset" when it died with our request unread.
             Ok(None) => {
+                link.gone = true;
+                return Ok(());
+            }
+            Err(RemoteError::Io(e)) if closed(&e) => {
                 link.gone = true;
                 return Ok(());
             }
@@ -667,6 +688,87 @@ fn serve_loop(
 mod tests {
     use super::*;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    fn links(reply_timeout: Duration) -> ApertureLinks {
+        ApertureLinks {
+            map: Arc::default(),
+            reply_timeout,
+        }
+    }
+
+    fn pidfd_of(child: &std::process::Child) -> Arc<OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open(2) of our own child; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+        assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
+        // SAFETY: see above; the descriptor is valid and owned by the OwnedFd alone.
+        Arc::new(unsafe { OwnedFd::from_raw_fd(RawFd::try_from(fd).unwrap()) })
+    }
+
+    const REVOKE: ApertureOp = ApertureOp::RevokeWindow { window: 0 };
+
+    #[test]
+    fn a_vm_process_that_stops_answering_is_killed_through_its_pidfd() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let links = links(Duration::from_millis(200));
+        let (ours, theirs) = protocol::seqpacket_pair().unwrap();
+        links.insert(VmId(3), ours, Some(pidfd_of(&child))).unwrap();
+        // The process never answers; its end closes once it is dead, as a process's
+        // files close after its memory is gone.
+        let dies = std::thread::spawn(move || {
+            let status = child.wait().unwrap();
+            drop(theirs);
+            status
+        });
+        let answer = links.ask(VmId(3), &REVOKE, &[]);
+        assert!(matches!(answer, Ok(Answer::Gone)), "{:?}", answer.err());
+        assert_eq!(dies.join().unwrap().signal(), Some(libc::SIGKILL));
+        // From then on it is gone at once, and a VM nobody knows is an error.
+        assert!(matches!(links.ask(VmId(3), &REVOKE, &[]), Ok(Answer::Gone)));
+        assert!(matches!(
+            links.ask(VmId(9), &REVOKE, &[]),
+            Err(ApertureError::UnknownVm(VmId(9)))
+        ));
+    }
+
+    #[test]
+    fn vms_join_and_leave_while_another_vm_process_is_being_asked() {
+        let links = links(Duration::from_secs(60));
+        let (ours, theirs) = protocol::seqpacket_pair().unwrap();
+        links.insert(VmId(1), ours, None).unwrap();
+        let asking = {
+            let links = links.clone();
+            std::thread::spawn(move || links.ask(VmId(1), &REVOKE, &[]))
+        };
+        // The request is out: VM 1 is being asked and holds only its own link.
+        let (request, _) = protocol::recv::<ApertureOp>(&theirs).unwrap().unwrap();
+        assert!(matches!(request, ApertureOp::RevokeWindow { window: 0 }));
+        let (second, _keep) = protocol::seqpacket_pair().unwrap();
+        links.insert(VmId(2), second, None).unwrap();
+        links.remove(VmId(2));
+        assert!(!asking.is_finished(), "VM 1's answer is still awaited");
+        protocol::send(
+            &theirs,
+            &ApertureReply::Done {
+                mmap_calls: 1,
+                pages: 2,
+            },
+            &[],
+        )
+        .unwrap();
+        match asking.join().unwrap() {
+            Ok(Answer::Reply(ApertureReply::Done {
+                mmap_calls: 1,
+                pages: 2,
+            })) => {}
+            _ => panic!("VM 1's answer was lost"),
+        }
+    }
 
     #[test]
     fn a_round_reads_the_kicks_that_fired_and_reports_the_control_connection() {
