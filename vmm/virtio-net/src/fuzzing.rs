@@ -208,13 +208,14 @@ impl Harness {
             0
         };
         let max_mss = self.mtu.saturating_sub(40).min(3000);
-        if kind == 1 || (kind == 2 && max_mss == 0) {
+        if kind == 1 || (kind == 2 && max_mss < 3) {
             // A partial TCP checksum, which the device passes on.
             frame = sample::tcp4_frame(usize::from(inp.u16()) % 1400.min(self.mtu - 40), 0x18, 0);
             hdr = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0];
         } else if kind == 2 {
             // A TCP packet for segmentation, bigger than the MTU when it can be.
-            let mss = 1 + usize::from(inp.u16()) % max_mss;
+            // At least 3: 3000 bytes then make at most 1000 segments (MAX_SEGMENTS).
+            let mss = 3 + usize::from(inp.u16()) % max_mss.saturating_sub(2).max(1);
             frame = sample::tcp4_frame(usize::from(inp.u16()) % 3000, 0x18, 0);
             hdr = [1, 1, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0];
             hdr[4..6].copy_from_slice(&(mss as u16).to_le_bytes());

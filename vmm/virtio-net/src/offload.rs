@@ -33,6 +33,11 @@ const TCP_CSUM_OFFSET: usize = 16;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
+/// Most segments one packet may be cut into: a 64 KiB packet with an MSS of 64
+/// bytes. Beyond that the cutting would cost a receiving device far more than
+/// the packet (a hostile MSS of 1 makes 65,000 frames); no Linux sender segments
+/// that finely.
+pub const MAX_SEGMENTS: usize = 1024;
 
 /// Why a header was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +54,8 @@ pub enum OffloadError {
     GsoChecksum { start: u16, offset: u16 },
     #[error("segmentation of a frame that is not plain IPv4/TCP: {0}")]
     NotTcp4(&'static str),
+    #[error("gso_size {mss} would cut {payload} bytes into more than {MAX_SEGMENTS} segments")]
+    TooManySegments { mss: u16, payload: usize },
     #[error(
         "gso_size {mss} with {headers} bytes of IP and TCP headers does not fit the MTU {mtu}"
     )]
@@ -234,6 +241,10 @@ fn tso4_layout(
             headers: headers - ip,
             mtu,
         });
+    }
+    let payload = frame.len() - headers;
+    if payload.div_ceil(usize::from(mss)) > MAX_SEGMENTS {
+        return Err(OffloadError::TooManySegments { mss, payload });
     }
     Ok(Tso4 { mss, tcp, headers })
 }

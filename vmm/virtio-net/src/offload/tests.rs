@@ -195,6 +195,12 @@ fn headers_that_were_not_negotiated_or_do_not_fit_are_refused() {
         Err(Mss { .. })
     ));
     assert!(parse(tso_hdr(1460), &f, Allowed::ALL).is_ok());
+    // 3000 bytes in segments of 2 would be 1500 frames: refused; of 3, 1000: taken.
+    assert!(matches!(
+        parse(tso_hdr(2), &f, Allowed::ALL),
+        Err(TooManySegments { .. })
+    ));
+    assert!(parse(tso_hdr(3), &f, Allowed::ALL).is_ok());
     assert!(matches!(
         parse(hdr(0, 0, 0, 0, 0), &f, Allowed::ALL),
         Err(TooLong { .. })
