@@ -69,7 +69,7 @@ commands:
                              streams the pattern through a guest's echo server on
                              PATH (CONNECT P); recv listens at PATH_P for a guest
   test --vmm BIN [GROUP..] [--nested|--direct] [--verbose] [--lanes N]
-                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock kill; also scale;
+                             run end-to-end groups (default: errors boot xpmem disk rootdisk net tap vsock kill scale;
                              xpmem, scale and kill need `make -C guest-driver`); prints one line per case and `e2e: N passed, N failed, N skipped`;
                              the first group alone, then the others in N parallel lanes (processes, each with its own
                              nested host; default XPMEM_E2E_LANES, else one per CPU up to 2), every line tagged [lane K]
