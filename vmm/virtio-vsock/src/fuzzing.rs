@@ -65,6 +65,10 @@ struct Dev {
     dev: Vsock,
     mem: GuestMemoryMmap,
     rings: [SplitRing; 3],
+    /// Receive heads the driver has made available and the device not yet used,
+    /// with the size each was posted with: a head is posted again only once used
+    /// (the device may hold a chain it took, with the length it read then).
+    rx_out: [Option<u32>; QSIZE as usize],
 }
 
 impl Dev {
@@ -82,12 +86,14 @@ impl Dev {
                 SplitRing::new(0x1000, QSIZE),
                 SplitRing::new(0x2000, QSIZE),
             ],
+            rx_out: [None; QSIZE as usize],
         };
         d.activate();
         Some(d)
     }
 
     fn activate(&mut self) {
+        self.rx_out = [None; QSIZE as usize];
         for (i, r) in self.rings.iter_mut().enumerate() {
             *r = SplitRing::new(0x1000 * i as u64, QSIZE);
             let _ = self
@@ -121,6 +127,10 @@ impl Dev {
 
     fn post_rx(&mut self, size: u32) {
         for i in 0..QSIZE {
+            if self.rx_out[usize::from(i)].is_some() {
+                continue;
+            }
+            self.rx_out[usize::from(i)] = Some(size);
             let a = RX_BUFS + u64::from(i) * 0x4000;
             self.rings[0].set_desc(&self.mem, i, a, size, 2, 0);
             self.rings[0].make_available(&self.mem, i);
@@ -129,16 +139,23 @@ impl Dev {
     }
 
     /// Takes used receive buffers and checks them.
-    fn take_rx(&mut self, me: u64, size: u32, checked: bool) -> Vec<Header> {
+    fn take_rx(&mut self, me: u64, checked: bool) -> Vec<Header> {
         let mut out = Vec::new();
         for (head, len) in self.rings[0].take_used(&self.mem) {
+            let posted = self
+                .rx_out
+                .get_mut(usize::from(head))
+                .and_then(Option::take);
             assert!(
-                len <= size.max(HDR_LEN as u32 + (64 << 10)),
+                len <= posted.unwrap_or(0).max(HDR_LEN as u32 + (64 << 10)),
                 "used length {len}"
             );
             if !checked || len == 0 {
                 continue;
             }
+            let Some(size) = posted else {
+                panic!("head {head} used but not posted");
+            };
             assert!(
                 len <= size,
                 "used length {len} beyond the {size}-byte buffer"
@@ -200,7 +217,6 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
     };
     let mut stats = FuzzStats::default();
     let mut raw = false;
-    let mut rx_size = HDR_LEN as u32 + 4096;
     let mut b_rx_size = HDR_LEN as u32 + 4096;
     let mut peer_answers = true;
     for rec in data.chunks(STEP_BYTES).take(256) {
@@ -259,7 +275,7 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
                 stats.tx_structured += 1;
             }
             7 => {
-                rx_size = match inp.u8() % 4 {
+                let rx_size = match inp.u8() % 4 {
                     0 => u32::from(inp.u8()),
                     1 => HDR_LEN as u32 + u32::from(inp.u16()) % 0x3000,
                     _ => HDR_LEN as u32 + 4096,
@@ -274,7 +290,7 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
                 if peer_answers {
                     b.post_rx(b_rx_size);
                 }
-                for h in b.take_rx(4, b_rx_size, true) {
+                for h in b.take_rx(4, true) {
                     stats.peer_packets += 1;
                     let reply = match h.op {
                         Op::Request => Some(Op::Response),
@@ -307,7 +323,7 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
                 }
             }
         }
-        let got = a.take_rx(3, rx_size, !raw);
+        let got = a.take_rx(3, !raw);
         stats.rx_packets += got.len() as u64;
         a.check_bounds();
         b.check_bounds();
