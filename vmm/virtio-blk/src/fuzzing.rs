@@ -305,6 +305,12 @@ pub fn run_one(data: &[u8]) -> FuzzStats {
                     off
                 };
                 let n = usize::from(inp.u8() % 16);
+                // Nor with its tail: bytes written just below the used ring must not
+                // run into its index.
+                let n = match (RING + USED_AT).checked_sub(off) {
+                    Some(room) if off >= RING => n.min(room as usize),
+                    _ => n,
+                };
                 let bytes: Vec<u8> = (0..n).map(|_| inp.u8()).collect();
                 let _ = mem.write_slice(&bytes, GuestAddress(off));
             }
