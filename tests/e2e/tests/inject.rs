@@ -309,21 +309,26 @@ impl Drop for Filtered {
     }
 }
 
+/// Injects the forbidden getppid into `child` and checks it dies by SIGSYS.
+fn forbidden_call_kills(child: &mut Filtered, block: Block) {
+    let out = inject(child.pid, libc::SYS_getppid, &[]);
+    assert_injected(&out, child.pid, libc::SYS_getppid);
+    let status = child
+        .wait(DEATH_LIMIT)
+        .unwrap_or_else(|| panic!("{block:?}: the child still runs"));
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "{block:?}: want death by SIGSYS (31), got {:?}",
+        ExitStatus::from_raw(status)
+    );
+}
+
 #[test]
 fn a_forbidden_call_kills_the_process_by_sigsys() {
     let _serial = serial();
     for block in BLOCKS {
         let mut child = Filtered::start(block);
-        let out = inject(child.pid, libc::SYS_getppid, &[]);
-        assert_injected(&out, child.pid, libc::SYS_getppid);
-        let status = child
-            .wait(DEATH_LIMIT)
-            .unwrap_or_else(|| panic!("{block:?}: the child still runs"));
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
-            "{block:?}: want death by SIGSYS (31), got {:?}",
-            ExitStatus::from_raw(status)
-        );
+        forbidden_call_kills(&mut child, block);
     }
 }
 
@@ -345,16 +350,7 @@ fn an_allowed_call_runs_in_place_of_the_blocked_one_and_the_process_lives_on() {
             "{block:?}: the child died"
         );
         // And it is back in its call, where a second injection finds it.
-        let out = inject(child.pid, libc::SYS_getppid, &[]);
-        assert_injected(&out, child.pid, libc::SYS_getppid);
-        let status = child
-            .wait(DEATH_LIMIT)
-            .unwrap_or_else(|| panic!("{block:?}: the child still runs"));
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
-            "{block:?}: {:?}",
-            ExitStatus::from_raw(status)
-        );
+        forbidden_call_kills(&mut child, block);
     }
 }
 

@@ -62,6 +62,11 @@ const TX_BUFS: u64 = 0x2_0000;
 const SLOT: u64 = 0x1000;
 const GUARD: u64 = 0x3_0000;
 const GUARD_LEN: usize = 0x1_0000;
+/// Headers written by hand (the oracle does not borrow the device's encoder)
+/// for a sample TCP frame: NEEDS_CSUM at 34+16; and that plus GSO_TCPV4 with
+/// hdr_len 54 (gso_size filled in by the caller).
+const CSUM_HDR: [u8; HDR_LEN] = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+const TSO_HDR: [u8; HDR_LEN] = [1, 1, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0];
 /// Bytes per step record; byte 0 is the operation.
 pub const STEP_BYTES: usize = 16;
 
@@ -211,13 +216,13 @@ impl Harness {
         if kind == 1 || (kind == 2 && max_mss < 3) {
             // A partial TCP checksum, which the device passes on.
             frame = sample::tcp4_frame(usize::from(inp.u16()) % 1400.min(self.mtu - 40), 0x18, 0);
-            hdr = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+            hdr = CSUM_HDR;
         } else if kind == 2 {
             // A TCP packet for segmentation, bigger than the MTU when it can be.
             // At least 3: 3000 bytes then make at most 1000 segments (MAX_SEGMENTS).
             let mss = 3 + usize::from(inp.u16()) % max_mss.saturating_sub(2).max(1);
             frame = sample::tcp4_frame(usize::from(inp.u16()) % 3000, 0x18, 0);
-            hdr = [1, 1, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+            hdr = TSO_HDR;
             hdr[4..6].copy_from_slice(&(mss as u16).to_le_bytes());
         }
         if kind != 0 {
@@ -281,11 +286,11 @@ impl Harness {
         match kind {
             // A partial checksum, or a packet for segmentation (MSS from the input).
             4 | 5 => {
-                hdr = [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+                hdr = CSUM_HDR;
                 sample_len = usize::from(inp.u16()) % self.mtu.saturating_sub(40).max(1);
             }
             6 => {
-                hdr = [1, 1, 54, 0, 0, 0, 34, 0, 16, 0, 0, 0];
+                hdr = TSO_HDR;
                 hdr[4..6].copy_from_slice(&(1 + inp.u16() % 2000).to_le_bytes());
                 sample_len = usize::from(inp.u16()) % 6000;
             }
